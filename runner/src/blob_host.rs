@@ -1,0 +1,154 @@
+//! `berth:blob-store/store` for the component, over [`FsBlobStore`]. Writes and reads run on
+//! blocking threads, connected to the component's streams by bounded channels; hashing happens
+//! here, natively, on the bytes as they are written.
+
+use crate::bindings::berth::blob_store::store::{self as wit, Error, Extent, HashAlgorithm, HashState, ObjectInfo, Page, Written};
+use crate::blob_fs::{self, BlobError, FsBlobStore};
+use crate::host::Host;
+use crate::streams::{ChannelConsumer, ChannelProducer};
+use sha2::Digest as _;
+use sha2::digest::common::hazmat::SerializableState;
+use wasmtime::component::{Accessor, HasData, Linker, StreamReader};
+
+pub struct BlobStoreHost;
+
+impl HasData for BlobStoreHost {
+    type Data<'a> = &'a mut Host;
+}
+
+pub fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<Host, BlobStoreHost>(linker, |host| host)
+}
+
+fn to_wit(e: BlobError) -> Error {
+    match e {
+        BlobError::NotFound => Error::NotFound,
+        BlobError::AlreadyExists => Error::AlreadyExists,
+        BlobError::InvalidName(why) => Error::InvalidName(why),
+        BlobError::Other(why) => Error::Other(why),
+    }
+}
+
+fn store_of<T>(accessor: &Accessor<T, BlobStoreHost>) -> FsBlobStore {
+    accessor.with(|mut access| access.get().shared.blobs.clone())
+}
+
+/// A running hash restored from the component's saved state.
+enum Hasher {
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+impl Hasher {
+    fn restore(state: &HashState) -> Result<Hasher, Error> {
+        let bad = || Error::Other("invalid hash state".into());
+        Ok(match state.algorithm {
+            HashAlgorithm::Sha256 => Hasher::Sha256(sha2::Sha256::deserialize(state.state.as_slice().try_into().map_err(|_| bad())?).map_err(|_| bad())?),
+            HashAlgorithm::Sha512 => Hasher::Sha512(sha2::Sha512::deserialize(state.state.as_slice().try_into().map_err(|_| bad())?).map_err(|_| bad())?),
+        })
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(bytes),
+            Hasher::Sha512(h) => h.update(bytes),
+        }
+    }
+
+    fn save(&self) -> HashState {
+        match self {
+            Hasher::Sha256(h) => HashState { algorithm: HashAlgorithm::Sha256, state: h.serialize().to_vec() },
+            Hasher::Sha512(h) => HashState { algorithm: HashAlgorithm::Sha512, state: h.serialize().to_vec() },
+        }
+    }
+}
+
+impl wit::HostWithStore for BlobStoreHost {
+    async fn write<T>(accessor: &Accessor<T, Self>, name: String, data: StreamReader<u8>, hashes: Vec<HashState>) -> wasmtime::Result<Result<Written, Error>> {
+        let store = store_of(accessor);
+        let (consumer, mut chunks) = ChannelConsumer::new();
+        accessor.with(|mut access| data.pipe(&mut access, consumer))?;
+        let mut hashers = match hashes.iter().map(Hasher::restore).collect::<Result<Vec<_>, _>>() {
+            Ok(hashers) => hashers,
+            Err(e) => return Ok(Err(e)),
+        };
+        let written = tokio::task::spawn_blocking(move || {
+            let mut object = store.create(&name).map_err(to_wit)?;
+            while let Some(chunk) = chunks.blocking_recv() {
+                object.write(&chunk).map_err(to_wit)?;
+                hashers.iter_mut().for_each(|h| h.update(&chunk));
+            }
+            let size = object.commit().map_err(to_wit)?;
+            Ok(Written { size, hashes: hashers.iter().map(Hasher::save).collect() })
+        })
+        .await?;
+        Ok(written)
+    }
+
+    async fn read<T>(accessor: &Accessor<T, Self>, name: String, offset: u64, length: Option<u64>) -> wasmtime::Result<Result<StreamReader<u8>, Error>> {
+        let store = store_of(accessor);
+        let opened = tokio::task::spawn_blocking(move || store.open_range(&name, offset, length)).await?;
+        let (file, length) = match opened {
+            Ok(opened) => opened,
+            Err(e) => return Ok(Err(to_wit(e))),
+        };
+        stream_files(accessor, vec![(file, length)]).map(Ok)
+    }
+
+    async fn read_extents<T>(accessor: &Accessor<T, Self>, extents: Vec<Extent>) -> wasmtime::Result<Result<StreamReader<u8>, Error>> {
+        let store = store_of(accessor);
+        // Open (and check) every extent before the first byte goes out.
+        let opened = tokio::task::spawn_blocking(move || {
+            extents.iter().map(|e| store.open_range(&e.name, e.offset, Some(e.length))).collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+        match opened {
+            Ok(files) => stream_files(accessor, files).map(Ok),
+            Err(e) => Ok(Err(to_wit(e))),
+        }
+    }
+
+    async fn stat<T>(accessor: &Accessor<T, Self>, name: String) -> wasmtime::Result<Result<ObjectInfo, Error>> {
+        let store = store_of(accessor);
+        let size = tokio::task::spawn_blocking(move || store.size(&name)).await?;
+        Ok(size.map(|size| ObjectInfo { size }).map_err(to_wit))
+    }
+
+    async fn delete<T>(accessor: &Accessor<T, Self>, name: String) -> wasmtime::Result<Result<(), Error>> {
+        let store = store_of(accessor);
+        Ok(tokio::task::spawn_blocking(move || store.delete(&name)).await?.map_err(to_wit))
+    }
+
+    async fn list<T>(accessor: &Accessor<T, Self>, prefix: String, cursor: Option<String>, limit: u32) -> wasmtime::Result<Result<Page, Error>> {
+        let store = store_of(accessor);
+        let listed = tokio::task::spawn_blocking(move || store.list(&prefix, cursor.as_deref(), limit as usize)).await?;
+        Ok(listed.map(|(names, next)| Page { names, next }).map_err(to_wit))
+    }
+}
+
+impl wit::Host for &mut Host {}
+
+/// A stream fed by a blocking thread that reads the files one after another. If the reader goes
+/// away, the thread stops at the next chunk.
+fn stream_files<T>(accessor: &Accessor<T, BlobStoreHost>, files: Vec<(std::fs::File, u64)>) -> wasmtime::Result<StreamReader<u8>> {
+    let (tx, producer) = ChannelProducer::new();
+    tokio::task::spawn_blocking(move || {
+        for (file, length) in files {
+            let mut open = true;
+            let read = blob_fs::read_chunks(file, length, |chunk| {
+                open = tx.blocking_send(chunk.into()).is_ok();
+                open
+            });
+            if let Err(e) = read {
+                // Ending the stream early makes the response shorter than its Content-Length,
+                // so the client sees a broken transfer, never wrong bytes.
+                eprintln!("berth-runner: blob read failed: {e:?}");
+                return;
+            }
+            if !open {
+                return;
+            }
+        }
+    });
+    accessor.with(|mut access| StreamReader::new(&mut access, producer))
+}

@@ -1,0 +1,131 @@
+//! Spin key-value backed by SQLite: one database file per store label under the data dir, WAL
+//! mode, `synchronous=FULL` so that a `set` that returned is on disk.
+
+use anyhow::{Context, Result};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// One store (one label).
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID")?;
+        Ok(SqliteStore { conn: Mutex::new(conn) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, String> {
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&conn).map_err(|e| e.to_string())
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.with(|c| c.prepare_cached("SELECT value FROM kv WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional())
+    }
+
+    pub fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        self.with(|c| {
+            c.prepare_cached("INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+                .execute(params![key, value])
+                .map(|_| ())
+        })
+    }
+
+    pub fn delete(&self, key: &str) -> Result<(), String> {
+        self.with(|c| c.prepare_cached("DELETE FROM kv WHERE key = ?1")?.execute([key]).map(|_| ()))
+    }
+
+    pub fn exists(&self, key: &str) -> Result<bool, String> {
+        self.with(|c| c.prepare_cached("SELECT 1 FROM kv WHERE key = ?1")?.query_row([key], |_| Ok(())).optional().map(|r| r.is_some()))
+    }
+
+    pub fn keys(&self) -> Result<Vec<String>, String> {
+        self.with(|c| c.prepare_cached("SELECT key FROM kv ORDER BY key")?.query_map([], |r| r.get(0))?.collect())
+    }
+}
+
+/// Why a store cannot be opened, in the terms of `spin:key-value`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OpenError {
+    /// The component may not use this label (not in its `key_value_stores`).
+    AccessDenied,
+    Other(String),
+}
+
+/// The stores a component may open: the labels granted in spin.toml, opened lazily.
+pub struct KvStores {
+    dir: PathBuf,
+    granted: Vec<String>,
+    open: Mutex<HashMap<String, Arc<SqliteStore>>>,
+}
+
+impl KvStores {
+    pub fn new(dir: PathBuf, granted: Vec<String>) -> KvStores {
+        KvStores { dir, granted, open: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn open(&self, label: &str) -> Result<Arc<SqliteStore>, OpenError> {
+        if !self.granted.iter().any(|g| g == label) {
+            return Err(OpenError::AccessDenied);
+        }
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(store) = open.get(label) {
+            return Ok(store.clone());
+        }
+        // Labels come from spin.toml, but keep them to safe file names all the same.
+        if label.is_empty() || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(OpenError::Other(format!("label {label:?} is not a valid store name")));
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| OpenError::Other(e.to_string()))?;
+        let store = Arc::new(SqliteStore::open(&self.dir.join(format!("{label}.db"))).map_err(|e| OpenError::Other(format!("{e:#}")))?);
+        open.insert(label.to_owned(), store.clone());
+        Ok(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_get_exists_delete_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        assert_eq!(store.get("a").unwrap(), None);
+        store.set("b", b"2").unwrap();
+        store.set("a", b"1").unwrap();
+        store.set("a", b"one").unwrap();
+        assert_eq!(store.get("a").unwrap().as_deref(), Some(&b"one"[..]));
+        assert!(store.exists("a").unwrap());
+        assert_eq!(store.keys().unwrap(), ["a", "b"]);
+        store.delete("a").unwrap();
+        store.delete("missing").unwrap();
+        assert!(!store.exists("a").unwrap());
+        assert_eq!(store.keys().unwrap(), ["b"]);
+    }
+
+    #[test]
+    fn values_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        SqliteStore::open(&path).unwrap().set("k", &[0, 255, 7]).unwrap();
+        assert_eq!(SqliteStore::open(&path).unwrap().get("k").unwrap(), Some(vec![0, 255, 7]));
+    }
+
+    #[test]
+    fn only_granted_labels_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = KvStores::new(dir.path().to_owned(), vec!["default".into()]);
+        assert!(stores.open("default").is_ok());
+        assert_eq!(stores.open("other").err(), Some(OpenError::AccessDenied));
+        assert!(Arc::ptr_eq(&stores.open("default").unwrap(), &stores.open("default").unwrap()));
+    }
+}

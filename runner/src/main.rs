@@ -1,0 +1,105 @@
+//! `berth-runner`: runs the Berth component without Spin — Wasmtime, SQLite key-value,
+//! filesystem blobs — reading the same spin.toml as `spin up`.
+
+mod bindings;
+mod blob_fs;
+mod blob_host;
+mod host;
+mod kv;
+mod kv_host;
+mod manifest;
+mod outbound;
+mod serve;
+mod streams;
+mod variables;
+mod vars_host;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "berth-runner", version, about = "Serve the Berth registry component without Spin")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP component of a Spin manifest.
+    Up(UpArgs),
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// The Spin manifest (its HTTP component, key-value stores, variables, outbound hosts).
+    #[arg(long, short = 'f', default_value = "spin.toml")]
+    manifest: PathBuf,
+    /// Load the component from here instead of the manifest's `source`.
+    #[arg(long)]
+    component: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    listen: SocketAddr,
+    /// Where key-value databases (kv/) and blobs (blobs/) live.
+    #[arg(long, default_value = ".berth")]
+    data: PathBuf,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Set an application variable: --var name=value (repeatable; beats SPIN_VARIABLE_<NAME>).
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    vars: Vec<String>,
+    /// Requests one component instance serves before it is replaced (1 = fresh per request).
+    #[arg(long, default_value_t = 128)]
+    instance_reuse: usize,
+    /// Requests one component instance serves at once.
+    #[arg(long, default_value_t = 16)]
+    instance_concurrency: usize,
+}
+
+fn main() -> Result<()> {
+    let Command::Up(args) = Cli::parse().command;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(up(args))
+}
+
+async fn up(args: UpArgs) -> Result<()> {
+    let mut app = manifest::App::load(&args.manifest)?;
+    if let Some(component) = &args.component {
+        app.source = component.clone();
+    }
+    let mut overrides = BTreeMap::new();
+    for var in &args.vars {
+        let Some((name, value)) = var.split_once('=') else { bail!("--var {var:?}: expected NAME=VALUE") };
+        overrides.insert(name.to_owned(), value.to_owned());
+    }
+    let variables = variables::Variables::resolve(&app, &overrides, |k| std::env::var(k).ok())?;
+    let shared = Arc::new(host::Shared {
+        kv: kv::KvStores::new(args.data.join("kv"), app.key_value_stores.clone()),
+        blobs: blob_fs::FsBlobStore::new(args.data.join("blobs")).with_context(|| format!("creating {}", args.data.display()))?,
+        variables,
+        outbound: Arc::new(outbound::AllowedHosts::parse(&app.allowed_outbound_hosts)?),
+    });
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(serve::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let engine = host::engine()?;
+    let component = wasmtime::component::Component::from_file(&engine, &app.source)
+        .with_context(|| format!("loading component {} (build it with `spin build` or see README)", app.source.display()))?;
+    let reuse = host::Reuse { max_requests: args.instance_reuse.max(1), max_concurrent: args.instance_concurrency.max(1), idle: Duration::from_secs(1) };
+    let handler = host::Handler::new(engine, &component, shared, reuse)?;
+    let listener = serve::bind(args.listen).await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("berth-runner: serving {} on {scheme}://{}", app.component_id, listener.local_addr()?);
+    serve::serve(listener, wasmtime_wasi_http::handler::ProxyHandler::new(handler), tls).await
+}

@@ -1,0 +1,191 @@
+//! The HTTP(S) front: accept connections (HTTP/1.1, and HTTP/2 over TLS by ALPN), hand each
+//! request to the component through the [`ProxyHandler`], stream the answer back, and log one
+//! line per request when its body has been sent.
+
+use crate::host::Handler;
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use wasmtime_wasi_http::handler::ProxyHandler;
+
+type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("certificate and key do not fit together")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+pub async fn serve(listener: TcpListener, handler: ProxyHandler<Handler>, tls: Option<TlsAcceptor>) -> Result<()> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    eprintln!("berth-runner: accept failed: {err}");
+                    continue;
+                }
+            },
+            () = &mut shutdown => {
+                println!("berth-runner: shutting down");
+                return Ok(());
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(handler.clone(), scheme, req));
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let served = match tls {
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => builder.serve_connection(TokioIo::new(stream), service).await,
+                    Err(err) => {
+                        eprintln!("berth-runner: TLS handshake with {peer} failed: {err}");
+                        return;
+                    }
+                },
+                None => builder.serve_connection(TokioIo::new(stream), service).await,
+            };
+            if let Err(err) = served {
+                eprintln!("berth-runner: connection from {peer}: {err}");
+            }
+        });
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn handle(handler: ProxyHandler<Handler>, scheme: &'static str, req: hyper::Request<Incoming>) -> Result<hyper::Response<ResponseBody>, std::convert::Infallible> {
+    let start = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    let line = RequestLine { method: parts.method.to_string(), path: parts.uri.path().to_owned(), start };
+    // Give the component the full URL (scheme and authority from the Host header or HTTP/2).
+    let authority = parts.uri.authority().map(|a| a.to_string()).or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
+    if let Some(authority) = authority {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        if let Ok(uri) = http::Uri::builder().scheme(scheme).authority(authority).path_and_query(path).build() {
+            parts.uri = uri;
+        }
+    }
+    let body = body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync();
+    let response = match handler.handle((), http::Request::from_parts(parts, body)).await {
+        Ok(response) => response.map(|b| b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed_unsync()),
+        Err(err) => {
+            eprintln!("berth-runner: {} {}: component failed: {err:?}", line.method, line.path);
+            internal_error()
+        }
+    };
+    let status = response.status().as_u16();
+    Ok(response.map(|body| LoggedBody { inner: body, bytes: 0, status, line: Some(line) }.boxed_unsync()))
+}
+
+fn internal_error() -> hyper::Response<ResponseBody> {
+    let body = r#"{"errors":[{"code":"INTERNAL_ERROR","message":"internal registry error","detail":"the registry component failed on this request"}]}"#;
+    hyper::Response::builder()
+        .status(500)
+        .header("content-type", "application/json")
+        .header("docker-distribution-api-version", "registry/2.0")
+        .body(http_body_util::Full::new(Bytes::from_static(body.as_bytes())).map_err(|never| match never {}).boxed_unsync())
+        .expect("static response")
+}
+
+struct RequestLine {
+    method: String,
+    path: String,
+    start: Instant,
+}
+
+/// A response body that counts what it sends and logs the request when it is done (or dropped,
+/// if the client went away).
+struct LoggedBody<B> {
+    inner: B,
+    bytes: u64,
+    status: u16,
+    line: Option<RequestLine>,
+}
+
+impl<B> LoggedBody<B> {
+    fn log(&mut self, outcome: &str) {
+        if let Some(line) = self.line.take() {
+            let ms = line.start.elapsed().as_secs_f64() * 1000.0;
+            println!("{} {} {} {}B {ms:.1}ms{outcome}", line.method, line.path, self.status, self.bytes);
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for LoggedBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.log(" (body failed)"),
+            Poll::Ready(None) => self.log(""),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for LoggedBody<B> {
+    fn drop(&mut self) {
+        self.log(if self.bytes > 0 { " (incomplete)" } else { "" });
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
+}

@@ -1,0 +1,21 @@
+//! Berth: a private OCI / Docker registry as a stateless Spin HTTP component.
+//!
+//! The core (names, digests, routes, errors, the registry logic over the [`store`] traits) is
+//! plain Rust that compiles and tests natively; only [`spin`] (wasm32) knows about Spin and the
+//! WIT bindings.
+
+pub mod api;
+pub mod blobs;
+pub mod digest;
+pub mod errcode;
+pub mod keys;
+pub mod message;
+pub mod name;
+pub mod route;
+pub mod store;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+#[cfg(target_arch = "wasm32")]
+mod spin;

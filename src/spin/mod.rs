@@ -1,0 +1,78 @@
+//! The Spin glue (wasm32 only): the `wasi:http/handler` entry point, and the [`store`] traits
+//! over Spin key-value and Berth's blob store import. Nothing here decides anything.
+//!
+//! [`store`]: crate::store
+
+mod blob_store;
+mod key_value;
+
+use crate::message::{Body, Request};
+use crate::store::Stores;
+use blob_store::{IncomingBody, WitBlobStore};
+use key_value::KvMetaStore;
+use spin_sdk::wasip3::http::types::{self, ErrorCode, Fields};
+use spin_sdk::wasip3::{wit_future, wit_stream};
+
+/// Bindings for the world in `wit/`, generated with the wit-bindgen that spin-sdk re-exports
+/// (a second wit-bindgen in the graph would break stream plumbing).
+mod bindings {
+    spin_sdk::wit_bindgen::generate!({
+        path: "wit",
+        world: "berth:registry/registry",
+        runtime_path: "::spin_sdk::wit_bindgen::rt",
+        generate_all,
+    });
+}
+
+#[spin_sdk::http_service]
+async fn handle(request: types::Request) -> Result<types::Response, ErrorCode> {
+    let meta = match KvMetaStore::open("default").await {
+        Ok(meta) => meta,
+        Err(err) => return Ok(into_wasi_response(crate::message::Response::error(&err))),
+    };
+    let stores = Stores { meta, blobs: WitBlobStore, random };
+    let request = from_wasi_request(request)?;
+    Ok(into_wasi_response(crate::api::handle(&stores, request).await))
+}
+
+fn random() -> [u8; 16] {
+    let bytes = spin_sdk::wasip3::random::random::get_random_bytes(16);
+    let mut out = [0; 16];
+    out.copy_from_slice(&bytes[..16]);
+    out
+}
+
+fn from_wasi_request(request: types::Request) -> Result<Request<IncomingBody>, ErrorCode> {
+    let method = http::Method::try_from(request.get_method()).map_err(|_| ErrorCode::HttpRequestMethodInvalid)?;
+    let headers = http::HeaderMap::try_from(request.get_headers()).map_err(|_| ErrorCode::HttpRequestHeaderSectionSize(None))?;
+    let path_with_query = request.get_path_with_query().unwrap_or_else(|| "/".into());
+    let (path, query) = match path_with_query.split_once('?') {
+        Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
+        None => (path_with_query, None),
+    };
+    let (result, result_reader) = wit_future::new(|| Ok(()));
+    let (stream, trailers) = types::Request::consume_body(request, result_reader);
+    Ok(Request { method, path, query, headers, body: IncomingBody { stream, trailers, _result: result } })
+}
+
+fn into_wasi_response(response: crate::message::Response<spin_sdk::wit_bindgen::StreamReader<u8>>) -> types::Response {
+    let entries: Vec<(String, Vec<u8>)> =
+        response.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())).collect();
+    let headers = Fields::from_list(&entries).unwrap_or_else(|_| Fields::new());
+    let contents = match response.body {
+        Body::Empty => None,
+        Body::Stream(stream) => Some(stream),
+        Body::Full(bytes) => {
+            let (mut writer, reader) = wit_stream::new::<u8>();
+            spin_sdk::wasip3::spawn(async move {
+                writer.write_all(bytes).await;
+            });
+            Some(reader)
+        }
+    };
+    // No trailers: the default value is sent when the writer is dropped.
+    let (_, trailers) = wit_future::new(|| Ok(None));
+    let (wasi_response, _transmitted) = types::Response::new(headers, contents, trailers);
+    let _ = wasi_response.set_status_code(response.status.as_u16());
+    wasi_response
+}

@@ -1,0 +1,84 @@
+//! The two storage contracts the registry logic is written against. Backends: Spin key-value and
+//! Berth's blob store WIT interface in the component (`spin/`), in-memory ones for native tests
+//! (`testing`).
+
+use crate::digest::{Algorithm, RunningHash};
+
+/// Why a storage call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    NotFound,
+    AlreadyExists,
+    /// The request body broke off before its end (client went away, framing error).
+    BodyInterrupted(String),
+    /// Backend failure: the registry answers 500 and logs this.
+    Other(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::NotFound => f.write_str("not found"),
+            StoreError::AlreadyExists => f.write_str("already exists"),
+            StoreError::BodyInterrupted(why) => write!(f, "request body interrupted: {why}"),
+            StoreError::Other(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Metadata: small values under string keys (Spin key-value).
+///
+/// Contract: `set` overwrites; `delete` of a missing key succeeds; values are small (well under
+/// 400 KB) and keys under 250 bytes. There is no compare-and-swap.
+#[allow(async_fn_in_trait)]
+pub trait MetaStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// A byte range of one stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extent {
+    pub name: String,
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// What a write stored: its size and the running hashes continued over its bytes.
+pub struct Written {
+    pub size: u64,
+    pub hashes: Vec<RunningHash>,
+}
+
+/// Content: immutable named objects (Berth's `berth:blob-store/store` interface).
+///
+/// `Incoming` is a request body as the host hands it over, `Outgoing` a byte stream that can
+/// become a response body: the registry passes both through without touching the bytes.
+#[allow(async_fn_in_trait)]
+pub trait BlobStore {
+    type Incoming;
+    type Outgoing;
+
+    /// Store `data` as the new object `name`, continuing `hashes` over its bytes. Nothing is
+    /// visible under `name` unless this returns `Ok`.
+    async fn write(&self, name: &str, data: Self::Incoming, hashes: Vec<RunningHash>) -> Result<Written, StoreError>;
+    /// The extents, one after another, as one stream.
+    async fn read_extents(&self, extents: Vec<Extent>) -> Result<Self::Outgoing, StoreError>;
+    async fn size(&self, name: &str) -> Result<u64, StoreError>;
+    async fn delete(&self, name: &str) -> Result<(), StoreError>;
+}
+
+/// Both stores, plus what the registry needs from its environment.
+pub struct Stores<M, B> {
+    pub meta: M,
+    pub blobs: B,
+    /// 128 random bits, for upload ids and object names.
+    pub random: fn() -> [u8; 16],
+}
+
+pub fn hashes_for(algorithms: &[Algorithm]) -> Vec<RunningHash> {
+    algorithms.iter().map(|&a| RunningHash::new(a)).collect()
+}

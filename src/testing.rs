@@ -1,0 +1,89 @@
+//! In-memory stores for native tests of the registry logic.
+
+use crate::store::{BlobStore, Extent, MetaStore, StoreError, Stores, Written};
+use crate::digest::RunningHash;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+
+#[derive(Default)]
+pub struct MemMeta(pub RefCell<BTreeMap<String, Vec<u8>>>);
+
+impl MetaStore for MemMeta {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.0.borrow().get(key).cloned())
+    }
+    async fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.0.borrow_mut().insert(key.to_owned(), value.to_vec());
+        Ok(())
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.0.borrow_mut().remove(key);
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+pub struct MemBlobs(pub RefCell<BTreeMap<String, Vec<u8>>>);
+
+impl BlobStore for MemBlobs {
+    type Incoming = Vec<u8>;
+    type Outgoing = Vec<u8>;
+
+    async fn write(&self, name: &str, data: Vec<u8>, mut hashes: Vec<RunningHash>) -> Result<Written, StoreError> {
+        let mut objects = self.0.borrow_mut();
+        if objects.contains_key(name) {
+            return Err(StoreError::AlreadyExists);
+        }
+        hashes.iter_mut().for_each(|h| h.update(&data));
+        let size = data.len() as u64;
+        objects.insert(name.to_owned(), data);
+        Ok(Written { size, hashes })
+    }
+
+    async fn read_extents(&self, extents: Vec<Extent>) -> Result<Vec<u8>, StoreError> {
+        let objects = self.0.borrow();
+        let mut out = Vec::new();
+        for e in extents {
+            let object = objects.get(&e.name).ok_or(StoreError::NotFound)?;
+            let range = e.offset as usize..(e.offset + e.length) as usize;
+            out.extend_from_slice(object.get(range).ok_or_else(|| StoreError::Other("range past end".into()))?);
+        }
+        Ok(out)
+    }
+
+    async fn size(&self, name: &str) -> Result<u64, StoreError> {
+        self.0.borrow().get(name).map(|o| o.len() as u64).ok_or(StoreError::NotFound)
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        self.0.borrow_mut().remove(name).map(|_| ()).ok_or(StoreError::NotFound)
+    }
+}
+
+thread_local! {
+    static COUNTER: Cell<u128> = const { Cell::new(0) };
+}
+
+/// Distinct ids, deterministic per thread.
+pub fn counter_random() -> [u8; 16] {
+    COUNTER.with(|c| {
+        c.set(c.get() + 1);
+        c.get().to_be_bytes()
+    })
+}
+
+pub fn memory_stores() -> Stores<MemMeta, MemBlobs> {
+    Stores { meta: MemMeta::default(), blobs: MemBlobs::default(), random: counter_random }
+}
+
+/// Drive a future that never waits on anything real (the in-memory stores).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, Waker};
+    let mut f = std::pin::pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The end-to-end harness: builds the real wasm component (release) and `berth-runner` once,
+//! starts the runner on a free loopback port with its own data dir, waits until it answers, and
+//! stops it by PID when the test ends (also when it fails).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `target/<profile>/` of this test binary (`target/<profile>/deps/<test>`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps").to_owned()
+}
+
+pub struct Artifacts {
+    pub runner: PathBuf,
+    pub component: PathBuf,
+}
+
+/// Build the component (release wasm: debug wasm hashes and copies slowly) and the runner (same
+/// profile as the tests) once per test binary. Cargo's own lock serialises concurrent builds.
+pub fn artifacts() -> &'static Artifacts {
+    static BUILT: OnceLock<Artifacts> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let profile = profile_dir();
+        let target_dir = profile.parent().expect("target dir").to_owned();
+        let release = profile.file_name().is_some_and(|n| n == "release");
+        let run = |args: &[&str]| {
+            let status = Command::new(&cargo)
+                .args(args)
+                .arg("--target-dir")
+                .arg(&target_dir)
+                .current_dir(repo_root())
+                .status()
+                .expect("running cargo");
+            assert!(status.success(), "cargo {args:?} failed");
+        };
+        run(&["build", "--release", "--target", "wasm32-wasip2", "-p", "berth"]);
+        if release {
+            run(&["build", "--release", "-p", "berth-runner"]);
+        } else {
+            run(&["build", "-p", "berth-runner"]);
+        }
+        Artifacts {
+            runner: profile.join("berth-runner"),
+            component: target_dir.join("wasm32-wasip2/release/berth.wasm"),
+        }
+    })
+}
+
+/// A running `berth-runner`.
+pub struct Runner {
+    child: Child,
+    pub url: String,
+    pub data: PathBuf,
+    log: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+pub struct RunnerOptions<'a> {
+    pub manifest: PathBuf,
+    pub tls: Option<(&'a Path, &'a Path)>,
+    pub args: Vec<String>,
+}
+
+impl Default for RunnerOptions<'_> {
+    fn default() -> Self {
+        RunnerOptions { manifest: repo_root().join("spin.toml"), tls: None, args: Vec::new() }
+    }
+}
+
+impl Runner {
+    pub fn start(data: &Path) -> Runner {
+        Self::start_with(data, RunnerOptions::default())
+    }
+
+    pub fn start_with(data: &Path, options: RunnerOptions<'_>) -> Runner {
+        let artifacts = artifacts();
+        let mut command = Command::new(&artifacts.runner);
+        command
+            .arg("up")
+            .arg("--manifest")
+            .arg(&options.manifest)
+            .arg("--component")
+            .arg(&artifacts.component)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data")
+            .arg(data)
+            .args(&options.args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some((cert, key)) = options.tls {
+            command.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
+        let mut child = command.spawn().expect("starting berth-runner");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (url_tx, url_rx) = mpsc::channel();
+        let log_writer = log.clone();
+        // Drain stdout for the runner's whole life (a full pipe would block it).
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.split(" on ").nth(1).filter(|_| line.starts_with("berth-runner: serving")) {
+                    let _ = url_tx.send(url.trim().to_owned());
+                }
+                log_writer.lock().unwrap().push(line);
+            }
+        });
+        let url = match url_rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("berth-runner did not report a listening address; exit: {:?}", child.wait());
+            }
+        };
+        let runner = Runner { child, url, data: data.to_owned(), log };
+        runner.wait_ready();
+        runner
+    }
+
+    /// Poll until the listener accepts connections (the URL is printed after bind, so this is quick).
+    fn wait_ready(&self) {
+        let addr = self.url.split("://").nth(1).unwrap().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "berth-runner at {addr} never accepted a connection");
+            std::thread::yield_now();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn addr(&self) -> String {
+        self.url.split("://").nth(1).unwrap().to_owned()
+    }
+
+    /// The request log lines printed so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Peak resident set size so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:") * 1024
+    }
+
+    /// Current resident set size (VmRSS), in bytes.
+    pub fn rss(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:") * 1024
+    }
+
+    /// Stop with SIGTERM and wait for the exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().expect("runner exit");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc status");
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// An HTTP client for the runner (no proxy from the environment).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// The `code` of the first entry of an OCI error body.
+pub async fn error_code(response: reqwest::Response) -> (u16, String, serde_json::Value) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.expect("an OCI error body (JSON)");
+    let code = body["errors"][0]["code"].as_str().expect("errors[0].code").to_owned();
+    (status, code, body)
+}
+
+/// sha256 of bytes, as a digest string (computed here, independently of the registry).
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// Deterministic, incompressible bytes (xorshift), generated in chunks: never all in memory.
+pub struct PseudoRandom(u64);
+
+impl PseudoRandom {
+    pub fn new(seed: u64) -> Self {
+        PseudoRandom(seed.max(1))
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+    }
+
+    pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0; len];
+        PseudoRandom::new(seed).fill(&mut out);
+        out
+    }
+}
+
+/// A CA and a certificate for 127.0.0.1 / localhost signed by it, written as PEM files.
+pub struct TestCerts {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn make_certs(dir: &Path) -> TestCerts {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Berth test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    let certs = TestCerts { ca: dir.join("ca.crt"), cert: dir.join("server.crt"), key: dir.join("server.key") };
+    std::fs::write(&certs.ca, ca.pem()).unwrap();
+    std::fs::write(&certs.cert, leaf.pem()).unwrap();
+    std::fs::write(&certs.key, leaf_key.serialize_pem()).unwrap();
+    certs
+}
+
+/// Object files under the runner's blob store (temp files excluded).
+pub fn stored_objects(data: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if path.is_dir() { walk(&path, out) } else { out.push(path) }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&data.join("blobs"), &mut out);
+    out
+}
