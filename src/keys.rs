@@ -25,7 +25,10 @@ fn repo_key(name: &RepoName) -> String {
     if "repo/".len() + name.as_str().len() + 1 + LONGEST_REPO_SUFFIX <= MAX_KEY_LEN {
         name.as_str().to_owned()
     } else {
-        format!("~{}", Digest::of(Algorithm::Sha256, name.as_str().as_bytes()).hex())
+        format!(
+            "~{}",
+            Digest::of(Algorithm::Sha256, name.as_str().as_bytes()).hex()
+        )
     }
 }
 
@@ -34,7 +37,12 @@ pub fn blob(digest: &Digest) -> String {
 }
 
 pub fn blob_link(name: &RepoName, digest: &Digest) -> String {
-    format!("repo/{}/link/{}/{}", repo_key(name), digest.algorithm().as_str(), digest.hex())
+    format!(
+        "repo/{}/link/{}/{}",
+        repo_key(name),
+        digest.algorithm().as_str(),
+        digest.hex()
+    )
 }
 
 /// A fresh object name for bytes being written.
@@ -58,6 +66,9 @@ mod tests {
     fn short_names_stay_readable() {
         let name = RepoName::parse("library/alpine").unwrap();
         let d = Digest::of(Algorithm::Sha256, b"");
-        assert_eq!(blob_link(&name, &d), format!("repo/library/alpine/link/sha256/{}", d.hex()));
+        assert_eq!(
+            blob_link(&name, &d),
+            format!("repo/library/alpine/link/sha256/{}", d.hex())
+        );
     }
 }

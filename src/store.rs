@@ -64,7 +64,12 @@ pub trait BlobStore {
 
     /// Store `data` as the new object `name`, continuing `hashes` over its bytes. Nothing is
     /// visible under `name` unless this returns `Ok`.
-    async fn write(&self, name: &str, data: Self::Incoming, hashes: Vec<RunningHash>) -> Result<Written, StoreError>;
+    async fn write(
+        &self,
+        name: &str,
+        data: Self::Incoming,
+        hashes: Vec<RunningHash>,
+    ) -> Result<Written, StoreError>;
     /// The extents, one after another, as one stream.
     async fn read_extents(&self, extents: Vec<Extent>) -> Result<Self::Outgoing, StoreError>;
     async fn size(&self, name: &str) -> Result<u64, StoreError>;

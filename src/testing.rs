@@ -1,7 +1,7 @@
 //! In-memory stores for native tests of the registry logic.
 
-use crate::store::{BlobStore, Extent, MetaStore, StoreError, Stores, Written};
 use crate::digest::RunningHash;
+use crate::store::{BlobStore, Extent, MetaStore, StoreError, Stores, Written};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
@@ -29,7 +29,12 @@ impl BlobStore for MemBlobs {
     type Incoming = Vec<u8>;
     type Outgoing = Vec<u8>;
 
-    async fn write(&self, name: &str, data: Vec<u8>, mut hashes: Vec<RunningHash>) -> Result<Written, StoreError> {
+    async fn write(
+        &self,
+        name: &str,
+        data: Vec<u8>,
+        mut hashes: Vec<RunningHash>,
+    ) -> Result<Written, StoreError> {
         let mut objects = self.0.borrow_mut();
         if objects.contains_key(name) {
             return Err(StoreError::AlreadyExists);
@@ -46,17 +51,29 @@ impl BlobStore for MemBlobs {
         for e in extents {
             let object = objects.get(&e.name).ok_or(StoreError::NotFound)?;
             let range = e.offset as usize..(e.offset + e.length) as usize;
-            out.extend_from_slice(object.get(range).ok_or_else(|| StoreError::Other("range past end".into()))?);
+            out.extend_from_slice(
+                object
+                    .get(range)
+                    .ok_or_else(|| StoreError::Other("range past end".into()))?,
+            );
         }
         Ok(out)
     }
 
     async fn size(&self, name: &str) -> Result<u64, StoreError> {
-        self.0.borrow().get(name).map(|o| o.len() as u64).ok_or(StoreError::NotFound)
+        self.0
+            .borrow()
+            .get(name)
+            .map(|o| o.len() as u64)
+            .ok_or(StoreError::NotFound)
     }
 
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
-        self.0.borrow_mut().remove(name).map(|_| ()).ok_or(StoreError::NotFound)
+        self.0
+            .borrow_mut()
+            .remove(name)
+            .map(|_| ())
+            .ok_or(StoreError::NotFound)
     }
 }
 
@@ -73,7 +90,11 @@ pub fn counter_random() -> [u8; 16] {
 }
 
 pub fn memory_stores() -> Stores<MemMeta, MemBlobs> {
-    Stores { meta: MemMeta::default(), blobs: MemBlobs::default(), random: counter_random }
+    Stores {
+        meta: MemMeta::default(),
+        blobs: MemBlobs::default(),
+        random: counter_random,
+    }
 }
 
 /// Drive a future that never waits on anything real (the in-memory stores).

@@ -2,13 +2,15 @@
 //! blocking threads, connected to the component's streams by bounded channels; hashing happens
 //! here, natively, on the bytes as they are written.
 
-use crate::bindings::berth::blob_store::store::{self as wit, Error, Extent, HashAlgorithm, HashState, ObjectInfo, Page, Written};
+use crate::bindings::berth::blob_store::store::{
+    self as wit, Error, Extent, HashAlgorithm, HashState, ObjectInfo, Page, Written,
+};
 use crate::blob_fs::{self, BlobError, FsBlobStore};
 use crate::host::Host;
 use crate::streams::{ChannelConsumer, ChannelProducer};
 use sha2::Digest as _;
 use sha2::digest::common::hazmat::SerializableState;
-use wasmtime::component::{Accessor, HasData, Linker, StreamReader};
+use wasmtime::component::{Accessor, FutureReader, HasData, Linker, StreamReader};
 
 pub struct BlobStoreHost;
 
@@ -43,8 +45,14 @@ impl Hasher {
     fn restore(state: &HashState) -> Result<Hasher, Error> {
         let bad = || Error::Other("invalid hash state".into());
         Ok(match state.algorithm {
-            HashAlgorithm::Sha256 => Hasher::Sha256(sha2::Sha256::deserialize(state.state.as_slice().try_into().map_err(|_| bad())?).map_err(|_| bad())?),
-            HashAlgorithm::Sha512 => Hasher::Sha512(sha2::Sha512::deserialize(state.state.as_slice().try_into().map_err(|_| bad())?).map_err(|_| bad())?),
+            HashAlgorithm::Sha256 => Hasher::Sha256(
+                sha2::Sha256::deserialize(state.state.as_slice().try_into().map_err(|_| bad())?)
+                    .map_err(|_| bad())?,
+            ),
+            HashAlgorithm::Sha512 => Hasher::Sha512(
+                sha2::Sha512::deserialize(state.state.as_slice().try_into().map_err(|_| bad())?)
+                    .map_err(|_| bad())?,
+            ),
         })
     }
 
@@ -57,18 +65,33 @@ impl Hasher {
 
     fn save(&self) -> HashState {
         match self {
-            Hasher::Sha256(h) => HashState { algorithm: HashAlgorithm::Sha256, state: h.serialize().to_vec() },
-            Hasher::Sha512(h) => HashState { algorithm: HashAlgorithm::Sha512, state: h.serialize().to_vec() },
+            Hasher::Sha256(h) => HashState {
+                algorithm: HashAlgorithm::Sha256,
+                state: h.serialize().to_vec(),
+            },
+            Hasher::Sha512(h) => HashState {
+                algorithm: HashAlgorithm::Sha512,
+                state: h.serialize().to_vec(),
+            },
         }
     }
 }
 
-impl wit::HostWithStore for BlobStoreHost {
-    async fn write<T>(accessor: &Accessor<T, Self>, name: String, data: StreamReader<u8>, hashes: Vec<HashState>) -> wasmtime::Result<Result<Written, Error>> {
+impl<T> wit::HostWithStore<T> for BlobStoreHost {
+    async fn write(
+        accessor: &Accessor<T, Self>,
+        name: String,
+        data: StreamReader<u8>,
+        hashes: Vec<HashState>,
+    ) -> wasmtime::Result<Result<Written, Error>> {
         let store = store_of(accessor);
         let (consumer, mut chunks) = ChannelConsumer::new();
         accessor.with(|mut access| data.pipe(&mut access, consumer))?;
-        let mut hashers = match hashes.iter().map(Hasher::restore).collect::<Result<Vec<_>, _>>() {
+        let mut hashers = match hashes
+            .iter()
+            .map(Hasher::restore)
+            .collect::<Result<Vec<_>, _>>()
+        {
             Ok(hashers) => hashers,
             Err(e) => return Ok(Err(e)),
         };
@@ -79,15 +102,24 @@ impl wit::HostWithStore for BlobStoreHost {
                 hashers.iter_mut().for_each(|h| h.update(&chunk));
             }
             let size = object.commit().map_err(to_wit)?;
-            Ok(Written { size, hashes: hashers.iter().map(Hasher::save).collect() })
+            Ok(Written {
+                size,
+                hashes: hashers.iter().map(Hasher::save).collect(),
+            })
         })
         .await?;
         Ok(written)
     }
 
-    async fn read<T>(accessor: &Accessor<T, Self>, name: String, offset: u64, length: Option<u64>) -> wasmtime::Result<Result<StreamReader<u8>, Error>> {
+    async fn read(
+        accessor: &Accessor<T, Self>,
+        name: String,
+        offset: u64,
+        length: Option<u64>,
+    ) -> wasmtime::Result<Result<Transfer, Error>> {
         let store = store_of(accessor);
-        let opened = tokio::task::spawn_blocking(move || store.open_range(&name, offset, length)).await?;
+        let opened =
+            tokio::task::spawn_blocking(move || store.open_range(&name, offset, length)).await?;
         let (file, length) = match opened {
             Ok(opened) => opened,
             Err(e) => return Ok(Err(to_wit(e))),
@@ -95,11 +127,17 @@ impl wit::HostWithStore for BlobStoreHost {
         stream_files(accessor, vec![(file, length)]).map(Ok)
     }
 
-    async fn read_extents<T>(accessor: &Accessor<T, Self>, extents: Vec<Extent>) -> wasmtime::Result<Result<StreamReader<u8>, Error>> {
+    async fn read_extents(
+        accessor: &Accessor<T, Self>,
+        extents: Vec<Extent>,
+    ) -> wasmtime::Result<Result<Transfer, Error>> {
         let store = store_of(accessor);
         // Open (and check) every extent before the first byte goes out.
         let opened = tokio::task::spawn_blocking(move || {
-            extents.iter().map(|e| store.open_range(&e.name, e.offset, Some(e.length))).collect::<Result<Vec<_>, _>>()
+            extents
+                .iter()
+                .map(|e| store.open_range(&e.name, e.offset, Some(e.length)))
+                .collect::<Result<Vec<_>, _>>()
         })
         .await?;
         match opened {
@@ -108,41 +146,65 @@ impl wit::HostWithStore for BlobStoreHost {
         }
     }
 
-    async fn stat<T>(accessor: &Accessor<T, Self>, name: String) -> wasmtime::Result<Result<ObjectInfo, Error>> {
+    async fn stat(
+        accessor: &Accessor<T, Self>,
+        name: String,
+    ) -> wasmtime::Result<Result<ObjectInfo, Error>> {
         let store = store_of(accessor);
         let size = tokio::task::spawn_blocking(move || store.size(&name)).await?;
         Ok(size.map(|size| ObjectInfo { size }).map_err(to_wit))
     }
 
-    async fn delete<T>(accessor: &Accessor<T, Self>, name: String) -> wasmtime::Result<Result<(), Error>> {
+    async fn delete(
+        accessor: &Accessor<T, Self>,
+        name: String,
+    ) -> wasmtime::Result<Result<(), Error>> {
         let store = store_of(accessor);
-        Ok(tokio::task::spawn_blocking(move || store.delete(&name)).await?.map_err(to_wit))
+        Ok(tokio::task::spawn_blocking(move || store.delete(&name))
+            .await?
+            .map_err(to_wit))
     }
 
-    async fn list<T>(accessor: &Accessor<T, Self>, prefix: String, cursor: Option<String>, limit: u32) -> wasmtime::Result<Result<Page, Error>> {
+    async fn list_objects(
+        accessor: &Accessor<T, Self>,
+        prefix: String,
+        cursor: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<Result<Page, Error>> {
         let store = store_of(accessor);
-        let listed = tokio::task::spawn_blocking(move || store.list(&prefix, cursor.as_deref(), limit as usize)).await?;
-        Ok(listed.map(|(names, next)| Page { names, next }).map_err(to_wit))
+        let listed = tokio::task::spawn_blocking(move || {
+            store.list(&prefix, cursor.as_deref(), limit as usize)
+        })
+        .await?;
+        Ok(listed
+            .map(|(names, next)| Page { names, next })
+            .map_err(to_wit))
     }
 }
 
 impl wit::Host for &mut Host {}
 
+/// A read in progress: the bytes, and the outcome once they have all gone (or not).
+type Transfer = (StreamReader<u8>, FutureReader<Result<(), Error>>);
+
 /// A stream fed by a blocking thread that reads the files one after another. If the reader goes
-/// away, the thread stops at the next chunk.
-fn stream_files<T>(accessor: &Accessor<T, BlobStoreHost>, files: Vec<(std::fs::File, u64)>) -> wasmtime::Result<StreamReader<u8>> {
-    let (tx, producer) = ChannelProducer::new();
+/// away, the thread stops at the next chunk. The future tells how the transfer ended.
+fn stream_files<T>(
+    accessor: &Accessor<T, BlobStoreHost>,
+    files: Vec<(std::fs::File, u64)>,
+) -> wasmtime::Result<Transfer> {
+    let (tx, producer, done) = ChannelProducer::new();
     tokio::task::spawn_blocking(move || {
         for (file, length) in files {
             let mut open = true;
             let read = blob_fs::read_chunks(file, length, |chunk| {
-                open = tx.blocking_send(chunk.into()).is_ok();
+                open = tx.blocking_send(Ok(chunk.into())).is_ok();
                 open
             });
             if let Err(e) = read {
                 // Ending the stream early makes the response shorter than its Content-Length,
                 // so the client sees a broken transfer, never wrong bytes.
-                eprintln!("berth-runner: blob read failed: {e:?}");
+                let _ = tx.blocking_send(Err(format!("reading failed: {e:?}")));
                 return;
             }
             if !open {
@@ -150,5 +212,14 @@ fn stream_files<T>(accessor: &Accessor<T, BlobStoreHost>, files: Vec<(std::fs::F
             }
         }
     });
-    accessor.with(|mut access| StreamReader::new(&mut access, producer))
+    accessor.with(|mut access| {
+        let stream = StreamReader::new(&mut access, producer)?;
+        let done = FutureReader::new(&mut access, async move {
+            let outcome = done
+                .await
+                .unwrap_or_else(|_| Err("the transfer was abandoned".into()));
+            wasmtime::error::Ok(outcome.map_err(Error::Other))
+        })?;
+        Ok((stream, done))
+    })
 }

@@ -7,12 +7,18 @@ use crate::outbound::{AllowedHosts, OutboundHooks};
 use crate::variables::Variables;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set once shutdown begins: instances dropped after that are not failures worth reporting.
+pub static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, GuestTaskId, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreContextMut};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_http::handler::{HandlerState, Instance, ProxyPre, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus};
+use wasmtime_wasi_http::handler::{
+    HandlerState, Instance, ProxyPre, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
+};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// What every instance shares: the storage backends and the resolved configuration.
@@ -34,20 +40,38 @@ pub struct Host {
 
 impl Host {
     fn new(shared: Arc<Shared>) -> Host {
-        let wasi = WasiCtxBuilder::new().inherit_stdout().inherit_stderr().build();
-        Host { table: ResourceTable::new(), wasi, http: WasiHttpCtx::new(), hooks: OutboundHooks { allowed: shared.outbound.clone() }, shared }
+        let wasi = WasiCtxBuilder::new()
+            .inherit_stdout()
+            .inherit_stderr()
+            .build();
+        Host {
+            table: ResourceTable::new(),
+            wasi,
+            http: WasiHttpCtx::new(),
+            hooks: OutboundHooks {
+                allowed: shared.outbound.clone(),
+            },
+            shared,
+        }
     }
 }
 
 impl WasiView for Host {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for Host {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { hooks: &mut self.hooks, table: &mut self.table, ctx: &mut self.http }
+        WasiHttpCtxView {
+            hooks: &mut self.hooks,
+            table: &mut self.table,
+            ctx: &mut self.http,
+        }
     }
 }
 
@@ -70,7 +94,11 @@ pub fn engine() -> anyhow::Result<Engine> {
     let mut config = wasmtime::Config::new();
     config.wasm_component_model_async(true);
     let mut pooling = wasmtime::PoolingAllocationConfig::default();
-    pooling.total_component_instances(1000).total_memories(1000).total_tables(1000).max_memory_size(1 << 30);
+    pooling
+        .total_component_instances(1000)
+        .total_memories(1000)
+        .total_tables(1000)
+        .max_memory_size(1 << 30);
     config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
     Ok(Engine::new(&config)?)
 }
@@ -96,10 +124,20 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub fn new(engine: Engine, component: &Component, shared: Arc<Shared>, reuse: Reuse) -> anyhow::Result<Handler> {
+    pub fn new(
+        engine: Engine,
+        component: &Component,
+        shared: Arc<Shared>,
+        reuse: Reuse,
+    ) -> anyhow::Result<Handler> {
         let pre = linker(&engine)?.instantiate_pre(component)?;
         let pre = ProxyPre::P3(wasmtime_wasi_http::p3::bindings::ServicePre::new(pre)?);
-        Ok(Handler { engine, pre, shared, reuse })
+        Ok(Handler {
+            engine,
+            pre,
+            shared,
+            reuse,
+        })
     }
 }
 
@@ -108,11 +146,22 @@ impl HandlerState for Handler {
     type WorkerExpiration = IdleExpiry;
     type WorkerState = Policy;
 
-    fn instantiate(&self) -> impl Future<Output = wasmtime::Result<Instance<Host, IdleExpiry, Policy>>> + Send {
+    fn instantiate(
+        &self,
+    ) -> impl Future<Output = wasmtime::Result<Instance<Host, IdleExpiry, Policy>>> + Send {
         async move {
             let mut store = Store::new(&self.engine, Host::new(self.shared.clone()));
             let proxy = self.pre.instantiate_async(&mut store).await?;
-            Ok(Instance { store, proxy, view: http_view, expiration: IdleExpiry { idle: self.reuse.idle, sleep: None }, state: Policy(self.reuse) })
+            Ok(Instance {
+                store,
+                proxy,
+                view: http_view,
+                expiration: IdleExpiry {
+                    idle: self.reuse.idle,
+                    sleep: None,
+                },
+                state: Policy(self.reuse),
+            })
         }
     }
 }
@@ -133,13 +182,20 @@ impl WorkerState for Policy {
         }
     }
 
-    fn on_request_start(&self, _: StoreContextMut<'_, Host>, _: (), _: GuestTaskId) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
+    fn on_request_start(
+        &self,
+        _: StoreContextMut<'_, Host>,
+        _: (),
+        _: GuestTaskId,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
         // No request timeout: a registry streams multi-GiB blobs.
         Box::pin(std::future::pending())
     }
 
     fn drop(&self, _store: Store<Host>, result: wasmtime::Result<()>) {
-        if let Err(err) = result {
+        if let Err(err) = result
+            && !SHUTTING_DOWN.load(Ordering::Relaxed)
+        {
             eprintln!("berth-runner: component instance ended with an error: {err:?}");
         }
     }
@@ -152,14 +208,21 @@ pub struct IdleExpiry {
 }
 
 impl WorkerExpiration for IdleExpiry {
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, status: WorkerStatus, start: Instant) -> Poll<()> {
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        status: WorkerStatus,
+        start: Instant,
+    ) -> Poll<()> {
         let this = self.get_mut();
         if status != WorkerStatus::Idle {
             this.sleep = None;
             return Poll::Pending;
         }
         let deadline = tokio::time::Instant::from_std(start + this.idle);
-        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if sleep.deadline() != deadline {
             sleep.as_mut().reset(deadline);
         }

@@ -19,16 +19,25 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID")?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, String> {
-        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&conn).map_err(|e| e.to_string())
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        self.with(|c| c.prepare_cached("SELECT value FROM kv WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional())
+        self.with(|c| {
+            c.prepare_cached("SELECT value FROM kv WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()
+        })
     }
 
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
@@ -40,15 +49,28 @@ impl SqliteStore {
     }
 
     pub fn delete(&self, key: &str) -> Result<(), String> {
-        self.with(|c| c.prepare_cached("DELETE FROM kv WHERE key = ?1")?.execute([key]).map(|_| ()))
+        self.with(|c| {
+            c.prepare_cached("DELETE FROM kv WHERE key = ?1")?
+                .execute([key])
+                .map(|_| ())
+        })
     }
 
     pub fn exists(&self, key: &str) -> Result<bool, String> {
-        self.with(|c| c.prepare_cached("SELECT 1 FROM kv WHERE key = ?1")?.query_row([key], |_| Ok(())).optional().map(|r| r.is_some()))
+        self.with(|c| {
+            c.prepare_cached("SELECT 1 FROM kv WHERE key = ?1")?
+                .query_row([key], |_| Ok(()))
+                .optional()
+                .map(|r| r.is_some())
+        })
     }
 
     pub fn keys(&self) -> Result<Vec<String>, String> {
-        self.with(|c| c.prepare_cached("SELECT key FROM kv ORDER BY key")?.query_map([], |r| r.get(0))?.collect())
+        self.with(|c| {
+            c.prepare_cached("SELECT key FROM kv ORDER BY key")?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        })
     }
 }
 
@@ -69,7 +91,11 @@ pub struct KvStores {
 
 impl KvStores {
     pub fn new(dir: PathBuf, granted: Vec<String>) -> KvStores {
-        KvStores { dir, granted, open: Mutex::new(HashMap::new()) }
+        KvStores {
+            dir,
+            granted,
+            open: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn open(&self, label: &str) -> Result<Arc<SqliteStore>, OpenError> {
@@ -81,11 +107,20 @@ impl KvStores {
             return Ok(store.clone());
         }
         // Labels come from spin.toml, but keep them to safe file names all the same.
-        if label.is_empty() || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-            return Err(OpenError::Other(format!("label {label:?} is not a valid store name")));
+        if label.is_empty()
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(OpenError::Other(format!(
+                "label {label:?} is not a valid store name"
+            )));
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| OpenError::Other(e.to_string()))?;
-        let store = Arc::new(SqliteStore::open(&self.dir.join(format!("{label}.db"))).map_err(|e| OpenError::Other(format!("{e:#}")))?);
+        let store = Arc::new(
+            SqliteStore::open(&self.dir.join(format!("{label}.db")))
+                .map_err(|e| OpenError::Other(format!("{e:#}")))?,
+        );
         open.insert(label.to_owned(), store.clone());
         Ok(store)
     }
@@ -116,8 +151,14 @@ mod tests {
     fn values_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        SqliteStore::open(&path).unwrap().set("k", &[0, 255, 7]).unwrap();
-        assert_eq!(SqliteStore::open(&path).unwrap().get("k").unwrap(), Some(vec![0, 255, 7]));
+        SqliteStore::open(&path)
+            .unwrap()
+            .set("k", &[0, 255, 7])
+            .unwrap();
+        assert_eq!(
+            SqliteStore::open(&path).unwrap().get("k").unwrap(),
+            Some(vec![0, 255, 7])
+        );
     }
 
     #[test]
@@ -126,6 +167,9 @@ mod tests {
         let stores = KvStores::new(dir.path().to_owned(), vec!["default".into()]);
         assert!(stores.open("default").is_ok());
         assert_eq!(stores.open("other").err(), Some(OpenError::AccessDenied));
-        assert!(Arc::ptr_eq(&stores.open("default").unwrap(), &stores.open("default").unwrap()));
+        assert!(Arc::ptr_eq(
+            &stores.open("default").unwrap(),
+            &stores.open("default").unwrap()
+        ));
     }
 }

@@ -5,7 +5,9 @@ use crate::bindings::spin::key_value::key_value::{self as wit, Error};
 use crate::host::Host;
 use crate::kv::{OpenError, SqliteStore};
 use std::sync::Arc;
-use wasmtime::component::{Accessor, FutureReader, HasData, Linker, Resource, StreamReader};
+use wasmtime::component::{
+    Access, Accessor, FutureReader, HasData, Linker, Resource, StreamReader,
+};
 
 /// The resource behind a guest's `store` handle.
 pub struct KvHandle(Arc<SqliteStore>);
@@ -20,16 +22,24 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     wit::add_to_linker::<Host, KeyValueHost>(linker, |host| host)
 }
 
-fn handle<T>(accessor: &Accessor<T, KeyValueHost>, store: &Resource<KvHandle>) -> wasmtime::Result<Arc<SqliteStore>> {
+fn handle<T>(
+    accessor: &Accessor<T, KeyValueHost>,
+    store: &Resource<KvHandle>,
+) -> wasmtime::Result<Arc<SqliteStore>> {
     accessor.with(|mut access| Ok(access.get().table.get(store)?.0.clone()))
 }
 
-async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R, String> + Send + 'static) -> wasmtime::Result<Result<R, Error>> {
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, String> + Send + 'static,
+) -> wasmtime::Result<Result<R, Error>> {
     Ok(tokio::task::spawn_blocking(f).await?.map_err(Error::Other))
 }
 
-impl wit::HostStoreWithStore for KeyValueHost {
-    async fn open<T>(accessor: &Accessor<T, Self>, label: String) -> wasmtime::Result<Result<Resource<KvHandle>, Error>> {
+impl<T> wit::HostStoreWithStore<T> for KeyValueHost {
+    async fn open(
+        accessor: &Accessor<T, Self>,
+        label: String,
+    ) -> wasmtime::Result<Result<Resource<KvHandle>, Error>> {
         let opened = accessor.with(|mut access| access.get().shared.kv.open(&label));
         let store = match opened {
             Ok(store) => store,
@@ -39,45 +49,66 @@ impl wit::HostStoreWithStore for KeyValueHost {
         accessor.with(|mut access| Ok(Ok(access.get().table.push(KvHandle(store))?)))
     }
 
-    async fn get<T>(accessor: &Accessor<T, Self>, store: Resource<KvHandle>, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+    async fn get(
+        accessor: &Accessor<T, Self>,
+        store: Resource<KvHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         let db = handle(accessor, &store)?;
         blocking(move || db.get(&key)).await
     }
 
-    async fn set<T>(accessor: &Accessor<T, Self>, store: Resource<KvHandle>, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
+    async fn set(
+        accessor: &Accessor<T, Self>,
+        store: Resource<KvHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), Error>> {
         let db = handle(accessor, &store)?;
         blocking(move || db.set(&key, &value)).await
     }
 
-    async fn delete<T>(accessor: &Accessor<T, Self>, store: Resource<KvHandle>, key: String) -> wasmtime::Result<Result<(), Error>> {
+    async fn delete(
+        accessor: &Accessor<T, Self>,
+        store: Resource<KvHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), Error>> {
         let db = handle(accessor, &store)?;
         blocking(move || db.delete(&key)).await
     }
 
-    async fn exists<T>(accessor: &Accessor<T, Self>, store: Resource<KvHandle>, key: String) -> wasmtime::Result<Result<bool, Error>> {
+    async fn exists(
+        accessor: &Accessor<T, Self>,
+        store: Resource<KvHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, Error>> {
         let db = handle(accessor, &store)?;
         blocking(move || db.exists(&key)).await
     }
 
-    async fn get_keys<T>(accessor: &Accessor<T, Self>, store: Resource<KvHandle>) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), Error>>)> {
+    fn drop(mut access: Access<'_, T, Self>, store: Resource<KvHandle>) -> wasmtime::Result<()> {
+        access.get().table.delete(store)?;
+        Ok(())
+    }
+
+    async fn get_keys(
+        accessor: &Accessor<T, Self>,
+        store: Resource<KvHandle>,
+    ) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), Error>>)> {
         let db = handle(accessor, &store)?;
         let (keys, result) = match blocking(move || db.keys()).await? {
             Ok(keys) => (keys, Ok(())),
             Err(e) => (Vec::new(), Err(e)),
         };
         accessor.with(|mut access| {
-            let stream = StreamReader::new(&mut access, keys.into_iter())?;
-            let future = FutureReader::new(&mut access, async move { wasmtime::error::Ok(result) })?;
+            let stream = StreamReader::new(&mut access, keys)?;
+            let future =
+                FutureReader::new(&mut access, async move { wasmtime::error::Ok(result) })?;
             Ok((stream, future))
         })
     }
 }
 
-impl wit::HostStore for &mut Host {
-    fn drop(&mut self, store: Resource<KvHandle>) -> wasmtime::Result<()> {
-        self.table.delete(store)?;
-        Ok(())
-    }
-}
+impl wit::HostStore for &mut Host {}
 
 impl wit::Host for &mut Host {}

@@ -47,8 +47,6 @@ pub struct VariableDecl {
     pub default: Option<String>,
     #[serde(default)]
     pub required: bool,
-    #[serde(default)]
-    pub secret: bool,
 }
 
 /// The HTTP component the runner serves.
@@ -56,6 +54,7 @@ pub struct VariableDecl {
 pub struct App {
     pub component_id: String,
     pub source: PathBuf,
+    /// Spin's route pattern: `/...` (everything), `/prefix/...` (a subtree) or an exact path.
     pub route: String,
     pub key_value_stores: Vec<String>,
     pub allowed_outbound_hosts: Vec<String>,
@@ -65,8 +64,19 @@ pub struct App {
 }
 
 impl App {
+    /// Whether `path` falls under this component's route.
+    pub fn serves(&self, path: &str) -> bool {
+        match self.route.strip_suffix("/...") {
+            Some(prefix) => {
+                path == prefix || path.starts_with(&format!("{prefix}/")) || prefix.is_empty()
+            }
+            None => path == self.route,
+        }
+    }
+
     pub fn load(path: &Path) -> Result<App> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
             .with_context(|| format!("in {}", path.display()))
     }
@@ -74,17 +84,26 @@ impl App {
     pub fn parse(text: &str, base_dir: &Path) -> Result<App> {
         let raw: RawManifest = toml::from_str(text)?;
         if raw.spin_manifest_version != 2 {
-            bail!("spin_manifest_version {} is not supported (expected 2)", raw.spin_manifest_version);
+            bail!(
+                "spin_manifest_version {} is not supported (expected 2)",
+                raw.spin_manifest_version
+            );
         }
-        let trigger = raw.trigger.http.first().context("no [[trigger.http]] in the manifest")?;
+        let trigger = raw
+            .trigger
+            .http
+            .first()
+            .context("no [[trigger.http]] in the manifest")?;
         let route = match &trigger.route {
             toml::Value::String(route) => route.clone(),
             other => bail!("unsupported route {other}: the runner serves public routes only"),
         };
-        let component = raw
-            .component
-            .get(&trigger.component)
-            .with_context(|| format!("trigger names component {:?}, which is not defined", trigger.component))?;
+        let component = raw.component.get(&trigger.component).with_context(|| {
+            format!(
+                "trigger names component {:?}, which is not defined",
+                trigger.component
+            )
+        })?;
         let source = match &component.source {
             toml::Value::String(path) => base_dir.join(path),
             other => bail!("unsupported component source {other}: the runner loads local files"),
@@ -132,8 +151,23 @@ message = "{{ greeting }}, world"
         assert_eq!(app.key_value_stores, ["default"]);
         assert_eq!(app.allowed_outbound_hosts, ["https://example.com"]);
         assert_eq!(app.component_variables["message"], "{{ greeting }}, world");
-        assert!(app.variables["token"].required && app.variables["token"].secret);
+        assert!(app.variables["token"].required);
         assert_eq!(app.variables["greeting"].default.as_deref(), Some("hello"));
+    }
+
+    #[test]
+    fn routes_follow_spin_patterns() {
+        let mut app = App::parse(MANIFEST, Path::new("/")).unwrap();
+        assert!(app.serves("/") && app.serves("/v2/x"));
+        app.route = "/api/...".into();
+        assert!(
+            app.serves("/api")
+                && app.serves("/api/v2/")
+                && !app.serves("/apix")
+                && !app.serves("/v2/")
+        );
+        app.route = "/exact".into();
+        assert!(app.serves("/exact") && !app.serves("/exact/x"));
     }
 
     #[test]

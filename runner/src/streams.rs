@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Destination, Source, StreamConsumer, StreamProducer, StreamResult};
@@ -24,14 +24,25 @@ pub struct ChannelConsumer {
 impl ChannelConsumer {
     pub fn new() -> (ChannelConsumer, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(DEPTH);
-        (ChannelConsumer { tx: PollSender::new(tx) }, rx)
+        (
+            ChannelConsumer {
+                tx: PollSender::new(tx),
+            },
+            rx,
+        )
     }
 }
 
 impl<D> StreamConsumer<D> for ChannelConsumer {
     type Item = u8;
 
-    fn poll_consume(mut self: Pin<&mut Self>, cx: &mut Context<'_>, store: StoreContextMut<D>, src: Source<u8>, finish: bool) -> Poll<wasmtime::Result<StreamResult>> {
+    fn poll_consume(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        store: StoreContextMut<D>,
+        src: Source<u8>,
+        finish: bool,
+    ) -> Poll<wasmtime::Result<StreamResult>> {
         // Reserve room first: bytes taken from `src` cannot be put back.
         match self.tx.poll_reserve(cx) {
             Poll::Ready(Ok(())) => {
@@ -57,15 +68,42 @@ impl<D> StreamConsumer<D> for ChannelConsumer {
     }
 }
 
-/// Feeds a reader from chunks produced elsewhere; the stream ends when the channel closes.
+/// Feeds a reader from chunks produced elsewhere. The stream ends when the channel closes, or at
+/// an `Err`, and `done` then says how it ended: it fires only once every byte before the end has
+/// been taken by the reader, so whoever waits on it knows the transfer is really over.
 pub struct ChannelProducer {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Result<Bytes, String>>,
+    done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
 impl ChannelProducer {
-    pub fn new() -> (mpsc::Sender<Bytes>, ChannelProducer) {
+    pub fn new() -> (
+        mpsc::Sender<Result<Bytes, String>>,
+        ChannelProducer,
+        oneshot::Receiver<Result<(), String>>,
+    ) {
         let (tx, rx) = mpsc::channel(DEPTH);
-        (tx, ChannelProducer { rx })
+        let (done_tx, done_rx) = oneshot::channel();
+        (
+            tx,
+            ChannelProducer {
+                rx,
+                done: Some(done_tx),
+            },
+            done_rx,
+        )
+    }
+
+    fn finish(&mut self, outcome: Result<(), String>) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(outcome);
+        }
+    }
+}
+
+impl Drop for ChannelProducer {
+    fn drop(&mut self) {
+        self.finish(Err("the reader closed the stream before its end".into()));
     }
 }
 
@@ -73,13 +111,27 @@ impl<D> StreamProducer<D> for ChannelProducer {
     type Item = u8;
     type Buffer = Bytes;
 
-    fn poll_produce<'a>(mut self: Pin<&mut Self>, cx: &mut Context<'_>, _store: StoreContextMut<'a, D>, mut dst: Destination<'a, u8, Bytes>, finish: bool) -> Poll<wasmtime::Result<StreamResult>> {
+    fn poll_produce<'a>(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        _store: StoreContextMut<'a, D>,
+        mut dst: Destination<'a, u8, Bytes>,
+        finish: bool,
+    ) -> Poll<wasmtime::Result<StreamResult>> {
+        // Called again only after everything handed over before has been delivered.
         match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(chunk)) => {
+            Poll::Ready(Some(Ok(chunk))) => {
                 dst.set_buffer(chunk);
                 Poll::Ready(Ok(StreamResult::Completed))
             }
-            Poll::Ready(None) => Poll::Ready(Ok(StreamResult::Dropped)),
+            Poll::Ready(Some(Err(e))) => {
+                self.finish(Err(e));
+                Poll::Ready(Ok(StreamResult::Dropped))
+            }
+            Poll::Ready(None) => {
+                self.finish(Ok(()));
+                Poll::Ready(Ok(StreamResult::Dropped))
+            }
             Poll::Pending if finish => Poll::Ready(Ok(StreamResult::Cancelled)),
             Poll::Pending => Poll::Pending,
         }

@@ -18,7 +18,11 @@ pub enum Lookup {
 }
 
 impl Variables {
-    pub fn resolve(app: &App, overrides: &BTreeMap<String, String>, env: impl Fn(&str) -> Option<String>) -> Result<Variables> {
+    pub fn resolve(
+        app: &App,
+        overrides: &BTreeMap<String, String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Variables> {
         for name in overrides.keys() {
             if !app.variables.contains_key(name) {
                 bail!("--var {name}: no such variable in [variables]");
@@ -35,23 +39,36 @@ impl Variables {
                 Some(value) => {
                     values.insert(name.clone(), value);
                 }
-                None if decl.required => bail!("variable {name:?} is required: pass --var {name}=... or set SPIN_VARIABLE_{}", name.to_ascii_uppercase()),
+                None if decl.required => bail!(
+                    "variable {name:?} is required: pass --var {name}=... or set SPIN_VARIABLE_{}",
+                    name.to_ascii_uppercase()
+                ),
                 None => {}
             }
         }
         let mut resolved = BTreeMap::new();
         for (name, template) in &app.component_variables {
-            resolved.insert(name.clone(), expand(template, &values).map_err(|e| anyhow::anyhow!("component variable {name:?}: {e}"))?);
+            resolved.insert(
+                name.clone(),
+                expand(template, &values)
+                    .map_err(|e| anyhow::anyhow!("component variable {name:?}: {e}"))?,
+            );
         }
         Ok(Variables(resolved))
     }
 
     pub fn get(&self, name: &str) -> Lookup {
-        let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !valid {
             return Lookup::InvalidName;
         }
-        self.0.get(name).cloned().map_or(Lookup::Undefined, Lookup::Found)
+        self.0
+            .get(name)
+            .cloned()
+            .map_or(Lookup::Undefined, Lookup::Found)
     }
 }
 
@@ -60,7 +77,9 @@ fn expand(template: &str, values: &BTreeMap<String, String>) -> Result<String> {
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
-        let Some(end) = rest[start..].find("}}") else { bail!("unclosed {{{{ in {template:?}") };
+        let Some(end) = rest[start..].find("}}") else {
+            bail!("unclosed {{{{ in {template:?}")
+        };
         let name = rest[start + 2..start + end].trim();
         match values.get(name) {
             Some(value) => out.push_str(value),
@@ -108,7 +127,9 @@ plain = "fixed"
     #[test]
     fn flags_beat_environment_beats_defaults() {
         let overrides = BTreeMap::from([("greeting".to_owned(), "hi".to_owned())]);
-        let env = |k: &str| (k == "SPIN_VARIABLE_WHO" || k == "SPIN_VARIABLE_GREETING").then(|| "env".to_owned());
+        let env = |k: &str| {
+            (k == "SPIN_VARIABLE_WHO" || k == "SPIN_VARIABLE_GREETING").then(|| "env".to_owned())
+        };
         let vars = Variables::resolve(&app(), &overrides, env).unwrap();
         assert_eq!(vars.get("message"), Lookup::Found("hi, env!".into()));
     }
@@ -116,7 +137,11 @@ plain = "fixed"
     #[test]
     fn unknown_and_invalid_names() {
         let vars = Variables::resolve(&app(), &BTreeMap::new(), |_| None).unwrap();
-        assert_eq!(vars.get("greeting"), Lookup::Undefined, "application variables are not component variables");
+        assert_eq!(
+            vars.get("greeting"),
+            Lookup::Undefined,
+            "application variables are not component variables"
+        );
         assert_eq!(vars.get("Bad-Name"), Lookup::InvalidName);
     }
 

@@ -15,13 +15,18 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     wit::add_to_linker::<Host, VariablesHost>(linker, |host| host)
 }
 
-impl wit::HostWithStore for VariablesHost {
-    async fn get<T>(accessor: &Accessor<T, Self>, name: String) -> wasmtime::Result<Result<String, Error>> {
-        Ok(match accessor.with(|mut access| access.get().shared.variables.get(&name)) {
-            Lookup::Found(value) => Ok(value),
-            Lookup::InvalidName => Err(Error::InvalidName(name)),
-            Lookup::Undefined => Err(Error::Undefined(name)),
-        })
+impl<T> wit::HostWithStore<T> for VariablesHost {
+    async fn get(
+        accessor: &Accessor<T, Self>,
+        name: String,
+    ) -> wasmtime::Result<Result<String, Error>> {
+        Ok(
+            match accessor.with(|mut access| access.get().shared.variables.get(&name)) {
+                Lookup::Found(value) => Ok(value),
+                Lookup::InvalidName => Err(Error::InvalidName(name)),
+                Lookup::Undefined => Err(Error::Undefined(name)),
+            },
+        )
     }
 }
 

@@ -8,14 +8,27 @@ use crate::name::RepoName;
 use crate::store::{BlobStore, MetaStore, Stores};
 use http::{StatusCode, header};
 
-pub async fn head<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, name: &RepoName, digest: &Digest) -> Result<Response<B::Outgoing>, RegistryError> {
+pub async fn head<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    digest: &Digest,
+) -> Result<Response<B::Outgoing>, RegistryError> {
     let blob = blobs::linked(stores, name, digest).await?;
-    Ok(blob_headers(Response::new(StatusCode::OK), digest).header(header::CONTENT_LENGTH, blob.size))
+    Ok(blob_headers(Response::new(StatusCode::OK), digest)
+        .header(header::CONTENT_LENGTH, blob.size))
 }
 
-pub async fn get<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, name: &RepoName, digest: &Digest) -> Result<Response<B::Outgoing>, RegistryError> {
+pub async fn get<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    digest: &Digest,
+) -> Result<Response<B::Outgoing>, RegistryError> {
     let blob = blobs::linked(stores, name, digest).await?;
-    let stream = stores.blobs.read_extents(blob.extents(0, blob.size)).await.map_err(internal)?;
+    let stream = stores
+        .blobs
+        .read_extents(blob.extents(0, blob.size))
+        .await
+        .map_err(internal)?;
     Ok(blob_headers(Response::new(StatusCode::OK), digest).stream(blob.size, stream))
 }
 

@@ -22,7 +22,9 @@ fn from_wit(e: wit::Error) -> StoreError {
     match e {
         wit::Error::NotFound => StoreError::NotFound,
         wit::Error::AlreadyExists => StoreError::AlreadyExists,
-        wit::Error::InvalidName(why) => StoreError::Other(format!("blob store refused the name: {why}")),
+        wit::Error::InvalidName(why) => {
+            StoreError::Other(format!("blob store refused the name: {why}"))
+        }
         wit::Error::Other(why) => StoreError::Other(format!("blob store: {why}")),
     }
 }
@@ -32,7 +34,10 @@ fn to_wit_hash(h: &RunningHash) -> wit::HashState {
         Algorithm::Sha256 => wit::HashAlgorithm::Sha256,
         Algorithm::Sha512 => wit::HashAlgorithm::Sha512,
     };
-    wit::HashState { algorithm, state: h.save() }
+    wit::HashState {
+        algorithm,
+        state: h.save(),
+    }
 }
 
 fn from_wit_hash(h: wit::HashState) -> Result<RunningHash, StoreError> {
@@ -40,32 +45,65 @@ fn from_wit_hash(h: wit::HashState) -> Result<RunningHash, StoreError> {
         wit::HashAlgorithm::Sha256 => Algorithm::Sha256,
         wit::HashAlgorithm::Sha512 => Algorithm::Sha512,
     };
-    RunningHash::restore(algorithm, &h.state).ok_or_else(|| StoreError::Other("blob store returned a bad hash state".into()))
+    RunningHash::restore(algorithm, &h.state)
+        .ok_or_else(|| StoreError::Other("blob store returned a bad hash state".into()))
 }
 
 impl BlobStore for WitBlobStore {
     type Incoming = IncomingBody;
     type Outgoing = StreamReader<u8>;
 
-    async fn write(&self, name: &str, data: IncomingBody, hashes: Vec<RunningHash>) -> Result<Written, StoreError> {
+    async fn write(
+        &self,
+        name: &str,
+        data: IncomingBody,
+        hashes: Vec<RunningHash>,
+    ) -> Result<Written, StoreError> {
         let states = hashes.iter().map(to_wit_hash).collect();
-        let written = wit::write(name.to_owned(), data.stream, states).await.map_err(from_wit)?;
+        let written = wit::write(name.to_owned(), data.stream, states)
+            .await
+            .map_err(from_wit)?;
         // The stream has ended; did it end because the body was complete?
         if let Err(code) = data.trailers.await {
             let _ = wit::delete(name.to_owned()).await;
             return Err(StoreError::BodyInterrupted(format!("{code:?}")));
         }
-        let hashes = written.hashes.into_iter().map(from_wit_hash).collect::<Result<_, _>>()?;
-        Ok(Written { size: written.size, hashes })
+        let hashes = written
+            .hashes
+            .into_iter()
+            .map(from_wit_hash)
+            .collect::<Result<_, _>>()?;
+        Ok(Written {
+            size: written.size,
+            hashes,
+        })
     }
 
     async fn read_extents(&self, extents: Vec<Extent>) -> Result<StreamReader<u8>, StoreError> {
-        let extents = extents.into_iter().map(|e| wit::Extent { name: e.name, offset: e.offset, length: e.length }).collect();
-        wit::read_extents(extents).await.map_err(from_wit)
+        let extents = extents
+            .into_iter()
+            .map(|e| wit::Extent {
+                name: e.name,
+                offset: e.offset,
+                length: e.length,
+            })
+            .collect();
+        let (stream, done) = wit::read_extents(extents).await.map_err(from_wit)?;
+        // Keep a task waiting until the bytes have gone: it tells the host that this instance
+        // still has a transfer in flight, and logs one that broke.
+        spin_sdk::wasip3::spawn(async move {
+            if let Err(e) = done.await {
+                eprintln!("berth: blob transfer ended early: {}", from_wit(e));
+            }
+        });
+        Ok(stream)
     }
 
     async fn size(&self, name: &str) -> Result<u64, StoreError> {
-        wit::stat(name.to_owned()).await.map(|info| info.size).map_err(from_wit)
+        wit::stat(name.to_owned())
+            .await
+            .map(|info| info.size)
+            .map_err(from_wit)
     }
 
     async fn delete(&self, name: &str) -> Result<(), StoreError> {

@@ -24,15 +24,32 @@ mod bindings {
     });
 }
 
-#[spin_sdk::http_service]
+/// The `wasi:http/handler@0.3.0` export. (Not `#[http_service]`: that macro turns the request
+/// into an `http::Request` first, and Berth needs the raw body stream to hand to the blob store.)
+struct Berth;
+
+spin_sdk::wasip3::http::service::export!(Berth);
+
+impl spin_sdk::wasip3::exports::http::handler::Guest for Berth {
+    async fn handle(request: types::Request) -> Result<types::Response, ErrorCode> {
+        handle(request).await
+    }
+}
+
 async fn handle(request: types::Request) -> Result<types::Response, ErrorCode> {
     let meta = match KvMetaStore::open("default").await {
         Ok(meta) => meta,
         Err(err) => return Ok(into_wasi_response(crate::message::Response::error(&err))),
     };
-    let stores = Stores { meta, blobs: WitBlobStore, random };
+    let stores = Stores {
+        meta,
+        blobs: WitBlobStore,
+        random,
+    };
     let request = from_wasi_request(request)?;
-    Ok(into_wasi_response(crate::api::handle(&stores, request).await))
+    Ok(into_wasi_response(
+        crate::api::handle(&stores, request).await,
+    ))
 }
 
 fn random() -> [u8; 16] {
@@ -43,8 +60,10 @@ fn random() -> [u8; 16] {
 }
 
 fn from_wasi_request(request: types::Request) -> Result<Request<IncomingBody>, ErrorCode> {
-    let method = http::Method::try_from(request.get_method()).map_err(|_| ErrorCode::HttpRequestMethodInvalid)?;
-    let headers = http::HeaderMap::try_from(request.get_headers()).map_err(|_| ErrorCode::HttpRequestHeaderSectionSize(None))?;
+    let method = http::Method::try_from(request.get_method())
+        .map_err(|_| ErrorCode::HttpRequestMethodInvalid)?;
+    let headers = http::HeaderMap::try_from(request.get_headers())
+        .map_err(|_| ErrorCode::HttpRequestHeaderSectionSize(None))?;
     let path_with_query = request.get_path_with_query().unwrap_or_else(|| "/".into());
     let (path, query) = match path_with_query.split_once('?') {
         Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
@@ -52,12 +71,27 @@ fn from_wasi_request(request: types::Request) -> Result<Request<IncomingBody>, E
     };
     let (result, result_reader) = wit_future::new(|| Ok(()));
     let (stream, trailers) = types::Request::consume_body(request, result_reader);
-    Ok(Request { method, path, query, headers, body: IncomingBody { stream, trailers, _result: result } })
+    Ok(Request {
+        method,
+        path,
+        query,
+        headers,
+        body: IncomingBody {
+            stream,
+            trailers,
+            _result: result,
+        },
+    })
 }
 
-fn into_wasi_response(response: crate::message::Response<spin_sdk::wit_bindgen::StreamReader<u8>>) -> types::Response {
-    let entries: Vec<(String, Vec<u8>)> =
-        response.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())).collect();
+fn into_wasi_response(
+    response: crate::message::Response<spin_sdk::wit_bindgen::StreamReader<u8>>,
+) -> types::Response {
+    let entries: Vec<(String, Vec<u8>)> = response
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect();
     let headers = Fields::from_list(&entries).unwrap_or_else(|_| Fields::new());
     let contents = match response.body {
         Body::Empty => None,

@@ -17,12 +17,17 @@ pub fn repo_root() -> PathBuf {
 /// `target/<profile>/` of this test binary (`target/<profile>/deps/<test>`).
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(Path::parent).expect("target/<profile>/deps").to_owned()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_owned()
 }
 
 pub struct Artifacts {
     pub runner: PathBuf,
     pub component: PathBuf,
+    /// A component that traps on `GET /trap` (tests/fixtures/trap).
+    pub trap_component: PathBuf,
 }
 
 /// Build the component (release wasm: debug wasm hashes and copies slowly) and the runner (same
@@ -44,7 +49,16 @@ pub fn artifacts() -> &'static Artifacts {
                 .expect("running cargo");
             assert!(status.success(), "cargo {args:?} failed");
         };
-        run(&["build", "--release", "--target", "wasm32-wasip2", "-p", "berth"]);
+        run(&[
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            "berth",
+            "-p",
+            "berth-trap-fixture",
+        ]);
         if release {
             run(&["build", "--release", "-p", "berth-runner"]);
         } else {
@@ -53,6 +67,7 @@ pub fn artifacts() -> &'static Artifacts {
         Artifacts {
             runner: profile.join("berth-runner"),
             component: target_dir.join("wasm32-wasip2/release/berth.wasm"),
+            trap_component: target_dir.join("wasm32-wasip2/release/berth_trap_fixture.wasm"),
         }
     })
 }
@@ -67,13 +82,20 @@ pub struct Runner {
 
 pub struct RunnerOptions<'a> {
     pub manifest: PathBuf,
+    /// The component to serve; the registry when `None`.
+    pub component: Option<PathBuf>,
     pub tls: Option<(&'a Path, &'a Path)>,
     pub args: Vec<String>,
 }
 
 impl Default for RunnerOptions<'_> {
     fn default() -> Self {
-        RunnerOptions { manifest: repo_root().join("spin.toml"), tls: None, args: Vec::new() }
+        RunnerOptions {
+            manifest: repo_root().join("spin.toml"),
+            component: None,
+            tls: None,
+            args: Vec::new(),
+        }
     }
 }
 
@@ -90,7 +112,7 @@ impl Runner {
             .arg("--manifest")
             .arg(&options.manifest)
             .arg("--component")
-            .arg(&artifacts.component)
+            .arg(options.component.as_ref().unwrap_or(&artifacts.component))
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data")
@@ -99,7 +121,11 @@ impl Runner {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some((cert, key)) = options.tls {
-            command.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+            command
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key);
         }
         let mut child = command.spawn().expect("starting berth-runner");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -109,7 +135,11 @@ impl Runner {
         // Drain stdout for the runner's whole life (a full pipe would block it).
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.split(" on ").nth(1).filter(|_| line.starts_with("berth-runner: serving")) {
+                if let Some(url) = line
+                    .split(" on ")
+                    .nth(1)
+                    .filter(|_| line.starts_with("berth-runner: serving"))
+                {
                     let _ = url_tx.send(url.trim().to_owned());
                 }
                 log_writer.lock().unwrap().push(line);
@@ -119,10 +149,18 @@ impl Runner {
             Ok(url) => url,
             Err(_) => {
                 let _ = child.kill();
-                panic!("berth-runner did not report a listening address; exit: {:?}", child.wait());
+                panic!(
+                    "berth-runner did not report a listening address; exit: {:?}",
+                    child.wait()
+                );
             }
         };
-        let runner = Runner { child, url, data: data.to_owned(), log };
+        let runner = Runner {
+            child,
+            url,
+            data: data.to_owned(),
+            log,
+        };
         runner.wait_ready();
         runner
     }
@@ -132,7 +170,10 @@ impl Runner {
         let addr = self.url.split("://").nth(1).unwrap().to_owned();
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "berth-runner at {addr} never accepted a connection");
+            assert!(
+                Instant::now() < deadline,
+                "berth-runner at {addr} never accepted a connection"
+            );
             std::thread::yield_now();
         }
     }
@@ -166,7 +207,10 @@ impl Runner {
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -190,8 +234,12 @@ impl Drop for Runner {
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc status");
-    let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
@@ -203,8 +251,12 @@ pub fn client() -> reqwest::Client {
 /// The `code` of the first entry of an OCI error body.
 pub async fn error_code(response: reqwest::Response) -> (u16, String, serde_json::Value) {
     let status = response.status().as_u16();
-    let body: serde_json::Value = response.json().await.expect("an OCI error body (JSON)");
-    let code = body["errors"][0]["code"].as_str().expect("errors[0].code").to_owned();
+    let bytes = response.bytes().await.expect("a body");
+    let body: serde_json::Value = serde_json::from_slice(&bytes).expect("an OCI error body (JSON)");
+    let code = body["errors"][0]["code"]
+        .as_str()
+        .expect("errors[0].code")
+        .to_owned();
     (status, code, body)
 }
 
@@ -252,12 +304,19 @@ pub fn make_certs(dir: &Path) -> TestCerts {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Berth test CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Berth test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
-    let leaf_params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let leaf_params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
     let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
-    let certs = TestCerts { ca: dir.join("ca.crt"), cert: dir.join("server.crt"), key: dir.join("server.key") };
+    let certs = TestCerts {
+        ca: dir.join("ca.crt"),
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+    };
     std::fs::write(&certs.ca, ca.pem()).unwrap();
     std::fs::write(&certs.cert, leaf.pem()).unwrap();
     std::fs::write(&certs.key, leaf_key.serialize_pem()).unwrap();
@@ -267,13 +326,19 @@ pub fn make_certs(dir: &Path) -> TestCerts {
 /// Object files under the runner's blob store (temp files excluded).
 pub fn stored_objects(data: &Path) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
-            if path.is_dir() { walk(&path, out) } else { out.push(path) }
+            if path.is_dir() {
+                walk(&path, out)
+            } else {
+                out.push(path)
+            }
         }
     }
     let mut out = Vec::new();
