@@ -32,11 +32,7 @@ impl BlobRecord {
             offset = part_end;
             let (from, to) = (start.max(part_start), end.min(part_end));
             if from < to {
-                extents.push(Extent {
-                    name: part.name.clone(),
-                    offset: from - part_start,
-                    length: to - from,
-                });
+                extents.push(Extent { name: part.name.clone(), offset: from - part_start, length: to - from });
             }
         }
         extents
@@ -51,20 +47,12 @@ pub async fn record<M: MetaStore, B>(
     stores: &Stores<M, B>,
     digest: &Digest,
 ) -> Result<Option<BlobRecord>, RegistryError> {
-    let Some(bytes) = stores
-        .meta
-        .get(&keys::blob(digest))
-        .await
-        .map_err(internal)?
-    else {
+    let Some(bytes) = stores.meta.get(&keys::blob(digest)).await.map_err(internal)? else {
         return Ok(None);
     };
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        RegistryError::new(
-            ErrorCode::Internal,
-            format!("corrupt blob record {digest}: {e}"),
-        )
-    })
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| RegistryError::new(ErrorCode::Internal, format!("corrupt blob record {digest}: {e}")))
 }
 
 /// The blob, if it is linked to repository `name`.
@@ -73,19 +61,8 @@ pub async fn linked<M: MetaStore, B>(
     name: &RepoName,
     digest: &Digest,
 ) -> Result<BlobRecord, RegistryError> {
-    let unknown = || {
-        RegistryError::new(
-            ErrorCode::BlobUnknown,
-            format!("blob {digest} unknown to repository {name}"),
-        )
-    };
-    if stores
-        .meta
-        .get(&keys::blob_link(name, digest))
-        .await
-        .map_err(internal)?
-        .is_none()
-    {
+    let unknown = || RegistryError::new(ErrorCode::BlobUnknown, format!("blob {digest} unknown to repository {name}"));
+    if stores.meta.get(&keys::blob_link(name, digest)).await.map_err(internal)?.is_none() {
         return Err(unknown());
     }
     record(stores, digest).await?.ok_or_else(unknown)
@@ -103,28 +80,44 @@ pub async fn commit<M: MetaStore, B: BlobStore>(
         Some(existing) if existing.size == blob.size => discard(stores, &blob.parts).await,
         _ => {
             let json = serde_json::to_vec(&blob).expect("records serialize");
-            stores
-                .meta
-                .set(&keys::blob(digest), &json)
-                .await
-                .map_err(internal)?;
+            stores.meta.set(&keys::blob(digest), &json).await.map_err(internal)?;
         }
     }
-    stores
-        .meta
-        .set(&keys::blob_link(name, digest), b"1")
-        .await
-        .map_err(internal)
+    link(stores, name, digest).await
+}
+
+/// Let repository `name` serve an existing blob (and list the repository in the catalog).
+pub async fn link<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    digest: &Digest,
+) -> Result<(), RegistryError> {
+    stores.meta.set(&keys::blob_link(name, digest), b"1").await.map_err(internal)?;
+    mark(stores, &keys::repo_marker(name), Vec::new()).await
+}
+
+/// Create an index object (a fact that listings enumerate). It may exist already: facts are
+/// immutable, so an existing one is the same fact.
+pub async fn mark<M, B: BlobStore>(stores: &Stores<M, B>, object: &str, content: Vec<u8>) -> Result<(), RegistryError> {
+    match stores.blobs.write_bytes(object, content).await {
+        Ok(()) | Err(StoreError::AlreadyExists) => Ok(()),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+/// Remove an index object; one that is already gone is fine.
+pub async fn unmark<M, B: BlobStore>(stores: &Stores<M, B>, object: &str) -> Result<(), RegistryError> {
+    match stores.blobs.delete(object).await {
+        Ok(()) | Err(StoreError::NotFound) => Ok(()),
+        Err(e) => Err(internal(e)),
+    }
 }
 
 /// Remove objects nobody references. Failure only leaks space, so it is logged, not returned.
 pub async fn discard<M, B: BlobStore>(stores: &Stores<M, B>, parts: &[Part]) {
     for part in parts {
         if let Err(err) = stores.blobs.delete(&part.name).await {
-            eprintln!(
-                "berth: could not delete unreferenced object {}: {err}",
-                part.name
-            );
+            eprintln!("berth: could not delete unreferenced object {}: {err}", part.name);
         }
     }
 }
@@ -134,18 +127,8 @@ mod tests {
     use super::*;
 
     fn record(sizes: &[u64]) -> BlobRecord {
-        let parts = sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &size)| Part {
-                name: format!("p{i}"),
-                size,
-            })
-            .collect();
-        BlobRecord {
-            size: sizes.iter().sum(),
-            parts,
-        }
+        let parts = sizes.iter().enumerate().map(|(i, &size)| Part { name: format!("p{i}"), size }).collect();
+        BlobRecord { size: sizes.iter().sum(), parts }
     }
 
     #[test]
@@ -153,9 +136,7 @@ mod tests {
         let r = record(&[3, 4, 5]);
         let e = r.extents(0, 12);
         assert_eq!(
-            e.iter()
-                .map(|x| (x.name.as_str(), x.offset, x.length))
-                .collect::<Vec<_>>(),
+            e.iter().map(|x| (x.name.as_str(), x.offset, x.length)).collect::<Vec<_>>(),
             [("p0", 0, 3), ("p1", 0, 4), ("p2", 0, 5)]
         );
     }
@@ -165,9 +146,7 @@ mod tests {
         let r = record(&[3, 4, 5]);
         let e = r.extents(2, 8);
         assert_eq!(
-            e.iter()
-                .map(|x| (x.name.as_str(), x.offset, x.length))
-                .collect::<Vec<_>>(),
+            e.iter().map(|x| (x.name.as_str(), x.offset, x.length)).collect::<Vec<_>>(),
             [("p0", 2, 1), ("p1", 0, 4), ("p2", 0, 1)]
         );
     }

@@ -44,12 +44,7 @@ pub struct Digest {
 
 impl Digest {
     pub fn parse(s: &str) -> Result<Self, RegistryError> {
-        let invalid = |why: &str| {
-            RegistryError::new(
-                ErrorCode::DigestInvalid,
-                format!("invalid digest {s:?}: {why}"),
-            )
-        };
+        let invalid = |why: &str| RegistryError::new(ErrorCode::DigestInvalid, format!("invalid digest {s:?}: {why}"));
         let (algorithm, hex) = s.split_once(':').ok_or_else(|| invalid("missing ':'"))?;
         let algorithm = match algorithm {
             "sha256" => Algorithm::Sha256,
@@ -62,10 +57,7 @@ impl Digest {
         if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(invalid("not lowercase hex"));
         }
-        Ok(Self {
-            algorithm,
-            hex: hex.to_owned(),
-        })
+        Ok(Self { algorithm, hex: hex.to_owned() })
     }
 
     pub fn algorithm(&self) -> Algorithm {
@@ -142,15 +134,11 @@ impl RunningHash {
         match algorithm {
             Algorithm::Sha256 => {
                 let state = state.try_into().ok()?;
-                sha2::Sha256::deserialize(state)
-                    .ok()
-                    .map(RunningHash::Sha256)
+                sha2::Sha256::deserialize(state).ok().map(RunningHash::Sha256)
             }
             Algorithm::Sha512 => {
                 let state = state.try_into().ok()?;
-                sha2::Sha512::deserialize(state)
-                    .ok()
-                    .map(RunningHash::Sha512)
+                sha2::Sha512::deserialize(state).ok().map(RunningHash::Sha512)
             }
         }
     }
@@ -160,8 +148,7 @@ impl RunningHash {
 mod tests {
     use super::*;
 
-    const EMPTY_SHA256: &str =
-        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const EMPTY_SHA256: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     #[test]
     fn parses_sha256_and_sha512() {

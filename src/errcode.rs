@@ -36,102 +36,34 @@ impl ErrorCode {
     const fn spec(self) -> (&'static str, StatusCode, &'static str) {
         use ErrorCode::*;
         match self {
-            BlobUnknown => (
-                "BLOB_UNKNOWN",
-                StatusCode::NOT_FOUND,
-                "blob unknown to registry",
-            ),
-            BlobUploadInvalid => (
-                "BLOB_UPLOAD_INVALID",
-                StatusCode::BAD_REQUEST,
-                "blob upload invalid",
-            ),
-            BlobUploadUnknown => (
-                "BLOB_UPLOAD_UNKNOWN",
-                StatusCode::NOT_FOUND,
-                "blob upload unknown to registry",
-            ),
-            DigestInvalid => (
-                "DIGEST_INVALID",
-                StatusCode::BAD_REQUEST,
-                "provided digest did not match uploaded content",
-            ),
+            BlobUnknown => ("BLOB_UNKNOWN", StatusCode::NOT_FOUND, "blob unknown to registry"),
+            BlobUploadInvalid => ("BLOB_UPLOAD_INVALID", StatusCode::BAD_REQUEST, "blob upload invalid"),
+            BlobUploadUnknown => ("BLOB_UPLOAD_UNKNOWN", StatusCode::NOT_FOUND, "blob upload unknown to registry"),
+            DigestInvalid => {
+                ("DIGEST_INVALID", StatusCode::BAD_REQUEST, "provided digest did not match uploaded content")
+            }
             ManifestBlobUnknown => (
                 "MANIFEST_BLOB_UNKNOWN",
                 StatusCode::BAD_REQUEST,
                 "manifest references a manifest or blob unknown to registry",
             ),
-            ManifestInvalid => (
-                "MANIFEST_INVALID",
-                StatusCode::BAD_REQUEST,
-                "manifest invalid",
-            ),
-            ManifestUnknown => (
-                "MANIFEST_UNKNOWN",
-                StatusCode::NOT_FOUND,
-                "manifest unknown to registry",
-            ),
-            NameInvalid => (
-                "NAME_INVALID",
-                StatusCode::BAD_REQUEST,
-                "invalid repository name",
-            ),
-            NameUnknown => (
-                "NAME_UNKNOWN",
-                StatusCode::NOT_FOUND,
-                "repository name not known to registry",
-            ),
-            SizeInvalid => (
-                "SIZE_INVALID",
-                StatusCode::BAD_REQUEST,
-                "provided length did not match content length",
-            ),
-            Unauthorized => (
-                "UNAUTHORIZED",
-                StatusCode::UNAUTHORIZED,
-                "authentication required",
-            ),
-            Denied => (
-                "DENIED",
-                StatusCode::FORBIDDEN,
-                "requested access to the resource is denied",
-            ),
-            Unsupported => (
-                "UNSUPPORTED",
-                StatusCode::METHOD_NOT_ALLOWED,
-                "the operation is unsupported",
-            ),
-            TooManyRequests => (
-                "TOOMANYREQUESTS",
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many requests",
-            ),
-            TagInvalid => (
-                "TAG_INVALID",
-                StatusCode::BAD_REQUEST,
-                "manifest tag did not match URI",
-            ),
-            PaginationNumberInvalid => (
-                "PAGINATION_NUMBER_INVALID",
-                StatusCode::BAD_REQUEST,
-                "invalid number of results requested",
-            ),
-            RangeInvalid => (
-                "RANGE_INVALID",
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "invalid content range",
-            ),
+            ManifestInvalid => ("MANIFEST_INVALID", StatusCode::BAD_REQUEST, "manifest invalid"),
+            ManifestUnknown => ("MANIFEST_UNKNOWN", StatusCode::NOT_FOUND, "manifest unknown to registry"),
+            NameInvalid => ("NAME_INVALID", StatusCode::BAD_REQUEST, "invalid repository name"),
+            NameUnknown => ("NAME_UNKNOWN", StatusCode::NOT_FOUND, "repository name not known to registry"),
+            SizeInvalid => ("SIZE_INVALID", StatusCode::BAD_REQUEST, "provided length did not match content length"),
+            Unauthorized => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED, "authentication required"),
+            Denied => ("DENIED", StatusCode::FORBIDDEN, "requested access to the resource is denied"),
+            Unsupported => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED, "the operation is unsupported"),
+            TooManyRequests => ("TOOMANYREQUESTS", StatusCode::TOO_MANY_REQUESTS, "too many requests"),
+            TagInvalid => ("TAG_INVALID", StatusCode::BAD_REQUEST, "manifest tag did not match URI"),
+            PaginationNumberInvalid => {
+                ("PAGINATION_NUMBER_INVALID", StatusCode::BAD_REQUEST, "invalid number of results requested")
+            }
+            RangeInvalid => ("RANGE_INVALID", StatusCode::RANGE_NOT_SATISFIABLE, "invalid content range"),
             NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND, "no such endpoint"),
-            MethodNotAllowed => (
-                "UNSUPPORTED",
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed on this endpoint",
-            ),
-            Internal => (
-                "INTERNAL_ERROR",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal registry error",
-            ),
+            MethodNotAllowed => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint"),
+            Internal => ("INTERNAL_ERROR", StatusCode::INTERNAL_SERVER_ERROR, "internal registry error"),
         }
     }
 
@@ -159,19 +91,11 @@ pub struct RegistryError {
 
 impl RegistryError {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self {
-            code,
-            detail: Some(detail.into()),
-            status: None,
-        }
+        Self { code, detail: Some(detail.into()), status: None }
     }
 
     pub fn bare(code: ErrorCode) -> Self {
-        Self {
-            code,
-            detail: None,
-            status: None,
-        }
+        Self { code, detail: None, status: None }
     }
 
     pub fn with_status(mut self, status: StatusCode) -> Self {
@@ -196,11 +120,7 @@ impl RegistryError {
             detail: Option<&'a str>,
         }
         let envelope = Envelope {
-            errors: [Entry {
-                code: self.code.as_str(),
-                message: self.code.message(),
-                detail: self.detail.as_deref(),
-            }],
+            errors: [Entry { code: self.code.as_str(), message: self.code.message(), detail: self.detail.as_deref() }],
         };
         serde_json::to_vec(&envelope).expect("the envelope always serializes")
     }
@@ -226,10 +146,7 @@ mod tests {
         let json = RegistryError::new(ErrorCode::DigestInvalid, "sha256 mismatch").to_json();
         let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(value["errors"][0]["code"], "DIGEST_INVALID");
-        assert_eq!(
-            value["errors"][0]["message"],
-            "provided digest did not match uploaded content"
-        );
+        assert_eq!(value["errors"][0]["message"], "provided digest did not match uploaded content");
         assert_eq!(value["errors"][0]["detail"], "sha256 mismatch");
     }
 
@@ -246,14 +163,9 @@ mod tests {
         assert_eq!(ErrorCode::DigestInvalid.status(), StatusCode::BAD_REQUEST);
         assert_eq!(ErrorCode::Unauthorized.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(ErrorCode::Denied.status(), StatusCode::FORBIDDEN);
+        assert_eq!(ErrorCode::TooManyRequests.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(
-            ErrorCode::TooManyRequests.status(),
-            StatusCode::TOO_MANY_REQUESTS
-        );
-        assert_eq!(
-            RegistryError::bare(ErrorCode::SizeInvalid)
-                .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-                .status(),
+            RegistryError::bare(ErrorCode::SizeInvalid).with_status(StatusCode::PAYLOAD_TOO_LARGE).status(),
             StatusCode::PAYLOAD_TOO_LARGE
         );
     }

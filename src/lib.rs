@@ -9,10 +9,14 @@ pub mod blobs;
 pub mod digest;
 pub mod errcode;
 pub mod keys;
+pub mod manifest;
 pub mod message;
 pub mod name;
+pub mod range;
+pub mod reference;
 pub mod route;
 pub mod store;
+pub mod upload;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -16,9 +16,7 @@ impl<B> Request<B> {
     /// The first value of query parameter `key`, percent-decoded.
     pub fn query_param(&self, key: &str) -> Option<String> {
         let query = self.query.as_deref()?;
-        url::form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.into_owned())
+        url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
     }
 
     pub fn header(&self, name: impl http::header::AsHeaderName) -> Option<&str> {
@@ -45,11 +43,7 @@ impl<S> Response<S> {
     pub fn new(status: StatusCode) -> Self {
         let mut headers = HeaderMap::new();
         headers.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
-        Self {
-            status,
-            headers,
-            body: Body::Empty,
-        }
+        Self { status, headers, body: Body::Empty }
     }
 
     /// Add a header. Values come from validated types (digests, names, numbers), so a value
@@ -62,8 +56,7 @@ impl<S> Response<S> {
     }
 
     pub fn json(self, bytes: Vec<u8>) -> Self {
-        self.header(http::header::CONTENT_TYPE, "application/json")
-            .full(bytes)
+        self.header(http::header::CONTENT_TYPE, "application/json").full(bytes)
     }
 
     pub fn full(mut self, bytes: Vec<u8>) -> Self {

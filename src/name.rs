@@ -24,10 +24,7 @@ impl RepoName {
             ));
         }
         if s.is_empty() || !s.split('/').all(is_component) {
-            return Err(RegistryError::new(
-                ErrorCode::NameInvalid,
-                format!("invalid repository name {s:?}"),
-            ));
+            return Err(RegistryError::new(ErrorCode::NameInvalid, format!("invalid repository name {s:?}")));
         }
         Ok(Self(s.to_owned()))
     }
@@ -60,10 +57,7 @@ fn is_component(c: &str) -> bool {
         if i == b.len() {
             return true;
         }
-        let sep = &b[i..b[i..]
-            .iter()
-            .position(|&x| is_alnum(x))
-            .map_or(b.len(), |p| i + p)];
+        let sep = &b[i..b[i..].iter().position(|&x| is_alnum(x)).map_or(b.len(), |p| i + p)];
         let valid = sep == b"." || sep == b"_" || sep == b"__" || sep.iter().all(|&x| x == b'-');
         if !valid {
             return false;
@@ -79,20 +73,12 @@ pub struct Tag(String);
 impl Tag {
     pub fn parse(s: &str) -> Result<Self, RegistryError> {
         let b = s.as_bytes();
-        let first_ok = b
-            .first()
-            .is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_');
-        let rest_ok = b
-            .iter()
-            .skip(1)
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+        let first_ok = b.first().is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_');
+        let rest_ok = b.iter().skip(1).all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
         if first_ok && rest_ok && b.len() <= 128 {
             Ok(Self(s.to_owned()))
         } else {
-            Err(RegistryError::new(
-                ErrorCode::TagInvalid,
-                format!("invalid tag {s:?}"),
-            ))
+            Err(RegistryError::new(ErrorCode::TagInvalid, format!("invalid tag {s:?}")))
         }
     }
 
@@ -107,13 +93,7 @@ mod tests {
 
     #[test]
     fn names_that_match_the_grammar() {
-        for ok in [
-            "a",
-            "library/alpine",
-            "a.b_c__d-e---f/g0",
-            "127.0.0.1/x",
-            "x/y/z/w/v/u/t/s/r/q",
-        ] {
+        for ok in ["a", "library/alpine", "a.b_c__d-e---f/g0", "127.0.0.1/x", "x/y/z/w/v/u/t/s/r/q"] {
             assert_eq!(RepoName::parse(ok).unwrap().as_str(), ok);
         }
     }
@@ -137,11 +117,7 @@ mod tests {
             "é",
             too_long.as_str(),
         ] {
-            assert_eq!(
-                RepoName::parse(bad).unwrap_err().code,
-                ErrorCode::NameInvalid,
-                "{bad:?}"
-            );
+            assert_eq!(RepoName::parse(bad).unwrap_err().code, ErrorCode::NameInvalid, "{bad:?}");
         }
     }
 
@@ -158,11 +134,7 @@ mod tests {
             assert!(Tag::parse(ok).is_ok(), "{ok:?}");
         }
         for bad in ["", ".x", "-x", "a/b", "a:b", &"t".repeat(129)] {
-            assert_eq!(
-                Tag::parse(bad).unwrap_err().code,
-                ErrorCode::TagInvalid,
-                "{bad:?}"
-            );
+            assert_eq!(Tag::parse(bad).unwrap_err().code, ErrorCode::TagInvalid, "{bad:?}");
         }
     }
 }

@@ -36,8 +36,7 @@ impl Route {
     /// Parse a request path (without the query). Unknown shapes are `NOT_FOUND`; a known shape
     /// with a bad name or digest is `NAME_INVALID` / `DIGEST_INVALID`.
     pub fn parse(path: &str) -> Result<Route, RegistryError> {
-        let not_found =
-            || RegistryError::new(ErrorCode::NotFound, format!("no endpoint at {path:?}"));
+        let not_found = || RegistryError::new(ErrorCode::NotFound, format!("no endpoint at {path:?}"));
         let rest = match path {
             "/v2" | "/v2/" => return Ok(Route::Base),
             "/v2/_catalog" => return Ok(Route::Catalog),
@@ -101,24 +100,12 @@ mod tests {
             ("/v2", Route::Base),
             ("/v2/_catalog", Route::Catalog),
             ("/v2/a/b/tags/list", Route::Tags(name("a/b"))),
-            (
-                "/v2/a/manifests/latest",
-                Route::Manifest(name("a"), "latest".into()),
-            ),
+            ("/v2/a/manifests/latest", Route::Manifest(name("a"), "latest".into())),
             ("/v2/a/blobs/uploads/", Route::UploadStart(name("a"))),
             ("/v2/a/blobs/uploads", Route::UploadStart(name("a"))),
-            (
-                "/v2/a/blobs/uploads/abc",
-                Route::Upload(name("a"), "abc".into()),
-            ),
-            (
-                &format!("/v2/a/blobs/{D}"),
-                Route::Blob(name("a"), d.clone()),
-            ),
-            (
-                &format!("/v2/a/referrers/{D}"),
-                Route::Referrers(name("a"), d.clone()),
-            ),
+            ("/v2/a/blobs/uploads/abc", Route::Upload(name("a"), "abc".into())),
+            (&format!("/v2/a/blobs/{D}"), Route::Blob(name("a"), d.clone())),
+            (&format!("/v2/a/referrers/{D}"), Route::Referrers(name("a"), d.clone())),
         ];
         for (path, route) in cases {
             assert_eq!(Route::parse(path).unwrap(), route, "{path}");
@@ -131,53 +118,24 @@ mod tests {
             Route::parse("/v2/foo/manifests/bar/manifests/latest").unwrap(),
             Route::Manifest(name("foo/manifests/bar"), "latest".into())
         );
-        assert_eq!(
-            Route::parse("/v2/blobs/tags/list").unwrap(),
-            Route::Tags(name("blobs"))
-        );
-        assert_eq!(
-            Route::parse("/v2/tags/blobs/uploads/").unwrap(),
-            Route::UploadStart(name("tags"))
-        );
+        assert_eq!(Route::parse("/v2/blobs/tags/list").unwrap(), Route::Tags(name("blobs")));
+        assert_eq!(Route::parse("/v2/tags/blobs/uploads/").unwrap(), Route::UploadStart(name("tags")));
     }
 
     #[test]
     fn unknown_paths_are_not_found() {
-        for path in [
-            "/",
-            "/v1/",
-            "/v2/a",
-            "/v2/a/b",
-            "/v2/a/manifests/",
-            "/v2/a/blobs/",
-            "/v2/tags/list",
-            "/v3/a/tags/list",
-        ] {
-            assert_eq!(
-                Route::parse(path).unwrap_err().code,
-                ErrorCode::NotFound,
-                "{path}"
-            );
+        for path in
+            ["/", "/v1/", "/v2/a", "/v2/a/b", "/v2/a/manifests/", "/v2/a/blobs/", "/v2/tags/list", "/v3/a/tags/list"]
+        {
+            assert_eq!(Route::parse(path).unwrap_err().code, ErrorCode::NotFound, "{path}");
         }
     }
 
     #[test]
     fn bad_names_and_digests_are_invalid() {
-        assert_eq!(
-            Route::parse("/v2/A/tags/list").unwrap_err().code,
-            ErrorCode::NameInvalid
-        );
-        assert_eq!(
-            Route::parse("/v2/a/../b/tags/list").unwrap_err().code,
-            ErrorCode::NameInvalid
-        );
-        assert_eq!(
-            Route::parse("/v2/a/blobs/sha256:xyz").unwrap_err().code,
-            ErrorCode::DigestInvalid
-        );
-        assert_eq!(
-            Route::parse("/v2/a/referrers/md5:00").unwrap_err().code,
-            ErrorCode::DigestInvalid
-        );
+        assert_eq!(Route::parse("/v2/A/tags/list").unwrap_err().code, ErrorCode::NameInvalid);
+        assert_eq!(Route::parse("/v2/a/../b/tags/list").unwrap_err().code, ErrorCode::NameInvalid);
+        assert_eq!(Route::parse("/v2/a/blobs/sha256:xyz").unwrap_err().code, ErrorCode::DigestInvalid);
+        assert_eq!(Route::parse("/v2/a/referrers/md5:00").unwrap_err().code, ErrorCode::DigestInvalid);
     }
 }

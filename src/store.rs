@@ -64,16 +64,26 @@ pub trait BlobStore {
 
     /// Store `data` as the new object `name`, continuing `hashes` over its bytes. Nothing is
     /// visible under `name` unless this returns `Ok`.
-    async fn write(
-        &self,
-        name: &str,
-        data: Self::Incoming,
-        hashes: Vec<RunningHash>,
-    ) -> Result<Written, StoreError>;
+    async fn write(&self, name: &str, data: Self::Incoming, hashes: Vec<RunningHash>) -> Result<Written, StoreError>;
     /// The extents, one after another, as one stream.
     async fn read_extents(&self, extents: Vec<Extent>) -> Result<Self::Outgoing, StoreError>;
     async fn size(&self, name: &str) -> Result<u64, StoreError>;
     async fn delete(&self, name: &str) -> Result<(), StoreError>;
+    /// Up to `limit` names starting with `prefix`, in lexical order, after `cursor`; and the
+    /// cursor of the next page when there is one.
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<String>, Option<String>), StoreError>;
+    /// Store a small object held in memory (a manifest, an index entry).
+    async fn write_bytes(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError>;
+    /// Read a small object into memory (an index entry).
+    async fn read_bytes(&self, name: &str) -> Result<Vec<u8>, StoreError>;
+    /// Read a request body into memory, up to `limit` bytes; `None` if it is longer. For bodies
+    /// that must be parsed (manifests), never for blobs.
+    async fn collect(&self, body: Self::Incoming, limit: usize) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// Both stores, plus what the registry needs from its environment.
@@ -82,6 +92,22 @@ pub struct Stores<M, B> {
     pub blobs: B,
     /// 128 random bits, for upload ids and object names.
     pub random: fn() -> [u8; 16],
+    /// Wall-clock time, in seconds since the Unix epoch.
+    pub now: fn() -> u64,
+    pub config: Config,
+}
+
+/// Settings (Spin variables in the component).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Upload sessions untouched for longer than this are gone.
+    pub upload_expiry_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { upload_expiry_secs: 24 * 3600 }
+    }
 }
 
 pub fn hashes_for(algorithms: &[Algorithm]) -> Vec<RunningHash> {

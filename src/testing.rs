@@ -29,12 +29,7 @@ impl BlobStore for MemBlobs {
     type Incoming = Vec<u8>;
     type Outgoing = Vec<u8>;
 
-    async fn write(
-        &self,
-        name: &str,
-        data: Vec<u8>,
-        mut hashes: Vec<RunningHash>,
-    ) -> Result<Written, StoreError> {
+    async fn write(&self, name: &str, data: Vec<u8>, mut hashes: Vec<RunningHash>) -> Result<Written, StoreError> {
         let mut objects = self.0.borrow_mut();
         if objects.contains_key(name) {
             return Err(StoreError::AlreadyExists);
@@ -51,29 +46,46 @@ impl BlobStore for MemBlobs {
         for e in extents {
             let object = objects.get(&e.name).ok_or(StoreError::NotFound)?;
             let range = e.offset as usize..(e.offset + e.length) as usize;
-            out.extend_from_slice(
-                object
-                    .get(range)
-                    .ok_or_else(|| StoreError::Other("range past end".into()))?,
-            );
+            out.extend_from_slice(object.get(range).ok_or_else(|| StoreError::Other("range past end".into()))?);
         }
         Ok(out)
     }
 
     async fn size(&self, name: &str) -> Result<u64, StoreError> {
-        self.0
-            .borrow()
-            .get(name)
-            .map(|o| o.len() as u64)
-            .ok_or(StoreError::NotFound)
+        self.0.borrow().get(name).map(|o| o.len() as u64).ok_or(StoreError::NotFound)
     }
 
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
-        self.0
-            .borrow_mut()
-            .remove(name)
-            .map(|_| ())
-            .ok_or(StoreError::NotFound)
+        self.0.borrow_mut().remove(name).map(|_| ()).ok_or(StoreError::NotFound)
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        let objects = self.0.borrow();
+        let mut names: Vec<String> = objects
+            .keys()
+            .filter(|n| n.starts_with(prefix) && cursor.is_none_or(|c| n.as_str() > c))
+            .cloned()
+            .collect();
+        let next = (names.len() > limit as usize && limit > 0).then(|| names[limit as usize - 1].clone());
+        names.truncate(limit as usize);
+        Ok((names, next))
+    }
+
+    async fn write_bytes(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.write(name, bytes, Vec::new()).await.map(|_| ())
+    }
+
+    async fn read_bytes(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        self.0.borrow().get(name).cloned().ok_or(StoreError::NotFound)
+    }
+
+    async fn collect(&self, body: Vec<u8>, limit: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok((body.len() <= limit).then_some(body))
     }
 }
 
@@ -89,11 +101,26 @@ pub fn counter_random() -> [u8; 16] {
     })
 }
 
+thread_local! {
+    static CLOCK: Cell<u64> = const { Cell::new(1_000_000) };
+}
+
+/// A clock tests can move: [`advance_clock`].
+pub fn test_clock() -> u64 {
+    CLOCK.with(Cell::get)
+}
+
+pub fn advance_clock(secs: u64) {
+    CLOCK.with(|c| c.set(c.get() + secs));
+}
+
 pub fn memory_stores() -> Stores<MemMeta, MemBlobs> {
     Stores {
         meta: MemMeta::default(),
         blobs: MemBlobs::default(),
         random: counter_random,
+        now: test_clock,
+        config: Default::default(),
     }
 }
 

@@ -14,16 +14,9 @@ fn push_url(runner: &Runner, repo: &str, digest: &str) -> String {
 async fn base_endpoint_answers_with_the_api_version_over_http() {
     let data = tempfile::tempdir().unwrap();
     let runner = Runner::start(data.path());
-    let response = client()
-        .get(format!("{}/v2/", runner.url))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(format!("{}/v2/", runner.url)).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.headers()["docker-distribution-api-version"],
-        "registry/2.0"
-    );
+    assert_eq!(response.headers()["docker-distribution-api-version"], "registry/2.0");
     assert_eq!(response.headers()["content-type"], "application/json");
 }
 
@@ -31,42 +24,18 @@ async fn base_endpoint_answers_with_the_api_version_over_http() {
 async fn base_endpoint_answers_over_https_with_a_trusted_certificate() {
     let data = tempfile::tempdir().unwrap();
     let certs = make_certs(data.path());
-    let options = RunnerOptions {
-        tls: Some((&certs.cert, &certs.key)),
-        ..Default::default()
-    };
+    let options = RunnerOptions { tls: Some((&certs.cert, &certs.key)), ..Default::default() };
     let runner = Runner::start_with(&data.path().join("data"), options);
     assert!(runner.url.starts_with("https://"), "{}", runner.url);
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&certs.ca).unwrap()).unwrap();
-    let tls_client = reqwest::Client::builder()
-        .no_proxy()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .build()
-        .unwrap();
-    let response = tls_client
-        .get(format!("{}/v2/", runner.url))
-        .send()
-        .await
-        .unwrap();
+    let tls_client =
+        reqwest::Client::builder().no_proxy().tls_built_in_root_certs(false).add_root_certificate(ca).build().unwrap();
+    let response = tls_client.get(format!("{}/v2/", runner.url)).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.headers()["docker-distribution-api-version"],
-        "registry/2.0"
-    );
+    assert_eq!(response.headers()["docker-distribution-api-version"], "registry/2.0");
     // Without the CA the handshake must fail: the test really is talking TLS.
-    let untrusting = reqwest::Client::builder()
-        .no_proxy()
-        .tls_built_in_root_certs(false)
-        .build()
-        .unwrap();
-    assert!(
-        untrusting
-            .get(format!("{}/v2/", runner.url))
-            .send()
-            .await
-            .is_err()
-    );
+    let untrusting = reqwest::Client::builder().no_proxy().tls_built_in_root_certs(false).build().unwrap();
+    assert!(untrusting.get(format!("{}/v2/", runner.url)).send().await.is_err());
 }
 
 #[tokio::test]
@@ -74,16 +43,8 @@ async fn unknown_paths_get_an_oci_error_not_plain_text() {
     let data = tempfile::tempdir().unwrap();
     let runner = Runner::start(data.path());
     for path in ["/", "/nope", "/v2/a", "/v3/x/tags/list"] {
-        let response = client()
-            .get(format!("{}{path}", runner.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            response.headers()["content-type"],
-            "application/json",
-            "{path}"
-        );
+        let response = client().get(format!("{}{path}", runner.url)).send().await.unwrap();
+        assert_eq!(response.headers()["content-type"], "application/json", "{path}");
         let (status, code, _) = error_code(response).await;
         assert_eq!((status, code.as_str()), (404, "NOT_FOUND"), "{path}");
     }
@@ -93,32 +54,13 @@ async fn unknown_paths_get_an_oci_error_not_plain_text() {
 async fn wrong_methods_and_bad_names_get_oci_errors() {
     let data = tempfile::tempdir().unwrap();
     let runner = Runner::start(data.path());
-    let (status, code, _) = error_code(
-        client()
-            .delete(format!("{}/v2/", runner.url))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, code, _) = error_code(client().delete(format!("{}/v2/", runner.url)).send().await.unwrap()).await;
     assert_eq!((status, code.as_str()), (405, "UNSUPPORTED"));
-    let (status, code, _) = error_code(
-        client()
-            .get(format!("{}/v2/UPPER/tags/list", runner.url))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, code, _) =
+        error_code(client().get(format!("{}/v2/UPPER/tags/list", runner.url)).send().await.unwrap()).await;
     assert_eq!((status, code.as_str()), (400, "NAME_INVALID"));
-    let (status, code, _) = error_code(
-        client()
-            .get(format!("{}/v2/a/blobs/sha256:0", runner.url))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, code, _) =
+        error_code(client().get(format!("{}/v2/a/blobs/sha256:0", runner.url)).send().await.unwrap()).await;
     assert_eq!((status, code.as_str()), (400, "DIGEST_INVALID"));
 }
 
@@ -127,49 +69,25 @@ async fn a_malformed_http_request_does_not_crash_the_runner() {
     let data = tempfile::tempdir().unwrap();
     let runner = Runner::start(data.path());
     let mut socket = std::net::TcpStream::connect(runner.addr()).unwrap();
-    socket
-        .write_all(b"NOT HTTP AT ALL\r\n\x00\x01\x02\r\n\r\n")
-        .unwrap();
+    socket.write_all(b"NOT HTTP AT ALL\r\n\x00\x01\x02\r\n\r\n").unwrap();
     let mut answer = Vec::new();
     let _ = socket.read_to_end(&mut answer);
-    assert!(
-        answer.is_empty() || answer.starts_with(b"HTTP/1.1 400"),
-        "{:?}",
-        String::from_utf8_lossy(&answer)
-    );
-    let response = client()
-        .get(format!("{}/v2/", runner.url))
-        .send()
-        .await
-        .unwrap();
+    assert!(answer.is_empty() || answer.starts_with(b"HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&answer));
+    let response = client().get(format!("{}/v2/", runner.url)).send().await.unwrap();
     assert_eq!(response.status(), 200);
 }
 
 #[tokio::test]
 async fn a_guest_trap_fails_only_its_request() {
     let data = tempfile::tempdir().unwrap();
-    let options = RunnerOptions {
-        component: Some(artifacts().trap_component.clone()),
-        ..Default::default()
-    };
+    let options = RunnerOptions { component: Some(artifacts().trap_component.clone()), ..Default::default() };
     let runner = Runner::start_with(data.path(), options);
     for _ in 0..3 {
-        let response = client()
-            .get(format!("{}/trap", runner.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            response.headers()["docker-distribution-api-version"],
-            "registry/2.0"
-        );
+        let response = client().get(format!("{}/trap", runner.url)).send().await.unwrap();
+        assert_eq!(response.headers()["docker-distribution-api-version"], "registry/2.0");
         let (status, code, _) = error_code(response).await;
         assert_eq!((status, code.as_str()), (500, "INTERNAL_ERROR"));
-        let alive = client()
-            .get(format!("{}/ok", runner.url))
-            .send()
-            .await
-            .unwrap();
+        let alive = client().get(format!("{}/ok", runner.url)).send().await.unwrap();
         assert_eq!(alive.status(), 200);
         assert_eq!(alive.text().await.unwrap(), "alive");
     }
@@ -182,17 +100,10 @@ async fn a_pushed_blob_reads_back_after_a_restart() {
     let digest = sha256(&blob);
     {
         let runner = Runner::start(data.path());
-        let response = client()
-            .post(push_url(&runner, "library/app", &digest))
-            .body(blob.clone())
-            .send()
-            .await
-            .unwrap();
+        let response =
+            client().post(push_url(&runner, "library/app", &digest)).body(blob.clone()).send().await.unwrap();
         assert_eq!(response.status(), 201);
-        assert_eq!(
-            response.headers()["location"],
-            format!("/v2/library/app/blobs/{digest}")
-        );
+        assert_eq!(response.headers()["location"], format!("/v2/library/app/blobs/{digest}"));
         assert_eq!(response.headers()["docker-content-digest"], digest.as_str());
         assert!(runner.stop().success(), "runner exits cleanly on SIGTERM");
     }
@@ -200,31 +111,16 @@ async fn a_pushed_blob_reads_back_after_a_restart() {
     let url = format!("{}/v2/library/app/blobs/{digest}", runner.url);
     let head = client().head(&url).send().await.unwrap();
     assert_eq!(head.status(), 200);
-    assert_eq!(
-        head.headers()["content-length"],
-        blob.len().to_string().as_str()
-    );
+    assert_eq!(head.headers()["content-length"], blob.len().to_string().as_str());
     assert_eq!(head.headers()["docker-content-digest"], digest.as_str());
     let get = client().get(&url).send().await.unwrap();
     assert_eq!(get.status(), 200);
-    assert_eq!(
-        get.headers()["content-length"],
-        blob.len().to_string().as_str()
-    );
+    assert_eq!(get.headers()["content-length"], blob.len().to_string().as_str());
     assert_eq!(get.headers()["docker-content-digest"], digest.as_str());
-    assert!(
-        get.bytes().await.unwrap() == blob,
-        "the same bytes come back"
-    );
+    assert!(get.bytes().await.unwrap() == blob, "the same bytes come back");
     // Linked to the repository it was pushed to, not to others.
-    let (status, code, _) = error_code(
-        client()
-            .get(format!("{}/v2/other/blobs/{digest}", runner.url))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, code, _) =
+        error_code(client().get(format!("{}/v2/other/blobs/{digest}", runner.url)).send().await.unwrap()).await;
     assert_eq!((status, code.as_str()), (404, "BLOB_UNKNOWN"));
 }
 
@@ -233,18 +129,9 @@ async fn an_empty_blob_can_be_pushed_and_pulled() {
     let data = tempfile::tempdir().unwrap();
     let runner = Runner::start(data.path());
     let digest = sha256(b"");
-    let response = client()
-        .post(push_url(&runner, "a", &digest))
-        .body(Vec::new())
-        .send()
-        .await
-        .unwrap();
+    let response = client().post(push_url(&runner, "a", &digest)).body(Vec::new()).send().await.unwrap();
     assert_eq!(response.status(), 201);
-    let get = client()
-        .get(format!("{}/v2/a/blobs/{digest}", runner.url))
-        .send()
-        .await
-        .unwrap();
+    let get = client().get(format!("{}/v2/a/blobs/{digest}", runner.url)).send().await.unwrap();
     assert_eq!(get.status(), 200);
     assert_eq!(get.headers()["content-length"], "0");
     assert!(get.bytes().await.unwrap().is_empty());
@@ -256,29 +143,14 @@ async fn a_digest_mismatch_is_digest_invalid_and_stores_nothing() {
     let runner = Runner::start(data.path());
     let blob = PseudoRandom::bytes(2, 100_000);
     let wrong = sha256(b"something else");
-    let response = client()
-        .post(push_url(&runner, "a", &wrong))
-        .body(blob)
-        .send()
-        .await
-        .unwrap();
+    let response = client().post(push_url(&runner, "a", &wrong)).body(blob).send().await.unwrap();
     let (status, code, body) = error_code(response).await;
     assert_eq!((status, code.as_str()), (400, "DIGEST_INVALID"));
     assert!(body["errors"][0]["message"].is_string());
-    let (status, code, _) = error_code(
-        client()
-            .get(format!("{}/v2/a/blobs/{wrong}", runner.url))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, code, _) =
+        error_code(client().get(format!("{}/v2/a/blobs/{wrong}", runner.url)).send().await.unwrap()).await;
     assert_eq!((status, code.as_str()), (404, "BLOB_UNKNOWN"));
-    assert_eq!(
-        stored_objects(&runner.data),
-        Vec::<std::path::PathBuf>::new(),
-        "no object left behind"
-    );
+    assert_eq!(stored_objects(&runner.data, "parts"), Vec::<std::path::PathBuf>::new(), "no object left behind");
 }
 
 #[tokio::test]
@@ -286,42 +158,18 @@ async fn a_missing_store_label_gives_a_clean_error() {
     let data = tempfile::tempdir().unwrap();
     let manifest = std::fs::read_to_string(repo_root().join("spin.toml"))
         .unwrap()
-        .replace(
-            r#"key_value_stores = ["default"]"#,
-            r#"key_value_stores = ["elsewhere"]"#,
-        );
+        .replace(r#"key_value_stores = ["default"]"#, r#"key_value_stores = ["elsewhere"]"#);
     let manifest_path = data.path().join("spin.toml");
     std::fs::write(&manifest_path, manifest).unwrap();
-    let runner = Runner::start_with(
-        &data.path().join("data"),
-        RunnerOptions {
-            manifest: manifest_path,
-            ..Default::default()
-        },
-    );
-    let (status, code, body) = error_code(
-        client()
-            .get(format!("{}/v2/a/blobs/{}", runner.url, sha256(b"")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let runner =
+        Runner::start_with(&data.path().join("data"), RunnerOptions { manifest: manifest_path, ..Default::default() });
+    let (status, code, body) =
+        error_code(client().get(format!("{}/v2/a/blobs/{}", runner.url, sha256(b""))).send().await.unwrap()).await;
     assert_eq!((status, code.as_str()), (500, "INTERNAL_ERROR"));
     let detail = body["errors"][0]["detail"].as_str().unwrap();
-    assert!(
-        detail.contains("\"default\"") && detail.contains("access denied"),
-        "{detail}"
-    );
+    assert!(detail.contains("\"default\"") && detail.contains("access denied"), "{detail}");
     // The runner goes on serving, and says the same on every request.
-    let (status, code, _) = error_code(
-        client()
-            .get(format!("{}/v2/", runner.url))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, code, _) = error_code(client().get(format!("{}/v2/", runner.url)).send().await.unwrap()).await;
     assert_eq!((status, code.as_str()), (500, "INTERNAL_ERROR"));
 }
 
@@ -331,30 +179,15 @@ async fn two_hundred_concurrent_requests_are_all_answered() {
     let runner = Runner::start(data.path());
     let blob = b"concurrency".to_vec();
     let digest = sha256(&blob);
-    assert_eq!(
-        client()
-            .post(push_url(&runner, "c", &digest))
-            .body(blob.clone())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
+    assert_eq!(client().post(push_url(&runner, "c", &digest)).body(blob.clone()).send().await.unwrap().status(), 201);
     let client = client();
     let requests = (0..200).map(|i| {
         let client = client.clone();
-        let url = if i % 2 == 0 {
-            format!("{}/v2/", runner.url)
-        } else {
-            format!("{}/v2/c/blobs/{digest}", runner.url)
-        };
+        let url =
+            if i % 2 == 0 { format!("{}/v2/", runner.url) } else { format!("{}/v2/c/blobs/{digest}", runner.url) };
         async move {
             let response = client.get(url).send().await.expect("answered");
-            (
-                response.status().as_u16(),
-                response.bytes().await.expect("body").len(),
-            )
+            (response.status().as_u16(), response.bytes().await.expect("body").len())
         }
     });
     let results = futures::future::join_all(requests).await;
@@ -369,29 +202,13 @@ async fn a_blob_streams_whole_when_its_instance_retires_after_the_request() {
     // With one request per instance the instance retires as soon as it has answered; the blob
     // bytes still flowing from the host must keep it alive until the last one is sent.
     let data = tempfile::tempdir().unwrap();
-    let options = RunnerOptions {
-        args: vec!["--instance-reuse".into(), "1".into()],
-        ..Default::default()
-    };
+    let options = RunnerOptions { args: vec!["--instance-reuse".into(), "1".into()], ..Default::default() };
     let runner = Runner::start_with(data.path(), options);
     let blob = PseudoRandom::bytes(3, 48 * 1024 * 1024);
     let digest = sha256(&blob);
-    assert_eq!(
-        client()
-            .post(push_url(&runner, "r", &digest))
-            .body(blob.clone())
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
+    assert_eq!(client().post(push_url(&runner, "r", &digest)).body(blob.clone()).send().await.unwrap().status(), 201);
     for _ in 0..3 {
-        let response = client()
-            .get(format!("{}/v2/r/blobs/{digest}", runner.url))
-            .send()
-            .await
-            .unwrap();
+        let response = client().get(format!("{}/v2/r/blobs/{digest}", runner.url)).send().await.unwrap();
         assert_eq!(response.status(), 200);
         let mut body = response.bytes_stream();
         let mut received = Vec::with_capacity(blob.len());
@@ -407,10 +224,7 @@ async fn a_blob_streams_whole_when_its_instance_retires_after_the_request() {
 const GIB: u64 = 1024 * 1024 * 1024;
 const CHUNK: usize = 1024 * 1024;
 
-fn generated_stream(
-    seed: u64,
-    total: u64,
-) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+fn generated_stream(seed: u64, total: u64) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     let mut rng = PseudoRandom::new(seed);
     futures::stream::iter((0..total.div_ceil(CHUNK as u64)).map(move |i| {
         let len = (total - i * CHUNK as u64).min(CHUNK as u64) as usize;
@@ -435,15 +249,7 @@ async fn stream_through(total: u64) -> (u64, u64) {
     let data = tempfile::tempdir().unwrap();
     let runner = Runner::start(data.path());
     // Let the first request instantiate the component before taking the idle figure.
-    assert_eq!(
-        client()
-            .get(format!("{}/v2/", runner.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(client().get(format!("{}/v2/", runner.url)).send().await.unwrap().status(), 200);
     let idle = runner.rss();
     let digest = digest_of_generated(7, total);
     let body = reqwest::Body::wrap_stream(generated_stream(7, total));
@@ -456,16 +262,9 @@ async fn stream_through(total: u64) -> (u64, u64) {
         .unwrap();
     assert_eq!(response.status(), 201, "{:?}", response.text().await);
 
-    let response = client()
-        .get(format!("{}/v2/big/blobs/{digest}", runner.url))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(format!("{}/v2/big/blobs/{digest}", runner.url)).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.headers()["content-length"],
-        total.to_string().as_str()
-    );
+    assert_eq!(response.headers()["content-length"], total.to_string().as_str());
     let mut expected = generated_stream(7, total).map(Result::unwrap);
     let mut pending: Vec<u8> = Vec::new();
     let mut received = 0u64;
@@ -478,10 +277,7 @@ async fn stream_through(total: u64) -> (u64, u64) {
                 pending = expected.next().await.expect("more bytes than pushed");
             }
             let n = rest.len().min(pending.len());
-            assert!(
-                rest[..n] == pending[..n],
-                "byte mismatch at offset {received}"
-            );
+            assert!(rest[..n] == pending[..n], "byte mismatch at offset {received}");
             pending.drain(..n);
             rest = &rest[n..];
             received += n as u64;
@@ -494,25 +290,13 @@ async fn stream_through(total: u64) -> (u64, u64) {
 #[tokio::test]
 async fn a_gib_blob_streams_through_with_bounded_memory() {
     let (idle, peak) = stream_through(GIB).await;
-    println!(
-        "runner RSS: idle {} MiB, peak while streaming 1 GiB {} MiB",
-        idle >> 20,
-        peak >> 20
-    );
-    assert!(
-        peak < 256 * 1024 * 1024,
-        "peak RSS {} MiB is not far below the 1 GiB blob",
-        peak >> 20
-    );
+    println!("runner RSS: idle {} MiB, peak while streaming 1 GiB {} MiB", idle >> 20, peak >> 20);
+    assert!(peak < 256 * 1024 * 1024, "peak RSS {} MiB is not far below the 1 GiB blob", peak >> 20);
 }
 
 #[tokio::test]
 async fn a_64_mib_blob_streams_through_with_bounded_memory() {
     let (idle, peak) = stream_through(64 * 1024 * 1024).await;
-    println!(
-        "runner RSS: idle {} MiB, peak while streaming 64 MiB {} MiB",
-        idle >> 20,
-        peak >> 20
-    );
+    println!("runner RSS: idle {} MiB, peak while streaming 64 MiB {} MiB", idle >> 20, peak >> 20);
     assert!(peak < 200 * 1024 * 1024, "peak RSS {} MiB", peak >> 20);
 }

@@ -28,6 +28,7 @@ impl From<io::Error> for BlobError {
 
 pub const READ_CHUNK: usize = 256 * 1024;
 const TMP_DIR: &str = ".tmp";
+const OBJECT_SUFFIX: char = '~';
 
 #[derive(Clone)]
 pub struct FsBlobStore {
@@ -40,15 +41,12 @@ pub fn validate_name(name: &str) -> Result<(), BlobError> {
     let ok_component = |c: &str| {
         !c.is_empty()
             && !c.starts_with('.')
-            && c.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+            && c.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
     };
     if name.len() <= 1024 && name.split('/').all(ok_component) {
         Ok(())
     } else {
-        Err(BlobError::InvalidName(format!(
-            "{name:?} is not a valid object name"
-        )))
+        Err(BlobError::InvalidName(format!("{name:?} is not a valid object name")))
     }
 }
 
@@ -58,9 +56,11 @@ impl FsBlobStore {
         Ok(FsBlobStore { root })
     }
 
+    /// Object `a/b` is the file `a/b~`: the suffix keeps an object `a` (file `a~`) and an object
+    /// `a/b` (directory `a/`) apart. `~` cannot appear in a name.
     fn path(&self, name: &str) -> Result<PathBuf, BlobError> {
         validate_name(name)?;
-        Ok(self.root.join(name))
+        Ok(self.root.join(format!("{name}{OBJECT_SUFFIX}")))
     }
 
     /// Start writing `name`. Nothing is visible until [`ObjectWriter::commit`].
@@ -71,43 +71,22 @@ impl FsBlobStore {
         }
         let mut random = [0u8; 16];
         getrandom::fill(&mut random).map_err(|e| BlobError::Other(e.to_string()))?;
-        let tmp = self.root.join(TMP_DIR).join(
-            random
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>(),
-        );
+        let tmp = self.root.join(TMP_DIR).join(random.iter().map(|b| format!("{b:02x}")).collect::<String>());
         let file = File::create_new(&tmp)?;
-        Ok(ObjectWriter {
-            file,
-            tmp,
-            target,
-            size: 0,
-        })
+        Ok(ObjectWriter { file, tmp, target, size: 0 })
     }
 
     pub fn size(&self, name: &str) -> Result<u64, BlobError> {
         let meta = fs::metadata(self.path(name)?)?;
-        if meta.is_file() {
-            Ok(meta.len())
-        } else {
-            Err(BlobError::NotFound)
-        }
+        if meta.is_file() { Ok(meta.len()) } else { Err(BlobError::NotFound) }
     }
 
     /// Open `name` positioned at `offset`, checking that `length` bytes are there.
-    pub fn open_range(
-        &self,
-        name: &str,
-        offset: u64,
-        length: Option<u64>,
-    ) -> Result<(File, u64), BlobError> {
+    pub fn open_range(&self, name: &str, offset: u64, length: Option<u64>) -> Result<(File, u64), BlobError> {
         let size = self.size(name)?;
         let length = length.unwrap_or(size.saturating_sub(offset));
         if offset.checked_add(length).is_none_or(|end| end > size) {
-            return Err(BlobError::Other(format!(
-                "range {offset}+{length} is past the end of {name} ({size} bytes)"
-            )));
+            return Err(BlobError::Other(format!("range {offset}+{length} is past the end of {name} ({size} bytes)")));
         }
         let mut file = File::open(self.path(name)?)?;
         file.seek(SeekFrom::Start(offset))?;
@@ -135,9 +114,7 @@ impl FsBlobStore {
         walk(&self.root.join(dir_part), dir_part, &mut names)?;
         names.retain(|n| n.starts_with(prefix) && cursor.is_none_or(|c| n.as_str() > c));
         names.sort();
-        let next = (names.len() > limit)
-            .then(|| names[limit - 1].clone())
-            .filter(|_| limit > 0);
+        let next = (names.len() > limit).then(|| names[limit - 1].clone()).filter(|_| limit > 0);
         names.truncate(limit);
         Ok((names, next))
     }
@@ -155,15 +132,11 @@ fn walk(dir: &Path, name_prefix: &str, out: &mut Vec<String>) -> Result<(), Blob
         if file_name.starts_with('.') {
             continue;
         }
-        let name = if name_prefix.is_empty() {
-            file_name
-        } else {
-            format!("{name_prefix}/{file_name}")
-        };
+        let join = |n: &str| if name_prefix.is_empty() { n.to_owned() } else { format!("{name_prefix}/{n}") };
         if entry.file_type()?.is_dir() {
-            walk(&entry.path(), &name, out)?;
-        } else {
-            out.push(name);
+            walk(&entry.path(), &join(&file_name), out)?;
+        } else if let Some(object) = file_name.strip_suffix(OBJECT_SUFFIX) {
+            out.push(join(object));
         }
     }
     Ok(())
@@ -187,10 +160,7 @@ impl ObjectWriter {
     /// Make the object durable and visible; returns its size.
     pub fn commit(self) -> Result<u64, BlobError> {
         self.file.sync_all()?;
-        let dir = self
-            .target
-            .parent()
-            .expect("object paths are under the root");
+        let dir = self.target.parent().expect("object paths are under the root");
         fs::create_dir_all(dir)?;
         fs::hard_link(&self.tmp, &self.target)?;
         File::open(dir)?.sync_all()?;
@@ -206,11 +176,7 @@ impl Drop for ObjectWriter {
 }
 
 /// Read `length` bytes from `file` in chunks, handing each to `sink` until it says stop.
-pub fn read_chunks(
-    mut file: File,
-    mut length: u64,
-    mut sink: impl FnMut(Vec<u8>) -> bool,
-) -> Result<(), BlobError> {
+pub fn read_chunks(mut file: File, mut length: u64, mut sink: impl FnMut(Vec<u8>) -> bool) -> Result<(), BlobError> {
     while length > 0 {
         let mut chunk = vec![0; READ_CHUNK.min(length as usize)];
         file.read_exact(&mut chunk)?;
@@ -268,11 +234,7 @@ mod tests {
         assert_eq!(s.size("parts/x"), Err(BlobError::NotFound));
         drop(w);
         assert_eq!(s.size("parts/x"), Err(BlobError::NotFound));
-        assert_eq!(
-            fs::read_dir(d.path().join("blobs/.tmp")).unwrap().count(),
-            0,
-            "temp file cleaned up"
-        );
+        assert_eq!(fs::read_dir(d.path().join("blobs/.tmp")).unwrap().count(), 0, "temp file cleaned up");
     }
 
     #[test]
@@ -289,26 +251,20 @@ mod tests {
     #[test]
     fn names_cannot_escape_the_root() {
         let (_d, s) = store();
-        for bad in [
-            "",
-            "../x",
-            "a/../../x",
-            "/etc/passwd",
-            "a//b",
-            ".tmp/x",
-            "a/.hidden",
-            "a\\b",
-            "a b",
-        ] {
-            assert!(
-                matches!(s.create(bad), Err(BlobError::InvalidName(_))),
-                "{bad:?}"
-            );
-            assert!(
-                matches!(s.size(bad), Err(BlobError::InvalidName(_))),
-                "{bad:?}"
-            );
+        for bad in ["", "../x", "a/../../x", "/etc/passwd", "a//b", ".tmp/x", "a/.hidden", "a\\b", "a b"] {
+            assert!(matches!(s.create(bad), Err(BlobError::InvalidName(_))), "{bad:?}");
+            assert!(matches!(s.size(bad), Err(BlobError::InvalidName(_))), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_object_and_objects_under_its_name_coexist() {
+        let (_d, s) = store();
+        put(&s, "repos/a", b"1");
+        put(&s, "repos/a/b", b"22");
+        assert_eq!(s.size("repos/a").unwrap(), 1);
+        assert_eq!(s.size("repos/a/b").unwrap(), 2);
+        assert_eq!(s.list("repos/", None, 10).unwrap().0, ["repos/a", "repos/a/b"]);
     }
 
     #[test]
@@ -328,25 +284,13 @@ mod tests {
         }
         assert_eq!(
             s.list("parts/", None, 10).unwrap(),
-            (
-                vec!["parts/a".into(), "parts/b".into(), "parts/c".into()],
-                None
-            )
+            (vec!["parts/a".into(), "parts/b".into(), "parts/c".into()], None)
         );
         assert_eq!(
             s.list("parts/", None, 2).unwrap(),
-            (
-                vec!["parts/a".into(), "parts/b".into()],
-                Some("parts/b".into())
-            )
+            (vec!["parts/a".into(), "parts/b".into()], Some("parts/b".into()))
         );
-        assert_eq!(
-            s.list("parts/", Some("parts/b"), 2).unwrap(),
-            (vec!["parts/c".into()], None)
-        );
-        assert_eq!(
-            s.list("part", None, 10).unwrap().0,
-            ["parts/a", "parts/b", "parts/c", "partsx"]
-        );
+        assert_eq!(s.list("parts/", Some("parts/b"), 2).unwrap(), (vec!["parts/c".into()], None));
+        assert_eq!(s.list("part", None, 10).unwrap().0, ["parts/a", "parts/b", "parts/c", "partsx"]);
     }
 }

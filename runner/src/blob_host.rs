@@ -46,12 +46,10 @@ impl Hasher {
         let bad = || Error::Other("invalid hash state".into());
         Ok(match state.algorithm {
             HashAlgorithm::Sha256 => Hasher::Sha256(
-                sha2::Sha256::deserialize(state.state.as_slice().try_into().map_err(|_| bad())?)
-                    .map_err(|_| bad())?,
+                sha2::Sha256::deserialize(state.state.as_slice().try_into().map_err(|_| bad())?).map_err(|_| bad())?,
             ),
             HashAlgorithm::Sha512 => Hasher::Sha512(
-                sha2::Sha512::deserialize(state.state.as_slice().try_into().map_err(|_| bad())?)
-                    .map_err(|_| bad())?,
+                sha2::Sha512::deserialize(state.state.as_slice().try_into().map_err(|_| bad())?).map_err(|_| bad())?,
             ),
         })
     }
@@ -65,14 +63,8 @@ impl Hasher {
 
     fn save(&self) -> HashState {
         match self {
-            Hasher::Sha256(h) => HashState {
-                algorithm: HashAlgorithm::Sha256,
-                state: h.serialize().to_vec(),
-            },
-            Hasher::Sha512(h) => HashState {
-                algorithm: HashAlgorithm::Sha512,
-                state: h.serialize().to_vec(),
-            },
+            Hasher::Sha256(h) => HashState { algorithm: HashAlgorithm::Sha256, state: h.serialize().to_vec() },
+            Hasher::Sha512(h) => HashState { algorithm: HashAlgorithm::Sha512, state: h.serialize().to_vec() },
         }
     }
 }
@@ -87,11 +79,7 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
         let store = store_of(accessor);
         let (consumer, mut chunks) = ChannelConsumer::new();
         accessor.with(|mut access| data.pipe(&mut access, consumer))?;
-        let mut hashers = match hashes
-            .iter()
-            .map(Hasher::restore)
-            .collect::<Result<Vec<_>, _>>()
-        {
+        let mut hashers = match hashes.iter().map(Hasher::restore).collect::<Result<Vec<_>, _>>() {
             Ok(hashers) => hashers,
             Err(e) => return Ok(Err(e)),
         };
@@ -102,10 +90,7 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
                 hashers.iter_mut().for_each(|h| h.update(&chunk));
             }
             let size = object.commit().map_err(to_wit)?;
-            Ok(Written {
-                size,
-                hashes: hashers.iter().map(Hasher::save).collect(),
-            })
+            Ok(Written { size, hashes: hashers.iter().map(Hasher::save).collect() })
         })
         .await?;
         Ok(written)
@@ -118,8 +103,7 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
         length: Option<u64>,
     ) -> wasmtime::Result<Result<Transfer, Error>> {
         let store = store_of(accessor);
-        let opened =
-            tokio::task::spawn_blocking(move || store.open_range(&name, offset, length)).await?;
+        let opened = tokio::task::spawn_blocking(move || store.open_range(&name, offset, length)).await?;
         let (file, length) = match opened {
             Ok(opened) => opened,
             Err(e) => return Ok(Err(to_wit(e))),
@@ -134,10 +118,7 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
         let store = store_of(accessor);
         // Open (and check) every extent before the first byte goes out.
         let opened = tokio::task::spawn_blocking(move || {
-            extents
-                .iter()
-                .map(|e| store.open_range(&e.name, e.offset, Some(e.length)))
-                .collect::<Result<Vec<_>, _>>()
+            extents.iter().map(|e| store.open_range(&e.name, e.offset, Some(e.length))).collect::<Result<Vec<_>, _>>()
         })
         .await?;
         match opened {
@@ -146,23 +127,15 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
         }
     }
 
-    async fn stat(
-        accessor: &Accessor<T, Self>,
-        name: String,
-    ) -> wasmtime::Result<Result<ObjectInfo, Error>> {
+    async fn stat(accessor: &Accessor<T, Self>, name: String) -> wasmtime::Result<Result<ObjectInfo, Error>> {
         let store = store_of(accessor);
         let size = tokio::task::spawn_blocking(move || store.size(&name)).await?;
         Ok(size.map(|size| ObjectInfo { size }).map_err(to_wit))
     }
 
-    async fn delete(
-        accessor: &Accessor<T, Self>,
-        name: String,
-    ) -> wasmtime::Result<Result<(), Error>> {
+    async fn delete(accessor: &Accessor<T, Self>, name: String) -> wasmtime::Result<Result<(), Error>> {
         let store = store_of(accessor);
-        Ok(tokio::task::spawn_blocking(move || store.delete(&name))
-            .await?
-            .map_err(to_wit))
+        Ok(tokio::task::spawn_blocking(move || store.delete(&name)).await?.map_err(to_wit))
     }
 
     async fn list_objects(
@@ -172,13 +145,9 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
         limit: u32,
     ) -> wasmtime::Result<Result<Page, Error>> {
         let store = store_of(accessor);
-        let listed = tokio::task::spawn_blocking(move || {
-            store.list(&prefix, cursor.as_deref(), limit as usize)
-        })
-        .await?;
-        Ok(listed
-            .map(|(names, next)| Page { names, next })
-            .map_err(to_wit))
+        let listed =
+            tokio::task::spawn_blocking(move || store.list(&prefix, cursor.as_deref(), limit as usize)).await?;
+        Ok(listed.map(|(names, next)| Page { names, next }).map_err(to_wit))
     }
 }
 
@@ -215,9 +184,7 @@ fn stream_files<T>(
     accessor.with(|mut access| {
         let stream = StreamReader::new(&mut access, producer)?;
         let done = FutureReader::new(&mut access, async move {
-            let outcome = done
-                .await
-                .unwrap_or_else(|_| Err("the transfer was abandoned".into()));
+            let outcome = done.await.unwrap_or_else(|_| Err("the transfer was abandoned".into()));
             wasmtime::error::Ok(outcome.map_err(Error::Other))
         })?;
         Ok((stream, done))

@@ -40,17 +40,12 @@ pub struct Host {
 
 impl Host {
     fn new(shared: Arc<Shared>) -> Host {
-        let wasi = WasiCtxBuilder::new()
-            .inherit_stdout()
-            .inherit_stderr()
-            .build();
+        let wasi = WasiCtxBuilder::new().inherit_stdout().inherit_stderr().build();
         Host {
             table: ResourceTable::new(),
             wasi,
             http: WasiHttpCtx::new(),
-            hooks: OutboundHooks {
-                allowed: shared.outbound.clone(),
-            },
+            hooks: OutboundHooks { allowed: shared.outbound.clone() },
             shared,
         }
     }
@@ -58,20 +53,13 @@ impl Host {
 
 impl WasiView for Host {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
 impl WasiHttpView for Host {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            hooks: &mut self.hooks,
-            table: &mut self.table,
-            ctx: &mut self.http,
-        }
+        WasiHttpCtxView { hooks: &mut self.hooks, table: &mut self.table, ctx: &mut self.http }
     }
 }
 
@@ -94,11 +82,7 @@ pub fn engine() -> anyhow::Result<Engine> {
     let mut config = wasmtime::Config::new();
     config.wasm_component_model_async(true);
     let mut pooling = wasmtime::PoolingAllocationConfig::default();
-    pooling
-        .total_component_instances(1000)
-        .total_memories(1000)
-        .total_tables(1000)
-        .max_memory_size(1 << 30);
+    pooling.total_component_instances(1000).total_memories(1000).total_tables(1000).max_memory_size(1 << 30);
     config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
     Ok(Engine::new(&config)?)
 }
@@ -124,20 +108,10 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub fn new(
-        engine: Engine,
-        component: &Component,
-        shared: Arc<Shared>,
-        reuse: Reuse,
-    ) -> anyhow::Result<Handler> {
+    pub fn new(engine: Engine, component: &Component, shared: Arc<Shared>, reuse: Reuse) -> anyhow::Result<Handler> {
         let pre = linker(&engine)?.instantiate_pre(component)?;
         let pre = ProxyPre::P3(wasmtime_wasi_http::p3::bindings::ServicePre::new(pre)?);
-        Ok(Handler {
-            engine,
-            pre,
-            shared,
-            reuse,
-        })
+        Ok(Handler { engine, pre, shared, reuse })
     }
 }
 
@@ -146,9 +120,7 @@ impl HandlerState for Handler {
     type WorkerExpiration = IdleExpiry;
     type WorkerState = Policy;
 
-    fn instantiate(
-        &self,
-    ) -> impl Future<Output = wasmtime::Result<Instance<Host, IdleExpiry, Policy>>> + Send {
+    fn instantiate(&self) -> impl Future<Output = wasmtime::Result<Instance<Host, IdleExpiry, Policy>>> + Send {
         async move {
             let mut store = Store::new(&self.engine, Host::new(self.shared.clone()));
             let proxy = self.pre.instantiate_async(&mut store).await?;
@@ -156,10 +128,7 @@ impl HandlerState for Handler {
                 store,
                 proxy,
                 view: http_view,
-                expiration: IdleExpiry {
-                    idle: self.reuse.idle,
-                    sleep: None,
-                },
+                expiration: IdleExpiry { idle: self.reuse.idle, sleep: None },
                 state: Policy(self.reuse),
             })
         }
@@ -208,21 +177,14 @@ pub struct IdleExpiry {
 }
 
 impl WorkerExpiration for IdleExpiry {
-    fn poll(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        status: WorkerStatus,
-        start: Instant,
-    ) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, status: WorkerStatus, start: Instant) -> Poll<()> {
         let this = self.get_mut();
         if status != WorkerStatus::Idle {
             this.sleep = None;
             return Poll::Pending;
         }
         let deadline = tokio::time::Instant::from_std(start + this.idle);
-        let sleep = this
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if sleep.deadline() != deadline {
             sleep.as_mut().reset(deadline);
         }

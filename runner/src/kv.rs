@@ -18,42 +18,35 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.execute_batch("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID")?;
-        Ok(SqliteStore {
-            conn: Mutex::new(conn),
-        })
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
+        )?;
+        Ok(SqliteStore { conn: Mutex::new(conn) })
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, String> {
-        let conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&conn).map_err(|e| e.to_string())
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
         self.with(|c| {
-            c.prepare_cached("SELECT value FROM kv WHERE key = ?1")?
-                .query_row([key], |r| r.get(0))
-                .optional()
+            c.prepare_cached("SELECT value FROM kv WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()
         })
     }
 
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
         self.with(|c| {
-            c.prepare_cached("INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
-                .execute(params![key, value])
-                .map(|_| ())
+            c.prepare_cached(
+                "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![key, value])
+            .map(|_| ())
         })
     }
 
     pub fn delete(&self, key: &str) -> Result<(), String> {
-        self.with(|c| {
-            c.prepare_cached("DELETE FROM kv WHERE key = ?1")?
-                .execute([key])
-                .map(|_| ())
-        })
+        self.with(|c| c.prepare_cached("DELETE FROM kv WHERE key = ?1")?.execute([key]).map(|_| ()))
     }
 
     pub fn exists(&self, key: &str) -> Result<bool, String> {
@@ -66,11 +59,7 @@ impl SqliteStore {
     }
 
     pub fn keys(&self) -> Result<Vec<String>, String> {
-        self.with(|c| {
-            c.prepare_cached("SELECT key FROM kv ORDER BY key")?
-                .query_map([], |r| r.get(0))?
-                .collect()
-        })
+        self.with(|c| c.prepare_cached("SELECT key FROM kv ORDER BY key")?.query_map([], |r| r.get(0))?.collect())
     }
 }
 
@@ -91,11 +80,7 @@ pub struct KvStores {
 
 impl KvStores {
     pub fn new(dir: PathBuf, granted: Vec<String>) -> KvStores {
-        KvStores {
-            dir,
-            granted,
-            open: Mutex::new(HashMap::new()),
-        }
+        KvStores { dir, granted, open: Mutex::new(HashMap::new()) }
     }
 
     pub fn open(&self, label: &str) -> Result<Arc<SqliteStore>, OpenError> {
@@ -107,19 +92,12 @@ impl KvStores {
             return Ok(store.clone());
         }
         // Labels come from spin.toml, but keep them to safe file names all the same.
-        if label.is_empty()
-            || !label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(OpenError::Other(format!(
-                "label {label:?} is not a valid store name"
-            )));
+        if label.is_empty() || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(OpenError::Other(format!("label {label:?} is not a valid store name")));
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| OpenError::Other(e.to_string()))?;
         let store = Arc::new(
-            SqliteStore::open(&self.dir.join(format!("{label}.db")))
-                .map_err(|e| OpenError::Other(format!("{e:#}")))?,
+            SqliteStore::open(&self.dir.join(format!("{label}.db"))).map_err(|e| OpenError::Other(format!("{e:#}")))?,
         );
         open.insert(label.to_owned(), store.clone());
         Ok(store)
@@ -151,14 +129,8 @@ mod tests {
     fn values_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        SqliteStore::open(&path)
-            .unwrap()
-            .set("k", &[0, 255, 7])
-            .unwrap();
-        assert_eq!(
-            SqliteStore::open(&path).unwrap().get("k").unwrap(),
-            Some(vec![0, 255, 7])
-        );
+        SqliteStore::open(&path).unwrap().set("k", &[0, 255, 7]).unwrap();
+        assert_eq!(SqliteStore::open(&path).unwrap().get("k").unwrap(), Some(vec![0, 255, 7]));
     }
 
     #[test]
@@ -167,9 +139,6 @@ mod tests {
         let stores = KvStores::new(dir.path().to_owned(), vec!["default".into()]);
         assert!(stores.open("default").is_ok());
         assert_eq!(stores.open("other").err(), Some(OpenError::AccessDenied));
-        assert!(Arc::ptr_eq(
-            &stores.open("default").unwrap(),
-            &stores.open("default").unwrap()
-        ));
+        assert!(Arc::ptr_eq(&stores.open("default").unwrap(), &stores.open("default").unwrap()));
     }
 }

@@ -5,9 +5,7 @@ use crate::bindings::spin::key_value::key_value::{self as wit, Error};
 use crate::host::Host;
 use crate::kv::{OpenError, SqliteStore};
 use std::sync::Arc;
-use wasmtime::component::{
-    Access, Accessor, FutureReader, HasData, Linker, Resource, StreamReader,
-};
+use wasmtime::component::{Access, Accessor, FutureReader, HasData, Linker, Resource, StreamReader};
 
 /// The resource behind a guest's `store` handle.
 pub struct KvHandle(Arc<SqliteStore>);
@@ -22,10 +20,7 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     wit::add_to_linker::<Host, KeyValueHost>(linker, |host| host)
 }
 
-fn handle<T>(
-    accessor: &Accessor<T, KeyValueHost>,
-    store: &Resource<KvHandle>,
-) -> wasmtime::Result<Arc<SqliteStore>> {
+fn handle<T>(accessor: &Accessor<T, KeyValueHost>, store: &Resource<KvHandle>) -> wasmtime::Result<Arc<SqliteStore>> {
     accessor.with(|mut access| Ok(access.get().table.get(store)?.0.clone()))
 }
 
@@ -36,10 +31,7 @@ async fn blocking<R: Send + 'static>(
 }
 
 impl<T> wit::HostStoreWithStore<T> for KeyValueHost {
-    async fn open(
-        accessor: &Accessor<T, Self>,
-        label: String,
-    ) -> wasmtime::Result<Result<Resource<KvHandle>, Error>> {
+    async fn open(accessor: &Accessor<T, Self>, label: String) -> wasmtime::Result<Result<Resource<KvHandle>, Error>> {
         let opened = accessor.with(|mut access| access.get().shared.kv.open(&label));
         let store = match opened {
             Ok(store) => store,
@@ -102,8 +94,7 @@ impl<T> wit::HostStoreWithStore<T> for KeyValueHost {
         };
         accessor.with(|mut access| {
             let stream = StreamReader::new(&mut access, keys)?;
-            let future =
-                FutureReader::new(&mut access, async move { wasmtime::error::Ok(result) })?;
+            let future = FutureReader::new(&mut access, async move { wasmtime::error::Ok(result) })?;
             Ok((stream, future))
         })
     }

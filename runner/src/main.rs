@@ -23,11 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(
-    name = "berth-runner",
-    version,
-    about = "Serve the Berth registry component without Spin"
-)]
+#[command(name = "berth-runner", version, about = "Serve the Berth registry component without Spin")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -72,9 +68,7 @@ struct UpArgs {
 
 fn main() -> Result<()> {
     let Command::Up(args) = Cli::parse().command;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(up(args))
 }
 
@@ -85,9 +79,7 @@ async fn up(args: UpArgs) -> Result<()> {
     }
     let mut overrides = BTreeMap::new();
     for var in &args.vars {
-        let Some((name, value)) = var.split_once('=') else {
-            bail!("--var {var:?}: expected NAME=VALUE")
-        };
+        let Some((name, value)) = var.split_once('=') else { bail!("--var {var:?}: expected NAME=VALUE") };
         overrides.insert(name.to_owned(), value.to_owned());
     }
     let variables = variables::Variables::resolve(&app, &overrides, |k| std::env::var(k).ok())?;
@@ -103,13 +95,9 @@ async fn up(args: UpArgs) -> Result<()> {
         _ => None,
     };
     let engine = host::engine()?;
-    let component =
-        wasmtime::component::Component::from_file(&engine, &app.source).map_err(|e| {
-            anyhow::anyhow!(
-                "loading component {} (build it with `spin build` or see README): {e:?}",
-                app.source.display()
-            )
-        })?;
+    let component = wasmtime::component::Component::from_file(&engine, &app.source).map_err(|e| {
+        anyhow::anyhow!("loading component {} (build it with `spin build` or see README): {e:?}", app.source.display())
+    })?;
     let reuse = host::Reuse {
         max_requests: args.instance_reuse.max(1),
         max_concurrent: args.instance_concurrency.max(1),
@@ -118,16 +106,6 @@ async fn up(args: UpArgs) -> Result<()> {
     let handler = host::Handler::new(engine, &component, shared, reuse)?;
     let listener = serve::bind(args.listen).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    println!(
-        "berth-runner: serving {} on {scheme}://{}",
-        app.component_id,
-        listener.local_addr()?
-    );
-    serve::serve(
-        listener,
-        wasmtime_wasi_http::handler::ProxyHandler::new(handler),
-        tls,
-        Arc::new(app),
-    )
-    .await
+    println!("berth-runner: serving {} on {scheme}://{}", app.component_id, listener.local_addr()?);
+    serve::serve(listener, wasmtime_wasi_http::handler::ProxyHandler::new(handler), tls, Arc::new(app)).await
 }

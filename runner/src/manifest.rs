@@ -67,43 +67,30 @@ impl App {
     /// Whether `path` falls under this component's route.
     pub fn serves(&self, path: &str) -> bool {
         match self.route.strip_suffix("/...") {
-            Some(prefix) => {
-                path == prefix || path.starts_with(&format!("{prefix}/")) || prefix.is_empty()
-            }
+            Some(prefix) => path == prefix || path.starts_with(&format!("{prefix}/")) || prefix.is_empty(),
             None => path == self.route,
         }
     }
 
     pub fn load(path: &Path) -> Result<App> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
-            .with_context(|| format!("in {}", path.display()))
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&text, path.parent().unwrap_or(Path::new("."))).with_context(|| format!("in {}", path.display()))
     }
 
     pub fn parse(text: &str, base_dir: &Path) -> Result<App> {
         let raw: RawManifest = toml::from_str(text)?;
         if raw.spin_manifest_version != 2 {
-            bail!(
-                "spin_manifest_version {} is not supported (expected 2)",
-                raw.spin_manifest_version
-            );
+            bail!("spin_manifest_version {} is not supported (expected 2)", raw.spin_manifest_version);
         }
-        let trigger = raw
-            .trigger
-            .http
-            .first()
-            .context("no [[trigger.http]] in the manifest")?;
+        let trigger = raw.trigger.http.first().context("no [[trigger.http]] in the manifest")?;
         let route = match &trigger.route {
             toml::Value::String(route) => route.clone(),
             other => bail!("unsupported route {other}: the runner serves public routes only"),
         };
-        let component = raw.component.get(&trigger.component).with_context(|| {
-            format!(
-                "trigger names component {:?}, which is not defined",
-                trigger.component
-            )
-        })?;
+        let component = raw
+            .component
+            .get(&trigger.component)
+            .with_context(|| format!("trigger names component {:?}, which is not defined", trigger.component))?;
         let source = match &component.source {
             toml::Value::String(path) => base_dir.join(path),
             other => bail!("unsupported component source {other}: the runner loads local files"),
@@ -160,12 +147,7 @@ message = "{{ greeting }}, world"
         let mut app = App::parse(MANIFEST, Path::new("/")).unwrap();
         assert!(app.serves("/") && app.serves("/v2/x"));
         app.route = "/api/...".into();
-        assert!(
-            app.serves("/api")
-                && app.serves("/api/v2/")
-                && !app.serves("/apix")
-                && !app.serves("/v2/")
-        );
+        assert!(app.serves("/api") && app.serves("/api/v2/") && !app.serves("/apix") && !app.serves("/v2/"));
         app.route = "/exact".into();
         assert!(app.serves("/exact") && !app.serves("/exact/x"));
     }

@@ -21,9 +21,7 @@ impl AllowedHosts {
         let mut hosts = Vec::new();
         for entry in entries {
             let Some((scheme, rest)) = entry.split_once("://") else {
-                bail!(
-                    "allowed_outbound_hosts entry {entry:?} has no scheme (e.g. https://example.com)"
-                );
+                bail!("allowed_outbound_hosts entry {entry:?} has no scheme (e.g. https://example.com)");
             };
             let rest = rest.trim_end_matches('/');
             let (host, port) = match rest.rsplit_once(':') {
@@ -33,11 +31,7 @@ impl AllowedHosts {
             if host.is_empty() || host.contains('/') {
                 bail!("allowed_outbound_hosts entry {entry:?} is not scheme://host[:port]");
             }
-            hosts.push(AllowedHost {
-                scheme: scheme.to_ascii_lowercase(),
-                host: host.to_ascii_lowercase(),
-                port,
-            });
+            hosts.push(AllowedHost { scheme: scheme.to_ascii_lowercase(), host: host.to_ascii_lowercase(), port });
         }
         Ok(AllowedHosts(hosts))
     }
@@ -47,16 +41,12 @@ impl AllowedHosts {
         let Some(host) = uri.host().map(|h| h.to_ascii_lowercase()) else {
             return false;
         };
-        let port = uri
-            .port_u16()
-            .unwrap_or(if scheme == "http" { 80 } else { 443 });
+        let port = uri.port_u16().unwrap_or(if scheme == "http" { 80 } else { 443 });
         self.0.iter().any(|a| {
             let scheme_ok = a.scheme == "*" || a.scheme == scheme;
             let host_ok = a.host == "*"
                 || a.host == host
-                || a.host
-                    .strip_prefix("*.")
-                    .is_some_and(|domain| host.ends_with(&format!(".{domain}")));
+                || a.host.strip_prefix("*.").is_some_and(|domain| host.ends_with(&format!(".{domain}")));
             let port_ok = match &a.port {
                 Some(p) if p == "*" => true,
                 Some(p) => p.parse::<u16>().ok() == Some(port),
@@ -73,15 +63,8 @@ pub struct OutboundHooks {
 }
 
 type SendFuture = Box<
-    dyn Future<
-            Output = Result<
-                (
-                    http::Response<WasiBody>,
-                    Box<dyn Future<Output = Result<(), Error>> + Send>,
-                ),
-                Error,
-            >,
-        > + Send,
+    dyn Future<Output = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), Error>> + Send>), Error>>
+        + Send,
 >;
 
 impl WasiHttpHooks for OutboundHooks {
@@ -92,18 +75,12 @@ impl WasiHttpHooks for OutboundHooks {
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> SendFuture {
         if !self.allowed.permits(request.uri()) {
-            eprintln!(
-                "berth-runner: outbound request to {} denied (not in allowed_outbound_hosts)",
-                request.uri()
-            );
+            eprintln!("berth-runner: outbound request to {} denied (not in allowed_outbound_hosts)", request.uri());
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         Box::new(async move {
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
+            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
         })
     }
 }

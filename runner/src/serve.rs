@@ -20,8 +20,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use wasmtime_wasi_http::handler::ProxyHandler;
 
-type ResponseBody =
-    http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
     use rustls_pki_types::pem::PemObject;
@@ -30,8 +29,7 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
         .with_context(|| format!("reading {}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing {}", cert.display()))?;
-    let key =
-        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -71,27 +69,17 @@ pub async fn serve(
         let tls = tls.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                handle(handler.clone(), app.clone(), scheme, req)
-            });
+            let service = hyper::service::service_fn(move |req| handle(handler.clone(), app.clone(), scheme, req));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let served = match tls {
                 Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => {
-                        builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await
-                    }
+                    Ok(stream) => builder.serve_connection(TokioIo::new(stream), service).await,
                     Err(err) => {
                         eprintln!("berth-runner: TLS handshake with {peer} failed: {err}");
                         return;
                     }
                 },
-                None => {
-                    builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                }
+                None => builder.serve_connection(TokioIo::new(stream), service).await,
             };
             if let Err(err) = served {
                 eprintln!("berth-runner: connection from {peer}: {err}");
@@ -104,8 +92,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -123,66 +111,32 @@ async fn handle(
 ) -> Result<hyper::Response<ResponseBody>, std::convert::Infallible> {
     let start = Instant::now();
     let (mut parts, body) = req.into_parts();
-    let line = RequestLine {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_owned(),
-        start,
-    };
+    let line = RequestLine { method: parts.method.to_string(), path: parts.uri.path().to_owned(), start };
     if !app.serves(parts.uri.path()) {
-        let response = error_response(
-            404,
-            "NOT_FOUND",
-            "no such endpoint",
-            "no component is routed at this path",
-        );
+        let response = error_response(404, "NOT_FOUND", "no such endpoint", "no component is routed at this path");
         return Ok(response.map(|body| {
-            LoggedBody {
-                inner: body,
-                bytes: 0,
-                expected: None,
-                status: 404,
-                line: Some(line),
-            }
-            .boxed_unsync()
+            LoggedBody { inner: body, bytes: 0, expected: None, status: 404, line: Some(line) }.boxed_unsync()
         }));
     }
     // Give the component the full URL (scheme and authority from the Host header or HTTP/2).
-    let authority = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
-        parts
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-    });
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
     if let Some(authority) = authority {
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        if let Ok(uri) = http::Uri::builder()
-            .scheme(scheme)
-            .authority(authority)
-            .path_and_query(path)
-            .build()
-        {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        if let Ok(uri) = http::Uri::builder().scheme(scheme).authority(authority).path_and_query(path).build() {
             parts.uri = uri;
         }
     }
     let body = body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync();
-    let response = match handler
-        .handle((), http::Request::from_parts(parts, body))
-        .await
-    {
-        Ok(response) => response.map(|b| {
-            b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-                .boxed_unsync()
-        }),
+    let response = match handler.handle((), http::Request::from_parts(parts, body)).await {
+        Ok(response) => {
+            response.map(|b| b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed_unsync())
+        }
         Err(err) => {
-            eprintln!(
-                "berth-runner: {} {}: component failed: {err:?}",
-                line.method, line.path
-            );
+            eprintln!("berth-runner: {} {}: component failed: {err:?}", line.method, line.path);
             error_response(
                 500,
                 "INTERNAL_ERROR",
@@ -194,35 +148,18 @@ async fn handle(
     let status = response.status().as_u16();
     Ok(response.map(|body| {
         let expected = body.size_hint().exact();
-        LoggedBody {
-            inner: body,
-            bytes: 0,
-            expected,
-            status,
-            line: Some(line),
-        }
-        .boxed_unsync()
+        LoggedBody { inner: body, bytes: 0, expected, status, line: Some(line) }.boxed_unsync()
     }))
 }
 
 /// An OCI error answered by the runner itself (the component could not answer).
-fn error_response(
-    status: u16,
-    code: &str,
-    message: &str,
-    detail: &str,
-) -> hyper::Response<ResponseBody> {
-    let body =
-        format!(r#"{{"errors":[{{"code":"{code}","message":"{message}","detail":"{detail}"}}]}}"#);
+fn error_response(status: u16, code: &str, message: &str, detail: &str) -> hyper::Response<ResponseBody> {
+    let body = format!(r#"{{"errors":[{{"code":"{code}","message":"{message}","detail":"{detail}"}}]}}"#);
     hyper::Response::builder()
         .status(status)
         .header("content-type", "application/json")
         .header("docker-distribution-api-version", "registry/2.0")
-        .body(
-            http_body_util::Full::new(Bytes::from(body))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
+        .body(http_body_util::Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync())
         .expect("static response")
 }
 
@@ -247,10 +184,7 @@ impl<B> LoggedBody<B> {
     fn log(&mut self, outcome: &str) {
         if let Some(line) = self.line.take() {
             let ms = line.start.elapsed().as_secs_f64() * 1000.0;
-            println!(
-                "{} {} {} {}B {ms:.1}ms{outcome}",
-                line.method, line.path, self.status, self.bytes
-            );
+            println!("{} {} {} {}B {ms:.1}ms{outcome}", line.method, line.path, self.status, self.bytes);
         }
     }
 }
@@ -259,10 +193,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for LoggedBody<B> {
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -296,7 +227,5 @@ impl<B> Drop for LoggedBody<B> {
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
 }

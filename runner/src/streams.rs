@@ -24,12 +24,7 @@ pub struct ChannelConsumer {
 impl ChannelConsumer {
     pub fn new() -> (ChannelConsumer, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(DEPTH);
-        (
-            ChannelConsumer {
-                tx: PollSender::new(tx),
-            },
-            rx,
-        )
+        (ChannelConsumer { tx: PollSender::new(tx) }, rx)
     }
 }
 
@@ -77,21 +72,10 @@ pub struct ChannelProducer {
 }
 
 impl ChannelProducer {
-    pub fn new() -> (
-        mpsc::Sender<Result<Bytes, String>>,
-        ChannelProducer,
-        oneshot::Receiver<Result<(), String>>,
-    ) {
+    pub fn new() -> (mpsc::Sender<Result<Bytes, String>>, ChannelProducer, oneshot::Receiver<Result<(), String>>) {
         let (tx, rx) = mpsc::channel(DEPTH);
         let (done_tx, done_rx) = oneshot::channel();
-        (
-            tx,
-            ChannelProducer {
-                rx,
-                done: Some(done_tx),
-            },
-            done_rx,
-        )
+        (tx, ChannelProducer { rx, done: Some(done_tx) }, done_rx)
     }
 
     fn finish(&mut self, outcome: Result<(), String>) {

@@ -50,25 +50,18 @@ impl Variables {
         for (name, template) in &app.component_variables {
             resolved.insert(
                 name.clone(),
-                expand(template, &values)
-                    .map_err(|e| anyhow::anyhow!("component variable {name:?}: {e}"))?,
+                expand(template, &values).map_err(|e| anyhow::anyhow!("component variable {name:?}: {e}"))?,
             );
         }
         Ok(Variables(resolved))
     }
 
     pub fn get(&self, name: &str) -> Lookup {
-        let valid = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !valid {
             return Lookup::InvalidName;
         }
-        self.0
-            .get(name)
-            .cloned()
-            .map_or(Lookup::Undefined, Lookup::Found)
+        self.0.get(name).cloned().map_or(Lookup::Undefined, Lookup::Found)
     }
 }
 
@@ -77,9 +70,7 @@ fn expand(template: &str, values: &BTreeMap<String, String>) -> Result<String> {
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
-        let Some(end) = rest[start..].find("}}") else {
-            bail!("unclosed {{{{ in {template:?}")
-        };
+        let Some(end) = rest[start..].find("}}") else { bail!("unclosed {{{{ in {template:?}") };
         let name = rest[start + 2..start + end].trim();
         match values.get(name) {
             Some(value) => out.push_str(value),
@@ -127,9 +118,7 @@ plain = "fixed"
     #[test]
     fn flags_beat_environment_beats_defaults() {
         let overrides = BTreeMap::from([("greeting".to_owned(), "hi".to_owned())]);
-        let env = |k: &str| {
-            (k == "SPIN_VARIABLE_WHO" || k == "SPIN_VARIABLE_GREETING").then(|| "env".to_owned())
-        };
+        let env = |k: &str| (k == "SPIN_VARIABLE_WHO" || k == "SPIN_VARIABLE_GREETING").then(|| "env".to_owned());
         let vars = Variables::resolve(&app(), &overrides, env).unwrap();
         assert_eq!(vars.get("message"), Lookup::Found("hi, env!".into()));
     }
@@ -137,11 +126,7 @@ plain = "fixed"
     #[test]
     fn unknown_and_invalid_names() {
         let vars = Variables::resolve(&app(), &BTreeMap::new(), |_| None).unwrap();
-        assert_eq!(
-            vars.get("greeting"),
-            Lookup::Undefined,
-            "application variables are not component variables"
-        );
+        assert_eq!(vars.get("greeting"), Lookup::Undefined, "application variables are not component variables");
         assert_eq!(vars.get("Bad-Name"), Lookup::InvalidName);
     }
 

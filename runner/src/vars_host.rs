@@ -16,17 +16,12 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
 }
 
 impl<T> wit::HostWithStore<T> for VariablesHost {
-    async fn get(
-        accessor: &Accessor<T, Self>,
-        name: String,
-    ) -> wasmtime::Result<Result<String, Error>> {
-        Ok(
-            match accessor.with(|mut access| access.get().shared.variables.get(&name)) {
-                Lookup::Found(value) => Ok(value),
-                Lookup::InvalidName => Err(Error::InvalidName(name)),
-                Lookup::Undefined => Err(Error::Undefined(name)),
-            },
-        )
+    async fn get(accessor: &Accessor<T, Self>, name: String) -> wasmtime::Result<Result<String, Error>> {
+        Ok(match accessor.with(|mut access| access.get().shared.variables.get(&name)) {
+            Lookup::Found(value) => Ok(value),
+            Lookup::InvalidName => Err(Error::InvalidName(name)),
+            Lookup::Undefined => Err(Error::Undefined(name)),
+        })
     }
 }
 

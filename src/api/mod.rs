@@ -3,6 +3,11 @@
 
 mod base;
 mod blobs;
+mod catalog;
+mod listing;
+mod manifests;
+mod referrers;
+mod tags;
 mod uploads;
 
 use crate::errcode::{ErrorCode, RegistryError};
@@ -32,26 +37,28 @@ async fn dispatch<M: MetaStore, B: BlobStore>(
     req: Request<B::Incoming>,
 ) -> Result<Response<B::Outgoing>, RegistryError> {
     let route = Route::parse(&req.path)?;
-    match (&req.method, route) {
-        (&Method::GET | &Method::HEAD, Route::Base) => Ok(base::get()),
-        (&Method::GET, Route::Blob(name, digest)) => blobs::get(stores, &name, &digest).await,
-        (&Method::HEAD, Route::Blob(name, digest)) => blobs::head(stores, &name, &digest).await,
-        (&Method::POST, Route::UploadStart(name)) => uploads::start(stores, &name, req).await,
-        (_, Route::Base | Route::Blob(..) | Route::UploadStart(..)) => {
-            Err(method_not_allowed(&req.method))
+    match (req.method.clone(), route) {
+        (Method::GET | Method::HEAD, Route::Base) => Ok(base::get()),
+        (Method::GET, Route::Catalog) => catalog::list(stores, &req).await,
+        (Method::GET, Route::Tags(name)) => tags::list(stores, &name, &req).await,
+        (Method::GET, Route::Manifest(name, reference)) => manifests::get(stores, &name, &reference).await,
+        (Method::HEAD, Route::Manifest(name, reference)) => manifests::head(stores, &name, &reference).await,
+        (Method::PUT, Route::Manifest(name, reference)) => manifests::put(stores, &name, &reference, req).await,
+        (Method::DELETE, Route::Manifest(name, reference)) => manifests::delete(stores, &name, &reference).await,
+        (Method::GET, Route::Blob(name, digest)) => blobs::get(stores, &name, &digest, &req).await,
+        (Method::HEAD, Route::Blob(name, digest)) => blobs::head(stores, &name, &digest).await,
+        (Method::DELETE, Route::Blob(name, digest)) => blobs::delete(stores, &name, &digest).await,
+        (Method::POST, Route::UploadStart(name)) => uploads::start(stores, &name, req).await,
+        (Method::GET | Method::PATCH | Method::PUT | Method::DELETE, Route::Upload(name, id)) => {
+            uploads::session(stores, &name, &id, req).await
         }
-        (_, route) => Err(RegistryError::new(
-            ErrorCode::Unsupported,
-            format!("{route:?} is not implemented yet"),
-        )),
+        (Method::GET, Route::Referrers(name, digest)) => referrers::list(stores, &name, &digest, &req).await,
+        (method, _) => Err(method_not_allowed(&method)),
     }
 }
 
 fn method_not_allowed(method: &Method) -> RegistryError {
-    RegistryError::new(
-        ErrorCode::MethodNotAllowed,
-        format!("method {method} not allowed here"),
-    )
+    RegistryError::new(ErrorCode::MethodNotAllowed, format!("method {method} not allowed here"))
 }
 
 #[cfg(test)]
@@ -67,28 +74,15 @@ mod tests {
             Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
             None => (path_and_query.to_owned(), None),
         };
-        Request {
-            method,
-            path,
-            query,
-            headers: HeaderMap::new(),
-            body,
-        }
+        Request { method, path, query, headers: HeaderMap::new(), body }
     }
 
-    fn send(
-        stores: &Stores<MemMeta, MemBlobs>,
-        method: Method,
-        path: &str,
-        body: Vec<u8>,
-    ) -> Response<Vec<u8>> {
+    fn send(stores: &Stores<MemMeta, MemBlobs>, method: Method, path: &str, body: Vec<u8>) -> Response<Vec<u8>> {
         block_on(handle(stores, request(method, path, body)))
     }
 
     fn error_code(response: &Response<Vec<u8>>) -> String {
-        let Body::Full(bytes) = &response.body else {
-            panic!("error without a body")
-        };
+        let Body::Full(bytes) = &response.body else { panic!("error without a body") };
         let value: serde_json::Value = serde_json::from_slice(bytes).unwrap();
         value["errors"][0]["code"].as_str().unwrap().to_owned()
     }
@@ -104,50 +98,24 @@ mod tests {
     fn a_monolithic_push_is_readable_in_its_repository_only() {
         let stores = memory_stores();
         let digest = Digest::of(Algorithm::Sha256, b"layer");
-        let r = send(
-            &stores,
-            Method::POST,
-            &format!("/v2/a/blobs/uploads/?digest={digest}"),
-            b"layer".to_vec(),
-        );
+        let r = send(&stores, Method::POST, &format!("/v2/a/blobs/uploads/?digest={digest}"), b"layer".to_vec());
         assert_eq!(r.status, StatusCode::CREATED);
         assert_eq!(r.headers["location"], format!("/v2/a/blobs/{digest}"));
         assert_eq!(r.headers["docker-content-digest"], digest.to_string());
 
-        let r = send(
-            &stores,
-            Method::GET,
-            &format!("/v2/a/blobs/{digest}"),
-            vec![],
-        );
+        let r = send(&stores, Method::GET, &format!("/v2/a/blobs/{digest}"), vec![]);
         assert_eq!(r.status, StatusCode::OK);
         assert!(matches!(r.body, Body::Stream(ref b) if b == b"layer"));
-        let r = send(
-            &stores,
-            Method::GET,
-            &format!("/v2/b/blobs/{digest}"),
-            vec![],
-        );
-        assert_eq!(
-            (r.status, error_code(&r).as_str()),
-            (StatusCode::NOT_FOUND, "BLOB_UNKNOWN")
-        );
+        let r = send(&stores, Method::GET, &format!("/v2/b/blobs/{digest}"), vec![]);
+        assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"));
     }
 
     #[test]
     fn a_digest_mismatch_stores_nothing() {
         let stores = memory_stores();
         let claimed = Digest::of(Algorithm::Sha256, b"other");
-        let r = send(
-            &stores,
-            Method::POST,
-            &format!("/v2/a/blobs/uploads/?digest={claimed}"),
-            b"layer".to_vec(),
-        );
-        assert_eq!(
-            (r.status, error_code(&r).as_str()),
-            (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
-        );
+        let r = send(&stores, Method::POST, &format!("/v2/a/blobs/uploads/?digest={claimed}"), b"layer".to_vec());
+        assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
         assert!(stores.meta.0.borrow().is_empty());
         assert!(stores.blobs.0.borrow().is_empty());
     }
@@ -157,23 +125,13 @@ mod tests {
         let stores = memory_stores();
         let digest = Digest::of(Algorithm::Sha512, b"layer");
         for repo in ["a", "b"] {
-            let r = send(
-                &stores,
-                Method::POST,
-                &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
-                b"layer".to_vec(),
-            );
+            let r =
+                send(&stores, Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={digest}"), b"layer".to_vec());
             assert_eq!(r.status, StatusCode::CREATED);
         }
-        assert_eq!(stores.blobs.0.borrow().len(), 1);
+        assert_eq!(stores.blobs.0.borrow().keys().filter(|k| k.starts_with("parts/")).count(), 1);
         assert_eq!(
-            send(
-                &stores,
-                Method::HEAD,
-                &format!("/v2/b/blobs/{digest}"),
-                vec![]
-            )
-            .headers["content-length"],
+            send(&stores, Method::HEAD, &format!("/v2/b/blobs/{digest}"), vec![]).headers["content-length"],
             "5"
         );
     }
@@ -181,33 +139,19 @@ mod tests {
     #[test]
     fn unknown_paths_get_an_oci_error() {
         let r = send(&memory_stores(), Method::GET, "/nope", vec![]);
-        assert_eq!(
-            (r.status, error_code(&r).as_str()),
-            (StatusCode::NOT_FOUND, "NOT_FOUND")
-        );
+        assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::NOT_FOUND, "NOT_FOUND"));
         assert_eq!(r.headers["content-type"], "application/json");
     }
 
     #[test]
     fn wrong_methods_get_an_oci_error() {
         let r = send(&memory_stores(), Method::DELETE, "/v2/", vec![]);
-        assert_eq!(
-            (r.status, error_code(&r).as_str()),
-            (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED")
-        );
+        assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"));
     }
 
     #[test]
     fn a_bad_digest_parameter_is_digest_invalid() {
-        let r = send(
-            &memory_stores(),
-            Method::POST,
-            "/v2/a/blobs/uploads/?digest=sha256:zz",
-            b"x".to_vec(),
-        );
-        assert_eq!(
-            (r.status, error_code(&r).as_str()),
-            (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
-        );
+        let r = send(&memory_stores(), Method::POST, "/v2/a/blobs/uploads/?digest=sha256:zz", b"x".to_vec());
+        assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
     }
 }

@@ -6,7 +6,8 @@ use super::bindings::berth::blob_store::store as wit;
 use crate::digest::{Algorithm, RunningHash};
 use crate::store::{BlobStore, Extent, StoreError, Written};
 use spin_sdk::wasip3::http::types::{ErrorCode, Trailers};
-use spin_sdk::wit_bindgen::{FutureReader, FutureWriter, StreamReader};
+use spin_sdk::wasip3::wit_stream;
+use spin_sdk::wit_bindgen::{FutureReader, FutureWriter, StreamReader, StreamResult};
 
 /// A request body as the host hands it over: its byte stream, and the future that tells,
 /// once the stream has ended, whether the body arrived whole.
@@ -22,9 +23,7 @@ fn from_wit(e: wit::Error) -> StoreError {
     match e {
         wit::Error::NotFound => StoreError::NotFound,
         wit::Error::AlreadyExists => StoreError::AlreadyExists,
-        wit::Error::InvalidName(why) => {
-            StoreError::Other(format!("blob store refused the name: {why}"))
-        }
+        wit::Error::InvalidName(why) => StoreError::Other(format!("blob store refused the name: {why}")),
         wit::Error::Other(why) => StoreError::Other(format!("blob store: {why}")),
     }
 }
@@ -34,10 +33,7 @@ fn to_wit_hash(h: &RunningHash) -> wit::HashState {
         Algorithm::Sha256 => wit::HashAlgorithm::Sha256,
         Algorithm::Sha512 => wit::HashAlgorithm::Sha512,
     };
-    wit::HashState {
-        algorithm,
-        state: h.save(),
-    }
+    wit::HashState { algorithm, state: h.save() }
 }
 
 fn from_wit_hash(h: wit::HashState) -> Result<RunningHash, StoreError> {
@@ -53,41 +49,21 @@ impl BlobStore for WitBlobStore {
     type Incoming = IncomingBody;
     type Outgoing = StreamReader<u8>;
 
-    async fn write(
-        &self,
-        name: &str,
-        data: IncomingBody,
-        hashes: Vec<RunningHash>,
-    ) -> Result<Written, StoreError> {
+    async fn write(&self, name: &str, data: IncomingBody, hashes: Vec<RunningHash>) -> Result<Written, StoreError> {
         let states = hashes.iter().map(to_wit_hash).collect();
-        let written = wit::write(name.to_owned(), data.stream, states)
-            .await
-            .map_err(from_wit)?;
+        let written = wit::write(name.to_owned(), data.stream, states).await.map_err(from_wit)?;
         // The stream has ended; did it end because the body was complete?
         if let Err(code) = data.trailers.await {
             let _ = wit::delete(name.to_owned()).await;
             return Err(StoreError::BodyInterrupted(format!("{code:?}")));
         }
-        let hashes = written
-            .hashes
-            .into_iter()
-            .map(from_wit_hash)
-            .collect::<Result<_, _>>()?;
-        Ok(Written {
-            size: written.size,
-            hashes,
-        })
+        let hashes = written.hashes.into_iter().map(from_wit_hash).collect::<Result<_, _>>()?;
+        Ok(Written { size: written.size, hashes })
     }
 
     async fn read_extents(&self, extents: Vec<Extent>) -> Result<StreamReader<u8>, StoreError> {
-        let extents = extents
-            .into_iter()
-            .map(|e| wit::Extent {
-                name: e.name,
-                offset: e.offset,
-                length: e.length,
-            })
-            .collect();
+        let extents =
+            extents.into_iter().map(|e| wit::Extent { name: e.name, offset: e.offset, length: e.length }).collect();
         let (stream, done) = wit::read_extents(extents).await.map_err(from_wit)?;
         // Keep a task waiting until the bytes have gone: it tells the host that this instance
         // still has a transfer in flight, and logs one that broke.
@@ -100,13 +76,61 @@ impl BlobStore for WitBlobStore {
     }
 
     async fn size(&self, name: &str) -> Result<u64, StoreError> {
-        wit::stat(name.to_owned())
-            .await
-            .map(|info| info.size)
-            .map_err(from_wit)
+        wit::stat(name.to_owned()).await.map(|info| info.size).map_err(from_wit)
     }
 
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         wit::delete(name.to_owned()).await.map_err(from_wit)
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        let page = wit::list_objects(prefix.to_owned(), cursor.map(str::to_owned), limit).await.map_err(from_wit)?;
+        Ok((page.names, page.next))
+    }
+
+    async fn write_bytes(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let (mut writer, reader) = wit_stream::new::<u8>();
+        let feed = async move {
+            writer.write_all(bytes).await;
+        };
+        let (written, ()) = futures::join!(wit::write(name.to_owned(), reader, Vec::new()), feed);
+        written.map(|_| ()).map_err(from_wit)
+    }
+
+    async fn read_bytes(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        let (stream, done) = wit::read(name.to_owned(), 0, None).await.map_err(from_wit)?;
+        let bytes = read_to_end(stream, usize::MAX).await;
+        done.await.map_err(from_wit)?;
+        Ok(bytes.unwrap_or_default())
+    }
+
+    async fn collect(&self, body: IncomingBody, limit: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(bytes) = read_to_end(body.stream, limit).await else { return Ok(None) };
+        if let Err(code) = body.trailers.await {
+            return Err(StoreError::BodyInterrupted(format!("{code:?}")));
+        }
+        Ok(Some(bytes))
+    }
+}
+
+/// Read a stream into memory; `None` as soon as it holds more than `limit` bytes.
+async fn read_to_end(mut stream: StreamReader<u8>, limit: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let (result, chunk) = stream.read(Vec::with_capacity(64 * 1024)).await;
+        match result {
+            StreamResult::Complete(_) => {
+                out.extend_from_slice(&chunk);
+                if out.len() > limit {
+                    return None;
+                }
+            }
+            StreamResult::Dropped | StreamResult::Cancelled => return Some(out),
+        }
     }
 }

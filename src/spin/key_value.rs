@@ -10,10 +10,7 @@ impl KvMetaStore {
     /// Open the store `label`; a host that does not grant it is a configuration error, said clearly.
     pub async fn open(label: &str) -> Result<Self, RegistryError> {
         Store::open(label).await.map(KvMetaStore).map_err(|e| {
-            RegistryError::new(
-                ErrorCode::Internal,
-                format!("cannot open key-value store {label:?}: {}", describe(&e)),
-            )
+            RegistryError::new(ErrorCode::Internal, format!("cannot open key-value store {label:?}: {}", describe(&e)))
         })
     }
 }

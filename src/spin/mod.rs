@@ -6,11 +6,13 @@
 mod blob_store;
 mod key_value;
 
+use crate::errcode::{ErrorCode, RegistryError};
 use crate::message::{Body, Request};
-use crate::store::Stores;
+use crate::store::{Config, Stores};
 use blob_store::{IncomingBody, WitBlobStore};
 use key_value::KvMetaStore;
-use spin_sdk::wasip3::http::types::{self, ErrorCode, Fields};
+use spin_sdk::wasip3::http::types::{self, Fields};
+type WasiErrorCode = spin_sdk::wasip3::http::types::ErrorCode;
 use spin_sdk::wasip3::{wit_future, wit_stream};
 
 /// Bindings for the world in `wit/`, generated with the wit-bindgen that spin-sdk re-exports
@@ -31,25 +33,51 @@ struct Berth;
 spin_sdk::wasip3::http::service::export!(Berth);
 
 impl spin_sdk::wasip3::exports::http::handler::Guest for Berth {
-    async fn handle(request: types::Request) -> Result<types::Response, ErrorCode> {
+    async fn handle(request: types::Request) -> Result<types::Response, WasiErrorCode> {
         handle(request).await
     }
 }
 
-async fn handle(request: types::Request) -> Result<types::Response, ErrorCode> {
+async fn handle(request: types::Request) -> Result<types::Response, WasiErrorCode> {
     let meta = match KvMetaStore::open("default").await {
         Ok(meta) => meta,
         Err(err) => return Ok(into_wasi_response(crate::message::Response::error(&err))),
     };
-    let stores = Stores {
-        meta,
-        blobs: WitBlobStore,
-        random,
+    let config = match config().await {
+        Ok(config) => config,
+        Err(err) => return Ok(into_wasi_response(crate::message::Response::error(&err))),
     };
+    let stores = Stores { meta, blobs: WitBlobStore, random, now, config };
     let request = from_wasi_request(request)?;
-    Ok(into_wasi_response(
-        crate::api::handle(&stores, request).await,
-    ))
+    Ok(into_wasi_response(crate::api::handle(&stores, request).await))
+}
+
+/// Settings from Spin variables. A value that does not parse is a configuration error, said on
+/// every request rather than silently replaced by a default.
+async fn config() -> Result<Config, RegistryError> {
+    let mut config = Config::default();
+    match spin_sdk::variables::get("upload_expiry_seconds").await {
+        Ok(value) => {
+            config.upload_expiry_secs = value.trim().parse().map_err(|_| {
+                RegistryError::new(
+                    ErrorCode::Internal,
+                    format!("variable upload_expiry_seconds={value:?} is not a number of seconds"),
+                )
+            })?
+        }
+        Err(spin_sdk::variables::Error::Undefined(_)) => {}
+        Err(e) => {
+            return Err(RegistryError::new(
+                ErrorCode::Internal,
+                format!("reading variable upload_expiry_seconds: {e:?}"),
+            ));
+        }
+    }
+    Ok(config)
+}
+
+fn now() -> u64 {
+    spin_sdk::wasip3::clocks::system_clock::now().seconds.max(0) as u64
 }
 
 fn random() -> [u8; 16] {
@@ -59,11 +87,10 @@ fn random() -> [u8; 16] {
     out
 }
 
-fn from_wasi_request(request: types::Request) -> Result<Request<IncomingBody>, ErrorCode> {
-    let method = http::Method::try_from(request.get_method())
-        .map_err(|_| ErrorCode::HttpRequestMethodInvalid)?;
+fn from_wasi_request(request: types::Request) -> Result<Request<IncomingBody>, WasiErrorCode> {
+    let method = http::Method::try_from(request.get_method()).map_err(|_| WasiErrorCode::HttpRequestMethodInvalid)?;
     let headers = http::HeaderMap::try_from(request.get_headers())
-        .map_err(|_| ErrorCode::HttpRequestHeaderSectionSize(None))?;
+        .map_err(|_| WasiErrorCode::HttpRequestHeaderSectionSize(None))?;
     let path_with_query = request.get_path_with_query().unwrap_or_else(|| "/".into());
     let (path, query) = match path_with_query.split_once('?') {
         Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
@@ -71,27 +98,12 @@ fn from_wasi_request(request: types::Request) -> Result<Request<IncomingBody>, E
     };
     let (result, result_reader) = wit_future::new(|| Ok(()));
     let (stream, trailers) = types::Request::consume_body(request, result_reader);
-    Ok(Request {
-        method,
-        path,
-        query,
-        headers,
-        body: IncomingBody {
-            stream,
-            trailers,
-            _result: result,
-        },
-    })
+    Ok(Request { method, path, query, headers, body: IncomingBody { stream, trailers, _result: result } })
 }
 
-fn into_wasi_response(
-    response: crate::message::Response<spin_sdk::wit_bindgen::StreamReader<u8>>,
-) -> types::Response {
-    let entries: Vec<(String, Vec<u8>)> = response
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
-        .collect();
+fn into_wasi_response(response: crate::message::Response<spin_sdk::wit_bindgen::StreamReader<u8>>) -> types::Response {
+    let entries: Vec<(String, Vec<u8>)> =
+        response.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())).collect();
     let headers = Fields::from_list(&entries).unwrap_or_else(|_| Fields::new());
     let contents = match response.body {
         Body::Empty => None,

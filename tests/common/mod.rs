@@ -17,10 +17,7 @@ pub fn repo_root() -> PathBuf {
 /// `target/<profile>/` of this test binary (`target/<profile>/deps/<test>`).
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps")
-        .to_owned()
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps").to_owned()
 }
 
 pub struct Artifacts {
@@ -49,16 +46,7 @@ pub fn artifacts() -> &'static Artifacts {
                 .expect("running cargo");
             assert!(status.success(), "cargo {args:?} failed");
         };
-        run(&[
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "berth",
-            "-p",
-            "berth-trap-fixture",
-        ]);
+        run(&["build", "--release", "--target", "wasm32-wasip2", "-p", "berth", "-p", "berth-trap-fixture"]);
         if release {
             run(&["build", "--release", "-p", "berth-runner"]);
         } else {
@@ -90,12 +78,7 @@ pub struct RunnerOptions<'a> {
 
 impl Default for RunnerOptions<'_> {
     fn default() -> Self {
-        RunnerOptions {
-            manifest: repo_root().join("spin.toml"),
-            component: None,
-            tls: None,
-            args: Vec::new(),
-        }
+        RunnerOptions { manifest: repo_root().join("spin.toml"), component: None, tls: None, args: Vec::new() }
     }
 }
 
@@ -121,11 +104,7 @@ impl Runner {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some((cert, key)) = options.tls {
-            command
-                .arg("--tls-cert")
-                .arg(cert)
-                .arg("--tls-key")
-                .arg(key);
+            command.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
         }
         let mut child = command.spawn().expect("starting berth-runner");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -135,11 +114,7 @@ impl Runner {
         // Drain stdout for the runner's whole life (a full pipe would block it).
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line
-                    .split(" on ")
-                    .nth(1)
-                    .filter(|_| line.starts_with("berth-runner: serving"))
-                {
+                if let Some(url) = line.split(" on ").nth(1).filter(|_| line.starts_with("berth-runner: serving")) {
                     let _ = url_tx.send(url.trim().to_owned());
                 }
                 log_writer.lock().unwrap().push(line);
@@ -149,18 +124,10 @@ impl Runner {
             Ok(url) => url,
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "berth-runner did not report a listening address; exit: {:?}",
-                    child.wait()
-                );
+                panic!("berth-runner did not report a listening address; exit: {:?}", child.wait());
             }
         };
-        let runner = Runner {
-            child,
-            url,
-            data: data.to_owned(),
-            log,
-        };
+        let runner = Runner { child, url, data: data.to_owned(), log };
         runner.wait_ready();
         runner
     }
@@ -170,10 +137,7 @@ impl Runner {
         let addr = self.url.split("://").nth(1).unwrap().to_owned();
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "berth-runner at {addr} never accepted a connection"
-            );
+            assert!(Instant::now() < deadline, "berth-runner at {addr} never accepted a connection");
             std::thread::yield_now();
         }
     }
@@ -207,10 +171,7 @@ impl Runner {
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -234,12 +195,8 @@ impl Drop for Runner {
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc status");
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
@@ -253,10 +210,7 @@ pub async fn error_code(response: reqwest::Response) -> (u16, String, serde_json
     let status = response.status().as_u16();
     let bytes = response.bytes().await.expect("a body");
     let body: serde_json::Value = serde_json::from_slice(&bytes).expect("an OCI error body (JSON)");
-    let code = body["errors"][0]["code"]
-        .as_str()
-        .expect("errors[0].code")
-        .to_owned();
+    let code = body["errors"][0]["code"].as_str().expect("errors[0].code").to_owned();
     (status, code, body)
 }
 
@@ -304,44 +258,127 @@ pub fn make_certs(dir: &Path) -> TestCerts {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Berth test CA");
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Berth test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
-    let leaf_params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let leaf_params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
     let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
-    let certs = TestCerts {
-        ca: dir.join("ca.crt"),
-        cert: dir.join("server.crt"),
-        key: dir.join("server.key"),
-    };
+    let certs = TestCerts { ca: dir.join("ca.crt"), cert: dir.join("server.crt"), key: dir.join("server.key") };
     std::fs::write(&certs.ca, ca.pem()).unwrap();
     std::fs::write(&certs.cert, leaf.pem()).unwrap();
     std::fs::write(&certs.key, leaf_key.serialize_pem()).unwrap();
     certs
 }
 
-/// Object files under the runner's blob store (temp files excluded).
-pub fn stored_objects(data: &Path) -> Vec<PathBuf> {
+/// Object files under `<data>/blobs/<dir>` (temp files excluded).
+pub fn stored_objects(data: &Path, dir: &str) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
         for entry in entries.flatten() {
             let path = entry.path();
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
-            if path.is_dir() {
-                walk(&path, out)
-            } else {
-                out.push(path)
-            }
+            if path.is_dir() { walk(&path, out) } else { out.push(path) }
         }
     }
     let mut out = Vec::new();
-    walk(&data.join("blobs"), &mut out);
+    walk(&data.join("blobs").join(dir), &mut out);
     out
+}
+
+/// A registry client for the spec tests: one base URL, helpers for the common pushes.
+pub struct Registry {
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+
+impl Registry {
+    pub fn new(runner: &Runner) -> Registry {
+        Registry { url: runner.url.clone(), http: client() }
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        if path.starts_with("http") { path.to_owned() } else { format!("{}{path}", self.url) }
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.at(path)).send().await.unwrap()
+    }
+
+    pub async fn head(&self, path: &str) -> reqwest::Response {
+        self.http.head(self.at(path)).send().await.unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.http.delete(self.at(path)).send().await.unwrap()
+    }
+
+    /// Push a blob in one `POST ?digest=`; returns its digest.
+    pub async fn push_blob(&self, repo: &str, bytes: &[u8]) -> String {
+        let digest = sha256(bytes);
+        let response = self
+            .http
+            .post(self.at(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "pushing blob to {repo}");
+        digest
+    }
+
+    /// Open an upload session; returns its Location.
+    pub async fn start_upload(&self, repo: &str) -> String {
+        let response = self.http.post(self.at(&format!("/v2/{repo}/blobs/uploads/"))).send().await.unwrap();
+        assert_eq!(response.status(), 202);
+        response.headers()["location"].to_str().unwrap().to_owned()
+    }
+
+    pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) -> reqwest::Response {
+        self.http
+            .put(self.at(&format!("/v2/{repo}/manifests/{reference}")))
+            .header("content-type", media_type)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Push config + one layer + an image manifest under `reference`; returns (manifest bytes, digest).
+    pub async fn push_image(&self, repo: &str, reference: &str, seed: u64) -> (Vec<u8>, String) {
+        let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":{seed}}}"#).into_bytes();
+        let layer = PseudoRandom::bytes(seed, 1000 + seed as usize);
+        let config_digest = self.push_blob(repo, &config).await;
+        let layer_digest = self.push_blob(repo, &layer).await;
+        let manifest = image_manifest(
+            &[(OCI_CONFIG, &config_digest, config.len())],
+            &[(OCI_LAYER, &layer_digest, layer.len())],
+            "",
+        );
+        let response = self.put_manifest(repo, reference, OCI_MANIFEST, &manifest).await;
+        assert_eq!(response.status(), 201, "pushing manifest {repo}:{reference}");
+        let digest = sha256(&manifest);
+        (manifest, digest)
+    }
+}
+
+/// An OCI image manifest; `extra` is appended inside the top-level object (`,"subject":...`).
+pub fn image_manifest(config: &[(&str, &str, usize)], layers: &[(&str, &str, usize)], extra: &str) -> Vec<u8> {
+    let descriptor = |(media_type, digest, size): &(&str, &str, usize)| {
+        format!(r#"{{"mediaType":"{media_type}","digest":"{digest}","size":{size}}}"#)
+    };
+    let layers: Vec<String> = layers.iter().map(descriptor).collect();
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{},"layers":[{}]{extra}}}"#,
+        descriptor(&config[0]),
+        layers.join(",")
+    )
+    .into_bytes()
 }

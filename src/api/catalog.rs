@@ -1,0 +1,22 @@
+//! `GET /v2/_catalog?n=&last=`: every repository, in lexical order.
+
+use super::listing::{Page, collect, next_link};
+use crate::errcode::RegistryError;
+use crate::keys;
+use crate::message::{Request, Response};
+use crate::store::{BlobStore, MetaStore, Stores};
+use http::{StatusCode, header};
+
+pub async fn list<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    req: &Request<B::Incoming>,
+) -> Result<Response<B::Outgoing>, RegistryError> {
+    let page = Page::from_request(req)?;
+    let (repositories, more) = collect(stores, keys::REPOS_PREFIX, &page, async |_: &str| Ok(true)).await?;
+    let body = serde_json::to_vec(&serde_json::json!({ "repositories": repositories })).expect("json");
+    let mut response = Response::new(StatusCode::OK);
+    if let (true, Some(last), Some(n)) = (more, repositories.last(), page.n) {
+        response = response.header(header::LINK, next_link("/v2/_catalog", n, last));
+    }
+    Ok(response.json(body))
+}

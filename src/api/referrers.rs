@@ -1,0 +1,51 @@
+//! `GET /v2/<name>/referrers/<digest>?artifactType=`: the manifests whose subject is `<digest>`,
+//! as an image index. Always 200 (an empty index when there are none).
+
+use super::manifests::ReferrerDescriptor;
+use crate::blobs::internal;
+use crate::digest::Digest;
+use crate::errcode::RegistryError;
+use crate::keys;
+use crate::manifest::OCI_INDEX;
+use crate::message::{Request, Response};
+use crate::name::RepoName;
+use crate::store::{BlobStore, MetaStore, StoreError, Stores};
+use http::{HeaderName, StatusCode, header};
+
+const FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
+
+pub async fn list<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    subject: &Digest,
+    req: &Request<B::Incoming>,
+) -> Result<Response<B::Outgoing>, RegistryError> {
+    let filter = req.query_param("artifactType");
+    let prefix = keys::referrers_prefix(name, subject);
+    let mut manifests = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (objects, next) = stores.blobs.list(&prefix, cursor.as_deref(), 1000).await.map_err(internal)?;
+        for object in &objects {
+            let bytes = match stores.blobs.read_bytes(object).await {
+                Ok(bytes) => bytes,
+                Err(StoreError::NotFound) => continue, // deleted meanwhile
+                Err(e) => return Err(internal(e)),
+            };
+            let Ok(descriptor) = serde_json::from_slice::<ReferrerDescriptor>(&bytes) else { continue };
+            if filter.as_ref().is_none_or(|f| descriptor.artifact_type.as_ref() == Some(f)) {
+                manifests.push(descriptor);
+            }
+        }
+        match next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let index = serde_json::json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests });
+    let mut response = Response::new(StatusCode::OK);
+    if filter.is_some() {
+        response = response.header(FILTERS_APPLIED, "artifactType");
+    }
+    Ok(response.full(serde_json::to_vec(&index).expect("json")).header(header::CONTENT_TYPE, OCI_INDEX))
+}

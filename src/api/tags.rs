@@ -1,0 +1,38 @@
+//! `GET /v2/<name>/tags/list?n=&last=`.
+
+use super::listing::{Page, collect, next_link};
+use crate::blobs::internal;
+use crate::errcode::{ErrorCode, RegistryError};
+use crate::keys;
+use crate::message::{Request, Response};
+use crate::name::{RepoName, Tag};
+use crate::store::{BlobStore, MetaStore, StoreError, Stores};
+use http::{StatusCode, header};
+
+pub async fn list<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    req: &Request<B::Incoming>,
+) -> Result<Response<B::Outgoing>, RegistryError> {
+    let page = Page::from_request(req)?;
+    match stores.blobs.size(&keys::repo_marker(name)).await {
+        Ok(_) => {}
+        Err(StoreError::NotFound) => {
+            return Err(RegistryError::new(ErrorCode::NameUnknown, format!("repository {name} is unknown")));
+        }
+        Err(e) => return Err(internal(e)),
+    }
+    // An index entry counts only while its tag still resolves to a manifest of the repository.
+    let (tags, more) = collect(stores, &keys::tags_prefix(name), &page, async |entry: &str| {
+        let Ok(tag) = Tag::parse(entry) else { return Ok(false) };
+        let Some(digest) = super::manifests::tag_target(stores, name, &tag).await? else { return Ok(false) };
+        Ok(super::manifests::record(stores, name, &digest).await?.is_some())
+    })
+    .await?;
+    let body = serde_json::to_vec(&serde_json::json!({ "name": name.as_str(), "tags": tags })).expect("json");
+    let mut response = Response::new(StatusCode::OK);
+    if let (true, Some(last), Some(n)) = (more, tags.last(), page.n) {
+        response = response.header(header::LINK, next_link(&format!("/v2/{name}/tags/list"), n, last));
+    }
+    Ok(response.json(body))
+}

@@ -1,0 +1,118 @@
+//! Upload sessions: the whole state of a chunked upload in one key-value record, so any instance
+//! can continue any upload and nothing lives in memory between requests.
+//!
+//! A chunk is written as its own object, named after the version it creates
+//! (`uploads/<id>/<version>`): the blob store refuses a second object under the same name, so of
+//! two requests racing from the same version only one can succeed — a compare-and-swap made of
+//! an exclusive create. Only after the chunk is durable is the record rewritten, so an
+//! interrupted chunk leaves the session as it was.
+
+use crate::blobs::Part;
+use crate::digest::{Algorithm, RunningHash};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadSession {
+    pub repo: String,
+    pub id: String,
+    /// Unix seconds at creation; the session expires a configured time after this.
+    pub created: u64,
+    /// Bumped by every chunk; carried in the `Location` token.
+    pub version: u64,
+    pub size: u64,
+    pub parts: Vec<Part>,
+    /// Running hash states (hex of the serialized state), so the upload can finish under either
+    /// algorithm.
+    pub sha256: String,
+    pub sha512: String,
+}
+
+impl UploadSession {
+    pub fn new(repo: &str, id: String, created: u64) -> UploadSession {
+        UploadSession {
+            repo: repo.to_owned(),
+            id,
+            created,
+            version: 0,
+            size: 0,
+            parts: Vec::new(),
+            sha256: hex::encode(RunningHash::new(Algorithm::Sha256).save()),
+            sha512: hex::encode(RunningHash::new(Algorithm::Sha512).save()),
+        }
+    }
+
+    /// The running hashes, to be continued over the next chunk.
+    pub fn hashes(&self) -> Option<Vec<RunningHash>> {
+        let restore = |algorithm, state: &str| RunningHash::restore(algorithm, &hex::decode(state).ok()?);
+        Some(vec![restore(Algorithm::Sha256, &self.sha256)?, restore(Algorithm::Sha512, &self.sha512)?])
+    }
+
+    /// The session after a chunk of `part.size` bytes, with the hashes continued over it.
+    pub fn advanced(&self, part: Part, hashes: &[RunningHash]) -> UploadSession {
+        let mut next = self.clone();
+        next.version += 1;
+        next.size += part.size;
+        next.parts.push(part);
+        for hash in hashes {
+            match hash.algorithm() {
+                Algorithm::Sha256 => next.sha256 = hex::encode(hash.save()),
+                Algorithm::Sha512 => next.sha512 = hex::encode(hash.save()),
+            }
+        }
+        next
+    }
+
+    pub fn expired(&self, now: u64, expiry_secs: u64) -> bool {
+        now.saturating_sub(self.created) > expiry_secs
+    }
+
+    /// The `Range` header value: the bytes received so far (`0-0` when none, as Distribution).
+    pub fn range(&self) -> String {
+        format!("0-{}", self.size.saturating_sub(1))
+    }
+}
+
+/// Upload ids are 32 lowercase hex characters; anything else is not one of ours.
+pub fn valid_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+
+    #[test]
+    fn a_session_continues_its_hashes_across_chunks() {
+        let s = UploadSession::new("r", "0".repeat(32), 10);
+        let mut hashes = s.hashes().unwrap();
+        hashes.iter_mut().for_each(|h| h.update(b"hello "));
+        let s = s.advanced(Part { name: "a".into(), size: 6 }, &hashes);
+        let mut hashes = s.hashes().unwrap();
+        hashes.iter_mut().for_each(|h| h.update(b"world"));
+        let s = s.advanced(Part { name: "b".into(), size: 5 }, &hashes);
+        assert_eq!((s.version, s.size, s.range().as_str()), (2, 11, "0-10"));
+        let finished: Vec<Digest> = s.hashes().unwrap().into_iter().map(RunningHash::finish).collect();
+        assert_eq!(finished[0], Digest::of(Algorithm::Sha256, b"hello world"));
+        assert_eq!(finished[1], Digest::of(Algorithm::Sha512, b"hello world"));
+    }
+
+    #[test]
+    fn range_of_an_empty_session() {
+        assert_eq!(UploadSession::new("r", "0".repeat(32), 0).range(), "0-0");
+    }
+
+    #[test]
+    fn expiry() {
+        let s = UploadSession::new("r", "0".repeat(32), 100);
+        assert!(!s.expired(150, 60));
+        assert!(s.expired(161, 60));
+    }
+
+    #[test]
+    fn ids() {
+        assert!(valid_id(&"a1".repeat(16)));
+        assert!(!valid_id("../x"));
+        assert!(!valid_id(&"A".repeat(32)));
+    }
+}
