@@ -384,3 +384,124 @@ async fn umoci_unpacks_an_image_pulled_from_berth() {
         "the unpacked file has the layer's bytes"
     );
 }
+
+async fn buildah_push(leg: Leg) {
+    // buildah names an image pulled from a layout after its path, which must be lowercase (the
+    // temp dirs are not): use a lowercase path of our own.
+    let src =
+        std::env::temp_dir().join(format!("berth-buildah-{}-{}", std::process::id(), u8::from(leg.cert_dir.is_some())));
+    let _ = std::fs::remove_dir_all(&src);
+    single_image(&src, 11, &[20_000]);
+    let root = leg.work.join("buildah");
+    let storage = [
+        format!("--root={}", root.join("root").display()),
+        format!("--runroot={}", root.join("run").display()),
+        "--storage-driver=vfs".into(),
+    ];
+    let buildah = |args: &[String]| {
+        let full: Vec<String> = storage.iter().cloned().chain(args.iter().cloned()).collect();
+        let output = Command::new("buildah").args(&full).output().unwrap_or_else(|e| {
+            panic!("buildah could not run ({e}): .ci/run installs it from Debian (apt-get install buildah)")
+        });
+        assert_success("buildah", &full, &output);
+        output
+    };
+    let pulled = buildah(&s(&["pull", "--quiet", &format!("oci:{}:v1", src.display())]));
+    let image_id = String::from_utf8_lossy(&pulled.stdout)
+        .lines()
+        .last()
+        .expect("buildah pull prints the image id")
+        .trim()
+        .to_owned();
+    let tls = match &leg.cert_dir {
+        Some(dir) => format!("--cert-dir={}", dir.display()),
+        None => "--tls-verify=false".into(),
+    };
+    buildah(&s(&["push", &tls, &image_id, &leg.image("built/app:v1")]));
+    let _ = std::fs::remove_dir_all(&src);
+    let inspect = leg.skopeo_ok(&with(s(&["inspect", &leg.image("built/app:v1")]), leg.skopeo_tls_plain()));
+    let inspect: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(inspect["Architecture"], "amd64");
+}
+
+#[tokio::test]
+async fn buildah_pushes_over_http() {
+    buildah_push(Leg::http()).await;
+}
+
+#[tokio::test]
+async fn buildah_pushes_over_https() {
+    buildah_push(Leg::https()).await;
+}
+
+async fn podman_manifest_push_all(leg: Leg) {
+    let src = leg.work.join("src");
+    let layout = Layout::create(&src);
+    let amd = layout.image(12, "amd64", &[3000]);
+    let arm = layout.image(13, "arm64", &[4000]);
+    layout.tag(&amd, OCI_MANIFEST, "amd64");
+    leg.skopeo_ok(&with(
+        s(&["copy", &format!("oci:{}:amd64", src.display()), &leg.image("plat/app:amd64")]),
+        leg.skopeo_tls("dest"),
+    ));
+    layout.tag(&arm, OCI_MANIFEST, "arm64");
+    leg.skopeo_ok(&with(
+        s(&["copy", &format!("oci:{}:arm64", src.display()), &leg.image("plat/app:arm64")]),
+        leg.skopeo_tls("dest"),
+    ));
+    let tls = leg.podman_tls();
+    let list = "localhost/plat-list:v1";
+    leg.podman(&["manifest", "create", list]);
+    for arch in ["amd64", "arm64"] {
+        leg.podman(&["manifest", "add", &tls, list, &leg.image(&format!("plat/app:{arch}"))]);
+    }
+    leg.podman(&["manifest", "push", "--all", &tls, list, &leg.image("plat/app:multi")]);
+    let raw = leg.skopeo_ok(&with(s(&["inspect", "--raw", &leg.image("plat/app:multi")]), leg.skopeo_tls_plain()));
+    let index: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let digests: Vec<&str> =
+        index["manifests"].as_array().unwrap().iter().map(|m| m["digest"].as_str().unwrap()).collect();
+    assert!(digests.contains(&amd.digest.as_str()) && digests.contains(&arm.digest.as_str()), "{index}");
+}
+
+#[tokio::test]
+async fn podman_manifest_create_and_push_all_over_http() {
+    podman_manifest_push_all(Leg::http()).await;
+}
+
+#[tokio::test]
+async fn podman_manifest_create_and_push_all_over_https() {
+    podman_manifest_push_all(Leg::https()).await;
+}
+
+#[tokio::test]
+async fn docker_cli_creates_and_pushes_a_manifest_list() {
+    // The engine-free docker CLI talks to an HTTP registry with --insecure (it treats 127/8 as
+    // insecure); HTTPS with a private CA would need /etc/docker/certs.d, outside a test's reach.
+    let leg = Leg::http();
+    let src = leg.work.join("src");
+    let layout = Layout::create(&src);
+    let amd = layout.image(14, "amd64", &[1000]);
+    layout.tag(&amd, OCI_MANIFEST, "v1");
+    leg.skopeo_ok(&with(
+        s(&["copy", "--format=v2s2", &format!("oci:{}:v1", src.display()), &leg.image("dl/app:amd64")]),
+        leg.skopeo_tls("dest"),
+    ));
+    let config = leg.work.join("docker");
+    std::fs::create_dir_all(&config).unwrap();
+    let docker = |args: &[&str]| {
+        let output = Command::new("docker")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("the docker CLI is on this machine");
+        assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        output
+    };
+    let list = format!("{}/dl/app:list", leg.host);
+    docker(&["manifest", "create", "--insecure", &list, &format!("{}/dl/app:amd64", leg.host)]);
+    docker(&["manifest", "push", "--insecure", &list]);
+    let raw = leg.skopeo_ok(&with(s(&["inspect", "--raw", &leg.image("dl/app:list")]), leg.skopeo_tls_plain()));
+    let index: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1, "{index}");
+}
