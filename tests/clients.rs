@@ -5,168 +5,10 @@
 
 mod common;
 
-use common::oci_layout::{Layout, Written, file_sha256};
+use common::clients::*;
+use common::oci_layout::Layout;
 use common::*;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-/// A runner and how a client reaches it.
-struct Leg {
-    _dir: tempfile::TempDir,
-    runner: Runner,
-    /// `host:port`
-    host: String,
-    /// Holds `ca.crt` on the HTTPS leg.
-    cert_dir: Option<PathBuf>,
-    work: PathBuf,
-}
-
-impl Leg {
-    fn http() -> Leg {
-        let dir = tempfile::tempdir().unwrap();
-        let runner = Runner::start(&dir.path().join("data"));
-        let work = dir.path().join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        Leg { host: runner.addr(), runner, cert_dir: None, work, _dir: dir }
-    }
-
-    fn https() -> Leg {
-        let dir = tempfile::tempdir().unwrap();
-        let certs_dir = dir.path().join("certs");
-        std::fs::create_dir_all(&certs_dir).unwrap();
-        let certs = make_certs(&certs_dir);
-        // Clients read every *.crt in the folder as a CA: keep only the CA there.
-        let cert_dir = dir.path().join("trust");
-        std::fs::create_dir_all(&cert_dir).unwrap();
-        std::fs::copy(&certs.ca, cert_dir.join("ca.crt")).unwrap();
-        let options = RunnerOptions { tls: Some((&certs.cert, &certs.key)), ..Default::default() };
-        let runner = Runner::start_with(&dir.path().join("data"), options);
-        let work = dir.path().join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        Leg { host: runner.addr(), runner, cert_dir: Some(cert_dir), work, _dir: dir }
-    }
-
-    fn image(&self, repo_and_tag: &str) -> String {
-        format!("docker://{}/{repo_and_tag}", self.host)
-    }
-
-    /// Trust flags for skopeo, as `src` or `dest` side.
-    fn skopeo_tls(&self, side: &str) -> Vec<String> {
-        match &self.cert_dir {
-            Some(dir) => vec![format!("--{side}-cert-dir={}", dir.display())],
-            None => vec![format!("--{side}-tls-verify=false")],
-        }
-    }
-
-    fn skopeo_tls_plain(&self) -> Vec<String> {
-        match &self.cert_dir {
-            Some(dir) => vec![format!("--cert-dir={}", dir.display())],
-            None => vec!["--tls-verify=false".into()],
-        }
-    }
-
-    /// skopeo with a blob-info cache of this test's own (bind-mounted over the system one in a
-    /// private mount namespace): pushes really upload instead of trusting what other runs
-    /// remembered, while what this test pushed is remembered (so skopeo can mount across
-    /// repositories as it does in real use).
-    fn skopeo(&self, args: &[String]) -> Output {
-        let system_cache = "/var/lib/containers/cache";
-        let own_cache = self.work.join("blob-info-cache");
-        std::fs::create_dir_all(system_cache).unwrap();
-        std::fs::create_dir_all(&own_cache).unwrap();
-        let script = format!("mount --bind '{}' {system_cache} && exec skopeo \"$@\"", own_cache.display());
-        let output = Command::new("unshare").arg("-m").arg("sh").arg("-c").arg(&script).arg("sh").args(args).output();
-        match output {
-            Ok(output) if !String::from_utf8_lossy(&output.stderr).contains("mount:") => output,
-            // No private mount namespace here: run skopeo as it is (its cache may then let it skip
-            // uploads of blobs it has seen before; the tests still check the results).
-            _ => run_client("skopeo", args),
-        }
-    }
-
-    fn skopeo_ok(&self, args: &[String]) -> Output {
-        let output = self.skopeo(args);
-        assert_success("skopeo", args, &output);
-        output
-    }
-
-    fn podman(&self, args: &[&str]) -> Output {
-        let root = self.work.join("podman");
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(root.join("config.json"), "{}").unwrap();
-        let mut full: Vec<String> = vec![
-            format!("--root={}", root.join("root").display()),
-            format!("--runroot={}", root.join("run").display()),
-            "--storage-driver=vfs".into(),
-        ];
-        full.extend(args.iter().map(|s| s.to_string()));
-        let output = Command::new("podman").args(&full).env("DOCKER_CONFIG", &root).output();
-        let output = output.unwrap_or_else(|e| {
-            panic!("podman could not run ({e}): .ci/run installs it from Debian (apt-get install podman)")
-        });
-        assert_success("podman", &full, &output);
-        output
-    }
-
-    fn podman_tls(&self) -> String {
-        match &self.cert_dir {
-            Some(dir) => format!("--cert-dir={}", dir.display()),
-            None => "--tls-verify=false".into(),
-        }
-    }
-}
-
-fn run_client(client: &str, args: &[String]) -> Output {
-    Command::new(client).args(args).output().unwrap_or_else(|e| {
-        panic!("{client} could not run ({e}): .ci/run installs it from Debian (apt-get install {client})")
-    })
-}
-
-fn assert_success(client: &str, args: &[String], output: &Output) {
-    assert!(
-        output.status.success(),
-        "{client} {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn s(parts: &[&str]) -> Vec<String> {
-    parts.iter().map(|p| p.to_string()).collect()
-}
-
-fn with(mut base: Vec<String>, more: Vec<String>) -> Vec<String> {
-    base.extend(more);
-    base
-}
-
-/// Blob digests of a `dir:` or `oci:` copy, checked against the file contents.
-fn blobs_in(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for root in [dir.to_owned(), dir.join("blobs/sha256")] {
-        let Ok(entries) = std::fs::read_dir(&root) else { continue };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.len() == 64 && entry.path().is_file() {
-                assert_eq!(
-                    file_sha256(&entry.path()),
-                    format!("sha256:{name}"),
-                    "blob file {name} is byte-identical to its digest"
-                );
-                out.push(format!("sha256:{name}"));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn single_image(dir: &Path, seed: u64, layers: &[u64]) -> Written {
-    let layout = Layout::create(dir);
-    let manifest = layout.image(seed, "amd64", layers);
-    layout.tag(&manifest, OCI_MANIFEST, "v1");
-    manifest
-}
+use std::process::Command;
 
 async fn skopeo_round_trip(leg: Leg) {
     let src = leg.work.join("src");
@@ -282,6 +124,21 @@ async fn skopeo_pushes_and_pulls_a_100_layer_image() {
     ));
     assert_eq!(blobs_in(&out), blobs_in(&src));
     assert_eq!(blobs_in(&out).len(), 102);
+}
+
+#[tokio::test]
+async fn skopeo_pushes_and_pulls_a_1_gib_layer_with_bounded_runner_memory() {
+    let leg = Leg::http();
+    let src = leg.work.join("src");
+    single_image(&src, 7, &[1 << 30]);
+    let idle = leg.runner.rss();
+    leg.push_layout(&src, "v1", "big/layer:v1", false);
+    let out = leg.work.join("out");
+    leg.pull_to("big/layer:v1", &format!("oci:{}:v1", out.display()), false);
+    assert_eq!(blobs_in(&out), blobs_in(&src), "the 1 GiB layer comes back byte-identical");
+    let peak = leg.runner.peak_rss();
+    println!("runner RSS: idle {} MiB, peak over a 1 GiB layer push + pull with skopeo {} MiB", idle >> 20, peak >> 20);
+    assert!(peak < 256 << 20, "the runner streams: peak RSS {} MiB for a 1 GiB layer", peak >> 20);
 }
 
 async fn podman_push_pull(leg: Leg) {

@@ -4,6 +4,7 @@
 mod bindings;
 mod blob_fs;
 mod blob_host;
+mod compose;
 mod host;
 mod kv;
 mod kv_host;
@@ -58,6 +59,11 @@ struct UpArgs {
     /// Set an application variable: --var name=value (repeatable; beats SPIN_VARIABLE_<NAME>).
     #[arg(long = "var", value_name = "NAME=VALUE")]
     vars: Vec<String>,
+    /// Where blobs live: `fs` (the runner's filesystem store under --data), `dependency` (the
+    /// provider component spin.toml declares in [component.<id>.dependencies], composed into the
+    /// registry as `spin up` does), or the path of a provider component.
+    #[arg(long, default_value = "fs", value_name = "fs|dependency|FILE.wasm")]
+    blob_store: compose::BlobStoreChoice,
     /// Requests one component instance serves before it is replaced (1 = fresh per request).
     #[arg(long, default_value_t = 128)]
     instance_reuse: usize,
@@ -95,9 +101,7 @@ async fn up(args: UpArgs) -> Result<()> {
         _ => None,
     };
     let engine = host::engine()?;
-    let component = wasmtime::component::Component::from_file(&engine, &app.source).map_err(|e| {
-        anyhow::anyhow!("loading component {} (build it with `spin build` or see README): {e:?}", app.source.display())
-    })?;
+    let component = load_component(&engine, &app, &args.blob_store)?;
     let reuse = host::Reuse {
         max_requests: args.instance_reuse.max(1),
         max_concurrent: args.instance_concurrency.max(1),
@@ -108,4 +112,26 @@ async fn up(args: UpArgs) -> Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("berth-runner: serving {} on {scheme}://{}", app.component_id, listener.local_addr()?);
     serve::serve(listener, wasmtime_wasi_http::handler::ProxyHandler::new(handler), tls, Arc::new(app)).await
+}
+
+/// The app's component, with a blob store provider plugged in when one is chosen.
+fn load_component(
+    engine: &wasmtime::Engine,
+    app: &manifest::App,
+    blob_store: &compose::BlobStoreChoice,
+) -> Result<wasmtime::component::Component> {
+    let hint = "build it with `spin build` or see README";
+    let component = match compose::provider_path(blob_store, app)? {
+        None => wasmtime::component::Component::from_file(engine, &app.source)
+            .map_err(|e| anyhow::anyhow!("loading component {} ({hint}): {e:?}", app.source.display()))?,
+        Some(provider) => {
+            let composed = compose::plug_blob_store(&app.source, &provider).with_context(|| {
+                format!("plugging blob store provider {} into {} ({hint})", provider.display(), app.source.display())
+            })?;
+            println!("berth-runner: blob store: provider component {}", provider.display());
+            wasmtime::component::Component::new(engine, &composed)
+                .map_err(|e| anyhow::anyhow!("compiling the composed component: {e:?}"))?
+        }
+    };
+    Ok(component)
 }

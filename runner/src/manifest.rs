@@ -39,6 +39,10 @@ struct RawComponent {
     allowed_outbound_hosts: Vec<String>,
     #[serde(default)]
     variables: BTreeMap<String, String>,
+    #[serde(default)]
+    dependencies: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    dependencies_inherit_configuration: bool,
 }
 
 /// An application variable as declared in `[variables]`.
@@ -61,6 +65,20 @@ pub struct App {
     /// Component variables: name -> template over application variables (`{{ name }}`).
     pub component_variables: BTreeMap<String, String>,
     pub variables: BTreeMap<String, VariableDecl>,
+    /// `[component.<id>.dependencies]`: imported interface or package -> the component that
+    /// satisfies it (local `path` sources only; the runner has no registry client).
+    pub dependencies: BTreeMap<String, Dependency>,
+    /// Whether dependencies may use the component's key-value stores, variables and hosts.
+    pub dependencies_inherit_configuration: bool,
+}
+
+/// A component dependency as declared in spin.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dependency {
+    Path(PathBuf),
+    /// A source the runner cannot load (registry package, URL, another app component): kept so
+    /// that asking for it gives a clear error.
+    Unsupported(String),
 }
 
 impl App {
@@ -95,7 +113,20 @@ impl App {
             toml::Value::String(path) => base_dir.join(path),
             other => bail!("unsupported component source {other}: the runner loads local files"),
         };
+        let dependencies = component
+            .dependencies
+            .iter()
+            .map(|(name, source)| {
+                let dependency = match source.get("path").and_then(toml::Value::as_str) {
+                    Some(path) => Dependency::Path(base_dir.join(path)),
+                    None => Dependency::Unsupported(source.to_string()),
+                };
+                (name.clone(), dependency)
+            })
+            .collect();
         Ok(App {
+            dependencies,
+            dependencies_inherit_configuration: component.dependencies_inherit_configuration,
             component_id: trigger.component.clone(),
             source,
             route,
@@ -150,6 +181,26 @@ message = "{{ greeting }}, world"
         assert!(app.serves("/api") && app.serves("/api/v2/") && !app.serves("/apix") && !app.serves("/v2/"));
         app.route = "/exact".into();
         assert!(app.serves("/exact") && !app.serves("/exact/x"));
+    }
+
+    #[test]
+    fn reads_component_dependencies() {
+        let with_deps = format!(
+            "{MANIFEST}\n{}",
+            r#"[component.registry.dependencies]
+"berth:blob-store/store@0.1.0" = { path = "target/provider.wasm" }
+"other:thing" = { version = "1.0", registry = "example.com" }
+"#
+        )
+        .replace("key_value_stores = [", "dependencies_inherit_configuration = true\nkey_value_stores = [");
+        let app = App::parse(&with_deps, Path::new("/app")).unwrap();
+        assert!(app.dependencies_inherit_configuration);
+        assert_eq!(
+            app.dependencies["berth:blob-store/store@0.1.0"],
+            Dependency::Path(PathBuf::from("/app/target/provider.wasm"))
+        );
+        assert!(matches!(app.dependencies["other:thing"], Dependency::Unsupported(_)));
+        assert!(App::parse(MANIFEST, Path::new("/")).unwrap().dependencies.is_empty());
     }
 
     #[test]

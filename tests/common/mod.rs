@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod oci_layout;
 
 use std::io::{BufRead, BufReader};
@@ -27,6 +28,8 @@ pub struct Artifacts {
     pub component: PathBuf,
     /// A component that traps on `GET /trap` (tests/fixtures/trap).
     pub trap_component: PathBuf,
+    /// The key-value blob store provider (providers/blob-kv).
+    pub blob_kv_provider: PathBuf,
 }
 
 /// Build the component (release wasm: debug wasm hashes and copies slowly) and the runner (same
@@ -48,7 +51,18 @@ pub fn artifacts() -> &'static Artifacts {
                 .expect("running cargo");
             assert!(status.success(), "cargo {args:?} failed");
         };
-        run(&["build", "--release", "--target", "wasm32-wasip2", "-p", "berth", "-p", "berth-trap-fixture"]);
+        run(&[
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            "berth",
+            "-p",
+            "berth-blob-kv",
+            "-p",
+            "berth-trap-fixture",
+        ]);
         if release {
             run(&["build", "--release", "-p", "berth-runner"]);
         } else {
@@ -58,6 +72,7 @@ pub fn artifacts() -> &'static Artifacts {
             runner: profile.join("berth-runner"),
             component: target_dir.join("wasm32-wasip2/release/berth.wasm"),
             trap_component: target_dir.join("wasm32-wasip2/release/berth_trap_fixture.wasm"),
+            blob_kv_provider: target_dir.join("wasm32-wasip2/release/berth_blob_kv.wasm"),
         }
     })
 }
@@ -79,8 +94,15 @@ pub struct RunnerOptions<'a> {
 }
 
 impl Default for RunnerOptions<'_> {
+    /// The registry as spin.toml declares it. With `BERTH_TEST_BLOB_STORE=kv` in the environment,
+    /// through the key-value blob store provider instead of the runner's filesystem store (so a
+    /// whole suite can be run against the provider).
     fn default() -> Self {
-        RunnerOptions { manifest: repo_root().join("spin.toml"), component: None, tls: None, args: Vec::new() }
+        let args = match std::env::var("BERTH_TEST_BLOB_STORE").as_deref() {
+            Ok("kv") => vec!["--blob-store".into(), artifacts().blob_kv_provider.display().to_string()],
+            _ => Vec::new(),
+        };
+        RunnerOptions { manifest: repo_root().join("spin.toml"), component: None, tls: None, args }
     }
 }
 
@@ -341,6 +363,30 @@ impl Registry {
         let response = self.http.post(self.at(&format!("/v2/{repo}/blobs/uploads/"))).send().await.unwrap();
         assert_eq!(response.status(), 202);
         response.headers()["location"].to_str().unwrap().to_owned()
+    }
+
+    /// `PATCH` one chunk of an upload at `start` with its `Content-Range`.
+    pub async fn patch_chunk(&self, location: &str, start: u64, bytes: &[u8]) -> reqwest::Response {
+        let end = start + bytes.len() as u64 - 1;
+        self.http
+            .patch(self.at(location))
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("{start}-{end}"))
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Close an upload with `PUT <location>&digest=`, sending `last` as its final chunk.
+    pub async fn finish_upload(&self, location: &str, digest: &str, last: &[u8]) -> reqwest::Response {
+        let separator = if location.contains('?') { '&' } else { '?' };
+        self.http
+            .put(self.at(&format!("{location}{separator}digest={digest}")))
+            .body(last.to_vec())
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) -> reqwest::Response {

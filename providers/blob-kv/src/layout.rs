@@ -1,0 +1,223 @@
+//! How objects are laid out in key-value: plain Rust, no Spin types, unit-tested natively.
+//!
+//! An object is a *record* under `blob-kv/obj/<name>` (or `blob-kv/long/<sha256(name)>` when the
+//! name would make the key too long) that lists its chunks: `blob-kv/chunk/<write>/<index>`, each
+//! [`CHUNK_SIZE`] bytes except the last. The record is written after every chunk is stored, and
+//! deleted before any chunk is, so an object is visible whole or not at all. `<write>` is random
+//! per write, so two writers of one name never share chunks.
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+/// Bytes per chunk value: well under 1 MB (Spin's documented value limit) and under the 400 KB
+/// item limit of DynamoDB, the smallest of Spin's key-value backends.
+pub const CHUNK_SIZE: usize = 256 * 1024;
+
+/// Spin documents keys of up to 256 bytes.
+pub const MAX_KEY_LEN: usize = 250;
+
+/// Longest object name this provider accepts.
+pub const MAX_NAME_LEN: usize = 1024;
+
+const OBJECT_PREFIX: &str = "blob-kv/obj/";
+const LONG_PREFIX: &str = "blob-kv/long/";
+const CHUNK_PREFIX: &str = "blob-kv/chunk/";
+
+/// What the key-value store holds about one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    /// The object's name, kept only when the key cannot hold it (see [`record_key`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub size: u64,
+    pub chunk_size: u64,
+    /// The random id of the write that stored the chunks.
+    pub write: String,
+}
+
+impl ObjectRecord {
+    pub fn chunk_count(&self) -> u64 {
+        self.size.div_ceil(self.chunk_size)
+    }
+
+    pub fn chunk_keys(&self) -> impl Iterator<Item = String> + '_ {
+        (0..self.chunk_count()).map(|index| chunk_key(&self.write, index))
+    }
+
+    /// The chunk reads that deliver `length` bytes from `offset`, or `None` when the range does
+    /// not lie within the object.
+    pub fn spans(&self, offset: u64, length: u64) -> Option<Vec<ChunkSpan>> {
+        let end = offset.checked_add(length).filter(|end| *end <= self.size)?;
+        let mut spans = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let index = at / self.chunk_size;
+            let chunk_start = index * self.chunk_size;
+            let chunk_end = (chunk_start + self.chunk_size).min(end);
+            spans.push(ChunkSpan {
+                key: chunk_key(&self.write, index),
+                start: (at - chunk_start) as usize,
+                end: (chunk_end - chunk_start) as usize,
+            });
+            at = chunk_end;
+        }
+        Some(spans)
+    }
+}
+
+/// Bytes `start..end` of the chunk under `key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkSpan {
+    pub key: String,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Why a name is refused, or `None` when it is acceptable.
+pub fn check_name(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("empty name")
+    } else if name.len() > MAX_NAME_LEN {
+        Some("name longer than 1024 bytes")
+    } else if name.chars().any(char::is_control) {
+        Some("control character in name")
+    } else {
+        None
+    }
+}
+
+/// Where the record of `name` lives. Names too long for a key are keyed by their SHA-256, and
+/// the record then carries the name (listings read it from there).
+pub fn record_key(name: &str) -> String {
+    if OBJECT_PREFIX.len() + name.len() <= MAX_KEY_LEN {
+        format!("{OBJECT_PREFIX}{name}")
+    } else {
+        format!("{LONG_PREFIX}{}", hex::encode(sha2::Sha256::digest(name.as_bytes())))
+    }
+}
+
+/// Whether the record under `key` stores its name inside (see [`record_key`]).
+pub fn is_long_record_key(key: &str) -> bool {
+    key.starts_with(LONG_PREFIX)
+}
+
+/// The object name a key of the store stands for, when it is a short record key.
+pub fn name_of_record_key(key: &str) -> Option<&str> {
+    key.strip_prefix(OBJECT_PREFIX)
+}
+
+pub fn chunk_key(write: &str, index: u64) -> String {
+    format!("{CHUNK_PREFIX}{write}/{index}")
+}
+
+/// One page of a listing, built from names arriving in any order: keeps only the `limit` least
+/// names after `cursor` that start with `prefix`, so memory stays bounded by the page size.
+pub struct PageBuilder {
+    prefix: String,
+    cursor: Option<String>,
+    limit: usize,
+    names: std::collections::BTreeSet<String>,
+    more: bool,
+}
+
+impl PageBuilder {
+    pub fn new(prefix: &str, cursor: Option<String>, limit: u32) -> PageBuilder {
+        PageBuilder { prefix: prefix.to_owned(), cursor, limit: limit as usize, names: Default::default(), more: false }
+    }
+
+    pub fn offer(&mut self, name: &str) {
+        if !name.starts_with(&self.prefix) || self.cursor.as_deref().is_some_and(|cursor| name <= cursor) {
+            return;
+        }
+        self.names.insert(name.to_owned());
+        if self.names.len() > self.limit {
+            self.names.pop_last();
+            self.more = true;
+        }
+    }
+
+    /// The names in order, and the cursor of the next page when there is one.
+    pub fn finish(self) -> (Vec<String>, Option<String>) {
+        let names: Vec<String> = self.names.into_iter().collect();
+        let next = if self.more { names.last().cloned() } else { None };
+        (names, next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(size: u64) -> ObjectRecord {
+        ObjectRecord { name: None, size, chunk_size: 10, write: "w".into() }
+    }
+
+    #[test]
+    fn an_object_has_one_chunk_per_started_chunk_size() {
+        assert_eq!(record(0).chunk_count(), 0);
+        assert_eq!(record(1).chunk_count(), 1);
+        assert_eq!(record(10).chunk_count(), 1);
+        assert_eq!(record(11).chunk_count(), 2);
+        assert_eq!(
+            record(21).chunk_keys().collect::<Vec<_>>(),
+            ["blob-kv/chunk/w/0", "blob-kv/chunk/w/1", "blob-kv/chunk/w/2"]
+        );
+    }
+
+    #[test]
+    fn a_range_maps_to_exact_chunk_spans() {
+        let spans = record(25).spans(8, 15).unwrap();
+        assert_eq!(
+            spans,
+            [
+                ChunkSpan { key: "blob-kv/chunk/w/0".into(), start: 8, end: 10 },
+                ChunkSpan { key: "blob-kv/chunk/w/1".into(), start: 0, end: 10 },
+                ChunkSpan { key: "blob-kv/chunk/w/2".into(), start: 0, end: 3 },
+            ]
+        );
+        assert_eq!(record(25).spans(20, 5).unwrap(), [ChunkSpan { key: "blob-kv/chunk/w/2".into(), start: 0, end: 5 }]);
+    }
+
+    #[test]
+    fn an_empty_range_reads_nothing_and_a_range_past_the_end_is_refused() {
+        assert_eq!(record(25).spans(25, 0).unwrap(), []);
+        assert_eq!(record(0).spans(0, 0).unwrap(), []);
+        assert_eq!(record(25).spans(20, 6), None);
+        assert_eq!(record(25).spans(26, 0), None);
+        assert_eq!(record(25).spans(u64::MAX, 2), None);
+    }
+
+    #[test]
+    fn long_names_are_keyed_by_their_hash() {
+        let short = "blobs/sha256/ab";
+        assert_eq!(record_key(short), "blob-kv/obj/blobs/sha256/ab");
+        assert_eq!(name_of_record_key(&record_key(short)), Some(short));
+        let long = "x".repeat(300);
+        let key = record_key(&long);
+        assert!(key.len() <= MAX_KEY_LEN && is_long_record_key(&key), "{key}");
+        assert_eq!(name_of_record_key(&key), None);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("").is_some());
+        assert!(check_name("a\nb").is_some());
+        assert!(check_name(&"x".repeat(1025)).is_some());
+        assert!(check_name("index/tags/repo/v1").is_none());
+    }
+
+    #[test]
+    fn a_page_keeps_the_least_names_after_the_cursor() {
+        let mut page = PageBuilder::new("t/", Some("t/b".into()), 2);
+        for name in ["t/e", "u/a", "t/a", "t/d", "t/b", "t/c"] {
+            page.offer(name);
+        }
+        assert_eq!(page.finish(), (vec!["t/c".to_owned(), "t/d".to_owned()], Some("t/d".to_owned())));
+
+        let mut last = PageBuilder::new("t/", Some("t/d".into()), 2);
+        for name in ["t/e", "t/a", "t/d"] {
+            last.offer(name);
+        }
+        assert_eq!(last.finish(), (vec!["t/e".to_owned()], None));
+    }
+}

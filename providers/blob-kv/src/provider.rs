@@ -1,0 +1,274 @@
+//! The `berth:blob-store/store` export over `spin:key-value` (wasm32 only). Every decision about
+//! keys and ranges is in [`crate::layout`]; this moves bytes between streams and the store.
+
+use crate::layout::{self, CHUNK_SIZE, ChunkSpan, ObjectRecord, PageBuilder};
+use bindings::exports::berth::blob_store::store::{
+    Error, Extent, Guest, HashAlgorithm, HashState, ObjectInfo, Page, Written,
+};
+use sha2::Digest as _;
+use sha2::digest::common::hazmat::SerializableState;
+use spin_sdk::key_value::Store;
+use spin_sdk::wit_bindgen::{FutureReader, StreamReader, StreamResult};
+
+mod bindings {
+    spin_sdk::wit_bindgen::generate!({
+        path: "../../wit",
+        world: "berth:blob-store/provider",
+        runtime_path: "::spin_sdk::wit_bindgen::rt",
+        generate_all,
+    });
+}
+
+/// The key-value store the provider keeps objects in: the registry's own (Spin's local default
+/// needs no runtime configuration), under keys that start with `blob-kv/`.
+const STORE_LABEL: &str = "default";
+
+struct Provider;
+
+bindings::export!(Provider with_types_in bindings);
+
+async fn open() -> Result<Store, Error> {
+    Store::open(STORE_LABEL).await.map_err(|e| {
+        Error::Other(format!(
+            "cannot open key-value store {STORE_LABEL:?} ({e:?}): the registry component must list it in \
+             key_value_stores, with dependencies_inherit_configuration = true"
+        ))
+    })
+}
+
+fn kv(e: spin_sdk::key_value::Error) -> Error {
+    Error::Other(format!("key-value: {e:?}"))
+}
+
+async fn load(store: &Store, name: &str) -> Result<ObjectRecord, Error> {
+    if let Some(why) = layout::check_name(name) {
+        return Err(Error::InvalidName(why.into()));
+    }
+    let bytes = store.get(layout::record_key(name)).await.map_err(kv)?.ok_or(Error::NotFound)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Other(format!("unreadable record of {name:?}: {e}")))
+}
+
+/// A SHA-256 or SHA-512 continued from a saved state.
+enum Hasher {
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+impl Hasher {
+    fn restore(state: &HashState) -> Result<Hasher, Error> {
+        let bad = || Error::Other("invalid hash state".into());
+        let bytes = state.state.as_slice();
+        Ok(match state.algorithm {
+            HashAlgorithm::Sha256 => {
+                Hasher::Sha256(sha2::Sha256::deserialize(bytes.try_into().map_err(|_| bad())?).map_err(|_| bad())?)
+            }
+            HashAlgorithm::Sha512 => {
+                Hasher::Sha512(sha2::Sha512::deserialize(bytes.try_into().map_err(|_| bad())?).map_err(|_| bad())?)
+            }
+        })
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(bytes),
+            Hasher::Sha512(h) => h.update(bytes),
+        }
+    }
+
+    fn save(&self) -> HashState {
+        match self {
+            Hasher::Sha256(h) => HashState { algorithm: HashAlgorithm::Sha256, state: h.serialize().to_vec() },
+            Hasher::Sha512(h) => HashState { algorithm: HashAlgorithm::Sha512, state: h.serialize().to_vec() },
+        }
+    }
+}
+
+/// Chunks stored so far by one write; deleted again unless the write commits.
+struct PendingChunks<'a> {
+    store: &'a Store,
+    write: String,
+    count: u64,
+}
+
+impl PendingChunks<'_> {
+    async fn push(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.store.set(layout::chunk_key(&self.write, self.count), bytes).await.map_err(kv)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    async fn discard(self) {
+        for index in 0..self.count {
+            let _ = self.store.delete(layout::chunk_key(&self.write, index)).await;
+        }
+    }
+}
+
+fn random_write_id() -> String {
+    hex::encode(spin_sdk::wasip3::random::random::get_random_bytes(16))
+}
+
+/// Store the bytes of `data` as chunks, hashing them on the way; the chunk count and size.
+async fn store_chunks(
+    pending: &mut PendingChunks<'_>,
+    mut data: StreamReader<u8>,
+    hashers: &mut [Hasher],
+) -> Result<u64, Error> {
+    let mut size = 0u64;
+    let mut buf = Vec::with_capacity(CHUNK_SIZE);
+    loop {
+        let before = buf.len();
+        let (result, filled) = data.read(buf).await;
+        buf = filled;
+        match result {
+            StreamResult::Complete(_) => {
+                hashers.iter_mut().for_each(|h| h.update(&buf[before..]));
+                size += (buf.len() - before) as u64;
+                if buf.len() == CHUNK_SIZE {
+                    pending.push(&buf).await?;
+                    buf.clear();
+                }
+            }
+            StreamResult::Dropped | StreamResult::Cancelled => break,
+        }
+    }
+    if !buf.is_empty() {
+        pending.push(&buf).await?;
+    }
+    Ok(size)
+}
+
+/// Send the spans' bytes down a new stream; the future says whether all of them went.
+fn stream_spans(store: Store, spans: Vec<ChunkSpan>) -> (StreamReader<u8>, FutureReader<Result<(), Error>>) {
+    let (mut writer, reader) = bindings::wit_stream::new::<u8>();
+    let (done, done_reader) =
+        bindings::wit_future::new::<Result<(), Error>>(|| Err(Error::Other("the provider stopped sending".into())));
+    spin_sdk::wit_bindgen::spawn(async move {
+        let mut outcome = Ok(());
+        for span in spans {
+            let chunk = match store.get(&span.key).await {
+                Ok(Some(chunk)) if chunk.len() >= span.end => chunk,
+                Ok(_) => {
+                    outcome = Err(Error::Other(format!("chunk {} is missing (object deleted while read?)", span.key)));
+                    break;
+                }
+                Err(e) => {
+                    outcome = Err(kv(e));
+                    break;
+                }
+            };
+            let mut bytes = chunk;
+            bytes.truncate(span.end);
+            bytes.drain(..span.start);
+            if !writer.write_all(bytes).await.is_empty() {
+                outcome = Err(Error::Other("the reader went away".into()));
+                break;
+            }
+        }
+        drop(writer);
+        let _ = done.write(outcome).await;
+    });
+    (reader, done_reader)
+}
+
+impl Guest for Provider {
+    async fn write(name: String, data: StreamReader<u8>, hashes: Vec<HashState>) -> Result<Written, Error> {
+        if let Some(why) = layout::check_name(&name) {
+            return Err(Error::InvalidName(why.into()));
+        }
+        let mut hashers = hashes.iter().map(Hasher::restore).collect::<Result<Vec<_>, _>>()?;
+        let store = open().await?;
+        let key = layout::record_key(&name);
+        if store.exists(&key).await.map_err(kv)? {
+            return Err(Error::AlreadyExists);
+        }
+        let mut pending = PendingChunks { store: &store, write: random_write_id(), count: 0 };
+        let size = match store_chunks(&mut pending, data, &mut hashers).await {
+            Ok(size) => size,
+            Err(e) => {
+                pending.discard().await;
+                return Err(e);
+            }
+        };
+        // Commit: the record makes the object visible, whole. A concurrent writer of the same
+        // name that got here first wins; this one's chunks go.
+        let long_name = layout::is_long_record_key(&key).then(|| name.clone());
+        let record =
+            ObjectRecord { name: long_name, size, chunk_size: CHUNK_SIZE as u64, write: pending.write.clone() };
+        let committed = match store.exists(&key).await {
+            Ok(true) => Err(Error::AlreadyExists),
+            Ok(false) => store.set(&key, serde_json::to_vec(&record).expect("a record serializes")).await.map_err(kv),
+            Err(e) => Err(kv(e)),
+        };
+        if let Err(e) = committed {
+            pending.discard().await;
+            return Err(e);
+        }
+        Ok(Written { size, hashes: hashers.iter().map(Hasher::save).collect() })
+    }
+
+    async fn read(
+        name: String,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<(StreamReader<u8>, FutureReader<Result<(), Error>>), Error> {
+        let store = open().await?;
+        let record = load(&store, &name).await?;
+        let length = length.unwrap_or(record.size.saturating_sub(offset));
+        let spans = record
+            .spans(offset, length)
+            .ok_or_else(|| Error::Other(format!("range {offset}+{length} is past the end of {name:?}")))?;
+        Ok(stream_spans(store, spans))
+    }
+
+    async fn read_extents(extents: Vec<Extent>) -> Result<(StreamReader<u8>, FutureReader<Result<(), Error>>), Error> {
+        let store = open().await?;
+        let mut spans = Vec::new();
+        for extent in extents {
+            let record = load(&store, &extent.name).await?;
+            spans.extend(record.spans(extent.offset, extent.length).ok_or_else(|| {
+                Error::Other(format!("extent {}+{} is past the end of {:?}", extent.offset, extent.length, extent.name))
+            })?);
+        }
+        Ok(stream_spans(store, spans))
+    }
+
+    async fn stat(name: String) -> Result<ObjectInfo, Error> {
+        let store = open().await?;
+        Ok(ObjectInfo { size: load(&store, &name).await?.size })
+    }
+
+    async fn delete(name: String) -> Result<(), Error> {
+        let store = open().await?;
+        let record = load(&store, &name).await?;
+        // The record first: from here the object is gone as a whole, then its chunks follow.
+        store.delete(layout::record_key(&name)).await.map_err(kv)?;
+        for key in record.chunk_keys() {
+            store.delete(key).await.map_err(kv)?;
+        }
+        Ok(())
+    }
+
+    async fn list_objects(prefix: String, cursor: Option<String>, limit: u32) -> Result<Page, Error> {
+        let store = open().await?;
+        let mut page = PageBuilder::new(&prefix, cursor, limit);
+        let mut long_keys = Vec::new();
+        let mut keys = store.get_keys().await;
+        while let Some(key) = keys.next().await {
+            if let Some(name) = layout::name_of_record_key(&key) {
+                page.offer(name);
+            } else if layout::is_long_record_key(&key) {
+                long_keys.push(key);
+            }
+        }
+        keys.result().await.map_err(kv)?;
+        for key in long_keys {
+            let Some(bytes) = store.get(&key).await.map_err(kv)? else { continue };
+            if let Ok(ObjectRecord { name: Some(name), .. }) = serde_json::from_slice(&bytes) {
+                page.offer(&name);
+            }
+        }
+        let (names, next) = page.finish();
+        Ok(Page { names, next })
+    }
+}
