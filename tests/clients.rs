@@ -93,10 +93,7 @@ async fn skopeo_copies_between_repositories_by_mounting() {
     let leg = Leg::http();
     let src = leg.work.join("src");
     let manifest = single_image(&src, 4, &[300_000]);
-    leg.skopeo_ok(&with(
-        s(&["copy", &format!("oci:{}:v1", src.display()), &leg.image("a/app:v1")]),
-        leg.skopeo_tls("dest"),
-    ));
+    leg.push_layout(&src, "v1", "a/app:v1", false);
     let mut args = s(&["copy", &leg.image("a/app:v1"), &leg.image("b/app:v1")]);
     args.extend(leg.skopeo_tls("src"));
     args.extend(leg.skopeo_tls("dest"));
@@ -113,15 +110,9 @@ async fn skopeo_pushes_and_pulls_a_100_layer_image() {
     let src = leg.work.join("src");
     let sizes: Vec<u64> = (0..100).map(|i| 1000 + i * 37).collect();
     single_image(&src, 5, &sizes);
-    leg.skopeo_ok(&with(
-        s(&["copy", &format!("oci:{}:v1", src.display()), &leg.image("many/layers:v1")]),
-        leg.skopeo_tls("dest"),
-    ));
+    leg.push_layout(&src, "v1", "many/layers:v1", false);
     let out = leg.work.join("out");
-    leg.skopeo_ok(&with(
-        s(&["copy", &leg.image("many/layers:v1"), &format!("oci:{}:v1", out.display())]),
-        leg.skopeo_tls("src"),
-    ));
+    leg.pull_to("many/layers:v1", &format!("oci:{}:v1", out.display()), false);
     assert_eq!(blobs_in(&out), blobs_in(&src));
     assert_eq!(blobs_in(&out).len(), 102);
 }
@@ -144,10 +135,7 @@ async fn skopeo_pushes_and_pulls_a_1_gib_layer_with_bounded_runner_memory() {
 async fn podman_push_pull(leg: Leg) {
     let src = leg.work.join("src");
     single_image(&src, 6, &[80_000]);
-    leg.skopeo_ok(&with(
-        s(&["copy", &format!("oci:{}:v1", src.display()), &leg.image("pod/app:v1")]),
-        leg.skopeo_tls("dest"),
-    ));
+    leg.push_layout(&src, "v1", "pod/app:v1", false);
     let tls = leg.podman_tls();
     let source = format!("{}/pod/app:v1", leg.host);
     let target = format!("{}/pod/copy:v2", leg.host);
@@ -169,49 +157,51 @@ async fn podman_pulls_tags_and_pushes_over_https() {
     podman_push_pull(Leg::https()).await;
 }
 
-#[tokio::test]
-async fn podman_search_lists_tags() {
-    // podman 4.3's search has no --cert-dir, so this runs over HTTP only.
-    let leg = Leg::http();
+async fn podman_search_lists_tags(leg: Leg) {
     let src = leg.work.join("src");
     single_image(&src, 7, &[1000]);
-    leg.skopeo_ok(&with(
-        s(&["copy", &format!("oci:{}:v1", src.display()), &leg.image("find/me:v1")]),
-        leg.skopeo_tls("dest"),
-    ));
-    let output = leg.podman(&["search", "--list-tags", "--tls-verify=false", &format!("{}/find/me", leg.host)]);
+    leg.push_layout(&src, "v1", "find/me:v1", false);
+    let output = leg.podman_search(&["--list-tags", &format!("{}/find/me", leg.host)]);
     assert!(String::from_utf8_lossy(&output.stdout).contains("v1"), "{}", String::from_utf8_lossy(&output.stdout));
 }
 
 #[tokio::test]
-async fn docker_cli_inspects_a_manifest_and_an_index() {
-    let leg = Leg::http();
+async fn podman_search_lists_tags_over_http() {
+    podman_search_lists_tags(Leg::http()).await;
+}
+
+#[tokio::test]
+async fn podman_search_lists_tags_over_https() {
+    podman_search_lists_tags(Leg::https()).await;
+}
+
+async fn docker_cli_inspects_a_manifest_and_an_index(leg: Leg) {
     let src = leg.work.join("src");
     let layout = Layout::create(&src);
     let amd = layout.image(8, "amd64", &[1000]);
     let arm = layout.image(9, "arm64", &[1000]);
     let index = layout.index(&[(&amd, "amd64"), (&arm, "arm64")]);
     layout.tag(&index, OCI_INDEX, "multi");
-    leg.skopeo_ok(&with(
-        s(&["copy", "--all", &format!("oci:{}:multi", src.display()), &leg.image("dock/multi:v1")]),
-        leg.skopeo_tls("dest"),
-    ));
-    let config = leg.work.join("docker");
-    std::fs::create_dir_all(&config).unwrap();
-    let output = Command::new("docker")
-        .args([
-            "--config",
-            &config.display().to_string(),
-            "manifest",
-            "inspect",
-            "--insecure",
-            &format!("{}/dock/multi:v1", leg.host),
-        ])
-        .output()
-        .expect("the docker CLI is on this machine");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    leg.push_layout(&src, "multi", "dock/multi:v1", true);
+    let single = leg.work.join("single");
+    single_image(&single, 8, &[1000]);
+    leg.push_layout(&single, "v1", "dock/single:v1", false);
+    let output = leg.docker_manifest("inspect", &[&format!("{}/dock/multi:v1", leg.host)]);
     let inspected: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(inspected["manifests"].as_array().unwrap().len(), 2);
+    assert_eq!(inspected["manifests"].as_array().unwrap().len(), 2, "the index: {inspected}");
+    let output = leg.docker_manifest("inspect", &[&format!("{}/dock/single:v1", leg.host)]);
+    let inspected: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(inspected["layers"].as_array().unwrap().len(), 1, "the image: {inspected}");
+}
+
+#[tokio::test]
+async fn docker_cli_inspects_a_manifest_and_an_index_over_http() {
+    docker_cli_inspects_a_manifest_and_an_index(Leg::http()).await;
+}
+
+#[tokio::test]
+async fn docker_cli_inspects_a_manifest_and_an_index_over_https() {
+    docker_cli_inspects_a_manifest_and_an_index(Leg::https()).await;
 }
 
 #[tokio::test]
@@ -219,15 +209,9 @@ async fn umoci_unpacks_an_image_pulled_from_berth() {
     let leg = Leg::http();
     let src = leg.work.join("src");
     single_image(&src, 10, &[4096]);
-    leg.skopeo_ok(&with(
-        s(&["copy", &format!("oci:{}:v1", src.display()), &leg.image("fs/app:v1")]),
-        leg.skopeo_tls("dest"),
-    ));
+    leg.push_layout(&src, "v1", "fs/app:v1", false);
     let pulled = leg.work.join("pulled");
-    leg.skopeo_ok(&with(
-        s(&["copy", &leg.image("fs/app:v1"), &format!("oci:{}:v1", pulled.display())]),
-        leg.skopeo_tls("src"),
-    ));
+    leg.pull_to("fs/app:v1", &format!("oci:{}:v1", pulled.display()), false);
     let bundle = leg.work.join("bundle");
     let output = run_client(
         "umoci",
@@ -297,15 +281,9 @@ async fn podman_manifest_push_all(leg: Leg) {
     let amd = layout.image(12, "amd64", &[3000]);
     let arm = layout.image(13, "arm64", &[4000]);
     layout.tag(&amd, OCI_MANIFEST, "amd64");
-    leg.skopeo_ok(&with(
-        s(&["copy", &format!("oci:{}:amd64", src.display()), &leg.image("plat/app:amd64")]),
-        leg.skopeo_tls("dest"),
-    ));
+    leg.push_layout(&src, "amd64", "plat/app:amd64", false);
     layout.tag(&arm, OCI_MANIFEST, "arm64");
-    leg.skopeo_ok(&with(
-        s(&["copy", &format!("oci:{}:arm64", src.display()), &leg.image("plat/app:arm64")]),
-        leg.skopeo_tls("dest"),
-    ));
+    leg.push_layout(&src, "arm64", "plat/app:arm64", false);
     let tls = leg.podman_tls();
     let list = "localhost/plat-list:v1";
     leg.podman(&["manifest", "create", list]);
@@ -330,11 +308,7 @@ async fn podman_manifest_create_and_push_all_over_https() {
     podman_manifest_push_all(Leg::https()).await;
 }
 
-#[tokio::test]
-async fn docker_cli_creates_and_pushes_a_manifest_list() {
-    // The engine-free docker CLI talks to an HTTP registry with --insecure (it treats 127/8 as
-    // insecure); HTTPS with a private CA would need /etc/docker/certs.d, outside a test's reach.
-    let leg = Leg::http();
+async fn docker_cli_creates_and_pushes_a_manifest_list(leg: Leg) {
     let src = leg.work.join("src");
     let layout = Layout::create(&src);
     let amd = layout.image(14, "amd64", &[1000]);
@@ -343,22 +317,20 @@ async fn docker_cli_creates_and_pushes_a_manifest_list() {
         s(&["copy", "--format=v2s2", &format!("oci:{}:v1", src.display()), &leg.image("dl/app:amd64")]),
         leg.skopeo_tls("dest"),
     ));
-    let config = leg.work.join("docker");
-    std::fs::create_dir_all(&config).unwrap();
-    let docker = |args: &[&str]| {
-        let output = Command::new("docker")
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .output()
-            .expect("the docker CLI is on this machine");
-        assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        output
-    };
     let list = format!("{}/dl/app:list", leg.host);
-    docker(&["manifest", "create", "--insecure", &list, &format!("{}/dl/app:amd64", leg.host)]);
-    docker(&["manifest", "push", "--insecure", &list]);
+    leg.docker_manifest("create", &[&list, &format!("{}/dl/app:amd64", leg.host)]);
+    leg.docker_manifest("push", &[&list]);
     let raw = leg.skopeo_ok(&with(s(&["inspect", "--raw", &leg.image("dl/app:list")]), leg.skopeo_tls_plain()));
     let index: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
     assert_eq!(index["manifests"].as_array().unwrap().len(), 1, "{index}");
+}
+
+#[tokio::test]
+async fn docker_cli_creates_and_pushes_a_manifest_list_over_http() {
+    // Over HTTP only: with the test CA in /etc/docker/certs.d (as for `docker manifest inspect`
+    // over HTTPS, which passes), the engine-free docker CLI (28.2) `manifest push` still
+    // aborts the TLS handshake and retries over plain HTTP ("error pinging v2 registry"); its
+    // only other way in is --insecure, which the HTTPS leg must not use.
+    println!("docker manifest push runs over HTTP only: see the comment in this test");
+    docker_cli_creates_and_pushes_a_manifest_list(Leg::http()).await;
 }

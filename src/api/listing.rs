@@ -1,7 +1,7 @@
 //! Paginated listings (tags, catalog) over index objects: `n` and `last` query parameters, and
 //! a `Link: <...>; rel="next"` header when more remain.
 
-use crate::blobs::internal;
+use crate::blobs::ObjectPages;
 use crate::errcode::{ErrorCode, RegistryError};
 use crate::message::Request;
 use crate::store::{BlobStore, Stores};
@@ -41,9 +41,8 @@ where
     if wanted == 0 {
         return Ok((out, false));
     }
-    let mut cursor = page.last.as_ref().map(|last| format!("{prefix}{last}"));
-    loop {
-        let (objects, next) = stores.blobs.list(prefix, cursor.as_deref(), 1000).await.map_err(internal)?;
+    let mut pages = ObjectPages::new(&stores.blobs, prefix, page.last.as_ref().map(|last| format!("{prefix}{last}")));
+    while let Some(objects) = pages.next().await? {
         for object in &objects {
             let entry = &object[prefix.len()..];
             if keep(entry).await? {
@@ -53,11 +52,8 @@ where
                 out.push(entry.to_owned());
             }
         }
-        match next {
-            Some(next) => cursor = Some(next),
-            None => return Ok((out, false)),
-        }
     }
+    Ok((out, false))
 }
 
 /// `Link: </path?n=N&last=L>; rel="next"`.

@@ -1,6 +1,6 @@
 //! `GET|HEAD|PUT|DELETE /v2/<name>/manifests/<reference>`.
 
-use crate::blobs::{self, BlobRecord, Part, internal};
+use crate::blobs::{self, BlobRecord, ObjectPages, Part, internal};
 use crate::digest::{Algorithm, Digest};
 use crate::errcode::{ErrorCode, RegistryError};
 use crate::keys;
@@ -252,9 +252,8 @@ pub async fn delete<M: MetaStore, B: BlobStore>(
 /// Remove the tags that point at a deleted manifest.
 async fn untag<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, name: &RepoName, digest: &Digest) -> Result<()> {
     let prefix = keys::tags_prefix(name);
-    let mut cursor = None;
-    loop {
-        let (objects, next) = stores.blobs.list(&prefix, cursor.as_deref(), 1000).await.map_err(internal)?;
+    let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
+    while let Some(objects) = pages.next().await? {
         for object in &objects {
             let Ok(tag) = Tag::parse(&object[prefix.len()..]) else { continue };
             if tag_target(stores, name, &tag).await?.as_ref() == Some(digest) {
@@ -262,9 +261,6 @@ async fn untag<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, name: &RepoNam
                 blobs::unmark(stores, object).await?;
             }
         }
-        match next {
-            Some(next) => cursor = Some(next),
-            None => return Ok(()),
-        }
     }
+    Ok(())
 }

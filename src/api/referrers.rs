@@ -2,7 +2,7 @@
 //! as an image index. Always 200 (an empty index when there are none).
 
 use super::manifests::ReferrerDescriptor;
-use crate::blobs::internal;
+use crate::blobs::{ObjectPages, internal};
 use crate::digest::Digest;
 use crate::errcode::RegistryError;
 use crate::keys;
@@ -23,9 +23,8 @@ pub async fn list<M: MetaStore, B: BlobStore>(
     let filter = req.query_param("artifactType");
     let prefix = keys::referrers_prefix(name, subject);
     let mut manifests = Vec::new();
-    let mut cursor = None;
-    loop {
-        let (objects, next) = stores.blobs.list(&prefix, cursor.as_deref(), 1000).await.map_err(internal)?;
+    let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
+    while let Some(objects) = pages.next().await? {
         for object in &objects {
             let bytes = match stores.blobs.read_bytes(object).await {
                 Ok(bytes) => bytes,
@@ -36,10 +35,6 @@ pub async fn list<M: MetaStore, B: BlobStore>(
             if filter.as_ref().is_none_or(|f| descriptor.artifact_type.as_ref() == Some(f)) {
                 manifests.push(descriptor);
             }
-        }
-        match next {
-            Some(next) => cursor = Some(next),
-            None => break,
         }
     }
     let index = serde_json::json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests });

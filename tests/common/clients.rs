@@ -76,18 +76,68 @@ impl Leg {
     /// remembered, while what this test pushed is remembered (so skopeo can mount across
     /// repositories as it does in real use).
     pub fn skopeo(&self, args: &[String]) -> Output {
-        let system_cache = "/var/lib/containers/cache";
         let own_cache = self.work.join("blob-info-cache");
-        std::fs::create_dir_all(system_cache).unwrap();
         std::fs::create_dir_all(&own_cache).unwrap();
-        let script = format!("mount --bind '{}' {system_cache} && exec skopeo \"$@\"", own_cache.display());
-        let output = Command::new("unshare").arg("-m").arg("sh").arg("-c").arg(&script).arg("sh").args(args).output();
-        match output {
-            Ok(output) if !String::from_utf8_lossy(&output.stderr).contains("mount:") => output,
+        match run_with_binds("skopeo", args, &[(&own_cache, "/var/lib/containers/cache")]) {
+            Some(output) => output,
             // No private mount namespace here: run skopeo as it is (its cache may then let it skip
             // uploads of blobs it has seen before; the tests still check the results).
-            _ => run_client("skopeo", args),
+            None => run_client("skopeo", args),
         }
+    }
+
+    /// A folder laid out as `<host:port>/ca.crt` holding this leg's CA, for clients that only
+    /// read CAs from a fixed system folder (`/etc/docker/certs.d`, `/etc/containers/certs.d`).
+    fn certs_d(&self) -> Option<PathBuf> {
+        let ca = self.cert_dir.as_ref()?.join("ca.crt");
+        let certs_d = self.work.join("certs.d");
+        std::fs::create_dir_all(certs_d.join(&self.host)).unwrap();
+        std::fs::copy(ca, certs_d.join(&self.host).join("ca.crt")).unwrap();
+        Some(certs_d)
+    }
+
+    /// The engine-free docker CLI's `manifest <subcommand>`: over HTTP with `--insecure`; over
+    /// HTTPS trusting the test CA through `/etc/docker/certs.d` (the only place this CLI reads
+    /// CAs from), bind-mounted in a private mount namespace.
+    pub fn docker_manifest(&self, subcommand: &str, rest: &[&str]) -> Output {
+        let config = self.work.join("docker");
+        std::fs::create_dir_all(&config).unwrap();
+        let mut args = s(&["--config", &config.display().to_string(), "manifest", subcommand]);
+        if self.cert_dir.is_none() {
+            args.push("--insecure".into());
+        }
+        args.extend(rest.iter().map(|a| a.to_string()));
+        let output = match self.certs_d() {
+            None => run_client("docker", &args),
+            Some(certs_d) => run_with_binds("docker", &args, &[(&certs_d, "/etc/docker/certs.d")])
+                .expect("docker over HTTPS needs a private mount namespace (unshare -m, as root) to see the test CA"),
+        };
+        assert_success("docker", &args, &output);
+        output
+    }
+
+    /// `podman search`, which has no `--cert-dir`: over HTTPS it trusts the test CA through
+    /// `/etc/containers/certs.d`, bind-mounted in a private mount namespace.
+    pub fn podman_search(&self, rest: &[&str]) -> Output {
+        let root = self.work.join("podman");
+        let mut args = vec![
+            format!("--root={}", root.join("root").display()),
+            format!("--runroot={}", root.join("run").display()),
+            "--storage-driver=vfs".into(),
+            "search".into(),
+        ];
+        if self.cert_dir.is_none() {
+            args.push("--tls-verify=false".into());
+        }
+        args.extend(rest.iter().map(|a| a.to_string()));
+        let output = match self.certs_d() {
+            None => run_client("podman", &args),
+            Some(certs_d) => run_with_binds("podman", &args, &[(&certs_d, "/etc/containers/certs.d")]).expect(
+                "podman search over HTTPS needs a private mount namespace (unshare -m, as root) to see the test CA",
+            ),
+        };
+        assert_success("podman", &args, &output);
+        output
     }
 
     pub fn skopeo_ok(&self, args: &[String]) -> Output {
@@ -140,6 +190,22 @@ impl Leg {
             None => "--tls-verify=false".into(),
         }
     }
+}
+
+/// Run `program` in a private mount namespace where each host folder is bind-mounted over a
+/// system path, so a client that reads fixed system paths (caches, CA folders) sees this test's
+/// files and nothing leaks between tests. `None` when no private mount namespace can be made.
+pub fn run_with_binds(program: &str, args: &[String], binds: &[(&Path, &str)]) -> Option<Output> {
+    let mut script = String::new();
+    for (from, onto) in binds {
+        std::fs::create_dir_all(onto).ok()?;
+        script.push_str(&format!("mount --bind '{}' '{onto}' && ", from.display()));
+    }
+    script.push_str(&format!("exec {program} \"$@\""));
+    let output =
+        Command::new("unshare").arg("-m").arg("sh").arg("-c").arg(&script).arg("sh").args(args).output().ok()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    (!stderr.contains("mount:") && !stderr.contains("unshare:")).then_some(output)
 }
 
 pub fn run_client(client: &str, args: &[String]) -> Output {
