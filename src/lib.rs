@@ -5,7 +5,9 @@
 //! WIT bindings.
 
 pub mod api;
+pub mod auth;
 pub mod blobs;
+pub mod config;
 pub mod digest;
 pub mod errcode;
 pub mod keys;

@@ -10,6 +10,8 @@ pub struct Request<B> {
     pub query: Option<String>,
     pub headers: HeaderMap,
     pub body: B,
+    /// `<scheme>://<authority>` the request was sent to, when the host says (for the token realm).
+    pub origin: Option<String>,
 }
 
 impl<B> Request<B> {

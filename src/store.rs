@@ -97,16 +97,17 @@ pub struct Stores<M, B> {
     pub config: Config,
 }
 
-/// Settings (Spin variables in the component).
+/// Settings (Spin variables in the component, parsed by [`crate::config`]).
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Upload sessions untouched for longer than this are gone.
     pub upload_expiry_secs: u64,
+    pub auth: crate::auth::config::AuthConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { upload_expiry_secs: 24 * 3600 }
+        Config { upload_expiry_secs: 24 * 3600, auth: Default::default() }
     }
 }
 

@@ -25,6 +25,10 @@ pub struct UploadSession {
     /// algorithm.
     pub sha256: String,
     pub sha512: String,
+    /// The user who opened the session (`None`: anonymous, or authentication off); nobody else
+    /// may see or continue it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl UploadSession {
@@ -38,6 +42,7 @@ impl UploadSession {
             parts: Vec::new(),
             sha256: hex::encode(RunningHash::new(Algorithm::Sha256).save()),
             sha512: hex::encode(RunningHash::new(Algorithm::Sha512).save()),
+            owner: None,
         }
     }
 

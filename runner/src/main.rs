@@ -1,6 +1,7 @@
 //! `berth-runner`: runs the Berth component without Spin — Wasmtime, SQLite key-value,
 //! filesystem blobs — reading the same spin.toml as `spin up`.
 
+mod auth_tools;
 mod bindings;
 mod blob_fs;
 mod blob_host;
@@ -34,6 +35,8 @@ struct Cli {
 enum Command {
     /// Serve the HTTP component of a Spin manifest.
     Up(UpArgs),
+    /// Read a password from stdin and print its bcrypt hash (for the `auth_users` variable).
+    HashPassword(auth_tools::HashPasswordArgs),
 }
 
 #[derive(clap::Args)]
@@ -73,7 +76,10 @@ struct UpArgs {
 }
 
 fn main() -> Result<()> {
-    let Command::Up(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Up(args) => args,
+        Command::HashPassword(args) => return auth_tools::hash_password(args),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(up(args))
 }
@@ -107,11 +113,17 @@ async fn up(args: UpArgs) -> Result<()> {
         max_concurrent: args.instance_concurrency.max(1),
         idle: Duration::from_secs(1),
     };
-    let handler = host::Handler::new(engine, &component, shared, reuse)?;
-    let listener = serve::bind(args.listen).await?;
+    let handler =
+        wasmtime_wasi_http::handler::ProxyHandler::new(host::Handler::new(engine, &component, shared, reuse)?);
     let scheme = if tls.is_some() { "https" } else { "http" };
+    if let Err(err) = auth_tools::probe(&handler, &app, scheme).await {
+        // Exit at once: unwinding the runtime would also report the probe's instance as cut off.
+        eprintln!("berth-runner: {err:#}");
+        std::process::exit(1);
+    }
+    let listener = serve::bind(args.listen).await?;
     println!("berth-runner: serving {} on {scheme}://{}", app.component_id, listener.local_addr()?);
-    serve::serve(listener, wasmtime_wasi_http::handler::ProxyHandler::new(handler), tls, Arc::new(app)).await
+    serve::serve(listener, handler, tls, Arc::new(app)).await
 }
 
 /// The app's component, with a blob store provider plugged in when one is chosen.

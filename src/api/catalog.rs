@@ -1,6 +1,8 @@
-//! `GET /v2/_catalog?n=&last=`: every repository, in lexical order.
+//! `GET /v2/_catalog?n=&last=`: every repository the caller may pull, in lexical order (every
+//! repository when authentication is off).
 
 use super::listing::{Page, collect, next_link};
+use crate::auth::Identity;
 use crate::errcode::RegistryError;
 use crate::keys;
 use crate::message::{Request, Response};
@@ -9,10 +11,13 @@ use http::{StatusCode, header};
 
 pub async fn list<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
+    identity: &Identity,
     req: &Request<B::Incoming>,
 ) -> Result<Response<B::Outgoing>, RegistryError> {
     let page = Page::from_request(req)?;
-    let (repositories, more) = collect(stores, keys::REPOS_PREFIX, &page, async |_: &str| Ok(true)).await?;
+    let auth = &stores.config.auth;
+    let (repositories, more) =
+        collect(stores, keys::REPOS_PREFIX, &page, async |name: &str| Ok(identity.lists(auth, name))).await?;
     let body = serde_json::to_vec(&serde_json::json!({ "repositories": repositories })).expect("json");
     let mut response = Response::new(StatusCode::OK);
     if let (true, Some(last), Some(n)) = (more, repositories.last(), page.n) {

@@ -1,5 +1,7 @@
 //! HTTP endpoints: one file per resource. Each handler takes the parsed route and the request,
 //! calls the registry logic, and builds the response; errors become the OCI envelope here, once.
+//! Access control is one check between parsing the route and running its handler
+//! ([`crate::auth::authorize`]); the token endpoint is a handler of its own ([`token`]).
 
 mod base;
 mod blobs;
@@ -8,8 +10,10 @@ mod listing;
 mod manifests;
 mod referrers;
 mod tags;
+mod token;
 mod uploads;
 
+use crate::auth::{self, Denied};
 use crate::errcode::{ErrorCode, RegistryError};
 use crate::message::{Request, Response};
 use crate::route::Route;
@@ -36,10 +40,18 @@ async fn dispatch<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     req: Request<B::Incoming>,
 ) -> Result<Response<B::Outgoing>, RegistryError> {
+    if token::serves(&req.path) {
+        return token::handle(stores, req).await;
+    }
     let route = Route::parse(&req.path)?;
+    let need = auth::need(&req.method, &route);
+    let identity = match auth::authorize(&stores.config.auth, &req, &need, (stores.now)()) {
+        Ok(identity) => identity,
+        Err(denied) => return Ok(refusal(&denied)),
+    };
     match (req.method.clone(), route) {
         (Method::GET | Method::HEAD, Route::Base) => Ok(base::get()),
-        (Method::GET, Route::Catalog) => catalog::list(stores, &req).await,
+        (Method::GET, Route::Catalog) => catalog::list(stores, &identity, &req).await,
         (Method::GET, Route::Tags(name)) => tags::list(stores, &name, &req).await,
         (Method::GET, Route::Manifest(name, reference)) => manifests::get(stores, &name, &reference).await,
         (Method::HEAD, Route::Manifest(name, reference)) => manifests::head(stores, &name, &reference).await,
@@ -48,12 +60,21 @@ async fn dispatch<M: MetaStore, B: BlobStore>(
         (Method::GET, Route::Blob(name, digest)) => blobs::get(stores, &name, &digest, &req).await,
         (Method::HEAD, Route::Blob(name, digest)) => blobs::head(stores, &name, &digest).await,
         (Method::DELETE, Route::Blob(name, digest)) => blobs::delete(stores, &name, &digest).await,
-        (Method::POST, Route::UploadStart(name)) => uploads::start(stores, &name, req).await,
+        (Method::POST, Route::UploadStart(name)) => uploads::start(stores, &identity, &name, req).await,
         (Method::GET | Method::PATCH | Method::PUT | Method::DELETE, Route::Upload(name, id)) => {
-            uploads::session(stores, &name, &id, req).await
+            uploads::session(stores, &identity, &name, &id, req).await
         }
         (Method::GET, Route::Referrers(name, digest)) => referrers::list(stores, &name, &digest, &req).await,
         (method, _) => Err(method_not_allowed(&method)),
+    }
+}
+
+/// A 401 or 403 with its `WWW-Authenticate` challenge.
+fn refusal<S>(denied: &Denied) -> Response<S> {
+    let response = Response::error(&denied.error);
+    match &denied.challenge {
+        Some(challenge) => response.header(http::header::WWW_AUTHENTICATE, challenge),
+        None => response,
     }
 }
 
@@ -74,7 +95,7 @@ mod tests {
             Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
             None => (path_and_query.to_owned(), None),
         };
-        Request { method, path, query, headers: HeaderMap::new(), body }
+        Request { method, path, query, headers: HeaderMap::new(), body, origin: None }
     }
 
     fn send(stores: &Stores<MemMeta, MemBlobs>, method: Method, path: &str, body: Vec<u8>) -> Response<Vec<u8>> {

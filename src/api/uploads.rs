@@ -1,7 +1,10 @@
 //! Blob uploads: `POST /v2/<name>/blobs/uploads/` (a session, a whole blob with `?digest=`, or a
 //! cross-repository mount), and the session endpoints `PATCH|PUT|GET|DELETE
-//! /v2/<name>/blobs/uploads/<id>`.
+//! /v2/<name>/blobs/uploads/<id>`. A session belongs to the identity that opened it: to anyone
+//! else it does not exist.
 
+use crate::auth::Identity;
+use crate::auth::scope::Actions;
 use crate::blobs::{self, BlobRecord, Part, internal};
 use crate::digest::Digest;
 use crate::errcode::{ErrorCode, RegistryError};
@@ -22,12 +25,15 @@ type Result<T> = std::result::Result<T, RegistryError>;
 
 pub async fn start<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
+    identity: &Identity,
     name: &RepoName,
     req: Request<B::Incoming>,
 ) -> Result<Response<B::Outgoing>> {
     if let Some(mount) = req.query_param("mount").and_then(|m| Digest::parse(&m).ok()) {
         let from = req.query_param("from");
-        if let Some(response) = mount_blob(stores, name, &mount, from.as_deref()).await? {
+        if may_mount_from(stores, identity, from.as_deref())
+            && let Some(response) = mount_blob(stores, name, &mount, from.as_deref()).await?
+        {
             return Ok(response);
         }
     }
@@ -36,9 +42,21 @@ pub async fn start<M: MetaStore, B: BlobStore>(
     }
     sweep_expired(stores).await;
     let id = hex::encode((stores.random)());
-    let session = UploadSession::new(name.as_str(), id, (stores.now)());
+    let mut session = UploadSession::new(name.as_str(), id, (stores.now)());
+    session.owner = identity.subject().map(str::to_owned);
     save(stores, &session).await?;
     Ok(session_headers(Response::new(StatusCode::ACCEPTED), name, &session).empty())
+}
+
+/// Whether the caller may take a blob from `from`: pull access there, or, without `from`, pull
+/// access everywhere (the blob may be in any repository). When not, the mount is not tried and a
+/// normal session opens, so the answer tells nothing about `from`.
+fn may_mount_from<M, B>(stores: &Stores<M, B>, identity: &Identity, from: Option<&str>) -> bool {
+    let auth = &stores.config.auth;
+    match from {
+        Some(from) => identity.may(auth, from, Actions::PULL),
+        None => identity.pulls_everywhere(auth),
+    }
 }
 
 /// Mount a blob from `from` (or, without `from`, from anywhere it exists: automatic content
@@ -127,11 +145,15 @@ fn content_length<B>(req: &Request<B>) -> Result<Option<u64>> {
 /// `PATCH|PUT|GET|DELETE /v2/<name>/blobs/uploads/<id>`.
 pub async fn session<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
+    identity: &Identity,
     name: &RepoName,
     id: &str,
     req: Request<B::Incoming>,
 ) -> Result<Response<B::Outgoing>> {
     let session = load(stores, name, id).await?;
+    if session.owner.as_deref() != identity.subject() {
+        return Err(unknown(id));
+    }
     match req.method {
         Method::GET => Ok(session_headers(Response::new(StatusCode::NO_CONTENT), name, &session)),
         Method::DELETE => {

@@ -55,25 +55,20 @@ async fn handle(request: types::Request) -> Result<types::Response, WasiErrorCod
 /// Settings from Spin variables. A value that does not parse is a configuration error, said on
 /// every request rather than silently replaced by a default.
 async fn config() -> Result<Config, RegistryError> {
-    let mut config = Config::default();
-    match spin_sdk::variables::get("upload_expiry_seconds").await {
-        Ok(value) => {
-            config.upload_expiry_secs = value.trim().parse().map_err(|_| {
-                RegistryError::new(
-                    ErrorCode::Internal,
-                    format!("variable upload_expiry_seconds={value:?} is not a number of seconds"),
-                )
-            })?
-        }
-        Err(spin_sdk::variables::Error::Undefined(_)) => {}
-        Err(e) => {
-            return Err(RegistryError::new(
-                ErrorCode::Internal,
-                format!("reading variable upload_expiry_seconds: {e:?}"),
-            ));
+    let mut values = std::collections::BTreeMap::new();
+    for name in crate::config::variables() {
+        match spin_sdk::variables::get(name).await {
+            Ok(value) => {
+                values.insert(name, value);
+            }
+            Err(spin_sdk::variables::Error::Undefined(_)) => {}
+            Err(e) => {
+                return Err(RegistryError::new(ErrorCode::Internal, format!("reading variable {name}: {e:?}")));
+            }
         }
     }
-    Ok(config)
+    crate::config::from_variables(&|name| values.get(name).cloned())
+        .map_err(|e| RegistryError::new(ErrorCode::Internal, format!("the registry is misconfigured: {e}")))
 }
 
 fn now() -> u64 {
@@ -91,6 +86,11 @@ fn from_wasi_request(request: types::Request) -> Result<Request<IncomingBody>, W
     let method = http::Method::try_from(request.get_method()).map_err(|_| WasiErrorCode::HttpRequestMethodInvalid)?;
     let headers = http::HeaderMap::try_from(request.get_headers())
         .map_err(|_| WasiErrorCode::HttpRequestHeaderSectionSize(None))?;
+    let origin = match (request.get_scheme(), request.get_authority()) {
+        (Some(types::Scheme::Https), Some(authority)) => Some(format!("https://{authority}")),
+        (Some(types::Scheme::Http) | None, Some(authority)) => Some(format!("http://{authority}")),
+        _ => None,
+    };
     let path_with_query = request.get_path_with_query().unwrap_or_else(|| "/".into());
     let (path, query) = match path_with_query.split_once('?') {
         Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
@@ -98,7 +98,7 @@ fn from_wasi_request(request: types::Request) -> Result<Request<IncomingBody>, W
     };
     let (result, result_reader) = wit_future::new(|| Ok(()));
     let (stream, trailers) = types::Request::consume_body(request, result_reader);
-    Ok(Request { method, path, query, headers, body: IncomingBody { stream, trailers, _result: result } })
+    Ok(Request { method, path, query, headers, body: IncomingBody { stream, trailers, _result: result }, origin })
 }
 
 fn into_wasi_response(response: crate::message::Response<spin_sdk::wit_bindgen::StreamReader<u8>>) -> types::Response {

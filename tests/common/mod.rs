@@ -1,6 +1,11 @@
 //! The end-to-end harness: builds the real wasm component (release) and `berth-runner` once,
 //! starts the runner on a free loopback port with its own data dir, waits until it answers, and
 //! stops it by PID when the test ends (also when it fails).
+//!
+//! `BERTH_TEST_AUTH=token` (or `basic`) starts every runner that sets no `auth_mode` itself with
+//! authentication on and one user, [`ADMIN`], allowed everything; [`Registry`] then logs in
+//! transparently (token mode: a token per repository from `/token`, as clients do). That is how
+//! the V2 API suite runs with auth on: `BERTH_TEST_AUTH=token cargo test -p berth --test distribution`.
 
 #![allow(dead_code)]
 
@@ -10,7 +15,7 @@ pub mod oci_layout;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 pub fn repo_root() -> PathBuf {
@@ -42,7 +47,19 @@ pub fn artifacts() -> &'static Artifacts {
         let target_dir = profile.parent().expect("target dir").to_owned();
         let release = profile.file_name().is_some_and(|n| n == "release");
         let run = |args: &[&str]| {
-            let status = Command::new(&cargo)
+            // Without the package variables `cargo test` gives this process (CARGO_PKG_NAME,
+            // CARGO_MANIFEST_DIR, ...): ring's build script reruns when they change, which would
+            // rebuild the TLS stack and relink the runner here after every `cargo test -p
+            // berth-runner` (a minute or two of CI).
+            let mut command = Command::new(&cargo);
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy();
+                let per_package = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_"];
+                if per_package.iter().any(|p| name.starts_with(p)) || name == "CARGO_TARGET_TMPDIR" {
+                    command.env_remove(name.as_ref());
+                }
+            }
+            let status = command
                 .args(args)
                 .arg("--target-dir")
                 .arg(&target_dir)
@@ -83,6 +100,50 @@ pub struct Runner {
     pub url: String,
     pub data: PathBuf,
     log: std::sync::Arc<Mutex<Vec<String>>>,
+    /// Set when `BERTH_TEST_AUTH` turned authentication on: how [`Registry`] logs in.
+    pub login: Option<Login>,
+}
+
+/// The all-powerful test user of `BERTH_TEST_AUTH` runs, and its password.
+pub const ADMIN: (&str, &str) = ("admin", "secret");
+/// `htpasswd -nbB -C 4 admin secret` (cost 4: the cheapest bcrypt, for tests).
+pub const SECRET_HASH: &str = "$2y$04$bKOFBbX2st4s.3cifBS8CeTKuRnPHiEmAhGnQkwQxJGjeuGt/ERWa";
+/// A token signing secret for tests.
+pub const TOKEN_SECRET: &str = "test-secret-0123456789abcdef0123456789";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Login {
+    Token,
+    Basic,
+}
+
+/// `--var` arguments for the runner.
+pub fn vars(pairs: &[(&str, &str)]) -> Vec<String> {
+    pairs.iter().flat_map(|(name, value)| ["--var".to_owned(), format!("{name}={value}")]).collect()
+}
+
+/// The authentication `BERTH_TEST_AUTH` asks for, unless the test configures its own.
+fn env_login(args: &[String]) -> Option<(Login, Vec<String>)> {
+    let login = match std::env::var("BERTH_TEST_AUTH").ok()?.as_str() {
+        "token" => Login::Token,
+        "basic" => Login::Basic,
+        "" | "none" => return None,
+        other => panic!("BERTH_TEST_AUTH={other:?}: expected token, basic or none"),
+    };
+    if args.iter().any(|a| a.starts_with("auth_mode=")) {
+        return None;
+    }
+    let mode = if login == Login::Token { "token" } else { "basic" };
+    let users = format!("{}:{SECRET_HASH}", ADMIN.0);
+    let policy = format!("* {} *", ADMIN.0);
+    let args = vars(&[
+        ("auth_mode", mode),
+        ("auth_users", &users),
+        ("auth_policy", &policy),
+        ("auth_token_secret", TOKEN_SECRET),
+        ("auth_token_lifetime_seconds", "3600"),
+    ]);
+    Some((login, args))
 }
 
 pub struct RunnerOptions<'a> {
@@ -113,6 +174,7 @@ impl Runner {
 
     pub fn start_with(data: &Path, options: RunnerOptions<'_>) -> Runner {
         let artifacts = artifacts();
+        let login = env_login(&options.args);
         let mut command = Command::new(&artifacts.runner);
         command
             .arg("up")
@@ -125,6 +187,7 @@ impl Runner {
             .arg("--data")
             .arg(data)
             .args(&options.args)
+            .args(login.as_ref().map(|(_, args)| args.as_slice()).unwrap_or_default())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some((cert, key)) = options.tls {
@@ -151,7 +214,7 @@ impl Runner {
                 panic!("berth-runner did not report a listening address; exit: {:?}", child.wait());
             }
         };
-        let runner = Runner { child, url, data: data.to_owned(), log };
+        let runner = Runner { child, url, data: data.to_owned(), log, login: login.map(|(login, _)| login) };
         runner.wait_ready();
         runner
     }
@@ -238,6 +301,11 @@ pub async fn error_code(response: reqwest::Response) -> (u16, String, serde_json
     (status, code, body)
 }
 
+/// A response body as JSON.
+pub async fn json(response: reqwest::Response) -> serde_json::Value {
+    serde_json::from_slice(&response.bytes().await.expect("a body")).expect("a JSON body")
+}
+
 /// sha256 of bytes, as a digest string (computed here, independently of the registry).
 pub fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -314,7 +382,130 @@ pub fn stored_objects(data: &Path, dir: &str) -> Vec<PathBuf> {
 /// A registry client for the spec tests: one base URL, helpers for the common pushes.
 pub struct Registry {
     pub url: String,
-    pub http: reqwest::Client,
+    pub http: Http,
+}
+
+/// A `reqwest::Client` that logs in as [`ADMIN`] when the runner has authentication on: in token
+/// mode it asks `/token` for full access to the repository each request addresses (and pull on
+/// a mount's `from`), as a client would after a challenge; in basic mode it sends the password.
+#[derive(Clone)]
+pub struct Http {
+    client: reqwest::Client,
+    login: Option<Login>,
+    /// Tokens by the scopes they were asked for.
+    tokens: Arc<Mutex<std::collections::HashMap<String, String>>>,
+}
+
+pub struct HttpRequest {
+    inner: reqwest::RequestBuilder,
+    http: Http,
+}
+
+impl Http {
+    pub fn new(login: Option<Login>) -> Http {
+        Http { client: client(), login, tokens: Default::default() }
+    }
+
+    pub fn request(&self, method: reqwest::Method, url: impl reqwest::IntoUrl) -> HttpRequest {
+        HttpRequest { inner: self.client.request(method, url), http: self.clone() }
+    }
+
+    pub fn get(&self, url: impl reqwest::IntoUrl) -> HttpRequest {
+        self.request(reqwest::Method::GET, url)
+    }
+
+    pub fn head(&self, url: impl reqwest::IntoUrl) -> HttpRequest {
+        self.request(reqwest::Method::HEAD, url)
+    }
+
+    pub fn post(&self, url: impl reqwest::IntoUrl) -> HttpRequest {
+        self.request(reqwest::Method::POST, url)
+    }
+
+    pub fn put(&self, url: impl reqwest::IntoUrl) -> HttpRequest {
+        self.request(reqwest::Method::PUT, url)
+    }
+
+    pub fn patch(&self, url: impl reqwest::IntoUrl) -> HttpRequest {
+        self.request(reqwest::Method::PATCH, url)
+    }
+
+    pub fn delete(&self, url: impl reqwest::IntoUrl) -> HttpRequest {
+        self.request(reqwest::Method::DELETE, url)
+    }
+
+    async fn authorization(&self, url: &reqwest::Url) -> Option<String> {
+        match self.login? {
+            Login::Basic => {
+                use base64::Engine;
+                let credentials = format!("{}:{}", ADMIN.0, ADMIN.1);
+                Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials)))
+            }
+            Login::Token => {
+                let scopes = scopes_for(url);
+                let key = scopes.join(" ");
+                if let Some(token) = self.tokens.lock().unwrap().get(&key) {
+                    return Some(format!("Bearer {token}"));
+                }
+                let token =
+                    fetch_token(&self.client, &format!("{}://{}", url.scheme(), url.authority()), &scopes).await;
+                self.tokens.lock().unwrap().insert(key, token.clone());
+                Some(format!("Bearer {token}"))
+            }
+        }
+    }
+}
+
+/// A token for `scopes` from the registry at `base`, as [`ADMIN`].
+pub async fn fetch_token(client: &reqwest::Client, base: &str, scopes: &[String]) -> String {
+    let mut query: Vec<(&str, &str)> = vec![("service", "berth")];
+    query.extend(scopes.iter().map(|s| ("scope", s.as_str())));
+    let response =
+        client.get(format!("{base}/token")).query(&query).basic_auth(ADMIN.0, Some(ADMIN.1)).send().await.unwrap();
+    assert_eq!(response.status(), 200, "token for {scopes:?}");
+    let body = json(response).await;
+    body["token"].as_str().unwrap().to_owned()
+}
+
+/// Everything on the repository a `/v2/...` URL addresses, pull on a mount's `from`, or the catalog.
+fn scopes_for(url: &reqwest::Url) -> Vec<String> {
+    let path = url.path();
+    if path == "/v2/_catalog" {
+        return vec!["registry:catalog:*".into()];
+    }
+    let Some(rest) = path.strip_prefix("/v2") else { return Vec::new() };
+    let end = ["/manifests/", "/blobs/", "/tags/", "/referrers/"].iter().filter_map(|m| rest.rfind(m)).max();
+    let Some(end) = end.filter(|&e| e > 0) else { return Vec::new() };
+    let mut scopes = vec![format!("repository:{}:pull,push,delete", &rest[1..end])];
+    if let Some((_, from)) = url.query_pairs().find(|(k, _)| k == "from") {
+        scopes.push(format!("repository:{from}:pull"));
+    }
+    scopes
+}
+
+impl HttpRequest {
+    pub fn header<K, V>(self, key: K, value: V) -> HttpRequest
+    where
+        http::HeaderName: TryFrom<K>,
+        <http::HeaderName as TryFrom<K>>::Error: Into<http::Error>,
+        http::HeaderValue: TryFrom<V>,
+        <http::HeaderValue as TryFrom<V>>::Error: Into<http::Error>,
+    {
+        HttpRequest { inner: self.inner.header(key, value), http: self.http }
+    }
+
+    pub fn body(self, body: impl Into<reqwest::Body>) -> HttpRequest {
+        HttpRequest { inner: self.inner.body(body), http: self.http }
+    }
+
+    pub async fn send(self) -> reqwest::Result<reqwest::Response> {
+        let (client, request) = self.inner.build_split();
+        let mut request = request?;
+        if let Some(authorization) = self.http.authorization(request.url()).await {
+            request.headers_mut().insert(http::header::AUTHORIZATION, authorization.parse().unwrap());
+        }
+        client.execute(request).await
+    }
 }
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -325,7 +516,7 @@ pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
 
 impl Registry {
     pub fn new(runner: &Runner) -> Registry {
-        Registry { url: runner.url.clone(), http: client() }
+        Registry { url: runner.url.clone(), http: Http::new(runner.login) }
     }
 
     pub fn at(&self, path: &str) -> String {

@@ -1,0 +1,92 @@
+//! Berth's authentication from the runner's side: `berth-runner hash-password`, and a probe of
+//! the component at start (so a misconfiguration stops `up` with the variable's name instead of
+//! surfacing as a 500 on the first client request).
+
+use crate::host::Handler;
+use crate::manifest::App;
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use std::io::Read;
+use wasmtime_wasi_http::handler::ProxyHandler;
+
+#[derive(clap::Args)]
+pub struct HashPasswordArgs {
+    /// bcrypt cost (work factor, 4..=31): each step doubles the time of every check.
+    #[arg(long, default_value_t = 10)]
+    cost: u32,
+    /// Print `USER:HASH`, an `auth_users` line, instead of the hash alone.
+    #[arg(long)]
+    user: Option<String>,
+}
+
+/// Read a password from stdin (one trailing newline is not part of it) and print its bcrypt hash.
+pub fn hash_password(args: HashPasswordArgs) -> Result<()> {
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input).context("reading the password from stdin")?;
+    println!("{}", hash_line(&input, args.cost, args.user.as_deref())?);
+    Ok(())
+}
+
+fn hash_line(input: &str, cost: u32, user: Option<&str>) -> Result<String> {
+    let password = input.strip_suffix('\n').map(|p| p.strip_suffix('\r').unwrap_or(p)).unwrap_or(input);
+    if password.is_empty() {
+        bail!("no password on stdin");
+    }
+    if password.len() > 72 {
+        bail!("bcrypt uses only the first 72 bytes of a password; this one has {}", password.len());
+    }
+    if !(4..=31).contains(&cost) {
+        bail!("--cost {cost}: bcrypt costs go from 4 to 31");
+    }
+    let hash = bcrypt::hash(password, cost)?;
+    Ok(match user {
+        Some(user) => format!("{user}:{hash}"),
+        None => hash,
+    })
+}
+
+/// Ask the component `GET /v2/` before serving. A registry that cannot answer it (a 500: its
+/// settings do not parse, or its stores cannot open) does not start: the error says why, with the
+/// variable's name, instead of every client request failing later. Any other answer (200, or 401
+/// with authentication on) is a registry ready to serve.
+pub async fn probe(handler: &ProxyHandler<Handler>, app: &App, scheme: &str) -> Result<()> {
+    if !app.serves("/v2/") {
+        return Ok(());
+    }
+    let body = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync();
+    let request = http::Request::get(format!("{scheme}://localhost/v2/")).body(body)?;
+    let response = handler.handle((), request).await.map_err(|e| anyhow::anyhow!("start-up probe failed: {e:?}"))?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await.map_err(|e| anyhow::anyhow!("{e:?}"))?.to_bytes();
+    if status.is_server_error() {
+        let detail = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["errors"][0]["detail"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        bail!("the component cannot serve (GET /v2/ answered {status}): {detail}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_and_lines_carry_the_user() {
+        let line = hash_line("s3cret\n", 4, Some("alice")).unwrap();
+        let (user, hash) = line.split_once(':').unwrap();
+        assert_eq!(user, "alice");
+        assert!(hash.starts_with("$2b$04$"));
+        assert!(bcrypt::verify("s3cret", hash).unwrap());
+        assert!(bcrypt::verify("s3cret", &hash_line("s3cret\r\n", 4, None).unwrap()).unwrap());
+    }
+
+    #[test]
+    fn bad_inputs() {
+        assert!(hash_line("\n", 4, None).is_err());
+        assert!(hash_line(&"x".repeat(73), 4, None).is_err());
+        assert!(hash_line("pw", 3, None).is_err());
+    }
+}
