@@ -485,8 +485,9 @@ async fn the_referrers_api_needs_pull() {
 
 // ---- configuration ----------------------------------------------------------------------------
 
-#[test]
-fn a_misconfiguration_stops_the_runner_at_start_naming_the_variable() {
+#[tokio::test]
+async fn a_misconfiguration_is_reported_at_start_and_refuses_every_request() {
+    use std::io::{BufRead, BufReader};
     let artifacts = artifacts();
     let dir = tempfile::tempdir().unwrap();
     for (pairs, variable) in [
@@ -495,7 +496,7 @@ fn a_misconfiguration_stops_the_runner_at_start_naming_the_variable() {
         (vec![("auth_mode", "basic"), ("auth_users", "bob:plaintext")], "auth_users"),
         (vec![("auth_mode", "basic"), ("auth_policy", "* nobody pull")], "auth_policy"),
     ] {
-        let output = Command::new(&artifacts.runner)
+        let mut child = Command::new(&artifacts.runner)
             .args(["up", "--listen", "127.0.0.1:0", "--manifest"])
             .arg(repo_root().join("spin.toml"))
             .arg("--component")
@@ -504,12 +505,28 @@ fn a_misconfiguration_stops_the_runner_at_start_naming_the_variable() {
             .arg(dir.path())
             .args(vars(&pairs))
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{pairs:?} must not serve");
+        // The report comes on stderr before the address on stdout; both are drained after that
+        // (a closed pipe would fail the runner's request log).
+        let mut stderr_lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut stdout_lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let stderr = stderr_lines.next().unwrap().unwrap();
+        let stdout = stdout_lines.next().unwrap().unwrap();
+        std::thread::spawn(move || stderr_lines.for_each(drop));
+        std::thread::spawn(move || stdout_lines.for_each(drop));
         assert!(stderr.contains(&format!("variable {variable}")), "{pairs:?}: {stderr}");
-        assert!(!String::from_utf8_lossy(&output.stdout).contains("serving"), "{pairs:?}");
+        let url = stdout.split(" on ").nth(1).expect("serving ... on URL").trim().to_owned();
+        for path in ["/v2/", "/v2/public/app/manifests/v1", "/token"] {
+            let (status, code, body) = error_code(client().get(format!("{url}{path}")).send().await.unwrap()).await;
+            assert_eq!((status, code.as_str()), (500, "INTERNAL_ERROR"), "{pairs:?} {path}");
+            let detail = body["errors"][0]["detail"].as_str().unwrap();
+            assert!(detail.contains(&format!("variable {variable}")), "{pairs:?}: {detail}");
+        }
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let _ = child.wait();
     }
 }
 

@@ -1,6 +1,6 @@
 //! Berth's authentication from the runner's side: `berth-runner hash-password`, and a probe of
-//! the component at start (so a misconfiguration stops `up` with the variable's name instead of
-//! surfacing as a 500 on the first client request).
+//! the component at start (so a misconfiguration is reported with the variable's name when `up`
+//! starts, not only in the 500 that every request then gets).
 
 use crate::host::Handler;
 use crate::manifest::App;
@@ -47,9 +47,8 @@ fn hash_line(input: &str, cost: u32, user: Option<&str>) -> Result<String> {
 }
 
 /// Ask the component `GET /v2/` before serving. A registry that cannot answer it (a 500: its
-/// settings do not parse, or its stores cannot open) does not start: the error says why, with the
-/// variable's name, instead of every client request failing later. Any other answer (200, or 401
-/// with authentication on) is a registry ready to serve.
+/// settings do not parse, or its stores cannot open) is an error saying why, with the variable's
+/// name. Any other answer (200, or 401 with authentication on) is a registry ready to serve.
 pub async fn probe(handler: &ProxyHandler<Handler>, app: &App, scheme: &str) -> Result<()> {
     if !app.serves("/v2/") {
         return Ok(());
