@@ -47,6 +47,7 @@ pub async fn serve(
     app: Arc<App>,
 ) -> Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
+    release_startup_memory();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -85,6 +86,16 @@ pub async fn serve(
                 eprintln!("berth-runner: connection from {peer}: {err}");
             }
         });
+    }
+}
+
+/// Compiling the component at startup leaves tens of MiB free but held in the allocator's
+/// per-thread arenas: hand them back to the OS before serving (about 20 MiB of RSS).
+fn release_startup_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap memory to the OS; it is safe to call any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
