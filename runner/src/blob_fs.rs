@@ -5,7 +5,7 @@
 //! crash never leaves a half object visible. Names are checked so that none can leave the root.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -203,11 +203,44 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
+/// Read exactly `n` bytes into a new buffer, in one read(2) when the file allows, without first
+/// zero-filling the buffer (`read_to_end` would read in growing steps from 8 KiB instead).
+#[cfg(unix)]
+fn read_new(file: &mut File, n: usize) -> io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut chunk = Vec::<u8>::with_capacity(n);
+    while chunk.len() < n {
+        let want = n - chunk.len();
+        let spare = &mut chunk.spare_capacity_mut()[..want];
+        // SAFETY: read(2) writes at most `spare.len()` bytes into `spare`, which we own.
+        let got = unsafe { libc::read(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+        match got {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            // SAFETY: the first `got` bytes of the spare capacity were just written by read(2).
+            got => unsafe { chunk.set_len(chunk.len() + got as usize) },
+        }
+    }
+    Ok(chunk)
+}
+
+#[cfg(not(unix))]
+fn read_new(file: &mut File, n: usize) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut chunk = vec![0; n];
+    file.read_exact(&mut chunk)?;
+    Ok(chunk)
+}
+
 /// Read `length` bytes from `file` in chunks, handing each to `sink` until it says stop.
 pub fn read_chunks(mut file: File, mut length: u64, mut sink: impl FnMut(Vec<u8>) -> bool) -> Result<(), BlobError> {
     while length > 0 {
-        let mut chunk = vec![0; READ_CHUNK.min(length as usize)];
-        file.read_exact(&mut chunk)?;
+        let chunk = read_new(&mut file, READ_CHUNK.min(length as usize))?;
         length -= chunk.len() as u64;
         if !sink(chunk) {
             break;
