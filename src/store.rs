@@ -84,6 +84,9 @@ pub trait BlobStore {
     /// Read a request body into memory, up to `limit` bytes; `None` if it is longer. For bodies
     /// that must be parsed (manifests), never for blobs.
     async fn collect(&self, body: Self::Incoming, limit: usize) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Continue `hash` over the bytes of the extents, one after another. For the rare upload
+    /// that finishes under an algorithm that was not running along it (SHA-512).
+    async fn hash_extents(&self, extents: Vec<Extent>, hash: RunningHash) -> Result<RunningHash, StoreError>;
 }
 
 /// Both stores, plus what the registry needs from its environment.

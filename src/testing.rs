@@ -84,6 +84,11 @@ impl BlobStore for MemBlobs {
         self.0.borrow().get(name).cloned().ok_or(StoreError::NotFound)
     }
 
+    async fn hash_extents(&self, extents: Vec<Extent>, mut hash: RunningHash) -> Result<RunningHash, StoreError> {
+        hash.update(&self.read_extents(extents).await?);
+        Ok(hash)
+    }
+
     async fn collect(&self, body: Vec<u8>, limit: usize) -> Result<Option<Vec<u8>>, StoreError> {
         Ok((body.len() <= limit).then_some(body))
     }

@@ -21,10 +21,13 @@ pub struct UploadSession {
     pub version: u64,
     pub size: u64,
     pub parts: Vec<Part>,
-    /// Running hash states (hex of the serialized state), so the upload can finish under either
-    /// algorithm.
+    /// Running SHA-256 state (hex of the serialized state), continued over every chunk.
     pub sha256: String,
-    pub sha512: String,
+    /// Running SHA-512 state, only in sessions from before SHA-512 stopped running along every
+    /// upload: it doubled the CPU of a push for a digest clients almost never use. An upload that
+    /// finishes under SHA-512 is hashed over its chunks then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha512: Option<String>,
     /// The user who opened the session (`None`: anonymous, or authentication off); nobody else
     /// may see or continue it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -41,7 +44,7 @@ impl UploadSession {
             size: 0,
             parts: Vec::new(),
             sha256: hex::encode(RunningHash::new(Algorithm::Sha256).save()),
-            sha512: hex::encode(RunningHash::new(Algorithm::Sha512).save()),
+            sha512: None,
             owner: None,
         }
     }
@@ -49,7 +52,11 @@ impl UploadSession {
     /// The running hashes, to be continued over the next chunk.
     pub fn hashes(&self) -> Option<Vec<RunningHash>> {
         let restore = |algorithm, state: &str| RunningHash::restore(algorithm, &hex::decode(state).ok()?);
-        Some(vec![restore(Algorithm::Sha256, &self.sha256)?, restore(Algorithm::Sha512, &self.sha512)?])
+        let mut hashes = vec![restore(Algorithm::Sha256, &self.sha256)?];
+        if let Some(sha512) = &self.sha512 {
+            hashes.push(restore(Algorithm::Sha512, sha512)?);
+        }
+        Some(hashes)
     }
 
     /// The session after a chunk of `part.size` bytes, with the hashes continued over it.
@@ -61,7 +68,7 @@ impl UploadSession {
         for hash in hashes {
             match hash.algorithm() {
                 Algorithm::Sha256 => next.sha256 = hex::encode(hash.save()),
-                Algorithm::Sha512 => next.sha512 = hex::encode(hash.save()),
+                Algorithm::Sha512 => next.sha512 = Some(hex::encode(hash.save())),
             }
         }
         next
@@ -98,8 +105,19 @@ mod tests {
         let s = s.advanced(Part { name: "b".into(), size: 5 }, &hashes);
         assert_eq!((s.version, s.size, s.range().as_str()), (2, 11, "0-10"));
         let finished: Vec<Digest> = s.hashes().unwrap().into_iter().map(RunningHash::finish).collect();
-        assert_eq!(finished[0], Digest::of(Algorithm::Sha256, b"hello world"));
-        assert_eq!(finished[1], Digest::of(Algorithm::Sha512, b"hello world"));
+        assert_eq!(finished, [Digest::of(Algorithm::Sha256, b"hello world")], "only SHA-256 runs along");
+    }
+
+    #[test]
+    fn a_session_from_before_still_continues_its_sha512() {
+        let mut old = serde_json::to_value(UploadSession::new("r", "0".repeat(32), 10)).unwrap();
+        old["sha512"] = hex::encode(RunningHash::new(Algorithm::Sha512).save()).into();
+        let s: UploadSession = serde_json::from_value(old).unwrap();
+        let mut hashes = s.hashes().unwrap();
+        hashes.iter_mut().for_each(|h| h.update(b"abc"));
+        let s = s.advanced(Part { name: "a".into(), size: 3 }, &hashes);
+        let finished: Vec<Digest> = s.hashes().unwrap().into_iter().map(RunningHash::finish).collect();
+        assert_eq!(finished[1], Digest::of(Algorithm::Sha512, b"abc"));
     }
 
     #[test]

@@ -158,6 +158,22 @@ mod tests {
     }
 
     #[test]
+    fn a_chunked_upload_finishes_under_sha512_too() {
+        let stores = memory_stores();
+        let location = |r: &Response<Vec<u8>>| r.headers["location"].to_str().unwrap().to_owned();
+        for (claimed, status) in [(b"layer", StatusCode::CREATED), (b"other", StatusCode::BAD_REQUEST)] {
+            let r = send(&stores, Method::POST, "/v2/a/blobs/uploads/", vec![]);
+            let r = send(&stores, Method::PATCH, &location(&r), b"lay".to_vec());
+            let digest = Digest::of(Algorithm::Sha512, claimed);
+            let r = send(&stores, Method::PUT, &format!("{}&digest={digest}", location(&r)), b"er".to_vec());
+            assert_eq!(r.status, status);
+        }
+        let digest = Digest::of(Algorithm::Sha512, b"layer");
+        let r = send(&stores, Method::GET, &format!("/v2/a/blobs/{digest}"), vec![]);
+        assert!(matches!(r.body, Body::Stream(ref b) if b == b"layer"));
+    }
+
+    #[test]
     fn unknown_paths_get_an_oci_error() {
         let r = send(&memory_stores(), Method::GET, "/nope", vec![]);
         assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::NOT_FOUND, "NOT_FOUND"));

@@ -6,7 +6,7 @@
 use crate::auth::Identity;
 use crate::auth::scope::Actions;
 use crate::blobs::{self, BlobRecord, Part, internal};
-use crate::digest::Digest;
+use crate::digest::{Digest, RunningHash};
 use crate::errcode::{ErrorCode, RegistryError};
 use crate::keys;
 use crate::message::{CONTENT_DIGEST, Request, Response};
@@ -317,12 +317,22 @@ async fn finish<M: MetaStore, B: BlobStore>(
 ) -> Result<Response<B::Outgoing>> {
     let hashes =
         session.hashes().ok_or_else(|| RegistryError::new(ErrorCode::Internal, "corrupt hash state in session"))?;
-    let actual = hashes.into_iter().find(|h| h.algorithm() == digest.algorithm()).map(|h| h.finish());
-    if let Err(err) = check_digest(actual.as_ref(), digest) {
+    let record = BlobRecord { size: session.size, parts: session.parts.clone() };
+    let actual = match hashes.into_iter().find(|h| h.algorithm() == digest.algorithm()) {
+        Some(running) => running.finish(),
+        // Not run along the upload (SHA-512): hash the chunks now.
+        None => stores
+            .blobs
+            .hash_extents(record.extents(0, record.size), RunningHash::new(digest.algorithm()))
+            .await
+            .map_err(internal)?
+            .finish(),
+    };
+    if let Err(err) = check_digest(Some(&actual), digest) {
         cancel(stores, &session).await?;
         return Err(err);
     }
-    blobs::commit(stores, name, digest, BlobRecord { size: session.size, parts: session.parts.clone() }).await?;
+    blobs::commit(stores, name, digest, record).await?;
     stores.meta.delete(&keys::upload(&session.id)).await.map_err(internal)?;
     Ok(created(name, digest))
 }
