@@ -1,15 +1,32 @@
 //! Spin key-value backed by SQLite: one database file per store label under the data dir, WAL
 //! mode, `synchronous=FULL` so that a `set` that returned is on disk.
+//!
+//! Writes go through one connection (the caller runs them on a blocking thread: they fsync).
+//! Reads go through a read-only connection of the calling thread's own: in WAL mode a reader
+//! never waits for the writer, so a `get` is a few microseconds on a warm database and can run
+//! right where it is asked, without a hop to a blocking thread and back.
 
 use anyhow::{Context, Result};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// One store (one label).
 pub struct SqliteStore {
+    /// Tells this store's read connections apart from any other store's (even at the same path).
+    id: u64,
+    path: PathBuf,
     conn: Mutex<Connection>,
+}
+
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's read connections, by store id.
+    static READERS: RefCell<HashMap<u64, Connection>> = RefCell::new(HashMap::new());
 }
 
 impl SqliteStore {
@@ -21,7 +38,8 @@ impl SqliteStore {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
         )?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        let id = NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed);
+        Ok(SqliteStore { id, path: path.to_owned(), conn: Mutex::new(conn) })
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, String> {
@@ -29,8 +47,22 @@ impl SqliteStore {
         f(&conn).map_err(|e| e.to_string())
     }
 
+    /// Run a read on this thread's read-only connection to this store (opened on first use).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, String> {
+        READERS.with(|readers| {
+            let mut readers = readers.borrow_mut();
+            if !readers.contains_key(&self.id) {
+                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                let conn = Connection::open_with_flags(&self.path, flags).map_err(|e| e.to_string())?;
+                conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| e.to_string())?;
+                readers.insert(self.id, conn);
+            }
+            f(&readers[&self.id]).map_err(|e| e.to_string())
+        })
+    }
+
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        self.with(|c| {
+        self.read(|c| {
             c.prepare_cached("SELECT value FROM kv WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()
         })
     }
@@ -50,7 +82,7 @@ impl SqliteStore {
     }
 
     pub fn exists(&self, key: &str) -> Result<bool, String> {
-        self.with(|c| {
+        self.read(|c| {
             c.prepare_cached("SELECT 1 FROM kv WHERE key = ?1")?
                 .query_row([key], |_| Ok(()))
                 .optional()
@@ -59,7 +91,7 @@ impl SqliteStore {
     }
 
     pub fn keys(&self) -> Result<Vec<String>, String> {
-        self.with(|c| c.prepare_cached("SELECT key FROM kv ORDER BY key")?.query_map([], |r| r.get(0))?.collect())
+        self.read(|c| c.prepare_cached("SELECT key FROM kv ORDER BY key")?.query_map([], |r| r.get(0))?.collect())
     }
 }
 
@@ -123,6 +155,19 @@ mod tests {
         store.delete("missing").unwrap();
         assert!(!store.exists("a").unwrap());
         assert_eq!(store.keys().unwrap(), ["b"]);
+    }
+
+    #[test]
+    fn reads_on_other_threads_see_every_write_that_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
+        for i in 0..20u8 {
+            store.set("k", &[i]).unwrap();
+            let reader = store.clone();
+            let seen = std::thread::spawn(move || reader.get("k").unwrap()).join().unwrap();
+            assert_eq!(seen, Some(vec![i]));
+            assert_eq!(store.get("k").unwrap(), Some(vec![i]), "this thread's reader moves on too");
+        }
     }
 
     #[test]

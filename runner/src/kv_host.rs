@@ -1,5 +1,7 @@
-//! `spin:key-value@3.0.0` for the component, over [`KvStores`] (SQLite). Each call runs on a
-//! blocking thread so a slow disk never stalls the event loop.
+//! `spin:key-value@3.0.0` for the component, over [`KvStores`] (SQLite). Writes (which fsync)
+//! and key listings run on blocking threads so a slow disk never stalls the event loop; `get`
+//! and `exists` run where they are asked, on the thread's own read connection (see `kv.rs`):
+//! handing each to a blocking thread and back cost more than the read itself.
 
 use crate::bindings::spin::key_value::key_value::{self as wit, Error};
 use crate::host::Host;
@@ -47,7 +49,7 @@ impl<T> wit::HostStoreWithStore<T> for KeyValueHost {
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         let db = handle(accessor, &store)?;
-        blocking(move || db.get(&key)).await
+        Ok(db.get(&key).map_err(Error::Other))
     }
 
     async fn set(
@@ -75,7 +77,7 @@ impl<T> wit::HostStoreWithStore<T> for KeyValueHost {
         key: String,
     ) -> wasmtime::Result<Result<bool, Error>> {
         let db = handle(accessor, &store)?;
-        blocking(move || db.exists(&key)).await
+        Ok(db.exists(&key).map_err(Error::Other))
     }
 
     fn drop(mut access: Access<'_, T, Self>, store: Resource<KvHandle>) -> wasmtime::Result<()> {
