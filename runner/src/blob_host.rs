@@ -90,6 +90,9 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
                 hashers.iter_mut().for_each(|h| h.update(&chunk));
             }
             let size = object.commit().map_err(to_wit)?;
+            if size >= LARGE_TRANSFER {
+                crate::serve::release_free_memory();
+            }
             Ok(Written { size, hashes: hashers.iter().map(Hasher::save).collect() })
         })
         .await?;
@@ -166,6 +169,8 @@ type Transfer = (StreamReader<u8>, FutureReader<Result<(), Error>>);
 
 /// Reads up to this many bytes are done in place rather than streamed by a blocking thread.
 const SMALL_READ: u64 = 64 * 1024;
+/// After a transfer of this many bytes, free memory goes back to the OS.
+const LARGE_TRANSFER: u64 = 8 * 1024 * 1024;
 
 fn read_small(store: &FsBlobStore, extents: &[Extent]) -> Result<Vec<u8>, BlobError> {
     let mut bytes = Vec::new();
@@ -200,7 +205,9 @@ fn stream_files<T>(
     files: Vec<(std::fs::File, u64)>,
 ) -> wasmtime::Result<Transfer> {
     let (tx, producer, done) = ChannelProducer::new();
+    let total: u64 = files.iter().map(|(_, length)| length).sum();
     tokio::task::spawn_blocking(move || {
+        let _trim = (total >= LARGE_TRANSFER).then_some(TrimOnDrop);
         for (file, length) in files {
             let mut open = true;
             let read = blob_fs::read_chunks(file, length, |chunk| {
@@ -219,6 +226,15 @@ fn stream_files<T>(
         }
     });
     transfer(accessor, producer, done)
+}
+
+/// Releases free memory when the transfer thread ends, however it ends.
+struct TrimOnDrop;
+
+impl Drop for TrimOnDrop {
+    fn drop(&mut self) {
+        crate::serve::release_free_memory();
+    }
 }
 
 fn transfer<T>(
