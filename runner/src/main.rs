@@ -76,6 +76,14 @@ struct UpArgs {
 }
 
 fn main() -> Result<()> {
+    // Two malloc arenas instead of glibc's default of 8 per core: blob chunks are allocated on
+    // one thread and freed on another, and every extra arena keeps its own free fragments
+    // (measured: 8 parallel pulls left ~20 MiB more RSS behind with the default).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let args = match Cli::parse().command {
         Command::Up(args) => args,
         Command::HashPassword(args) => return auth_tools::hash_password(args),
