@@ -3,7 +3,7 @@
 # run, on free loopback ports. Prints one table (figure, Distribution, Berth, ratio > 1 = Berth
 # better) and writes it into docs/benchmarks.md with the machine and the date.
 #
-#   bench/run.sh            full run: 3 runs of each figure, 10 s per load test (~15 min)
+#   bench/run.sh            full run: 3 runs of each figure, 10 s per load test (~12 min)
 #   bench/run.sh --quick    small images, 1 run, 2 s load tests: for development (~2 min)
 #
 # Options: --runs N, --load-seconds S, --no-build (use the release builds as they are),
