@@ -124,6 +124,45 @@ async fn a_pushed_blob_reads_back_after_a_restart() {
     assert_eq!((status, code.as_str()), (404, "BLOB_UNKNOWN"));
 }
 
+fn with_compile_cache(dir: &std::path::Path) -> RunnerOptions<'static> {
+    RunnerOptions { args: vec!["--compile-cache".into(), dir.display().to_string()], ..RunnerOptions::default() }
+}
+
+async fn base_endpoint_status(runner: &Runner) -> u16 {
+    client().get(format!("{}/v2/", runner.url)).send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn a_second_start_loads_the_compiled_component_from_the_cache() {
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = Runner::start_with(data.path(), with_compile_cache(cache.path()));
+    assert!(first.log().iter().any(|l| l.contains("component compiled in")), "{:?}", first.log());
+    assert_eq!(base_endpoint_status(&first).await, 200);
+    assert!(first.stop().success());
+    let entries: Vec<_> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(entries.len(), 1, "one compiled component: {entries:?}");
+    assert!(entries[0].extension().is_some_and(|x| x == "cwasm"));
+
+    let second = Runner::start_with(data.path(), with_compile_cache(cache.path()));
+    assert!(second.log().iter().any(|l| l.contains("compiled component loaded from")), "{:?}", second.log());
+    assert_eq!(base_endpoint_status(&second).await, 200);
+}
+
+#[tokio::test]
+async fn a_damaged_compile_cache_entry_is_compiled_again() {
+    let (data, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    assert!(Runner::start_with(data.path(), with_compile_cache(cache.path())).stop().success());
+    let entry = std::fs::read_dir(cache.path()).unwrap().next().unwrap().unwrap().path();
+    let mut damaged = std::fs::read(&entry).unwrap();
+    damaged.truncate(damaged.len() / 2);
+    std::fs::write(&entry, &damaged).unwrap();
+
+    let runner = Runner::start_with(data.path(), with_compile_cache(cache.path()));
+    assert!(runner.log().iter().any(|l| l.contains("component compiled in")), "{:?}", runner.log());
+    assert_eq!(base_endpoint_status(&runner).await, 200);
+    assert!(std::fs::metadata(&entry).unwrap().len() > damaged.len() as u64, "the entry was written whole again");
+}
+
 #[tokio::test]
 async fn an_empty_blob_can_be_pushed_and_pulled() {
     let data = tempfile::tempdir().unwrap();

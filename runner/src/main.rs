@@ -5,6 +5,7 @@ mod auth_tools;
 mod bindings;
 mod blob_fs;
 mod blob_host;
+mod compile_cache;
 mod compose;
 mod host;
 mod kv;
@@ -67,6 +68,13 @@ struct UpArgs {
     /// registry as `spin up` does), or the path of a provider component.
     #[arg(long, default_value = "fs", value_name = "fs|dependency|FILE.wasm")]
     blob_store: compose::BlobStoreChoice,
+    /// Keep compiled components here, so later starts skip compiling [default:
+    /// $XDG_CACHE_HOME/berth-runner or ~/.cache/berth-runner].
+    #[arg(long, value_name = "DIR", conflicts_with = "no_compile_cache")]
+    compile_cache: Option<PathBuf>,
+    /// Compile the component at every start; read and write no compile cache.
+    #[arg(long)]
+    no_compile_cache: bool,
     /// Requests one component instance serves before it is replaced (1 = fresh per request).
     #[arg(long, default_value_t = 128)]
     instance_reuse: usize,
@@ -115,7 +123,13 @@ async fn up(args: UpArgs) -> Result<()> {
         _ => None,
     };
     let engine = host::engine()?;
-    let component = load_component(&engine, &app, &args.blob_store)?;
+    let cache = match (&args.compile_cache, args.no_compile_cache) {
+        (_, true) => None,
+        (Some(dir), false) => Some(dir.clone()),
+        (None, false) => compile_cache::CompileCache::default_dir(),
+    }
+    .and_then(|dir| compile_cache::CompileCache::open(&dir));
+    let component = load_component(&engine, &app, &args.blob_store, cache.as_ref())?;
     let reuse = host::Reuse {
         max_requests: args.instance_reuse.max(1),
         max_concurrent: args.instance_concurrency.max(1),
@@ -130,8 +144,9 @@ async fn up(args: UpArgs) -> Result<()> {
         );
     }
     let listener = serve::bind(args.listen).await?;
+    let shutdown = serve::shutdown_signal()?;
     println!("berth-runner: serving {} on {scheme}://{}", app.component_id, listener.local_addr()?);
-    serve::serve(listener, handler, tls, Arc::new(app)).await
+    serve::serve(listener, handler, tls, Arc::new(app), shutdown).await
 }
 
 /// The app's component, with a blob store provider plugged in when one is chosen.
@@ -139,19 +154,20 @@ fn load_component(
     engine: &wasmtime::Engine,
     app: &manifest::App,
     blob_store: &compose::BlobStoreChoice,
+    cache: Option<&compile_cache::CompileCache>,
 ) -> Result<wasmtime::component::Component> {
     let hint = "build it with `spin build` or see README";
-    let component = match compose::provider_path(blob_store, app)? {
-        None => wasmtime::component::Component::from_file(engine, &app.source)
-            .map_err(|e| anyhow::anyhow!("loading component {} ({hint}): {e:?}", app.source.display()))?,
+    let wasm = match compose::provider_path(blob_store, app)? {
+        None => std::fs::read(&app.source)
+            .with_context(|| format!("reading component {} ({hint})", app.source.display()))?,
         Some(provider) => {
             let composed = compose::plug_blob_store(&app.source, &provider).with_context(|| {
                 format!("plugging blob store provider {} into {} ({hint})", provider.display(), app.source.display())
             })?;
             println!("berth-runner: blob store: provider component {}", provider.display());
-            wasmtime::component::Component::new(engine, &composed)
-                .map_err(|e| anyhow::anyhow!("compiling the composed component: {e:?}"))?
+            composed
         }
     };
-    Ok(component)
+    compile_cache::load(engine, &wasm, cache)
+        .map_err(|e| anyhow::anyhow!("compiling component {} ({hint}): {e:?}", app.source.display()))
 }

@@ -45,10 +45,10 @@ pub async fn serve(
     handler: ProxyHandler<Handler>,
     tls: Option<TlsAcceptor>,
     app: Arc<App>,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     release_free_memory();
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -101,19 +101,19 @@ pub fn release_free_memory() {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+/// Resolves on SIGINT or SIGTERM. The handlers are installed here, before the caller announces
+/// that it serves, so a signal sent right after the announcement is a clean shutdown, not the
+/// default action (death by signal).
+pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    })
 }
 
 async fn handle(

@@ -35,6 +35,9 @@ pub struct Artifacts {
     pub trap_component: PathBuf,
     /// The key-value blob store provider (providers/blob-kv).
     pub blob_kv_provider: PathBuf,
+    /// The runners' shared compile cache (`target/berth-compile-cache`): the component is
+    /// compiled once per build, not at every runner start.
+    pub compile_cache: PathBuf,
 }
 
 /// Build the component (release wasm: debug wasm hashes and copies slowly) and the runner (same
@@ -90,6 +93,7 @@ pub fn artifacts() -> &'static Artifacts {
             component: target_dir.join("wasm32-wasip2/release/berth.wasm"),
             trap_component: target_dir.join("wasm32-wasip2/release/berth_trap_fixture.wasm"),
             blob_kv_provider: target_dir.join("wasm32-wasip2/release/berth_blob_kv.wasm"),
+            compile_cache: target_dir.join("berth-compile-cache"),
         }
     })
 }
@@ -187,6 +191,7 @@ impl Runner {
             .arg("--data")
             .arg(data)
             .args(&options.args)
+            .args(default_compile_cache(&options.args))
             .args(login.as_ref().map(|(_, args)| args.as_slice()).unwrap_or_default())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -279,6 +284,14 @@ impl Drop for Runner {
             self.terminate();
         }
     }
+}
+
+/// `--compile-cache <the shared one>`, unless the test chose its own or none.
+fn default_compile_cache(args: &[String]) -> Vec<String> {
+    if args.iter().any(|a| a == "--compile-cache" || a == "--no-compile-cache") {
+        return Vec::new();
+    }
+    vec!["--compile-cache".into(), artifacts().compile_cache.display().to_string()]
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
