@@ -504,6 +504,8 @@ async fn a_misconfiguration_is_reported_at_start_and_refuses_every_request() {
             .arg("--data")
             .arg(dir.path())
             .args(vars(&pairs))
+            .arg("--compile-cache")
+            .arg(&artifacts.compile_cache)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -514,7 +516,11 @@ async fn a_misconfiguration_is_reported_at_start_and_refuses_every_request() {
         let mut stderr_lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let mut stdout_lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let stderr = stderr_lines.next().unwrap().unwrap();
-        let stdout = stdout_lines.next().unwrap().unwrap();
+        let stdout = stdout_lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|line| line.starts_with("berth-runner: serving"))
+            .expect("the runner announces its address");
         std::thread::spawn(move || stderr_lines.for_each(drop));
         std::thread::spawn(move || stdout_lines.for_each(drop));
         assert!(stderr.contains(&format!("variable {variable}")), "{pairs:?}: {stderr}");
