@@ -89,8 +89,9 @@ if [[ $BUILD == 1 ]]; then
     cargo build --quiet --release --target wasm32-wasip2 -p berth
     cargo build --quiet --release -p berth-runner
 fi
-RUNNER="$ROOT/target/release/berth-runner"
-COMPONENT="$ROOT/target/wasm32-wasip2/release/berth.wasm"
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+RUNNER="$TARGET/release/berth-runner"
+COMPONENT="$TARGET/wasm32-wasip2/release/berth.wasm"
 [[ -x $RUNNER && -f $COMPONENT ]] || { echo "bench/run.sh: no release build (drop --no-build)" >&2; exit 1; }
 
 # ---- temp dir, servers, cleanup ----------------------------------------------------------------
