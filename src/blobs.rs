@@ -122,6 +122,33 @@ pub async fn discard<M, B: BlobStore>(stores: &Stores<M, B>, parts: &[Part]) {
     }
 }
 
+/// The blob store's objects under a prefix, a page at a time, in lexical order: the one loop
+/// over `list` that tags, catalog, referrers and untagging share.
+pub struct ObjectPages<'a, B> {
+    blobs: &'a B,
+    prefix: &'a str,
+    cursor: Option<String>,
+    done: bool,
+}
+
+impl<'a, B: BlobStore> ObjectPages<'a, B> {
+    /// Objects named `prefix...`, starting after the object `after` when given.
+    pub fn new(blobs: &'a B, prefix: &'a str, after: Option<String>) -> Self {
+        ObjectPages { blobs, prefix, cursor: after, done: false }
+    }
+
+    /// The next page of object names; `None` once the listing is complete.
+    pub async fn next(&mut self) -> Result<Option<Vec<String>>, RegistryError> {
+        if self.done {
+            return Ok(None);
+        }
+        let (names, next) = self.blobs.list(self.prefix, self.cursor.as_deref(), 1000).await.map_err(internal)?;
+        self.done = next.is_none();
+        self.cursor = next;
+        Ok(Some(names))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,32 +182,5 @@ mod tests {
     fn empty_parts_and_empty_ranges_yield_nothing() {
         assert!(record(&[0, 0]).extents(0, 0).is_empty());
         assert!(record(&[3]).extents(3, 3).is_empty());
-    }
-}
-
-/// The blob store's objects under a prefix, a page at a time, in lexical order: the one loop
-/// over `list` that tags, catalog, referrers and untagging share.
-pub struct ObjectPages<'a, B> {
-    blobs: &'a B,
-    prefix: &'a str,
-    cursor: Option<String>,
-    done: bool,
-}
-
-impl<'a, B: BlobStore> ObjectPages<'a, B> {
-    /// Objects named `prefix...`, starting after the object `after` when given.
-    pub fn new(blobs: &'a B, prefix: &'a str, after: Option<String>) -> Self {
-        ObjectPages { blobs, prefix, cursor: after, done: false }
-    }
-
-    /// The next page of object names; `None` once the listing is complete.
-    pub async fn next(&mut self) -> Result<Option<Vec<String>>, RegistryError> {
-        if self.done {
-            return Ok(None);
-        }
-        let (names, next) = self.blobs.list(self.prefix, self.cursor.as_deref(), 1000).await.map_err(internal)?;
-        self.done = next.is_none();
-        self.cursor = next;
-        Ok(Some(names))
     }
 }

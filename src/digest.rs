@@ -10,29 +10,12 @@
 //! algorithm cannot be verified and is rejected as `DIGEST_INVALID`.
 
 use crate::errcode::{ErrorCode, RegistryError};
-use sha2::Digest as _;
-use sha2::digest::common::hazmat::SerializableState;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Algorithm {
-    Sha256,
-    Sha512,
-}
+pub use berth_hash_state::{Algorithm, RunningHash};
 
-impl Algorithm {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Algorithm::Sha256 => "sha256",
-            Algorithm::Sha512 => "sha512",
-        }
-    }
-
-    const fn hex_len(self) -> usize {
-        match self {
-            Algorithm::Sha256 => 64,
-            Algorithm::Sha512 => 128,
-        }
-    }
+/// Lowercase hex characters in an encoded digest of `algorithm`.
+const fn hex_len(algorithm: Algorithm) -> usize {
+    algorithm.output_len() * 2
 }
 
 /// A digest whose algorithm Berth supports and whose encoding is well formed.
@@ -51,7 +34,7 @@ impl Digest {
             "sha512" => Algorithm::Sha512,
             _ => return Err(invalid("unsupported algorithm")),
         };
-        if hex.len() != algorithm.hex_len() {
+        if hex.len() != hex_len(algorithm) {
             return Err(invalid("wrong length"));
         }
         if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
@@ -72,75 +55,18 @@ impl Digest {
     pub fn of(algorithm: Algorithm, bytes: &[u8]) -> Self {
         let mut hasher = RunningHash::new(algorithm);
         hasher.update(bytes);
-        hasher.finish()
+        Digest::from_hash(hasher)
+    }
+
+    /// The digest a finished hash gives.
+    pub fn from_hash(hash: RunningHash) -> Self {
+        Digest { algorithm: hash.algorithm(), hex: hex::encode(hash.finalize()) }
     }
 }
 
 impl std::fmt::Display for Digest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.algorithm.as_str(), self.hex)
-    }
-}
-
-/// A hash in progress whose state can be saved (in an upload session record, or handed to the
-/// blob store to continue natively) and restored later.
-#[derive(Clone)]
-pub enum RunningHash {
-    Sha256(sha2::Sha256),
-    Sha512(sha2::Sha512),
-}
-
-impl RunningHash {
-    pub fn new(algorithm: Algorithm) -> Self {
-        match algorithm {
-            Algorithm::Sha256 => RunningHash::Sha256(sha2::Sha256::new()),
-            Algorithm::Sha512 => RunningHash::Sha512(sha2::Sha512::new()),
-        }
-    }
-
-    pub fn algorithm(&self) -> Algorithm {
-        match self {
-            RunningHash::Sha256(_) => Algorithm::Sha256,
-            RunningHash::Sha512(_) => Algorithm::Sha512,
-        }
-    }
-
-    pub fn update(&mut self, bytes: &[u8]) {
-        match self {
-            RunningHash::Sha256(h) => h.update(bytes),
-            RunningHash::Sha512(h) => h.update(bytes),
-        }
-    }
-
-    pub fn finish(self) -> Digest {
-        let algorithm = self.algorithm();
-        let hex = match self {
-            RunningHash::Sha256(h) => hex::encode(h.finalize()),
-            RunningHash::Sha512(h) => hex::encode(h.finalize()),
-        };
-        Digest { algorithm, hex }
-    }
-
-    /// The state as bytes (`SerializableState` of sha2 0.11).
-    pub fn save(&self) -> Vec<u8> {
-        match self {
-            RunningHash::Sha256(h) => h.serialize().to_vec(),
-            RunningHash::Sha512(h) => h.serialize().to_vec(),
-        }
-    }
-
-    /// Restore a state saved by [`RunningHash::save`]; `None` if the bytes are not a valid state.
-    pub fn restore(algorithm: Algorithm, state: &[u8]) -> Option<Self> {
-        match algorithm {
-            Algorithm::Sha256 => {
-                let state = state.try_into().ok()?;
-                sha2::Sha256::deserialize(state).ok().map(RunningHash::Sha256)
-            }
-            Algorithm::Sha512 => {
-                let state = state.try_into().ok()?;
-                sha2::Sha512::deserialize(state).ok().map(RunningHash::Sha512)
-            }
-        }
     }
 }
 
@@ -193,7 +119,7 @@ mod tests {
             let saved = first.save();
             let mut resumed = RunningHash::restore(algorithm, &saved).unwrap();
             resumed.update(b"world");
-            assert_eq!(resumed.finish(), Digest::of(algorithm, b"hello, world"));
+            assert_eq!(Digest::from_hash(resumed), Digest::of(algorithm, b"hello, world"));
         }
     }
 

@@ -104,7 +104,7 @@ mod tests {
         hashes.iter_mut().for_each(|h| h.update(b"world"));
         let s = s.advanced(Part { name: "b".into(), size: 5 }, &hashes);
         assert_eq!((s.version, s.size, s.range().as_str()), (2, 11, "0-10"));
-        let finished: Vec<Digest> = s.hashes().unwrap().into_iter().map(RunningHash::finish).collect();
+        let finished: Vec<Digest> = s.hashes().unwrap().into_iter().map(Digest::from_hash).collect();
         assert_eq!(finished, [Digest::of(Algorithm::Sha256, b"hello world")], "only SHA-256 runs along");
     }
 
@@ -116,7 +116,7 @@ mod tests {
         let mut hashes = s.hashes().unwrap();
         hashes.iter_mut().for_each(|h| h.update(b"abc"));
         let s = s.advanced(Part { name: "a".into(), size: 3 }, &hashes);
-        let finished: Vec<Digest> = s.hashes().unwrap().into_iter().map(RunningHash::finish).collect();
+        let finished: Vec<Digest> = s.hashes().unwrap().into_iter().map(Digest::from_hash).collect();
         assert_eq!(finished[1], Digest::of(Algorithm::Sha512, b"abc"));
     }
 

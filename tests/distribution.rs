@@ -68,6 +68,40 @@ async fn blob_head_and_get_of_unknown_blob_are_404_blob_unknown() {
 }
 
 #[tokio::test]
+async fn a_chunked_upload_of_several_parts_finishes_under_sha512() {
+    // Sessions run only SHA-256 along the chunks; a sha512 digest is checked over every part
+    // (two PATCHes and the PUT's own body) when the upload closes.
+    use sha2::Digest;
+    let (_d, _r, reg) = start();
+    let parts = [PseudoRandom::bytes(7, 300_000), PseudoRandom::bytes(8, 5), PseudoRandom::bytes(9, 70_000)];
+    let whole = parts.concat();
+    let digest = format!("sha512:{}", hex::encode(sha2::Sha512::digest(&whole)));
+    let wrong = format!("sha512:{}", hex::encode(sha2::Sha512::digest(&parts[0])));
+    for (claimed, expected_status) in [(&wrong, 400), (&digest, 201)] {
+        let mut location = reg.start_upload("r512").await;
+        let mut offset = 0;
+        for part in &parts[..2] {
+            let response = reg.patch_chunk(&location, offset, part).await;
+            assert_eq!(response.status(), 202);
+            location = header(&response, "location");
+            offset += part.len() as u64;
+        }
+        let response = reg.finish_upload(&location, claimed, &parts[2]).await;
+        if expected_status == 400 {
+            expect_error(response, 400, "DIGEST_INVALID").await;
+            continue;
+        }
+        assert_eq!(response.status(), 201);
+        assert_eq!(header(&response, "docker-content-digest"), digest);
+    }
+    let got = reg.get(&format!("/v2/r512/blobs/{digest}")).await;
+    assert_eq!(got.status(), 200);
+    assert!(got.bytes().await.unwrap() == whole, "the three parts, in order");
+    let wrong_blob = reg.get(&format!("/v2/r512/blobs/{wrong}")).await;
+    expect_error(wrong_blob, 404, "BLOB_UNKNOWN").await;
+}
+
+#[tokio::test]
 async fn sha512_blobs_push_and_pull() {
     use sha2::Digest;
     let (_d, _r, reg) = start();
@@ -523,7 +557,7 @@ async fn a_manifest_with_a_missing_subject_is_accepted_with_oci_subject() {
 #[tokio::test]
 async fn an_index_needs_its_child_manifests_in_the_repository() {
     let (_d, _r, reg) = start();
-    let (amd, amd_digest) = reg.push_image("app", &format!("{}", "amd64"), 1).await;
+    let (amd, amd_digest) = reg.push_image("app", "amd64", 1).await;
     let index = |digests: &[(&str, usize)]| {
         let entries: Vec<String> = digests
             .iter()

@@ -200,3 +200,24 @@ async fn a_deleted_object_is_gone_whole() {
     .unwrap();
     assert_eq!(tags["tags"], serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn a_listing_is_complete_when_the_store_holds_many_pages_of_keys() {
+    // The provider lists by streaming the store's `get-keys`, which the runner serves a page of
+    // 256 keys at a time: 300 tags are 600 keys (a record and a chunk each), three pages.
+    let dir = tempfile::tempdir().unwrap();
+    let runner = start(&dir.path().join("data"));
+    let registry = Registry::new(&runner);
+    let (manifest, _) = registry.push_image("kv/many", "t000", 5).await;
+    let mut expected = vec!["t000".to_owned()];
+    for i in 1..300 {
+        let tag = format!("t{i:03}");
+        let response = registry.put_manifest("kv/many", &tag, OCI_MANIFEST, &manifest).await;
+        assert_eq!(response.status(), 201, "{tag}");
+        expected.push(tag);
+    }
+    assert!(kv_keys(&dir.path().join("data"), "").len() > 2 * 256, "more than two pages of keys");
+    let tags = json(registry.get("/v2/kv/many/tags/list").await).await;
+    let tags: Vec<String> = serde_json::from_value(tags["tags"].clone()).unwrap();
+    assert_eq!(tags, expected);
+}

@@ -8,8 +8,7 @@ use crate::bindings::berth::blob_store::store::{
 use crate::blob_fs::{self, BlobError, FsBlobStore};
 use crate::host::Host;
 use crate::streams::{ChannelConsumer, ChannelProducer};
-use sha2::Digest as _;
-use sha2::digest::common::hazmat::SerializableState;
+use berth_hash_state::{Algorithm, RunningHash};
 use wasmtime::component::{Accessor, FutureReader, HasData, Linker, StreamReader};
 
 pub struct BlobStoreHost;
@@ -35,38 +34,22 @@ fn store_of<T>(accessor: &Accessor<T, BlobStoreHost>) -> FsBlobStore {
     accessor.with(|mut access| access.get().shared.blobs.clone())
 }
 
-/// A running hash restored from the component's saved state.
-enum Hasher {
-    Sha256(sha2::Sha256),
-    Sha512(sha2::Sha512),
+/// A running hash continued from the state the component saved.
+fn restore_hash(state: &HashState) -> Result<RunningHash, Error> {
+    let algorithm = match state.algorithm {
+        HashAlgorithm::Sha256 => Algorithm::Sha256,
+        HashAlgorithm::Sha512 => Algorithm::Sha512,
+    };
+    RunningHash::restore(algorithm, &state.state).ok_or_else(|| Error::Other("invalid hash state".into()))
 }
 
-impl Hasher {
-    fn restore(state: &HashState) -> Result<Hasher, Error> {
-        let bad = || Error::Other("invalid hash state".into());
-        Ok(match state.algorithm {
-            HashAlgorithm::Sha256 => Hasher::Sha256(
-                sha2::Sha256::deserialize(state.state.as_slice().try_into().map_err(|_| bad())?).map_err(|_| bad())?,
-            ),
-            HashAlgorithm::Sha512 => Hasher::Sha512(
-                sha2::Sha512::deserialize(state.state.as_slice().try_into().map_err(|_| bad())?).map_err(|_| bad())?,
-            ),
-        })
-    }
-
-    fn update(&mut self, bytes: &[u8]) {
-        match self {
-            Hasher::Sha256(h) => h.update(bytes),
-            Hasher::Sha512(h) => h.update(bytes),
-        }
-    }
-
-    fn save(&self) -> HashState {
-        match self {
-            Hasher::Sha256(h) => HashState { algorithm: HashAlgorithm::Sha256, state: h.serialize().to_vec() },
-            Hasher::Sha512(h) => HashState { algorithm: HashAlgorithm::Sha512, state: h.serialize().to_vec() },
-        }
-    }
+/// The state to hand back, for the component to continue or finish.
+fn save_hash(hash: &RunningHash) -> HashState {
+    let algorithm = match hash.algorithm() {
+        Algorithm::Sha256 => HashAlgorithm::Sha256,
+        Algorithm::Sha512 => HashAlgorithm::Sha512,
+    };
+    HashState { algorithm, state: hash.save() }
 }
 
 impl<T> wit::HostWithStore<T> for BlobStoreHost {
@@ -79,7 +62,7 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
         let store = store_of(accessor);
         let (consumer, mut chunks) = ChannelConsumer::new();
         accessor.with(|mut access| data.pipe(&mut access, consumer))?;
-        let mut hashers = match hashes.iter().map(Hasher::restore).collect::<Result<Vec<_>, _>>() {
+        let mut hashers = match hashes.iter().map(restore_hash).collect::<Result<Vec<_>, _>>() {
             Ok(hashers) => hashers,
             Err(e) => return Ok(Err(e)),
         };
@@ -93,7 +76,7 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
             if size >= LARGE_TRANSFER {
                 crate::serve::release_free_memory();
             }
-            Ok(Written { size, hashes: hashers.iter().map(Hasher::save).collect() })
+            Ok(Written { size, hashes: hashers.iter().map(save_hash).collect() })
         })
         .await?;
         Ok(written)
@@ -239,7 +222,7 @@ impl Drop for TrimOnDrop {
 
 fn transfer<T>(
     accessor: &Accessor<T, BlobStoreHost>,
-    producer: ChannelProducer,
+    producer: ChannelProducer<u8>,
     done: tokio::sync::oneshot::Receiver<Result<(), String>>,
 ) -> wasmtime::Result<Transfer> {
     accessor.with(|mut access| {

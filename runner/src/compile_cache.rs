@@ -120,7 +120,7 @@ fn prune(dir: &Path, keep: &Path) {
         .filter(|p| p.extension().is_some_and(|x| x == "cwasm") && p != keep)
         .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
         .collect();
-    entries.sort_by(|a, b| b.0.cmp(&a.0));
+    entries.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
     for (_, old) in entries.into_iter().skip(KEEP_ENTRIES - 1) {
         let _ = std::fs::remove_file(old);
     }
@@ -184,6 +184,19 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, ["00.cwasm", "05.cwasm", "06.cwasm", "07.cwasm", "08.cwasm", "09.cwasm", "10.cwasm", "11.cwasm", "other.txt"]);
+        assert_eq!(
+            left,
+            [
+                "00.cwasm",
+                "05.cwasm",
+                "06.cwasm",
+                "07.cwasm",
+                "08.cwasm",
+                "09.cwasm",
+                "10.cwasm",
+                "11.cwasm",
+                "other.txt"
+            ]
+        );
     }
 }

@@ -120,18 +120,16 @@ impl HandlerState for Handler {
     type WorkerExpiration = IdleExpiry;
     type WorkerState = Policy;
 
-    fn instantiate(&self) -> impl Future<Output = wasmtime::Result<Instance<Host, IdleExpiry, Policy>>> + Send {
-        async move {
-            let mut store = Store::new(&self.engine, Host::new(self.shared.clone()));
-            let proxy = self.pre.instantiate_async(&mut store).await?;
-            Ok(Instance {
-                store,
-                proxy,
-                view: http_view,
-                expiration: IdleExpiry { idle: self.reuse.idle, sleep: None },
-                state: Policy(self.reuse),
-            })
-        }
+    async fn instantiate(&self) -> wasmtime::Result<Instance<Host, IdleExpiry, Policy>> {
+        let mut store = Store::new(&self.engine, Host::new(self.shared.clone()));
+        let proxy = self.pre.instantiate_async(&mut store).await?;
+        Ok(Instance {
+            store,
+            proxy,
+            view: http_view,
+            expiration: IdleExpiry { idle: self.reuse.idle, sleep: None },
+            state: Policy(self.reuse),
+        })
     }
 }
 

@@ -51,13 +51,16 @@ impl SqliteStore {
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, String> {
         READERS.with(|readers| {
             let mut readers = readers.borrow_mut();
-            if !readers.contains_key(&self.id) {
-                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-                let conn = Connection::open_with_flags(&self.path, flags).map_err(|e| e.to_string())?;
-                conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| e.to_string())?;
-                readers.insert(self.id, conn);
-            }
-            f(&readers[&self.id]).map_err(|e| e.to_string())
+            let conn = match readers.entry(self.id) {
+                std::collections::hash_map::Entry::Occupied(open) => open.into_mut(),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                    let conn = Connection::open_with_flags(&self.path, flags).map_err(|e| e.to_string())?;
+                    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| e.to_string())?;
+                    slot.insert(conn)
+                }
+            };
+            f(conn).map_err(|e| e.to_string())
         })
     }
 
@@ -90,8 +93,22 @@ impl SqliteStore {
         })
     }
 
-    pub fn keys(&self) -> Result<Vec<String>, String> {
-        self.read(|c| c.prepare_cached("SELECT key FROM kv ORDER BY key")?.query_map([], |r| r.get(0))?.collect())
+    /// Up to `limit` keys in order, after `after` (from the first when `None`). Listing a store
+    /// page by page keeps memory bounded and holds no read transaction open between pages (a
+    /// long-open reader would stop WAL checkpoints): a key present throughout the listing is
+    /// listed exactly once; one added or removed meanwhile may or may not be.
+    pub fn keys_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, String> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| match after {
+            None => c
+                .prepare_cached("SELECT key FROM kv ORDER BY key LIMIT ?1")?
+                .query_map([limit], |r| r.get(0))?
+                .collect(),
+            Some(after) => c
+                .prepare_cached("SELECT key FROM kv WHERE key > ?1 ORDER BY key LIMIT ?2")?
+                .query_map(params![after, limit], |r| r.get(0))?
+                .collect(),
+        })
     }
 }
 
@@ -150,11 +167,27 @@ mod tests {
         store.set("a", b"one").unwrap();
         assert_eq!(store.get("a").unwrap().as_deref(), Some(&b"one"[..]));
         assert!(store.exists("a").unwrap());
-        assert_eq!(store.keys().unwrap(), ["a", "b"]);
+        assert_eq!(store.keys_after(None, 10).unwrap(), ["a", "b"]);
         store.delete("a").unwrap();
         store.delete("missing").unwrap();
         assert!(!store.exists("a").unwrap());
-        assert_eq!(store.keys().unwrap(), ["b"]);
+        assert_eq!(store.keys_after(None, 10).unwrap(), ["b"]);
+    }
+
+    #[test]
+    fn keys_are_listed_in_order_a_page_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        for key in ["c", "a", "e", "b", "d"] {
+            store.set(key, b"").unwrap();
+        }
+        assert_eq!(store.keys_after(None, 2).unwrap(), ["a", "b"]);
+        assert_eq!(store.keys_after(Some("b"), 2).unwrap(), ["c", "d"]);
+        assert_eq!(store.keys_after(Some("d"), 2).unwrap(), ["e"]);
+        assert!(store.keys_after(Some("e"), 2).unwrap().is_empty());
+        // A key between pages that goes away does not stop the listing.
+        store.delete("c").unwrap();
+        assert_eq!(store.keys_after(Some("b"), 2).unwrap(), ["d", "e"]);
     }
 
     #[test]

@@ -1,13 +1,17 @@
 //! `spin:key-value@3.0.0` for the component, over [`KvStores`] (SQLite). Writes (which fsync)
-//! and key listings run on blocking threads so a slow disk never stalls the event loop; `get`
+//! and key listings (a page at a time) run on blocking threads so a slow disk never stalls the event loop; `get`
 //! and `exists` run where they are asked, on the thread's own read connection (see `kv.rs`):
 //! handing each to a blocking thread and back cost more than the read itself.
 
 use crate::bindings::spin::key_value::key_value::{self as wit, Error};
 use crate::host::Host;
 use crate::kv::{OpenError, SqliteStore};
+use crate::streams::ChannelProducer;
 use std::sync::Arc;
-use wasmtime::component::{Access, Accessor, FutureReader, HasData, Linker, Resource, StreamReader};
+use wasmtime::component::{Access, Accessor, FutureReader, HasData, Linker, Resource, StreamReader, VecBuffer};
+
+/// Keys per page of a listing (and per chunk of its stream).
+const KEYS_PER_PAGE: usize = 256;
 
 /// The resource behind a guest's `store` handle.
 pub struct KvHandle(Arc<SqliteStore>);
@@ -90,13 +94,34 @@ impl<T> wit::HostStoreWithStore<T> for KeyValueHost {
         store: Resource<KvHandle>,
     ) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), Error>>)> {
         let db = handle(accessor, &store)?;
-        let (keys, result) = match blocking(move || db.keys()).await? {
-            Ok(keys) => (keys, Ok(())),
-            Err(e) => (Vec::new(), Err(e)),
-        };
+        let (tx, producer, done) = ChannelProducer::<String, VecBuffer<String>>::new();
+        // A blocking thread lists the keys a page at a time; the bounded channel holds it back
+        // while the guest reads, so memory stays a few pages whatever the store's size.
+        tokio::task::spawn_blocking(move || {
+            let mut after: Option<String> = None;
+            loop {
+                let page = match db.keys_after(after.as_deref(), KEYS_PER_PAGE) {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                };
+                let last_page = page.len() < KEYS_PER_PAGE;
+                after = page.last().cloned();
+                if !page.is_empty() && tx.blocking_send(Ok(VecBuffer::from(page))).is_err() {
+                    return; // the guest dropped the stream
+                }
+                if last_page {
+                    return;
+                }
+            }
+        });
         accessor.with(|mut access| {
-            let stream = StreamReader::new(&mut access, keys)?;
-            let future = FutureReader::new(&mut access, async move { wasmtime::error::Ok(result) })?;
+            let stream = StreamReader::new(&mut access, producer)?;
+            let future = FutureReader::new(&mut access, async move {
+                wasmtime::error::Ok(done.await.unwrap_or_else(|_| Err("listing stopped".into())).map_err(Error::Other))
+            })?;
             Ok((stream, future))
         })
     }

@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP component of a Spin manifest.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Read a password from stdin and print its bcrypt hash (for the `auth_users` variable).
     HashPassword(auth_tools::HashPasswordArgs),
 }
@@ -93,7 +93,7 @@ fn main() -> Result<()> {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     let args = match Cli::parse().command {
-        Command::Up(args) => args,
+        Command::Up(args) => *args,
         Command::HashPassword(args) => return auth_tools::hash_password(args),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -3,12 +3,13 @@
 //! Both directions hold at most a few chunks: memory stays bounded whatever the object size.
 
 use bytes::Bytes;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
 use wasmtime::StoreContextMut;
-use wasmtime::component::{Destination, Source, StreamConsumer, StreamProducer, StreamResult};
+use wasmtime::component::{Destination, Source, StreamConsumer, StreamProducer, StreamResult, WriteBuffer};
 
 /// Chunks in flight per stream.
 pub const DEPTH: usize = 4;
@@ -63,19 +64,25 @@ impl<D> StreamConsumer<D> for ChannelConsumer {
     }
 }
 
-/// Feeds a reader from chunks produced elsewhere. The stream ends when the channel closes, or at
-/// an `Err`, and `done` then says how it ended: it fires only once every byte before the end has
-/// been taken by the reader, so whoever waits on it knows the transfer is really over.
-pub struct ChannelProducer {
-    rx: mpsc::Receiver<Result<Bytes, String>>,
+/// Feeds a reader from chunks produced elsewhere: `Bytes` for a `stream<u8>`, a `VecBuffer` of
+/// items for any other stream. The stream ends when the channel closes, or at an `Err`, and
+/// `done` then says how it ended: it fires only once every item before the end has been taken by
+/// the reader, so whoever waits on it knows the transfer is really over.
+pub struct ChannelProducer<T, B = Bytes> {
+    rx: mpsc::Receiver<Result<B, String>>,
     done: Option<oneshot::Sender<Result<(), String>>>,
+    item: PhantomData<fn() -> T>,
 }
 
-impl ChannelProducer {
-    pub fn new() -> (mpsc::Sender<Result<Bytes, String>>, ChannelProducer, oneshot::Receiver<Result<(), String>>) {
+/// The sending side of a [`ChannelProducer`], and how its stream ended.
+pub type ProducerParts<T, B> =
+    (mpsc::Sender<Result<B, String>>, ChannelProducer<T, B>, oneshot::Receiver<Result<(), String>>);
+
+impl<T, B> ChannelProducer<T, B> {
+    pub fn new() -> ProducerParts<T, B> {
         let (tx, rx) = mpsc::channel(DEPTH);
         let (done_tx, done_rx) = oneshot::channel();
-        (tx, ChannelProducer { rx, done: Some(done_tx) }, done_rx)
+        (tx, ChannelProducer { rx, done: Some(done_tx), item: PhantomData }, done_rx)
     }
 
     fn finish(&mut self, outcome: Result<(), String>) {
@@ -85,21 +92,25 @@ impl ChannelProducer {
     }
 }
 
-impl Drop for ChannelProducer {
+impl<T, B> Drop for ChannelProducer<T, B> {
     fn drop(&mut self) {
         self.finish(Err("the reader closed the stream before its end".into()));
     }
 }
 
-impl<D> StreamProducer<D> for ChannelProducer {
-    type Item = u8;
-    type Buffer = Bytes;
+impl<D, T, B> StreamProducer<D> for ChannelProducer<T, B>
+where
+    T: Send + Sync + 'static,
+    B: WriteBuffer<T> + Default + Unpin,
+{
+    type Item = T;
+    type Buffer = B;
 
     fn poll_produce<'a>(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         _store: StoreContextMut<'a, D>,
-        mut dst: Destination<'a, u8, Bytes>,
+        mut dst: Destination<'a, T, B>,
         finish: bool,
     ) -> Poll<wasmtime::Result<StreamResult>> {
         // Called again only after everything handed over before has been delivered.

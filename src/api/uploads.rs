@@ -101,7 +101,7 @@ async fn monolithic<M: MetaStore, B: BlobStore>(
     let written =
         stores.blobs.write(&object, req.body, hashes_for(&[digest.algorithm()])).await.map_err(write_error)?;
     let part = Part { name: object, size: written.size };
-    let actual = written.hashes.into_iter().next().map(|h| h.finish());
+    let actual = written.hashes.into_iter().next().map(Digest::from_hash);
     if let Err(err) = check_length(declared, written.size).and_then(|()| check_digest(actual.as_ref(), digest)) {
         blobs::discard(stores, &[part]).await;
         return Err(err);
@@ -319,14 +319,15 @@ async fn finish<M: MetaStore, B: BlobStore>(
         session.hashes().ok_or_else(|| RegistryError::new(ErrorCode::Internal, "corrupt hash state in session"))?;
     let record = BlobRecord { size: session.size, parts: session.parts.clone() };
     let actual = match hashes.into_iter().find(|h| h.algorithm() == digest.algorithm()) {
-        Some(running) => running.finish(),
+        Some(running) => Digest::from_hash(running),
         // Not run along the upload (SHA-512): hash the chunks now.
-        None => stores
-            .blobs
-            .hash_extents(record.extents(0, record.size), RunningHash::new(digest.algorithm()))
-            .await
-            .map_err(internal)?
-            .finish(),
+        None => Digest::from_hash(
+            stores
+                .blobs
+                .hash_extents(record.extents(0, record.size), RunningHash::new(digest.algorithm()))
+                .await
+                .map_err(internal)?,
+        ),
     };
     if let Err(err) = check_digest(Some(&actual), digest) {
         cancel(stores, &session).await?;

@@ -2,11 +2,10 @@
 //! keys and ranges is in [`crate::layout`]; this moves bytes between streams and the store.
 
 use crate::layout::{self, CHUNK_SIZE, ChunkSpan, ObjectRecord, PageBuilder};
+use berth_hash_state::{Algorithm, RunningHash};
 use bindings::exports::berth::blob_store::store::{
     Error, Extent, Guest, HashAlgorithm, HashState, ObjectInfo, Page, Written,
 };
-use sha2::Digest as _;
-use sha2::digest::common::hazmat::SerializableState;
 use spin_sdk::key_value::Store;
 use spin_sdk::wit_bindgen::{FutureReader, StreamReader, StreamResult};
 
@@ -48,39 +47,22 @@ async fn load(store: &Store, name: &str) -> Result<ObjectRecord, Error> {
     serde_json::from_slice(&bytes).map_err(|e| Error::Other(format!("unreadable record of {name:?}: {e}")))
 }
 
-/// A SHA-256 or SHA-512 continued from a saved state.
-enum Hasher {
-    Sha256(sha2::Sha256),
-    Sha512(sha2::Sha512),
+/// A running hash continued from the state the component saved.
+fn restore_hash(state: &HashState) -> Result<RunningHash, Error> {
+    let algorithm = match state.algorithm {
+        HashAlgorithm::Sha256 => Algorithm::Sha256,
+        HashAlgorithm::Sha512 => Algorithm::Sha512,
+    };
+    RunningHash::restore(algorithm, &state.state).ok_or_else(|| Error::Other("invalid hash state".into()))
 }
 
-impl Hasher {
-    fn restore(state: &HashState) -> Result<Hasher, Error> {
-        let bad = || Error::Other("invalid hash state".into());
-        let bytes = state.state.as_slice();
-        Ok(match state.algorithm {
-            HashAlgorithm::Sha256 => {
-                Hasher::Sha256(sha2::Sha256::deserialize(bytes.try_into().map_err(|_| bad())?).map_err(|_| bad())?)
-            }
-            HashAlgorithm::Sha512 => {
-                Hasher::Sha512(sha2::Sha512::deserialize(bytes.try_into().map_err(|_| bad())?).map_err(|_| bad())?)
-            }
-        })
-    }
-
-    fn update(&mut self, bytes: &[u8]) {
-        match self {
-            Hasher::Sha256(h) => h.update(bytes),
-            Hasher::Sha512(h) => h.update(bytes),
-        }
-    }
-
-    fn save(&self) -> HashState {
-        match self {
-            Hasher::Sha256(h) => HashState { algorithm: HashAlgorithm::Sha256, state: h.serialize().to_vec() },
-            Hasher::Sha512(h) => HashState { algorithm: HashAlgorithm::Sha512, state: h.serialize().to_vec() },
-        }
-    }
+/// The state to hand back, for the component to continue or finish.
+fn save_hash(hash: &RunningHash) -> HashState {
+    let algorithm = match hash.algorithm() {
+        Algorithm::Sha256 => HashAlgorithm::Sha256,
+        Algorithm::Sha512 => HashAlgorithm::Sha512,
+    };
+    HashState { algorithm, state: hash.save() }
 }
 
 /// Chunks stored so far by one write; deleted again unless the write commits.
@@ -112,7 +94,7 @@ fn random_write_id() -> String {
 async fn store_chunks(
     pending: &mut PendingChunks<'_>,
     mut data: StreamReader<u8>,
-    hashers: &mut [Hasher],
+    hashers: &mut [RunningHash],
 ) -> Result<u64, Error> {
     let mut size = 0u64;
     let mut buf = Vec::with_capacity(CHUNK_SIZE);
@@ -176,7 +158,7 @@ impl Guest for Provider {
         if let Some(why) = layout::check_name(&name) {
             return Err(Error::InvalidName(why.into()));
         }
-        let mut hashers = hashes.iter().map(Hasher::restore).collect::<Result<Vec<_>, _>>()?;
+        let mut hashers = hashes.iter().map(restore_hash).collect::<Result<Vec<_>, _>>()?;
         let store = open().await?;
         let key = layout::record_key(&name);
         if store.exists(&key).await.map_err(kv)? {
@@ -204,7 +186,7 @@ impl Guest for Provider {
             pending.discard().await;
             return Err(e);
         }
-        Ok(Written { size, hashes: hashers.iter().map(Hasher::save).collect() })
+        Ok(Written { size, hashes: hashers.iter().map(save_hash).collect() })
     }
 
     async fn read(
