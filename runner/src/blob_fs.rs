@@ -249,6 +249,38 @@ pub fn read_chunks(mut file: File, mut length: u64, mut sink: impl FnMut(Vec<u8>
     Ok(())
 }
 
+/// Bytes per mapping of [`map_chunks`]: each is one mmap/munmap pair, so larger is fewer
+/// syscalls and TLB flushes; the Wasmtime HTTP body takes up to 1 MiB at a time.
+pub const MAP_CHUNK: u64 = 1024 * 1024;
+
+/// Hand `length` bytes of `file` from its current position to `sink` as mapped chunks of the
+/// page cache, until it says stop. Compared with [`read_chunks`] this saves the kernel's copy
+/// into a user buffer (a fifth of the CPU of a pull), and the chunks are not heap memory.
+///
+/// Only for committed objects: they are never modified or truncated in place (writes go to a
+/// temp file that is linked into place, deletes unlink), so the mapped bytes cannot change or
+/// disappear under a reader.
+pub fn map_chunks(
+    mut file: File,
+    mut length: u64,
+    mut sink: impl FnMut(bytes::Bytes) -> bool,
+) -> Result<(), BlobError> {
+    let mut offset = file.stream_position()?;
+    while length > 0 {
+        let len = MAP_CHUNK.min(length);
+        // SAFETY: see above: a committed object's file is never changed while it is open.
+        // `populate` faults the pages in here, on the blocking reader thread, so the copy that
+        // takes them later does not stop on page faults.
+        let map = unsafe { memmap2::MmapOptions::new().offset(offset).len(len as usize).populate().map(&file)? };
+        offset += len;
+        length -= len;
+        if !sink(bytes::Bytes::from_owner(map)) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +306,40 @@ mod tests {
         })
         .unwrap();
         out
+    }
+
+    #[test]
+    fn mapped_reads_give_exactly_the_range_at_any_offset() {
+        let (_dir, store) = store();
+        let size = 2 * MAP_CHUNK as usize + 12_345;
+        let bytes: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        put(&store, "big", &bytes);
+        for (offset, length) in
+            [(0, None), (1, Some(4095)), (4097, Some(MAP_CHUNK + 3)), (MAP_CHUNK - 1, None), (size as u64, None)]
+        {
+            let (file, length) = store.open_range("big", offset, length).unwrap();
+            let mut out = Vec::new();
+            let mut chunks = 0;
+            map_chunks(file, length, |c| {
+                assert!(c.len() as u64 <= MAP_CHUNK);
+                chunks += 1;
+                out.extend_from_slice(&c);
+                true
+            })
+            .unwrap();
+            let start = offset as usize;
+            assert_eq!(out, bytes[start..start + length as usize], "offset {offset} length {length}");
+            assert_eq!(chunks as u64, length.div_ceil(MAP_CHUNK));
+        }
+        // The sink can stop the read.
+        let (file, length) = store.open_range("big", 0, None).unwrap();
+        let mut calls = 0;
+        map_chunks(file, length, |_| {
+            calls += 1;
+            false
+        })
+        .unwrap();
+        assert_eq!(calls, 1);
     }
 
     #[test]

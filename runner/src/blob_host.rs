@@ -193,8 +193,8 @@ fn stream_files<T>(
         let _trim = (total >= LARGE_TRANSFER).then_some(TrimOnDrop);
         for (file, length) in files {
             let mut open = true;
-            let read = blob_fs::read_chunks(file, length, |chunk| {
-                open = tx.blocking_send(Ok(chunk.into())).is_ok();
+            let read = blob_fs::map_chunks(file, length, |chunk| {
+                open = tx.blocking_send(Ok(chunk)).is_ok();
                 open
             });
             if let Err(e) = read {
