@@ -122,7 +122,7 @@ async fn sha512_blobs_push_and_pull() {
     let other_digest = format!("sha512:{}", hex::encode(sha2::Sha512::digest(&other)));
     let response = reg.http.patch(reg.at(&location)).body(other.clone()).send().await.unwrap();
     let location = header(&response, "location");
-    let response = reg.http.put(format!("{}&digest={other_digest}", reg.at(&location))).send().await.unwrap();
+    let response = reg.finish_upload(&location, &other_digest, &[]).await;
     assert_eq!(response.status(), 201);
     for (d, bytes) in [(digest, blob), (other_digest, other)] {
         let got = reg.get(&format!("/v2/r/blobs/{d}")).await;
@@ -178,22 +178,14 @@ async fn chunked_patches_with_content_range_then_put() {
     let mut location = reg.start_upload("r").await;
     for (i, chunk) in blob.chunks(10_000).enumerate() {
         let start = i * 10_000;
-        let response = reg
-            .http
-            .patch(reg.at(&location))
-            .header("content-range", format!("{start}-{}", start + chunk.len() - 1))
-            .header("content-type", "application/octet-stream")
-            .body(chunk.to_vec())
-            .send()
-            .await
-            .unwrap();
+        let response = reg.patch_chunk(&location, start as u64, chunk).await;
         assert_eq!(response.status(), 202);
         assert_eq!(header(&response, "range"), format!("0-{}", start + chunk.len() - 1));
         let next = header(&response, "location");
         assert_ne!(next, location, "each chunk gives a new Location");
         location = next;
     }
-    let response = reg.http.put(format!("{}&digest={digest}", reg.at(&location))).send().await.unwrap();
+    let response = reg.finish_upload(&location, &digest, &[]).await;
     assert_eq!(response.status(), 201);
     assert!(reg.get(&format!("/v2/r/blobs/{digest}")).await.bytes().await.unwrap() == blob);
 }
@@ -203,43 +195,17 @@ async fn an_out_of_order_chunk_is_416_and_the_session_survives() {
     let (_d, _r, reg) = start();
     let blob = PseudoRandom::bytes(4, 2000);
     let location = reg.start_upload("r").await;
-    let response = reg
-        .http
-        .patch(reg.at(&location))
-        .header("content-range", "0-999")
-        .body(blob[..1000].to_vec())
-        .send()
-        .await
-        .unwrap();
+    let response = reg.patch_chunk(&location, 0, &blob[..1000]).await;
     let location = header(&response, "location");
-    let response = reg
-        .http
-        .patch(reg.at(&location))
-        .header("content-range", "1500-1999")
-        .body(blob[1500..].to_vec())
-        .send()
-        .await
-        .unwrap();
+    let response = reg.patch_chunk(&location, 1500, &blob[1500..]).await;
     assert_eq!(response.status(), 416);
     assert_eq!(header(&response, "range"), "0-999");
     let status = reg.get(&location).await;
     assert_eq!(status.status(), 204);
     assert_eq!(header(&status, "range"), "0-999");
-    let response = reg
-        .http
-        .patch(reg.at(&location))
-        .header("content-range", "1000-1999")
-        .body(blob[1000..].to_vec())
-        .send()
-        .await
-        .unwrap();
+    let response = reg.patch_chunk(&location, 1000, &blob[1000..]).await;
     assert_eq!(response.status(), 202);
-    let response = reg
-        .http
-        .put(format!("{}&digest={}", reg.at(&header(&response, "location")), sha256(&blob)))
-        .send()
-        .await
-        .unwrap();
+    let response = reg.finish_upload(&header(&response, "location"), &sha256(&blob), &[]).await;
     assert_eq!(response.status(), 201);
 }
 
@@ -283,8 +249,7 @@ async fn docker_push_sequence_post_streamed_patch_put() {
         .unwrap();
     assert_eq!(response.status(), 202);
     assert_eq!(header(&response, "range"), format!("0-{}", blob.len() - 1));
-    let response =
-        reg.http.put(format!("{}&digest={digest}", reg.at(&header(&response, "location")))).send().await.unwrap();
+    let response = reg.finish_upload(&header(&response, "location"), &digest, &[]).await;
     assert_eq!(response.status(), 201);
     assert!(reg.get(&format!("/v2/r/blobs/{digest}")).await.bytes().await.unwrap() == blob);
 }
@@ -305,14 +270,7 @@ async fn put_with_a_final_chunk_completes_the_upload() {
     let blob = PseudoRandom::bytes(10, 20_000);
     let digest = sha256(&blob);
     let location = reg.start_upload("r").await;
-    let response = reg
-        .http
-        .patch(reg.at(&location))
-        .header("content-range", "0-9999")
-        .body(blob[..10_000].to_vec())
-        .send()
-        .await
-        .unwrap();
+    let response = reg.patch_chunk(&location, 0, &blob[..10_000]).await;
     let location = header(&response, "location");
     let response = reg
         .http
@@ -369,14 +327,7 @@ async fn an_upload_resumes_after_the_runner_restarts() {
         let runner = Runner::start(data.path());
         let reg = Registry::new(&runner);
         let location = reg.start_upload("r").await;
-        let response = reg
-            .http
-            .patch(reg.at(&location))
-            .header("content-range", "0-24999")
-            .body(blob[..25_000].to_vec())
-            .send()
-            .await
-            .unwrap();
+        let response = reg.patch_chunk(&location, 0, &blob[..25_000]).await;
         assert_eq!(response.status(), 202);
         runner.stop();
         header(&response, "location")
@@ -386,21 +337,9 @@ async fn an_upload_resumes_after_the_runner_restarts() {
     let status = reg.get(&location).await;
     assert_eq!(status.status(), 204);
     assert_eq!(header(&status, "range"), "0-24999");
-    let response = reg
-        .http
-        .patch(reg.at(&location))
-        .header("content-range", "25000-49999")
-        .body(blob[25_000..].to_vec())
-        .send()
-        .await
-        .unwrap();
+    let response = reg.patch_chunk(&location, 25_000, &blob[25_000..]).await;
     assert_eq!(response.status(), 202);
-    let response = reg
-        .http
-        .put(format!("{}&digest={}", reg.at(&header(&response, "location")), sha256(&blob)))
-        .send()
-        .await
-        .unwrap();
+    let response = reg.finish_upload(&header(&response, "location"), &sha256(&blob), &[]).await;
     assert_eq!(response.status(), 201);
     assert!(reg.get(&format!("/v2/r/blobs/{}", sha256(&blob))).await.bytes().await.unwrap() == blob);
 }
@@ -839,8 +778,7 @@ async fn a_gib_streamed_docker_patch_keeps_runner_memory_bounded() {
     let location = reg.start_upload("big").await;
     let response = reg.http.patch(reg.at(&location)).body(reqwest::Body::wrap_stream(generate())).send().await.unwrap();
     assert_eq!(response.status(), 202);
-    let response =
-        reg.http.put(format!("{}&digest={digest}", reg.at(&header(&response, "location")))).send().await.unwrap();
+    let response = reg.finish_upload(&header(&response, "location"), &digest, &[]).await;
     assert_eq!(response.status(), 201);
     let peak = runner.peak_rss();
     println!("runner peak RSS during a 1 GiB streamed PATCH: {} MiB", peak >> 20);
