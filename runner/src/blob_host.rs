@@ -7,9 +7,10 @@ use crate::bindings::berth::blob_store::store::{
 };
 use crate::blob_fs::{self, BlobError, FsBlobStore};
 use crate::host::Host;
-use crate::streams::{ChannelConsumer, ChannelProducer};
+use crate::streams::{self, ChannelConsumer, ChannelProducer};
 use berth_hash_state::{Algorithm, RunningHash};
-use wasmtime::component::{Accessor, FutureReader, HasData, Linker, StreamReader};
+use bytes::Bytes;
+use wasmtime::component::{Accessor, HasData, Linker, StreamReader};
 
 pub struct BlobStoreHost;
 
@@ -148,7 +149,7 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
 impl wit::Host for &mut Host {}
 
 /// A read in progress: the bytes, and the outcome once they have all gone (or not).
-type Transfer = (StreamReader<u8>, FutureReader<Result<(), Error>>);
+type Transfer = streams::GuestStream<u8, Error>;
 
 /// Reads up to this many bytes are done in place rather than streamed by a blocking thread.
 const SMALL_READ: u64 = 64 * 1024;
@@ -173,12 +174,12 @@ fn read_small(store: &FsBlobStore, extents: &[Extent]) -> Result<Vec<u8>, BlobEr
 
 /// A stream of bytes already in memory. The future tells when they have all been taken.
 fn stream_bytes<T>(accessor: &Accessor<T, BlobStoreHost>, bytes: Vec<u8>) -> wasmtime::Result<Transfer> {
-    let (tx, producer, done) = ChannelProducer::new();
+    let (tx, producer, done) = ChannelProducer::<u8, Bytes>::new();
     if !bytes.is_empty() {
         tx.try_send(Ok(bytes.into())).expect("a new channel has room for one chunk");
     }
     drop(tx);
-    transfer(accessor, producer, done)
+    streams::to_guest(accessor, producer, done, Error::Other)
 }
 
 /// A stream fed by a blocking thread that reads the files one after another. If the reader goes
@@ -187,7 +188,7 @@ fn stream_files<T>(
     accessor: &Accessor<T, BlobStoreHost>,
     files: Vec<(std::fs::File, u64)>,
 ) -> wasmtime::Result<Transfer> {
-    let (tx, producer, done) = ChannelProducer::new();
+    let (tx, producer, done) = ChannelProducer::<u8, Bytes>::new();
     let total: u64 = files.iter().map(|(_, length)| length).sum();
     tokio::task::spawn_blocking(move || {
         let _trim = (total >= LARGE_TRANSFER).then_some(TrimOnDrop);
@@ -208,7 +209,7 @@ fn stream_files<T>(
             }
         }
     });
-    transfer(accessor, producer, done)
+    streams::to_guest(accessor, producer, done, Error::Other)
 }
 
 /// Releases free memory when the transfer thread ends, however it ends.
@@ -218,19 +219,4 @@ impl Drop for TrimOnDrop {
     fn drop(&mut self) {
         crate::serve::release_free_memory();
     }
-}
-
-fn transfer<T>(
-    accessor: &Accessor<T, BlobStoreHost>,
-    producer: ChannelProducer<u8>,
-    done: tokio::sync::oneshot::Receiver<Result<(), String>>,
-) -> wasmtime::Result<Transfer> {
-    accessor.with(|mut access| {
-        let stream = StreamReader::new(&mut access, producer)?;
-        let done = FutureReader::new(&mut access, async move {
-            let outcome = done.await.unwrap_or_else(|_| Err("the transfer was abandoned".into()));
-            wasmtime::error::Ok(outcome.map_err(Error::Other))
-        })?;
-        Ok((stream, done))
-    })
 }

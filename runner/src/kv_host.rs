@@ -1,14 +1,14 @@
 //! `spin:key-value@3.0.0` for the component, over [`KvStores`] (SQLite). Writes (which fsync)
-//! and key listings (a page at a time) run on blocking threads so a slow disk never stalls the event loop; `get`
-//! and `exists` run where they are asked, on the thread's own read connection (see `kv.rs`):
-//! handing each to a blocking thread and back cost more than the read itself.
+//! and key listings (a page at a time) run on blocking threads so a slow disk never stalls the
+//! event loop; `get` and `exists` run where they are asked, on the thread's own read connection
+//! (see `kv.rs`): handing each to a blocking thread and back cost more than the read itself.
 
 use crate::bindings::spin::key_value::key_value::{self as wit, Error};
 use crate::host::Host;
 use crate::kv::{OpenError, SqliteStore};
-use crate::streams::ChannelProducer;
+use crate::streams::{self, ChannelProducer};
 use std::sync::Arc;
-use wasmtime::component::{Access, Accessor, FutureReader, HasData, Linker, Resource, StreamReader, VecBuffer};
+use wasmtime::component::{Access, Accessor, HasData, Linker, Resource, VecBuffer};
 
 /// Keys per page of a listing (and per chunk of its stream).
 const KEYS_PER_PAGE: usize = 256;
@@ -92,7 +92,7 @@ impl<T> wit::HostStoreWithStore<T> for KeyValueHost {
     async fn get_keys(
         accessor: &Accessor<T, Self>,
         store: Resource<KvHandle>,
-    ) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), Error>>)> {
+    ) -> wasmtime::Result<streams::GuestStream<String, Error>> {
         let db = handle(accessor, &store)?;
         let (tx, producer, done) = ChannelProducer::<String, VecBuffer<String>>::new();
         // A blocking thread lists the keys a page at a time; the bounded channel holds it back
@@ -117,13 +117,7 @@ impl<T> wit::HostStoreWithStore<T> for KeyValueHost {
                 }
             }
         });
-        accessor.with(|mut access| {
-            let stream = StreamReader::new(&mut access, producer)?;
-            let future = FutureReader::new(&mut access, async move {
-                wasmtime::error::Ok(done.await.unwrap_or_else(|_| Err("listing stopped".into())).map_err(Error::Other))
-            })?;
-            Ok((stream, future))
-        })
+        streams::to_guest(accessor, producer, done, Error::Other)
     }
 }
 

@@ -9,7 +9,10 @@ use std::task::{Context, Poll};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
 use wasmtime::StoreContextMut;
-use wasmtime::component::{Destination, Source, StreamConsumer, StreamProducer, StreamResult, WriteBuffer};
+use wasmtime::component::{
+    Accessor, Destination, FutureReader, HasData, Lift, Lower, Source, StreamConsumer, StreamProducer, StreamReader,
+    StreamResult, WriteBuffer,
+};
 
 /// Chunks in flight per stream.
 pub const DEPTH: usize = 4;
@@ -131,4 +134,34 @@ where
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+/// A stream for the guest and the future of how it ended.
+pub type GuestStream<I, E> = (StreamReader<I>, FutureReader<Result<(), E>>);
+
+/// Hand `producer` to the guest as a stream, with the future that resolves to how the stream
+/// ended once the guest has taken everything (`error` is the interface's error for a failure).
+/// Every host call that answers with a stream and a completion future goes through here.
+pub fn to_guest<T, D, I, B, E>(
+    accessor: &Accessor<T, D>,
+    producer: ChannelProducer<I, B>,
+    done: oneshot::Receiver<Result<(), String>>,
+    error: fn(String) -> E,
+) -> wasmtime::Result<GuestStream<I, E>>
+where
+    D: HasData + ?Sized,
+    I: Lower + Lift + Send + Sync + 'static,
+    B: WriteBuffer<I> + Default + Unpin + Send + 'static,
+    Result<(), E>: Lower + Lift + Send + Sync + 'static,
+{
+    accessor.with(|mut access| {
+        let stream = StreamReader::new(&mut access, producer)?;
+        let outcome = FutureReader::new(&mut access, async move {
+            // The producer always reports before it goes away (its Drop does); a lost report
+            // still must not read as success.
+            let outcome = done.await.unwrap_or_else(|_| Err("the stream ended without a report".into()));
+            wasmtime::error::Ok(outcome.map_err(error))
+        })?;
+        Ok((stream, outcome))
+    })
 }
