@@ -68,22 +68,64 @@ pub async fn linked<M: MetaStore, B>(
     record(stores, digest).await?.ok_or_else(unknown)
 }
 
-/// Make a verified blob known and link it to `name`. The record is written before the link, so a
-/// link never points at nothing. If the blob exists already, the new parts are dropped.
+/// What [`commit`] did with a verified blob's parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Commit {
+    /// The blob record now names these parts.
+    Adopted,
+    /// The blob was already stored, whole, in the record's own parts: the new parts are not
+    /// needed (the caller removes them; none of them is named by `existing`).
+    Existing(BlobRecord),
+}
+
+/// Make a verified blob known as `blob`'s parts, unless it is already stored whole.
+///
+/// A record whose parts are all there is never replaced, and its parts are never discarded
+/// here. A record that lost a part (damage from before this rule) is replaced by
+/// compare-and-swap, so a re-push repairs it. A new record is a plain write: a key-value store
+/// offers no exclusive create of a new key (Spin's SQLite swap of an absent key is an upsert),
+/// so two first pushes of one blob may both write one; the session that wrote the record keeps
+/// its claim on its parts until the sweep has checked, after a grace time, which record stayed
+/// (`crate::uploads`).
 pub async fn commit<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
-    name: &RepoName,
     digest: &Digest,
-    blob: BlobRecord,
-) -> Result<(), RegistryError> {
-    match record(stores, digest).await? {
-        Some(existing) if existing.size == blob.size => discard(stores, &blob.parts).await,
-        _ => {
-            let json = serde_json::to_vec(&blob).expect("records serialize");
-            stores.meta.set(&keys::blob(digest), &json).await.map_err(internal)?;
+    blob: &BlobRecord,
+) -> Result<Commit, RegistryError> {
+    let key = keys::blob(digest);
+    let json = serde_json::to_vec(blob).expect("records serialize");
+    loop {
+        let Some(current) = stores.meta.get(&key).await.map_err(internal)? else {
+            stores.meta.set(&key, &json).await.map_err(internal)?;
+            return Ok(Commit::Adopted);
+        };
+        let existing = serde_json::from_slice::<BlobRecord>(&current).ok();
+        if let Some(existing) = existing.as_ref().filter(|e| e.size == blob.size)
+            && parts_present(stores, existing).await?
+        {
+            return Ok(Commit::Existing(existing.clone()));
+        }
+        if stores.meta.compare_and_swap(&key, &current, &json).await.map_err(internal)? {
+            if let Some(broken) = existing {
+                let orphans: Vec<Part> = broken.parts.into_iter().filter(|p| !blob.parts.contains(p)).collect();
+                discard(stores, &orphans).await;
+            }
+            return Ok(Commit::Adopted);
+        }
+        // Another request changed the record meanwhile: look again.
+    }
+}
+
+/// Whether every object the record names is there, with its size.
+pub async fn parts_present<M, B: BlobStore>(stores: &Stores<M, B>, record: &BlobRecord) -> Result<bool, RegistryError> {
+    for part in &record.parts {
+        match stores.blobs.size(&part.name).await {
+            Ok(size) if size == part.size => {}
+            Ok(_) | Err(StoreError::NotFound) => return Ok(false),
+            Err(e) => return Err(internal(e)),
         }
     }
-    link(stores, name, digest).await
+    Ok(true)
 }
 
 /// Let repository `name` serve an existing blob (and list the repository in the catalog).
@@ -96,11 +138,33 @@ pub async fn link<M: MetaStore, B: BlobStore>(
     mark(stores, &keys::repo_marker(name), Vec::new()).await
 }
 
-/// Create an index object (a fact that listings enumerate). It may exist already: facts are
-/// immutable, so an existing one is the same fact.
+/// Create an index object (an entry that listings enumerate and check against its fact). It
+/// may exist already: an entry's content is fixed by its name, so an existing one is the same.
+///
+/// "Already exists" while no object can be seen means a concurrent removal came in between (try
+/// again), or, after several tries, a name that a crash left claimed but empty in a store whose
+/// exclusive create is a claim (the key-value provider): deleting it clears the claim.
 pub async fn mark<M, B: BlobStore>(stores: &Stores<M, B>, object: &str, content: Vec<u8>) -> Result<(), RegistryError> {
-    match stores.blobs.write_bytes(object, content).await {
-        Ok(()) | Err(StoreError::AlreadyExists) => Ok(()),
+    const TRIES: usize = 8;
+    for attempt in 0..TRIES {
+        match stores.blobs.write_bytes(object, content.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(StoreError::AlreadyExists) if marked(stores, object).await? => return Ok(()),
+            Err(StoreError::AlreadyExists) if attempt >= TRIES / 2 => {
+                let _ = stores.blobs.delete(object).await;
+            }
+            Err(StoreError::AlreadyExists) => {}
+            Err(e) => return Err(internal(e)),
+        }
+    }
+    Err(internal(StoreError::Other(format!("index entry {object} cannot be created"))))
+}
+
+/// Whether an index object exists.
+pub async fn marked<M, B: BlobStore>(stores: &Stores<M, B>, object: &str) -> Result<bool, RegistryError> {
+    match stores.blobs.size(object).await {
+        Ok(_) => Ok(true),
+        Err(StoreError::NotFound) => Ok(false),
         Err(e) => Err(internal(e)),
     }
 }

@@ -1,27 +1,31 @@
-//! Typed key-value keys: the whole metadata layout in one place.
+//! Typed key-value keys and blob store object names: the whole storage layout in one place.
 //!
+//! Key-value (one key per fact; see docs/consistency.md):
 //! ```text
 //! blob/<alg>/<hex>                        BlobRecord: size and the objects holding the bytes
 //! repo/<repo-key>/link/<alg>/<hex>        "1": the blob may be served from this repository
 //! repo/<repo-key>/manifest/<alg>/<hex>    ManifestRecord: the manifest is in this repository
 //! repo/<repo-key>/tag/<tag>               the digest the tag points at
-//! upload/<id>                             UploadSession
+//! upload/<id>                             UploadSession (changed only by compare-and-swap)
 //! ```
 //! `<repo-key>` is the repository name when the key stays under [`MAX_KEY_LEN`], else
-//! `~` + sha256(name): names may be 255 characters and sha512 digests 128, while hosts such as
-//! DynamoDB and Cosmos cap keys near 250 bytes. `~` cannot start a repository name.
+//! `_` + sha256(name): names may be 255 characters and sha512 digests 128, while hosts such as
+//! DynamoDB and Cosmos cap keys near 250 bytes. A repository name component cannot start with
+//! `_`, and every store accepts the form.
 //!
-//! Blob store objects:
+//! Blob store objects. Data and index entries live apart, so that a listing reads only the
+//! entries it pages through, never the data of every blob ever pushed:
 //! ```text
-//! parts/<32 hex random>                          a whole blob (or manifest) written by one request
-//! uploads/<id>/<version>                         one chunk of an upload session
-//! index/repos/<name>                             a repository exists (the catalog)
-//! index/tags/<repo-key>/<tag>                    a tag exists (tag listing)
-//! index/referrers/<repo-key>/<alg>/<hex>/<alg>-<hex>  a referrer of a subject: its descriptor
+//! uploads/<id>/<32 hex random>                          bytes written by one request of upload <id>
+//! index/uploads/<id>                                    upload <id> may own objects (the sweep's list)
+//! index/repos/<name>                                    a repository exists (the catalog)
+//! index/tags/<repo-key>/_/<tag>                         a tag exists (tag listing)
+//! index/referrers/<repo-key>/_/<alg>/<hex>/<alg>-<hex>  a referrer of a subject: its descriptor
 //! ```
-//! The `index/` objects are how listings work without compare-and-swap: each fact is its own
-//! object (no read-modify-write of a shared list), and the blob store lists them by prefix in
-//! lexical order with a cursor. See docs/consistency.md.
+//! The `_` component ends the repository part of an index name: no repository name has a `_`
+//! component, so the entries of `a` and of a nested `a/b` never share a prefix and a listing of
+//! one never reads the other's. Each index entry is its own object (no read-modify-write of a
+//! shared list), listed by prefix in lexical order with a cursor, and checked against its fact.
 
 use crate::digest::{Algorithm, Digest};
 use crate::name::{RepoName, Tag};
@@ -35,7 +39,7 @@ fn repo_key(name: &RepoName) -> String {
     if "repo/".len() + name.as_str().len() + 1 + LONGEST_REPO_SUFFIX <= MAX_KEY_LEN {
         name.as_str().to_owned()
     } else {
-        format!("~{}", Digest::of(Algorithm::Sha256, name.as_str().as_bytes()).hex())
+        format!("_{}", Digest::of(Algorithm::Sha256, name.as_str().as_bytes()).hex())
     }
 }
 
@@ -59,8 +63,20 @@ pub fn upload(id: &str) -> String {
     format!("upload/{id}")
 }
 
-pub fn upload_chunk(id: &str, version: u64) -> String {
-    format!("uploads/{id}/{version:012}")
+/// Every object upload `id` writes starts with this.
+pub fn upload_objects(id: &str) -> String {
+    format!("uploads/{id}/")
+}
+
+/// A fresh object name for bytes that upload `id` writes.
+pub fn upload_object(id: &str, random: [u8; 16]) -> String {
+    format!("{}{}", upload_objects(id), hex::encode(random))
+}
+
+pub const UPLOADS_INDEX_PREFIX: &str = "index/uploads/";
+
+pub fn upload_index(id: &str) -> String {
+    format!("{UPLOADS_INDEX_PREFIX}{id}")
 }
 
 pub fn repo_marker(name: &RepoName) -> String {
@@ -70,20 +86,30 @@ pub fn repo_marker(name: &RepoName) -> String {
 pub const REPOS_PREFIX: &str = "index/repos/";
 
 pub fn tags_prefix(name: &RepoName) -> String {
-    format!("index/tags/{}/", repo_key(name))
+    format!("index/tags/{}/_/", repo_key(name))
+}
+
+pub fn tag_entry(name: &RepoName, tag: &Tag) -> String {
+    format!("{}{}", tags_prefix(name), tag.as_str())
 }
 
 pub fn referrers_prefix(name: &RepoName, subject: &Digest) -> String {
-    format!("index/referrers/{}/{}/{}/", repo_key(name), subject.algorithm().as_str(), subject.hex())
+    format!("index/referrers/{}/_/{}/{}/", repo_key(name), subject.algorithm().as_str(), subject.hex())
 }
 
 pub fn referrer(name: &RepoName, subject: &Digest, referrer: &Digest) -> String {
-    format!("{}{}-{}", referrers_prefix(name, subject), referrer.algorithm().as_str(), referrer.hex())
+    format!("{}{}", referrers_prefix(name, subject), referrer_entry_name(referrer))
 }
 
-/// A fresh object name for bytes being written.
-pub fn new_part(random: [u8; 16]) -> String {
-    format!("parts/{}", hex::encode(random))
+/// The last component of a referrer's index entry.
+pub fn referrer_entry_name(referrer: &Digest) -> String {
+    format!("{}-{}", referrer.algorithm().as_str(), referrer.hex())
+}
+
+/// The referrer a referrer entry's last component names (`None` for anything else).
+pub fn parse_referrer_entry_name(entry: &str) -> Option<Digest> {
+    let (algorithm, hex) = entry.split_once('-')?;
+    Digest::parse(&format!("{algorithm}:{hex}")).ok()
 }
 
 #[cfg(test)]
@@ -98,6 +124,26 @@ mod tests {
         assert!(manifest(&long, &sha512).len() <= MAX_KEY_LEN);
         assert!(tag(&long, &Tag::parse(&"t".repeat(128)).unwrap()).len() <= MAX_KEY_LEN);
         assert!(blob(&sha512).len() <= MAX_KEY_LEN);
+    }
+
+    #[test]
+    fn index_entries_of_a_repository_never_share_a_prefix_with_a_nested_one() {
+        let subject = Digest::of(Algorithm::Sha256, b"s");
+        let outer = RepoName::parse("a").unwrap();
+        let nested = RepoName::parse(&format!("a/sha256/{}", subject.hex())).unwrap();
+        let r = Digest::of(Algorithm::Sha256, b"r");
+        assert!(!referrer(&nested, &subject, &r).starts_with(&referrers_prefix(&outer, &subject)));
+        let tag = Tag::parse("t").unwrap();
+        assert!(!tag_entry(&RepoName::parse("a/b").unwrap(), &tag).starts_with(&tags_prefix(&outer)));
+        assert_eq!(parse_referrer_entry_name(&referrer_entry_name(&r)), Some(r));
+    }
+
+    #[test]
+    fn long_repository_names_are_hashed_into_a_form_every_store_accepts() {
+        let long = RepoName::parse(&"a".repeat(120)).unwrap();
+        let key = tags_prefix(&long);
+        assert!(key.starts_with("index/tags/_") && key.len() < 100, "{key}");
+        assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_".contains(&b)));
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod reference;
 pub mod route;
 pub mod store;
 pub mod upload;
+pub mod uploads;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -28,15 +28,21 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-/// Metadata: small values under string keys (Spin key-value).
+/// Metadata: small values under string keys (Spin key-value, with the atomics of
+/// `wasi:keyvalue`).
 ///
 /// Contract: `set` overwrites; `delete` of a missing key succeeds; values are small (well under
-/// 400 KB) and keys under 250 bytes. There is no compare-and-swap.
+/// 400 KB) and keys under 250 bytes. `compare_and_swap` is the one atomic step the registry's
+/// claims are built on (docs/consistency.md).
 #[allow(async_fn_in_trait)]
 pub trait MetaStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Replace the value of `key` with `new` if, and only if, it is still `expected`: `false`
+    /// when it is not (changed or deleted meanwhile). The key must exist: swapping an absent
+    /// key is an unconditional upsert on Spin 4.1's SQLite backend, so Berth never relies on it.
+    async fn compare_and_swap(&self, key: &str, expected: &[u8], new: &[u8]) -> Result<bool, StoreError>;
 }
 
 /// A byte range of one stored object.
@@ -103,7 +109,7 @@ pub struct Stores<M, B> {
 /// Settings (Spin variables in the component, parsed by [`crate::config`]).
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Upload sessions untouched for longer than this are gone.
+    /// Upload sessions untouched (no chunk) for longer than this are gone.
     pub upload_expiry_secs: u64,
     pub auth: crate::auth::config::AuthConfig,
 }

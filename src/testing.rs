@@ -20,6 +20,16 @@ impl MetaStore for MemMeta {
         self.0.borrow_mut().remove(key);
         Ok(())
     }
+    async fn compare_and_swap(&self, key: &str, expected: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+        let mut map = self.0.borrow_mut();
+        match map.get_mut(key) {
+            Some(value) if value.as_slice() == expected => {
+                *value = new.to_vec();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
 }
 
 #[derive(Default)]

@@ -1,8 +1,10 @@
 //! The blob store on the filesystem: one file per object under `<data>/blobs/`.
 //!
 //! A write goes to a temp file in `<data>/blobs/.tmp/`, is fsynced, then hard-linked into place
-//! (which fails if the name exists, so objects stay immutable) and its directory fsynced: a
-//! crash never leaves a half object visible. Names are checked so that none can leave the root.
+//! (which fails if the name exists, so objects stay immutable), and every directory the link
+//! changed or created is fsynced: a crash never leaves a half object visible, nor loses one
+//! whose commit returned. A delete unlinks, fsyncs, and removes the directories it left empty.
+//! Names are checked so that none can leave the root.
 
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom, Write};
@@ -26,10 +28,14 @@ impl From<io::Error> for BlobError {
     }
 }
 
-pub const READ_CHUNK: usize = 256 * 1024;
+/// Bytes per read(2) of [`read_chunks`]: one chunk is one syscall and one buffer handed on
+/// whole (the Wasmtime HTTP body takes up to 1 MiB at a time).
+pub const READ_CHUNK: usize = 1024 * 1024;
 /// Bytes written between two nudges of the kernel's writeback (Linux), so that the fsync at
 /// commit finds most of a large object already on its way to disk instead of all of it dirty.
 const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
+/// Times a commit makes the object's directory again when a delete keeps removing it.
+const LINK_ATTEMPTS: usize = 5;
 const TMP_DIR: &str = ".tmp";
 const OBJECT_SUFFIX: char = '~';
 
@@ -54,9 +60,34 @@ pub fn validate_name(name: &str) -> Result<(), BlobError> {
 }
 
 impl FsBlobStore {
+    /// Open the store at `root` (creating it), clearing what writes the last run was killed in
+    /// the middle of left behind.
     pub fn new(root: PathBuf) -> io::Result<FsBlobStore> {
         fs::create_dir_all(root.join(TMP_DIR))?;
-        Ok(FsBlobStore { root })
+        let store = FsBlobStore { root };
+        let removed = store.clear_tmp()?;
+        if removed > 0 {
+            println!("berth-runner: removed {removed} temp file(s) of blob writes interrupted by the last stop");
+        }
+        Ok(store)
+    }
+
+    /// Remove every file in the temp dir; returns how many. Only safe while no write is in
+    /// progress, so only at start (a temp file there now belongs to a process that is gone).
+    fn clear_tmp(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(self.root.join(TMP_DIR))? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                continue; // never made by the store: not ours to judge
+            }
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
     }
 
     /// Object `a/b` is the file `a/b~`: the suffix keeps an object `a` (file `a~`) and an object
@@ -76,7 +107,7 @@ impl FsBlobStore {
         getrandom::fill(&mut random).map_err(|e| BlobError::Other(e.to_string()))?;
         let tmp = self.root.join(TMP_DIR).join(random.iter().map(|b| format!("{b:02x}")).collect::<String>());
         let file = File::create_new(&tmp)?;
-        Ok(ObjectWriter { file, tmp, target, size: 0, flushed: 0 })
+        Ok(ObjectWriter { file, tmp, target, root: self.root.clone(), size: 0, flushed: 0 })
     }
 
     pub fn size(&self, name: &str) -> Result<u64, BlobError> {
@@ -96,9 +127,33 @@ impl FsBlobStore {
         Ok((file, length))
     }
 
+    /// Unlink `name` durably, then remove the directories that left empty. A missing object
+    /// is `NotFound`, but its directories are still tidied: a crash between the unlink and the
+    /// removals may have left them.
     pub fn delete(&self, name: &str) -> Result<(), BlobError> {
-        fs::remove_file(self.path(name)?)?;
-        Ok(())
+        let path = self.path(name)?;
+        let dir = path.parent().expect("object paths are under the root");
+        let unlinked = fs::remove_file(&path);
+        if unlinked.is_ok() {
+            sync_dir(&self.root, dir)?;
+        }
+        self.remove_empty_dirs(dir);
+        Ok(unlinked?)
+    }
+
+    /// Remove `dir` and its ancestors below the root while they are empty, fsyncing the parent
+    /// of each. Best effort: an empty directory left behind costs nothing but an inode, and a
+    /// commit that finds its directory gone makes it again.
+    fn remove_empty_dirs(&self, mut dir: &Path) {
+        while dir != self.root && dir.starts_with(&self.root) {
+            // Fails (and stops the climb) when the directory is not empty, or already gone.
+            if fs::remove_dir(dir).is_err() {
+                return;
+            }
+            let parent = dir.parent().expect("below the root");
+            let _ = sync_dir(&self.root, parent);
+            dir = parent;
+        }
     }
 
     /// Up to `limit` names starting with `prefix`, after `cursor`, in lexical order.
@@ -145,11 +200,43 @@ fn walk(dir: &Path, name_prefix: &str, out: &mut Vec<String>) -> Result<(), Blob
     Ok(())
 }
 
+/// Make the entries of `dir` durable. If a delete has removed `dir` meanwhile, the removal is an
+/// entry of its parent, so the nearest ancestor that still exists (up to `root`) is synced.
+fn sync_dir(root: &Path, mut dir: &Path) -> io::Result<()> {
+    loop {
+        match File::open(dir) {
+            Ok(open) => return open.sync_all(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && dir != root => {
+                dir = dir.parent().expect("below the root");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Create the missing directories from `root` down to `dir`, noting each one made in `created`.
+/// Stops early, without error, where a concurrent delete removed a parent: the caller tries again.
+fn create_dirs(root: &Path, dir: &Path, created: &mut Vec<PathBuf>) -> io::Result<()> {
+    let Ok(below) = dir.strip_prefix(root) else { return Ok(()) };
+    let mut path = root.to_path_buf();
+    for component in below.components() {
+        path.push(component);
+        match fs::create_dir(&path) {
+            Ok(()) => created.push(path.clone()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// An object being written: a temp file until committed.
 pub struct ObjectWriter {
     file: File,
     tmp: PathBuf,
     target: PathBuf,
+    root: PathBuf,
     size: u64,
     /// Bytes handed to writeback so far.
     flushed: u64,
@@ -170,11 +257,32 @@ impl ObjectWriter {
     pub fn commit(self) -> Result<u64, BlobError> {
         self.file.sync_all()?;
         let dir = self.target.parent().expect("object paths are under the root");
-        fs::create_dir_all(dir)?;
-        fs::hard_link(&self.tmp, &self.target)?;
-        File::open(dir)?.sync_all()?;
+        let created = self.link_into_place(dir)?;
+        sync_dir(&self.root, dir)?;
+        // Each new directory is an entry of its parent: durable only once the parent is synced.
+        let mut parents: Vec<&Path> = created.iter().filter_map(|d| d.parent()).filter(|p| *p != dir).collect();
+        parents.sort();
+        parents.dedup();
+        for parent in parents {
+            sync_dir(&self.root, parent)?;
+        }
         Ok(self.size)
         // Drop removes the temp name.
+    }
+
+    /// Hard-link the temp file to the target, making its directory first when it is missing
+    /// (never made yet, or removed by a delete of the last object in it since); returns the
+    /// directories made.
+    fn link_into_place(&self, dir: &Path) -> Result<Vec<PathBuf>, BlobError> {
+        let mut created = Vec::new();
+        for _ in 0..LINK_ATTEMPTS {
+            match fs::hard_link(&self.tmp, &self.target) {
+                Ok(()) => return Ok(created),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => create_dirs(&self.root, dir, &mut created)?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(BlobError::Other(format!("{} kept disappearing while linking an object into it", dir.display())))
     }
 }
 
@@ -203,6 +311,11 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
+/// The file ended before the bytes its size promised: someone truncated it during the read.
+fn truncated() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "the object ended early: it was truncated during the read")
+}
+
 /// Read exactly `n` bytes into a new buffer, in one read(2) when the file allows, without first
 /// zero-filling the buffer (`read_to_end` would read in growing steps from 8 KiB instead).
 #[cfg(unix)]
@@ -215,7 +328,7 @@ fn read_new(file: &mut File, n: usize) -> io::Result<Vec<u8>> {
         // SAFETY: read(2) writes at most `spare.len()` bytes into `spare`, which we own.
         let got = unsafe { libc::read(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
         match got {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            0 => return Err(truncated()),
             n if n < 0 => {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -233,48 +346,23 @@ fn read_new(file: &mut File, n: usize) -> io::Result<Vec<u8>> {
 fn read_new(file: &mut File, n: usize) -> io::Result<Vec<u8>> {
     use std::io::Read;
     let mut chunk = vec![0; n];
-    file.read_exact(&mut chunk)?;
+    file.read_exact(&mut chunk).map_err(|e| if e.kind() == io::ErrorKind::UnexpectedEof { truncated() } else { e })?;
     Ok(chunk)
 }
 
-/// Read `length` bytes from `file` in chunks, handing each to `sink` until it says stop.
+/// Read `length` bytes from `file`'s position in chunks of [`READ_CHUNK`], handing each to
+/// `sink` until it says stop. A file that is shorter than `length` (truncated underneath the
+/// read) is an error for this read only.
+///
+/// read(2) rather than mapping the file: a mapping of a file that shrinks faults with SIGBUS,
+/// which would take the whole runner down. The copy into the buffer costs about a fifth of the
+/// CPU of a pull (see docs/benchmarks.md); the buffers are large and never zero-filled.
 pub fn read_chunks(mut file: File, mut length: u64, mut sink: impl FnMut(Vec<u8>) -> bool) -> Result<(), BlobError> {
     while length > 0 {
-        let chunk = read_new(&mut file, READ_CHUNK.min(length as usize))?;
+        let n = usize::try_from(length).unwrap_or(usize::MAX).min(READ_CHUNK);
+        let chunk = read_new(&mut file, n)?;
         length -= chunk.len() as u64;
         if !sink(chunk) {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// Bytes per mapping of [`map_chunks`]: each is one mmap/munmap pair, so larger is fewer
-/// syscalls and TLB flushes; the Wasmtime HTTP body takes up to 1 MiB at a time.
-pub const MAP_CHUNK: u64 = 1024 * 1024;
-
-/// Hand `length` bytes of `file` from its current position to `sink` as mapped chunks of the
-/// page cache, until it says stop. Compared with [`read_chunks`] this saves the kernel's copy
-/// into a user buffer (a fifth of the CPU of a pull), and the chunks are not heap memory.
-///
-/// Only for committed objects: they are never modified or truncated in place (writes go to a
-/// temp file that is linked into place, deletes unlink), so the mapped bytes cannot change or
-/// disappear under a reader.
-pub fn map_chunks(
-    mut file: File,
-    mut length: u64,
-    mut sink: impl FnMut(bytes::Bytes) -> bool,
-) -> Result<(), BlobError> {
-    let mut offset = file.stream_position()?;
-    while length > 0 {
-        let len = MAP_CHUNK.min(length);
-        // SAFETY: see above: a committed object's file is never changed while it is open.
-        // `populate` faults the pages in here, on the blocking reader thread, so the copy that
-        // takes them later does not stop on page faults.
-        let map = unsafe { memmap2::MmapOptions::new().offset(offset).len(len as usize).populate().map(&file)? };
-        offset += len;
-        length -= len;
-        if !sink(bytes::Bytes::from_owner(map)) {
             break;
         }
     }
@@ -309,19 +397,20 @@ mod tests {
     }
 
     #[test]
-    fn mapped_reads_give_exactly_the_range_at_any_offset() {
+    fn reads_give_exactly_the_range_at_any_offset_in_large_chunks() {
         let (_dir, store) = store();
-        let size = 2 * MAP_CHUNK as usize + 12_345;
+        let size = 2 * READ_CHUNK + 12_345;
         let bytes: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
         put(&store, "big", &bytes);
+        let chunk = READ_CHUNK as u64;
         for (offset, length) in
-            [(0, None), (1, Some(4095)), (4097, Some(MAP_CHUNK + 3)), (MAP_CHUNK - 1, None), (size as u64, None)]
+            [(0, None), (1, Some(4095)), (4097, Some(chunk + 3)), (chunk - 1, None), (size as u64, None)]
         {
             let (file, length) = store.open_range("big", offset, length).unwrap();
             let mut out = Vec::new();
             let mut chunks = 0;
-            map_chunks(file, length, |c| {
-                assert!(c.len() as u64 <= MAP_CHUNK);
+            read_chunks(file, length, |c| {
+                assert!(c.len() <= READ_CHUNK);
                 chunks += 1;
                 out.extend_from_slice(&c);
                 true
@@ -329,17 +418,35 @@ mod tests {
             .unwrap();
             let start = offset as usize;
             assert_eq!(out, bytes[start..start + length as usize], "offset {offset} length {length}");
-            assert_eq!(chunks as u64, length.div_ceil(MAP_CHUNK));
+            assert_eq!(chunks as u64, length.div_ceil(chunk));
         }
         // The sink can stop the read.
         let (file, length) = store.open_range("big", 0, None).unwrap();
         let mut calls = 0;
-        map_chunks(file, length, |_| {
+        read_chunks(file, length, |_| {
             calls += 1;
             false
         })
         .unwrap();
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn an_object_truncated_during_a_read_fails_that_read() {
+        let (_dir, store) = store();
+        put(&store, "big", &vec![7; 3 * READ_CHUNK]);
+        let (file, length) = store.open_range("big", 0, None).unwrap();
+        let path = store.path("big").unwrap();
+        let mut delivered = 0;
+        let read = read_chunks(file, length, |chunk| {
+            delivered += chunk.len();
+            // Someone else cuts the file short after the first chunk went out.
+            fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(READ_CHUNK as u64 + 10).unwrap();
+            true
+        });
+        let Err(BlobError::Other(why)) = read else { panic!("expected a failed read, got {read:?}") };
+        assert!(why.contains("truncated"), "{why}");
+        assert_eq!(delivered, READ_CHUNK, "nothing past the cut is handed on");
     }
 
     #[test]
@@ -362,6 +469,40 @@ mod tests {
         drop(w);
         assert_eq!(s.size("parts/x"), Err(BlobError::NotFound));
         assert_eq!(fs::read_dir(d.path().join("blobs/.tmp")).unwrap().count(), 0, "temp file cleaned up");
+    }
+
+    #[test]
+    fn a_write_never_confirmed_leaves_nothing_at_all() {
+        // What the host does when `complete` is not `true`: every byte written, no commit.
+        let (d, s) = store();
+        let mut w = s.create("repo/blobs/x").unwrap();
+        w.write(&vec![1; 3 * 1024 * 1024]).unwrap();
+        drop(w);
+        assert_eq!(s.size("repo/blobs/x"), Err(BlobError::NotFound));
+        assert_eq!(s.list("", None, 10).unwrap().0, Vec::<String>::new());
+        let left: Vec<_> = fs::read_dir(d.path().join("blobs")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [".tmp"], "no directory made for the object");
+        assert_eq!(fs::read_dir(d.path().join("blobs/.tmp")).unwrap().count(), 0, "temp file cleaned up");
+        // The name is still free.
+        put(&s, "repo/blobs/x", b"whole");
+        assert_eq!(s.size("repo/blobs/x").unwrap(), 5);
+    }
+
+    #[test]
+    fn leftover_temp_files_are_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("blobs");
+        let s = FsBlobStore::new(root.clone()).unwrap();
+        put(&s, "kept", b"1");
+        // Writes a killed runner was in the middle of.
+        for n in 0..3 {
+            std::mem::forget(s.create(&format!("lost{n}")).unwrap());
+        }
+        assert_eq!(fs::read_dir(root.join(".tmp")).unwrap().count(), 3);
+        let restarted = FsBlobStore::new(root.clone()).unwrap();
+        assert_eq!(fs::read_dir(root.join(".tmp")).unwrap().count(), 0);
+        assert_eq!(restarted.size("kept").unwrap(), 1, "objects are untouched");
+        assert_eq!(restarted.clear_tmp().unwrap(), 0);
     }
 
     #[test]
@@ -401,6 +542,64 @@ mod tests {
         s.delete("a").unwrap();
         assert_eq!(s.delete("a"), Err(BlobError::NotFound));
         assert_eq!(s.size("a"), Err(BlobError::NotFound));
+    }
+
+    #[test]
+    fn directories_go_with_the_last_object_in_them() {
+        let (d, s) = store();
+        let root = d.path().join("blobs");
+        put(&s, "repos/a/blobs/x", b"1");
+        put(&s, "repos/a/blobs/y", b"2");
+        put(&s, "repos/b", b"3");
+        s.delete("repos/a/blobs/x").unwrap();
+        assert!(root.join("repos/a/blobs").is_dir(), "y is still in it");
+        s.delete("repos/a/blobs/y").unwrap();
+        assert!(!root.join("repos/a").exists(), "empty directories removed");
+        assert!(root.join("repos").is_dir(), "repos/b~ is still in it");
+        s.delete("repos/b").unwrap();
+        assert!(!root.join("repos").exists());
+        assert!(root.is_dir() && root.join(".tmp").is_dir(), "the root and the temp dir stay");
+        // A directory a crash left empty goes with the next delete of a name in it.
+        fs::create_dir_all(root.join("c/d")).unwrap();
+        assert_eq!(s.delete("c/d/e"), Err(BlobError::NotFound));
+        assert!(!root.join("c").exists());
+        // And objects can be written there again.
+        put(&s, "repos/a/blobs/x", b"again");
+        assert_eq!(read_all(&s, "repos/a/blobs/x", 0, None), b"again");
+    }
+
+    #[test]
+    fn a_commit_makes_its_directory_again_when_a_delete_removed_it() {
+        let (d, s) = store();
+        let root = d.path().join("blobs");
+        put(&s, "r/blobs/a", b"1");
+        let mut w = s.create("r/blobs/b").unwrap();
+        w.write(b"2").unwrap();
+        // The last object in the directory goes after `b` was started, and its directory with it.
+        s.delete("r/blobs/a").unwrap();
+        assert!(!root.join("r").exists());
+        w.commit().unwrap();
+        assert_eq!(read_all(&s, "r/blobs/b", 0, None), b"2");
+    }
+
+    #[test]
+    fn concurrent_commits_and_deletes_in_one_directory_lose_no_object() {
+        let (_d, s) = store();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let name = format!("shared/dir/{t}-{i}");
+                        put(&s, &name, b"x");
+                        assert_eq!(s.size(&name).unwrap(), 1);
+                        s.delete(&name).unwrap();
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert!(s.list("", None, 10).unwrap().0.is_empty());
     }
 
     #[test]

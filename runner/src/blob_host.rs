@@ -1,6 +1,7 @@
 //! `berth:blob-store/store` for the component, over [`FsBlobStore`]. Writes and reads run on
 //! blocking threads, connected to the component's streams by bounded channels; hashing happens
-//! here, natively, on the bytes as they are written.
+//! here, natively, on the bytes as they are written. A write commits only once its `complete`
+//! future says `true`.
 
 use crate::bindings::berth::blob_store::store::{
     self as wit, Error, Extent, HashAlgorithm, HashState, ObjectInfo, Page, Written,
@@ -10,7 +11,7 @@ use crate::host::Host;
 use crate::streams::{self, ChannelConsumer, ChannelProducer};
 use berth_hash_state::{Algorithm, RunningHash};
 use bytes::Bytes;
-use wasmtime::component::{Accessor, HasData, Linker, StreamReader};
+use wasmtime::component::{Accessor, FutureReader, HasData, Linker, StreamReader};
 
 pub struct BlobStoreHost;
 
@@ -58,21 +59,38 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
         accessor: &Accessor<T, Self>,
         name: String,
         data: StreamReader<u8>,
+        complete: FutureReader<bool>,
         hashes: Vec<HashState>,
     ) -> wasmtime::Result<Result<Written, Error>> {
         let store = store_of(accessor);
         let (consumer, mut chunks) = ChannelConsumer::new();
         accessor.with(|mut access| data.pipe(&mut access, consumer))?;
+        let confirmed = streams::from_guest_future(accessor, complete)?;
         let mut hashers = match hashes.iter().map(restore_hash).collect::<Result<Vec<_>, _>>() {
             Ok(hashers) => hashers,
             Err(e) => return Ok(Err(e)),
         };
-        let written = tokio::task::spawn_blocking(move || {
+        // The bytes go to a temp file, invisible under `name`...
+        let received = tokio::task::spawn_blocking(move || {
             let mut object = store.create(&name).map_err(to_wit)?;
             while let Some(chunk) = chunks.blocking_recv() {
                 object.write(&chunk).map_err(to_wit)?;
                 hashers.iter_mut().for_each(|h| h.update(&chunk));
             }
+            Ok((object, hashers))
+        })
+        .await?;
+        let (object, hashers) = match received {
+            Ok(received) => received,
+            Err(e) => return Ok(Err(e)),
+        };
+        // ...until the writer confirms they are all there: a stream also ends when its source
+        // breaks off. A writer that went away without a word did not confirm.
+        if !confirmed.await.unwrap_or(false) {
+            tokio::task::spawn_blocking(move || drop(object)).await?; // unlinks the temp file
+            return Ok(Err(Error::Other("write not confirmed: the data did not arrive whole".into())));
+        }
+        let committed = tokio::task::spawn_blocking(move || {
             let size = object.commit().map_err(to_wit)?;
             if size >= LARGE_TRANSFER {
                 crate::serve::release_free_memory();
@@ -80,7 +98,7 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
             Ok(Written { size, hashes: hashers.iter().map(save_hash).collect() })
         })
         .await?;
-        Ok(written)
+        Ok(committed)
     }
 
     async fn read(
@@ -194,8 +212,8 @@ fn stream_files<T>(
         let _trim = (total >= LARGE_TRANSFER).then_some(TrimOnDrop);
         for (file, length) in files {
             let mut open = true;
-            let read = blob_fs::map_chunks(file, length, |chunk| {
-                open = tx.blocking_send(Ok(chunk)).is_ok();
+            let read = blob_fs::read_chunks(file, length, |chunk| {
+                open = tx.blocking_send(Ok(Bytes::from(chunk))).is_ok();
                 open
             });
             if let Err(e) = read {

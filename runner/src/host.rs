@@ -94,6 +94,7 @@ fn linker(engine: &Engine) -> anyhow::Result<Linker<Host>> {
     wasmtime_wasi::p3::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
     crate::kv_host::add_to_linker(&mut linker)?;
+    crate::wasi_kv_host::add_to_linker(&mut linker)?;
     crate::vars_host::add_to_linker(&mut linker)?;
     crate::blob_host::add_to_linker(&mut linker)?;
     Ok(linker)

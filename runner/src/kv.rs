@@ -5,9 +5,13 @@
 //! Reads go through a read-only connection of the calling thread's own: in WAL mode a reader
 //! never waits for the writer, so a `get` is a few microseconds on a warm database and can run
 //! right where it is asked, without a hop to a blocking thread and back.
+//!
+//! The atomics of `wasi:keyvalue` (increment, compare-and-swap) are single transactions on the
+//! write connection that take SQLite's write lock up front (`BEGIN IMMEDIATE`): atomic against
+//! every other writer of the file, in this process or any other.
 
 use anyhow::{Context, Result};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -71,13 +75,7 @@ impl SqliteStore {
     }
 
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
-        self.with(|c| {
-            c.prepare_cached(
-                "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute(params![key, value])
-            .map(|_| ())
-        })
+        self.with(|c| c.prepare_cached(UPSERT)?.execute(params![key, value]).map(|_| ()))
     }
 
     pub fn delete(&self, key: &str) -> Result<(), String> {
@@ -108,6 +106,90 @@ impl SqliteStore {
                 .prepare_cached("SELECT key FROM kv WHERE key > ?1 ORDER BY key LIMIT ?2")?
                 .query_map(params![after, limit], |r| r.get(0))?
                 .collect(),
+        })
+    }
+}
+
+/// How a compare-and-swap ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Swap {
+    /// The value was as expected and is now the new one.
+    Done,
+    /// The value had changed; this is what it is now (`None`: absent).
+    Changed(Option<Vec<u8>>),
+}
+
+const UPSERT: &str =
+    "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value";
+
+fn sql_error(e: rusqlite::Error) -> String {
+    e.to_string()
+}
+
+/// A counter as `increment` stores it: 8 bytes, little-endian `i64` (Spin's encoding, so a
+/// component reads the same counter under Spin and under the runner).
+fn decode_counter(key: &str, value: &[u8]) -> Result<i64, String> {
+    let bytes: [u8; 8] = value
+        .try_into()
+        .map_err(|_| format!("cannot increment {key:?}: its value is {} bytes, not an 8-byte counter", value.len()))?;
+    Ok(i64::from_le_bytes(bytes))
+}
+
+impl SqliteStore {
+    /// Run `f` in one transaction on the write connection, holding the database's write lock
+    /// from the start (`BEGIN IMMEDIATE`), so nothing changes between what `f` reads and what it
+    /// writes. Committed only if `f` succeeds; rolled back otherwise.
+    fn transaction<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, String>) -> Result<T, String> {
+        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_error)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(sql_error)?;
+        Ok(out)
+    }
+
+    /// Add `delta` to the counter at `key` (an absent key counts as 0); returns the new value.
+    /// A value that is not a counter, or a sum out of `i64`'s range, is an error and changes
+    /// nothing.
+    pub fn increment(&self, key: &str, delta: i64) -> Result<i64, String> {
+        self.transaction(|tx| {
+            let current: Option<Vec<u8>> = tx
+                .prepare_cached("SELECT value FROM kv WHERE key = ?1")
+                .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+                .map_err(sql_error)?;
+            let current = current.map_or(Ok(0), |value| decode_counter(key, &value))?;
+            let new = current.checked_add(delta).ok_or_else(|| format!("incrementing {key:?} by {delta} overflows"))?;
+            tx.prepare_cached(UPSERT)
+                .and_then(|mut s| s.execute(params![key, new.to_le_bytes()]))
+                .map_err(sql_error)?;
+            Ok(new)
+        })
+    }
+
+    /// Set `key` to `value` if its value is still `expected` (`None`: still absent). Otherwise
+    /// changes nothing and says what the value is now, read in the same transaction.
+    ///
+    /// Stricter than Spin 4.1's SQLite store, where a swap expecting an absent key overwrites
+    /// whatever is there: here it inserts only if the key is still absent. Berth never relies on
+    /// either behaviour, but this is the one a compare-and-swap promises.
+    pub fn swap(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<Swap, String> {
+        self.transaction(|tx| {
+            let changed = match expected {
+                Some(old) => tx
+                    .prepare_cached("UPDATE kv SET value = ?3 WHERE key = ?1 AND value = ?2")
+                    .and_then(|mut s| s.execute(params![key, old, value])),
+                None => tx
+                    .prepare_cached("INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO NOTHING")
+                    .and_then(|mut s| s.execute(params![key, value])),
+            }
+            .map_err(sql_error)?;
+            if changed == 1 {
+                return Ok(Swap::Done);
+            }
+            let now = tx
+                .prepare_cached("SELECT value FROM kv WHERE key = ?1")
+                .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+                .map_err(sql_error)?;
+            Ok(Swap::Changed(now))
         })
     }
 }
@@ -218,5 +300,96 @@ mod tests {
         assert!(stores.open("default").is_ok());
         assert_eq!(stores.open("other").err(), Some(OpenError::AccessDenied));
         assert!(Arc::ptr_eq(&stores.open("default").unwrap(), &stores.open("default").unwrap()));
+    }
+
+    fn store() -> (tempfile::TempDir, Arc<SqliteStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
+        (dir, store)
+    }
+
+    #[test]
+    fn increments_from_many_threads_on_one_key_all_count() {
+        let (_dir, store) = store();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        store.increment("n", 1).unwrap();
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(store.get("n").unwrap(), Some(1600i64.to_le_bytes().to_vec()));
+        assert_eq!(store.increment("n", -600).unwrap(), 1000);
+    }
+
+    #[test]
+    fn increment_counts_an_absent_key_as_zero_and_refuses_non_counters() {
+        let (_dir, store) = store();
+        assert_eq!(store.increment("a", 5).unwrap(), 5);
+        assert_eq!(store.get("a").unwrap(), Some(5i64.to_le_bytes().to_vec()), "Spin's encoding");
+        store.set("text", b"12").unwrap();
+        let err = store.increment("text", 1).unwrap_err();
+        assert!(err.contains("not an 8-byte counter"), "{err}");
+        assert_eq!(store.get("text").unwrap().as_deref(), Some(&b"12"[..]), "left as it was");
+        store.set("max", &i64::MAX.to_le_bytes()).unwrap();
+        assert!(store.increment("max", 1).unwrap_err().contains("overflows"));
+        assert_eq!(store.get("max").unwrap(), Some(i64::MAX.to_le_bytes().to_vec()));
+    }
+
+    #[test]
+    fn of_two_swaps_from_the_same_value_exactly_one_wins() {
+        let (_dir, store) = store();
+        store.set("k", b"v0").unwrap();
+        // Two handles read the same value...
+        let (seen1, seen2) = (store.get("k").unwrap(), store.get("k").unwrap());
+        assert_eq!(seen1.as_deref(), Some(&b"v0"[..]));
+        // ...and both swap, from two threads at once.
+        let swaps: Vec<_> = [(seen1, b"one"), (seen2, b"two")]
+            .into_iter()
+            .map(|(seen, new)| {
+                let store = store.clone();
+                std::thread::spawn(move || store.swap("k", seen.as_deref(), new).unwrap())
+            })
+            .collect();
+        let outcomes: Vec<Swap> = swaps.into_iter().map(|t| t.join().unwrap()).collect();
+        let won: Vec<_> = outcomes.iter().filter(|o| **o == Swap::Done).collect();
+        assert_eq!(won.len(), 1, "{outcomes:?}");
+        let now = store.get("k").unwrap();
+        let lost = outcomes.into_iter().find(|o| *o != Swap::Done).unwrap();
+        assert_eq!(lost, Swap::Changed(now), "the loser learns the winner's value");
+    }
+
+    #[test]
+    fn a_swap_after_the_value_changed_fails_and_changes_nothing() {
+        let (_dir, store) = store();
+        store.set("k", b"old").unwrap();
+        let seen = store.get("k").unwrap();
+        store.set("k", b"newer").unwrap();
+        assert_eq!(store.swap("k", seen.as_deref(), b"mine").unwrap(), Swap::Changed(Some(b"newer".to_vec())));
+        assert_eq!(store.get("k").unwrap().as_deref(), Some(&b"newer"[..]));
+        store.delete("k").unwrap();
+        assert_eq!(store.swap("k", Some(b"newer"), b"mine").unwrap(), Swap::Changed(None), "gone meanwhile");
+        assert_eq!(store.get("k").unwrap(), None);
+        // With the value it has now, the swap goes through.
+        store.set("k", b"newer").unwrap();
+        assert_eq!(store.swap("k", Some(b"newer"), b"mine").unwrap(), Swap::Done);
+        assert_eq!(store.get("k").unwrap().as_deref(), Some(&b"mine"[..]));
+    }
+
+    #[test]
+    fn a_swap_of_an_absent_key_inserts_only_if_it_is_still_absent() {
+        let (_dir, store) = store();
+        let seen = store.get("k").unwrap();
+        assert_eq!(seen, None);
+        store.set("k", b"theirs").unwrap();
+        assert_eq!(store.swap("k", None, b"mine").unwrap(), Swap::Changed(Some(b"theirs".to_vec())));
+        assert_eq!(store.get("k").unwrap().as_deref(), Some(&b"theirs"[..]), "not overwritten");
+        assert_eq!(store.swap("fresh", None, b"mine").unwrap(), Swap::Done);
+        assert_eq!(store.get("fresh").unwrap().as_deref(), Some(&b"mine"[..]));
+        assert_eq!(store.swap("fresh", None, b"again").unwrap(), Swap::Changed(Some(b"mine".to_vec())));
     }
 }

@@ -16,6 +16,7 @@ mod serve;
 mod streams;
 mod variables;
 mod vars_host;
+mod wasi_kv_host;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};

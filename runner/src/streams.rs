@@ -1,6 +1,7 @@
 //! Bridges between component-model `stream<u8>` and tokio channels, so blocking file I/O can run
 //! on its own thread while bytes flow to and from the guest (or straight between host streams).
 //! Both directions hold at most a few chunks: memory stays bounded whatever the object size.
+//! A guest's `future` is taken the same way, into a oneshot channel.
 
 use bytes::Bytes;
 use std::marker::PhantomData;
@@ -10,8 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{
-    Accessor, Destination, FutureReader, HasData, Lift, Lower, Source, StreamConsumer, StreamProducer, StreamReader,
-    StreamResult, WriteBuffer,
+    Accessor, Destination, FutureConsumer, FutureReader, HasData, Lift, Lower, Source, StreamConsumer, StreamProducer,
+    StreamReader, StreamResult, WriteBuffer,
 };
 
 /// Chunks in flight per stream.
@@ -164,4 +165,46 @@ where
         })?;
         Ok((stream, outcome))
     })
+}
+
+/// Takes the value a guest writes to a future and hands it on to a oneshot channel.
+struct OneshotConsumer<T> {
+    tx: Option<oneshot::Sender<T>>,
+}
+
+impl<D, T> FutureConsumer<D> for OneshotConsumer<T>
+where
+    T: Lift + Send + Sync + 'static,
+{
+    type Item = T;
+
+    fn poll_consume(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        mut store: StoreContextMut<D>,
+        mut src: Source<'_, T>,
+        _finish: bool,
+    ) -> Poll<wasmtime::Result<()>> {
+        let mut value = None;
+        src.read(&mut store, &mut value)?;
+        if let (Some(value), Some(tx)) = (value, self.tx.take()) {
+            let _ = tx.send(value); // the waiter may have gone: nothing left to tell
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The value the guest writes to `future`, once it does. The receiver fails instead if the
+/// future goes away without a value (its writer was dropped, or the instance ended).
+pub fn from_guest_future<T, D, V>(
+    accessor: &Accessor<T, D>,
+    future: FutureReader<V>,
+) -> wasmtime::Result<oneshot::Receiver<V>>
+where
+    D: HasData + ?Sized,
+    V: Lift + Send + Sync + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    accessor.with(|mut access| future.pipe(&mut access, OneshotConsumer { tx: Some(tx) }))?;
+    Ok(rx)
 }

@@ -1,6 +1,6 @@
 //! `GET|HEAD|PUT|DELETE /v2/<name>/manifests/<reference>`.
 
-use crate::blobs::{self, BlobRecord, ObjectPages, Part, internal};
+use crate::blobs::{self, ObjectPages, Part, internal};
 use crate::digest::{Algorithm, Digest};
 use crate::errcode::{ErrorCode, RegistryError};
 use crate::keys;
@@ -9,7 +9,8 @@ use crate::message::{CONTENT_DIGEST, Request, Response};
 use crate::name::{RepoName, Tag};
 use crate::reference::Reference;
 use crate::route::url;
-use crate::store::{BlobStore, MetaStore, Stores};
+use crate::store::{BlobStore, MetaStore, Stores, Written};
+use crate::uploads::{self, Finish};
 use http::{HeaderName, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,41 @@ pub struct ManifestRecord {
     pub media_type: String,
     pub size: u64,
     pub subject: Option<String>,
+    /// Random per creation of the record: a tag names the generation it was set for, so a tag
+    /// left behind by a racing delete of the manifest stays dead when the same manifest is
+    /// pushed again later (`None` in records from before generations, matched by tags without).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<String>,
+}
+
+/// What a tag points at: a manifest's digest, in one generation of its record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagTarget {
+    pub digest: Digest,
+    pub generation: Option<String>,
+}
+
+impl TagTarget {
+    /// `<digest>` or `<digest>#<generation>`.
+    fn parse(text: &str) -> Option<TagTarget> {
+        let (digest, generation) = match text.split_once('#') {
+            Some((digest, generation)) => (digest, Some(generation.to_owned())),
+            None => (text, None),
+        };
+        Some(TagTarget { digest: Digest::parse(digest).ok()?, generation })
+    }
+
+    fn to_value(&self) -> String {
+        match &self.generation {
+            Some(generation) => format!("{}#{generation}", self.digest),
+            None => self.digest.to_string(),
+        }
+    }
+
+    /// Whether `record` is the manifest this tag was set for.
+    pub fn names(&self, record: &ManifestRecord) -> bool {
+        record.generation == self.generation
+    }
 }
 
 /// What the referrers API lists for a manifest with a subject (stored as its index object).
@@ -53,13 +89,22 @@ pub async fn record<M: MetaStore, B>(
         .map_err(|e| RegistryError::new(ErrorCode::Internal, format!("corrupt manifest record {digest}: {e}")))
 }
 
-/// The digest a tag points at, if the tag exists.
-pub async fn tag_target<M: MetaStore, B>(stores: &Stores<M, B>, name: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
+/// What a tag points at, if the tag exists.
+pub async fn tag_target<M: MetaStore, B>(stores: &Stores<M, B>, name: &RepoName, tag: &Tag) -> Result<Option<TagTarget>> {
     let Some(bytes) = stores.meta.get(&keys::tag(name, tag)).await.map_err(internal)? else { return Ok(None) };
-    let text = String::from_utf8(bytes).map_err(|_| RegistryError::new(ErrorCode::Internal, "corrupt tag"))?;
-    Digest::parse(&text)
-        .map(Some)
-        .map_err(|_| RegistryError::new(ErrorCode::Internal, format!("corrupt tag {}", tag.as_str())))
+    let corrupt = || RegistryError::new(ErrorCode::Internal, format!("corrupt tag {}", tag.as_str()));
+    let text = String::from_utf8(bytes).map_err(|_| corrupt())?;
+    TagTarget::parse(&text).map(Some).ok_or_else(corrupt)
+}
+
+/// The manifest a tag resolves to: the record of the generation the tag was set for.
+pub async fn tagged<M: MetaStore, B>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    tag: &Tag,
+) -> Result<Option<(Digest, ManifestRecord)>> {
+    let Some(target) = tag_target(stores, name, tag).await? else { return Ok(None) };
+    Ok(record(stores, name, &target.digest).await?.filter(|r| target.names(r)).map(|r| (target.digest, r)))
 }
 
 /// Resolve a reference to a manifest of this repository. A tag whose manifest was deleted
@@ -69,12 +114,13 @@ async fn resolve<M: MetaStore, B>(
     name: &RepoName,
     reference: &str,
 ) -> Result<(Digest, ManifestRecord)> {
-    let digest = match Reference::parse(reference).map_err(|_| unknown(name, reference))? {
-        Reference::Digest(digest) => digest,
-        Reference::Tag(tag) => tag_target(stores, name, &tag).await?.ok_or_else(|| unknown(name, reference))?,
-    };
-    let record = record(stores, name, &digest).await?.ok_or_else(|| unknown(name, reference))?;
-    Ok((digest, record))
+    match Reference::parse(reference).map_err(|_| unknown(name, reference))? {
+        Reference::Digest(digest) => {
+            let record = record(stores, name, &digest).await?.ok_or_else(|| unknown(name, reference))?;
+            Ok((digest, record))
+        }
+        Reference::Tag(tag) => tagged(stores, name, &tag).await?.ok_or_else(|| unknown(name, reference)),
+    }
 }
 
 fn manifest_headers<S>(response: Response<S>, digest: &Digest, record: &ManifestRecord) -> Response<S> {
@@ -141,11 +187,9 @@ pub async fn put<M: MetaStore, B: BlobStore>(
     }
     let manifest = manifest::parse(&bytes, content_type.as_deref())?;
     check_references(stores, name, &manifest).await?;
-    store(stores, name, &digest, &manifest, bytes).await?;
+    let generation = store(stores, name, &digest, &manifest, bytes).await?;
     if let Reference::Tag(tag) = &reference {
-        // The fact first, then its index entry: a listing checks each entry against the facts.
-        blobs::mark(stores, &format!("{}{}", keys::tags_prefix(name), tag.as_str()), Vec::new()).await?;
-        stores.meta.set(&keys::tag(name, tag), digest.to_string().as_bytes()).await.map_err(internal)?;
+        set_tag(stores, name, tag, TagTarget { digest: digest.clone(), generation }).await?;
     }
     let mut response = Response::new(StatusCode::CREATED)
         .header(header::LOCATION, url::manifest(name, &digest.to_string()))
@@ -181,32 +225,64 @@ async fn check_references<M: MetaStore, B: BlobStore>(
     Ok(())
 }
 
-/// Store the bytes (as a blob), the manifest record, and its referrers entry.
+/// Point `tag` at `target`. Its index entry is written before the tag (an entry without a tag
+/// is never listed) and again after it: a delete of the same tag that ran in between may have
+/// removed the entry after checking that the tag was gone (see [`remove_tag`]). Then the record
+/// is read again: gone means a delete of the manifest came after this push (its tag stays dead
+/// with the generation it named); another generation means a concurrent first push of the same
+/// manifest wrote the record last, and the tag follows it.
+async fn set_tag<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    tag: &Tag,
+    mut target: TagTarget,
+) -> Result<()> {
+    let entry = keys::tag_entry(name, tag);
+    for _ in 0..8 {
+        blobs::mark(stores, &entry, Vec::new()).await?;
+        stores.meta.set(&keys::tag(name, tag), target.to_value().as_bytes()).await.map_err(internal)?;
+        blobs::mark(stores, &entry, Vec::new()).await?;
+        match record(stores, name, &target.digest).await? {
+            Some(now) if !target.names(&now) => target.generation = now.generation,
+            _ => return Ok(()),
+        }
+    }
+    Err(RegistryError::new(ErrorCode::Internal, format!("tag {} kept changing under a push", tag.as_str())))
+}
+
+/// Remove `tag`: the tag first (from here it does not resolve), then its index entry, then a
+/// second look: if a push set the tag again meanwhile, its entry is put back. Whichever of a
+/// push and a delete touches the entry last, the entry ends up there exactly when the tag is.
+async fn remove_tag<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, name: &RepoName, tag: &Tag) -> Result<()> {
+    let entry = keys::tag_entry(name, tag);
+    stores.meta.delete(&keys::tag(name, tag)).await.map_err(internal)?;
+    blobs::unmark(stores, &entry).await?;
+    if stores.meta.get(&keys::tag(name, tag)).await.map_err(internal)?.is_some() {
+        blobs::mark(stores, &entry, Vec::new()).await?;
+    }
+    Ok(())
+}
+
+/// Store the bytes (as a blob), the manifest record (unless there is one: it keeps its
+/// generation), and its referrers entry; the record's generation.
 async fn store<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     name: &RepoName,
     digest: &Digest,
     manifest: &Manifest,
     bytes: Vec<u8>,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let size = bytes.len() as u64;
-    if blobs::record(stores, digest).await?.is_none() {
-        let object = keys::new_part((stores.random)());
-        stores.blobs.write_bytes(&object, bytes).await.map_err(internal)?;
-        blobs::commit(stores, name, digest, BlobRecord { size, parts: vec![Part { name: object, size }] }).await?;
-    } else {
-        blobs::link(stores, name, digest).await?;
+    match blobs::record(stores, digest).await? {
+        Some(stored) if blobs::parts_present(stores, &stored).await? => blobs::link(stores, name, digest).await?,
+        _ => store_bytes(stores, name, digest, bytes).await?,
     }
     let record = ManifestRecord {
         media_type: manifest.media_type.clone(),
         size,
         subject: manifest.subject.as_ref().map(Digest::to_string),
+        generation: Some(hex::encode(&(stores.random)()[8..])),
     };
-    stores
-        .meta
-        .set(&keys::manifest(name, digest), &serde_json::to_vec(&record).expect("records serialize"))
-        .await
-        .map_err(internal)?;
     if let Some(subject) = &manifest.subject {
         let descriptor = ReferrerDescriptor {
             media_type: manifest.media_type.clone(),
@@ -215,6 +291,7 @@ async fn store<M: MetaStore, B: BlobStore>(
             artifact_type: manifest.artifact_type.clone(),
             annotations: manifest.annotations.clone(),
         };
+        // The entry before the record: a listing shows it only once the record is there.
         blobs::mark(
             stores,
             &keys::referrer(name, subject, digest),
@@ -222,7 +299,39 @@ async fn store<M: MetaStore, B: BlobStore>(
         )
         .await?;
     }
-    Ok(())
+    if let Some(existing) = self::record(stores, name, digest).await? {
+        return Ok(existing.generation);
+    }
+    stores
+        .meta
+        .set(&keys::manifest(name, digest), &serde_json::to_vec(&record).expect("records serialize"))
+        .await
+        .map_err(internal)?;
+    Ok(record.generation)
+}
+
+/// A manifest's bytes stored as a blob, through an upload session like any other blob.
+async fn store_bytes<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    digest: &Digest,
+    bytes: Vec<u8>,
+) -> Result<()> {
+    let opened = uploads::open(stores, name, None).await?;
+    let object = uploads::new_object(stores, &opened.session);
+    let mut hashes = opened.session.hashes().unwrap_or_default();
+    hashes.retain(|h| h.algorithm() == digest.algorithm());
+    if hashes.is_empty() {
+        hashes.push(crate::digest::RunningHash::new(digest.algorithm()));
+    }
+    hashes.iter_mut().for_each(|h| h.update(&bytes));
+    let size = bytes.len() as u64;
+    stores.blobs.write_bytes(&object, bytes).await.map_err(internal)?;
+    let last = (Part { name: object, size }, Written { size, hashes });
+    match uploads::finish(stores, &opened, Some(last), digest).await? {
+        Finish::Stored => Ok(()),
+        other => Err(RegistryError::new(ErrorCode::Internal, format!("storing manifest {digest}: {other:?}"))),
+    }
 }
 
 pub async fn delete<M: MetaStore, B: BlobStore>(
@@ -233,8 +342,7 @@ pub async fn delete<M: MetaStore, B: BlobStore>(
     match Reference::parse(reference)? {
         Reference::Tag(tag) => {
             tag_target(stores, name, &tag).await?.ok_or_else(|| unknown(name, reference))?;
-            stores.meta.delete(&keys::tag(name, &tag)).await.map_err(internal)?;
-            blobs::unmark(stores, &format!("{}{}", keys::tags_prefix(name), tag.as_str())).await?;
+            remove_tag(stores, name, &tag).await?;
         }
         Reference::Digest(digest) => {
             let record = record(stores, name, &digest).await?.ok_or_else(|| unknown(name, reference))?;
@@ -256,9 +364,8 @@ async fn untag<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, name: &RepoNam
     while let Some(objects) = pages.next().await? {
         for object in &objects {
             let Ok(tag) = Tag::parse(&object[prefix.len()..]) else { continue };
-            if tag_target(stores, name, &tag).await?.as_ref() == Some(digest) {
-                stores.meta.delete(&keys::tag(name, &tag)).await.map_err(internal)?;
-                blobs::unmark(stores, object).await?;
+            if tag_target(stores, name, &tag).await?.is_some_and(|t| t.digest == *digest) {
+                remove_tag(stores, name, &tag).await?;
             }
         }
     }

@@ -150,7 +150,7 @@ mod tests {
                 send(&stores, Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={digest}"), b"layer".to_vec());
             assert_eq!(r.status, StatusCode::CREATED);
         }
-        assert_eq!(stores.blobs.0.borrow().keys().filter(|k| k.starts_with("parts/")).count(), 1);
+        assert_eq!(stores.blobs.0.borrow().keys().filter(|k| k.starts_with("uploads/")).count(), 1);
         assert_eq!(
             send(&stores, Method::HEAD, &format!("/v2/b/blobs/{digest}"), vec![]).headers["content-length"],
             "5"

@@ -26,12 +26,22 @@ pub async fn list<M: MetaStore, B: BlobStore>(
     let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
     while let Some(objects) = pages.next().await? {
         for object in &objects {
+            // Only this repository's referrers of this subject, each still a manifest here
+            // with this subject: an entry outlives its manifest for a moment after a delete.
+            let Some(referrer) = keys::parse_referrer_entry_name(&object[prefix.len()..]) else { continue };
+            let Some(record) = super::manifests::record(stores, name, &referrer).await? else { continue };
+            if record.subject.as_deref() != Some(subject.to_string().as_str()) {
+                continue;
+            }
             let bytes = match stores.blobs.read_bytes(object).await {
                 Ok(bytes) => bytes,
                 Err(StoreError::NotFound) => continue, // deleted meanwhile
                 Err(e) => return Err(internal(e)),
             };
             let Ok(descriptor) = serde_json::from_slice::<ReferrerDescriptor>(&bytes) else { continue };
+            if descriptor.digest != referrer.to_string() {
+                continue;
+            }
             if filter.as_ref().is_none_or(|f| descriptor.artifact_type.as_ref() == Some(f)) {
                 manifests.push(descriptor);
             }

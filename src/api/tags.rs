@@ -22,11 +22,11 @@ pub async fn list<M: MetaStore, B: BlobStore>(
         }
         Err(e) => return Err(internal(e)),
     }
-    // An index entry counts only while its tag still resolves to a manifest of the repository.
+    // An index entry counts only while its tag still resolves to a manifest of the repository
+    // (the generation of the record it was set for).
     let (tags, more) = collect(stores, &keys::tags_prefix(name), &page, async |entry: &str| {
         let Ok(tag) = Tag::parse(entry) else { return Ok(false) };
-        let Some(digest) = super::manifests::tag_target(stores, name, &tag).await? else { return Ok(false) };
-        Ok(super::manifests::record(stores, name, &digest).await?.is_some())
+        Ok(super::manifests::tagged(stores, name, &tag).await?.is_some())
     })
     .await?;
     let body = serde_json::to_vec(&serde_json::json!({ "name": name.as_str(), "tags": tags })).expect("json");

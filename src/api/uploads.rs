@@ -5,21 +5,19 @@
 
 use crate::auth::Identity;
 use crate::auth::scope::Actions;
-use crate::blobs::{self, BlobRecord, Part, internal};
-use crate::digest::{Digest, RunningHash};
+use crate::blobs::{self, Part, internal};
+use crate::digest::{Algorithm, Digest, RunningHash};
 use crate::errcode::{ErrorCode, RegistryError};
-use crate::keys;
 use crate::message::{CONTENT_DIGEST, Request, Response};
 use crate::name::RepoName;
 use crate::range::parse_content_range;
 use crate::route::url;
-use crate::store::{BlobStore, MetaStore, StoreError, Stores, hashes_for};
-use crate::upload::{UploadSession, valid_id};
+use crate::store::{BlobStore, MetaStore, StoreError, Stores, Written};
+use crate::upload::{SessionState, UploadSession};
+use crate::uploads::{self, Finish, Loaded};
 use http::{HeaderName, Method, StatusCode, header};
 
 const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
-/// How many upload objects one new session looks at for expired sessions to clean up.
-const SWEEP_BATCH: u32 = 16;
 
 type Result<T> = std::result::Result<T, RegistryError>;
 
@@ -37,15 +35,14 @@ pub async fn start<M: MetaStore, B: BlobStore>(
             return Ok(response);
         }
     }
+    // Each POST moves the bounded sweep of upload sessions on by one step.
+    uploads::sweep(stores).await;
+    let owner = identity.subject().map(str::to_owned);
     if let Some(digest) = req.query_param("digest") {
-        return monolithic(stores, name, &Digest::parse(&digest)?, req).await;
+        return monolithic(stores, name, owner, &Digest::parse(&digest)?, req).await;
     }
-    sweep_expired(stores).await;
-    let id = hex::encode((stores.random)());
-    let mut session = UploadSession::new(name.as_str(), id, (stores.now)());
-    session.owner = identity.subject().map(str::to_owned);
-    save(stores, &session).await?;
-    Ok(session_headers(Response::new(StatusCode::ACCEPTED), name, &session).empty())
+    let opened = uploads::open(stores, name, owner).await?;
+    Ok(session_headers(Response::new(StatusCode::ACCEPTED), name, &opened.session).empty())
 }
 
 /// Whether the caller may take a blob from `from`: pull access there, or, without `from`, pull
@@ -72,7 +69,11 @@ async fn mount_blob<M: MetaStore, B: BlobStore>(
             Ok(from) => blobs::linked(stores, &from, digest).await.is_ok(),
             Err(_) => false,
         },
-        None => blobs::record(stores, digest).await?.is_some(),
+        // Only a blob stored whole: a client told it is there will not send it again.
+        None => match blobs::record(stores, digest).await? {
+            Some(record) => blobs::parts_present(stores, &record).await?,
+            None => false,
+        },
     };
     if !available {
         return Ok(None);
@@ -88,26 +89,61 @@ fn created<S>(name: &RepoName, digest: &Digest) -> Response<S> {
         .empty()
 }
 
-/// A whole blob in the POST: stream it into a new object while the blob store hashes it; keep it
-/// only if it hashes to `digest` (and has the announced length). On any mismatch nothing stays.
+/// A whole blob in the POST: an upload session of one chunk, finished at once. On any mismatch
+/// (length, digest) nothing stays.
 async fn monolithic<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     name: &RepoName,
+    owner: Option<String>,
     digest: &Digest,
     req: Request<B::Incoming>,
 ) -> Result<Response<B::Outgoing>> {
     let declared = content_length(&req)?;
-    let object = keys::new_part((stores.random)());
-    let written =
-        stores.blobs.write(&object, req.body, hashes_for(&[digest.algorithm()])).await.map_err(write_error)?;
+    let opened = uploads::open(stores, name, owner).await?;
+    let mut hashes = running_hashes(&opened.session)?;
+    if digest.algorithm() == Algorithm::Sha512 {
+        // Nothing received yet: SHA-512 can run along this one chunk.
+        hashes.push(RunningHash::new(Algorithm::Sha512));
+    }
+    let (part, written) = match write_chunk(stores, &opened.session, req.body, hashes, declared).await {
+        Ok(chunk) => chunk,
+        Err(err) => {
+            uploads::cancel(stores, opened).await?;
+            return Err(err);
+        }
+    };
+    match uploads::finish(stores, &opened, Some((part, written)), digest).await? {
+        Finish::Stored => Ok(created(name, digest)),
+        Finish::Mismatch { actual } => Err(digest_mismatch(&actual, digest)),
+        Finish::Refused(_) => Err(RegistryError::new(ErrorCode::Internal, "upload session taken over while finishing")),
+    }
+}
+
+fn running_hashes(session: &UploadSession) -> Result<Vec<RunningHash>> {
+    session.hashes().ok_or_else(|| RegistryError::new(ErrorCode::Internal, "corrupt hash state in session"))
+}
+
+/// Write a request body as a new object of the session, continuing `hashes` over it; it must
+/// have the `expected` length when one was announced, else it is removed again.
+async fn write_chunk<M, B: BlobStore>(
+    stores: &Stores<M, B>,
+    session: &UploadSession,
+    body: B::Incoming,
+    hashes: Vec<RunningHash>,
+    expected: Option<u64>,
+) -> Result<(Part, Written)> {
+    let object = uploads::new_object(stores, session);
+    let written = stores.blobs.write(&object, body, hashes).await.map_err(write_error)?;
     let part = Part { name: object, size: written.size };
-    let actual = written.hashes.into_iter().next().map(Digest::from_hash);
-    if let Err(err) = check_length(declared, written.size).and_then(|()| check_digest(actual.as_ref(), digest)) {
+    if let Err(err) = check_length(expected, written.size) {
         blobs::discard(stores, &[part]).await;
         return Err(err);
     }
-    blobs::commit(stores, name, digest, BlobRecord { size: written.size, parts: vec![part] }).await?;
-    Ok(created(name, digest))
+    Ok((part, written))
+}
+
+fn digest_mismatch(actual: &Digest, expected: &Digest) -> RegistryError {
+    RegistryError::new(ErrorCode::DigestInvalid, format!("content hashes to {actual}, not {expected}"))
 }
 
 fn check_length(declared: Option<u64>, received: u64) -> Result<()> {
@@ -116,16 +152,6 @@ fn check_length(declared: Option<u64>, received: u64) -> Result<()> {
             Err(RegistryError::new(ErrorCode::SizeInvalid, format!("Content-Length {n} but {received} bytes received")))
         }
         _ => Ok(()),
-    }
-}
-
-fn check_digest(actual: Option<&Digest>, expected: &Digest) -> Result<()> {
-    match actual {
-        Some(actual) if actual == expected => Ok(()),
-        Some(actual) => {
-            Err(RegistryError::new(ErrorCode::DigestInvalid, format!("content hashes to {actual}, not {expected}")))
-        }
-        None => Err(RegistryError::new(ErrorCode::Internal, "blob store returned no hash")),
     }
 }
 
@@ -150,27 +176,36 @@ pub async fn session<M: MetaStore, B: BlobStore>(
     id: &str,
     req: Request<B::Incoming>,
 ) -> Result<Response<B::Outgoing>> {
-    let session = load(stores, name, id).await?;
-    if session.owner.as_deref() != identity.subject() {
-        return Err(unknown(id));
-    }
+    let loaded = load(stores, identity, name, id).await?;
+    let session = &loaded.session;
     match req.method {
-        Method::GET => Ok(session_headers(Response::new(StatusCode::NO_CONTENT), name, &session)),
+        Method::GET => Ok(session_headers(Response::new(StatusCode::NO_CONTENT), name, session)),
         Method::DELETE => {
-            cancel(stores, &session).await?;
+            if !uploads::cancel(stores, loaded).await? {
+                return Err(unknown(id));
+            }
             Ok(Response::new(StatusCode::NO_CONTENT).empty())
         }
         Method::PATCH => {
-            if let Some(stale) = stale(&req, name, &session) {
+            if let Some(stale) = stale(&req, name, session) {
                 return Ok(stale);
             }
-            match append(stores, name, session, req).await? {
-                Ok(session) => Ok(session_headers(Response::new(StatusCode::ACCEPTED), name, &session).empty()),
-                Err(refused) => Ok(refused),
+            let expected = match chunk_length(&req, name, session)? {
+                Ok(expected) => expected,
+                Err(refused) => return Ok(refused),
+            };
+            let (part, written) = write_chunk(stores, session, req.body, running_hashes(session)?, expected).await?;
+            if written.size == 0 {
+                blobs::discard(stores, &[part]).await;
+                return Ok(session_headers(Response::new(StatusCode::ACCEPTED), name, session).empty());
+            }
+            match uploads::append(stores, &loaded, part, &written).await? {
+                Ok(next) => Ok(session_headers(Response::new(StatusCode::ACCEPTED), name, &next.session).empty()),
+                Err(_) => Ok(out_of_order(name, session, "a concurrent request changed the upload first".into())),
             }
         }
         Method::PUT => {
-            if let Some(stale) = stale(&req, name, &session) {
+            if let Some(stale) = stale(&req, name, session) {
                 return Ok(stale);
             }
             let digest = req
@@ -178,15 +213,28 @@ pub async fn session<M: MetaStore, B: BlobStore>(
                 .ok_or_else(|| RegistryError::new(ErrorCode::DigestInvalid, "PUT needs ?digest="))?;
             let digest = Digest::parse(&digest)?;
             let has_body = content_length(&req)?.is_none_or(|n| n > 0);
-            let session = if has_body {
-                match append(stores, name, session, req).await? {
-                    Ok(session) => session,
+            let mut last = None;
+            if has_body {
+                let expected = match chunk_length(&req, name, session)? {
+                    Ok(expected) => expected,
                     Err(refused) => return Ok(refused),
+                };
+                let (part, written) =
+                    write_chunk(stores, session, req.body, running_hashes(session)?, expected).await?;
+                if written.size == 0 {
+                    blobs::discard(stores, &[part]).await;
+                } else {
+                    last = Some((part, written));
                 }
-            } else {
-                session
-            };
-            finish(stores, name, session, &digest).await
+            }
+            match uploads::finish(stores, &loaded, last, &digest).await? {
+                Finish::Stored => Ok(created(name, &digest)),
+                Finish::Mismatch { actual } => Err(digest_mismatch(&actual, &digest)),
+                Finish::Refused(_) => Err(RegistryError::new(
+                    ErrorCode::BlobUploadUnknown,
+                    format!("upload {id:?} was finished or cancelled by a concurrent request"),
+                )),
+            }
         }
         _ => Err(RegistryError::new(
             ErrorCode::MethodNotAllowed,
@@ -199,33 +247,27 @@ fn unknown(id: &str) -> RegistryError {
     RegistryError::new(ErrorCode::BlobUploadUnknown, format!("no upload session {id:?}"))
 }
 
-async fn load<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, name: &RepoName, id: &str) -> Result<UploadSession> {
-    if !valid_id(id) {
+/// The open session `id` of repository `name`, as the caller may see it: anyone else's, a
+/// finished or cancelled one, and an expired one (cancelled now) are unknown.
+async fn load<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    identity: &Identity,
+    name: &RepoName,
+    id: &str,
+) -> Result<Loaded> {
+    let loaded = uploads::load(stores, id).await?.ok_or_else(|| unknown(id))?;
+    let session = &loaded.session;
+    if session.repo != name.as_str() || session.owner.as_deref() != identity.subject() {
         return Err(unknown(id));
     }
-    let Some(bytes) = stores.meta.get(&keys::upload(id)).await.map_err(internal)? else { return Err(unknown(id)) };
-    let session: UploadSession = serde_json::from_slice(&bytes)
-        .map_err(|e| RegistryError::new(ErrorCode::Internal, format!("corrupt upload session {id}: {e}")))?;
-    if session.repo != name.as_str() {
+    if session.state != SessionState::Open {
         return Err(unknown(id));
     }
     if session.expired((stores.now)(), stores.config.upload_expiry_secs) {
-        cancel(stores, &session).await?;
+        uploads::cancel(stores, loaded).await?;
         return Err(unknown(id));
     }
-    Ok(session)
-}
-
-async fn save<M: MetaStore, B>(stores: &Stores<M, B>, session: &UploadSession) -> Result<()> {
-    let json = serde_json::to_vec(session).expect("sessions serialize");
-    stores.meta.set(&keys::upload(&session.id), &json).await.map_err(internal)
-}
-
-/// Remove a session and its chunks (parts first: a crash in between leaves a record that the
-/// next look at it removes again).
-async fn cancel<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, session: &UploadSession) -> Result<()> {
-    blobs::discard(stores, &session.parts).await;
-    stores.meta.delete(&keys::upload(&session.id)).await.map_err(internal)
+    Ok(loaded)
 }
 
 /// A request made from an older `Location` than the session's current one: 416, session intact.
@@ -251,109 +293,31 @@ fn session_headers<S>(response: Response<S>, name: &RepoName, session: &UploadSe
         .header(UPLOAD_UUID, &session.id)
 }
 
-/// Append the request body as the session's next chunk. `Err(response)` is a refusal that
-/// leaves the session as it was (416 for a chunk that does not continue the upload).
-async fn append<M: MetaStore, B: BlobStore>(
-    stores: &Stores<M, B>,
+/// The length a chunk must have: its `Content-Range` (which must continue the upload) or
+/// `Content-Length`. `Err(response)` is a refusal that leaves the session as it was (416).
+fn chunk_length<B, S>(
+    req: &Request<B>,
     name: &RepoName,
-    session: UploadSession,
-    req: Request<B::Incoming>,
-) -> Result<std::result::Result<UploadSession, Response<B::Outgoing>>> {
-    let declared = content_length(&req)?;
-    let expected = match req.header(header::CONTENT_RANGE) {
-        None => declared,
-        Some(range) => match parse_content_range(range) {
-            Some((start, _)) if start != session.size => {
-                return Ok(Err(out_of_order(
-                    name,
-                    &session,
-                    format!("chunk starts at {start}, upload is at {}", session.size),
-                )));
+    session: &UploadSession,
+) -> Result<std::result::Result<Option<u64>, Response<S>>> {
+    let declared = content_length(req)?;
+    let Some(range) = req.header(header::CONTENT_RANGE) else { return Ok(Ok(declared)) };
+    match parse_content_range(range) {
+        Some((start, _)) if start != session.size => Ok(Err(out_of_order(
+            name,
+            session,
+            format!("chunk starts at {start}, upload is at {}", session.size),
+        ))),
+        Some((start, end)) => {
+            let length = end - start + 1;
+            if declared.is_some_and(|n| n != length) {
+                return Err(RegistryError::new(
+                    ErrorCode::SizeInvalid,
+                    format!("Content-Range is {length} bytes, Content-Length {}", declared.unwrap_or(0)),
+                ));
             }
-            Some((start, end)) => {
-                let length = end - start + 1;
-                if declared.is_some_and(|n| n != length) {
-                    return Err(RegistryError::new(
-                        ErrorCode::SizeInvalid,
-                        format!("Content-Range is {length} bytes, Content-Length {}", declared.unwrap_or(0)),
-                    ));
-                }
-                Some(length)
-            }
-            None => return Ok(Err(out_of_order(name, &session, format!("bad Content-Range {range:?}")))),
-        },
-    };
-    let hashes =
-        session.hashes().ok_or_else(|| RegistryError::new(ErrorCode::Internal, "corrupt hash state in session"))?;
-    let object = keys::upload_chunk(&session.id, session.version + 1);
-    let written = match stores.blobs.write(&object, req.body, hashes).await {
-        Ok(written) => written,
-        // Another request wrote this version first: this chunk is concurrent, not next.
-        Err(StoreError::AlreadyExists) => {
-            return Ok(Err(out_of_order(name, &session, "a concurrent chunk was written first".into())));
+            Ok(Ok(Some(length)))
         }
-        Err(e) => return Err(write_error(e)),
-    };
-    let part = Part { name: object, size: written.size };
-    if let Err(err) = check_length(expected, written.size) {
-        blobs::discard(stores, &[part]).await;
-        return Err(err);
-    }
-    if written.size == 0 {
-        blobs::discard(stores, &[part]).await;
-        return Ok(Ok(session));
-    }
-    let next = session.advanced(part, &written.hashes);
-    save(stores, &next).await?;
-    Ok(Ok(next))
-}
-
-/// Close the session as blob `digest`: its chunks become the blob's parts, no copy.
-async fn finish<M: MetaStore, B: BlobStore>(
-    stores: &Stores<M, B>,
-    name: &RepoName,
-    session: UploadSession,
-    digest: &Digest,
-) -> Result<Response<B::Outgoing>> {
-    let hashes =
-        session.hashes().ok_or_else(|| RegistryError::new(ErrorCode::Internal, "corrupt hash state in session"))?;
-    let record = BlobRecord { size: session.size, parts: session.parts.clone() };
-    let actual = match hashes.into_iter().find(|h| h.algorithm() == digest.algorithm()) {
-        Some(running) => Digest::from_hash(running),
-        // Not run along the upload (SHA-512): hash the chunks now.
-        None => Digest::from_hash(
-            stores
-                .blobs
-                .hash_extents(record.extents(0, record.size), RunningHash::new(digest.algorithm()))
-                .await
-                .map_err(internal)?,
-        ),
-    };
-    if let Err(err) = check_digest(Some(&actual), digest) {
-        cancel(stores, &session).await?;
-        return Err(err);
-    }
-    blobs::commit(stores, name, digest, record).await?;
-    stores.meta.delete(&keys::upload(&session.id)).await.map_err(internal)?;
-    Ok(created(name, digest))
-}
-
-/// Look at a few upload objects from a random point and remove sessions that have expired.
-/// Cheap and bounded; over many uploads it reaches every abandoned session.
-async fn sweep_expired<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>) {
-    let start = format!("uploads/{}", hex::encode((stores.random)()));
-    let Ok((names, _)) = stores.blobs.list("uploads/", Some(&start), SWEEP_BATCH).await else { return };
-    let mut seen = Vec::new();
-    for id in names.iter().filter_map(|n| n.strip_prefix("uploads/")?.split('/').next()) {
-        if seen.contains(&id) {
-            continue;
-        }
-        seen.push(id);
-        // Chunks whose session record is gone belong to a finished blob: leave them.
-        let Ok(Some(bytes)) = stores.meta.get(&keys::upload(id)).await else { continue };
-        let Ok(session) = serde_json::from_slice::<UploadSession>(&bytes) else { continue };
-        if session.expired((stores.now)(), stores.config.upload_expiry_secs) {
-            let _ = cancel(stores, &session).await;
-        }
+        None => Ok(Err(out_of_order(name, session, format!("bad Content-Range {range:?}")))),
     }
 }

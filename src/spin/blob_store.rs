@@ -3,6 +3,7 @@
 //! never enter this component's memory.
 
 use super::bindings::berth::blob_store::store as wit;
+use super::bindings::wit_future;
 use crate::digest::{Algorithm, RunningHash};
 use crate::store::{BlobStore, Extent, StoreError, Written};
 use spin_sdk::wasip3::http::types::{ErrorCode, Trailers};
@@ -51,12 +52,20 @@ impl BlobStore for WitBlobStore {
 
     async fn write(&self, name: &str, data: IncomingBody, hashes: Vec<RunningHash>) -> Result<Written, StoreError> {
         let states = hashes.iter().map(to_wit_hash).collect();
-        let written = wit::write(name.to_owned(), data.stream, states).await.map_err(from_wit)?;
-        // The stream has ended; did it end because the body was complete?
-        if let Err(code) = data.trailers.await {
-            let _ = wit::delete(name.to_owned()).await;
+        // The store commits only once told that the body arrived whole: the end of its stream
+        // alone does not say so (a body that breaks off ends its stream too).
+        let (complete, complete_reader) = wit_future::new::<bool>(|| false);
+        let body_outcome = async move {
+            let outcome = data.trailers.await;
+            let _ = complete.write(outcome.is_ok()).await;
+            outcome
+        };
+        let (written, outcome) =
+            futures::join!(wit::write(name.to_owned(), data.stream, complete_reader, states), body_outcome);
+        if let Err(code) = outcome {
             return Err(StoreError::BodyInterrupted(format!("{code:?}")));
         }
+        let written = written.map_err(from_wit)?;
         let hashes = written.hashes.into_iter().map(from_wit_hash).collect::<Result<_, _>>()?;
         Ok(Written { size: written.size, hashes })
     }
@@ -95,10 +104,14 @@ impl BlobStore for WitBlobStore {
 
     async fn write_bytes(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
         let (mut writer, reader) = wit_stream::new::<u8>();
+        let (complete, complete_reader) = wit_future::new::<bool>(|| false);
         let feed = async move {
-            writer.write_all(bytes).await;
+            // Whole only if the store took every byte.
+            let whole = writer.write_all(bytes).await.is_empty();
+            drop(writer);
+            let _ = complete.write(whole).await;
         };
-        let (written, ()) = futures::join!(wit::write(name.to_owned(), reader, Vec::new()), feed);
+        let (written, ()) = futures::join!(wit::write(name.to_owned(), reader, complete_reader, Vec::new()), feed);
         written.map(|_| ()).map_err(from_wit)
     }
 

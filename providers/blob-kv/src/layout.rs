@@ -22,6 +22,7 @@ pub const MAX_NAME_LEN: usize = 1024;
 const OBJECT_PREFIX: &str = "blob-kv/obj/";
 const LONG_PREFIX: &str = "blob-kv/long/";
 const CHUNK_PREFIX: &str = "blob-kv/chunk/";
+const CLAIM_PREFIX: &str = "blob-kv/claim/";
 
 /// What the key-value store holds about one object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +105,13 @@ pub fn is_long_record_key(key: &str) -> bool {
 /// The object name a key of the store stands for, when it is a short record key.
 pub fn name_of_record_key(key: &str) -> Option<&str> {
     key.strip_prefix(OBJECT_PREFIX)
+}
+
+/// The counter whose first increment wins the right to create `name` (creation must be
+/// exclusive, and key-value has no create-if-absent: see `provider.rs`). Always keyed by the
+/// name's hash, so the key has one length whatever the name's.
+pub fn claim_key(name: &str) -> String {
+    format!("{CLAIM_PREFIX}{}", hex::encode(sha2::Sha256::digest(name.as_bytes())))
 }
 
 pub fn chunk_key(write: &str, index: u64) -> String {
@@ -196,6 +204,8 @@ mod tests {
         let key = record_key(&long);
         assert!(key.len() <= MAX_KEY_LEN && is_long_record_key(&key), "{key}");
         assert_eq!(name_of_record_key(&key), None);
+        assert!(claim_key(&long).len() <= MAX_KEY_LEN && !is_long_record_key(&claim_key(&long)));
+        assert_eq!(name_of_record_key(&claim_key(short)), None, "claims are not listed as objects");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! keys and ranges is in [`crate::layout`]; this moves bytes between streams and the store.
 
 use crate::layout::{self, CHUNK_SIZE, ChunkSpan, ObjectRecord, PageBuilder};
+use bindings::wasi::keyvalue::{atomics, store as wasi_kv};
 use berth_hash_state::{Algorithm, RunningHash};
 use bindings::exports::berth::blob_store::store::{
     Error, Extent, Guest, HashAlgorithm, HashState, ObjectInfo, Page, Written,
@@ -153,8 +154,27 @@ fn stream_spans(store: Store, spans: Vec<ChunkSpan>) -> (StreamReader<u8>, Futur
     (reader, done_reader)
 }
 
+/// The right to create `name`: the request whose increment of its claim counter makes it 1.
+/// `increment` is atomic on Spin's SQLite and Redis backends and in berth-runner; a create-if-
+/// absent through compare-and-swap is not (on Spin's SQLite, swapping an absent key is an
+/// upsert), and neither was the `exists`-then-`set` this replaces: two writers both won.
+fn claim(name: &str) -> Result<bool, Error> {
+    let bucket = wasi_kv::open(STORE_LABEL).map_err(|e| atomics_error(&e))?;
+    let count = atomics::increment(&bucket, &layout::claim_key(name), 1).map_err(|e| atomics_error(&e))?;
+    Ok(count == 1)
+}
+
+fn atomics_error(e: &wasi_kv::Error) -> Error {
+    Error::Other(format!("wasi:keyvalue (needed for exclusive creation and listings) failed: {e:?}"))
+}
+
 impl Guest for Provider {
-    async fn write(name: String, data: StreamReader<u8>, hashes: Vec<HashState>) -> Result<Written, Error> {
+    async fn write(
+        name: String,
+        data: StreamReader<u8>,
+        complete: FutureReader<bool>,
+        hashes: Vec<HashState>,
+    ) -> Result<Written, Error> {
         if let Some(why) = layout::check_name(&name) {
             return Err(Error::InvalidName(why.into()));
         }
@@ -165,22 +185,29 @@ impl Guest for Provider {
             return Err(Error::AlreadyExists);
         }
         let mut pending = PendingChunks { store: &store, write: random_write_id(), count: 0 };
-        let size = match store_chunks(&mut pending, data, &mut hashers).await {
-            Ok(size) => size,
+        let stored = store_chunks(&mut pending, data, &mut hashers).await;
+        // The end of the stream does not say the bytes arrived whole: the writer does.
+        let confirmed = complete.await;
+        let size = match stored {
+            Ok(size) if confirmed => size,
+            Ok(_) => {
+                pending.discard().await;
+                return Err(Error::Other("write not confirmed: the data did not arrive whole".into()));
+            }
             Err(e) => {
                 pending.discard().await;
                 return Err(e);
             }
         };
-        // Commit: the record makes the object visible, whole. A concurrent writer of the same
-        // name that got here first wins; this one's chunks go.
+        // Commit: of concurrent writers of one name, the one that claims it first makes its
+        // record visible; the others' chunks go.
         let long_name = layout::is_long_record_key(&key).then(|| name.clone());
         let record =
             ObjectRecord { name: long_name, size, chunk_size: CHUNK_SIZE as u64, write: pending.write.clone() };
-        let committed = match store.exists(&key).await {
-            Ok(true) => Err(Error::AlreadyExists),
-            Ok(false) => store.set(&key, serde_json::to_vec(&record).expect("a record serializes")).await.map_err(kv),
-            Err(e) => Err(kv(e)),
+        let committed = match claim(&name) {
+            Ok(true) => store.set(&key, serde_json::to_vec(&record).expect("a record serializes")).await.map_err(kv),
+            Ok(false) => Err(Error::AlreadyExists),
+            Err(e) => Err(e),
         };
         if let Err(e) = committed {
             pending.discard().await;
@@ -222,28 +249,50 @@ impl Guest for Provider {
 
     async fn delete(name: String) -> Result<(), Error> {
         let store = open().await?;
-        let record = load(&store, &name).await?;
-        // The record first: from here the object is gone as a whole, then its chunks follow.
-        store.delete(layout::record_key(&name)).await.map_err(kv)?;
-        for key in record.chunk_keys() {
-            store.delete(key).await.map_err(kv)?;
+        let record = match load(&store, &name).await {
+            Ok(record) => Some(record),
+            Err(Error::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(record) = &record {
+            // The record first: from here the object is gone as a whole, then its chunks follow.
+            store.delete(layout::record_key(&name)).await.map_err(kv)?;
+            for key in record.chunk_keys() {
+                store.delete(key).await.map_err(kv)?;
+            }
         }
-        Ok(())
+        // Last, the claim, so the name can be created again; also when there was no record: a
+        // writer that died between its claim and its record left the name claimed but empty.
+        store.delete(layout::claim_key(&name)).await.map_err(kv)?;
+        record.map(|_| ()).ok_or(Error::NotFound)
     }
 
     async fn list_objects(prefix: String, cursor: Option<String>, limit: u32) -> Result<Page, Error> {
         let store = open().await?;
         let mut page = PageBuilder::new(&prefix, cursor, limit);
         let mut long_keys = Vec::new();
-        let mut keys = store.get_keys().await;
-        while let Some(key) = keys.next().await {
-            if let Some(name) = layout::name_of_record_key(&key) {
-                page.offer(name);
-            } else if layout::is_long_record_key(&key) {
-                long_keys.push(key);
+        // `wasi:keyvalue` `list-keys`, not `spin:key-value`'s `get-keys` stream: Spin 4.1's SQLite
+        // backend holds its connection's lock for as long as that stream is being read, and a
+        // request of the same instance making a (synchronous) atomics call meanwhile blocks the
+        // instance, so the stream is never drained: a deadlock under concurrent pushes.
+        // `list-keys` takes the keys in one call (Spin gives them all at once; berth-runner a
+        // page at a time, with a cursor).
+        let bucket = wasi_kv::open(STORE_LABEL).map_err(|e| atomics_error(&e))?;
+        let mut cursor = None;
+        loop {
+            let response = bucket.list_keys(cursor.as_deref()).map_err(|e| atomics_error(&e))?;
+            for key in response.keys {
+                if let Some(name) = layout::name_of_record_key(&key) {
+                    page.offer(name);
+                } else if layout::is_long_record_key(&key) {
+                    long_keys.push(key);
+                }
+            }
+            match response.cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
             }
         }
-        keys.result().await.map_err(kv)?;
         for key in long_keys {
             let Some(bytes) = store.get(&key).await.map_err(kv)? else { continue };
             if let Ok(ObjectRecord { name: Some(name), .. }) = serde_json::from_slice(&bytes) {

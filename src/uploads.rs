@@ -1,0 +1,403 @@
+//! What happens to upload sessions: opening, appending a chunk, finishing as a blob, cancelling,
+//! and the bounded sweep that expires abandoned sessions and finishes the work of requests that
+//! died. Every blob the registry stores (a chunked upload, a whole blob in one POST, a
+//! manifest's bytes) is written through a session, so that anything written is owned by a
+//! record the sweep can find until a blob record owns it.
+//!
+//! The session record changes only by compare-and-swap from the bytes a request read
+//! ([`Loaded`]); docs/consistency.md has each race and the step that settles it.
+
+use crate::blobs::{self, BlobRecord, Commit, Part, internal};
+use crate::digest::{Digest, RunningHash};
+use crate::errcode::{ErrorCode, RegistryError};
+use crate::keys;
+use crate::name::RepoName;
+use crate::store::{BlobStore, MetaStore, StoreError, Stores, Written};
+use crate::upload::{SessionState, UploadSession, valid_id};
+
+type Result<T> = std::result::Result<T, RegistryError>;
+
+/// How many sessions one sweep step looks at.
+pub const SWEEP_BATCH: u32 = 16;
+
+/// How long a finished session keeps its claim on its parts before the sweep checks that the
+/// blob record still names them, and how long a cancel may take before the sweep finishes it.
+/// Far longer than the few milliseconds between two first writers' reads and writes of one
+/// blob record; never longer than the upload expiry.
+const GRACE_SECS: u64 = 60;
+
+/// A session as read, with the exact bytes a compare-and-swap must find to change it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub session: UploadSession,
+    raw: Vec<u8>,
+}
+
+fn grace<M, B>(stores: &Stores<M, B>) -> u64 {
+    GRACE_SECS.min(stores.config.upload_expiry_secs)
+}
+
+fn corrupt(id: &str, e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::new(ErrorCode::Internal, format!("corrupt upload session {id}: {e}"))
+}
+
+/// Open a session for `repo`. Its index entry comes first, so that the sweep can find every
+/// session that may own objects.
+pub async fn open<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    repo: &RepoName,
+    owner: Option<String>,
+) -> Result<Loaded> {
+    let id = hex::encode((stores.random)());
+    let now = (stores.now)();
+    let mut session = UploadSession::new(repo.as_str(), id, now);
+    session.owner = owner;
+    blobs::mark(stores, &keys::upload_index(&session.id), now.to_string().into_bytes()).await?;
+    let raw = serde_json::to_vec(&session).expect("sessions serialize");
+    stores.meta.set(&keys::upload(&session.id), &raw).await.map_err(internal)?;
+    Ok(Loaded { session, raw })
+}
+
+/// The session `id`, whatever its state; `None` when there is none.
+pub async fn load<M: MetaStore, B>(stores: &Stores<M, B>, id: &str) -> Result<Option<Loaded>> {
+    if !valid_id(id) {
+        return Ok(None);
+    }
+    let Some(raw) = stores.meta.get(&keys::upload(id)).await.map_err(internal)? else { return Ok(None) };
+    let session = serde_json::from_slice(&raw).map_err(|e| corrupt(id, e))?;
+    Ok(Some(Loaded { session, raw }))
+}
+
+/// Move the session from exactly what was read to `next`; `None` when another request changed
+/// it first.
+async fn swap<M: MetaStore, B>(stores: &Stores<M, B>, from: &Loaded, next: UploadSession) -> Result<Option<Loaded>> {
+    let raw = serde_json::to_vec(&next).expect("sessions serialize");
+    let key = keys::upload(&from.session.id);
+    Ok(stores.meta.compare_and_swap(&key, &from.raw, &raw).await.map_err(internal)?.then_some(Loaded { session: next, raw }))
+}
+
+/// A fresh name for bytes that `session` writes.
+pub fn new_object<M, B>(stores: &Stores<M, B>, session: &UploadSession) -> String {
+    keys::upload_object(&session.id, (stores.random)())
+}
+
+/// Why a chunk or a finish did not move the session on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Another request moved the session first (a concurrent chunk, finish or cancel).
+    Concurrent,
+}
+
+/// Add a written object as the session's next chunk. The object was written under a fresh name
+/// of this session; if another request moved the session first it is removed again.
+pub async fn append<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    from: &Loaded,
+    part: Part,
+    written: &Written,
+) -> Result<std::result::Result<Loaded, Refused>> {
+    let next = from.session.advanced(part.clone(), &written.hashes, (stores.now)());
+    match swap(stores, from, next).await? {
+        Some(loaded) => Ok(Ok(loaded)),
+        None => {
+            blobs::discard(stores, &[part]).await;
+            Ok(Err(Refused::Concurrent))
+        }
+    }
+}
+
+/// How a finish ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// The blob is stored and linked to the session's repository.
+    Stored,
+    /// Another request finished or cancelled the session first; nothing was done.
+    Refused(Refused),
+    /// The bytes hash to `actual`: the session is cancelled and its objects removed.
+    Mismatch { actual: Digest },
+}
+
+/// Finish the session as blob `digest`, with `last` (an object just written, and the hashes
+/// continued over it) as its final chunk if given. Exactly one finishing request wins the
+/// session (a compare-and-swap to `Closing`); the blob is then verified, committed, and linked.
+pub async fn finish<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    from: &Loaded,
+    last: Option<(Part, Written)>,
+    digest: &Digest,
+) -> Result<Finish> {
+    let now = (stores.now)();
+    let mut next = from.session.clone();
+    if let Some((part, written)) = &last {
+        next = next.advanced(part.clone(), &written.hashes, now);
+    }
+    let closing = next.moved_to(SessionState::Closing, Some(digest.to_string()), now);
+    let Some(closing) = swap(stores, from, closing).await? else {
+        if let Some((part, _)) = last {
+            blobs::discard(stores, &[part]).await;
+        }
+        return Ok(Finish::Refused(Refused::Concurrent));
+    };
+    let session = &closing.session;
+    let record = BlobRecord { size: session.size, parts: session.parts.clone() };
+    let actual = hash_of(stores, session, &record, digest).await?;
+    if actual != *digest {
+        cancel_claimed(stores, closing).await?;
+        return Ok(Finish::Mismatch { actual });
+    }
+    let repo = RepoName::parse(&session.repo)?;
+    match blobs::commit(stores, digest, &record).await? {
+        Commit::Adopted => {
+            // Keep the claim on the parts until the sweep has seen the record still names them.
+            let finished = session.moved_to(SessionState::Finished, Some(digest.to_string()), (stores.now)());
+            swap(stores, &closing, finished).await?;
+        }
+        Commit::Existing(existing) => release(stores, closing, &existing.parts).await?,
+    }
+    blobs::link(stores, &repo, digest).await?;
+    Ok(Finish::Stored)
+}
+
+/// The session's bytes hashed under `digest`'s algorithm: the running hash when it ran along
+/// the upload, else (SHA-512) hashed now over the parts.
+async fn hash_of<M, B: BlobStore>(
+    stores: &Stores<M, B>,
+    session: &UploadSession,
+    record: &BlobRecord,
+    digest: &Digest,
+) -> Result<Digest> {
+    let hashes = session.hashes().ok_or_else(|| corrupt(&session.id, "bad hash state"))?;
+    match hashes.into_iter().find(|h| h.algorithm() == digest.algorithm()) {
+        Some(running) => Ok(Digest::from_hash(running)),
+        None => Ok(Digest::from_hash(
+            stores
+                .blobs
+                .hash_extents(record.extents(0, record.size), RunningHash::new(digest.algorithm()))
+                .await
+                .map_err(internal)?,
+        )),
+    }
+}
+
+/// Cancel an open session (a client's DELETE, or expiry). `false` when it is no longer open:
+/// another request is finishing or has cancelled it.
+pub async fn cancel<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, mut from: Loaded) -> Result<bool> {
+    loop {
+        if from.session.state != SessionState::Open {
+            return Ok(false);
+        }
+        let cancelled = from.session.moved_to(SessionState::Cancelled, None, (stores.now)());
+        if let Some(claimed) = swap(stores, &from, cancelled).await? {
+            cancel_claimed(stores, claimed).await?;
+            return Ok(true);
+        }
+        // A chunk landed meanwhile: cancel what is there now.
+        match load(stores, &from.session.id).await? {
+            Some(now) => from = now,
+            None => return Ok(false),
+        }
+    }
+}
+
+/// Remove every object of a session this request holds the claim on, then the session.
+async fn cancel_claimed<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, claimed: Loaded) -> Result<()> {
+    let cancelled = if claimed.session.state == SessionState::Cancelled {
+        claimed
+    } else {
+        let next = claimed.session.moved_to(SessionState::Cancelled, None, (stores.now)());
+        match swap(stores, &claimed, next).await? {
+            Some(cancelled) => cancelled,
+            None => return Ok(()), // the sweep took it over: it finishes the job
+        }
+    };
+    release(stores, cancelled, &[]).await
+}
+
+/// Remove the session's objects except `keep` (the parts a blob record owns), then its record,
+/// then its index entry: an interrupted release leaves a session the sweep finds again.
+async fn release<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, claimed: Loaded, keep: &[Part]) -> Result<()> {
+    let id = &claimed.session.id;
+    let prefix = keys::upload_objects(id);
+    let mut pages = blobs::ObjectPages::new(&stores.blobs, &prefix, None);
+    let mut doomed = Vec::new();
+    while let Some(names) = pages.next().await? {
+        doomed.extend(names.into_iter().filter(|n| !keep.iter().any(|k| &k.name == n)));
+    }
+    for name in doomed {
+        match stores.blobs.delete(&name).await {
+            Ok(()) | Err(StoreError::NotFound) => {}
+            Err(e) => return Err(internal(e)),
+        }
+    }
+    stores.meta.delete(&keys::upload(id)).await.map_err(internal)?;
+    blobs::unmark(stores, &keys::upload_index(id)).await
+}
+
+/// One bounded step of the sweep: look at up to [`SWEEP_BATCH`] sessions of the index from a
+/// random point (ids are random, so over many steps every session is looked at; no cursor to
+/// write on every request) and settle those whose time has come. Its cost is bounded by the
+/// batch: the index holds only sessions that may still own objects, never the history of
+/// finished uploads. Failures are logged; a later step tries again.
+pub async fn sweep<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>) {
+    if let Err(err) = sweep_step(stores).await {
+        eprintln!("berth: upload sweep: {err}");
+    }
+}
+
+async fn sweep_step<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>) -> Result<()> {
+    let start = keys::upload_index(&hex::encode((stores.random)()));
+    let prefix = keys::UPLOADS_INDEX_PREFIX;
+    let (mut names, _) = stores.blobs.list(prefix, Some(&start), SWEEP_BATCH).await.map_err(internal)?;
+    if names.len() < SWEEP_BATCH as usize {
+        // Past the last id: go on from the first.
+        let (first, _) = stores.blobs.list(prefix, None, SWEEP_BATCH - names.len() as u32).await.map_err(internal)?;
+        names.extend(first.into_iter().filter(|n| *n <= start));
+    }
+    for entry in names {
+        let id = &entry[prefix.len()..];
+        settle(stores, id, &entry).await?;
+    }
+    Ok(())
+}
+
+/// Settle session `id` if its time has come.
+pub async fn settle<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, id: &str, entry: &str) -> Result<()> {
+    let now = (stores.now)();
+    let expiry = stores.config.upload_expiry_secs;
+    let Some(loaded) = load(stores, id).await? else {
+        // No record: its release was interrupted after the record went (the objects went
+        // before), or the session is being opened right now (entry before record). Only an
+        // old entry is removed.
+        let opened = stores.blobs.read_bytes(entry).await.ok().and_then(|b| String::from_utf8(b).ok());
+        if opened.and_then(|t| t.parse::<u64>().ok()).is_none_or(|t| now.saturating_sub(t) > expiry) {
+            blobs::unmark(stores, entry).await?;
+        }
+        return Ok(());
+    };
+    let session = &loaded.session;
+    match session.state {
+        SessionState::Open if session.expired(now, expiry) => {
+            cancel(stores, loaded).await?;
+        }
+        SessionState::Cancelled if session.expired(now, grace(stores)) => release(stores, loaded, &[]).await?,
+        SessionState::Finished if session.expired(now, grace(stores)) => settle_committed(stores, loaded).await?,
+        // A finisher that died (or is still hashing: the expiry is hours) after its claim.
+        SessionState::Closing if session.expired(now, expiry) => settle_committed(stores, loaded).await?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A session committed (or perhaps committed, if its finisher died) as its digest: if the blob
+/// record names its parts, the blob owns them and only the rest goes; if not (another first
+/// writer's record stayed, or the commit never happened), all of it goes.
+async fn settle_committed<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, loaded: Loaded) -> Result<()> {
+    let session = &loaded.session;
+    let digest = session.digest.as_deref().and_then(|d| Digest::parse(d).ok());
+    let owned = match &digest {
+        Some(digest) => blobs::record(stores, digest).await?.is_some_and(|r| r.parts == session.parts),
+        None => false,
+    };
+    let keep = if owned { session.parts.clone() } else { Vec::new() };
+    // Claim the session for the release, so that two sweepers do not both act on it.
+    let claimed = loaded.session.moved_to(loaded.session.state, loaded.session.digest.clone(), (stores.now)());
+    let Some(claimed) = swap(stores, &loaded, claimed).await? else { return Ok(()) };
+    release(stores, claimed, &keep).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{advance_clock, block_on, memory_stores};
+
+    fn write_part<M, B: BlobStore<Incoming = Vec<u8>>>(
+        stores: &Stores<M, B>,
+        session: &UploadSession,
+        bytes: &[u8],
+    ) -> (Part, Written) {
+        let name = new_object(stores, session);
+        let hashes = session.hashes().unwrap();
+        let written = block_on(stores.blobs.write(&name, bytes.to_vec(), hashes)).unwrap();
+        (Part { name, size: written.size }, written)
+    }
+
+    #[test]
+    fn of_two_chunks_from_one_version_exactly_one_is_taken_and_the_other_leaves_nothing() {
+        let stores = memory_stores();
+        let repo = RepoName::parse("r").unwrap();
+        let opened = block_on(open(&stores, &repo, None)).unwrap();
+        let (a, wa) = write_part(&stores, &opened.session, b"aaa");
+        let (b, wb) = write_part(&stores, &opened.session, b"bbbb");
+        let first = block_on(append(&stores, &opened, a.clone(), &wa)).unwrap().unwrap();
+        assert_eq!(block_on(append(&stores, &opened, b.clone(), &wb)).unwrap().unwrap_err(), Refused::Concurrent);
+        assert_eq!(first.session.parts, [a]);
+        assert!(block_on(stores.blobs.size(&b.name)).is_err(), "the losing chunk is removed");
+    }
+
+    #[test]
+    fn of_two_finishes_exactly_one_stores_and_the_blob_reads_back() {
+        let stores = memory_stores();
+        let repo = RepoName::parse("r").unwrap();
+        let opened = block_on(open(&stores, &repo, None)).unwrap();
+        let (a, wa) = write_part(&stores, &opened.session, b"hello");
+        let loaded = block_on(append(&stores, &opened, a, &wa)).unwrap().unwrap();
+        let digest = Digest::of(crate::digest::Algorithm::Sha256, b"hello");
+        assert_eq!(block_on(finish(&stores, &loaded, None, &digest)).unwrap(), Finish::Stored);
+        assert_eq!(block_on(finish(&stores, &loaded, None, &digest)).unwrap(), Finish::Refused(Refused::Concurrent));
+        assert!(!block_on(cancel(&stores, loaded.clone())).unwrap(), "a cancel after the finish does nothing");
+        let record = block_on(blobs::record(&stores, &digest)).unwrap().unwrap();
+        assert!(block_on(blobs::parts_present(&stores, &record)).unwrap());
+        // After the grace time the sweep lets the blob own the parts and forgets the session.
+        advance_clock(GRACE_SECS + 1);
+        block_on(sweep(&stores));
+        assert!(block_on(load(&stores, &loaded.session.id)).unwrap().is_none());
+        assert!(block_on(blobs::parts_present(&stores, &record)).unwrap());
+    }
+
+    #[test]
+    fn a_second_upload_of_a_stored_blob_removes_only_its_own_parts() {
+        let stores = memory_stores();
+        let repo = RepoName::parse("r").unwrap();
+        let digest = Digest::of(crate::digest::Algorithm::Sha256, b"x");
+        for _ in 0..2 {
+            let opened = block_on(open(&stores, &repo, None)).unwrap();
+            let (a, wa) = write_part(&stores, &opened.session, b"x");
+            assert_eq!(block_on(finish(&stores, &opened, Some((a, wa)), &digest)).unwrap(), Finish::Stored);
+        }
+        let record = block_on(blobs::record(&stores, &digest)).unwrap().unwrap();
+        assert!(block_on(blobs::parts_present(&stores, &record)).unwrap());
+        assert_eq!(stores.blobs.0.borrow().keys().filter(|k| k.starts_with("uploads/")).count(), 1);
+    }
+
+    #[test]
+    fn a_record_whose_parts_are_gone_is_replaced_by_the_next_push() {
+        let stores = memory_stores();
+        let repo = RepoName::parse("r").unwrap();
+        let digest = Digest::of(crate::digest::Algorithm::Sha256, b"y");
+        let broken = BlobRecord { size: 1, parts: vec![Part { name: "uploads/gone/0".into(), size: 1 }] };
+        block_on(stores.meta.set(&keys::blob(&digest), &serde_json::to_vec(&broken).unwrap())).unwrap();
+        let opened = block_on(open(&stores, &repo, None)).unwrap();
+        let (a, wa) = write_part(&stores, &opened.session, b"y");
+        assert_eq!(block_on(finish(&stores, &opened, Some((a, wa)), &digest)).unwrap(), Finish::Stored);
+        let record = block_on(blobs::record(&stores, &digest)).unwrap().unwrap();
+        assert!(block_on(blobs::parts_present(&stores, &record)).unwrap());
+    }
+
+    #[test]
+    fn an_abandoned_session_expires_from_its_last_chunk_and_leaves_nothing() {
+        let mut stores = memory_stores();
+        stores.config.upload_expiry_secs = 100;
+        let repo = RepoName::parse("r").unwrap();
+        let opened = block_on(open(&stores, &repo, None)).unwrap();
+        advance_clock(80);
+        let (a, wa) = write_part(&stores, &opened.session, b"abc");
+        block_on(append(&stores, &opened, a, &wa)).unwrap().unwrap();
+        advance_clock(80);
+        block_on(sweep(&stores));
+        assert!(block_on(load(&stores, &opened.session.id)).unwrap().is_some(), "touched 80 s ago: alive");
+        advance_clock(30);
+        block_on(sweep(&stores));
+        assert!(block_on(load(&stores, &opened.session.id)).unwrap().is_none());
+        assert!(stores.blobs.0.borrow().keys().all(|k| !k.starts_with("uploads/") && !k.starts_with("index/uploads/")));
+    }
+}
