@@ -180,8 +180,10 @@ pub async fn unmark<M, B: BlobStore>(stores: &Stores<M, B>, object: &str) -> Res
 /// Remove objects nobody references. Failure only leaks space, so it is logged, not returned.
 pub async fn discard<M, B: BlobStore>(stores: &Stores<M, B>, parts: &[Part]) {
     for part in parts {
-        if let Err(err) = stores.blobs.delete(&part.name).await {
-            eprintln!("berth: could not delete unreferenced object {}: {err}", part.name);
+        match stores.blobs.delete(&part.name).await {
+            // Already removed (by the release of the session a losing request wrote into).
+            Ok(()) | Err(StoreError::NotFound) => {}
+            Err(err) => eprintln!("berth: could not delete unreferenced object {}: {err}", part.name),
         }
     }
 }

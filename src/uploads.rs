@@ -73,7 +73,12 @@ pub async fn load<M: MetaStore, B>(stores: &Stores<M, B>, id: &str) -> Result<Op
 async fn swap<M: MetaStore, B>(stores: &Stores<M, B>, from: &Loaded, next: UploadSession) -> Result<Option<Loaded>> {
     let raw = serde_json::to_vec(&next).expect("sessions serialize");
     let key = keys::upload(&from.session.id);
-    Ok(stores.meta.compare_and_swap(&key, &from.raw, &raw).await.map_err(internal)?.then_some(Loaded { session: next, raw }))
+    Ok(stores
+        .meta
+        .compare_and_swap(&key, &from.raw, &raw)
+        .await
+        .map_err(internal)?
+        .then_some(Loaded { session: next, raw }))
 }
 
 /// A fresh name for bytes that `session` writes.

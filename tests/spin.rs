@@ -14,7 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn spin_binary() -> Option<PathBuf> {
-    let candidates = [std::env::var_os("SPIN_BIN").map(PathBuf::from), Some(repo_root().join("../shared/tools/spin/spin"))];
+    let candidates =
+        [std::env::var_os("SPIN_BIN").map(PathBuf::from), Some(repo_root().join("../shared/tools/spin/spin"))];
     candidates.into_iter().flatten().find(|p| p.is_file())
 }
 
@@ -154,7 +155,8 @@ async fn on_spin_of_concurrent_finishes_of_one_session_one_wins_and_the_blob_rea
         let response = reg.patch_chunk(&location, 0, &blob).await;
         let location = header(&response, "location");
         let finishes = (0..8).map(|_| reg.finish_upload(&location, &digest, &[]));
-        let statuses: Vec<u16> = futures::future::join_all(finishes).await.iter().map(|r| r.status().as_u16()).collect();
+        let statuses: Vec<u16> =
+            futures::future::join_all(finishes).await.iter().map(|r| r.status().as_u16()).collect();
         assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "round {round}: {statuses:?}");
         assert!(statuses.iter().all(|s| *s == 201 || *s == 404), "round {round}: {statuses:?}");
         for _ in 0..3 {

@@ -6,9 +6,11 @@
 //! whose commit returned. A delete unlinks, fsyncs, and removes the directories it left empty.
 //! Names are checked so that none can leave the root.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum BlobError {
@@ -42,6 +44,70 @@ const OBJECT_SUFFIX: char = '~';
 #[derive(Clone)]
 pub struct FsBlobStore {
     root: PathBuf,
+    listings: Arc<Listings>,
+}
+
+/// Listings that do not re-read a large directory for every page.
+///
+/// Each directory has a version, bumped (for it and every ancestor) after an object below it
+/// is linked into place or unlinked. A listing of a directory with many names keeps its sorted
+/// names with the version it read before walking; a later page finds them still current when
+/// no write below that directory has happened since, and reads only the page (a binary search
+/// for the cursor). A write that lands during a walk bumps the version after its link, so the
+/// names kept from that walk are never taken as current afterwards. This is exact because the
+/// runner is the only process writing its data directory.
+#[derive(Default)]
+struct Listings {
+    versions: Mutex<HashMap<String, u64>>,
+    kept: Mutex<KeptListings>,
+}
+
+#[derive(Default)]
+struct KeptListings {
+    by_dir: HashMap<String, (u64, Arc<Vec<String>>)>,
+    names: usize,
+}
+
+/// Directories with fewer names are walked every time: that is as cheap as keeping them.
+const KEEP_LISTINGS_FROM: usize = 256;
+/// At most this many names are kept over all directories (a few tens of MB at most).
+const KEEP_LISTINGS_AT_MOST: usize = 1_000_000;
+
+impl Listings {
+    fn version(&self, dir: &str) -> u64 {
+        self.versions.lock().unwrap_or_else(|p| p.into_inner()).get(dir).copied().unwrap_or(0)
+    }
+
+    /// An object named `name` appeared or went: every directory above it lists differently.
+    fn changed(&self, name: &str) {
+        let mut versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dir = name;
+        while let Some(slash) = dir.rfind('/') {
+            dir = &dir[..slash];
+            *versions.entry(dir.to_owned()).or_default() += 1;
+        }
+        *versions.entry(String::new()).or_default() += 1;
+    }
+
+    fn current(&self, dir: &str, version: u64) -> Option<Arc<Vec<String>>> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.by_dir.get(dir).filter(|(v, _)| *v == version).map(|(_, names)| names.clone())
+    }
+
+    fn keep(&self, dir: &str, version: u64, names: Arc<Vec<String>>) {
+        if names.len() < KEEP_LISTINGS_FROM {
+            return;
+        }
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.names + names.len() > KEEP_LISTINGS_AT_MOST {
+            kept.by_dir.clear();
+            kept.names = 0;
+        }
+        kept.names += names.len();
+        if let Some((_, old)) = kept.by_dir.insert(dir.to_owned(), (version, names)) {
+            kept.names -= old.len();
+        }
+    }
 }
 
 /// Check an object name: `/`-separated components of `[A-Za-z0-9._:-]`, none empty, none
@@ -64,7 +130,7 @@ impl FsBlobStore {
     /// the middle of left behind.
     pub fn new(root: PathBuf) -> io::Result<FsBlobStore> {
         fs::create_dir_all(root.join(TMP_DIR))?;
-        let store = FsBlobStore { root };
+        let store = FsBlobStore { root, listings: Arc::default() };
         let removed = store.clear_tmp()?;
         if removed > 0 {
             println!("berth-runner: removed {removed} temp file(s) of blob writes interrupted by the last stop");
@@ -107,7 +173,16 @@ impl FsBlobStore {
         getrandom::fill(&mut random).map_err(|e| BlobError::Other(e.to_string()))?;
         let tmp = self.root.join(TMP_DIR).join(random.iter().map(|b| format!("{b:02x}")).collect::<String>());
         let file = File::create_new(&tmp)?;
-        Ok(ObjectWriter { file, tmp, target, root: self.root.clone(), size: 0, flushed: 0 })
+        Ok(ObjectWriter {
+            file,
+            tmp,
+            target,
+            name: name.to_owned(),
+            root: self.root.clone(),
+            listings: self.listings.clone(),
+            size: 0,
+            flushed: 0,
+        })
     }
 
     pub fn size(&self, name: &str) -> Result<u64, BlobError> {
@@ -135,6 +210,7 @@ impl FsBlobStore {
         let dir = path.parent().expect("object paths are under the root");
         let unlinked = fs::remove_file(&path);
         if unlinked.is_ok() {
+            self.listings.changed(name);
             sync_dir(&self.root, dir)?;
         }
         self.remove_empty_dirs(dir);
@@ -163,15 +239,30 @@ impl FsBlobStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<String>, Option<String>), BlobError> {
-        // Walk only the directory that holds every name with this prefix.
+        // Walk only the directory that holds every name with this prefix, or use its names as
+        // kept from the last walk when nothing below it changed since.
         let dir_part = prefix.rfind('/').map_or("", |i| &prefix[..i]);
         if !dir_part.is_empty() {
             validate_name(dir_part)?;
         }
-        let mut names = Vec::new();
-        walk(&self.root.join(dir_part), dir_part, &mut names)?;
-        names.retain(|n| n.starts_with(prefix) && cursor.is_none_or(|c| n.as_str() > c));
-        names.sort();
+        let version = self.listings.version(dir_part);
+        let all = match self.listings.current(dir_part, version) {
+            Some(names) => names,
+            None => {
+                let mut names = Vec::new();
+                walk(&self.root.join(dir_part), dir_part, &mut names)?;
+                names.sort_unstable();
+                let names = Arc::new(names);
+                self.listings.keep(dir_part, version, names.clone());
+                names
+            }
+        };
+        let mut start = all.partition_point(|n| n.as_str() < prefix);
+        if let Some(cursor) = cursor {
+            start = start.max(all.partition_point(|n| n.as_str() <= cursor));
+        }
+        let mut names: Vec<String> =
+            all[start..].iter().take_while(|n| n.starts_with(prefix)).take(limit.saturating_add(1)).cloned().collect();
         let next = (names.len() > limit).then(|| names[limit - 1].clone()).filter(|_| limit > 0);
         names.truncate(limit);
         Ok((names, next))
@@ -236,7 +327,10 @@ pub struct ObjectWriter {
     file: File,
     tmp: PathBuf,
     target: PathBuf,
+    /// The object's name, for the listings it changes.
+    name: String,
     root: PathBuf,
+    listings: Arc<Listings>,
     size: u64,
     /// Bytes handed to writeback so far.
     flushed: u64,
@@ -258,6 +352,7 @@ impl ObjectWriter {
         self.file.sync_all()?;
         let dir = self.target.parent().expect("object paths are under the root");
         let created = self.link_into_place(dir)?;
+        self.listings.changed(&self.name);
         sync_dir(&self.root, dir)?;
         // Each new directory is an entry of its parent: durable only once the parent is synced.
         let mut parents: Vec<&Path> = created.iter().filter_map(|d| d.parent()).filter(|p| *p != dir).collect();
@@ -600,6 +695,28 @@ mod tests {
             .collect();
         threads.into_iter().for_each(|t| t.join().unwrap());
         assert!(s.list("", None, 10).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn a_kept_listing_sees_every_later_commit_and_delete() {
+        let (_d, s) = store();
+        let name = |i: usize| format!("index/tags/big/_/t{i:05}");
+        for i in (0..600).step_by(2) {
+            put(&s, &name(i), b"");
+        }
+        let prefix = "index/tags/big/_/";
+        assert_eq!(s.list(prefix, None, 3).unwrap().0, [name(0), name(2), name(4)]);
+        // Pages from the kept names.
+        assert_eq!(s.list(prefix, Some(&name(100)), 2).unwrap().0, [name(102), name(104)]);
+        put(&s, &name(101), b"");
+        assert_eq!(s.list(prefix, Some(&name(100)), 2).unwrap().0, [name(101), name(102)], "a commit is seen");
+        s.delete(&name(102)).unwrap();
+        assert_eq!(s.list(prefix, Some(&name(100)), 2).unwrap().0, [name(101), name(104)], "a delete is seen");
+        put(&s, "index/tags/other/_/x", b"");
+        assert_eq!(s.list(prefix, Some(&name(596)), 5).unwrap(), (vec![name(598)], None));
+        // A nested name below a listed directory changes it too.
+        put(&s, &format!("{}/deeper", name(0)), b"");
+        assert!(s.list(prefix, None, 2).unwrap().0.contains(&format!("{}/deeper", name(0))));
     }
 
     #[test]

@@ -89,12 +89,29 @@ pub async fn record<M: MetaStore, B>(
         .map_err(|e| RegistryError::new(ErrorCode::Internal, format!("corrupt manifest record {digest}: {e}")))
 }
 
-/// What a tag points at, if the tag exists.
-pub async fn tag_target<M: MetaStore, B>(stores: &Stores<M, B>, name: &RepoName, tag: &Tag) -> Result<Option<TagTarget>> {
+/// What a tag points at, if the tag exists, with the exact bytes stored (for a swap).
+async fn tag_value<M: MetaStore, B>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    tag: &Tag,
+) -> Result<Option<(TagTarget, Vec<u8>)>> {
     let Some(bytes) = stores.meta.get(&keys::tag(name, tag)).await.map_err(internal)? else { return Ok(None) };
+    if bytes.is_empty() {
+        return Ok(None); // deleted (see `remove_tag`)
+    }
     let corrupt = || RegistryError::new(ErrorCode::Internal, format!("corrupt tag {}", tag.as_str()));
-    let text = String::from_utf8(bytes).map_err(|_| corrupt())?;
-    TagTarget::parse(&text).map(Some).ok_or_else(corrupt)
+    let text = std::str::from_utf8(&bytes).map_err(|_| corrupt())?;
+    let target = TagTarget::parse(text).ok_or_else(corrupt)?;
+    Ok(Some((target, bytes)))
+}
+
+/// What a tag points at, if the tag exists.
+pub async fn tag_target<M: MetaStore, B>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    tag: &Tag,
+) -> Result<Option<TagTarget>> {
+    Ok(tag_value(stores, name, tag).await?.map(|(target, _)| target))
 }
 
 /// The manifest a tag resolves to: the record of the generation the tag was set for.
@@ -250,15 +267,51 @@ async fn set_tag<M: MetaStore, B: BlobStore>(
     Err(RegistryError::new(ErrorCode::Internal, format!("tag {} kept changing under a push", tag.as_str())))
 }
 
-/// Remove `tag`: the tag first (from here it does not resolve), then its index entry, then a
-/// second look: if a push set the tag again meanwhile, its entry is put back. Whichever of a
-/// push and a delete touches the entry last, the entry ends up there exactly when the tag is.
-async fn remove_tag<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, name: &RepoName, tag: &Tag) -> Result<()> {
+/// Remove `tag` if it still points where `doomed` says: the tag first (from here it does not
+/// resolve), then its index entry, then a second look (see [`unindex`]). The tag is swapped to
+/// empty (deleted) rather than deleted: a delete cannot be made conditional, and a tag moved
+/// meanwhile to another manifest (a push racing a delete of the old manifest) must stay.
+/// Whether this request removed it.
+async fn remove_tag<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    tag: &Tag,
+    doomed: impl Fn(&TagTarget) -> bool,
+) -> Result<bool> {
+    let key = keys::tag(name, tag);
+    let Some((target, bytes)) = tag_value(stores, name, tag).await? else { return Ok(false) };
+    if !doomed(&target) || !stores.meta.compare_and_swap(&key, &bytes, b"").await.map_err(internal)? {
+        return Ok(false);
+    }
     let entry = keys::tag_entry(name, tag);
-    stores.meta.delete(&keys::tag(name, tag)).await.map_err(internal)?;
-    blobs::unmark(stores, &entry).await?;
-    if stores.meta.get(&keys::tag(name, tag)).await.map_err(internal)?.is_some() {
-        blobs::mark(stores, &entry, Vec::new()).await?;
+    unindex(stores, &entry, Some(Vec::new()), async || Ok(tag_value(stores, name, tag).await?.is_some())).await?;
+    Ok(true)
+}
+
+/// Remove an index entry whose fact was just removed, then look at the fact again: if a push
+/// set it meanwhile, put the entry back. A push writes its entry before and after its fact;
+/// whichever of the two requests touches the entry last, the entry ends up there exactly when
+/// the fact is.
+/// `known`: the entry's content when the caller knows it (else it is read before the removal).
+async fn unindex<M, B: BlobStore>(
+    stores: &Stores<M, B>,
+    entry: &str,
+    known: Option<Vec<u8>>,
+    fact_exists: impl AsyncFnOnce() -> Result<bool>,
+) -> Result<()> {
+    let content = match known {
+        Some(content) => Some(content),
+        None => match stores.blobs.read_bytes(entry).await {
+            Ok(content) => Some(content),
+            Err(crate::store::StoreError::NotFound) => None,
+            Err(e) => return Err(internal(e)),
+        },
+    };
+    blobs::unmark(stores, entry).await?;
+    if fact_exists().await?
+        && let Some(content) = content
+    {
+        blobs::mark(stores, entry, content).await?;
     }
     Ok(())
 }
@@ -283,7 +336,7 @@ async fn store<M: MetaStore, B: BlobStore>(
         subject: manifest.subject.as_ref().map(Digest::to_string),
         generation: Some(hex::encode(&(stores.random)()[8..])),
     };
-    if let Some(subject) = &manifest.subject {
+    let referrer_entry = if let Some(subject) = &manifest.subject {
         let descriptor = ReferrerDescriptor {
             media_type: manifest.media_type.clone(),
             digest: digest.to_string(),
@@ -292,13 +345,13 @@ async fn store<M: MetaStore, B: BlobStore>(
             annotations: manifest.annotations.clone(),
         };
         // The entry before the record: a listing shows it only once the record is there.
-        blobs::mark(
-            stores,
-            &keys::referrer(name, subject, digest),
-            serde_json::to_vec(&descriptor).expect("descriptors serialize"),
-        )
-        .await?;
-    }
+        let entry = keys::referrer(name, subject, digest);
+        let descriptor = serde_json::to_vec(&descriptor).expect("descriptors serialize");
+        blobs::mark(stores, &entry, descriptor.clone()).await?;
+        Some((entry, descriptor))
+    } else {
+        None
+    };
     if let Some(existing) = self::record(stores, name, digest).await? {
         return Ok(existing.generation);
     }
@@ -307,6 +360,10 @@ async fn store<M: MetaStore, B: BlobStore>(
         .set(&keys::manifest(name, digest), &serde_json::to_vec(&record).expect("records serialize"))
         .await
         .map_err(internal)?;
+    if let Some((entry, descriptor)) = referrer_entry {
+        // Again after the record: a racing delete may have removed it in between (`unindex`).
+        blobs::mark(stores, &entry, descriptor).await?;
+    }
     Ok(record.generation)
 }
 
@@ -342,14 +399,17 @@ pub async fn delete<M: MetaStore, B: BlobStore>(
     match Reference::parse(reference)? {
         Reference::Tag(tag) => {
             tag_target(stores, name, &tag).await?.ok_or_else(|| unknown(name, reference))?;
-            remove_tag(stores, name, &tag).await?;
+            // Moved by a racing push meanwhile: this delete came first, the push stays.
+            remove_tag(stores, name, &tag, |_| true).await?;
         }
         Reference::Digest(digest) => {
             let record = record(stores, name, &digest).await?.ok_or_else(|| unknown(name, reference))?;
             // From here on neither the digest nor any tag resolves to it.
             stores.meta.delete(&keys::manifest(name, &digest)).await.map_err(internal)?;
             if let Some(subject) = record.subject.as_deref().and_then(|s| Digest::parse(s).ok()) {
-                blobs::unmark(stores, &keys::referrer(name, &subject, &digest)).await?;
+                let entry = keys::referrer(name, &subject, &digest);
+                let still = async || Ok(self::record(stores, name, &digest).await?.is_some());
+                unindex(stores, &entry, None, still).await?;
             }
             untag(stores, name, &digest).await?;
         }
@@ -357,16 +417,15 @@ pub async fn delete<M: MetaStore, B: BlobStore>(
     Ok(Response::new(StatusCode::ACCEPTED).empty())
 }
 
-/// Remove the tags that point at a deleted manifest.
+/// Remove the tags that point at a deleted manifest (and only while they still do: a tag moved
+/// to another manifest meanwhile stays).
 async fn untag<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, name: &RepoName, digest: &Digest) -> Result<()> {
     let prefix = keys::tags_prefix(name);
     let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
     while let Some(objects) = pages.next().await? {
         for object in &objects {
             let Ok(tag) = Tag::parse(&object[prefix.len()..]) else { continue };
-            if tag_target(stores, name, &tag).await?.is_some_and(|t| t.digest == *digest) {
-                remove_tag(stores, name, &tag).await?;
-            }
+            remove_tag(stores, name, &tag, |target| target.digest == *digest).await?;
         }
     }
     Ok(())

@@ -303,11 +303,9 @@ fn chunk_length<B, S>(
     let declared = content_length(req)?;
     let Some(range) = req.header(header::CONTENT_RANGE) else { return Ok(Ok(declared)) };
     match parse_content_range(range) {
-        Some((start, _)) if start != session.size => Ok(Err(out_of_order(
-            name,
-            session,
-            format!("chunk starts at {start}, upload is at {}", session.size),
-        ))),
+        Some((start, _)) if start != session.size => {
+            Ok(Err(out_of_order(name, session, format!("chunk starts at {start}, upload is at {}", session.size))))
+        }
         Some((start, end)) => {
             let length = end - start + 1;
             if declared.is_some_and(|n| n != length) {

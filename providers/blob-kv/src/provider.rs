@@ -2,11 +2,11 @@
 //! keys and ranges is in [`crate::layout`]; this moves bytes between streams and the store.
 
 use crate::layout::{self, CHUNK_SIZE, ChunkSpan, ObjectRecord, PageBuilder};
-use bindings::wasi::keyvalue::{atomics, store as wasi_kv};
 use berth_hash_state::{Algorithm, RunningHash};
 use bindings::exports::berth::blob_store::store::{
     Error, Extent, Guest, HashAlgorithm, HashState, ObjectInfo, Page, Written,
 };
+use bindings::wasi::keyvalue::{atomics, store as wasi_kv};
 use spin_sdk::key_value::Store;
 use spin_sdk::wit_bindgen::{FutureReader, StreamReader, StreamResult};
 
