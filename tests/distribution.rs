@@ -13,15 +13,6 @@ fn start() -> (tempfile::TempDir, Runner, Registry) {
     (data, runner, registry)
 }
 
-fn header(response: &reqwest::Response, name: &str) -> String {
-    response.headers().get(name).unwrap_or_else(|| panic!("header {name}")).to_str().unwrap().to_owned()
-}
-
-async fn expect_error(response: reqwest::Response, status: u16, code: &str) {
-    let (got_status, got_code, body) = error_code(response).await;
-    assert_eq!((got_status, got_code.as_str()), (status, code), "{body}");
-}
-
 // ---- pull: blobs ----------------------------------------------------------------------------
 
 #[tokio::test]

@@ -119,10 +119,6 @@ fn app_manifest(dir: &Path, component: &Path, provider: &Path) -> PathBuf {
     path
 }
 
-fn header(response: &reqwest::Response, name: &str) -> String {
-    response.headers()[name].to_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn spin_up_serves_pushes_and_pulls_through_the_key_value_provider() {
     let Some(spin) = Spin::start() else { return };

@@ -57,15 +57,6 @@ fn start(options: RunnerOptions<'static>) -> (tempfile::TempDir, Runner, Registr
     (data, runner, registry)
 }
 
-fn header(response: &reqwest::Response, name: &str) -> String {
-    response.headers().get(name).unwrap_or_else(|| panic!("header {name}")).to_str().unwrap().to_owned()
-}
-
-async fn expect_error(response: reqwest::Response, status: u16, code: &str) {
-    let (got_status, got_code, body) = error_code(response).await;
-    assert_eq!((got_status, got_code.as_str()), (status, code), "{body}");
-}
-
 /// A response's status and, for an error, its OCI error code (the body is consumed).
 async fn outcome(response: reqwest::Response) -> (u16, Option<String>) {
     let status = response.status().as_u16();

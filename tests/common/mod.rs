@@ -314,6 +314,17 @@ pub async fn error_code(response: reqwest::Response) -> (u16, String, serde_json
     (status, code, body)
 }
 
+/// A response header as a string (the test fails when it is missing).
+pub fn header(response: &reqwest::Response, name: &str) -> String {
+    response.headers().get(name).unwrap_or_else(|| panic!("header {name}")).to_str().unwrap().to_owned()
+}
+
+/// The response is an OCI error with this status and code.
+pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) {
+    let (got_status, got_code, body) = error_code(response).await;
+    assert_eq!((got_status, got_code.as_str()), (status, code), "{body}");
+}
+
 /// A response body as JSON.
 pub async fn json(response: reqwest::Response) -> serde_json::Value {
     serde_json::from_slice(&response.bytes().await.expect("a body")).expect("a JSON body")
