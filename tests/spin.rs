@@ -49,7 +49,7 @@ impl Spin {
             // in parallel, and its background worker then panics (noise, not a failure).
             .arg("--disable-cache")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(state.path().join("spin-stderr.txt")).unwrap())
             .spawn()
             .expect("starting spin up");
         let spin = Spin { child, url: format!("http://127.0.0.1:{port}"), _state: state };
@@ -73,16 +73,22 @@ impl Spin {
 
 impl Drop for Spin {
     fn drop(&mut self) {
-        // The component's own stderr (Spin writes it to a file): shown with the test's output.
+        // The component's own stderr (Spin writes it to a file): shown with the test's output;
+        // Spin's own, when the test failed.
         let log = self._state.path().join("state/logs/registry_stderr.txt");
         if let Ok(text) = std::fs::read_to_string(log).map(|t| t.trim().to_owned())
             && !text.is_empty()
         {
             println!("component stderr under spin:\n{text}");
         }
+        if std::thread::panicking() {
+            let spin_log = std::fs::read_to_string(self._state.path().join("spin-stderr.txt")).unwrap_or_default();
+            println!("spin stderr:\n{spin_log}");
+        }
         // `spin up` serves from a child process (`spin trigger http`): stop it, then spin. (Spin
         // 4.1 prints "worker failed: worker panicked" for each keep-alive connection still open
-        // when it is stopped: noise at shutdown, after every response was sent.)
+        // when it is stopped: noise at shutdown, after every response was sent, and kept out of
+        // the test output unless the test failed.)
         let pid = self.child.id().to_string();
         let _ = Command::new("pkill").args(["-TERM", "-P", &pid]).status();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
