@@ -169,8 +169,9 @@ pub async fn marked<M, B: BlobStore>(stores: &Stores<M, B>, object: &str) -> Res
     }
 }
 
-/// Remove an index object; one that is already gone is fine.
-pub async fn unmark<M, B: BlobStore>(stores: &Stores<M, B>, object: &str) -> Result<(), RegistryError> {
+/// Remove an object (an index entry, or bytes nobody references); one that is already gone
+/// is fine (a concurrent removal, or the release of the session a losing request wrote into).
+pub async fn remove<M, B: BlobStore>(stores: &Stores<M, B>, object: &str) -> Result<(), RegistryError> {
     match stores.blobs.delete(object).await {
         Ok(()) | Err(StoreError::NotFound) => Ok(()),
         Err(e) => Err(internal(e)),
@@ -180,10 +181,8 @@ pub async fn unmark<M, B: BlobStore>(stores: &Stores<M, B>, object: &str) -> Res
 /// Remove objects nobody references. Failure only leaks space, so it is logged, not returned.
 pub async fn discard<M, B: BlobStore>(stores: &Stores<M, B>, parts: &[Part]) {
     for part in parts {
-        match stores.blobs.delete(&part.name).await {
-            // Already removed (by the release of the session a losing request wrote into).
-            Ok(()) | Err(StoreError::NotFound) => {}
-            Err(err) => eprintln!("berth: could not delete unreferenced object {}: {err}", part.name),
+        if let Err(err) = remove(stores, &part.name).await {
+            eprintln!("berth: could not delete unreferenced object {}: {err}", part.name);
         }
     }
 }

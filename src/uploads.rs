@@ -12,7 +12,7 @@ use crate::digest::{Digest, RunningHash};
 use crate::errcode::{ErrorCode, RegistryError};
 use crate::keys;
 use crate::name::RepoName;
-use crate::store::{BlobStore, MetaStore, StoreError, Stores, Written};
+use crate::store::{BlobStore, MetaStore, Stores, Written};
 use crate::upload::{SessionState, UploadSession, valid_id};
 
 type Result<T> = std::result::Result<T, RegistryError>;
@@ -86,29 +86,21 @@ pub fn new_object<M, B>(stores: &Stores<M, B>, session: &UploadSession) -> Strin
     keys::upload_object(&session.id, (stores.random)())
 }
 
-/// Why a chunk or a finish did not move the session on.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Refused {
-    /// Another request moved the session first (a concurrent chunk, finish or cancel).
-    Concurrent,
-}
-
 /// Add a written object as the session's next chunk. The object was written under a fresh name
-/// of this session; if another request moved the session first it is removed again.
+/// of this session; if another request moved the session first (a concurrent chunk, finish or
+/// cancel) it is removed again and the answer is `None`.
 pub async fn append<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     from: &Loaded,
     part: Part,
     written: &Written,
-) -> Result<std::result::Result<Loaded, Refused>> {
+) -> Result<Option<Loaded>> {
     let next = from.session.advanced(part.clone(), &written.hashes, (stores.now)());
-    match swap(stores, from, next).await? {
-        Some(loaded) => Ok(Ok(loaded)),
-        None => {
-            blobs::discard(stores, &[part]).await;
-            Ok(Err(Refused::Concurrent))
-        }
+    let appended = swap(stores, from, next).await?;
+    if appended.is_none() {
+        blobs::discard(stores, &[part]).await;
     }
+    Ok(appended)
 }
 
 /// How a finish ended.
@@ -117,7 +109,7 @@ pub enum Finish {
     /// The blob is stored and linked to the session's repository.
     Stored,
     /// Another request finished or cancelled the session first; nothing was done.
-    Refused(Refused),
+    Refused,
     /// The bytes hash to `actual`: the session is cancelled and its objects removed.
     Mismatch { actual: Digest },
 }
@@ -141,7 +133,7 @@ pub async fn finish<M: MetaStore, B: BlobStore>(
         if let Some((part, _)) = last {
             blobs::discard(stores, &[part]).await;
         }
-        return Ok(Finish::Refused(Refused::Concurrent));
+        return Ok(Finish::Refused);
     };
     let session = &closing.session;
     let record = BlobRecord { size: session.size, parts: session.parts.clone() };
@@ -229,13 +221,10 @@ async fn release<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, claimed: Loa
         doomed.extend(names.into_iter().filter(|n| !keep.iter().any(|k| &k.name == n)));
     }
     for name in doomed {
-        match stores.blobs.delete(&name).await {
-            Ok(()) | Err(StoreError::NotFound) => {}
-            Err(e) => return Err(internal(e)),
-        }
+        blobs::remove(stores, &name).await?;
     }
     stores.meta.delete(&keys::upload(id)).await.map_err(internal)?;
-    blobs::unmark(stores, &keys::upload_index(id)).await
+    blobs::remove(stores, &keys::upload_index(id)).await
 }
 
 /// One bounded step of the sweep: look at up to [`SWEEP_BATCH`] sessions of the index from a
@@ -275,7 +264,7 @@ pub async fn settle<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, id: &str,
         // old entry is removed.
         let opened = stores.blobs.read_bytes(entry).await.ok().and_then(|b| String::from_utf8(b).ok());
         if opened.and_then(|t| t.parse::<u64>().ok()).is_none_or(|t| now.saturating_sub(t) > expiry) {
-            blobs::unmark(stores, entry).await?;
+            blobs::remove(stores, entry).await?;
         }
         return Ok(());
     };
@@ -304,7 +293,9 @@ async fn settle_committed<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, loa
         None => false,
     };
     let keep = if owned { session.parts.clone() } else { Vec::new() };
-    // Claim the session for the release, so that two sweepers do not both act on it.
+    // Touch the session before releasing it: a second sweeper that read it earlier fails its
+    // swap and leaves it. (Two that read it in the same second may both go on; the release is
+    // idempotent, and both keep the same parts.)
     let claimed = loaded.session.moved_to(loaded.session.state, loaded.session.digest.clone(), (stores.now)());
     let Some(claimed) = swap(stores, &loaded, claimed).await? else { return Ok(()) };
     release(stores, claimed, &keep).await
@@ -334,7 +325,7 @@ mod tests {
         let (a, wa) = write_part(&stores, &opened.session, b"aaa");
         let (b, wb) = write_part(&stores, &opened.session, b"bbbb");
         let first = block_on(append(&stores, &opened, a.clone(), &wa)).unwrap().unwrap();
-        assert_eq!(block_on(append(&stores, &opened, b.clone(), &wb)).unwrap().unwrap_err(), Refused::Concurrent);
+        assert!(block_on(append(&stores, &opened, b.clone(), &wb)).unwrap().is_none(), "the second is refused");
         assert_eq!(first.session.parts, [a]);
         assert!(block_on(stores.blobs.size(&b.name)).is_err(), "the losing chunk is removed");
     }
@@ -348,7 +339,7 @@ mod tests {
         let loaded = block_on(append(&stores, &opened, a, &wa)).unwrap().unwrap();
         let digest = Digest::of(crate::digest::Algorithm::Sha256, b"hello");
         assert_eq!(block_on(finish(&stores, &loaded, None, &digest)).unwrap(), Finish::Stored);
-        assert_eq!(block_on(finish(&stores, &loaded, None, &digest)).unwrap(), Finish::Refused(Refused::Concurrent));
+        assert_eq!(block_on(finish(&stores, &loaded, None, &digest)).unwrap(), Finish::Refused);
         assert!(!block_on(cancel(&stores, loaded.clone())).unwrap(), "a cancel after the finish does nothing");
         let record = block_on(blobs::record(&stores, &digest)).unwrap().unwrap();
         assert!(block_on(blobs::parts_present(&stores, &record)).unwrap());

@@ -69,9 +69,7 @@ impl SqliteStore {
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        self.read(|c| {
-            c.prepare_cached("SELECT value FROM kv WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()
-        })
+        self.read(|c| value_of(c, key))
     }
 
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
@@ -122,6 +120,11 @@ pub enum Swap {
 const UPSERT: &str =
     "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value";
 
+/// The value of `key` as `conn` (a read connection, or a transaction) sees it.
+fn value_of(conn: &Connection, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+    conn.prepare_cached("SELECT value FROM kv WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()
+}
+
 fn sql_error(e: rusqlite::Error) -> String {
     e.to_string()
 }
@@ -152,10 +155,7 @@ impl SqliteStore {
     /// nothing.
     pub fn increment(&self, key: &str, delta: i64) -> Result<i64, String> {
         self.transaction(|tx| {
-            let current: Option<Vec<u8>> = tx
-                .prepare_cached("SELECT value FROM kv WHERE key = ?1")
-                .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
-                .map_err(sql_error)?;
+            let current = value_of(tx, key).map_err(sql_error)?;
             let current = current.map_or(Ok(0), |value| decode_counter(key, &value))?;
             let new = current.checked_add(delta).ok_or_else(|| format!("incrementing {key:?} by {delta} overflows"))?;
             tx.prepare_cached(UPSERT)
@@ -185,11 +185,7 @@ impl SqliteStore {
             if changed == 1 {
                 return Ok(Swap::Done);
             }
-            let now = tx
-                .prepare_cached("SELECT value FROM kv WHERE key = ?1")
-                .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
-                .map_err(sql_error)?;
-            Ok(Swap::Changed(now))
+            Ok(Swap::Changed(value_of(tx, key).map_err(sql_error)?))
         })
     }
 }

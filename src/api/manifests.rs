@@ -1,7 +1,7 @@
 //! `GET|HEAD|PUT|DELETE /v2/<name>/manifests/<reference>`.
 
 use crate::blobs::{self, ObjectPages, Part, internal};
-use crate::digest::{Algorithm, Digest};
+use crate::digest::{Algorithm, Digest, RunningHash};
 use crate::errcode::{ErrorCode, RegistryError};
 use crate::keys;
 use crate::manifest::{self, MAX_MANIFEST_SIZE, Manifest};
@@ -193,7 +193,10 @@ pub async fn put<M: MetaStore, B: BlobStore>(
         Reference::Digest(d) => d.algorithm(),
         Reference::Tag(_) => Algorithm::Sha256,
     };
-    let digest = Digest::of(algorithm, &bytes);
+    // Hashed once: the digest, and the hash a new blob's session is finished with.
+    let mut hash = RunningHash::new(algorithm);
+    hash.update(&bytes);
+    let digest = Digest::from_hash(hash.clone());
     if let Reference::Digest(expected) = &reference
         && *expected != digest
     {
@@ -204,7 +207,7 @@ pub async fn put<M: MetaStore, B: BlobStore>(
     }
     let manifest = manifest::parse(&bytes, content_type.as_deref())?;
     check_references(stores, name, &manifest).await?;
-    let generation = store(stores, name, &digest, &manifest, bytes).await?;
+    let generation = store(stores, name, &digest, &manifest, bytes, hash).await?;
     if let Reference::Tag(tag) = &reference {
         set_tag(stores, name, tag, TagTarget { digest: digest.clone(), generation }).await?;
     }
@@ -307,7 +310,7 @@ async fn unindex<M, B: BlobStore>(
             Err(e) => return Err(internal(e)),
         },
     };
-    blobs::unmark(stores, entry).await?;
+    blobs::remove(stores, entry).await?;
     if fact_exists().await?
         && let Some(content) = content
     {
@@ -316,19 +319,21 @@ async fn unindex<M, B: BlobStore>(
     Ok(())
 }
 
-/// Store the bytes (as a blob), the manifest record (unless there is one: it keeps its
-/// generation), and its referrers entry; the record's generation.
+/// Store the bytes (as a blob; `hash` is their running hash, finished), the manifest record
+/// (unless there is one: it keeps its generation), and its referrers entry; the record's
+/// generation.
 async fn store<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     name: &RepoName,
     digest: &Digest,
     manifest: &Manifest,
     bytes: Vec<u8>,
+    hash: RunningHash,
 ) -> Result<Option<String>> {
     let size = bytes.len() as u64;
     match blobs::record(stores, digest).await? {
         Some(stored) if blobs::parts_present(stores, &stored).await? => blobs::link(stores, name, digest).await?,
-        _ => store_bytes(stores, name, digest, bytes).await?,
+        _ => store_bytes(stores, name, digest, bytes, hash).await?,
     }
     let record = ManifestRecord {
         media_type: manifest.media_type.clone(),
@@ -367,24 +372,20 @@ async fn store<M: MetaStore, B: BlobStore>(
     Ok(record.generation)
 }
 
-/// A manifest's bytes stored as a blob, through an upload session like any other blob.
+/// A manifest's bytes stored as a blob, through an upload session like any other blob: one
+/// chunk, whose running hash (`hash`, over `bytes`) the finish checks against `digest`.
 async fn store_bytes<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     name: &RepoName,
     digest: &Digest,
     bytes: Vec<u8>,
+    hash: RunningHash,
 ) -> Result<()> {
     let opened = uploads::open(stores, name, None).await?;
     let object = uploads::new_object(stores, &opened.session);
-    let mut hashes = opened.session.hashes().unwrap_or_default();
-    hashes.retain(|h| h.algorithm() == digest.algorithm());
-    if hashes.is_empty() {
-        hashes.push(crate::digest::RunningHash::new(digest.algorithm()));
-    }
-    hashes.iter_mut().for_each(|h| h.update(&bytes));
     let size = bytes.len() as u64;
     stores.blobs.write_bytes(&object, bytes).await.map_err(internal)?;
-    let last = (Part { name: object, size }, Written { size, hashes });
+    let last = (Part { name: object, size }, Written { size, hashes: vec![hash] });
     match uploads::finish(stores, &opened, Some(last), digest).await? {
         Finish::Stored => Ok(()),
         other => Err(RegistryError::new(ErrorCode::Internal, format!("storing manifest {digest}: {other:?}"))),

@@ -115,7 +115,7 @@ async fn monolithic<M: MetaStore, B: BlobStore>(
     match uploads::finish(stores, &opened, Some((part, written)), digest).await? {
         Finish::Stored => Ok(created(name, digest)),
         Finish::Mismatch { actual } => Err(digest_mismatch(&actual, digest)),
-        Finish::Refused(_) => Err(RegistryError::new(ErrorCode::Internal, "upload session taken over while finishing")),
+        Finish::Refused => Err(RegistryError::new(ErrorCode::Internal, "upload session taken over while finishing")),
     }
 }
 
@@ -190,18 +190,14 @@ pub async fn session<M: MetaStore, B: BlobStore>(
             if let Some(stale) = stale(&req, name, session) {
                 return Ok(stale);
             }
-            let expected = match chunk_length(&req, name, session)? {
-                Ok(expected) => expected,
+            let (part, written) = match receive_chunk(stores, name, session, req).await? {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => return Ok(session_headers(Response::new(StatusCode::ACCEPTED), name, session).empty()),
                 Err(refused) => return Ok(refused),
             };
-            let (part, written) = write_chunk(stores, session, req.body, running_hashes(session)?, expected).await?;
-            if written.size == 0 {
-                blobs::discard(stores, &[part]).await;
-                return Ok(session_headers(Response::new(StatusCode::ACCEPTED), name, session).empty());
-            }
             match uploads::append(stores, &loaded, part, &written).await? {
-                Ok(next) => Ok(session_headers(Response::new(StatusCode::ACCEPTED), name, &next.session).empty()),
-                Err(_) => Ok(out_of_order(name, session, "a concurrent request changed the upload first".into())),
+                Some(next) => Ok(session_headers(Response::new(StatusCode::ACCEPTED), name, &next.session).empty()),
+                None => Ok(out_of_order(name, session, "a concurrent request changed the upload first".into())),
             }
         }
         Method::PUT => {
@@ -213,24 +209,18 @@ pub async fn session<M: MetaStore, B: BlobStore>(
                 .ok_or_else(|| RegistryError::new(ErrorCode::DigestInvalid, "PUT needs ?digest="))?;
             let digest = Digest::parse(&digest)?;
             let has_body = content_length(&req)?.is_none_or(|n| n > 0);
-            let mut last = None;
-            if has_body {
-                let expected = match chunk_length(&req, name, session)? {
-                    Ok(expected) => expected,
+            let last = if has_body {
+                match receive_chunk(stores, name, session, req).await? {
+                    Ok(chunk) => chunk,
                     Err(refused) => return Ok(refused),
-                };
-                let (part, written) =
-                    write_chunk(stores, session, req.body, running_hashes(session)?, expected).await?;
-                if written.size == 0 {
-                    blobs::discard(stores, &[part]).await;
-                } else {
-                    last = Some((part, written));
                 }
-            }
+            } else {
+                None
+            };
             match uploads::finish(stores, &loaded, last, &digest).await? {
                 Finish::Stored => Ok(created(name, &digest)),
                 Finish::Mismatch { actual } => Err(digest_mismatch(&actual, &digest)),
-                Finish::Refused(_) => Err(RegistryError::new(
+                Finish::Refused => Err(RegistryError::new(
                     ErrorCode::BlobUploadUnknown,
                     format!("upload {id:?} was finished or cancelled by a concurrent request"),
                 )),
@@ -291,6 +281,27 @@ fn session_headers<S>(response: Response<S>, name: &RepoName, session: &UploadSe
         .header(header::LOCATION, format!("{}?_v={}", url::upload(name, &session.id), session.version))
         .header(header::RANGE, session.range())
         .header(UPLOAD_UUID, &session.id)
+}
+
+/// The request body as the session's next chunk, written under a fresh name: `None` when it
+/// was empty (nothing stays), `Err(response)` when its `Content-Range` does not continue the
+/// upload (416, nothing written).
+async fn receive_chunk<M, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    session: &UploadSession,
+    req: Request<B::Incoming>,
+) -> Result<std::result::Result<Option<(Part, Written)>, Response<B::Outgoing>>> {
+    let expected = match chunk_length(&req, name, session)? {
+        Ok(expected) => expected,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    let (part, written) = write_chunk(stores, session, req.body, running_hashes(session)?, expected).await?;
+    if written.size == 0 {
+        blobs::discard(stores, &[part]).await;
+        return Ok(Ok(None));
+    }
+    Ok(Ok(Some((part, written))))
 }
 
 /// The length a chunk must have: its `Content-Range` (which must continue the upload) or
