@@ -8,8 +8,10 @@ ratio (with history) / (without), and the target is <= 2.
     bench/growth.py --quick              2,000 tags, 500 repositories, 512 MiB (~1 min)
 
 Options: --tags N, --repos N, --history-gib G, --chunk-mib M, --requests N (per figure),
---runner PATH, --component PATH, --keep (leave the data dir), --out FILE (a Markdown table is
-appended there; default: printed only).
+--blob-store fs|kv (kv: the key-value blob provider composed in, as under `spin up`; its
+objects, chunks and indexes then all live in the runner's SQLite key-value store),
+--provider PATH, --runner PATH, --component PATH, --keep (leave the data dir), --out FILE (a
+Markdown table is appended there; default: printed only).
 
 The registry is the release build of berth-runner serving the release component on a free
 loopback port, its data in a temp dir, stopped by PID at the end. Needs only python3 (stdlib).
@@ -167,11 +169,24 @@ def timed(client, n, method, path_fn, want):
     return statistics.median(times) * 1000
 
 
-def settle(client, data):
+def session_count(data, blob_store):
+    """Sessions in the sweep's index (`index/uploads/<id>` objects)."""
+    if blob_store == "kv":
+        import sqlite3
+        db = sqlite3.connect(os.path.join(data, "kv", "default.db"))
+        try:
+            return db.execute("SELECT count(*) FROM kv WHERE key >= 'blob-kv/obj/index/uploads/' "
+                              "AND key < 'blob-kv/obj/index/uploads0'").fetchone()[0]
+        finally:
+            db.close()
+    index = os.path.join(data, "blobs", "index", "uploads")
+    return len(os.listdir(index)) if os.path.isdir(index) else 0
+
+
+def settle(client, data, blob_store):
     """Wait out the grace time of the sessions the history push finished (60 s), then drive the
     sweep (one step per upload POST) until the index holds no more than one step's worth."""
-    index = os.path.join(data, "blobs", "index", "uploads")
-    count = lambda: len(os.listdir(index)) if os.path.isdir(index) else 0
+    count = lambda: session_count(data, blob_store)
     log(f"settling: {count()} sessions in the sweep's index; waiting 61 s for their grace time")
     time.sleep(61)
     steps = 0
@@ -208,6 +223,8 @@ def main():
     ap.add_argument("--history-gib", type=int, default=10)
     ap.add_argument("--chunk-mib", type=int, default=1)
     ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--blob-store", choices=["fs", "kv"], default="fs")
+    ap.add_argument("--provider", default=None)
     ap.add_argument("--runner", default=None)
     ap.add_argument("--component", default=None)
     ap.add_argument("--keep", action="store_true")
@@ -218,13 +235,15 @@ def main():
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     runner = args.runner or os.path.join(target, "release", "berth-runner")
     component = args.component or os.path.join(target, "wasm32-wasip2", "release", "berth.wasm")
-    for path in (runner, component):
+    provider = args.provider or os.path.join(target, "wasm32-wasip2", "release", "berth_blob_kv.wasm")
+    for path in (runner, component) + ((provider,) if args.blob_store == "kv" else ()):
         if not os.path.exists(path):
             raise SystemExit(f"{path} is missing: cargo build --release -p berth-runner && "
-                             "cargo build --release --target wasm32-wasip2 -p berth")
+                             "cargo build --release --target wasm32-wasip2 -p berth -p berth-blob-kv")
     data = tempfile.mkdtemp(prefix="berth-growth-")
+    store_args = ["--blob-store", provider] if args.blob_store == "kv" else []
     proc = subprocess.Popen([runner, "up", "--manifest", os.path.join(ROOT, "spin.toml"), "--component", component,
-                             "--listen", "127.0.0.1:0", "--data", data],
+                             "--listen", "127.0.0.1:0", "--data", data] + store_args,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         addr = None
@@ -243,11 +262,12 @@ def main():
         objects = push_history(client, args.history_gib, args.chunk_mib)
         log("measuring right after the history push")
         burst = measure(client, args.tags, args.repos, args.requests)
-        settle(client, data)
+        settle(client, data, args.blob_store)
         log("measuring with history, settled")
         after = measure(client, args.tags, args.repos, args.requests)
         lines = [
-            f"Growth: {args.tags:,} tags in one repository, {args.repos:,} repositories; history: "
+            f"Growth ({'key-value provider' if args.blob_store == 'kv' else 'filesystem store'}): "
+            f"{args.tags:,} tags in one repository, {args.repos:,} repositories; history: "
             f"{args.history_gib} GiB of unrelated chunked blobs ({objects:,} chunk objects of {args.chunk_mib} MiB). "
             f"Median of {args.requests} sequential requests, ms. \"Right after\" is measured at once after the "
             "history push, while its sessions are still in the sweep's index (their grace time); \"with history\" "

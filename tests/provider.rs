@@ -29,14 +29,6 @@ fn start(dir: &Path) -> Runner {
     runner
 }
 
-/// Keys the provider has stored under `prefix` in the runner's key-value database.
-fn kv_keys(data: &Path, prefix: &str) -> Vec<String> {
-    let db = rusqlite::Connection::open(data.join("kv/default.db")).unwrap();
-    let mut statement = db.prepare("SELECT key FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key").unwrap();
-    let end = format!("{prefix}\u{10ffff}");
-    statement.query_map([prefix, end.as_str()], |row| row.get(0)).unwrap().map(Result::unwrap).collect()
-}
-
 /// No blob bytes went to the runner's filesystem store.
 fn assert_no_files(data: &Path) {
     assert!(stored_objects(data, "blobs").is_empty(), "the filesystem store was not used");
@@ -131,8 +123,13 @@ async fn a_cancelled_upload_leaves_no_chunks_behind() {
     assert_eq!(kv_keys(&data, "blob-kv/chunk/").len() - before, 3, "a 2-chunk-and-a-byte upload is 3 chunks");
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     assert_eq!(registry.delete(&location).await.status(), 204);
-    // The session's objects, its index entry and the claims on their names: all gone.
-    assert_eq!(kv_keys(&data, "blob-kv/"), Vec::<String>::new(), "cancelling deleted every chunk and record");
+    // The session's objects, its index entry and the claims on their names: all gone, from the
+    // provider's indexes too (their nodes stay, empty).
+    let outside_indexes: Vec<String> =
+        kv_keys(&data, "blob-kv/").into_iter().filter(|key| !key.starts_with("blob-kv/ix/")).collect();
+    assert_eq!(outside_indexes, Vec::<String>::new(), "cancelling deleted every chunk and record");
+    assert_eq!(kv_index_entries(&data, "blob-kv/ix/names/"), Vec::<String>::new(), "no name is listed");
+    assert_eq!(kv_index_entries(&data, "blob-kv/ix/writes/"), Vec::<String>::new(), "no write is in progress");
 }
 
 #[tokio::test]
@@ -188,6 +185,72 @@ async fn an_interrupted_chunk_is_never_visible_and_leaves_no_chunks() {
 }
 
 #[tokio::test]
+async fn the_chunks_of_a_write_killed_half_way_are_reclaimed_after_its_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let runner = start(&data);
+    let registry = Registry::new(&runner);
+    let location = registry.start_upload("kv/killed").await;
+    let chunks_before = kv_keys(&data, "blob-kv/chunk/");
+
+    // A PATCH that sends three chunks' worth of bytes and then nothing: the runner dies under it.
+    let (more, body) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
+    more.unbounded_send(Ok(PseudoRandom::bytes(31, 3 * CHUNK))).unwrap();
+    let patch = registry
+        .http
+        .patch(registry.at(&location))
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let patch = tokio::spawn(patch);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while kv_keys(&data, "blob-kv/chunk/").len() < chunks_before.len() + 3 {
+        assert!(std::time::Instant::now() < deadline, "the provider never stored the three chunks");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let status = std::process::Command::new("kill").arg("-9").arg(runner.pid().to_string()).status().unwrap();
+    assert!(status.success());
+    let _ = runner.stop();
+    drop(more);
+    assert!(patch.await.unwrap().map_or(true, |r| !r.status().is_success()), "the killed PATCH is not acknowledged");
+
+    let orphans: Vec<String> =
+        kv_keys(&data, "blob-kv/chunk/").into_iter().filter(|key| !chunks_before.contains(key)).collect();
+    assert_eq!(orphans.len(), 3, "the dead write left its chunks: {orphans:?}");
+    let markers = kv_index_entries(&data, "blob-kv/ix/writes/");
+    assert_eq!(markers.len(), 1, "and its marker: {markers:?}");
+
+    // Restarted with a grace period of one second, every write reclaims a little; small pushes
+    // drive it until the dead write's chunks are gone.
+    let runner = Runner::start_with(
+        &data,
+        RunnerOptions { args: [provider_args(), vars(&[("blob_kv_write_grace_seconds", "1")])].concat(), ..Default::default() },
+    );
+    let registry = Registry::new(&runner);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut pushes = 0u64;
+    while kv_keys(&data, "blob-kv/chunk/").iter().any(|key| orphans.contains(key)) {
+        assert!(std::time::Instant::now() < deadline, "the dead write's chunks were not reclaimed after {pushes} pushes");
+        let blob = PseudoRandom::bytes(100 + pushes, 10);
+        registry.push_blob("kv/other", &blob).await;
+        pushes += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(kv_index_entries(&data, "blob-kv/ix/writes/"), Vec::<String>::new(), "the dead write's marker went too");
+
+    // The session never took the killed chunk: it resumes from 0 and finishes.
+    let status = registry.get(&location).await;
+    assert_eq!((status.status().as_u16(), header(&status, "range")), (204, "0-0".to_owned()));
+    let blob = PseudoRandom::bytes(32, CHUNK + 9);
+    let digest = sha256(&blob);
+    let response = registry.patch_chunk(&location, 0, &blob).await;
+    assert_eq!(response.status(), 202);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(registry.finish_upload(&location, &digest, b"").await.status(), 201);
+    assert_eq!(sha256(&registry.get(&format!("/v2/kv/killed/blobs/{digest}")).await.bytes().await.unwrap()), digest);
+}
+
+#[tokio::test]
 async fn a_deleted_object_is_gone_whole() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -211,22 +274,28 @@ async fn a_deleted_object_is_gone_whole() {
 }
 
 #[tokio::test]
-async fn a_listing_is_complete_when_the_store_holds_many_pages_of_keys() {
-    // The provider lists by streaming the store's `get-keys`, which the runner serves a page of
-    // 256 keys at a time: 300 tags are 600 keys (a record and a chunk each), three pages.
+async fn a_listing_is_complete_across_the_leaves_of_the_names_index() {
+    // The provider lists from its names index: 800 tag entries of about 90 bytes (a repository
+    // name this long is keyed by its hash) are more than one index node holds (32 KiB), so the
+    // listing crosses leaves.
     let dir = tempfile::tempdir().unwrap();
     let runner = start(&dir.path().join("data"));
     let registry = Registry::new(&runner);
-    let (manifest, _) = registry.push_image("kv/many", "t000", 5).await;
+    let repo = format!("kv/{}x", "many-tags-".repeat(12));
+    let (manifest, _) = registry.push_image(&repo, "t000", 5).await;
     let mut expected = vec!["t000".to_owned()];
-    for i in 1..300 {
+    for i in 1..800 {
         let tag = format!("t{i:03}");
-        let response = registry.put_manifest("kv/many", &tag, OCI_MANIFEST, &manifest).await;
+        let response = registry.put_manifest(&repo, &tag, OCI_MANIFEST, &manifest).await;
         assert_eq!(response.status(), 201, "{tag}");
         expected.push(tag);
     }
-    assert!(kv_keys(&dir.path().join("data"), "").len() > 2 * 256, "more than two pages of keys");
-    let tags = json(registry.get("/v2/kv/many/tags/list").await).await;
+    let leaves = kv_values(&dir.path().join("data"), "blob-kv/ix/names/node/")
+        .iter()
+        .filter(|(_, node)| serde_json::from_slice::<serde_json::Value>(node).unwrap()["level"] == 0)
+        .count();
+    assert!(leaves > 1, "the names span {leaves} leaves");
+    let tags = json(registry.get(&format!("/v2/{repo}/tags/list")).await).await;
     let tags: Vec<String> = serde_json::from_value(tags["tags"].clone()).unwrap();
     assert_eq!(tags, expected);
 }

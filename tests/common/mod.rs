@@ -403,6 +403,51 @@ pub fn stored_objects(data: &Path, dir: &str) -> Vec<PathBuf> {
     out
 }
 
+/// The keys (and values) of the runner's SQLite key-value store `default` that start with
+/// `prefix`, in order.
+pub fn kv_values(data: &Path, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    let db = rusqlite::Connection::open(data.join("kv/default.db")).unwrap();
+    let mut statement = db.prepare("SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key").unwrap();
+    let end = format!("{prefix}\u{10ffff}");
+    statement
+        .query_map([prefix, end.as_str()], |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+pub fn kv_keys(data: &Path, prefix: &str) -> Vec<String> {
+    kv_values(data, prefix).into_iter().map(|(key, _)| key).collect()
+}
+
+/// The entries of an index of the key-value blob provider (`blob-kv/ix/names/` holds the object
+/// names, `blob-kv/ix/writes/` the writes in progress; providers/blob-kv/src/index.rs), read as
+/// a listing reads them: from the root down the leftmost children, then along the leaves.
+pub fn kv_index_entries(data: &Path, prefix: &str) -> Vec<String> {
+    let nodes: std::collections::HashMap<String, Vec<u8>> = kv_values(data, prefix).into_iter().collect();
+    let Some(root) = nodes.get(&format!("{prefix}root")) else { return vec![] };
+    let mut id = u64::from_le_bytes(root.as_slice().try_into().expect("the root pointer is a number"));
+    if id == 0 {
+        return vec![];
+    }
+    let node = |id: u64| -> serde_json::Value {
+        let raw = nodes.get(&format!("{prefix}node/{id}")).unwrap_or_else(|| panic!("index node {id} is missing"));
+        serde_json::from_slice(raw).unwrap()
+    };
+    while node(id)["level"].as_u64().unwrap() > 0 {
+        id = node(id)["children"][0].as_u64().unwrap();
+    }
+    let mut entries = Vec::new();
+    loop {
+        let leaf = node(id);
+        entries.extend(leaf["keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_owned()));
+        match leaf["next"].as_u64() {
+            Some(next) => id = next,
+            None => return entries,
+        }
+    }
+}
+
 /// A registry client for the spec tests: one base URL, helpers for the common pushes.
 pub struct Registry {
     pub url: String,

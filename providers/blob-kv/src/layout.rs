@@ -118,37 +118,34 @@ pub fn chunk_key(write: &str, index: u64) -> String {
     format!("{CHUNK_PREFIX}{write}/{index}")
 }
 
-/// One page of a listing, built from names arriving in any order: keeps only the `limit` least
-/// names after `cursor` that start with `prefix`, so memory stays bounded by the page size.
-pub struct PageBuilder {
-    prefix: String,
-    cursor: Option<String>,
-    limit: usize,
-    names: std::collections::BTreeSet<String>,
-    more: bool,
+/// Key prefix of the index of object names (see [`crate::index`]): listings read it.
+pub const NAMES_INDEX: &str = "blob-kv/ix/names/";
+
+/// Key prefix of the index of writes and deletes in progress, as [`Marker`]s.
+pub const WRITES_INDEX: &str = "blob-kv/ix/writes/";
+
+/// A write (or delete) in progress, as an entry of the writes index: `<at>/<write>/<name>`, with
+/// `at` in 16 hex digits so that entries sort by time. Whoever removes the entry owns what the
+/// write left: the writer itself at the end, or a reclaimer once `at` is older than the grace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    /// Seconds since the Unix epoch when the write last made progress.
+    pub at: u64,
+    /// The write's id: its chunks are `chunk/<write>/<n>`.
+    pub write: String,
+    pub name: String,
 }
 
-impl PageBuilder {
-    pub fn new(prefix: &str, cursor: Option<String>, limit: u32) -> PageBuilder {
-        PageBuilder { prefix: prefix.to_owned(), cursor, limit: limit as usize, names: Default::default(), more: false }
+impl Marker {
+    pub fn entry(&self) -> String {
+        format!("{:016x}/{}/{}", self.at, self.write, self.name)
     }
 
-    pub fn offer(&mut self, name: &str) {
-        if !name.starts_with(&self.prefix) || self.cursor.as_deref().is_some_and(|cursor| name <= cursor) {
-            return;
-        }
-        self.names.insert(name.to_owned());
-        if self.names.len() > self.limit {
-            self.names.pop_last();
-            self.more = true;
-        }
-    }
-
-    /// The names in order, and the cursor of the next page when there is one.
-    pub fn finish(self) -> (Vec<String>, Option<String>) {
-        let names: Vec<String> = self.names.into_iter().collect();
-        let next = if self.more { names.last().cloned() } else { None };
-        (names, next)
+    pub fn parse(entry: &str) -> Option<Marker> {
+        let (at, rest) = entry.split_once('/')?;
+        let (write, name) = rest.split_once('/')?;
+        let at = u64::from_str_radix(at, 16).ok().filter(|_| at.len() == 16)?;
+        Some(Marker { at, write: write.to_owned(), name: name.to_owned() }).filter(|m| !m.write.is_empty() && !m.name.is_empty())
     }
 }
 
@@ -217,17 +214,14 @@ mod tests {
     }
 
     #[test]
-    fn a_page_keeps_the_least_names_after_the_cursor() {
-        let mut page = PageBuilder::new("t/", Some("t/b".into()), 2);
-        for name in ["t/e", "u/a", "t/a", "t/d", "t/b", "t/c"] {
-            page.offer(name);
-        }
-        assert_eq!(page.finish(), (vec!["t/c".to_owned(), "t/d".to_owned()], Some("t/d".to_owned())));
-
-        let mut last = PageBuilder::new("t/", Some("t/d".into()), 2);
-        for name in ["t/e", "t/a", "t/d"] {
-            last.offer(name);
-        }
-        assert_eq!(last.finish(), (vec!["t/e".to_owned()], None));
+    fn markers_sort_by_time_and_parse_back() {
+        let early = Marker { at: 9, write: "ab".into(), name: "uploads/x/y".into() };
+        let late = Marker { at: 0x10, write: "00".into(), name: "a".into() };
+        assert!(early.entry() < late.entry(), "{} < {}", early.entry(), late.entry());
+        assert_eq!(Marker::parse(&early.entry()), Some(early));
+        assert_eq!(Marker::parse(&late.entry()), Some(late));
+        assert_eq!(Marker::parse("0000000000000009/ab"), None);
+        assert_eq!(Marker::parse("9/ab/c"), None);
+        assert_eq!(Marker::parse("zzzzzzzzzzzzzzzz/ab/c"), None);
     }
 }

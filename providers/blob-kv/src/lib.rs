@@ -6,6 +6,7 @@
 //!
 //! [`layout`] decides where bytes go; the wasm glue below only moves them.
 
+pub mod index;
 pub mod layout;
 
 #[cfg(target_arch = "wasm32")]

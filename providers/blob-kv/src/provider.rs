@@ -1,7 +1,8 @@
 //! The `berth:blob-store/store` export over `spin:key-value` (wasm32 only). Every decision about
 //! keys and ranges is in [`crate::layout`]; this moves bytes between streams and the store.
 
-use crate::layout::{self, CHUNK_SIZE, ChunkSpan, ObjectRecord, PageBuilder};
+use crate::index::{Cells, Index, IndexError};
+use crate::layout::{self, CHUNK_SIZE, ChunkSpan, Marker, ObjectRecord};
 use berth_hash_state::{Algorithm, RunningHash};
 use bindings::exports::berth::blob_store::store::{
     Error, Extent, Guest, HashAlgorithm, HashState, ObjectInfo, Page, Written,
@@ -66,25 +67,159 @@ fn save_hash(hash: &RunningHash) -> HashState {
     HashState { algorithm, state: hash.save() }
 }
 
-/// Chunks stored so far by one write; deleted again unless the write commits.
-struct PendingChunks<'a> {
+/// One write in progress: its chunks so far, and its marker in the writes index, by which a
+/// later write reclaims the chunks if this one dies (see [`reclaim`]).
+struct PendingWrite<'a> {
     store: &'a Store,
-    write: String,
+    bucket: &'a Bucket,
+    marker: Marker,
     count: u64,
 }
 
-impl PendingChunks<'_> {
+impl<'a> PendingWrite<'a> {
+    async fn start(store: &'a Store, bucket: &'a Bucket, name: &str) -> Result<PendingWrite<'a>, Error> {
+        let marker = Marker { at: now(), write: random_write_id(), name: name.to_owned() };
+        writes(bucket).insert(&marker.entry()).map_err(index_error)?;
+        Ok(PendingWrite { store, bucket, marker, count: 0 })
+    }
+
     async fn push(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.store.set(layout::chunk_key(&self.write, self.count), bytes).await.map_err(kv)?;
+        self.store.set(layout::chunk_key(&self.marker.write, self.count), bytes).await.map_err(kv)?;
         self.count += 1;
+        if self.count.is_multiple_of(REFRESH_CHUNKS) {
+            self.refresh()?;
+        }
         Ok(())
     }
 
+    /// Move the marker to now, so no reclaimer takes this write for another grace period; an
+    /// error if one took it already (its chunks are going: the write cannot commit).
+    fn refresh(&mut self) -> Result<(), Error> {
+        let fresh = Marker { at: now(), ..self.marker.clone() };
+        if fresh == self.marker {
+            return Ok(()); // marked this very second: no reclaimer can have taken it
+        }
+        let writes = writes(self.bucket);
+        writes.insert(&fresh.entry()).map_err(index_error)?;
+        let ours = writes.remove(&self.marker.entry()).map_err(index_error)?;
+        let stale = std::mem::replace(&mut self.marker, fresh);
+        if !ours {
+            return Err(Error::Other(format!(
+                "write {} was idle past its grace period and was reclaimed: its data is gone",
+                stale.write
+            )));
+        }
+        Ok(())
+    }
+
+    /// Delete the chunks, then the marker (a kill in between leaves the marker for a reclaimer).
     async fn discard(self) {
-        for index in 0..self.count {
-            let _ = self.store.delete(layout::chunk_key(&self.write, index)).await;
+        if delete_chunks(self.store, &self.marker.write, u64::MAX).await.is_ok() {
+            let _ = writes(self.bucket).remove(&self.marker.entry());
         }
     }
+
+    /// The write is committed (or failed and cleaned up): its marker goes.
+    fn done(self) -> Result<(), Error> {
+        writes(self.bucket).remove(&self.marker.entry()).map_err(index_error).map(drop)
+    }
+}
+
+/// A write's marker is moved to now every this many chunks (64 MiB), so that a long but
+/// progressing write is never taken for a dead one.
+const REFRESH_CHUNKS: u64 = 256;
+
+/// Marked writes reclaimed per write, at most; and chunks deleted per reclaimed write per step
+/// (a longer one is marked again and continued by a later step).
+const RECLAIM_WRITES: usize = 4;
+const RECLAIM_CHUNKS: u64 = 512;
+
+/// How long a write may go without progress before a later write reclaims its chunks: the Spin
+/// variable `blob_kv_write_grace_seconds` (default one hour; tests shorten it).
+async fn write_grace() -> u64 {
+    const DEFAULT: u64 = 3600;
+    match spin_sdk::variables::get("blob_kv_write_grace_seconds").await {
+        Ok(value) => value.trim().parse::<u64>().map(|s| s.max(1)).unwrap_or(DEFAULT),
+        Err(_) => DEFAULT,
+    }
+}
+
+fn now() -> u64 {
+    spin_sdk::wasip3::clocks::system_clock::now().seconds.max(0) as u64
+}
+
+/// Delete the chunks of `write`, from the last down so that what is left is always chunks
+/// `0..k` (found again by probing); at most `budget`. How many are left.
+async fn delete_chunks(store: &Store, write: &str, budget: u64) -> Result<u64, Error> {
+    let mut count = chunk_count(store, write).await?;
+    let mut deleted = 0;
+    while count > 0 && deleted < budget {
+        store.delete(layout::chunk_key(write, count - 1)).await.map_err(kv)?;
+        count -= 1;
+        deleted += 1;
+    }
+    Ok(count)
+}
+
+/// How many chunks `write` has left: they are always `0..k`, so probe 1, 2, 4, ... then bisect.
+async fn chunk_count(store: &Store, write: &str) -> Result<u64, Error> {
+    let present = |index: u64| async move { store.exists(layout::chunk_key(write, index)).await.map_err(kv) };
+    if !present(0).await? {
+        return Ok(0);
+    }
+    let mut low = 0; // present
+    let mut high = 1;
+    while present(high).await? {
+        low = high;
+        high *= 2;
+    }
+    while high - low > 1 {
+        let middle = low + (high - low) / 2;
+        if present(middle).await? {
+            low = middle;
+        } else {
+            high = middle;
+        }
+    }
+    Ok(high)
+}
+
+/// One step of reclamation, run by every write: the oldest marked writes past their grace
+/// period are taken (removing a marker is exclusive, so one reclaimer handles each) and, unless
+/// their object was committed, their chunks deleted and the claim a half-done write or delete
+/// left on the name cleared.
+async fn reclaim(store: &Store, bucket: &Bucket, grace: u64) -> Result<(), Error> {
+    let cutoff = now().saturating_sub(grace);
+    let writes = writes(bucket);
+    let (oldest, _) = writes.page("", None, RECLAIM_WRITES, |_| Ok(true)).map_err(index_error)?;
+    for entry in oldest {
+        let Some(marker) = Marker::parse(&entry) else {
+            writes.remove(&entry).map_err(index_error)?;
+            continue;
+        };
+        if marker.at >= cutoff {
+            break; // in order of time: the rest are younger
+        }
+        if !writes.remove(&entry).map_err(index_error)? {
+            continue;
+        }
+        let record = match load(store, &marker.name).await {
+            Ok(record) => Some(record),
+            Err(Error::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        if record.as_ref().is_some_and(|record| record.write == marker.write) {
+            continue; // committed (or a delete that died before it began)
+        }
+        if delete_chunks(store, &marker.write, RECLAIM_CHUNKS).await? > 0 {
+            writes.insert(&entry).map_err(index_error)?; // more next time
+            continue;
+        }
+        if record.is_none() {
+            store.delete(layout::claim_key(&marker.name)).await.map_err(kv)?;
+        }
+    }
+    Ok(())
 }
 
 fn random_write_id() -> String {
@@ -93,7 +228,7 @@ fn random_write_id() -> String {
 
 /// Store the bytes of `data` as chunks, hashing them on the way; the chunk count and size.
 async fn store_chunks(
-    pending: &mut PendingChunks<'_>,
+    pending: &mut PendingWrite<'_>,
     mut data: StreamReader<u8>,
     hashers: &mut [RunningHash],
 ) -> Result<u64, Error> {
@@ -154,18 +289,82 @@ fn stream_spans(store: Store, spans: Vec<ChunkSpan>) -> (StreamReader<u8>, Futur
     (reader, done_reader)
 }
 
-/// The right to create `name`: the request whose increment of its claim counter makes it 1.
-/// `increment` is atomic on Spin's SQLite and Redis backends and in berth-runner; a create-if-
-/// absent through compare-and-swap is not (on Spin's SQLite, swapping an absent key is an
-/// upsert), and neither was the `exists`-then-`set` this replaces: two writers both won.
-fn claim(name: &str) -> Result<bool, Error> {
-    let bucket = wasi_kv::open(STORE_LABEL).map_err(|e| atomics_error(&e))?;
-    let count = atomics::increment(&bucket, &layout::claim_key(name), 1).map_err(|e| atomics_error(&e))?;
-    Ok(count == 1)
+/// The same key-value store through `wasi:keyvalue`, for its atomics (and the index over them).
+struct Bucket(wasi_kv::Bucket);
+
+fn bucket() -> Result<Bucket, Error> {
+    wasi_kv::open(STORE_LABEL).map(Bucket).map_err(|e| atomics_error(&e))
 }
 
 fn atomics_error(e: &wasi_kv::Error) -> Error {
     Error::Other(format!("wasi:keyvalue (needed for exclusive creation and listings) failed: {e:?}"))
+}
+
+fn index_error(e: IndexError<wasi_kv::Error>) -> Error {
+    match e {
+        IndexError::Store(e) => atomics_error(&e),
+        IndexError::Corrupt(why) => Error::Other(why),
+        IndexError::Contended => Error::Other("index: too much contention, try again".into()),
+    }
+}
+
+impl Cells for Bucket {
+    type Error = wasi_kv::Error;
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Self::Error> {
+        self.0.get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), Self::Error> {
+        self.0.set(key, value)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), Self::Error> {
+        self.0.delete(key)
+    }
+
+    fn swap(&self, key: &str, old: &[u8], new: &[u8]) -> Result<bool, Self::Error> {
+        let cas = atomics::Cas::new(&self.0, key)?;
+        // `current` is what the swap compares against: only swap from the value the index read.
+        if cas.current()?.as_deref() != Some(old) {
+            return Ok(false);
+        }
+        match atomics::swap(cas, new) {
+            Ok(()) => Ok(true),
+            Err(atomics::CasError::CasFailed(_)) => Ok(false),
+            Err(atomics::CasError::StoreError(e)) => Err(e),
+        }
+    }
+
+    fn increment(&self, key: &str, delta: i64) -> Result<i64, Self::Error> {
+        atomics::increment(&self.0, key, delta)
+    }
+}
+
+/// The names of the objects, in order: what listings read.
+fn names(bucket: &Bucket) -> Index<'_, Bucket> {
+    Index::new(bucket, layout::NAMES_INDEX)
+}
+
+/// The writes (and deletes) in progress, oldest first: what [`reclaim`] reads.
+fn writes(bucket: &Bucket) -> Index<'_, Bucket> {
+    Index::new(bucket, layout::WRITES_INDEX)
+}
+
+/// The right to create `name`: the request whose increment of its claim counter makes it 1.
+/// `increment` is atomic on Spin's SQLite and Redis backends and in berth-runner; a create-if-
+/// absent through compare-and-swap is not (on Spin's SQLite, swapping an absent key is an
+/// upsert), and neither was the `exists`-then-`set` this replaces: two writers both won.
+fn claim(bucket: &Bucket, name: &str) -> Result<bool, Error> {
+    let count = atomics::increment(&bucket.0, &layout::claim_key(name), 1).map_err(|e| atomics_error(&e))?;
+    Ok(count == 1)
+}
+
+/// Make the record of a claimed name visible: listed first, then stored (a kill in between
+/// leaves a listed name without a record, which listings skip).
+async fn publish(store: &Store, bucket: &Bucket, key: &str, name: &str, record: &ObjectRecord) -> Result<(), Error> {
+    names(bucket).insert(name).map_err(index_error)?;
+    store.set(key, serde_json::to_vec(record).expect("a record serializes")).await.map_err(kv)
 }
 
 impl Guest for Provider {
@@ -180,11 +379,16 @@ impl Guest for Provider {
         }
         let mut hashers = hashes.iter().map(restore_hash).collect::<Result<Vec<_>, _>>()?;
         let store = open().await?;
+        let bucket = bucket()?;
         let key = layout::record_key(&name);
         if store.exists(&key).await.map_err(kv)? {
             return Err(Error::AlreadyExists);
         }
-        let mut pending = PendingChunks { store: &store, write: random_write_id(), count: 0 };
+        // Every write pays for a little of what dead ones left: the provider has no timer.
+        if let Err(e) = reclaim(&store, &bucket, write_grace().await).await {
+            eprintln!("berth-blob-kv: reclaiming dead writes: {e:?}");
+        }
+        let mut pending = PendingWrite::start(&store, &bucket, &name).await?;
         let stored = store_chunks(&mut pending, data, &mut hashers).await;
         // The end of the stream does not say the bytes arrived whole: the writer does.
         let confirmed = complete.await;
@@ -199,13 +403,19 @@ impl Guest for Provider {
                 return Err(e);
             }
         };
-        // Commit: of concurrent writers of one name, the one that claims it first makes its
-        // record visible; the others' chunks go.
+        // The commit point: a marker fresh from now on, which no reclaimer takes while the few
+        // steps below run (or an error, when one took it already and the chunks are going).
+        if let Err(e) = pending.refresh() {
+            pending.discard().await;
+            return Err(e);
+        }
+        // Of concurrent writers of one name, the one that claims it first makes its record
+        // visible; the others' chunks go.
         let long_name = layout::is_long_record_key(&key).then(|| name.clone());
         let record =
-            ObjectRecord { name: long_name, size, chunk_size: CHUNK_SIZE as u64, write: pending.write.clone() };
-        let committed = match claim(&name) {
-            Ok(true) => store.set(&key, serde_json::to_vec(&record).expect("a record serializes")).await.map_err(kv),
+            ObjectRecord { name: long_name, size, chunk_size: CHUNK_SIZE as u64, write: pending.marker.write.clone() };
+        let committed = match claim(&bucket, &name) {
+            Ok(true) => publish(&store, &bucket, &key, &name, &record).await,
             Ok(false) => Err(Error::AlreadyExists),
             Err(e) => Err(e),
         };
@@ -213,6 +423,7 @@ impl Guest for Provider {
             pending.discard().await;
             return Err(e);
         }
+        pending.done()?;
         Ok(Written { size, hashes: hashers.iter().map(save_hash).collect() })
     }
 
@@ -249,57 +460,39 @@ impl Guest for Provider {
 
     async fn delete(name: String) -> Result<(), Error> {
         let store = open().await?;
+        let bucket = bucket()?;
         let record = match load(&store, &name).await {
             Ok(record) => Some(record),
             Err(Error::NotFound) => None,
             Err(e) => return Err(e),
         };
+        // A delete that dies half-way leaves chunks no record names: marked first, like a write,
+        // so that a reclaimer finishes it.
+        let marker = Marker { at: now(), write: record.as_ref().map_or_else(random_write_id, |r| r.write.clone()), name: name.clone() };
+        writes(&bucket).insert(&marker.entry()).map_err(index_error)?;
         if let Some(record) = &record {
             // The record first: from here the object is gone as a whole, then its chunks follow.
             store.delete(layout::record_key(&name)).await.map_err(kv)?;
-            for key in record.chunk_keys() {
-                store.delete(key).await.map_err(kv)?;
-            }
+            delete_chunks(&store, &record.write, u64::MAX).await?;
         }
+        names(&bucket).remove(&name).map_err(index_error)?;
         // Last, the claim, so the name can be created again; also when there was no record: a
         // writer that died between its claim and its record left the name claimed but empty.
         store.delete(layout::claim_key(&name)).await.map_err(kv)?;
+        writes(&bucket).remove(&marker.entry()).map_err(index_error)?;
         record.map(|_| ()).ok_or(Error::NotFound)
     }
 
     async fn list_objects(prefix: String, cursor: Option<String>, limit: u32) -> Result<Page, Error> {
-        let store = open().await?;
-        let mut page = PageBuilder::new(&prefix, cursor, limit);
-        let mut long_keys = Vec::new();
-        // `wasi:keyvalue` `list-keys`, not `spin:key-value`'s `get-keys` stream: Spin 4.1's SQLite
-        // backend holds its connection's lock for as long as that stream is being read, and a
-        // request of the same instance making a (synchronous) atomics call meanwhile blocks the
-        // instance, so the stream is never drained: a deadlock under concurrent pushes.
-        // `list-keys` takes the keys in one call (Spin gives them all at once; berth-runner a
-        // page at a time, with a cursor).
-        let bucket = wasi_kv::open(STORE_LABEL).map_err(|e| atomics_error(&e))?;
-        let mut cursor = None;
-        loop {
-            let response = bucket.list_keys(cursor.as_deref()).map_err(|e| atomics_error(&e))?;
-            for key in response.keys {
-                if let Some(name) = layout::name_of_record_key(&key) {
-                    page.offer(name);
-                } else if layout::is_long_record_key(&key) {
-                    long_keys.push(key);
-                }
-            }
-            match response.cursor {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
-        for key in long_keys {
-            let Some(bytes) = store.get(&key).await.map_err(kv)? else { continue };
-            if let Ok(ObjectRecord { name: Some(name), .. }) = serde_json::from_slice(&bytes) {
-                page.offer(&name);
-            }
-        }
-        let (names, next) = page.finish();
+        let bucket = bucket()?;
+        // The names index holds a name from just before its record is stored until just after
+        // it is deleted; a kill in between leaves a name without a record, skipped here.
+        let (names, more) = names(&bucket)
+            .page(&prefix, cursor.as_deref(), limit as usize, |name| {
+                bucket.0.exists(&layout::record_key(name)).map_err(IndexError::Store)
+            })
+            .map_err(index_error)?;
+        let next = if more { names.last().cloned() } else { None };
         Ok(Page { names, next })
     }
 }
