@@ -24,5 +24,8 @@ pub mod uploads;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+#[cfg(test)]
+mod proptests;
+
 #[cfg(target_arch = "wasm32")]
 mod spin;

@@ -1,5 +1,6 @@
-//! Manifests as Berth needs to know them: which media type, which blobs and child manifests they
-//! reference (all must exist in the repository), their subject, and what the referrers API shows.
+//! Manifests as Berth needs to know them: which media type, which blobs (all must exist in the
+//! repository) and child manifests (need not: indexes may be sparse) they reference, their
+//! subject, and what the referrers API shows.
 //! The bytes themselves are stored and served exactly as pushed.
 
 use crate::digest::Digest;
@@ -42,7 +43,8 @@ pub struct Manifest {
     pub media_type: String,
     /// Blobs (config and distributable layers) that must be in the repository.
     pub blobs: Vec<Digest>,
-    /// Child manifests (of an index / list) that must be in the repository.
+    /// Child manifests (of an index / list): valid digests, not necessarily in the repository
+    /// (a sparse index, e.g. a mirror of some platforms only).
     pub children: Vec<Digest>,
     pub subject: Option<Digest>,
     /// `artifactType`, or for an image manifest without one, its config's media type.

@@ -46,14 +46,16 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
     }
 }
 
-/// An upload chunk's `Content-Range`: first and last byte, inclusive.
+/// An upload chunk's `Content-Range`: first and last byte, inclusive. Its length
+/// (`last - first + 1`) always fits a `u64`: `0-18446744073709551615` is refused, not a chunk of
+/// no bytes.
 pub fn parse_content_range(header: &str) -> Option<(u64, u64)> {
     let spec = header.trim();
     let spec = spec.strip_prefix("bytes ").or_else(|| spec.strip_prefix("bytes=")).unwrap_or(spec);
     let spec = spec.split('/').next()?;
     let (first, last) = spec.split_once('-')?;
     let (first, last) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
-    (first <= last).then_some((first, last))
+    (first <= last && last - first < u64::MAX).then_some((first, last))
 }
 
 #[cfg(test)]
@@ -96,5 +98,12 @@ mod tests {
         assert_eq!(parse_content_range("bytes=5-5"), Some((5, 5)));
         assert_eq!(parse_content_range("9-1"), None);
         assert_eq!(parse_content_range("junk"), None);
+    }
+
+    #[test]
+    fn a_content_range_whose_length_does_not_fit_a_u64_is_refused() {
+        // Found by src/proptests.rs: `last - first + 1` overflowed in the upload handler.
+        assert_eq!(parse_content_range("0-18446744073709551615"), None);
+        assert_eq!(parse_content_range("bytes 1-18446744073709551615/*"), Some((1, u64::MAX)));
     }
 }

@@ -581,6 +581,7 @@ async fn a_hash_from_berth_runner_hash_password_logs_in() {
 
 #[tokio::test]
 async fn a_hash_from_htpasswd_logs_in() {
+    common::clients::ensure_installed("htpasswd");
     let output = Command::new("htpasswd").args(["-nbB", "-C", "4", "zed", "p@ss word"]).output().unwrap_or_else(|e| {
         panic!("htpasswd could not run ({e}): .ci/run installs it from Debian (apt-get install apache2-utils)")
     });

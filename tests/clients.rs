@@ -241,6 +241,7 @@ async fn buildah_push(leg: Leg) {
     ];
     let buildah = |args: &[String]| {
         let full: Vec<String> = storage.iter().cloned().chain(args.iter().cloned()).collect();
+        ensure_installed("buildah");
         let output = Command::new("buildah").args(&full).output().unwrap_or_else(|e| {
             panic!("buildah could not run ({e}): .ci/run installs it from Debian (apt-get install buildah)")
         });

@@ -10,6 +10,7 @@ mod compose;
 mod host;
 mod kv;
 mod kv_host;
+mod limits;
 mod manifest;
 mod outbound;
 mod serve;
@@ -82,6 +83,9 @@ struct UpArgs {
     /// Requests one component instance serves at once.
     #[arg(long, default_value_t = 16)]
     instance_concurrency: usize,
+    /// Timeouts and caps against slow or idle clients.
+    #[command(flatten)]
+    limits: limits::Limits,
 }
 
 fn main() -> Result<()> {
@@ -147,7 +151,7 @@ async fn up(args: UpArgs) -> Result<()> {
     let listener = serve::bind(args.listen).await?;
     let shutdown = serve::shutdown_signal()?;
     println!("berth-runner: serving {} on {scheme}://{}", app.component_id, listener.local_addr()?);
-    serve::serve(listener, handler, tls, Arc::new(app), shutdown).await
+    serve::serve(listener, handler, tls, Arc::new(app), args.limits, shutdown).await
 }
 
 /// The app's component, with a blob store provider plugged in when one is chosen.

@@ -1,8 +1,10 @@
 //! The HTTP(S) front: accept connections (HTTP/1.1, and HTTP/2 over TLS by ALPN), hand each
 //! request to the component through the [`ProxyHandler`], stream the answer back, and log one
-//! line per request when its body has been sent.
+//! line per request when its body has been sent. Every connection runs under the [`Limits`]:
+//! at most `--max-connections` at once, and closed when its client is too slow or idles.
 
 use crate::host::Handler;
+use crate::limits::{self, Connection, InFlight, Limits, Reason, StallGuard, Watched};
 use crate::manifest::App;
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -15,11 +17,15 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::Instant;
-use tokio::net::TcpListener;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use wasmtime_wasi_http::handler::ProxyHandler;
 
+/// A request body as the component reads it: failing when the client goes silent.
+type RequestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
 type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
@@ -45,47 +51,173 @@ pub async fn serve(
     handler: ProxyHandler<Handler>,
     tls: Option<TlsAcceptor>,
     app: Arc<App>,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
+    limits::make_room_for_connections(limits.max_connections);
+    let limits = Arc::new(limits);
+    // At the cap the loop stops accepting: new connections wait in the kernel's listen backlog
+    // (and are served, in order, as soon as a slot frees) instead of being refused. Slow
+    // connections are shed by the timeouts, so the wait is bounded, and a client that retries
+    // on a refusal would only add load.
+    let slots = Arc::new(Semaphore::new((limits.max_connections as usize).min(Semaphore::MAX_PERMITS)));
+    let mut reported_full = false;
     release_free_memory();
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    eprintln!("berth-runner: accept failed: {err}");
-                    continue;
-                }
-            },
+        if slots.available_permits() == 0 && !reported_full {
+            limits::log_line(format_args!(
+                "berth-runner: all {} connections (--max-connections) are busy; new ones wait",
+                limits.max_connections
+            ));
+        }
+        reported_full = slots.available_permits() == 0;
+        let (slot, accepted) = tokio::select! {
+            next = next_connection(&listener, &slots) => next,
             () = &mut shutdown => {
                 crate::host::SHUTTING_DOWN.store(true, std::sync::atomic::Ordering::Relaxed);
                 println!("berth-runner: shutting down");
                 return Ok(());
             }
         };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let tls = tls.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(handler.clone(), app.clone(), scheme, req));
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let served = match tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => builder.serve_connection(TokioIo::new(stream), service).await,
-                    Err(err) => {
-                        eprintln!("berth-runner: TLS handshake with {peer} failed: {err}");
-                        return;
-                    }
-                },
-                None => builder.serve_connection(TokioIo::new(stream), service).await,
-            };
-            if let Err(err) = served {
-                eprintln!("berth-runner: connection from {peer}: {err}");
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                eprintln!("berth-runner: accept failed: {err}");
+                back_off_when_out_of_resources(&err).await;
+                continue;
             }
+        };
+        let _ = stream.set_nodelay(true);
+        let server = Server { handler: handler.clone(), app: app.clone(), scheme, limits: limits.clone() };
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            server.connection(stream, peer, tls).await;
+            drop(slot);
         });
+    }
+}
+
+/// A free connection slot, then the next connection.
+async fn next_connection(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+) -> (Option<OwnedSemaphorePermit>, std::io::Result<(TcpStream, SocketAddr)>) {
+    // The semaphore is never closed, so `acquire_owned` cannot fail; serve on without a slot
+    // rather than panic if it ever did.
+    let slot = slots.clone().acquire_owned().await.ok();
+    (slot, listener.accept().await)
+}
+
+/// Out of file descriptors or memory, accept fails at once again: pause instead of spinning
+/// (and flooding the log) until connections close.
+async fn back_off_when_out_of_resources(err: &std::io::Error) {
+    if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What every connection shares.
+struct Server {
+    handler: ProxyHandler<Handler>,
+    app: Arc<App>,
+    scheme: &'static str,
+    limits: Arc<Limits>,
+}
+
+impl Server {
+    /// Serve one connection until it ends, the client goes too slow, or it idles too long.
+    async fn connection(self, stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+        let Some(acceptor) = tls else { return self.http(stream, peer).await };
+        match tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => self.http(stream, peer).await,
+            Ok(Err(err)) => eprintln!("berth-runner: TLS handshake with {peer} failed: {err}"),
+            Err(_) => limits::log_closed(
+                peer,
+                &format!(
+                    "TLS handshake not finished within {:?} (--header-read-timeout)",
+                    self.limits.header_read_timeout
+                ),
+            ),
+        }
+    }
+
+    async fn http<S>(self, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let connection = Arc::new(Connection::new(peer));
+        let io = TokioIo::new(Watched::new(stream, connection.clone()));
+        let limits = self.limits.clone();
+        let requests = connection.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let version = req.version();
+            let in_flight = requests.request_started(version);
+            let req = req.map(|body| {
+                let body = body.map_err(wasmtime_wasi_http::Error::from);
+                StallGuard::new(body, &self.limits, version, requests.clone()).boxed_unsync()
+            });
+            handle(self.handler.clone(), self.app.clone(), self.scheme, in_flight, req)
+        });
+        let builder = connection_builder(&limits);
+        let served = builder.serve_connection(io, service);
+        tokio::pin!(served);
+        let mut closing_since: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                // The watchdog first: a stalled body is reported before hyper, which closes a
+                // connection whose request body was not read to the end, ends it on its own.
+                biased;
+                reason = connection.expired(&limits), if closing_since.is_none() => {
+                    match reason {
+                        // Nothing to answer: hang up.
+                        Reason::NoRequest | Reason::SlowHeaders => {
+                            limits::log_closed(peer, &reason.describe(&limits));
+                            return;
+                        }
+                        // The component's error answer still goes out, then hyper closes.
+                        Reason::StalledBody => limits::log_closed(peer, &reason.describe(&limits)),
+                        // An ordinary keep-alive close, not worth a log line. HTTP/2 gets a
+                        // GOAWAY, and a request that crossed it on the wire is still answered.
+                        Reason::Idle => {}
+                    }
+                    served.as_mut().graceful_shutdown();
+                    closing_since = Some(tokio::time::Instant::now());
+                }
+                result = served.as_mut() => {
+                    if let Err(err) = result {
+                        eprintln!("berth-runner: connection from {peer}: {err}");
+                    }
+                    return;
+                }
+                () = sleep_until_some(closing_since.map(|since| since + CLOSE_GRACE)) => return,
+            }
+        }
+    }
+}
+
+/// How long a connection being closed may take to send the answer in flight (a client that
+/// does not read it must not keep the connection).
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+fn connection_builder(limits: &Limits) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // The connection's watchdog times request heads: hyper's own header timer would also close
+    // idle HTTP/1.1 keep-alive connections after the (shorter) header timeout.
+    builder.http1().header_read_timeout(None);
+    builder
+        .http2()
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(limits.http2_max_header_list_size);
+    builder
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -121,7 +253,8 @@ async fn handle(
     handler: ProxyHandler<Handler>,
     app: Arc<App>,
     scheme: &'static str,
-    req: hyper::Request<Incoming>,
+    in_flight: InFlight,
+    req: hyper::Request<RequestBody>,
 ) -> Result<hyper::Response<ResponseBody>, std::convert::Infallible> {
     let start = Instant::now();
     let (mut parts, body) = req.into_parts();
@@ -129,7 +262,8 @@ async fn handle(
     if !app.serves(parts.uri.path()) {
         let response = error_response(404, "NOT_FOUND", "no such endpoint", "no component is routed at this path");
         return Ok(response.map(|body| {
-            LoggedBody { inner: body, bytes: 0, expected: None, status: 404, line: Some(line) }.boxed_unsync()
+            LoggedBody { inner: body, bytes: 0, expected: None, status: 404, line: Some(line), _in_flight: in_flight }
+                .boxed_unsync()
         }));
     }
     // Give the component the full URL (scheme and authority from the Host header or HTTP/2).
@@ -144,7 +278,6 @@ async fn handle(
             parts.uri = uri;
         }
     }
-    let body = body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync();
     let response = match handler.handle((), http::Request::from_parts(parts, body)).await {
         Ok(response) => {
             response.map(|b| b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed_unsync())
@@ -162,7 +295,7 @@ async fn handle(
     let status = response.status().as_u16();
     Ok(response.map(|body| {
         let expected = body.size_hint().exact();
-        LoggedBody { inner: body, bytes: 0, expected, status, line: Some(line) }.boxed_unsync()
+        LoggedBody { inner: body, bytes: 0, expected, status, line: Some(line), _in_flight: in_flight }.boxed_unsync()
     }))
 }
 
@@ -192,6 +325,8 @@ struct LoggedBody<B> {
     expected: Option<u64>,
     status: u16,
     line: Option<RequestLine>,
+    /// The request stays in flight on its connection (no idle timeout) until the response is out.
+    _in_flight: InFlight,
 }
 
 impl<B> LoggedBody<B> {

@@ -1,7 +1,7 @@
 //! `GET /v2/_catalog?n=&last=`: every repository the caller may pull, in lexical order (every
 //! repository when authentication is off).
 
-use super::listing::{Page, collect, next_link};
+use super::listing::{Kept, Page, collect, next_link};
 use crate::auth::Identity;
 use crate::errcode::RegistryError;
 use crate::keys;
@@ -16,12 +16,14 @@ pub async fn list<M: MetaStore, B: BlobStore>(
 ) -> Result<Response<B::Outgoing>, RegistryError> {
     let page = Page::from_request(req)?;
     let auth = &stores.config.auth;
-    let (repositories, more) =
-        collect(stores, keys::REPOS_PREFIX, &page, async |name: &str| Ok(identity.lists(auth, name))).await?;
+    let (repositories, more) = collect(stores, keys::REPOS_PREFIX, page.last.as_deref(), page.n, async |name: &str| {
+        Ok(identity.lists(auth, name).then(|| Kept::name(name)))
+    })
+    .await?;
     let body = serde_json::to_vec(&serde_json::json!({ "repositories": repositories })).expect("json");
     let mut response = Response::new(StatusCode::OK);
-    if let (true, Some(last), Some(n)) = (more, repositories.last(), page.n) {
-        response = response.header(header::LINK, next_link("/v2/_catalog", n, last));
+    if let (true, Some(last)) = (more, repositories.last()) {
+        response = response.header(header::LINK, next_link("/v2/_catalog", page.n, last, &[]));
     }
     Ok(response.json(body))
 }

@@ -11,10 +11,16 @@ use crate::reference::Reference;
 use crate::route::url;
 use crate::store::{BlobStore, MetaStore, Stores, Written};
 use crate::uploads::{self, Finish};
-use http::{HeaderName, StatusCode, header};
+use http::{HeaderName, HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+const OCI_TAG: HeaderName = HeaderName::from_static("oci-tag");
+
+/// The most `?tag=` parameters one manifest PUT may carry. Each tag is several storage calls,
+/// and each is answered by a header line of its own, which clients cap: hyper (under reqwest and
+/// the Rust OCI clients) refuses a response of more than 100 header lines.
+pub const MAX_TAGS_PER_PUT: usize = 64;
 
 type Result<T> = std::result::Result<T, RegistryError>;
 
@@ -176,6 +182,8 @@ pub async fn put<M: MetaStore, B: BlobStore>(
     req: Request<B::Incoming>,
 ) -> Result<Response<B::Outgoing>> {
     let reference = Reference::parse(reference)?;
+    // Checked before anything is stored: a refused tag leaves no manifest behind.
+    let extra_tags = tag_parameters(&req, &reference)?;
     let too_large = || {
         RegistryError::new(ErrorCode::SizeInvalid, format!("manifests are limited to {MAX_MANIFEST_SIZE} bytes"))
             .with_status(StatusCode::PAYLOAD_TOO_LARGE)
@@ -188,7 +196,12 @@ pub async fn put<M: MetaStore, B: BlobStore>(
         return Err(too_large());
     }
     let content_type = req.header(header::CONTENT_TYPE).map(str::to_owned);
-    let bytes = stores.blobs.collect(req.body, MAX_MANIFEST_SIZE).await.map_err(internal)?.ok_or_else(too_large)?;
+    let bytes = stores
+        .blobs
+        .collect(req.body, MAX_MANIFEST_SIZE)
+        .await
+        .map_err(|e| super::body_error(e, ErrorCode::ManifestInvalid))?
+        .ok_or_else(too_large)?;
     let algorithm = match &reference {
         Reference::Digest(d) => d.algorithm(),
         Reference::Tag(_) => Algorithm::Sha256,
@@ -208,8 +221,12 @@ pub async fn put<M: MetaStore, B: BlobStore>(
     let manifest = manifest::parse(&bytes, content_type.as_deref())?;
     check_references(stores, name, &manifest).await?;
     let generation = store(stores, name, &digest, &manifest, bytes, hash).await?;
+    let target = TagTarget { digest: digest.clone(), generation };
     if let Reference::Tag(tag) = &reference {
-        set_tag(stores, name, tag, TagTarget { digest: digest.clone(), generation }).await?;
+        set_tag(stores, name, tag, target.clone()).await?;
+    }
+    for tag in &extra_tags {
+        set_tag(stores, name, tag, target.clone()).await?;
     }
     let mut response = Response::new(StatusCode::CREATED)
         .header(header::LOCATION, url::manifest(name, &digest.to_string()))
@@ -217,10 +234,46 @@ pub async fn put<M: MetaStore, B: BlobStore>(
     if let Some(subject) = &manifest.subject {
         response = response.header(OCI_SUBJECT, subject);
     }
+    for tag in &extra_tags {
+        // One header per tag applied: how a client tells that the registry tagged (a registry
+        // without the feature ignores the parameter and sends none).
+        response.headers.append(OCI_TAG, HeaderValue::from_str(tag.as_str()).expect("tags are header-safe"));
+    }
     Ok(response.empty())
 }
 
-/// Every blob and child manifest must be in this repository (a missing subject is allowed).
+/// The `?tag=` parameters of a manifest PUT (distribution-spec main: push by digest and tag it
+/// in the same request), each valid and each once, in the order given. They go with a digest in
+/// the path only: with a tag there, which of the names the manifest is pushed under would be
+/// ambiguous, so it is refused rather than half applied.
+fn tag_parameters<B>(req: &Request<B>, reference: &Reference) -> Result<Vec<Tag>> {
+    let Some(query) = req.query.as_deref() else { return Ok(Vec::new()) };
+    let mut tags: Vec<Tag> = Vec::new();
+    for (_, value) in ::url::form_urlencoded::parse(query.as_bytes()).filter(|(key, _)| key == "tag") {
+        let tag = Tag::parse(&value)?;
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+        if tags.len() > MAX_TAGS_PER_PUT {
+            return Err(RegistryError::new(
+                ErrorCode::TagInvalid,
+                format!("at most {MAX_TAGS_PER_PUT} tag parameters per manifest push"),
+            ));
+        }
+    }
+    if let (Reference::Tag(tag), false) = (reference, tags.is_empty()) {
+        return Err(RegistryError::new(
+            ErrorCode::TagInvalid,
+            format!("tag parameters need the manifest's digest in the path, not the tag {}", tag.as_str()),
+        ));
+    }
+    Ok(tags)
+}
+
+/// Every blob must be in this repository. Neither a subject nor an index's child manifests need
+/// be: an index may be sparse (distribution-spec main: a mirror that keeps some platforms only),
+/// and a pull of a missing child is `MANIFEST_UNKNOWN` like that of any manifest not here. A
+/// child that is here was checked when it was pushed.
 async fn check_references<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     name: &RepoName,
@@ -231,14 +284,6 @@ async fn check_references<M: MetaStore, B: BlobStore>(
             return Err(RegistryError::new(
                 ErrorCode::ManifestBlobUnknown,
                 format!("blob {blob} is not in repository {name}"),
-            ));
-        }
-    }
-    for child in &manifest.children {
-        if record(stores, name, child).await?.is_none() {
-            return Err(RegistryError::new(
-                ErrorCode::ManifestBlobUnknown,
-                format!("manifest {child} is not in repository {name}"),
             ));
         }
     }
@@ -430,4 +475,53 @@ async fn untag<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, name: &RepoNam
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, Method};
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn tags_of(reference: &str, query: &str) -> Result<Vec<String>> {
+        let req = Request {
+            method: Method::PUT,
+            path: format!("/v2/a/manifests/{reference}"),
+            query: Some(query.to_owned()),
+            headers: HeaderMap::new(),
+            body: (),
+            origin: None,
+        };
+        let tags = tag_parameters(&req, &Reference::parse(reference)?)?;
+        Ok(tags.iter().map(|t| t.as_str().to_owned()).collect())
+    }
+
+    #[test]
+    fn tag_parameters_are_kept_in_order_each_once() {
+        assert_eq!(tags_of(D, "tag=b&x=y&tag=a&tag=b").unwrap(), ["b", "a"]);
+        assert_eq!(tags_of(D, "other=1").unwrap(), Vec::<String>::new());
+        assert_eq!(tags_of("latest", "other=1").unwrap(), Vec::<String>::new(), "no tag parameter: nothing to refuse");
+    }
+
+    #[test]
+    fn an_invalid_tag_parameter_is_tag_invalid() {
+        for query in ["tag=-x", "tag=", "tag=a%2Fb", "tag=ok&tag=a:b"] {
+            assert_eq!(tags_of(D, query).unwrap_err().code, ErrorCode::TagInvalid, "{query}");
+        }
+    }
+
+    #[test]
+    fn tag_parameters_need_a_digest_in_the_path() {
+        assert_eq!(tags_of("latest", "tag=v1").unwrap_err().code, ErrorCode::TagInvalid);
+    }
+
+    #[test]
+    fn more_distinct_tags_than_the_bound_are_refused() {
+        let query = |count: usize| (0..count).map(|i| format!("tag=t{i}")).collect::<Vec<_>>().join("&");
+        assert_eq!(tags_of(D, &query(MAX_TAGS_PER_PUT)).unwrap().len(), MAX_TAGS_PER_PUT);
+        assert_eq!(tags_of(D, &query(MAX_TAGS_PER_PUT + 1)).unwrap_err().code, ErrorCode::TagInvalid);
+        let repeated = vec!["tag=same"; MAX_TAGS_PER_PUT * 2].join("&");
+        assert_eq!(tags_of(D, &repeated).unwrap(), ["same"], "repeats count once");
+    }
 }

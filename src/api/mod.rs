@@ -17,7 +17,7 @@ use crate::auth::{self, Denied};
 use crate::errcode::{ErrorCode, RegistryError};
 use crate::message::{Request, Response};
 use crate::route::Route;
-use crate::store::{BlobStore, MetaStore, Stores};
+use crate::store::{BlobStore, MetaStore, StoreError, Stores};
 use http::Method;
 
 /// Answer one request. Never fails: every error is a response with an OCI error body.
@@ -80,6 +80,17 @@ fn refusal<S>(denied: &Denied) -> Response<S> {
 
 fn method_not_allowed(method: &Method) -> RegistryError {
     RegistryError::new(ErrorCode::MethodNotAllowed, format!("method {method} not allowed here"))
+}
+
+/// A storage error while reading a request body into memory. A body that broke off (cut short,
+/// badly framed, the client gone) is the client's mistake: `code`, with 400. Anything else is
+/// the registry's (500).
+fn body_error(err: StoreError, code: ErrorCode) -> RegistryError {
+    match err {
+        StoreError::BodyInterrupted(why) => RegistryError::new(code, format!("the request body broke off: {why}"))
+            .with_status(http::StatusCode::BAD_REQUEST),
+        other => crate::blobs::internal(other),
+    }
 }
 
 #[cfg(test)]
@@ -184,6 +195,16 @@ mod tests {
     fn wrong_methods_get_an_oci_error() {
         let r = send(&memory_stores(), Method::DELETE, "/v2/", vec![]);
         assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"));
+    }
+
+    #[test]
+    fn a_body_that_broke_off_is_the_clients_mistake_and_a_store_failure_the_registrys() {
+        let broke = body_error(StoreError::BodyInterrupted("cut".into()), ErrorCode::ManifestInvalid);
+        assert_eq!((broke.code, broke.status()), (ErrorCode::ManifestInvalid, StatusCode::BAD_REQUEST));
+        let token = body_error(StoreError::BodyInterrupted("cut".into()), ErrorCode::Unsupported);
+        assert_eq!(token.status(), StatusCode::BAD_REQUEST, "not the code's own 405");
+        let failed = body_error(StoreError::Other("disk".into()), ErrorCode::ManifestInvalid);
+        assert_eq!((failed.code, failed.status()), (ErrorCode::Internal, StatusCode::INTERNAL_SERVER_ERROR));
     }
 
     #[test]

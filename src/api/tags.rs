@@ -1,6 +1,6 @@
 //! `GET /v2/<name>/tags/list?n=&last=`.
 
-use super::listing::{Page, collect, next_link};
+use super::listing::{Kept, Page, collect, next_link};
 use crate::blobs::internal;
 use crate::errcode::{ErrorCode, RegistryError};
 use crate::keys;
@@ -24,15 +24,16 @@ pub async fn list<M: MetaStore, B: BlobStore>(
     }
     // An index entry counts only while its tag still resolves to a manifest of the repository
     // (the generation of the record it was set for).
-    let (tags, more) = collect(stores, &keys::tags_prefix(name), &page, async |entry: &str| {
-        let Ok(tag) = Tag::parse(entry) else { return Ok(false) };
-        Ok(super::manifests::tagged(stores, name, &tag).await?.is_some())
+    let prefix = keys::tags_prefix(name);
+    let (tags, more) = collect(stores, &prefix, page.last.as_deref(), page.n, async |entry: &str| {
+        let Ok(tag) = Tag::parse(entry) else { return Ok(None) };
+        Ok(super::manifests::tagged(stores, name, &tag).await?.map(|_| Kept::name(entry)))
     })
     .await?;
     let body = serde_json::to_vec(&serde_json::json!({ "name": name.as_str(), "tags": tags })).expect("json");
     let mut response = Response::new(StatusCode::OK);
-    if let (true, Some(last), Some(n)) = (more, tags.last(), page.n) {
-        response = response.header(header::LINK, next_link(&format!("/v2/{name}/tags/list"), n, last));
+    if let (true, Some(last)) = (more, tags.last()) {
+        response = response.header(header::LINK, next_link(&format!("/v2/{name}/tags/list"), page.n, last, &[]));
     }
     Ok(response.json(body))
 }

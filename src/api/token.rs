@@ -14,7 +14,6 @@
 use crate::auth::config::Mode;
 use crate::auth::scope::Scope;
 use crate::auth::{challenge, issue, password};
-use crate::blobs::internal;
 use crate::errcode::{ErrorCode, RegistryError};
 use crate::message::{Request, Response};
 use crate::store::{BlobStore, Stores};
@@ -58,9 +57,15 @@ fn get<M, B: BlobStore>(stores: &Stores<M, B>, req: &Request<B::Incoming>) -> Re
 }
 
 async fn post<M, B: BlobStore>(stores: &Stores<M, B>, req: Request<B::Incoming>) -> Result<Response<B::Outgoing>> {
-    let body = stores.blobs.collect(req.body, MAX_FORM).await.map_err(internal)?.ok_or_else(|| {
-        RegistryError::new(ErrorCode::Unsupported, "token request form too large").with_status(StatusCode::BAD_REQUEST)
-    })?;
+    let body = stores
+        .blobs
+        .collect(req.body, MAX_FORM)
+        .await
+        .map_err(|e| super::body_error(e, ErrorCode::Unsupported))?
+        .ok_or_else(|| {
+            RegistryError::new(ErrorCode::Unsupported, "token request form too large")
+                .with_status(StatusCode::BAD_REQUEST)
+        })?;
     let params = form(&body);
     check_service(stores, &params)?;
     let config = &stores.config.auth;

@@ -176,6 +176,7 @@ impl Leg {
             "--storage-driver=vfs".into(),
         ];
         full.extend(args.iter().map(|s| s.to_string()));
+        ensure_installed("podman");
         let output = Command::new("podman").args(&full).env("DOCKER_CONFIG", &root).output();
         let output = output.unwrap_or_else(|e| {
             panic!("podman could not run ({e}): .ci/run installs it from Debian (apt-get install podman)")
@@ -208,7 +209,41 @@ pub fn run_with_binds(program: &str, args: &[String], binds: &[(&Path, &str)]) -
     (!stderr.contains("mount:") && !stderr.contains("unshare:")).then_some(output)
 }
 
+/// Make sure `program` is on the PATH: where it is not and the tests run as root on Debian (CI,
+/// a fresh machine), install its Debian package once per test process, so that README's test
+/// command passes without a separate setup step. Elsewhere the test then fails saying what to
+/// install.
+pub fn ensure_installed(program: &str) {
+    static DONE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if done.iter().any(|p| p == program) {
+        return;
+    }
+    done.push(program.to_owned());
+    let on_path = |p: &str| Command::new("sh").arg("-c").arg(format!("command -v {p}")).output().is_ok_and(|o| o.status.success());
+    if on_path(program) || !on_path("apt-get") {
+        return;
+    }
+    let package = match program {
+        "docker" => "docker.io",
+        "htpasswd" => "apache2-utils",
+        other => other,
+    };
+    eprintln!("tests: {program} is missing: installing Debian's {package}");
+    // Other test processes may be installing too: wait for dpkg's lock rather than fail.
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(["-o", "DPkg::Lock::Timeout=600", "-q", "-y"])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+    };
+    let _ = apt(&["update"]);
+    let _ = apt(&["install", "--no-install-recommends", package]);
+}
+
 pub fn run_client(client: &str, args: &[String]) -> Output {
+    ensure_installed(client);
     Command::new(client).args(args).output().unwrap_or_else(|e| {
         panic!("{client} could not run ({e}): .ci/run installs it from Debian (apt-get install {client})")
     })
