@@ -7,7 +7,7 @@ use crate::store::Config;
 
 /// Every variable the registry reads.
 pub fn variables() -> impl Iterator<Item = &'static str> {
-    ["upload_expiry_seconds"].into_iter().chain(crate::auth::config::VARIABLES)
+    ["upload_expiry_seconds"].into_iter().chain(crate::auth::config::variables())
 }
 
 /// Parse the settings; `get` gives a variable's value, `None` when it is not defined.

@@ -43,6 +43,10 @@ pub trait MetaStore {
     /// when it is not (changed or deleted meanwhile). The key must exist: swapping an absent
     /// key is an unconditional upsert on Spin 4.1's SQLite backend, so Berth never relies on it.
     async fn compare_and_swap(&self, key: &str, expected: &[u8], new: &[u8]) -> Result<bool, StoreError>;
+    /// Add `delta` to the counter under `key` (an 8-byte little-endian `i64`, 0 when absent) in
+    /// one atomic step, across instances; the new value. Only ever used on keys that hold
+    /// counters (Spin's SQLite backend panics on another value).
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError>;
 }
 
 /// A byte range of one stored object.

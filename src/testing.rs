@@ -30,6 +30,18 @@ impl MetaStore for MemMeta {
             _ => Ok(false),
         }
     }
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
+        let mut map = self.0.borrow_mut();
+        let current = match map.get(key) {
+            Some(value) => i64::from_le_bytes(
+                value.as_slice().try_into().map_err(|_| StoreError::Other(format!("{key} is not a counter")))?,
+            ),
+            None => 0,
+        };
+        let new = current.saturating_add(delta);
+        map.insert(key.to_owned(), new.to_le_bytes().to_vec());
+        Ok(new)
+    }
 }
 
 #[derive(Default)]

@@ -41,18 +41,26 @@ fn start_with(mode: &str, extra: &[(&str, &str)]) -> Auth {
 }
 
 fn start_tls(mode: &str, extra: &[(&str, &str)], tls: Option<&TestCerts>) -> Auth {
+    start_full(mode, extra, tls, &[])
+}
+
+/// The runner with `args` besides the variables (`--instance-reuse 1`, say).
+fn start_full(mode: &str, extra: &[(&str, &str)], tls: Option<&TestCerts>, args: &[&str]) -> Auth {
     let dir = tempfile::tempdir().unwrap();
     let users = users();
-    let mut pairs = vec![
-        ("auth_mode", mode),
-        ("auth_users", users.as_str()),
-        ("auth_groups", GROUPS),
-        ("auth_policy", POLICY),
-        ("auth_token_secret", TOKEN_SECRET),
-    ];
+    let mut pairs = vec![("auth_mode", mode)];
+    // With authentication off, any auth setting is refused (a misspelt mode, say).
+    if mode != "none" {
+        pairs.extend([
+            ("auth_users", users.as_str()),
+            ("auth_groups", GROUPS),
+            ("auth_policy", POLICY),
+            ("auth_token_secret", TOKEN_SECRET),
+        ]);
+    }
     pairs.extend_from_slice(extra);
     let options = RunnerOptions {
-        args: vars(&pairs),
+        args: [vars(&pairs), args.iter().map(|a| a.to_string()).collect()].concat(),
         tls: tls.map(|c| (c.cert.as_path(), c.key.as_path())),
         ..Default::default()
     };
@@ -149,6 +157,7 @@ fn claims() -> Claims {
             actions: vec!["pull".into(), "push".into()],
         }],
         refresh: None,
+        auth_time: None,
     }
 }
 
@@ -187,10 +196,10 @@ async fn the_base_endpoint_needs_a_token_and_challenges_without_scope() {
 }
 
 #[tokio::test]
-async fn the_realm_follows_the_scheme_and_forwarded_headers() {
+async fn the_realm_follows_the_scheme_and_forwarded_headers_when_trusted() {
     let dir = tempfile::tempdir().unwrap();
     let certs = make_certs(dir.path());
-    let auth = start_tls("token", &[], Some(&certs));
+    let auth = start_tls("token", &[("auth_trust_forwarded_headers", "true")], Some(&certs));
     assert!(auth.runner.url.starts_with("https://"));
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&certs.ca).unwrap()).unwrap();
     let https = reqwest::Client::builder().no_proxy().add_root_certificate(ca).build().unwrap();
@@ -485,17 +494,19 @@ async fn the_referrers_api_needs_pull() {
 
 // ---- configuration ----------------------------------------------------------------------------
 
-#[tokio::test]
-async fn a_misconfiguration_is_reported_at_start_and_refuses_every_request() {
-    use std::io::{BufRead, BufReader};
-    let artifacts = artifacts();
-    let dir = tempfile::tempdir().unwrap();
-    for (pairs, variable) in [
-        (vec![("auth_mode", "token")], "auth_token_secret"),
-        (vec![("auth_mode", "tokens")], "auth_mode"),
-        (vec![("auth_mode", "basic"), ("auth_users", "bob:plaintext")], "auth_users"),
-        (vec![("auth_mode", "basic"), ("auth_policy", "* nobody pull")], "auth_policy"),
-    ] {
+/// A runner started by hand, its stderr collected (the component's log and the start-up probe's
+/// report are there), stopped by PID when dropped.
+struct Spawned {
+    child: std::process::Child,
+    url: String,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Spawned {
+    fn start(pairs: &[(&str, &str)]) -> (tempfile::TempDir, Spawned) {
+        use std::io::{BufRead, BufReader};
+        let artifacts = artifacts();
+        let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(&artifacts.runner)
             .args(["up", "--listen", "127.0.0.1:0", "--manifest"])
             .arg(repo_root().join("spin.toml"))
@@ -503,7 +514,7 @@ async fn a_misconfiguration_is_reported_at_start_and_refuses_every_request() {
             .arg(&artifacts.component)
             .arg("--data")
             .arg(dir.path())
-            .args(vars(&pairs))
+            .args(vars(pairs))
             .arg("--compile-cache")
             .arg(&artifacts.compile_cache)
             .stdin(Stdio::null())
@@ -511,29 +522,104 @@ async fn a_misconfiguration_is_reported_at_start_and_refuses_every_request() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // The report comes on stderr before the address on stdout; both are drained after that
-        // (a closed pipe would fail the runner's request log).
-        let mut stderr_lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let collected = stderr.clone();
+        let stderr_lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        std::thread::spawn(move || stderr_lines.map_while(Result::ok).for_each(|l| collected.lock().unwrap().push(l)));
         let mut stdout_lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let stderr = stderr_lines.next().unwrap().unwrap();
-        let stdout = stdout_lines
+        let serving = stdout_lines
             .by_ref()
             .map_while(Result::ok)
             .find(|line| line.starts_with("berth-runner: serving"))
             .expect("the runner announces its address");
-        std::thread::spawn(move || stderr_lines.for_each(drop));
+        // Drained for the runner's life (a closed pipe would fail its request log).
         std::thread::spawn(move || stdout_lines.for_each(drop));
-        assert!(stderr.contains(&format!("variable {variable}")), "{pairs:?}: {stderr}");
-        let url = stdout.split(" on ").nth(1).expect("serving ... on URL").trim().to_owned();
-        for path in ["/v2/", "/v2/public/app/manifests/v1", "/token"] {
-            let (status, code, body) = error_code(client().get(format!("{url}{path}")).send().await.unwrap()).await;
-            assert_eq!((status, code.as_str()), (500, "INTERNAL_ERROR"), "{pairs:?} {path}");
-            let detail = body["errors"][0]["detail"].as_str().unwrap();
-            assert!(detail.contains(&format!("variable {variable}")), "{pairs:?}: {detail}");
-        }
-        let _ = Command::new("kill").arg(child.id().to_string()).status();
-        let _ = child.wait();
+        let url = serving.split(" on ").nth(1).expect("serving ... on URL").trim().to_owned();
+        (dir, Spawned { child, url, stderr })
     }
+
+    /// The stderr lines so far, once one satisfies `wanted` (the reader thread may lag a little
+    /// behind the runner's writes); fails after a deadline.
+    fn stderr_once(&self, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let lines = self.stderr.lock().unwrap().clone();
+            if lines.iter().any(|l| wanted(l)) {
+                return lines;
+            }
+            assert!(std::time::Instant::now() < deadline, "no such line on stderr: {lines:#?}");
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_misconfiguration_is_logged_at_start_and_refuses_every_request_without_saying_why() {
+    let bob_with_wrong_separator = format!("bob={SECRET_HASH}");
+    for (pairs, variable) in [
+        (vec![("auth_mode", "token")], "auth_token_secret"),
+        (vec![("auth_mode", "tokens")], "auth_mode"),
+        (vec![("auth_mode", "basic"), ("auth_users", "bob:plaintext")], "auth_users"),
+        (vec![("auth_mode", "basic"), ("auth_users", bob_with_wrong_separator.as_str())], "auth_users"),
+        (vec![("auth_mode", "basic"), ("auth_policy", "* nobody pull")], "auth_policy"),
+        (
+            vec![("auth_mode", "token"), ("auth_token_secret", TOKEN_SECRET), ("auth_token_lifetime_seconds", "86401")],
+            "auth_token_lifetime_seconds",
+        ),
+    ] {
+        let (_dir, runner) = Spawned::start(&pairs);
+        // The operator reads what is wrong in the log, at start (the component's line, then the
+        // probe's report)...
+        let stderr = runner.stderr_once(|l| l.contains("serving anyway"));
+        let logged = stderr.iter().find(|l| l.contains("misconfigured")).unwrap_or_else(|| panic!("{stderr:#?}"));
+        assert!(logged.contains(&format!("variable {variable}")), "{pairs:?}: {logged}");
+        assert!(!logged.contains(&SECRET_HASH[7..]), "not even the log quotes a hash: {logged}");
+        // ... clients only learn that it is misconfigured.
+        for path in ["/v2/", "/v2/public/app/manifests/v1", "/token"] {
+            let response = client().get(format!("{}{path}", runner.url)).send().await.unwrap();
+            let (status, code, body) = error_code(response).await;
+            assert_eq!((status, code.as_str()), (500, "INTERNAL_ERROR"), "{pairs:?} {path}");
+            let text = body.to_string();
+            for secret in [variable, &SECRET_HASH[7..], "plaintext", "nobody", "86401"] {
+                assert!(!text.contains(secret), "{pairs:?} {path}: the answer says {secret:?}: {text}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn any_auth_setting_with_authentication_off_refuses_every_request() {
+    // A misspelt mode variable (or none at all) next to users and a policy: refused, never open.
+    let users = users();
+    for pairs in [
+        vec![("auth_users", users.as_str()), ("auth_policy", POLICY)],
+        vec![("auth_mode", "none"), ("auth_token_secret", TOKEN_SECRET)],
+    ] {
+        let (_dir, runner) = Spawned::start(&pairs);
+        let stderr = runner.stderr_once(|l| l.contains("serving anyway"));
+        assert!(stderr.iter().any(|l| l.contains("variable auth_mode") && l.contains("everybody")), "{stderr:#?}");
+        let response = client().put(format!("{}/v2/app/manifests/v1", runner.url)).body("{}").send().await.unwrap();
+        let (status, code, _) = error_code(response).await;
+        assert_eq!((status, code.as_str()), (500, "INTERNAL_ERROR"), "{pairs:?}");
+    }
+}
+
+#[tokio::test]
+async fn bcrypt_costs_below_10_are_warned_about_at_start() {
+    let users = users(); // every test user's hash has cost 4
+    let pairs = [("auth_mode", "basic"), ("auth_users", &users), ("auth_groups", GROUPS), ("auth_policy", POLICY)];
+    let (_dir, runner) = Spawned::start(&pairs);
+    let stderr = runner.stderr_once(|l| l.contains("bcrypt costs below 10"));
+    let warning = stderr.iter().find(|l| l.contains("bcrypt costs below 10")).unwrap();
+    assert!(warning.contains("warning") && warning.contains("alice (4)"), "{warning}");
+    assert!(!stderr.iter().any(|l| l.contains(&SECRET_HASH[7..])), "{stderr:#?}");
 }
 
 #[tokio::test]
@@ -801,4 +887,135 @@ async fn docker_login_then_manifest_inspect() {
     ok("docker", &["login"], docker(&["login", "-u", "bob", "--password-stdin", &host], Some("secret\n")));
     let out = docker(&["manifest", "inspect", "--insecure", &image], None);
     failed("docker", &["manifest", "inspect"], &out);
+}
+
+// ---- realm, forwarded headers ----------------------------------------------------------------
+
+#[tokio::test]
+async fn the_realm_is_auth_realm_when_it_is_set() {
+    let auth = start_with("token", &[("auth_realm", "https://registry.example.com/token")]);
+    let response = auth.get("/v2/team/app/tags/list", None).await;
+    let challenge = header(&response, "www-authenticate");
+    assert!(challenge.starts_with(r#"Bearer realm="https://registry.example.com/token","#), "{challenge}");
+}
+
+#[tokio::test]
+async fn forwarded_headers_do_not_move_the_realm_unless_trusted() {
+    let forged = |auth: &Auth| {
+        auth.http
+            .get(auth.at("/v2/"))
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "evil.example")
+            .send()
+    };
+    let auth = start("token");
+    let challenge = header(&forged(&auth).await.unwrap(), "www-authenticate");
+    assert!(challenge.contains(&format!(r#"realm="{}""#, auth.realm())), "any client can send them: {challenge}");
+    let trusting = start_with("token", &[("auth_trust_forwarded_headers", "true")]);
+    let challenge = header(&forged(&trusting).await.unwrap(), "www-authenticate");
+    assert!(challenge.contains(r#"realm="https://evil.example/token""#), "behind a proxy that sets them: {challenge}");
+}
+
+// ---- failed-login throttling -----------------------------------------------------------------
+
+fn basic_get(auth: &Auth, user: &str, password: &str) -> reqwest::RequestBuilder {
+    auth.http.get(auth.at("/v2/")).basic_auth(user, Some(password))
+}
+
+/// A 429 `TOOMANYREQUESTS` with a `Retry-After` within the 5-minute window.
+async fn expect_throttled(response: reqwest::Response) {
+    let retry_after: u64 = header(&response, "retry-after").parse().expect("Retry-After is a number of seconds");
+    assert!((1..=300).contains(&retry_after), "Retry-After {retry_after}");
+    expect_error(response, 429, "TOOMANYREQUESTS").await;
+}
+
+#[tokio::test]
+async fn failed_logins_of_one_user_are_throttled_across_instances_with_429_and_retry_after() {
+    // A fresh instance per request: the count lives in key-value, not in an instance's memory.
+    let limits = [("auth_login_failures_per_user", "3"), ("auth_login_failures_per_address", "100")];
+    let auth = start_full("basic", &limits, None, &["--instance-reuse", "1"]);
+    for attempt in 1..=3 {
+        let response = basic_get(&auth, "alice", "guess").send().await.unwrap();
+        assert_eq!(response.status(), 401, "attempt {attempt}");
+    }
+    // Refused before the password is checked: the right one too, until the window ends.
+    expect_throttled(basic_get(&auth, "alice", "guess").send().await.unwrap()).await;
+    expect_throttled(basic_get(&auth, "alice", PASSWORD).send().await.unwrap()).await;
+    // Other users are not affected.
+    assert_eq!(basic_get(&auth, "bob", PASSWORD).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn failed_logins_from_one_address_are_throttled_whoever_they_name() {
+    let auth = start_with("basic", &[("auth_login_failures_per_user", "100"), ("auth_login_failures_per_address", "3")]);
+    for user in ["alice", "carol", "nobody-at-all"] {
+        assert_eq!(basic_get(&auth, user, "guess").send().await.unwrap().status(), 401, "{user}");
+    }
+    expect_throttled(basic_get(&auth, "bob", PASSWORD).send().await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn the_token_endpoint_throttles_failed_password_logins() {
+    let auth = start_with("token", &[("auth_login_failures_per_user", "2")]);
+    for _ in 0..2 {
+        assert_eq!(auth.token_response(Some("alice"), "guess", &[]).await.status(), 401);
+    }
+    expect_throttled(auth.token_response(Some("alice"), PASSWORD, &[]).await).await;
+    let form = [("grant_type", "password"), ("username", "alice"), ("password", PASSWORD), ("service", "berth")];
+    expect_throttled(auth.http.post(auth.at("/token")).form(&form).send().await.unwrap()).await;
+    assert_eq!(auth.token_response(Some("bob"), PASSWORD, &[]).await.status(), 200);
+}
+
+#[tokio::test]
+async fn no_failure_is_lost_when_guesses_of_one_user_race() {
+    // Sixteen wrong passwords for the same user at once: each is counted (an atomic increment
+    // of one counter), so afterwards the user is throttled however they interleaved.
+    let auth = start_with("basic", &[("auth_login_failures_per_user", "16"), ("auth_login_failures_per_address", "1000")]);
+    let guesses = (0..16).map(|i| basic_get(&auth, "alice", &format!("guess-{i}")).send());
+    let statuses: Vec<u16> = futures::future::join_all(guesses).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
+    assert!(statuses.iter().all(|s| *s == 401 || *s == 429), "{statuses:?}");
+    expect_throttled(basic_get(&auth, "alice", PASSWORD).send().await.unwrap()).await;
+}
+
+// ---- token lifetimes -------------------------------------------------------------------------
+
+/// The claims of a token, read without checking it (the test knows where it came from).
+fn payload(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let part = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn refresh_grants_never_extend_a_login_past_the_longest_session() {
+    let auth = start_with("token", &[("auth_session_max_seconds", "100")]);
+    let login = [
+        ("grant_type", "password"),
+        ("username", "alice"),
+        ("password", PASSWORD),
+        ("service", "berth"),
+        ("access_type", "offline"),
+    ];
+    let body = json(auth.http.post(auth.at("/token")).form(&login).send().await.unwrap()).await;
+    let first = body["refresh_token"].as_str().expect("a refresh token").to_owned();
+    let claims = payload(&first);
+    let auth_time = claims["auth_time"].as_u64().expect("refresh tokens carry the login's time");
+    assert!(claims["exp"].as_u64().unwrap() <= auth_time + 100, "{claims}");
+    let refresh =
+        [("grant_type", "refresh_token"), ("refresh_token", first.as_str()), ("service", "berth"), ("access_type", "offline")];
+    let body = json(auth.http.post(auth.at("/token")).form(&refresh).send().await.unwrap()).await;
+    let second = payload(body["refresh_token"].as_str().expect("a new refresh token"));
+    assert_eq!(second["auth_time"].as_u64(), Some(auth_time), "the login time is kept, not renewed");
+    assert!(second["exp"].as_u64().unwrap() <= auth_time + 100, "{second}");
+}
+
+#[tokio::test]
+async fn a_token_request_may_ask_for_at_most_64_scopes() {
+    let auth = start("token");
+    let scopes: Vec<String> = (0..65).map(|i| format!("repository:team/app{i}:pull")).collect();
+    let mut query: Vec<(&str, &str)> = vec![("service", "berth")];
+    query.extend(scopes.iter().take(64).map(|s| ("scope", s.as_str())));
+    assert_eq!(auth.token_response(Some("alice"), PASSWORD, &query).await.status(), 200);
+    query.push(("scope", scopes[64].as_str()));
+    expect_error(auth.token_response(Some("alice"), PASSWORD, &query).await, 400, "UNSUPPORTED").await;
 }

@@ -29,6 +29,11 @@ struct Spin {
 
 impl Spin {
     fn start() -> Option<Spin> {
+        Self::start_with(&[])
+    }
+
+    /// With Spin variables set (`SPIN_VARIABLE_<NAME>` in spin's environment).
+    fn start_with(variables: &[(&str, &str)]) -> Option<Spin> {
         let Some(spin) = spin_binary() else {
             println!("spin not found ($SPIN_BIN or ../shared/tools/spin/spin): this test did NOT run");
             return None;
@@ -48,6 +53,7 @@ impl Spin {
             // Spin's shared Wasmtime cache is written by every `spin up` at once when tests run
             // in parallel, and its background worker then panics (noise, not a failure).
             .arg("--disable-cache")
+            .envs(variables.iter().map(|(name, value)| (format!("SPIN_VARIABLE_{}", name.to_uppercase()), *value)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(state.path().join("spin-stderr.txt")).unwrap())
             .spawn()
@@ -219,4 +225,25 @@ async fn on_spin_concurrent_pushes_of_one_blob_and_listings_all_answer() {
     for repo in ["same0", "same1"] {
         assert_eq!(reg.get(&format!("/v2/{repo}/blobs/{digest}")).await.bytes().await.unwrap(), blob);
     }
+}
+
+#[tokio::test]
+async fn on_spin_failed_logins_are_counted_per_client_address_and_answered_429() {
+    // Spin's own `increment` keeps the count and Spin's `spin-client-addr` names the address:
+    // one wrong password for alice, and bob's right one from the same address is throttled.
+    let users = format!("alice:{SECRET_HASH},bob:{SECRET_HASH}");
+    let Some(spin) = Spin::start_with(&[
+        ("auth_mode", "basic"),
+        ("auth_users", &users),
+        ("auth_policy", "* alice *; * bob *"),
+        ("auth_login_failures_per_address", "1"),
+    ]) else {
+        return;
+    };
+    let http = client();
+    let wrong = http.get(format!("{}/v2/", spin.url)).basic_auth("alice", Some("guess")).send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let throttled = http.get(format!("{}/v2/", spin.url)).basic_auth("bob", Some("secret")).send().await.unwrap();
+    assert!(header(&throttled, "retry-after").parse::<u64>().is_ok_and(|s| (1..=300).contains(&s)));
+    expect_error(throttled, 429, "TOOMANYREQUESTS").await;
 }

@@ -46,12 +46,22 @@ fn hash_line(input: &str, cost: u32, user: Option<&str>) -> Result<String> {
     })
 }
 
+/// What the start-up probe learnt of a registry ready to serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probed {
+    /// `GET /v2/` answered without credentials: authentication is off.
+    OpenToEveryone,
+    /// It asked for credentials (or the app serves no `/v2/`).
+    Guarded,
+}
+
 /// Ask the component `GET /v2/` before serving. A registry that cannot answer it (a 500: its
-/// settings do not parse, or its stores cannot open) is an error saying why, with the variable's
-/// name. Any other answer (200, or 401 with authentication on) is a registry ready to serve.
-pub async fn probe(handler: &ProxyHandler<Handler>, app: &App, scheme: &str) -> Result<()> {
+/// settings do not parse, or its stores cannot open) is an error; the component has logged why
+/// (its stderr, just above: clients only ever get a generic message). Any other answer is a
+/// registry ready to serve: 200 one open to everyone, 401 one with authentication on.
+pub async fn probe(handler: &ProxyHandler<Handler>, app: &App, scheme: &str) -> Result<Probed> {
     if !app.serves("/v2/") {
-        return Ok(());
+        return Ok(Probed::Guarded);
     }
     let body = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync();
     let request = http::Request::get(format!("{scheme}://localhost/v2/")).body(body)?;
@@ -63,9 +73,21 @@ pub async fn probe(handler: &ProxyHandler<Handler>, app: &App, scheme: &str) -> 
             .ok()
             .and_then(|v| v["errors"][0]["detail"].as_str().map(str::to_owned))
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-        bail!("the component cannot serve (GET /v2/ answered {status}): {detail}");
+        bail!("the component cannot serve (GET /v2/ answered {status}: {detail}); its log line above says why");
     }
-    Ok(())
+    Ok(if status.is_success() { Probed::OpenToEveryone } else { Probed::Guarded })
+}
+
+/// The warning for a registry without authentication that listens beyond this machine: anybody
+/// who reaches the address may push and delete.
+pub fn open_registry_warning(listen: std::net::SocketAddr) -> Option<String> {
+    (!listen.ip().is_loopback()).then(|| {
+        format!(
+            "berth-runner: WARNING: authentication is off (auth_mode none) and the registry listens on {listen}, \
+             beyond this machine: ANYBODY who reaches it may push, overwrite and delete images. Set auth_mode to \
+             token or basic (README, Authentication), or listen on 127.0.0.1."
+        )
+    })
 }
 
 #[cfg(test)]
@@ -80,6 +102,16 @@ mod tests {
         assert!(hash.starts_with("$2b$04$"));
         assert!(bcrypt::verify("s3cret", hash).unwrap());
         assert!(bcrypt::verify("s3cret", &hash_line("s3cret\r\n", 4, None).unwrap()).unwrap());
+    }
+
+    #[test]
+    fn only_an_open_registry_beyond_loopback_is_warned_about() {
+        assert_eq!(open_registry_warning("127.0.0.1:5000".parse().unwrap()), None);
+        assert_eq!(open_registry_warning("[::1]:5000".parse().unwrap()), None);
+        for address in ["0.0.0.0:5000", "10.1.2.3:80", "[::]:5000"] {
+            let warning = open_registry_warning(address.parse().unwrap()).unwrap();
+            assert!(warning.contains("WARNING") && warning.contains(address), "{warning}");
+        }
     }
 
     #[test]

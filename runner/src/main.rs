@@ -143,10 +143,16 @@ async fn up(args: UpArgs) -> Result<()> {
     let handler =
         wasmtime_wasi_http::handler::ProxyHandler::new(host::Handler::new(engine, &component, shared, reuse)?);
     let scheme = if tls.is_some() { "https" } else { "http" };
-    if let Err(err) = auth_tools::probe(&handler, &app, scheme).await {
-        eprintln!(
+    match auth_tools::probe(&handler, &app, scheme).await {
+        Err(err) => eprintln!(
             "berth-runner: {err:#}\nberth-runner: serving anyway: every request gets this error until it is fixed"
-        );
+        ),
+        Ok(auth_tools::Probed::OpenToEveryone) => {
+            if let Some(warning) = auth_tools::open_registry_warning(args.listen) {
+                eprintln!("{warning}");
+            }
+        }
+        Ok(auth_tools::Probed::Guarded) => {}
     }
     let listener = serve::bind(args.listen).await?;
     let shutdown = serve::shutdown_signal()?;

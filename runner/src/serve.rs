@@ -151,9 +151,10 @@ impl Server {
         let io = TokioIo::new(Watched::new(stream, connection.clone()));
         let limits = self.limits.clone();
         let requests = connection.clone();
-        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             let version = req.version();
             let in_flight = requests.request_started(version);
+            set_client_address(req.headers_mut(), peer);
             let req = req.map(|body| {
                 let body = body.map_err(wasmtime_wasi_http::Error::from);
                 StallGuard::new(body, &self.limits, version, requests.clone()).boxed_unsync()
@@ -247,6 +248,15 @@ pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
             _ = terminate.recv() => {}
         }
     })
+}
+
+/// Tell the component who is calling, as Spin does (`spin-client-addr`), replacing any value the
+/// client sent: the registry throttles failed logins per client address.
+fn set_client_address(headers: &mut http::HeaderMap, peer: SocketAddr) {
+    headers.remove("spin-client-addr");
+    if let Ok(value) = http::HeaderValue::from_str(&peer.to_string()) {
+        headers.insert("spin-client-addr", value);
+    }
 }
 
 async fn handle(

@@ -7,6 +7,7 @@ mod base;
 mod blobs;
 mod catalog;
 mod listing;
+mod login;
 mod manifests;
 mod referrers;
 mod tags;
@@ -45,9 +46,29 @@ async fn dispatch<M: MetaStore, B: BlobStore>(
     }
     let route = Route::parse(&req.path)?;
     let need = auth::need(&req.method, &route);
+    // Basic mode checks a password on every request that carries one: throttled like logins.
+    let attempt = match stores.config.auth.mode {
+        auth::config::Mode::Basic => req
+            .header(http::header::AUTHORIZATION)
+            .and_then(auth::password::basic_credentials)
+            .map(|(user, _)| login::Attempt::new(stores, &user, &req.headers)),
+        _ => None,
+    };
+    if let Some(attempt) = &attempt
+        && let Some(retry_after) = login::refused(stores, attempt).await?
+    {
+        return Ok(login::too_many(retry_after));
+    }
     let identity = match auth::authorize(&stores.config.auth, &req, &need, (stores.now)()) {
         Ok(identity) => identity,
-        Err(denied) => return Ok(refusal(&denied)),
+        Err(denied) => {
+            if denied.wrong_password
+                && let Some(attempt) = &attempt
+            {
+                login::failed(stores, attempt).await?;
+            }
+            return Ok(refusal(&denied));
+        }
     };
     match (req.method.clone(), route) {
         (Method::GET | Method::HEAD, Route::Base) => Ok(base::get()),

@@ -16,7 +16,8 @@ use crate::auth::scope::Scope;
 use crate::auth::{challenge, issue, password};
 use crate::errcode::{ErrorCode, RegistryError};
 use crate::message::{Request, Response};
-use crate::store::{BlobStore, Stores};
+use super::login;
+use crate::store::{BlobStore, MetaStore, Stores};
 use http::{Method, StatusCode, header};
 
 type Result<T> = std::result::Result<T, RegistryError>;
@@ -28,7 +29,7 @@ pub fn serves(path: &str) -> bool {
     matches!(path, "/token" | "/v2/token")
 }
 
-pub async fn handle<M, B: BlobStore>(
+pub async fn handle<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     req: Request<B::Incoming>,
 ) -> Result<Response<B::Outgoing>> {
@@ -36,27 +37,57 @@ pub async fn handle<M, B: BlobStore>(
         return Err(RegistryError::new(ErrorCode::NotFound, "the token endpoint is served in token mode only"));
     }
     match req.method {
-        Method::GET => get(stores, &req),
+        Method::GET => get(stores, &req).await,
         Method::POST => post(stores, req).await,
         _ => Err(RegistryError::new(ErrorCode::MethodNotAllowed, "the token endpoint takes GET and POST")),
     }
 }
 
-fn get<M, B: BlobStore>(stores: &Stores<M, B>, req: &Request<B::Incoming>) -> Result<Response<B::Outgoing>> {
+async fn get<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    req: &Request<B::Incoming>,
+) -> Result<Response<B::Outgoing>> {
     let params = form(req.query.as_deref().unwrap_or("").as_bytes());
     check_service(stores, &params)?;
+    let wanted = scopes(&params)?;
     let subject = match req.header(header::AUTHORIZATION) {
         None => None,
         Some(value) => match password::basic_credentials(value) {
-            Some((user, pass)) if password::check(&stores.config.auth, &user, &pass) => Some(user),
-            _ => return Ok(bad_credentials(stores, "wrong user name or password")),
+            Some((user, pass)) => match check_password(stores, &user, &pass, &req.headers).await? {
+                Ok(()) => Some(user),
+                Err(refusal) => return Ok(refusal),
+            },
+            None => return Ok(bad_credentials(stores, "unreadable Basic credentials")),
         },
     };
     let offline = value(&params, "offline_token").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    Ok(answer(stores, subject.as_deref(), &scopes(&params), offline))
+    Ok(answer(stores, subject.as_deref(), None, &wanted, offline))
 }
 
-async fn post<M, B: BlobStore>(stores: &Stores<M, B>, req: Request<B::Incoming>) -> Result<Response<B::Outgoing>> {
+/// A password check behind the failed-login throttle: `Ok(Err(response))` is the refusal to send
+/// (401 for a wrong password, 429 while throttled, before any bcrypt runs).
+async fn check_password<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    user: &str,
+    password: &str,
+    headers: &http::HeaderMap,
+) -> Result<std::result::Result<(), Response<B::Outgoing>>> {
+    let attempt = login::Attempt::new(stores, user, headers);
+    if let Some(retry_after) = login::refused(stores, &attempt).await? {
+        return Ok(Err(login::too_many(retry_after)));
+    }
+    if !password::check(&stores.config.auth, user, password) {
+        login::failed(stores, &attempt).await?;
+        return Ok(Err(bad_credentials(stores, "wrong user name or password")));
+    }
+    Ok(Ok(()))
+}
+
+async fn post<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    req: Request<B::Incoming>,
+) -> Result<Response<B::Outgoing>> {
+    let headers = req.headers.clone();
     let body = stores
         .blobs
         .collect(req.body, MAX_FORM)
@@ -68,18 +99,20 @@ async fn post<M, B: BlobStore>(stores: &Stores<M, B>, req: Request<B::Incoming>)
         })?;
     let params = form(&body);
     check_service(stores, &params)?;
+    let wanted = scopes(&params)?;
     let config = &stores.config.auth;
-    let subject = match value(&params, "grant_type") {
+    let (subject, auth_time) = match value(&params, "grant_type") {
         Some("password") => {
             let user = value(&params, "username").unwrap_or_default();
-            if !password::check(config, user, value(&params, "password").unwrap_or_default()) {
-                return Ok(bad_credentials(stores, "wrong user name or password"));
+            let pass = value(&params, "password").unwrap_or_default();
+            if let Err(refusal) = check_password(stores, user, pass, &headers).await? {
+                return Ok(refusal);
             }
-            user.to_owned()
+            (user.to_owned(), None)
         }
         Some("refresh_token") => {
             match issue::refresh_subject(config, value(&params, "refresh_token").unwrap_or_default(), (stores.now)()) {
-                Ok(user) => user,
+                Ok((user, auth_time)) => (user, Some(auth_time)),
                 Err(why) => return Ok(bad_credentials(stores, &why)),
             }
         }
@@ -92,7 +125,7 @@ async fn post<M, B: BlobStore>(stores: &Stores<M, B>, req: Request<B::Incoming>)
         }
     };
     let offline = value(&params, "access_type") == Some("offline");
-    Ok(answer(stores, Some(&subject), &scopes(&params), offline))
+    Ok(answer(stores, Some(&subject), auth_time, &wanted, offline))
 }
 
 fn form(bytes: &[u8]) -> Vec<(String, String)> {
@@ -103,8 +136,21 @@ fn value<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
     params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
-fn scopes(params: &[(String, String)]) -> Vec<Scope> {
-    Scope::parse_all(params.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.as_str()))
+/// Scopes one token request may ask for: docker asks for one to three, buildkit a few more for
+/// cross-repository mounts. More is not a client, and each costs a policy lookup.
+const MAX_SCOPES: usize = 64;
+
+fn scopes(params: &[(String, String)]) -> Result<Vec<Scope>> {
+    let values = params.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.as_str());
+    let asked = values.clone().flat_map(str::split_whitespace).count();
+    if asked > MAX_SCOPES {
+        return Err(RegistryError::new(
+            ErrorCode::Unsupported,
+            format!("a token request may ask for at most {MAX_SCOPES} scopes; this one asks for {asked}"),
+        )
+        .with_status(StatusCode::BAD_REQUEST));
+    }
+    Ok(Scope::parse_all(values))
 }
 
 /// A token is for this registry's service only: asking for another one is a client mistake.
@@ -124,9 +170,12 @@ fn bad_credentials<M, B: BlobStore>(stores: &Stores<M, B>, detail: &str) -> Resp
         .header(header::WWW_AUTHENTICATE, challenge::basic(&stores.config.auth.service))
 }
 
+/// The token response. `auth_time` is when the subject gave their password: `None` for this very
+/// request, the original login's time for a refresh grant (the new refresh token keeps it).
 fn answer<M, B: BlobStore>(
     stores: &Stores<M, B>,
     subject: Option<&str>,
+    auth_time: Option<u64>,
     wanted: &[Scope],
     offline: bool,
 ) -> Response<B::Outgoing> {
@@ -142,7 +191,8 @@ fn answer<M, B: BlobStore>(
         "scope": granted.iter().map(Scope::to_string).collect::<Vec<_>>().join(" "),
     });
     if offline
-        && let Some(refresh) = subject.and_then(|user| issue::refresh_token(config, user, now, (stores.random)()))
+        && let Some(refresh) = subject
+            .and_then(|user| issue::refresh_token(config, user, auth_time.unwrap_or(now), now, (stores.random)()))
     {
         body["refresh_token"] = refresh.into();
     }

@@ -11,8 +11,17 @@
 //! | `auth_token_lifetime_seconds` | access tokens' lifetime, default 300 |
 //! | `auth_refresh_token_lifetime_seconds` | refresh tokens' lifetime, default 30 days |
 //! | `auth_service` | the `service` of challenges and the tokens' `aud` and `iss`, default `berth` |
+//! | `auth_realm` | the token endpoint's URL given in challenges; default: `/token` of the request's own origin |
+//! | `auth_trust_forwarded_headers` | `true`: take the origin and client address from `X-Forwarded-*` (behind a proxy that sets them); default `false` |
+//! | `auth_session_max_seconds` | how long refresh grants may extend one login, default 90 days |
+//! | `auth_login_failures_per_user` | failed logins per user per 5 minutes before 429, default 10 |
+//! | `auth_login_failures_per_address` | failed logins per client address per 5 minutes before 429, default 50 |
 //!
 //! In every list `#` starts a comment and blank entries are skipped.
+//!
+//! Safe defaults: with `auth_mode` unset or `none` (everybody may push and delete) while another
+//! `auth_*` variable is set (a misspelt mode variable, say), the configuration is refused.
+//! Errors name the variable and where in it, never a value (a users line may hold a hash).
 
 use super::policy::{Policy, RESERVED_NAMES};
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,7 +45,28 @@ pub struct AuthConfig {
     pub secret: Vec<u8>,
     pub token_lifetime_secs: u64,
     pub refresh_lifetime_secs: u64,
+    /// Refresh grants never carry a login past this age.
+    pub session_max_secs: u64,
     pub service: String,
+    /// The token endpoint's URL for challenges, when set (else the request's own origin).
+    pub realm: Option<String>,
+    /// Whether `X-Forwarded-Proto`, `-Host` and `-For` are believed.
+    pub trust_forwarded: bool,
+    pub throttle: Throttle,
+}
+
+/// Failed logins allowed per window before further attempts are refused (429) until it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    pub per_user: i64,
+    pub per_address: i64,
+    pub window_secs: u64,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle { per_user: DEFAULT_FAILURES_PER_USER, per_address: DEFAULT_FAILURES_PER_ADDRESS, window_secs: 300 }
+    }
 }
 
 impl Default for AuthConfig {
@@ -48,27 +78,51 @@ impl Default for AuthConfig {
             secret: Vec::new(),
             token_lifetime_secs: DEFAULT_TOKEN_LIFETIME,
             refresh_lifetime_secs: DEFAULT_REFRESH_LIFETIME,
+            session_max_secs: DEFAULT_SESSION_MAX,
             service: DEFAULT_SERVICE.to_owned(),
+            realm: None,
+            trust_forwarded: false,
+            throttle: Throttle::default(),
         }
     }
 }
 
 pub const DEFAULT_TOKEN_LIFETIME: u64 = 300;
 pub const DEFAULT_REFRESH_LIFETIME: u64 = 30 * 24 * 3600;
+pub const DEFAULT_SESSION_MAX: u64 = 90 * 24 * 3600;
 pub const DEFAULT_SERVICE: &str = "berth";
+pub const DEFAULT_FAILURES_PER_USER: i64 = 10;
+pub const DEFAULT_FAILURES_PER_ADDRESS: i64 = 50;
 pub const MIN_SECRET_LEN: usize = 32;
+/// Upper bounds of the lifetimes: an access token lives at most a day, a refresh token and a
+/// login at most a year (and `now + lifetime` can never overflow).
+pub const MAX_TOKEN_LIFETIME: u64 = 24 * 3600;
+pub const MAX_REFRESH_LIFETIME: u64 = 365 * 24 * 3600;
+/// Below this bcrypt cost a stolen hash is cheap to crack: warned about at start.
+pub const MIN_RECOMMENDED_COST: u32 = 10;
+
+/// Every variable this module reads, with the default spin.toml gives it: a variable holding
+/// anything else counts as set.
+pub const VARIABLES_AND_DEFAULTS: [(&str, &str); 13] = [
+    ("auth_mode", "none"),
+    ("auth_users", ""),
+    ("auth_groups", ""),
+    ("auth_policy", ""),
+    ("auth_token_secret", ""),
+    ("auth_token_lifetime_seconds", "300"),
+    ("auth_refresh_token_lifetime_seconds", "2592000"),
+    ("auth_session_max_seconds", "7776000"),
+    ("auth_service", "berth"),
+    ("auth_realm", ""),
+    ("auth_trust_forwarded_headers", "false"),
+    ("auth_login_failures_per_user", "10"),
+    ("auth_login_failures_per_address", "50"),
+];
 
 /// Every variable this module reads.
-pub const VARIABLES: [&str; 8] = [
-    "auth_mode",
-    "auth_users",
-    "auth_groups",
-    "auth_policy",
-    "auth_token_secret",
-    "auth_token_lifetime_seconds",
-    "auth_refresh_token_lifetime_seconds",
-    "auth_service",
-];
+pub fn variables() -> impl Iterator<Item = &'static str> {
+    VARIABLES_AND_DEFAULTS.iter().map(|(name, _)| *name)
+}
 
 /// A configuration error: the variable and what is wrong with it (never its value when secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,10 +143,13 @@ impl AuthConfig {
     pub fn parse(get: &dyn Fn(&str) -> Option<String>) -> Result<AuthConfig, ConfigError> {
         let fail = |variable, message: String| ConfigError { variable, message };
         let mode = match get("auth_mode").as_deref().map(str::trim) {
-            None | Some("none") => return Ok(AuthConfig::default()),
+            None | Some("none") => {
+                refuse_settings_without_a_mode(get)?;
+                return Ok(AuthConfig::default());
+            }
             Some("token") => Mode::Token,
             Some("basic") => Mode::Basic,
-            Some(other) => return Err(fail("auth_mode", format!("{other:?} is not one of none, token, basic"))),
+            Some(_) => return Err(fail("auth_mode", "is not one of none, token, basic".into())),
         };
         let users = parse_users(&get("auth_users").unwrap_or_default()).map_err(|m| fail("auth_users", m))?;
         let names: BTreeSet<String> = users.keys().cloned().collect();
@@ -100,21 +157,36 @@ impl AuthConfig {
             parse_groups(&get("auth_groups").unwrap_or_default(), &names).map_err(|m| fail("auth_groups", m))?;
         let policy = Policy::parse(&get("auth_policy").unwrap_or_default(), &names, &groups)
             .map_err(|m| fail("auth_policy", m))?;
-        let seconds = |variable, default| match get(variable) {
+        let number = |variable, default: u64, max: u64| match get(variable) {
             None => Ok(default),
             Some(text) => match text.trim().parse::<u64>() {
-                Ok(n) if n > 0 => Ok(n),
-                _ => Err(fail(variable, format!("{text:?} is not a positive number of seconds"))),
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(fail(variable, format!("is not a whole number from 1 to {max}"))),
             },
         };
         let mut config = AuthConfig { mode, users, policy, ..AuthConfig::default() };
         if let Some(service) = get("auth_service") {
             let service = service.trim();
             if service.is_empty() || service.contains(['"', '\\']) || service.chars().any(char::is_control) {
-                return Err(fail("auth_service", format!("{service:?} is empty or has quotes or control characters")));
+                return Err(fail("auth_service", "is empty or has quotes or control characters".into()));
             }
             config.service = service.to_owned();
         }
+        config.realm = match get("auth_realm").as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(realm) if valid_realm(realm) => Some(realm.to_owned()),
+            Some(_) => {
+                return Err(fail("auth_realm", "is not an http:// or https:// URL without quotes or spaces".into()));
+            }
+        };
+        config.trust_forwarded = match get("auth_trust_forwarded_headers").as_deref().map(str::trim) {
+            None | Some("" | "false") => false,
+            Some("true") => true,
+            Some(_) => return Err(fail("auth_trust_forwarded_headers", "is neither true nor false".into())),
+        };
+        config.throttle.per_user = number("auth_login_failures_per_user", DEFAULT_FAILURES_PER_USER as u64, 1_000_000)? as i64;
+        config.throttle.per_address =
+            number("auth_login_failures_per_address", DEFAULT_FAILURES_PER_ADDRESS as u64, 1_000_000)? as i64;
         if mode == Mode::Token {
             let secret = get("auth_token_secret").unwrap_or_default();
             if secret.len() < MIN_SECRET_LEN {
@@ -122,17 +194,65 @@ impl AuthConfig {
                     "auth_token_secret",
                     format!(
                         "token mode needs a signing secret of at least {MIN_SECRET_LEN} characters \
-                         (e.g. `openssl rand -hex 32`); it has {}",
-                        secret.len()
+                         (e.g. `openssl rand -hex 32`)"
                     ),
                 ));
             }
             config.secret = secret.into_bytes();
-            config.token_lifetime_secs = seconds("auth_token_lifetime_seconds", DEFAULT_TOKEN_LIFETIME)?;
-            config.refresh_lifetime_secs = seconds("auth_refresh_token_lifetime_seconds", DEFAULT_REFRESH_LIFETIME)?;
+            config.token_lifetime_secs =
+                number("auth_token_lifetime_seconds", DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME)?;
+            config.refresh_lifetime_secs =
+                number("auth_refresh_token_lifetime_seconds", DEFAULT_REFRESH_LIFETIME, MAX_REFRESH_LIFETIME)?;
+            config.session_max_secs = number("auth_session_max_seconds", DEFAULT_SESSION_MAX, MAX_REFRESH_LIFETIME)?;
         }
         Ok(config)
     }
+
+    /// The hash an unknown user's password is checked against, so that the answer takes as long
+    /// as for the slowest real user: the hash of the highest cost.
+    pub fn dummy_hash(&self) -> Option<&str> {
+        self.users.values().max_by_key(|hash| bcrypt_cost(hash)).map(String::as_str)
+    }
+
+    /// Users whose bcrypt cost is below [`MIN_RECOMMENDED_COST`], with their cost.
+    pub fn weak_hashes(&self) -> Vec<(&str, u32)> {
+        self.users
+            .iter()
+            .map(|(user, hash)| (user.as_str(), bcrypt_cost(hash)))
+            .filter(|(_, cost)| *cost < MIN_RECOMMENDED_COST)
+            .collect()
+    }
+}
+
+/// The cost field of a bcrypt hash (`$2y$<cost>$...`), 0 when it has none.
+fn bcrypt_cost(hash: &str) -> u32 {
+    hash.get(4..6).and_then(|cost| cost.parse().ok()).unwrap_or(0)
+}
+
+fn valid_realm(realm: &str) -> bool {
+    (realm.starts_with("https://") || realm.starts_with("http://"))
+        && realm.len() <= 2048
+        && !realm.contains(['"', '\\', ' '])
+        && !realm.chars().any(char::is_control)
+}
+
+/// With authentication off, a set `auth_*` variable means a configuration that meant to turn it
+/// on (a misspelt or missing `auth_mode`): refused, rather than serving everybody everything.
+fn refuse_settings_without_a_mode(get: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    for (variable, default) in VARIABLES_AND_DEFAULTS.iter().skip(1) {
+        let Some(value) = get(variable) else { continue };
+        let value = value.trim();
+        if !value.is_empty() && value != *default {
+            return Err(ConfigError {
+                variable: "auth_mode",
+                message: format!(
+                    "authentication is off (auth_mode unset or none: everybody may push and delete) but {variable} \
+                     is set: set auth_mode to token or basic, or unset {variable}"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The entries of a list variable: split on newlines or `;`, comments and blanks dropped.
@@ -144,12 +264,14 @@ pub(crate) fn entries(text: &str) -> impl Iterator<Item = &str> {
 /// entries are refused, they are fast to brute-force.
 fn parse_users(text: &str) -> Result<BTreeMap<String, String>, String> {
     let mut users = BTreeMap::new();
-    for line in text.split(['\n', ',']).map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    let lines = text.split(['\n', ',']).map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+    for (number, line) in lines.enumerate().map(|(i, line)| (i + 1, line)) {
+        // Never quote the line: it holds a hash, and the message reaches the log.
         let Some((name, hash)) = line.split_once(':') else {
-            return Err(format!("{line:?} is not `name:bcrypt-hash`"));
+            return Err(format!("entry {number} is not `name:bcrypt-hash`"));
         };
         if !valid_user_name(name) {
-            return Err(format!("user name {name:?} must be letters, digits, `.`, `_`, `-` or `@`"));
+            return Err(format!("entry {number}: a user name must be letters, digits, `.`, `_`, `-` or `@`"));
         }
         if RESERVED_NAMES.contains(&name) {
             return Err(format!("{name:?} is a policy keyword, not a user name"));
@@ -222,7 +344,93 @@ mod tests {
     #[test]
     fn no_mode_means_none() {
         assert_eq!(parse(&[]).unwrap().mode, Mode::None);
-        assert_eq!(parse(&[("auth_mode", "none"), ("auth_users", "junk")]).unwrap().mode, Mode::None);
+        let defaults: Vec<(&str, &str)> = VARIABLES_AND_DEFAULTS.to_vec();
+        assert_eq!(parse(&defaults).unwrap().mode, Mode::None, "spin.toml's defaults are not settings");
+    }
+
+    #[test]
+    fn any_auth_setting_without_a_mode_is_refused() {
+        let bob = format!("bob:{HASH}");
+        for (variable, value) in [
+            ("auth_users", bob.as_str()),
+            ("auth_groups", "g: bob"),
+            ("auth_policy", "* anonymous pull"),
+            ("auth_token_secret", "0123456789abcdef0123456789abcdef"),
+            ("auth_token_lifetime_seconds", "60"),
+            ("auth_service", "registry.example"),
+            ("auth_realm", "https://r.example/token"),
+            ("auth_trust_forwarded_headers", "true"),
+        ] {
+            for mode in [None, Some("none")] {
+                let mut pairs = vec![(variable, value)];
+                pairs.extend(mode.map(|m| ("auth_mode", m)));
+                let err = parse(&pairs).unwrap_err();
+                assert_eq!(err.variable, "auth_mode", "{pairs:?}");
+                assert!(err.message.contains(variable) && err.message.contains("everybody"), "{err}");
+                assert!(!err.message.contains(value), "the value is not quoted: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn spin_toml_declares_every_variable_with_the_default_assumed_here() {
+        let manifest = include_str!("../../spin.toml");
+        for (variable, default) in VARIABLES_AND_DEFAULTS {
+            let declared = format!("{variable} = {{ default = \"{default}\"");
+            assert!(manifest.contains(&declared), "spin.toml lacks `{declared}`");
+            let mapped = format!("{variable} = \"{{{{ {variable} }}}}\"");
+            assert!(manifest.contains(&mapped), "spin.toml does not give the component `{mapped}`");
+        }
+    }
+
+    #[test]
+    fn lifetimes_are_bounded() {
+        for (variable, too_long) in [
+            ("auth_token_lifetime_seconds", "86401"),
+            ("auth_refresh_token_lifetime_seconds", "31536001"),
+            ("auth_session_max_seconds", "31536001"),
+            ("auth_token_lifetime_seconds", "18446744073709551615"),
+        ] {
+            let err = parse(&token_vars(&[(variable, too_long)])).unwrap_err();
+            assert_eq!(err.variable, variable);
+        }
+        let c = parse(&token_vars(&[("auth_token_lifetime_seconds", "86400")])).unwrap();
+        assert_eq!(c.token_lifetime_secs, 86400);
+    }
+
+    #[test]
+    fn the_dummy_hash_is_the_costliest_and_weak_costs_are_found() {
+        let strong = HASH.replace("$04$", "$12$");
+        let users = format!("alice:{HASH}\nbob:{strong}\ncarol:{HASH}");
+        let c = parse(&token_vars(&[("auth_users", &users)])).unwrap();
+        assert_eq!(c.dummy_hash(), Some(strong.as_str()));
+        assert_eq!(c.weak_hashes(), [("alice", 4), ("carol", 4)]);
+    }
+
+    #[test]
+    fn realm_and_forwarded_headers() {
+        let c = parse(&token_vars(&[("auth_realm", "https://r.example/token"), ("auth_trust_forwarded_headers", "true")]))
+            .unwrap();
+        assert_eq!((c.realm.as_deref(), c.trust_forwarded), (Some("https://r.example/token"), true));
+        let c = parse(&token_vars(&[])).unwrap();
+        assert_eq!((c.realm, c.trust_forwarded), (None, false), "off by default");
+        for (variable, value) in [
+            ("auth_realm", "ftp://x/token"),
+            ("auth_realm", "https://a\"b"),
+            ("auth_trust_forwarded_headers", "yes"),
+        ] {
+            assert_eq!(parse(&token_vars(&[(variable, value)])).unwrap_err().variable, variable);
+        }
+    }
+
+    #[test]
+    fn errors_never_quote_a_users_line() {
+        // A line with a wrong separator holds a hash: the message must not.
+        let line = format!("bob;{HASH}");
+        let err = parse(&token_vars(&[("auth_users", &line.replace(';', "="))])).unwrap_err();
+        assert_eq!(err.variable, "auth_users");
+        assert!(!err.to_string().contains("$2y$"), "{err}");
+        assert!(err.message.contains("entry 1"), "{err}");
     }
 
     #[test]
@@ -266,8 +474,8 @@ mod tests {
             (token_vars(&[("auth_users", &twice)]), "auth_users", "twice"),
             (token_vars(&[("auth_users", &bob), ("auth_groups", "g: bob carol")]), "auth_groups", "carol"),
             (token_vars(&[("auth_users", &bob), ("auth_policy", "* carol pull")]), "auth_policy", "carol"),
-            (token_vars(&[("auth_token_lifetime_seconds", "5m")]), "auth_token_lifetime_seconds", "seconds"),
-            (token_vars(&[("auth_token_lifetime_seconds", "0")]), "auth_token_lifetime_seconds", "seconds"),
+            (token_vars(&[("auth_token_lifetime_seconds", "5m")]), "auth_token_lifetime_seconds", "whole number"),
+            (token_vars(&[("auth_token_lifetime_seconds", "0")]), "auth_token_lifetime_seconds", "whole number"),
             (token_vars(&[("auth_service", "a\"b")]), "auth_service", "quotes"),
             (vec![("auth_mode", "basic"), ("auth_policy", "* nobody pull")], "auth_policy", "nobody"),
         ];

@@ -31,12 +31,13 @@ fn claims(config: &AuthConfig, subject: Option<&str>, now: u64, lifetime: u64, j
         iss: config.service.clone(),
         sub: subject.unwrap_or_default().to_owned(),
         aud: Audience::One(config.service.clone()),
-        exp: now + lifetime,
+        exp: now.saturating_add(lifetime),
         nbf: now,
         iat: now,
         jti: hex::encode(jti),
         access: Vec::new(),
         refresh: None,
+        auth_time: None,
     }
 }
 
@@ -47,16 +48,23 @@ pub fn access_token(config: &AuthConfig, subject: Option<&str>, granted: &[Scope
     token::sign(&claims, &config.secret)
 }
 
-/// A signed refresh token for `user`, tied to their current password hash.
-pub fn refresh_token(config: &AuthConfig, user: &str, now: u64, jti: [u8; 16]) -> Option<String> {
+/// A signed refresh token for `user`, tied to their current password hash, for a login made at
+/// `auth_time` (now, for a password grant; the original login's, for a refresh grant). It
+/// expires with its lifetime or when the login reaches `auth_session_max_seconds`, whichever
+/// comes first; `None` when no time is left (or the user is unknown).
+pub fn refresh_token(config: &AuthConfig, user: &str, auth_time: u64, now: u64, jti: [u8; 16]) -> Option<String> {
     let hash = config.users.get(user)?;
-    let mut claims = claims(config, Some(user), now, config.refresh_lifetime_secs, jti);
+    let session_end = auth_time.saturating_add(config.session_max_secs);
+    let lifetime = config.refresh_lifetime_secs.min(session_end.checked_sub(now).filter(|left| *left > 0)?);
+    let mut claims = claims(config, Some(user), now, lifetime, jti);
     claims.refresh = Some(token::password_fingerprint(&config.secret, user, hash));
+    claims.auth_time = Some(auth_time);
     Some(token::sign(&claims, &config.secret))
 }
 
-/// The user a refresh token stands for, if it is valid and the user's password is unchanged.
-pub fn refresh_subject(config: &AuthConfig, refresh_token: &str, now: u64) -> Result<String, String> {
+/// The user a refresh token stands for and when they logged in, if it is valid, the user's
+/// password is unchanged and the login is younger than `auth_session_max_seconds`.
+pub fn refresh_subject(config: &AuthConfig, refresh_token: &str, now: u64) -> Result<(String, u64), String> {
     let claims =
         token::verify_refresh(refresh_token, &config.secret, &config.service, now).map_err(|e| e.to_string())?;
     let user = claims.sub;
@@ -64,7 +72,12 @@ pub fn refresh_subject(config: &AuthConfig, refresh_token: &str, now: u64) -> Re
     if current.is_none() || current != claims.refresh {
         return Err(format!("the refresh token of {user} is no longer valid (user removed or password changed)"));
     }
-    Ok(user)
+    // Tokens issued before `auth_time` existed count from their own issue time.
+    let auth_time = claims.auth_time.unwrap_or(claims.iat);
+    if now >= auth_time.saturating_add(config.session_max_secs) {
+        return Err(format!("the login of {user} is older than the longest session allowed: log in again"));
+    }
+    Ok((user, auth_time))
 }
 
 /// Unix seconds as RFC 3339 (`2006-01-02T15:04:05Z`), for `issued_at`.
@@ -132,13 +145,43 @@ mod tests {
     #[test]
     fn refresh_tokens_end_with_a_password_change() {
         let mut c = config();
-        let t = refresh_token(&c, "alice", 1000, [2; 16]).unwrap();
-        assert_eq!(refresh_subject(&c, &t, 1001), Ok("alice".to_owned()));
+        let t = refresh_token(&c, "alice", 1000, 1000, [2; 16]).unwrap();
+        assert_eq!(refresh_subject(&c, &t, 1001), Ok(("alice".to_owned(), 1000)));
         c.users.insert("alice".into(), HASH.replace("bKOF", "bKOG"));
         assert!(refresh_subject(&c, &t, 1001).is_err());
         c.users.clear();
         assert!(refresh_subject(&c, &t, 1001).is_err());
-        assert!(refresh_token(&c, "alice", 1000, [2; 16]).is_none());
+        assert!(refresh_token(&c, "alice", 1000, 1000, [2; 16]).is_none());
+    }
+
+    #[test]
+    fn refresh_grants_never_carry_a_login_past_the_longest_session() {
+        let c = AuthConfig { refresh_lifetime_secs: 100, session_max_secs: 250, ..config() };
+        // Logged in at 1000: every refresh keeps that login time, and the tokens stop at 1250.
+        let first = refresh_token(&c, "alice", 1000, 1000, [3; 16]).unwrap();
+        let claims = token::verify_refresh(&first, &c.secret, "berth", 1000).unwrap();
+        assert_eq!((claims.exp, claims.auth_time), (1100, Some(1000)));
+        let (user, login) = refresh_subject(&c, &first, 1090).unwrap();
+        let second = refresh_token(&c, &user, login, 1090, [4; 16]).unwrap();
+        let (_, login) = refresh_subject(&c, &second, 1180).unwrap();
+        let third = refresh_token(&c, "alice", login, 1180, [5; 16]).unwrap();
+        let claims = token::verify_refresh(&third, &c.secret, "berth", 1180).unwrap();
+        assert_eq!((claims.exp, claims.auth_time), (1250, Some(1000)), "capped at the session's end, not 1280");
+        assert!(refresh_subject(&c, &third, 1249).is_ok());
+        assert!(refresh_token(&c, "alice", 1000, 1250, [6; 16]).is_none(), "no time left, no token");
+        // An old token without auth_time counts from when it was issued.
+        let mut old = token::verify_refresh(&first, &c.secret, "berth", 1000).unwrap();
+        old.auth_time = None;
+        old.iat = 800;
+        let old = token::sign(&old, &c.secret);
+        assert!(refresh_subject(&c, &old, 1099).unwrap_err().contains("log in again"));
+    }
+
+    #[test]
+    fn lifetimes_never_overflow() {
+        let c = config();
+        let t = access_token(&c, None, &[], u64::MAX - 10, [7; 16]);
+        assert_eq!(token::verify_access(&t, &c.secret, "berth", u64::MAX - 10).unwrap().exp, u64::MAX);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod issue;
 pub mod password;
 pub mod policy;
 pub mod scope;
+pub mod throttle;
 pub mod token;
 
 use crate::errcode::{ErrorCode, RegistryError};
@@ -128,11 +129,17 @@ impl Identity {
 pub struct Denied {
     pub error: RegistryError,
     pub challenge: Option<String>,
+    /// A password was checked and was wrong (counted by the failed-login throttle).
+    pub wrong_password: bool,
 }
 
 impl Denied {
     fn unauthorized(detail: impl Into<String>, challenge: String) -> Denied {
-        Denied { error: RegistryError::new(ErrorCode::Unauthorized, detail), challenge: Some(challenge) }
+        Denied {
+            error: RegistryError::new(ErrorCode::Unauthorized, detail),
+            challenge: Some(challenge),
+            wrong_password: false,
+        }
     }
 }
 
@@ -146,7 +153,7 @@ pub fn authorize<B>(config: &AuthConfig, req: &Request<B>, need: &Need, now: u64
 }
 
 fn authorize_token<B>(config: &AuthConfig, req: &Request<B>, need: &Need, now: u64) -> Result<Identity, Denied> {
-    let realm = challenge::realm(req.origin.as_deref(), &req.headers);
+    let realm = challenge::realm(config, req.origin.as_deref(), &req.headers);
     let scope = need.scope();
     let challenge = |error| challenge::bearer(&realm, &config.service, scope.as_ref(), error);
     let Some(token) = bearer_token(req) else {
@@ -177,7 +184,10 @@ fn authorize_basic<B>(config: &AuthConfig, req: &Request<B>, need: &Need) -> Res
         None => None,
         Some(header) => match password::basic_credentials(header) {
             Some((user, pass)) if password::check(config, &user, &pass) => Some(user),
-            _ => return Err(Denied::unauthorized("wrong user name or password", challenge)),
+            Some(_) => {
+                return Err(Denied { wrong_password: true, ..Denied::unauthorized("wrong user name or password", challenge) });
+            }
+            None => return Err(Denied::unauthorized("unreadable Basic credentials", challenge)),
         },
     };
     let identity = Identity { subject, grants: Grants::Policy };
@@ -191,6 +201,7 @@ fn authorize_basic<B>(config: &AuthConfig, req: &Request<B>, need: &Need) -> Res
         (Need::Repository(name, actions), Some(user)) => Err(Denied {
             error: RegistryError::new(ErrorCode::Denied, format!("user {user} may not {actions} repository {name}")),
             challenge: None,
+            wrong_password: false,
         }),
     }
 }

@@ -27,14 +27,15 @@ pub fn basic_credentials(header: &str) -> Option<(String, String)> {
     Some((user.to_owned(), password.to_owned()))
 }
 
-/// Whether `password` is `user`'s. An unknown user costs as much as a wrong password (a hash is
-/// still computed), so response times do not tell which user names exist.
+/// Whether `password` is `user`'s. An unknown user costs as much as a wrong password of the
+/// slowest real user (a hash of the highest configured cost is still computed), so response times
+/// do not tell which user names exist.
 pub fn check(config: &AuthConfig, user: &str, password: &str) -> bool {
     match config.users.get(user) {
         Some(hash) => bcrypt::verify(password, hash).unwrap_or(false),
         None => {
-            if let Some(any) = config.users.values().next() {
-                let _ = bcrypt::verify(password, any);
+            if let Some(dummy) = config.dummy_hash() {
+                let _ = bcrypt::verify(password, dummy);
             }
             false
         }

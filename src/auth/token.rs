@@ -38,6 +38,10 @@ pub struct Claims {
     /// Refresh tokens only: a fingerprint of the user's password hash when it was issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh: Option<String>,
+    /// Refresh tokens only: when the user last gave their password (OpenID's `auth_time`);
+    /// refresh grants keep it, so a session cannot be extended forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<u64>,
 }
 
 /// `aud`: one string, or a list (RFC 7519 allows both).
@@ -181,7 +185,7 @@ pub fn verify(token: &str, secret: &[u8], service: &str, now: u64) -> Result<Cla
     if !claims.aud.contains(service) {
         return Err(TokenError::Audience);
     }
-    if claims.nbf > now + NBF_LEEWAY_SECS {
+    if claims.nbf > now.saturating_add(NBF_LEEWAY_SECS) {
         return Err(TokenError::NotYetValid);
     }
     if claims.exp <= now {
@@ -236,6 +240,7 @@ mod tests {
             jti: "j".into(),
             access: vec![Access::from_scope(&Scope::repository("team/app", Actions::PULL.union(Actions::PUSH)))],
             refresh: None,
+            auth_time: None,
         }
     }
 

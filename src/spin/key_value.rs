@@ -83,4 +83,8 @@ impl MetaStore for KvMetaStore {
             Err(atomics::CasError::StoreError(e)) => Err(wasi_other(&e)),
         }
     }
+
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
+        atomics::increment(self.bucket()?, key, delta).map_err(|e| wasi_other(&e))
+    }
 }

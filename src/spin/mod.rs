@@ -52,8 +52,10 @@ async fn handle(request: types::Request) -> Result<types::Response, WasiErrorCod
     Ok(into_wasi_response(crate::api::handle(&stores, request).await))
 }
 
-/// Settings from Spin variables. A value that does not parse is a configuration error, said on
-/// every request rather than silently replaced by a default.
+/// Settings from Spin variables. A value that does not parse is a configuration error, refused on
+/// every request rather than silently replaced by a default. What is wrong goes to the log (the
+/// component's stderr: Spin's log, berth-runner's stderr, where its start-up probe shows it),
+/// never to clients: the detail may say too much about the configuration.
 async fn config() -> Result<Config, RegistryError> {
     let mut values = std::collections::BTreeMap::new();
     for name in crate::config::variables() {
@@ -63,12 +65,48 @@ async fn config() -> Result<Config, RegistryError> {
             }
             Err(spin_sdk::variables::Error::Undefined(_)) => {}
             Err(e) => {
-                return Err(RegistryError::new(ErrorCode::Internal, format!("reading variable {name}: {e:?}")));
+                log_once(&format!("berth: the registry is misconfigured: reading variable {name}: {e:?}"));
+                return Err(misconfigured());
             }
         }
     }
-    crate::config::from_variables(&|name| values.get(name).cloned())
-        .map_err(|e| RegistryError::new(ErrorCode::Internal, format!("the registry is misconfigured: {e}")))
+    match crate::config::from_variables(&|name| values.get(name).cloned()) {
+        Ok(config) => {
+            let weak: Vec<String> =
+                config.auth.weak_hashes().iter().map(|(user, cost)| format!("{user} ({cost})")).collect();
+            if !weak.is_empty() {
+                log_once(&format!(
+                    "berth: warning: bcrypt costs below {} are cheap to crack if a hash leaks: {} (make hashes with \
+                     `berth-runner hash-password --cost 12`)",
+                    crate::auth::config::MIN_RECOMMENDED_COST,
+                    weak.join(", ")
+                ));
+            }
+            Ok(config)
+        }
+        Err(e) => {
+            log_once(&format!("berth: the registry is misconfigured: {e}"));
+            Err(misconfigured())
+        }
+    }
+}
+
+fn misconfigured() -> RegistryError {
+    RegistryError::new(ErrorCode::Internal, "the registry is misconfigured: its log says why")
+}
+
+/// Write `line` to the log once per instance (a reused instance parses its settings on every
+/// request; one line per instance says it without flooding).
+fn log_once(line: &str) {
+    use std::cell::RefCell;
+    thread_local! {
+        static LOGGED: RefCell<std::collections::BTreeSet<String>> = const { RefCell::new(std::collections::BTreeSet::new()) };
+    }
+    LOGGED.with(|logged| {
+        if logged.borrow_mut().insert(line.to_owned()) {
+            eprintln!("{line}");
+        }
+    });
 }
 
 fn now() -> u64 {

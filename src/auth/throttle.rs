@@ -1,0 +1,108 @@
+//! Throttling of failed logins: where the counters live and what they decide, as plain
+//! functions. The counting itself is `MetaStore::increment` (one atomic step in key-value, so it
+//! holds across instances and no failure is lost under concurrent guessing); `api::login` does it.
+//!
+//! Fixed windows of `window_secs`: a counter per user and per client address and window, under
+//! `throttle/<kind>/<hash>/<window>`. Once a counter reaches its limit, further logins of that
+//! user or from that address are refused with 429 until the window ends, before any bcrypt is
+//! computed. (A burst can reach twice the limit across a window boundary; that bounds guessing
+//! just as well and needs one counter, not a log of attempts.)
+
+use sha2::{Digest as _, Sha256};
+
+/// What a counter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    User,
+    Address,
+}
+
+/// The key of the counter of `kind` `id` in the window holding `now`. Names and addresses are
+/// hashed: keys stay short and say nothing about who tried.
+pub fn key(kind: Kind, id: &str, now: u64, window_secs: u64) -> String {
+    counter_key(kind, id, window(now, window_secs))
+}
+
+/// The key of the same counter `windows_back` windows earlier (to clean up after itself).
+pub fn earlier_key(kind: Kind, id: &str, now: u64, window_secs: u64, windows_back: u64) -> Option<String> {
+    window(now, window_secs).checked_sub(windows_back).map(|w| counter_key(kind, id, w))
+}
+
+fn counter_key(kind: Kind, id: &str, window: u64) -> String {
+    let kind = match kind {
+        Kind::User => "user",
+        Kind::Address => "address",
+    };
+    let hash = Sha256::digest(id.as_bytes());
+    format!("throttle/{kind}/{}/{window}", hex::encode(&hash[..16]))
+}
+
+fn window(now: u64, window_secs: u64) -> u64 {
+    now / window_secs.max(1)
+}
+
+/// Seconds until the window holding `now` ends (the `Retry-After` of a refusal).
+pub fn retry_after(now: u64, window_secs: u64) -> u64 {
+    let window_secs = window_secs.max(1);
+    window_secs - now % window_secs
+}
+
+/// A counter's value as `increment` stores it (8 bytes, little-endian); 0 when unreadable.
+pub fn decode(value: &[u8]) -> i64 {
+    value.try_into().map(i64::from_le_bytes).unwrap_or(0)
+}
+
+/// The client address of a request: the first `X-Forwarded-For` entry when forwarded headers are
+/// trusted, else the address the host saw (`spin-client-addr`, which Spin and berth-runner set
+/// from the connection, replacing any the client sent), without its port.
+pub fn client_address(headers: &http::HeaderMap, trust_forwarded: bool) -> Option<String> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let forwarded = trust_forwarded
+        .then(|| header("x-forwarded-for").and_then(|v| v.split(',').next()).map(str::trim))
+        .flatten()
+        .filter(|v| !v.is_empty());
+    let raw = forwarded.or_else(|| header("spin-client-addr"))?;
+    let address = match raw.parse::<std::net::SocketAddr>() {
+        Ok(socket) => socket.ip().to_string(),
+        Err(_) => raw.to_owned(),
+    };
+    (!address.is_empty() && address.len() <= 64).then_some(address)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn counters_are_per_kind_id_and_window() {
+        let a = key(Kind::User, "alice", 1000, 300);
+        assert_eq!(a, key(Kind::User, "alice", 1199, 300), "same window");
+        assert_ne!(a, key(Kind::User, "alice", 1200, 300), "next window");
+        assert_ne!(a, key(Kind::Address, "alice", 1000, 300));
+        assert_ne!(a, key(Kind::User, "bob", 1000, 300));
+        assert!(!a.contains("alice"));
+        assert_eq!(earlier_key(Kind::User, "alice", 1500, 300, 2), Some(key(Kind::User, "alice", 900, 300)));
+        assert_eq!(earlier_key(Kind::User, "alice", 100, 300, 2), None);
+    }
+
+    #[test]
+    fn retry_after_is_the_rest_of_the_window() {
+        assert_eq!(retry_after(1000, 300), 200);
+        assert_eq!(retry_after(1200, 300), 300);
+        assert_eq!(decode(&7i64.to_le_bytes()), 7);
+        assert_eq!(decode(b"junk"), 0);
+    }
+
+    #[test]
+    fn the_client_address_is_the_hosts_unless_forwarded_headers_are_trusted() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(client_address(&headers, false), None);
+        headers.insert("spin-client-addr", HeaderValue::from_static("127.0.0.1:5123"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9, 10.0.0.1"));
+        assert_eq!(client_address(&headers, false).as_deref(), Some("127.0.0.1"));
+        assert_eq!(client_address(&headers, true).as_deref(), Some("203.0.113.9"));
+        headers.insert("spin-client-addr", HeaderValue::from_static("[::1]:80"));
+        assert_eq!(client_address(&headers, false).as_deref(), Some("::1"));
+    }
+}
