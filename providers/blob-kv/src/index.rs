@@ -74,6 +74,42 @@ impl Node {
     }
 }
 
+/// The root pointer as read: the root's number, its bytes (for the swap) and their form.
+struct Root {
+    id: u64,
+    raw: Vec<u8>,
+    form: Counter,
+}
+
+/// How a backend writes the numbers `increment` makes: 8 bytes little-endian (Spin's SQLite
+/// backend, berth-runner) or decimal text (Redis `INCRBY`). A number is read in either form and
+/// written back in the form it was found in, so `increment` and swaps agree on every backend.
+/// (An 8-byte little-endian number reads as decimal text only if each of its bytes is an ASCII
+/// digit, that is from about 3.5e18 on: no node number gets there.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    LittleEndian,
+    Decimal,
+}
+
+impl Counter {
+    pub fn decode(raw: &[u8]) -> Option<(u64, Counter)> {
+        if !raw.is_empty() && raw.len() <= 20 && raw.iter().all(u8::is_ascii_digit) {
+            let text = std::str::from_utf8(raw).ok()?;
+            return text.parse().ok().map(|n| (n, Counter::Decimal));
+        }
+        let bytes: [u8; 8] = raw.try_into().ok()?;
+        u64::try_from(i64::from_le_bytes(bytes)).ok().map(|n| (n, Counter::LittleEndian))
+    }
+
+    pub fn encode(self, value: u64) -> Vec<u8> {
+        match self {
+            Counter::LittleEndian => value.to_le_bytes().to_vec(),
+            Counter::Decimal => value.to_string().into_bytes(),
+        }
+    }
+}
+
 /// A node as read: its number, its bytes (for the swap) and its content.
 struct Read {
     id: u64,
@@ -123,21 +159,29 @@ impl<'a, C: Cells> Index<'a, C> {
         format!("{}node/{id}", self.prefix)
     }
 
-    /// The root's number, 0 when the tree is empty; the root pointer is created here when absent.
-    fn root(&self) -> Result<u64, IndexError<C::Error>> {
+    /// The root pointer (the root's number, 0 when the tree is empty); created here when absent.
+    fn root(&self) -> Result<Root, IndexError<C::Error>> {
         let key = self.root_key();
-        let value = match self.cells.get(&key)? {
-            Some(value) => value,
-            // An increment of 0 creates the integer 0, or leaves a number another request
-            // wrote meanwhile as it is; never a plain set, which could undo a swap.
-            None => self.cells.increment(&key, 0)?.to_le_bytes().to_vec(),
-        };
-        let bytes: [u8; 8] = value.as_slice().try_into().map_err(|_| self.corrupt("root pointer is not a number"))?;
-        Ok(u64::from_le_bytes(bytes))
+        for _ in 0..2 {
+            match self.cells.get(&key)? {
+                Some(raw) => {
+                    let (id, form) = Counter::decode(&raw).ok_or_else(|| self.corrupt("root pointer is not a number"))?;
+                    return Ok(Root { id, raw, form });
+                }
+                // An increment of 0 creates the number 0, or leaves a number another request
+                // wrote meanwhile as it is; never a plain set, which could undo a swap. Then
+                // read it back: the backend chose how to write it.
+                None => {
+                    self.cells.increment(&key, 0)?;
+                }
+            }
+        }
+        Err(self.corrupt("root pointer vanished"))
     }
 
-    fn swap_root(&self, old: u64, new: u64) -> Result<bool, IndexError<C::Error>> {
-        Ok(self.cells.swap(&self.root_key(), &old.to_le_bytes(), &new.to_le_bytes())?)
+    /// Point the root at `new`, if it still is `old`; written the way the backend wrote it.
+    fn swap_root(&self, old: &Root, new: u64) -> Result<bool, IndexError<C::Error>> {
+        Ok(self.cells.swap(&self.root_key(), &old.raw, &old.form.encode(new))?)
     }
 
     fn corrupt(&self, what: &str) -> IndexError<C::Error> {
@@ -171,10 +215,10 @@ impl<'a, C: Cells> Index<'a, C> {
     /// yet that tall.
     fn locate(&self, name: &str, level: u8) -> Result<Option<Read>, IndexError<C::Error>> {
         let root = self.root()?;
-        if root == 0 {
+        if root.id == 0 {
             return Ok(None);
         }
-        let mut at = self.read(root)?;
+        let mut at = self.read(root.id)?;
         if at.node.level < level {
             return Ok(None);
         }
@@ -235,8 +279,12 @@ impl<'a, C: Cells> Index<'a, C> {
     /// pointer's swap; the others' leaves go again and they insert into the winner's.
     fn plant(&self, name: &str) -> Result<bool, IndexError<C::Error>> {
         let leaf = Node { level: 0, low: String::new(), high: None, next: None, keys: vec![name.to_owned()], children: vec![] };
+        let root = self.root()?;
+        if root.id != 0 {
+            return Ok(false); // planted meanwhile: insert into that tree
+        }
         let id = self.create(&leaf)?;
-        let planted = self.swap_root(0, id)?;
+        let planted = self.swap_root(&root, id)?;
         if !planted {
             self.cells.delete(&self.node_key(id))?;
         }
@@ -248,7 +296,7 @@ impl<'a, C: Cells> Index<'a, C> {
     /// level: the request that split the root, or one that found it split and not yet grown.
     fn grow(&self, level: u8) -> Result<(), IndexError<C::Error>> {
         let root = self.root()?;
-        let first = self.read(root)?;
+        let first = self.read(root.id)?;
         if first.node.level >= level {
             return Ok(());
         }
@@ -260,7 +308,7 @@ impl<'a, C: Cells> Index<'a, C> {
             at = below.node.next.map(|next| self.read(next)).transpose()?;
         }
         let id = self.create(&node)?;
-        if !self.swap_root(root, id)? {
+        if !self.swap_root(&root, id)? {
             self.cells.delete(&self.node_key(id))?;
         }
         Ok(())
@@ -430,6 +478,58 @@ mod tests {
         format!("index/tags/_{:064x}/_/tag-{i:08}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 8)
     }
 
+    /// The store as Spin's Redis backend behaves: `increment` writes decimal text (`INCRBY`).
+    #[derive(Default)]
+    struct RedisLike(Memory);
+
+    impl Cells for RedisLike {
+        type Error = String;
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+            self.0.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+            self.0.set(key, value)
+        }
+        fn delete(&self, key: &str) -> Result<(), String> {
+            self.0.delete(key)
+        }
+        fn swap(&self, key: &str, old: &[u8], new: &[u8]) -> Result<bool, String> {
+            self.0.swap(key, old, new)
+        }
+        fn increment(&self, key: &str, delta: i64) -> Result<i64, String> {
+            let mut values = self.0.values.lock().unwrap();
+            let current: i64 = match values.get(key) {
+                Some(value) => std::str::from_utf8(value).ok().and_then(|t| t.parse().ok()).ok_or("not an integer")?,
+                None => 0,
+            };
+            values.insert(key.to_owned(), (current + delta).to_string().into_bytes());
+            Ok(current + delta)
+        }
+    }
+
+    #[test]
+    fn counters_read_in_either_form_and_write_back_in_theirs() {
+        assert_eq!(Counter::decode(&7u64.to_le_bytes()), Some((7, Counter::LittleEndian)));
+        assert_eq!(Counter::decode(b"7"), Some((7, Counter::Decimal)));
+        assert_eq!(Counter::decode(b"12345678"), Some((12_345_678, Counter::Decimal)), "8 digits are text");
+        assert_eq!(Counter::decode(b"junk"), None);
+        assert_eq!(Counter::decode(&(-1i64).to_le_bytes()), None);
+        assert_eq!(Counter::Decimal.encode(42), b"42");
+        // A whole index on a Redis-like store: the root pointer starts as "0" and stays text.
+        let redis = RedisLike::default();
+        let index = Index::new(&redis, "t/").with_node_bytes(2048);
+        for i in 0..500 {
+            assert!(index.insert(&name(i)).unwrap());
+        }
+        let mut expected: Vec<String> = (0..500).map(name).collect();
+        expected.sort();
+        let mut listed = Vec::new();
+        index.scan("", false, |n| Ok(listed.push(n.to_owned())).map(|_| true)).unwrap();
+        assert_eq!(listed, expected);
+        let root = redis.get("t/root").unwrap().unwrap();
+        assert!(root.iter().all(u8::is_ascii_digit), "{root:?}");
+    }
+
     #[test]
     fn an_empty_index_lists_nothing_and_removes_nothing() {
         let memory = Memory::default();
@@ -451,7 +551,7 @@ mod tests {
         }
         assert!(!index.insert(&name(7)).unwrap(), "a second insert of a name is not news");
         assert_eq!(all(&index), expected.iter().cloned().collect::<Vec<_>>());
-        let root = index.read(index.root().unwrap()).unwrap();
+        let root = index.read(index.root().unwrap().id).unwrap();
         assert!(root.node.level >= 2, "5,000 names of 100 bytes in nodes of 2 KiB make a tree of three levels");
     }
 
