@@ -1,5 +1,9 @@
-//! Spin key-value backed by SQLite: one database file per store label under the data dir, WAL
-//! mode, `synchronous=FULL` so that a `set` that returned is on disk.
+//! Spin key-value: the [`KvBackend`] the hosts use, its SQLite implementation (the default) and
+//! the store manager that opens each label on the backend the runtime config file names (see
+//! `runtime_config.rs`; Redis is in `kv_redis.rs`).
+//!
+//! SQLite: one database file per store label under the data dir, WAL mode, `synchronous=FULL`
+//! so that a `set` that returned is on disk.
 //!
 //! Writes go through one connection (the caller runs them on a blocking thread: they fsync).
 //! Reads go through a read-only connection of the calling thread's own: in WAL mode a reader
@@ -17,6 +21,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::kv_redis::RedisStore;
+use crate::runtime_config::StoreConfig;
 
 /// One store (one label).
 pub struct SqliteStore {
@@ -149,6 +156,68 @@ pub enum Swap {
     Changed(Option<Vec<u8>>),
 }
 
+/// One page of a key listing: the keys, and the cursor that continues it (`None`: the last page).
+/// A cursor is opaque to the caller: the last key listed for SQLite, a `SCAN` cursor for Redis.
+#[derive(Debug, PartialEq, Eq)]
+pub struct KeysPage {
+    pub keys: Vec<String>,
+    pub next: Option<String>,
+}
+
+/// What `spin:key-value` and `wasi:keyvalue` need of a store, whichever backend holds it. The
+/// calls block (disk or network): the hosts run them on blocking threads, except the reads of a
+/// backend that says they are cheap enough to run in place.
+pub trait KvBackend: Send + Sync {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), String>;
+    fn delete(&self, key: &str) -> Result<(), String>;
+    fn exists(&self, key: &str) -> Result<bool, String>;
+    /// About `limit` keys from `cursor` (from the start when `None`). A key present throughout a
+    /// whole listing is listed; one added or removed meanwhile may or may not be.
+    fn keys_page(&self, cursor: Option<&str>, limit: usize) -> Result<KeysPage, String>;
+    /// Add `delta` to the counter at `key` (absent counts as 0) atomically; the new value.
+    fn increment(&self, key: &str, delta: i64) -> Result<i64, String>;
+    /// Set `key` to `value` only if it still holds `expected` (`None`: only if still absent).
+    fn swap(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<Swap, String>;
+    /// Whether `get` and `exists` are quick enough to call on the event loop (a local read) rather
+    /// than on a blocking thread (a network round trip).
+    fn reads_in_place(&self) -> bool;
+}
+
+impl KvBackend for SqliteStore {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        SqliteStore::get(self, key)
+    }
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        SqliteStore::set(self, key, value)
+    }
+    fn delete(&self, key: &str) -> Result<(), String> {
+        SqliteStore::delete(self, key)
+    }
+    fn exists(&self, key: &str) -> Result<bool, String> {
+        SqliteStore::exists(self, key)
+    }
+    /// The cursor is the last key of the page before, so keys come in order and a key added or
+    /// removed between pages never shifts the others.
+    fn keys_page(&self, cursor: Option<&str>, limit: usize) -> Result<KeysPage, String> {
+        // One key more than a page tells whether another page follows.
+        let mut keys = self.keys_after(cursor, limit.saturating_add(1))?;
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let next = keys.last().filter(|_| more).cloned();
+        Ok(KeysPage { keys, next })
+    }
+    fn increment(&self, key: &str, delta: i64) -> Result<i64, String> {
+        SqliteStore::increment(self, key, delta)
+    }
+    fn swap(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<Swap, String> {
+        SqliteStore::swap(self, key, expected, value)
+    }
+    fn reads_in_place(&self) -> bool {
+        true
+    }
+}
+
 const UPSERT: &str =
     "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value";
 
@@ -230,19 +299,21 @@ pub enum OpenError {
     Other(String),
 }
 
-/// The stores a component may open: the labels granted in spin.toml, opened lazily.
+/// The stores a component may open: the labels granted in spin.toml, opened lazily, each on
+/// the backend the runtime config file names for it (SQLite under the data dir if none).
 pub struct KvStores {
     dir: PathBuf,
     granted: Vec<String>,
-    open: Mutex<HashMap<String, Arc<SqliteStore>>>,
+    configured: HashMap<String, StoreConfig>,
+    open: Mutex<HashMap<String, Arc<dyn KvBackend>>>,
 }
 
 impl KvStores {
-    pub fn new(dir: PathBuf, granted: Vec<String>) -> KvStores {
-        KvStores { dir, granted, open: Mutex::new(HashMap::new()) }
+    pub fn new(dir: PathBuf, granted: Vec<String>, configured: HashMap<String, StoreConfig>) -> KvStores {
+        KvStores { dir, granted, configured, open: Mutex::new(HashMap::new()) }
     }
 
-    pub fn open(&self, label: &str) -> Result<Arc<SqliteStore>, OpenError> {
+    pub fn open(&self, label: &str) -> Result<Arc<dyn KvBackend>, OpenError> {
         if !self.granted.iter().any(|g| g == label) {
             return Err(OpenError::AccessDenied);
         }
@@ -250,17 +321,31 @@ impl KvStores {
         if let Some(store) = open.get(label) {
             return Ok(store.clone());
         }
-        // Labels come from spin.toml, but keep them to safe file names all the same.
-        if label.is_empty() || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-            return Err(OpenError::Other(format!("label {label:?} is not a valid store name")));
-        }
-        std::fs::create_dir_all(&self.dir).map_err(|e| OpenError::Other(e.to_string()))?;
-        let store = Arc::new(
-            SqliteStore::open(&self.dir.join(format!("{label}.db"))).map_err(|e| OpenError::Other(format!("{e:#}")))?,
-        );
+        let store = self.open_backend(label).map_err(OpenError::Other)?;
         open.insert(label.to_owned(), store.clone());
         Ok(store)
     }
+
+    fn open_backend(&self, label: &str) -> Result<Arc<dyn KvBackend>, String> {
+        match self.configured.get(label) {
+            Some(StoreConfig::Redis { url }) => Ok(Arc::new(RedisStore::new(url)?)),
+            Some(StoreConfig::Sqlite { path: Some(path) }) => Ok(Arc::new(open_sqlite(path)?)),
+            Some(StoreConfig::Sqlite { path: None }) | None => {
+                // Labels come from spin.toml, but keep them to safe file names all the same.
+                if label.is_empty() || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                    return Err(format!("label {label:?} is not a valid store name"));
+                }
+                Ok(Arc::new(open_sqlite(&self.dir.join(format!("{label}.db")))?))
+            }
+        }
+    }
+}
+
+fn open_sqlite(path: &Path) -> Result<SqliteStore, String> {
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    SqliteStore::open(path).map_err(|e| format!("{e:#}"))
 }
 
 #[cfg(test)]
@@ -350,7 +435,7 @@ mod tests {
     #[test]
     fn only_granted_labels_open() {
         let dir = tempfile::tempdir().unwrap();
-        let stores = KvStores::new(dir.path().to_owned(), vec!["default".into()]);
+        let stores = KvStores::new(dir.path().to_owned(), vec!["default".into()], HashMap::new());
         assert!(stores.open("default").is_ok());
         assert_eq!(stores.open("other").err(), Some(OpenError::AccessDenied));
         assert!(Arc::ptr_eq(&stores.open("default").unwrap(), &stores.open("default").unwrap()));

@@ -1,11 +1,13 @@
-//! `spin:key-value@3.0.0` for the component, over [`KvStores`] (SQLite). Writes (which fsync)
-//! and key listings (a page at a time) run on blocking threads so a slow disk never stalls the
-//! event loop; `get` and `exists` run where they are asked, on the thread's own read connection
-//! (see `kv.rs`): handing each to a blocking thread and back cost more than the read itself.
+//! `spin:key-value@3.0.0` for the component, over [`KvStores`](crate::kv::KvStores) (SQLite, or
+//! Redis where the runtime config file says so). Writes (which fsync, or cross the network) and
+//! key listings (a page at a time) run on blocking threads so a slow disk or server never stalls
+//! the event loop; on SQLite, `get` and `exists` run where they are asked, on the thread's own
+//! read connection (see `kv.rs`): handing each to a blocking thread and back cost more than the
+//! read itself.
 
 use crate::bindings::spin::key_value::key_value::{self as wit, Error};
 use crate::host::Host;
-use crate::kv::{OpenError, SqliteStore};
+use crate::kv::{KvBackend, OpenError};
 use crate::streams::{self, ChannelProducer};
 use std::sync::Arc;
 use wasmtime::component::{Access, Accessor, HasData, Linker, Resource, VecBuffer};
@@ -14,7 +16,7 @@ use wasmtime::component::{Access, Accessor, HasData, Linker, Resource, VecBuffer
 const KEYS_PER_PAGE: usize = 256;
 
 /// The resource behind a guest's `store` handle.
-pub struct KvHandle(Arc<SqliteStore>);
+pub struct KvHandle(Arc<dyn KvBackend>);
 
 pub struct KeyValueHost;
 
@@ -26,7 +28,7 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     wit::add_to_linker::<Host, KeyValueHost>(linker, |host| host)
 }
 
-fn handle<T>(accessor: &Accessor<T, KeyValueHost>, store: &Resource<KvHandle>) -> wasmtime::Result<Arc<SqliteStore>> {
+fn handle<T>(accessor: &Accessor<T, KeyValueHost>, store: &Resource<KvHandle>) -> wasmtime::Result<Arc<dyn KvBackend>> {
     accessor.with(|mut access| Ok(access.get().table.get(store)?.0.clone()))
 }
 
@@ -34,6 +36,17 @@ async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, String> + Send + 'static,
 ) -> wasmtime::Result<Result<R, Error>> {
     Ok(tokio::task::spawn_blocking(f).await?.map_err(Error::Other))
+}
+
+/// A read: in place where the backend's reads are local (SQLite), else on a blocking thread.
+async fn read<R: Send + 'static>(
+    db: Arc<dyn KvBackend>,
+    f: impl FnOnce(&dyn KvBackend) -> Result<R, String> + Send + 'static,
+) -> wasmtime::Result<Result<R, Error>> {
+    if db.reads_in_place() {
+        return Ok(f(&*db).map_err(Error::Other));
+    }
+    blocking(move || f(&*db)).await
 }
 
 impl<T> wit::HostStoreWithStore<T> for KeyValueHost {
@@ -52,8 +65,7 @@ impl<T> wit::HostStoreWithStore<T> for KeyValueHost {
         store: Resource<KvHandle>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        let db = handle(accessor, &store)?;
-        Ok(db.get(&key).map_err(Error::Other))
+        read(handle(accessor, &store)?, move |db| db.get(&key)).await
     }
 
     async fn set(
@@ -80,8 +92,7 @@ impl<T> wit::HostStoreWithStore<T> for KeyValueHost {
         store: Resource<KvHandle>,
         key: String,
     ) -> wasmtime::Result<Result<bool, Error>> {
-        let db = handle(accessor, &store)?;
-        Ok(db.exists(&key).map_err(Error::Other))
+        read(handle(accessor, &store)?, move |db| db.exists(&key)).await
     }
 
     fn drop(mut access: Access<'_, T, Self>, store: Resource<KvHandle>) -> wasmtime::Result<()> {
@@ -98,21 +109,20 @@ impl<T> wit::HostStoreWithStore<T> for KeyValueHost {
         // A blocking thread lists the keys a page at a time; the bounded channel holds it back
         // while the guest reads, so memory stays a few pages whatever the store's size.
         tokio::task::spawn_blocking(move || {
-            let mut after: Option<String> = None;
+            let mut cursor: Option<String> = None;
             loop {
-                let page = match db.keys_after(after.as_deref(), KEYS_PER_PAGE) {
+                let page = match db.keys_page(cursor.as_deref(), KEYS_PER_PAGE) {
                     Ok(page) => page,
                     Err(e) => {
                         let _ = tx.blocking_send(Err(e));
                         return;
                     }
                 };
-                let last_page = page.len() < KEYS_PER_PAGE;
-                after = page.last().cloned();
-                if !page.is_empty() && tx.blocking_send(Ok(VecBuffer::from(page))).is_err() {
+                if !page.keys.is_empty() && tx.blocking_send(Ok(VecBuffer::from(page.keys))).is_err() {
                     return; // the guest dropped the stream
                 }
-                if last_page {
+                cursor = page.next;
+                if cursor.is_none() {
                     return;
                 }
             }

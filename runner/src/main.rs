@@ -10,9 +10,11 @@ mod compose;
 mod host;
 mod kv;
 mod kv_host;
+mod kv_redis;
 mod limits;
 mod manifest;
 mod outbound;
+mod runtime_config;
 mod serve;
 mod streams;
 mod variables;
@@ -62,6 +64,11 @@ struct UpArgs {
     /// The PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// A Spin runtime config file (the one `spin up --runtime-config-file` reads): its
+    /// `[key_value_store.<label>]` tables put stores on Redis (`type = "redis"`, `url`) or on
+    /// SQLite (`type = "spin"`, optional `path`). Labels it does not name: SQLite under --data.
+    #[arg(long, value_name = "FILE")]
+    runtime_config_file: Option<PathBuf>,
     /// Set an application variable: --var name=value (repeatable; beats SPIN_VARIABLE_<NAME>).
     #[arg(long = "var", value_name = "NAME=VALUE")]
     vars: Vec<String>,
@@ -116,8 +123,15 @@ async fn up(args: UpArgs) -> Result<()> {
         overrides.insert(name.to_owned(), value.to_owned());
     }
     let variables = variables::Variables::resolve(&app, &overrides, |k| std::env::var(k).ok())?;
+    let configured_stores = match &args.runtime_config_file {
+        Some(file) => runtime_config::load(file)?,
+        None => Default::default(),
+    };
+    for (label, store) in &configured_stores {
+        println!("berth-runner: key-value store {label}: {store}");
+    }
     let shared = Arc::new(host::Shared {
-        kv: kv::KvStores::new(args.data.join("kv"), app.key_value_stores.clone()),
+        kv: kv::KvStores::new(args.data.join("kv"), app.key_value_stores.clone(), configured_stores),
         blobs: blob_fs::FsBlobStore::new(args.data.join("blobs"))
             .with_context(|| format!("creating {}", args.data.display()))?,
         variables,

@@ -1,16 +1,17 @@
 //! `wasi:keyvalue/store` and `wasi:keyvalue/atomics@0.2.0-draft2` for the component, over the
 //! same [`KvStores`](crate::kv::KvStores) as `spin:key-value`: `open(identifier)` is
-//! `spin:key-value`'s `open(label)` (same grants, same SQLite file and table), so a component can
-//! mix both interfaces on the same keys, as under Spin 4.1.
+//! `spin:key-value`'s `open(label)` (same grants, same store: SQLite file or Redis database), so
+//! a component can mix both interfaces on the same keys, as under Spin 4.1.
 //!
 //! These WIT functions are not `async`: the guest waits for each (see `bindings.rs`). As in
-//! `kv_host.rs`, writes (which fsync) and key listings run on blocking threads; `get`, `exists`
-//! and the reads of a CAS handle run in place on the thread's own read connection.
+//! `kv_host.rs`, writes (which fsync or cross the network) and key listings run on blocking
+//! threads; on SQLite, `get`, `exists` and the reads of a CAS handle run in place on the thread's
+//! own read connection (on Redis, on blocking threads too).
 
 use crate::bindings::wasi::keyvalue::atomics::{self, CasError};
 use crate::bindings::wasi::keyvalue::store::{self as wit, Error, KeyResponse};
 use crate::host::Host;
-use crate::kv::{OpenError, SqliteStore, Swap};
+use crate::kv::{KvBackend, OpenError, Swap};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource};
 
@@ -18,12 +19,12 @@ use wasmtime::component::{HasData, Linker, Resource};
 const KEYS_PER_PAGE: usize = 256;
 
 /// The resource behind a guest's `bucket` handle.
-pub struct Bucket(Arc<SqliteStore>);
+pub struct Bucket(Arc<dyn KvBackend>);
 
 /// The resource behind a guest's `cas` handle: a key and the value last read from it, which
 /// `swap` expects still to be there.
 pub struct Cas {
-    store: Arc<SqliteStore>,
+    store: Arc<dyn KvBackend>,
     key: String,
     seen: Option<Vec<u8>>,
 }
@@ -39,7 +40,7 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     atomics::add_to_linker::<Host, WasiKeyValueHost>(linker, |host| host)
 }
 
-fn bucket(host: &Host, bucket: &Resource<Bucket>) -> wasmtime::Result<Arc<SqliteStore>> {
+fn bucket(host: &Host, bucket: &Resource<Bucket>) -> wasmtime::Result<Arc<dyn KvBackend>> {
     Ok(host.table.get(bucket)?.0.clone())
 }
 
@@ -48,6 +49,17 @@ async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, String> + Send + 'static,
 ) -> wasmtime::Result<Result<R, String>> {
     Ok(tokio::task::spawn_blocking(f).await?)
+}
+
+/// A read: in place where the backend's reads are local (SQLite), else on a blocking thread.
+async fn read<R: Send + 'static>(
+    db: Arc<dyn KvBackend>,
+    f: impl FnOnce(&dyn KvBackend) -> Result<R, String> + Send + 'static,
+) -> wasmtime::Result<Result<R, String>> {
+    if db.reads_in_place() {
+        return Ok(f(&*db));
+    }
+    blocking(move || f(&*db)).await
 }
 
 impl wit::Host for &mut Host {
@@ -63,7 +75,7 @@ impl wit::Host for &mut Host {
 
 impl wit::HostBucket for &mut Host {
     async fn get(&mut self, this: Resource<Bucket>, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        Ok(bucket(self, &this)?.get(&key).map_err(Error::Other))
+        Ok(read(bucket(self, &this)?, move |db| db.get(&key)).await?.map_err(Error::Other))
     }
 
     async fn set(
@@ -82,25 +94,20 @@ impl wit::HostBucket for &mut Host {
     }
 
     async fn exists(&mut self, this: Resource<Bucket>, key: String) -> wasmtime::Result<Result<bool, Error>> {
-        Ok(bucket(self, &this)?.exists(&key).map_err(Error::Other))
+        Ok(read(bucket(self, &this)?, move |db| db.exists(&key)).await?.map_err(Error::Other))
     }
 
-    /// Keys in order, a bounded page at a time; the cursor is the last key of the page before
-    /// (so a key added or removed between pages never shifts the others).
+    /// Keys a bounded page at a time, with the backend's cursor (on SQLite, in order: the cursor
+    /// is the last key of the page before, so a key added or removed between pages never shifts
+    /// the others).
     async fn list_keys(
         &mut self,
         this: Resource<Bucket>,
         cursor: Option<String>,
     ) -> wasmtime::Result<Result<KeyResponse, Error>> {
         let db = bucket(self, &this)?;
-        // One key more than a page tells whether another page follows.
-        let listed = blocking(move || db.keys_after(cursor.as_deref(), KEYS_PER_PAGE + 1)).await?;
-        Ok(listed.map_err(Error::Other).map(|mut keys| {
-            let more = keys.len() > KEYS_PER_PAGE;
-            keys.truncate(KEYS_PER_PAGE);
-            let cursor = keys.last().filter(|_| more).cloned();
-            KeyResponse { keys, cursor }
-        }))
+        let listed = blocking(move || db.keys_page(cursor.as_deref(), KEYS_PER_PAGE)).await?;
+        Ok(listed.map_err(Error::Other).map(|page| KeyResponse { keys: page.keys, cursor: page.next }))
     }
 
     async fn drop(&mut self, this: Resource<Bucket>) -> wasmtime::Result<()> {
@@ -138,7 +145,8 @@ impl atomics::Host for &mut Host {
 impl atomics::HostCas for &mut Host {
     async fn new(&mut self, bucket_: Resource<Bucket>, key: String) -> wasmtime::Result<Result<Resource<Cas>, Error>> {
         let store = bucket(self, &bucket_)?;
-        let seen = match store.get(&key) {
+        let read_key = key.clone();
+        let seen = match read(store.clone(), move |db| db.get(&read_key)).await? {
             Ok(seen) => seen,
             Err(why) => return Ok(Err(Error::Other(why))),
         };
@@ -147,14 +155,16 @@ impl atomics::HostCas for &mut Host {
 
     /// Reads the value again; a `swap` then expects this one.
     async fn current(&mut self, this: Resource<Cas>) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        let cas = self.table.get_mut(&this)?;
-        Ok(match cas.store.get(&cas.key) {
-            Ok(now) => {
-                cas.seen.clone_from(&now);
-                Ok(now)
-            }
-            Err(why) => Err(Error::Other(why)),
-        })
+        let (store, key) = {
+            let cas = self.table.get(&this)?;
+            (cas.store.clone(), cas.key.clone())
+        };
+        let now = match read(store, move |db| db.get(&key)).await? {
+            Ok(now) => now,
+            Err(why) => return Ok(Err(Error::Other(why))),
+        };
+        self.table.get_mut(&this)?.seen.clone_from(&now);
+        Ok(Ok(now))
     }
 
     async fn drop(&mut self, this: Resource<Cas>) -> wasmtime::Result<()> {

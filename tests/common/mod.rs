@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod engines;
 pub mod oci_layout;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,314 @@
+//! The registry on Redis key-value (issue 13): `berth-runner up --runtime-config-file` with a
+//! Spin runtime config file whose `[key_value_store.default]` is `type = "redis"`, against a real
+//! redis-server of each test's own (Debian's `redis-server`, installed if missing).
+//!
+//! What lives in Redis: the registry's metadata; with the key-value blob store provider composed
+//! in, the blobs' chunks and the provider's index too, so two runners with data dirs of their own
+//! share one registry through one Redis.
+
+mod common;
+
+use common::*;
+use futures::future::join_all;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// 256 KiB: the key-value provider's chunk size; the race's blobs span more than one chunk.
+const KV_CHUNK: usize = 256 * 1024;
+
+// ---- harness --------------------------------------------------------------------------------
+
+/// A redis-server on a free port of 127.0.0.1, saving nothing to disk; stopped by PID on drop.
+struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        common::clients::ensure_installed("redis-server");
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting redis-server (Debian's redis-server package)");
+        let server = RedisServer { child, port, dir };
+        server.wait_for_ping();
+        server
+    }
+
+    fn wait_for_ping(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.cli(&["PING"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server on port {} never answered PING", self.port);
+            std::thread::yield_now();
+        }
+    }
+
+    /// `redis-cli` against this server; its standard output (empty if it failed).
+    fn cli(&self, args: &[&str]) -> String {
+        let output =
+            Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &self.port.to_string()]).args(args).output();
+        output.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    }
+
+    /// Every key whose name matches the glob `pattern`, sorted.
+    fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self.cli(&["--scan", "--pattern", pattern]).lines().map(str::to_owned).collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// A Spin runtime config file putting the store `default` on this server.
+    fn runtime_config_file(&self) -> PathBuf {
+        let path = self.dir.path().join("runtime-config.toml");
+        let text =
+            format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\n", self.port);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Runner options with the store `default` here, and the blob store provider if `provider`.
+    fn options(&self, provider: bool) -> RunnerOptions<'static> {
+        let mut args = vec!["--runtime-config-file".into(), self.runtime_config_file().display().to_string()];
+        if provider {
+            args.extend(["--blob-store".into(), artifacts().blob_kv_provider.display().to_string()]);
+        }
+        // `args` replaces BERTH_TEST_BLOB_STORE's choice: these tests say which store they use.
+        RunnerOptions { args, ..Default::default() }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !matches!(self.child.try_wait(), Ok(Some(_))) {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
+fn start_runner(options: RunnerOptions<'static>) -> (tempfile::TempDir, Runner, Registry) {
+    let data = tempfile::tempdir().unwrap();
+    let runner = Runner::start_with(data.path(), options);
+    let registry = Registry::new(&runner);
+    (data, runner, registry)
+}
+
+/// A response's status and, for an error, its OCI error code (the body is consumed).
+async fn outcome(response: reqwest::Response) -> (u16, Option<String>) {
+    let status = response.status().as_u16();
+    let body = response.bytes().await.unwrap_or_default();
+    let code = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["errors"][0]["code"].as_str().map(str::to_owned));
+    (status, code)
+}
+
+fn is_error(outcome: &(u16, Option<String>), status: u16, code: &str) -> bool {
+    outcome.0 == status && outcome.1.as_deref() == Some(code)
+}
+
+/// `GET <path>` answers 200 with exactly `bytes`; else what it did answer.
+async fn reads_back(reg: &Registry, path: &str, bytes: &[u8]) -> Result<(), String> {
+    let response = reg.get(path).await;
+    let status = response.status().as_u16();
+    let body = response.bytes().await.map_err(|e| format!("GET {path}: {status}, body failed: {e}"))?;
+    if status != 200 {
+        return Err(format!("GET {path}: {status} {}", String::from_utf8_lossy(&body)));
+    }
+    if body != bytes {
+        return Err(format!("GET {path}: 200 but {} bytes that differ from the {} pushed", body.len(), bytes.len()));
+    }
+    Ok(())
+}
+
+/// Push an image and read it all back by tag and by digest, through `reg`.
+async fn push_and_pull(reg: &Registry, repo: &str, tag: &str, seed: u64) {
+    let (manifest, digest) = reg.push_image(repo, tag, seed).await;
+    reads_back(reg, &format!("/v2/{repo}/manifests/{tag}"), &manifest).await.unwrap();
+    reads_back(reg, &format!("/v2/{repo}/manifests/{digest}"), &manifest).await.unwrap();
+    let parsed: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let layer = &parsed["layers"][0];
+    let layer_bytes = PseudoRandom::bytes(seed, 1000 + seed as usize);
+    assert_eq!(layer["size"].as_u64(), Some(layer_bytes.len() as u64));
+    reads_back(reg, &format!("/v2/{repo}/blobs/{}", layer["digest"].as_str().unwrap()), &layer_bytes).await.unwrap();
+    let tags = reg.get(&format!("/v2/{repo}/tags/list")).await;
+    assert_eq!(tags.status(), 200);
+    let tags: serde_json::Value = serde_json::from_slice(&tags.bytes().await.unwrap()).unwrap();
+    assert!(tags["tags"].as_array().unwrap().iter().any(|t| t == tag), "{tags}");
+}
+
+/// The path (and query) of a Location, absolute or not: the same session on another runner.
+fn path_of(location: &str) -> String {
+    match location.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or_else(|| "/".to_owned(), |slash| rest[slash..].to_owned()),
+        None => location.to_owned(),
+    }
+}
+
+/// The runner made no SQLite store: the label `default` went to Redis.
+fn assert_no_sqlite_store(data: &Path) {
+    assert!(!data.join("kv/default.db").exists(), "the store `default` was opened on SQLite");
+}
+
+// ---- (a), (b): push and pull with the store on Redis -----------------------------------------
+
+#[tokio::test]
+async fn push_and_pull_keep_the_registry_metadata_in_redis() {
+    let redis = RedisServer::start();
+    let (data, runner, reg) = start_runner(redis.options(false));
+    assert!(runner.log().iter().any(|l| l == "berth-runner: key-value store default: Redis"), "{:?}", runner.log());
+    assert!(redis.keys("*").is_empty());
+    push_and_pull(&reg, "on-redis/app", "v1", 1).await;
+    let keys = redis.keys("*");
+    assert!(!keys.is_empty(), "the registry wrote its metadata to Redis");
+    assert!(keys.iter().all(|k| !k.starts_with("blob-kv/")), "no provider here: {keys:?}");
+    assert_no_sqlite_store(data.path());
+    assert!(!stored_objects(data.path(), "").is_empty(), "the blobs are in the runner's filesystem store");
+}
+
+#[tokio::test]
+async fn with_the_key_value_provider_chunks_and_index_live_in_redis_too() {
+    let redis = RedisServer::start();
+    let (data, runner, reg) = start_runner(redis.options(true));
+    assert!(runner.log().iter().any(|l| l.contains("blob store: provider component")), "{:?}", runner.log());
+    push_and_pull(&reg, "on-redis/app", "v1", 2).await;
+    // A blob of several chunks, so chunks are written and read as more than one value.
+    let big = PseudoRandom::bytes(3, 3 * KV_CHUNK + 17);
+    let digest = reg.push_blob("on-redis/app", &big).await;
+    reads_back(&reg, &format!("/v2/on-redis/app/blobs/{digest}"), &big).await.unwrap();
+    assert!(redis.keys("blob-kv/chunk/*").len() >= 4, "chunks: {:?}", redis.keys("blob-kv/chunk/*"));
+    assert!(!redis.keys("blob-kv/ix/*").is_empty(), "the provider's index is in Redis");
+    assert_no_sqlite_store(data.path());
+    assert!(stored_objects(data.path(), "").is_empty(), "no blob went to the filesystem");
+}
+
+// ---- (c): the same-key races on Redis --------------------------------------------------------
+
+/// Eight concurrent finishing PUTs of one upload session: exactly one 201, the others 404
+/// BLOB_UPLOAD_UNKNOWN, and the blob reads back byte-identical (as tests/storage.rs on SQLite).
+async fn duplicate_finishes_never_lose_the_blob(provider: bool) {
+    let redis = RedisServer::start();
+    let (_data, _runner, reg) = start_runner(redis.options(provider));
+    let mut problems = Vec::new();
+    for round in 0..5 {
+        let blob = PseudoRandom::bytes(100 + round, KV_CHUNK + 1000 + round as usize);
+        let digest = sha256(&blob);
+        let location = reg.start_upload("dup").await;
+        let response = reg.patch_chunk(&location, 0, &blob).await;
+        assert_eq!(response.status(), 202);
+        let location = header(&response, "location");
+        let finishes = (0..8).map(|_| async { outcome(reg.finish_upload(&location, &digest, &[]).await).await });
+        let outcomes = join_all(finishes).await;
+        let created = outcomes.iter().filter(|o| o.0 == 201).count();
+        if created != 1 || !outcomes.iter().all(|o| o.0 == 201 || is_error(o, 404, "BLOB_UPLOAD_UNKNOWN")) {
+            problems
+                .push(format!("round {round}: answered {outcomes:?}; expected one 201, seven 404 BLOB_UPLOAD_UNKNOWN"));
+        }
+        if let Err(e) = reads_back(&reg, &format!("/v2/dup/blobs/{digest}"), &blob).await {
+            problems.push(format!("round {round}: {e}"));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[tokio::test]
+async fn duplicate_finishes_on_redis_never_lose_the_blob_fs() {
+    duplicate_finishes_never_lose_the_blob(false).await
+}
+
+#[tokio::test]
+async fn duplicate_finishes_on_redis_never_lose_the_blob_kv() {
+    duplicate_finishes_never_lose_the_blob(true).await
+}
+
+// ---- (d): two runners, one Redis -------------------------------------------------------------
+
+#[tokio::test]
+async fn two_runners_on_one_redis_see_each_others_writes_and_race_safely() {
+    let redis = RedisServer::start();
+    let (_data_a, _a, reg_a) = start_runner(redis.options(true));
+    let (_data_b, _b, reg_b) = start_runner(redis.options(true));
+
+    // What one pushes, the other serves.
+    let (manifest, _) = reg_a.push_image("shared/app", "v1", 4).await;
+    reads_back(&reg_b, "/v2/shared/app/manifests/v1", &manifest).await.unwrap();
+    push_and_pull(&reg_b, "shared/app", "v2", 5).await;
+
+    let mut problems = Vec::new();
+    for round in 0..4 {
+        // One upload session, finished from both runners at once: one wins.
+        let blob = PseudoRandom::bytes(200 + round, KV_CHUNK + 500 + round as usize);
+        let digest = sha256(&blob);
+        let location = reg_a.start_upload("shared/app").await;
+        let response = reg_a.patch_chunk(&location, 0, &blob).await;
+        assert_eq!(response.status(), 202);
+        let location = header(&response, "location");
+        let path = path_of(&location);
+        let finishes = (0..8).map(|i| {
+            let (reg, path, digest) = (if i % 2 == 0 { &reg_a } else { &reg_b }, path.clone(), digest.clone());
+            async move { outcome(reg.finish_upload(&path, &digest, &[]).await).await }
+        });
+        let outcomes = join_all(finishes).await;
+        let created = outcomes.iter().filter(|o| o.0 == 201).count();
+        if created != 1 || !outcomes.iter().all(|o| o.0 == 201 || is_error(o, 404, "BLOB_UPLOAD_UNKNOWN")) {
+            problems.push(format!("round {round}: finishes from two runners answered {outcomes:?}"));
+        }
+        for reg in [&reg_a, &reg_b] {
+            if let Err(e) = reads_back(reg, &format!("/v2/shared/app/blobs/{digest}"), &blob).await {
+                problems.push(format!("round {round}: {e}"));
+            }
+        }
+
+        // One tag, pushed from both runners at once: both then resolve it to the same manifest.
+        let tag = format!("race{round}");
+        let (first, second) = tokio::join!(
+            reg_a.push_image("shared/app", &tag, 300 + round),
+            reg_b.push_image("shared/app", &tag, 400 + round)
+        );
+        let seen_a = reg_a.get(&format!("/v2/shared/app/manifests/{tag}")).await.bytes().await.unwrap();
+        let seen_b = reg_b.get(&format!("/v2/shared/app/manifests/{tag}")).await.bytes().await.unwrap();
+        if seen_a != seen_b || (seen_a != first.0 && seen_a != second.0) {
+            problems.push(format!("round {round}: after racing pushes of {tag} the runners disagree or serve neither"));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+// ---- the runtime config file at start --------------------------------------------------------
+
+#[test]
+fn a_store_type_the_runner_does_not_support_stops_it_at_start_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("runtime-config.toml");
+    std::fs::write(&config, "[key_value_store.default]\ntype = \"azure_cosmos\"\n").unwrap();
+    let output = Command::new(&artifacts().runner)
+        .arg("up")
+        .arg("--manifest")
+        .arg(repo_root().join("spin.toml"))
+        .arg("--component")
+        .arg(&artifacts().component)
+        .args(["--listen", "127.0.0.1:0", "--no-compile-cache", "--data"])
+        .arg(dir.path().join("data"))
+        .arg("--runtime-config-file")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the runner started: {stderr}");
+    assert!(stderr.contains("[key_value_store.default]") && stderr.contains("\"azure_cosmos\""), "{stderr}");
+}
