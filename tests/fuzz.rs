@@ -17,6 +17,7 @@
 
 mod common;
 
+use common::rng::Rng;
 use common::*;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -53,32 +54,8 @@ fn fuzz_seed() -> u64 {
     seed
 }
 
-/// splitmix64; one stream per request, derived from the seed and the request's number.
-struct Rng(u64);
-
+/// What these tests draw beyond the generator's basics (tests/common/rng.rs).
 impl Rng {
-    fn new(seed: u64, stream: u64) -> Rng {
-        let mut rng = Rng(seed ^ stream.wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03));
-        rng.next();
-        rng
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
     fn pick<'a, T: ?Sized>(&mut self, items: &[&'a T]) -> &'a T {
         items[self.below(items.len())]
     }

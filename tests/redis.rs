@@ -108,20 +108,6 @@ fn start_runner(options: RunnerOptions<'static>) -> (tempfile::TempDir, Runner, 
     (data, runner, registry)
 }
 
-/// A response's status and, for an error, its OCI error code (the body is consumed).
-async fn outcome(response: reqwest::Response) -> (u16, Option<String>) {
-    let status = response.status().as_u16();
-    let body = response.bytes().await.unwrap_or_default();
-    let code = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["errors"][0]["code"].as_str().map(str::to_owned));
-    (status, code)
-}
-
-fn is_error(outcome: &(u16, Option<String>), status: u16, code: &str) -> bool {
-    outcome.0 == status && outcome.1.as_deref() == Some(code)
-}
-
 /// `GET <path>` answers 200 with exactly `bytes`; else what it did answer.
 async fn reads_back(reg: &Registry, path: &str, bytes: &[u8]) -> Result<(), String> {
     let response = reg.get(path).await;

@@ -57,20 +57,6 @@ fn start(options: RunnerOptions<'static>) -> (tempfile::TempDir, Runner, Registr
     (data, runner, registry)
 }
 
-/// A response's status and, for an error, its OCI error code (the body is consumed).
-async fn outcome(response: reqwest::Response) -> (u16, Option<String>) {
-    let status = response.status().as_u16();
-    let body = response.bytes().await.unwrap_or_default();
-    let code = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["errors"][0]["code"].as_str().map(str::to_owned));
-    (status, code)
-}
-
-fn is_error(outcome: &(u16, Option<String>), status: u16, code: &str) -> bool {
-    outcome.0 == status && outcome.1.as_deref() == Some(code)
-}
-
 /// The upload id in a session Location (`/v2/<name>/blobs/uploads/<id>?_v=N`).
 fn upload_id(location: &str) -> String {
     location.split('?').next().unwrap().rsplit('/').next().unwrap().to_owned()

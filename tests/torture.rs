@@ -19,6 +19,7 @@
 
 mod common;
 
+use common::rng::Rng;
 use common::*;
 use futures::future::join_all;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -41,38 +42,8 @@ fn torture_seed() -> u64 {
     seed
 }
 
-/// A deterministic generator (splitmix64); one stream per client, derived from the seed.
-#[derive(Clone)]
-struct Rng(u64);
-
+/// What these tests draw beyond the generator's basics (tests/common/rng.rs).
 impl Rng {
-    fn new(seed: u64, stream: u64) -> Rng {
-        let mut rng = Rng(seed ^ stream.wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03));
-        rng.next();
-        rng
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// A number in `lo..=hi`.
-    fn between(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi - lo + 1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
     /// `parts` lengths of at least `min` each summing to `len` (fewer parts when `len` is short).
     fn split(&mut self, len: usize, parts: usize, min: usize) -> Vec<usize> {
         let parts = parts.clamp(1, (len / min.max(1)).max(1));
@@ -2047,16 +2018,7 @@ async fn check_after_restart(reg: &Registry, model: &mut CrashModel, rng: &mut R
 
 /// What the reclaimer has not removed yet (empty when nothing is left).
 fn leftovers(data: &Path, backend: Backend) -> Vec<String> {
-    let db = rusqlite::Connection::open(data.join("kv/default.db")).unwrap();
-    let keys_values = |prefix: &str| -> Vec<(String, Vec<u8>)> {
-        let mut statement = db.prepare("SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key").unwrap();
-        let end = format!("{prefix}\u{10ffff}");
-        statement
-            .query_map([prefix, end.as_str()], |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
+    let keys_values = |prefix: &str| kv_values(data, prefix);
     let mut owned = HashSet::new();
     for (key, value) in keys_values("blob/") {
         let record: serde_json::Value =

@@ -225,7 +225,7 @@ pub fn ensure_installed(program: &str) {
         return;
     }
     let package = match program {
-        "docker" => "docker.io",
+        "docker" | "dockerd" => "docker.io",
         "htpasswd" => "apache2-utils",
         other => other,
     };

@@ -47,27 +47,6 @@ fn output_text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
-/// Install Debian's `package` when `program` is missing (as root on Debian: CI, a fresh machine);
-/// [`ensure_installed`] assumes the package is named after the program, which `dockerd` is not.
-fn install_if_missing(program: &str, package: &str) {
-    let on_path = |p: &str| {
-        Command::new("sh").arg("-c").arg(format!("command -v {p}")).output().is_ok_and(|o| o.status.success())
-    };
-    if on_path(program) || !on_path("apt-get") {
-        return;
-    }
-    eprintln!("tests: {program} is missing: installing Debian's {package}");
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(["-o", "DPkg::Lock::Timeout=600", "-q", "-y"])
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-    };
-    let _ = apt(&["update"]);
-    let _ = apt(&["install", "--no-install-recommends", package]);
-}
-
 /// `containerd` in a temp dir: its own root, state and gRPC socket.
 pub struct Containerd {
     child: Child,
@@ -157,7 +136,7 @@ fn docker_cli() -> &'static str {
 impl Dockerd {
     pub fn start() -> Dockerd {
         let containerd = Containerd::start();
-        install_if_missing("dockerd", "docker.io");
+        ensure_installed("dockerd");
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let socket = d.join("docker.sock");

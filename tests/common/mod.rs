@@ -12,6 +12,7 @@
 pub mod clients;
 pub mod engines;
 pub mod oci_layout;
+pub mod rng;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -327,6 +328,20 @@ pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) 
 }
 
 /// A response body as JSON.
+/// A response's status and, for an error, its OCI error code (the body is consumed).
+pub async fn outcome(response: reqwest::Response) -> (u16, Option<String>) {
+    let status = response.status().as_u16();
+    let body = response.bytes().await.unwrap_or_default();
+    let code = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["errors"][0]["code"].as_str().map(str::to_owned));
+    (status, code)
+}
+
+pub fn is_error(outcome: &(u16, Option<String>), status: u16, code: &str) -> bool {
+    outcome.0 == status && outcome.1.as_deref() == Some(code)
+}
+
 pub async fn json(response: reqwest::Response) -> serde_json::Value {
     serde_json::from_slice(&response.bytes().await.expect("a body")).expect("a JSON body")
 }
