@@ -11,6 +11,7 @@ mod common;
 
 use common::clients::{assert_success, run_client, s};
 use common::engines::*;
+use common::spin::Spin;
 use common::oci_layout::{Layout, Written};
 use common::*;
 use std::path::Path;
@@ -44,7 +45,9 @@ impl Target {
     fn spin(https: bool) -> Option<Target> {
         let dir = tempfile::tempdir().unwrap();
         let certs = https.then(|| certs_in(dir.path()));
-        let spin = Spin::start(&token_auth_vars(), certs.as_ref())?;
+        let pairs = token_auth_vars();
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let spin = Spin::start(&pairs, certs.as_ref())?;
         Some(Target { host: spin.host.clone(), runner: None, spin: Some(spin), certs, _dir: dir })
     }
 

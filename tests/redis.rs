@@ -108,20 +108,6 @@ fn start_runner(options: RunnerOptions<'static>) -> (tempfile::TempDir, Runner, 
     (data, runner, registry)
 }
 
-/// `GET <path>` answers 200 with exactly `bytes`; else what it did answer.
-async fn reads_back(reg: &Registry, path: &str, bytes: &[u8]) -> Result<(), String> {
-    let response = reg.get(path).await;
-    let status = response.status().as_u16();
-    let body = response.bytes().await.map_err(|e| format!("GET {path}: {status}, body failed: {e}"))?;
-    if status != 200 {
-        return Err(format!("GET {path}: {status} {}", String::from_utf8_lossy(&body)));
-    }
-    if body != bytes {
-        return Err(format!("GET {path}: 200 but {} bytes that differ from the {} pushed", body.len(), bytes.len()));
-    }
-    Ok(())
-}
-
 /// Push an image and read it all back by tag and by digest, through `reg`.
 async fn push_and_pull(reg: &Registry, repo: &str, tag: &str, seed: u64) {
     let (manifest, digest) = reg.push_image(repo, tag, seed).await;

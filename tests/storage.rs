@@ -62,20 +62,6 @@ fn upload_id(location: &str) -> String {
     location.split('?').next().unwrap().rsplit('/').next().unwrap().to_owned()
 }
 
-/// `GET /v2/<repo>/blobs/<digest>` answers 200 with exactly `bytes`; else what it did answer.
-async fn reads_back(reg: &Registry, repo: &str, digest: &str, bytes: &[u8]) -> Result<(), String> {
-    let response = reg.get(&format!("/v2/{repo}/blobs/{digest}")).await;
-    let status = response.status().as_u16();
-    let body = response.bytes().await.map_err(|e| format!("GET {digest}: {status}, body failed: {e}"))?;
-    if status != 200 {
-        return Err(format!("GET {digest}: {status} {}", String::from_utf8_lossy(&body)));
-    }
-    if body != bytes {
-        return Err(format!("GET {digest}: 200 but {} bytes that differ from the {} pushed", body.len(), bytes.len()));
-    }
-    Ok(())
-}
-
 /// Poll (bounded) until the runner has logged `count` request lines starting with `prefix`.
 fn wait_for_log_lines(runner: &Runner, prefix: &str, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -85,24 +71,12 @@ fn wait_for_log_lines(runner: &Runner, prefix: &str, count: usize) {
     }
 }
 
-/// Keys (and values) the runner's key-value store holds under `prefix`.
-fn kv_entries(data: &Path, prefix: &str) -> Vec<(String, Vec<u8>)> {
-    let db = rusqlite::Connection::open(data.join("kv/default.db")).unwrap();
-    let mut statement = db.prepare("SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key").unwrap();
-    let end = format!("{prefix}\u{10ffff}");
-    statement
-        .query_map([prefix, end.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
-
 /// Provider chunks (`blob-kv/chunk/<write>/<n>`) that no object record names: bytes of a write
 /// that never became (or no longer is) an object.
 fn orphan_kv_chunks(data: &Path) -> Vec<String> {
     let mut writes = std::collections::HashSet::new();
     for prefix in ["blob-kv/obj/", "blob-kv/long/"] {
-        for (_, value) in kv_entries(data, prefix) {
+        for (_, value) in kv_values(data, prefix) {
             if let Some(write) = serde_json::from_slice::<serde_json::Value>(&value)
                 .ok()
                 .and_then(|r| r["write"].as_str().map(str::to_owned))
@@ -111,7 +85,7 @@ fn orphan_kv_chunks(data: &Path) -> Vec<String> {
             }
         }
     }
-    kv_entries(data, "blob-kv/chunk/")
+    kv_values(data, "blob-kv/chunk/")
         .into_iter()
         .map(|(key, _)| key)
         .filter(|key| !writes.contains(key["blob-kv/chunk/".len()..].split('/').next().unwrap()))
@@ -121,7 +95,7 @@ fn orphan_kv_chunks(data: &Path) -> Vec<String> {
 /// Objects of upload `id` the blob store holds (filesystem files, or provider records).
 fn session_objects(data: &Path, kv: bool, id: &str) -> Vec<String> {
     if kv {
-        kv_entries(data, &format!("blob-kv/obj/uploads/{id}/")).into_iter().map(|(k, _)| k).collect()
+        kv_values(data, &format!("blob-kv/obj/uploads/{id}/")).into_iter().map(|(k, _)| k).collect()
     } else {
         stored_objects(data, &format!("uploads/{id}")).iter().map(|p| p.display().to_string()).collect()
     }
@@ -245,7 +219,7 @@ async fn duplicate_or_cancelled_finishes_never_lose_the_blob(options: RunnerOpti
             ));
         }
         for read in 0..3 {
-            if let Err(e) = reads_back(&reg, "dup", &digest, &blob).await {
+            if let Err(e) = reads_back(&reg, &format!("/v2/dup/blobs/{digest}"), &blob).await {
                 problems.push(format!("duplicate PUTs, round {round}, read {read}: {e}"));
             }
         }
@@ -255,7 +229,7 @@ async fn duplicate_or_cancelled_finishes_never_lose_the_blob(options: RunnerOpti
         if response.0 != 201 {
             problems.push(format!("duplicate PUTs, round {round}: pushing the blob again answered {response:?}"));
         }
-        if let Err(e) = reads_back(&reg, "dup", &digest, &blob).await {
+        if let Err(e) = reads_back(&reg, &format!("/v2/dup/blobs/{digest}"), &blob).await {
             problems.push(format!("duplicate PUTs, round {round}, after pushing it again: {e}"));
         }
     }
@@ -275,7 +249,7 @@ async fn duplicate_or_cancelled_finishes_never_lose_the_blob(options: RunnerOpti
             let (delete, put) = tokio::join!(delete, put);
             (put, delete)
         };
-        let read = reads_back(&reg, "cancel", &digest, &blob).await;
+        let read = reads_back(&reg, &format!("/v2/cancel/blobs/{digest}"), &blob).await;
         let blob_response = outcome(reg.get(&format!("/v2/cancel/blobs/{digest}")).await).await;
         let what = format!("DELETE racing PUT, round {round}: PUT {put:?}, DELETE {delete:?}");
         if put.0 == 201 {
@@ -344,7 +318,7 @@ async fn of_concurrent_chunks_from_one_location_exactly_one_is_taken(options: Ru
             problems.push(format!("round {round}: finishing with the winner's digest answered {finished:?}"));
             continue;
         }
-        if let Err(e) = reads_back(&reg, "chunks", &digest, &candidates[winner]).await {
+        if let Err(e) = reads_back(&reg, &format!("/v2/chunks/blobs/{digest}"), &candidates[winner]).await {
             problems.push(format!("round {round}: {e}"));
         }
     }
@@ -537,7 +511,7 @@ async fn repositories_with_names_of_101_to_255_characters_push_list_and_pull() {
         let response = reg.get(&format!("/v2/{name}/manifests/v1")).await;
         assert_eq!(response.status(), 200, "manifest by tag, name of {} characters", name.len());
         assert!(response.bytes().await.unwrap() == manifest);
-        assert!(reads_back(&reg, name, &layer_digest, &layer).await.is_ok());
+        assert!(reads_back(&reg, &format!("/v2/{name}/blobs/{layer_digest}"), &layer).await.is_ok());
     }
     let response = reg.get("/v2/_catalog").await;
     assert_eq!(response.status(), 200);
@@ -657,7 +631,7 @@ async fn a_truncated_chunk_is_never_visible_and_never_blocks_the_session(options
     let digest = sha256(&blob);
     let response = reg.finish_upload(&header(&response, "location"), &digest, &[]).await;
     assert_eq!(response.status(), 201);
-    reads_back(&reg, "trunc", &digest, &blob).await.unwrap();
+    reads_back(&reg, &format!("/v2/trunc/blobs/{digest}"), &blob).await.unwrap();
 }
 
 #[tokio::test]
@@ -693,7 +667,7 @@ async fn upload_expiry_counts_from_the_last_chunk_not_from_creation() {
     let digest = sha256(&blob);
     let response = outcome(reg.finish_upload(&location, &digest, &[]).await).await;
     assert_eq!(response.0, 201, "finishing {:?} after the session opened: {response:?}", begin.elapsed());
-    reads_back(&reg, "slow", &digest, &blob).await.unwrap();
+    reads_back(&reg, &format!("/v2/slow/blobs/{digest}"), &blob).await.unwrap();
 }
 
 // ---- 8. durability and reclamation (filesystem store) ----------------------------------------
@@ -713,7 +687,7 @@ async fn leftover_temp_files_are_removed_when_the_runner_starts() {
     std::fs::write(&leftover, PseudoRandom::bytes(82, 4096)).unwrap();
     let runner = Runner::start_with(data.path(), fs_store());
     assert!(!leftover.exists(), "the leftover temp file is still there after the start");
-    reads_back(&Registry::new(&runner), "r", &digest, &blob).await.unwrap();
+    reads_back(&Registry::new(&runner), &format!("/v2/r/blobs/{digest}"), &blob).await.unwrap();
 }
 
 /// The one stored file of exactly `size` bytes under `<data>/blobs/`.

@@ -2,46 +2,15 @@
 //! Docker Engine 20.10 (Debian's `containerd` and `docker.io`), each started as root in a temp
 //! dir of its own (own socket, data root, pid file, no network setup), waited for by polling,
 //! and stopped by PID when dropped (also when the test fails). Also the other servers the
-//! journeys run against: Berth under `spin up` and CNCF Distribution (`docker-registry`).
+//! journeys run against: CNCF Distribution (`docker-registry`); Berth under `spin up` is
+//! `super::spin`.
 
 use super::clients::ensure_installed;
+use super::process::{free_port, stop_by_pid, wait_until};
 use super::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-/// Stop `child` with SIGTERM, give it `grace` to exit, then SIGKILL; always reaps it.
-fn stop_by_pid(child: &mut Child, grace: Duration) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    let deadline = Instant::now() + grace;
-    while child.try_wait().ok().flatten().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.wait();
-}
-
-/// Poll `ready` until it holds; panic with `what` (and the server's log) at the deadline.
-fn wait_until(what: &str, timeout: Duration, log: &Path, child: &mut Child, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ready() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what}: exited with {status}:\n{}", std::fs::read_to_string(log).unwrap_or_default());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not ready after {timeout:?}:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use std::time::Duration;
 
 fn output_text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
@@ -268,107 +237,6 @@ pub fn token_auth_vars() -> Vec<(String, String)> {
         ("auth_policy".into(), format!("* {} *", ADMIN.0)),
         ("auth_token_secret".into(), TOKEN_SECRET.into()),
     ]
-}
-
-pub fn spin_binary() -> Option<PathBuf> {
-    let candidates =
-        [std::env::var_os("SPIN_BIN").map(PathBuf::from), Some(repo_root().join("../shared/tools/spin/spin"))];
-    candidates.into_iter().flatten().find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// `spin up` of Berth's spin.toml (the built component with the key-value blob provider
-/// composed in) on a free loopback port, optionally over HTTPS, with Spin variables; its state
-/// in a temp dir; stopped (with its `spin trigger http` child) by PID when dropped. As in
-/// tests/spin.rs.
-pub struct Spin {
-    child: Child,
-    pub host: String,
-    state: tempfile::TempDir,
-}
-
-impl Spin {
-    /// `None` (after printing that the test did not run) when there is no Spin binary.
-    pub fn start(variables: &[(String, String)], tls: Option<&TestCerts>) -> Option<Spin> {
-        let Some(spin) = spin_binary() else {
-            println!("spin not found ($SPIN_BIN or ../shared/tools/spin/spin): this test did NOT run");
-            return None;
-        };
-        let artifacts = artifacts();
-        let state = tempfile::tempdir().unwrap();
-        let text = std::fs::read_to_string(repo_root().join("spin.toml")).unwrap();
-        let text = text
-            .replace(
-                "\"target/wasm32-wasip2/release/berth.wasm\"",
-                &format!("{:?}", artifacts.component.display().to_string()),
-            )
-            .replace(
-                "\"target/wasm32-wasip2/release/berth_blob_kv.wasm\"",
-                &format!("{:?}", artifacts.blob_kv_provider.display().to_string()),
-            );
-        assert!(text.contains(&artifacts.component.display().to_string()), "spin.toml names the component");
-        let manifest = state.path().join("spin.toml");
-        std::fs::write(&manifest, text).unwrap();
-        let port = free_port();
-        let mut command = Command::new(spin);
-        command
-            .arg("up")
-            .arg("--from")
-            .arg(&manifest)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--state-dir")
-            .arg(state.path().join("state"))
-            // Spin's shared Wasmtime cache is written by every `spin up` at once when tests run
-            // in parallel (its worker then panics: noise).
-            .arg("--disable-cache")
-            .envs(variables.iter().map(|(name, value)| (format!("SPIN_VARIABLE_{}", name.to_uppercase()), value)))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(state.path().join("spin-stderr.txt")).unwrap());
-        if let Some(certs) = tls {
-            command.arg("--tls-cert").arg(&certs.cert).arg("--tls-key").arg(&certs.key);
-        }
-        let mut child = command.spawn().expect("starting spin up");
-        let log = state.path().join("spin-stderr.txt");
-        // Spin compiles the components before it listens.
-        wait_until("spin up", Duration::from_secs(180), &log, &mut child, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Some(Spin { child, host: format!("127.0.0.1:{port}"), state })
-    }
-
-    /// The process serving requests: `spin up` runs `spin trigger http` as its child.
-    pub fn trigger_pid(&self) -> u32 {
-        let output = Command::new("pgrep").arg("-P").arg(self.child.id().to_string()).output().unwrap();
-        String::from_utf8_lossy(&output.stdout)
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(self.child.id())
-    }
-}
-
-impl Drop for Spin {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let spin_log = std::fs::read_to_string(self.state.path().join("spin-stderr.txt")).unwrap_or_default();
-            println!("spin stderr:\n{spin_log}");
-            let log = self.state.path().join("state/logs/registry_stderr.txt");
-            println!("component stderr under spin:\n{}", std::fs::read_to_string(log).unwrap_or_default());
-        }
-        // The trigger child first (by its PID), then spin itself.
-        let trigger = self.trigger_pid();
-        if trigger != self.child.id() {
-            let _ = Command::new("kill").arg("-TERM").arg(trigger.to_string()).status();
-        }
-        stop_by_pid(&mut self.child, Duration::from_secs(10));
-        if trigger != self.child.id() && Path::new(&format!("/proc/{trigger}")).exists() {
-            let _ = Command::new("kill").arg("-KILL").arg(trigger.to_string()).status();
-        }
-    }
 }
 
 /// CNCF Distribution (`/usr/bin/docker-registry`, Debian's `docker-registry`) on a free loopback

@@ -12,7 +12,9 @@
 pub mod clients;
 pub mod engines;
 pub mod oci_layout;
+pub mod process;
 pub mod rng;
+pub mod spin;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -328,6 +330,20 @@ pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) 
 }
 
 /// A response body as JSON.
+/// `GET <path>` answers 200 with exactly `bytes`; else what it did answer.
+pub async fn reads_back(reg: &Registry, path: &str, bytes: &[u8]) -> Result<(), String> {
+    let response = reg.get(path).await;
+    let status = response.status().as_u16();
+    let body = response.bytes().await.map_err(|e| format!("GET {path}: {status}, body failed: {e}"))?;
+    if status != 200 {
+        return Err(format!("GET {path}: {status} {}", String::from_utf8_lossy(&body)));
+    }
+    if body != bytes {
+        return Err(format!("GET {path}: 200 but {} bytes that differ from the {} pushed", body.len(), bytes.len()));
+    }
+    Ok(())
+}
+
 /// A response's status and, for an error, its OCI error code (the body is consumed).
 pub async fn outcome(response: reqwest::Response) -> (u16, Option<String>) {
     let status = response.status().as_u16();

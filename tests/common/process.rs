@@ -1,0 +1,43 @@
+//! Servers the tests start themselves (engines, Spin, Distribution): free loopback ports, waiting
+//! for readiness by polling a condition, stopping by PID.
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Stop `child` with SIGTERM, give it `grace` to exit, then SIGKILL; always reaps it.
+pub fn stop_by_pid(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + grace;
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.wait();
+}
+
+/// Poll `ready` until it holds; panic with `what` (and the server's log) at the deadline.
+pub fn wait_until(what: &str, timeout: Duration, log: &Path, child: &mut Child, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what}: exited with {status}:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not ready after {timeout:?}:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
