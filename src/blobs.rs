@@ -39,8 +39,13 @@ impl BlobRecord {
     }
 }
 
+/// A storage failure as the client sees it: 503 when the backend is down (it may come back),
+/// 500 otherwise. Both are logged with the backend's message (`crate::api::handle`).
 pub fn internal(err: StoreError) -> RegistryError {
-    RegistryError::new(ErrorCode::Internal, err.to_string())
+    match err {
+        StoreError::Unavailable(why) => RegistryError::new(ErrorCode::Unavailable, why),
+        other => RegistryError::new(ErrorCode::Internal, other.to_string()),
+    }
 }
 
 pub async fn record<M: MetaStore, B>(

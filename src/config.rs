@@ -5,9 +5,12 @@
 use crate::auth::config::{AuthConfig, ConfigError};
 use crate::store::Config;
 
+/// Presigned S3 URLs are valid for at most 7 days; a blob URL is meant to live minutes.
+const MAX_REDIRECT_SECS: u32 = 7 * 24 * 3600;
+
 /// Every variable the registry reads.
 pub fn variables() -> impl Iterator<Item = &'static str> {
-    ["upload_expiry_seconds"].into_iter().chain(crate::auth::config::variables())
+    ["upload_expiry_seconds", "blob_redirect_seconds"].into_iter().chain(crate::auth::config::variables())
 }
 
 /// Parse the settings; `get` gives a variable's value, `None` when it is not defined.
@@ -18,6 +21,13 @@ pub fn from_variables(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
             variable: "upload_expiry_seconds",
             message: format!("{value:?} is not a number of seconds"),
         })?;
+    }
+    if let Some(value) = get("blob_redirect_seconds") {
+        config.blob_redirect_secs =
+            value.trim().parse().ok().filter(|&s: &u32| s <= MAX_REDIRECT_SECS).ok_or_else(|| ConfigError {
+                variable: "blob_redirect_seconds",
+                message: format!("{value:?} is not a number of seconds from 0 (off) to {MAX_REDIRECT_SECS}"),
+            })?;
     }
     config.auth = AuthConfig::parse(get)?;
     Ok(config)
@@ -40,6 +50,17 @@ mod tests {
         assert_eq!(err.variable, "upload_expiry_seconds");
         let err = from_variables(&|name| (name == "auth_mode").then(|| "tokens".to_owned())).unwrap_err();
         assert_eq!(err.variable, "auth_mode");
+    }
+
+    #[test]
+    fn blob_redirects_are_off_by_default_and_bounded() {
+        assert_eq!(from_variables(&|_| None).unwrap().blob_redirect_secs, 0);
+        let set =
+            |v: &'static str| from_variables(&move |name| (name == "blob_redirect_seconds").then(|| v.to_owned()));
+        assert_eq!(set("300").unwrap().blob_redirect_secs, 300);
+        for bad in ["-1", "soon", "604801"] {
+            assert_eq!(set(bad).unwrap_err().variable, "blob_redirect_seconds", "{bad}");
+        }
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub enum ErrorCode {
     /// Not a spec code: an unknown path or method (Distribution answers these with 404/405 too).
     NotFound,
     MethodNotAllowed,
+    /// Not a spec code (Distribution's): a storage backend is down or overloaded; try again.
+    Unavailable,
     /// Not a spec code: the registry failed, not the client.
     Internal,
 }
@@ -63,6 +65,7 @@ impl ErrorCode {
             RangeInvalid => ("RANGE_INVALID", StatusCode::RANGE_NOT_SATISFIABLE, "invalid content range"),
             NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND, "no such endpoint"),
             MethodNotAllowed => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint"),
+            Unavailable => ("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE, "service unavailable"),
             Internal => ("INTERNAL_ERROR", StatusCode::INTERNAL_SERVER_ERROR, "internal registry error"),
         }
     }

@@ -668,8 +668,18 @@ fn claims() -> impl Strategy<Value = (String, Claims)> {
             } else {
                 Audience::One(service.clone())
             };
-            let claims =
-                Claims { iss: service.clone(), sub, aud, exp: NOW + lifetime, nbf, iat: nbf, jti, access, refresh, auth_time: None };
+            let claims = Claims {
+                iss: service.clone(),
+                sub,
+                aud,
+                exp: NOW + lifetime,
+                nbf,
+                iat: nbf,
+                jti,
+                access,
+                refresh,
+                auth_time: None,
+            };
             (service, claims)
         })
 }

@@ -11,6 +11,9 @@ pub enum StoreError {
     AlreadyExists,
     /// The request body broke off before its end (client went away, framing error).
     BodyInterrupted(String),
+    /// The backend cannot be reached or refuses for now (it may work again later): the registry
+    /// answers 503 and logs this, which names the backend.
+    Unavailable(String),
     /// Backend failure: the registry answers 500 and logs this.
     Other(String),
 }
@@ -21,6 +24,7 @@ impl std::fmt::Display for StoreError {
             StoreError::NotFound => f.write_str("not found"),
             StoreError::AlreadyExists => f.write_str("already exists"),
             StoreError::BodyInterrupted(why) => write!(f, "request body interrupted: {why}"),
+            StoreError::Unavailable(why) => write!(f, "unavailable: {why}"),
             StoreError::Other(why) => f.write_str(why),
         }
     }
@@ -79,6 +83,9 @@ pub trait BlobStore {
     async fn read_extents(&self, extents: Vec<Extent>) -> Result<Self::Outgoing, StoreError>;
     async fn size(&self, name: &str) -> Result<u64, StoreError>;
     async fn delete(&self, name: &str) -> Result<(), StoreError>;
+    /// A URL from which a client can GET the object's bytes itself, valid for about
+    /// `expires_secs`; `None` when the store serves bytes only through `read_extents`.
+    async fn presign(&self, name: &str, expires_secs: u32) -> Result<Option<String>, StoreError>;
     /// Up to `limit` names starting with `prefix`, in lexical order, after `cursor`; and the
     /// cursor of the next page when there is one.
     async fn list(
@@ -115,12 +122,15 @@ pub struct Stores<M, B> {
 pub struct Config {
     /// Upload sessions untouched (no chunk) for longer than this are gone.
     pub upload_expiry_secs: u64,
+    /// Blob GETs answer `307` to a URL of the blob store, valid this long, where the store can
+    /// make one and the blob is one object; 0: blobs are always streamed through the registry.
+    pub blob_redirect_secs: u32,
     pub auth: crate::auth::config::AuthConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { upload_expiry_secs: 24 * 3600, auth: Default::default() }
+        Config { upload_expiry_secs: 24 * 3600, blob_redirect_secs: 0, auth: Default::default() }
     }
 }
 

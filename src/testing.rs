@@ -81,6 +81,11 @@ impl BlobStore for MemBlobs {
         self.0.borrow_mut().remove(name).map(|_| ()).ok_or(StoreError::NotFound)
     }
 
+    /// A URL that says what was presigned, so tests of redirects can check it.
+    async fn presign(&self, name: &str, expires_secs: u32) -> Result<Option<String>, StoreError> {
+        Ok(self.0.borrow().contains_key(name).then(|| format!("https://blobs.example/{name}?expires={expires_secs}")))
+    }
+
     async fn list(
         &self,
         prefix: &str,

@@ -947,7 +947,8 @@ async fn failed_logins_of_one_user_are_throttled_across_instances_with_429_and_r
 
 #[tokio::test]
 async fn failed_logins_from_one_address_are_throttled_whoever_they_name() {
-    let auth = start_with("basic", &[("auth_login_failures_per_user", "100"), ("auth_login_failures_per_address", "3")]);
+    let auth =
+        start_with("basic", &[("auth_login_failures_per_user", "100"), ("auth_login_failures_per_address", "3")]);
     for user in ["alice", "carol", "nobody-at-all"] {
         assert_eq!(basic_get(&auth, user, "guess").send().await.unwrap().status(), 401, "{user}");
     }
@@ -970,9 +971,11 @@ async fn the_token_endpoint_throttles_failed_password_logins() {
 async fn no_failure_is_lost_when_guesses_of_one_user_race() {
     // Sixteen wrong passwords for the same user at once: each is counted (an atomic increment
     // of one counter), so afterwards the user is throttled however they interleaved.
-    let auth = start_with("basic", &[("auth_login_failures_per_user", "16"), ("auth_login_failures_per_address", "1000")]);
+    let auth =
+        start_with("basic", &[("auth_login_failures_per_user", "16"), ("auth_login_failures_per_address", "1000")]);
     let guesses = (0..16).map(|i| basic_get(&auth, "alice", &format!("guess-{i}")).send());
-    let statuses: Vec<u16> = futures::future::join_all(guesses).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
+    let statuses: Vec<u16> =
+        futures::future::join_all(guesses).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
     assert!(statuses.iter().all(|s| *s == 401 || *s == 429), "{statuses:?}");
     expect_throttled(basic_get(&auth, "alice", PASSWORD).send().await.unwrap()).await;
 }
@@ -1001,8 +1004,12 @@ async fn refresh_grants_never_extend_a_login_past_the_longest_session() {
     let claims = payload(&first);
     let auth_time = claims["auth_time"].as_u64().expect("refresh tokens carry the login's time");
     assert!(claims["exp"].as_u64().unwrap() <= auth_time + 100, "{claims}");
-    let refresh =
-        [("grant_type", "refresh_token"), ("refresh_token", first.as_str()), ("service", "berth"), ("access_type", "offline")];
+    let refresh = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", first.as_str()),
+        ("service", "berth"),
+        ("access_type", "offline"),
+    ];
     let body = json(auth.http.post(auth.at("/token")).form(&refresh).send().await.unwrap()).await;
     let second = payload(body["refresh_token"].as_str().expect("a new refresh token"));
     assert_eq!(second["auth_time"].as_u64(), Some(auth_time), "the login time is kept, not renewed");

@@ -11,8 +11,8 @@ mod common;
 
 use common::clients::{assert_success, run_client, s};
 use common::engines::*;
-use common::spin::Spin;
 use common::oci_layout::{Layout, Written};
+use common::spin::Spin;
 use common::*;
 use std::path::Path;
 use std::time::Instant;

@@ -224,13 +224,19 @@ async fn the_chunks_of_a_write_killed_half_way_are_reclaimed_after_its_grace_per
     // drive it until the dead write's chunks are gone.
     let runner = Runner::start_with(
         &data,
-        RunnerOptions { args: [provider_args(), vars(&[("blob_kv_write_grace_seconds", "1")])].concat(), ..Default::default() },
+        RunnerOptions {
+            args: [provider_args(), vars(&[("blob_kv_write_grace_seconds", "1")])].concat(),
+            ..Default::default()
+        },
     );
     let registry = Registry::new(&runner);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut pushes = 0u64;
     while kv_keys(&data, "blob-kv/chunk/").iter().any(|key| orphans.contains(key)) {
-        assert!(std::time::Instant::now() < deadline, "the dead write's chunks were not reclaimed after {pushes} pushes");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead write's chunks were not reclaimed after {pushes} pushes"
+        );
         let blob = PseudoRandom::bytes(100 + pushes, 10);
         registry.push_blob("kv/other", &blob).await;
         pushes += 1;

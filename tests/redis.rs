@@ -8,98 +8,16 @@
 
 mod common;
 
+use common::redis::RedisServer;
 use common::*;
 use futures::future::join_all;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
 /// 256 KiB: the key-value provider's chunk size; the race's blobs span more than one chunk.
 const KV_CHUNK: usize = 256 * 1024;
 
 // ---- harness --------------------------------------------------------------------------------
-
-/// A redis-server on a free port of 127.0.0.1, saving nothing to disk; stopped by PID on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        common::clients::ensure_installed("redis-server");
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting redis-server (Debian's redis-server package)");
-        let server = RedisServer { child, port, dir };
-        server.wait_for_ping();
-        server
-    }
-
-    fn wait_for_ping(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.cli(&["PING"]).trim() != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server on port {} never answered PING", self.port);
-            std::thread::yield_now();
-        }
-    }
-
-    /// `redis-cli` against this server; its standard output (empty if it failed).
-    fn cli(&self, args: &[&str]) -> String {
-        let output =
-            Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &self.port.to_string()]).args(args).output();
-        output.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
-    }
-
-    /// Every key whose name matches the glob `pattern`, sorted.
-    fn keys(&self, pattern: &str) -> Vec<String> {
-        let mut keys: Vec<String> = self.cli(&["--scan", "--pattern", pattern]).lines().map(str::to_owned).collect();
-        keys.sort();
-        keys.dedup();
-        keys
-    }
-
-    /// A Spin runtime config file putting the store `default` on this server.
-    fn runtime_config_file(&self) -> PathBuf {
-        let path = self.dir.path().join("runtime-config.toml");
-        let text =
-            format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\n", self.port);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    /// Runner options with the store `default` here, and the blob store provider if `provider`.
-    fn options(&self, provider: bool) -> RunnerOptions<'static> {
-        let mut args = vec!["--runtime-config-file".into(), self.runtime_config_file().display().to_string()];
-        if provider {
-            args.extend(["--blob-store".into(), artifacts().blob_kv_provider.display().to_string()]);
-        }
-        // `args` replaces BERTH_TEST_BLOB_STORE's choice: these tests say which store they use.
-        RunnerOptions { args, ..Default::default() }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !matches!(self.child.try_wait(), Ok(Some(_))) {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return;
-            }
-            std::thread::yield_now();
-        }
-    }
-}
 
 fn start_runner(options: RunnerOptions<'static>) -> (tempfile::TempDir, Runner, Registry) {
     let data = tempfile::tempdir().unwrap();

@@ -113,12 +113,15 @@ async fn on_spin_failed_logins_are_counted_per_client_address_and_answered_429()
     // Spin's own `increment` keeps the count and Spin's `spin-client-addr` names the address:
     // one wrong password for alice, and bob's right one from the same address is throttled.
     let users = format!("alice:{SECRET_HASH},bob:{SECRET_HASH}");
-    let Some(spin) = Spin::start(&[
-        ("auth_mode", "basic"),
-        ("auth_users", &users),
-        ("auth_policy", "* alice *; * bob *"),
-        ("auth_login_failures_per_address", "1"),
-    ], None) else {
+    let Some(spin) = Spin::start(
+        &[
+            ("auth_mode", "basic"),
+            ("auth_users", &users),
+            ("auth_policy", "* alice *; * bob *"),
+            ("auth_login_failures_per_address", "1"),
+        ],
+        None,
+    ) else {
         return;
     };
     let http = client();

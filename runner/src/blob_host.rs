@@ -151,6 +151,15 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
         Ok(tokio::task::spawn_blocking(move || store.delete(&name)).await?.map_err(to_wit))
     }
 
+    /// Files on the runner's disk have no URL of their own: bytes go out through `read` only.
+    async fn presign_read(
+        _accessor: &Accessor<T, Self>,
+        _name: String,
+        _expires_seconds: u32,
+    ) -> wasmtime::Result<Result<Option<String>, Error>> {
+        Ok(Ok(None))
+    }
+
     async fn list_objects(
         accessor: &Accessor<T, Self>,
         prefix: String,

@@ -130,12 +130,17 @@ async fn up(args: UpArgs) -> Result<()> {
     for (label, store) in &configured_stores {
         println!("berth-runner: key-value store {label}: {store}");
     }
+    let outbound_hosts = app
+        .allowed_outbound_hosts
+        .iter()
+        .map(|entry| variables.expand(entry).with_context(|| format!("allowed_outbound_hosts entry {entry:?}")))
+        .collect::<Result<Vec<_>>>()?;
     let shared = Arc::new(host::Shared {
         kv: kv::KvStores::new(args.data.join("kv"), app.key_value_stores.clone(), configured_stores),
         blobs: blob_fs::FsBlobStore::new(args.data.join("blobs"))
             .with_context(|| format!("creating {}", args.data.display()))?,
         variables,
-        outbound: Arc::new(outbound::AllowedHosts::parse(&app.allowed_outbound_hosts)?),
+        outbound: Arc::new(outbound::AllowedHosts::parse(&outbound_hosts)?),
     });
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(serve::tls_acceptor(cert, key)?),

@@ -6,9 +6,9 @@ use crate::manifest::App;
 use anyhow::{Result, bail};
 use std::collections::BTreeMap;
 
-/// The resolved component variables.
+/// The resolved component variables, and the application variables they were made from.
 #[derive(Debug, Clone, Default)]
-pub struct Variables(BTreeMap<String, String>);
+pub struct Variables(BTreeMap<String, String>, BTreeMap<String, String>);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -53,7 +53,13 @@ impl Variables {
                 expand(template, &values).map_err(|e| anyhow::anyhow!("component variable {name:?}: {e}"))?,
             );
         }
-        Ok(Variables(resolved))
+        Ok(Variables(resolved, values))
+    }
+
+    /// A manifest template over application variables, as Spin expands the entries of
+    /// `allowed_outbound_hosts` (`"{{ blob_s3_endpoint }}"`).
+    pub fn expand(&self, template: &str) -> Result<String> {
+        expand(template, &self.1)
     }
 
     pub fn get(&self, name: &str) -> Lookup {
@@ -121,6 +127,14 @@ plain = "fixed"
         let env = |k: &str| (k == "SPIN_VARIABLE_WHO" || k == "SPIN_VARIABLE_GREETING").then(|| "env".to_owned());
         let vars = Variables::resolve(&app(), &overrides, env).unwrap();
         assert_eq!(vars.get("message"), Lookup::Found("hi, env!".into()));
+    }
+
+    #[test]
+    fn outbound_host_templates_expand_over_application_variables() {
+        let overrides = BTreeMap::from([("who".to_owned(), "127.0.0.1:9000".to_owned())]);
+        let vars = Variables::resolve(&app(), &overrides, |_| None).unwrap();
+        assert_eq!(vars.expand("http://{{ who }}").unwrap(), "http://127.0.0.1:9000");
+        assert!(vars.expand("http://{{ nobody }}").is_err());
     }
 
     #[test]

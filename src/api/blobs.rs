@@ -1,7 +1,7 @@
 //! `GET|HEAD|DELETE /v2/<name>/blobs/<digest>`: blobs streamed from the blob store, with
 //! single `Range` requests.
 
-use crate::blobs::{self, internal};
+use crate::blobs::{self, BlobRecord, internal};
 use crate::digest::Digest;
 use crate::errcode::{ErrorCode, RegistryError};
 use crate::keys;
@@ -27,6 +27,13 @@ pub async fn get<M: MetaStore, B: BlobStore>(
     req: &Request<B::Incoming>,
 ) -> Result<Response<B::Outgoing>, RegistryError> {
     let blob = blobs::linked(stores, name, digest).await?;
+    if let Some(location) = redirect(stores, &blob).await? {
+        // The client follows with the same request (its Range header too) to the store itself.
+        return Ok(blob_headers(Response::new(StatusCode::TEMPORARY_REDIRECT), digest)
+            .header(header::LOCATION, location)
+            .header(header::CACHE_CONTROL, "no-store")
+            .empty());
+    }
     let (status, start, end) = match parse_range(req.header(header::RANGE), blob.size) {
         RangeRequest::Whole => (StatusCode::OK, 0, blob.size),
         RangeRequest::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
@@ -44,6 +51,20 @@ pub async fn get<M: MetaStore, B: BlobStore>(
         response = response.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{}", end - 1, blob.size));
     }
     Ok(response.stream(end - start, stream))
+}
+
+/// Where the client can fetch the blob from the store itself: only when redirects are on, the
+/// store can presign, and the blob is one whole object (a blob made of several chunk objects
+/// has no single URL, and is streamed). The caller has checked the link and the caller's access.
+async fn redirect<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    blob: &BlobRecord,
+) -> Result<Option<String>, RegistryError> {
+    let secs = stores.config.blob_redirect_secs;
+    match blob.parts.as_slice() {
+        [part] if secs > 0 && part.size == blob.size => stores.blobs.presign(&part.name, secs).await.map_err(internal),
+        _ => Ok(None),
+    }
 }
 
 /// Unlink the blob from this repository (the bytes stay while other repositories use them).

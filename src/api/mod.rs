@@ -28,6 +28,14 @@ pub async fn handle<M: MetaStore, B: BlobStore>(
 ) -> Response<B::Outgoing> {
     match dispatch(stores, req).await {
         Ok(response) => response,
+        Err(err) if err.code == ErrorCode::Unavailable => {
+            // The backend's message (which may name hosts) goes to the log, not to clients.
+            eprintln!("berth: storage unavailable: {}", err.detail.as_deref().unwrap_or("?"));
+            Response::error(&RegistryError::new(
+                ErrorCode::Unavailable,
+                "a storage backend of the registry is unavailable: try again later",
+            ))
+        }
         Err(err) => {
             if err.code == ErrorCode::Internal {
                 eprintln!("berth: {err}");
@@ -226,6 +234,52 @@ mod tests {
         assert_eq!(token.status(), StatusCode::BAD_REQUEST, "not the code's own 405");
         let failed = body_error(StoreError::Other("disk".into()), ErrorCode::ManifestInvalid);
         assert_eq!((failed.code, failed.status()), (ErrorCode::Internal, StatusCode::INTERNAL_SERVER_ERROR));
+    }
+
+    #[test]
+    fn with_redirects_on_a_blob_get_answers_307_to_the_store_and_head_answers_from_the_record() {
+        let mut stores = memory_stores();
+        stores.config.blob_redirect_secs = 300;
+        let digest = Digest::of(Algorithm::Sha256, b"layer");
+        send(&stores, Method::POST, &format!("/v2/a/blobs/uploads/?digest={digest}"), b"layer".to_vec());
+        let r = send(&stores, Method::GET, &format!("/v2/a/blobs/{digest}"), vec![]);
+        assert_eq!(r.status, StatusCode::TEMPORARY_REDIRECT);
+        let location = r.headers["location"].to_str().unwrap();
+        assert!(
+            location.starts_with("https://blobs.example/uploads/") && location.ends_with("?expires=300"),
+            "{location}"
+        );
+        assert_eq!(r.headers["docker-content-digest"], digest.to_string());
+        assert!(matches!(r.body, Body::Empty));
+        let r = send(&stores, Method::HEAD, &format!("/v2/a/blobs/{digest}"), vec![]);
+        assert_eq!(
+            (r.status, &r.headers["content-length"]),
+            (StatusCode::OK, &"5".parse::<http::HeaderValue>().unwrap())
+        );
+        // Only for a linked blob: another repository still gets BLOB_UNKNOWN, not a URL.
+        let r = send(&stores, Method::GET, &format!("/v2/b/blobs/{digest}"), vec![]);
+        assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"));
+    }
+
+    #[test]
+    fn a_blob_of_several_chunk_objects_is_streamed_even_with_redirects_on() {
+        let mut stores = memory_stores();
+        stores.config.blob_redirect_secs = 300;
+        let location = |r: &Response<Vec<u8>>| r.headers["location"].to_str().unwrap().to_owned();
+        let r = send(&stores, Method::POST, "/v2/a/blobs/uploads/", vec![]);
+        let r = send(&stores, Method::PATCH, &location(&r), b"lay".to_vec());
+        let digest = Digest::of(Algorithm::Sha256, b"layer");
+        send(&stores, Method::PUT, &format!("{}&digest={digest}", location(&r)), b"er".to_vec());
+        let r = send(&stores, Method::GET, &format!("/v2/a/blobs/{digest}"), vec![]);
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(matches!(r.body, Body::Stream(ref b) if b == b"layer"));
+    }
+
+    #[test]
+    fn an_unavailable_backend_is_503_unavailable_without_its_detail() {
+        let err =
+            crate::blobs::internal(StoreError::Unavailable("s3 at http://10.0.0.1:9000: connection refused".into()));
+        assert_eq!((err.code, err.status()), (ErrorCode::Unavailable, StatusCode::SERVICE_UNAVAILABLE));
     }
 
     #[test]

@@ -11,12 +11,12 @@
 //! The token grants the intersection of what is asked and what the policy allows; asking for more
 //! than allowed is not an error. Wrong credentials are 401 `UNAUTHORIZED`.
 
+use super::login;
 use crate::auth::config::Mode;
 use crate::auth::scope::Scope;
 use crate::auth::{challenge, issue, password};
 use crate::errcode::{ErrorCode, RegistryError};
 use crate::message::{Request, Response};
-use super::login;
 use crate::store::{BlobStore, MetaStore, Stores};
 use http::{Method, StatusCode, header};
 

@@ -184,7 +184,8 @@ impl AuthConfig {
             Some("true") => true,
             Some(_) => return Err(fail("auth_trust_forwarded_headers", "is neither true nor false".into())),
         };
-        config.throttle.per_user = number("auth_login_failures_per_user", DEFAULT_FAILURES_PER_USER as u64, 1_000_000)? as i64;
+        config.throttle.per_user =
+            number("auth_login_failures_per_user", DEFAULT_FAILURES_PER_USER as u64, 1_000_000)? as i64;
         config.throttle.per_address =
             number("auth_login_failures_per_address", DEFAULT_FAILURES_PER_ADDRESS as u64, 1_000_000)? as i64;
         if mode == Mode::Token {
@@ -409,16 +410,15 @@ mod tests {
 
     #[test]
     fn realm_and_forwarded_headers() {
-        let c = parse(&token_vars(&[("auth_realm", "https://r.example/token"), ("auth_trust_forwarded_headers", "true")]))
-            .unwrap();
+        let c =
+            parse(&token_vars(&[("auth_realm", "https://r.example/token"), ("auth_trust_forwarded_headers", "true")]))
+                .unwrap();
         assert_eq!((c.realm.as_deref(), c.trust_forwarded), (Some("https://r.example/token"), true));
         let c = parse(&token_vars(&[])).unwrap();
         assert_eq!((c.realm, c.trust_forwarded), (None, false), "off by default");
-        for (variable, value) in [
-            ("auth_realm", "ftp://x/token"),
-            ("auth_realm", "https://a\"b"),
-            ("auth_trust_forwarded_headers", "yes"),
-        ] {
+        for (variable, value) in
+            [("auth_realm", "ftp://x/token"), ("auth_realm", "https://a\"b"), ("auth_trust_forwarded_headers", "yes")]
+        {
             assert_eq!(parse(&token_vars(&[(variable, value)])).unwrap_err().variable, variable);
         }
     }

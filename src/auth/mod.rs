@@ -185,7 +185,10 @@ fn authorize_basic<B>(config: &AuthConfig, req: &Request<B>, need: &Need) -> Res
         Some(header) => match password::basic_credentials(header) {
             Some((user, pass)) if password::check(config, &user, &pass) => Some(user),
             Some(_) => {
-                return Err(Denied { wrong_password: true, ..Denied::unauthorized("wrong user name or password", challenge) });
+                return Err(Denied {
+                    wrong_password: true,
+                    ..Denied::unauthorized("wrong user name or password", challenge)
+                });
             }
             None => return Err(Denied::unauthorized("unreadable Basic credentials", challenge)),
         },

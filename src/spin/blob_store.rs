@@ -25,6 +25,7 @@ fn from_wit(e: wit::Error) -> StoreError {
         wit::Error::NotFound => StoreError::NotFound,
         wit::Error::AlreadyExists => StoreError::AlreadyExists,
         wit::Error::InvalidName(why) => StoreError::Other(format!("blob store refused the name: {why}")),
+        wit::Error::Unavailable(why) => StoreError::Unavailable(format!("blob store: {why}")),
         wit::Error::Other(why) => StoreError::Other(format!("blob store: {why}")),
     }
 }
@@ -90,6 +91,10 @@ impl BlobStore for WitBlobStore {
 
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         wit::delete(name.to_owned()).await.map_err(from_wit)
+    }
+
+    async fn presign(&self, name: &str, expires_secs: u32) -> Result<Option<String>, StoreError> {
+        wit::presign_read(name.to_owned(), expires_secs).await.map_err(from_wit)
     }
 
     async fn list(

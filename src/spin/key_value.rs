@@ -38,7 +38,7 @@ fn wasi_other(e: &wasi_kv::Error) -> StoreError {
     let why = match e {
         wasi_kv::Error::NoSuchStore => "no such store".to_owned(),
         wasi_kv::Error::AccessDenied => "access denied".to_owned(),
-        wasi_kv::Error::Other(msg) => msg.clone(),
+        wasi_kv::Error::Other(msg) => return StoreError::Unavailable(format!("key-value store (atomics): {msg}")),
     };
     StoreError::Other(format!("key-value atomics (wasi:keyvalue) failed: {why}"))
 }
@@ -52,8 +52,13 @@ fn describe(e: &Error) -> String {
     }
 }
 
+/// A backend's own failure (`other`: Redis down, a broken connection) may pass: 503. The rest
+/// are configuration mistakes: 500.
 fn other(e: Error) -> StoreError {
-    StoreError::Other(format!("key-value: {}", describe(&e)))
+    match e {
+        Error::Other(msg) => StoreError::Unavailable(format!("key-value store: {msg}")),
+        e => StoreError::Other(format!("key-value: {}", describe(&e))),
+    }
 }
 
 impl MetaStore for KvMetaStore {

@@ -28,8 +28,13 @@ impl Leg {
 
     /// Over HTTP, with extra `berth-runner up` arguments.
     pub fn http_with(args: Vec<String>) -> Leg {
+        Self::http_options(RunnerOptions { args, ..Default::default() })
+    }
+
+    /// Over HTTP, started with `options` (another manifest, say).
+    pub fn http_options(options: RunnerOptions<'_>) -> Leg {
         let dir = tempfile::tempdir().unwrap();
-        let runner = Runner::start_with(&dir.path().join("data"), RunnerOptions { args, ..Default::default() });
+        let runner = Runner::start_with(&dir.path().join("data"), options);
         let work = dir.path().join("work");
         std::fs::create_dir_all(&work).unwrap();
         Leg { host: runner.addr(), runner, cert_dir: None, work, _dir: dir }
@@ -220,7 +225,9 @@ pub fn ensure_installed(program: &str) {
         return;
     }
     done.push(program.to_owned());
-    let on_path = |p: &str| Command::new("sh").arg("-c").arg(format!("command -v {p}")).output().is_ok_and(|o| o.status.success());
+    let on_path = |p: &str| {
+        Command::new("sh").arg("-c").arg(format!("command -v {p}")).output().is_ok_and(|o| o.status.success())
+    };
     if on_path(program) || !on_path("apt-get") {
         return;
     }

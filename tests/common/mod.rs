@@ -13,7 +13,9 @@ pub mod clients;
 pub mod engines;
 pub mod oci_layout;
 pub mod process;
+pub mod redis;
 pub mod rng;
+pub mod s3;
 pub mod spin;
 
 use std::io::{BufRead, BufReader};
@@ -39,6 +41,8 @@ pub struct Artifacts {
     pub trap_component: PathBuf,
     /// The key-value blob store provider (providers/blob-kv).
     pub blob_kv_provider: PathBuf,
+    /// The S3 blob store provider (providers/blob-s3).
+    pub blob_s3_provider: PathBuf,
     /// The runners' shared compile cache (`target/berth-compile-cache`): the component is
     /// compiled once per build, not at every runner start.
     pub compile_cache: PathBuf,
@@ -85,6 +89,8 @@ pub fn artifacts() -> &'static Artifacts {
             "-p",
             "berth-blob-kv",
             "-p",
+            "berth-blob-s3",
+            "-p",
             "berth-trap-fixture",
         ]);
         if release {
@@ -97,6 +103,7 @@ pub fn artifacts() -> &'static Artifacts {
             component: target_dir.join("wasm32-wasip2/release/berth.wasm"),
             trap_component: target_dir.join("wasm32-wasip2/release/berth_trap_fixture.wasm"),
             blob_kv_provider: target_dir.join("wasm32-wasip2/release/berth_blob_kv.wasm"),
+            blob_s3_provider: target_dir.join("wasm32-wasip2/release/berth_blob_s3.wasm"),
             compile_cache: target_dir.join("berth-compile-cache"),
         }
     })
@@ -160,6 +167,8 @@ pub struct RunnerOptions<'a> {
     pub component: Option<PathBuf>,
     pub tls: Option<(&'a Path, &'a Path)>,
     pub args: Vec<String>,
+    /// Where the runner's standard error (the component's log) goes; the test's own when `None`.
+    pub stderr: Option<PathBuf>,
 }
 
 impl Default for RunnerOptions<'_> {
@@ -171,7 +180,7 @@ impl Default for RunnerOptions<'_> {
             Ok("kv") => vec!["--blob-store".into(), artifacts().blob_kv_provider.display().to_string()],
             _ => Vec::new(),
         };
-        RunnerOptions { manifest: repo_root().join("spin.toml"), component: None, tls: None, args }
+        RunnerOptions { manifest: repo_root().join("spin.toml"), component: None, tls: None, args, stderr: None }
     }
 }
 
@@ -198,7 +207,10 @@ impl Runner {
             .args(default_compile_cache(&options.args))
             .args(login.as_ref().map(|(_, args)| args.as_slice()).unwrap_or_default())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(match &options.stderr {
+                Some(path) => Stdio::from(std::fs::File::create(path).expect("creating the runner's stderr file")),
+                None => Stdio::inherit(),
+            });
         if let Some((cert, key)) = options.tls {
             command.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
         }

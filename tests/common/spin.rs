@@ -30,12 +30,49 @@ pub struct Spin {
 impl Spin {
     /// `None` (after printing that the test did not run) when there is no Spin binary.
     pub fn start(variables: &[(&str, &str)], tls: Option<&TestCerts>) -> Option<Spin> {
+        let state = tempfile::tempdir().unwrap();
+        let manifest = app_manifest(state.path());
+        Self::launch(state, manifest, variables, tls, &[])
+    }
+
+    /// deploy/cluster/spin.toml as it ships (the S3 provider, the key-value store as
+    /// `runtime_config` says, Spin's default store without one), with the artifacts of this build.
+    pub fn start_cluster(variables: &[(&str, &str)], runtime_config: Option<&Path>) -> Option<Spin> {
+        let state = tempfile::tempdir().unwrap();
+        let artifacts = artifacts();
+        let text = std::fs::read_to_string(repo_root().join("deploy/cluster/spin.toml")).unwrap();
+        let text = text
+            .replace(
+                "\"../../target/wasm32-wasip2/release/berth.wasm\"",
+                &format!("{:?}", artifacts.component.display().to_string()),
+            )
+            .replace(
+                "\"../../target/wasm32-wasip2/release/berth_blob_s3.wasm\"",
+                &format!("{:?}", artifacts.blob_s3_provider.display().to_string()),
+            );
+        assert!(text.contains(&artifacts.blob_s3_provider.display().to_string()), "the manifest names the provider");
+        let manifest = state.path().join("spin.toml");
+        std::fs::write(&manifest, text).unwrap();
+        match runtime_config {
+            Some(config) => {
+                let config = config.display().to_string();
+                Self::launch(state, manifest, variables, None, &["--runtime-config-file", &config])
+            }
+            None => Self::launch(state, manifest, variables, None, &[]),
+        }
+    }
+
+    fn launch(
+        state: tempfile::TempDir,
+        manifest: PathBuf,
+        variables: &[(&str, &str)],
+        tls: Option<&TestCerts>,
+        extra: &[&str],
+    ) -> Option<Spin> {
         let Some(spin) = spin_binary() else {
             println!("spin not found ($SPIN_BIN or ../shared/tools/spin/spin): this test did NOT run");
             return None;
         };
-        let state = tempfile::tempdir().unwrap();
-        let manifest = app_manifest(state.path());
         let port = free_port();
         let mut command = Command::new(spin);
         command
@@ -49,6 +86,7 @@ impl Spin {
             // Spin's shared Wasmtime cache is written by every `spin up` at once when tests run
             // in parallel, and its background worker then panics (noise, not a failure).
             .arg("--disable-cache")
+            .args(extra)
             .envs(variables.iter().map(|(name, value)| (format!("SPIN_VARIABLE_{}", name.to_uppercase()), *value)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(state.path().join("spin-stderr.txt")).unwrap());

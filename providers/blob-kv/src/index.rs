@@ -165,7 +165,8 @@ impl<'a, C: Cells> Index<'a, C> {
         for _ in 0..2 {
             match self.cells.get(&key)? {
                 Some(raw) => {
-                    let (id, form) = Counter::decode(&raw).ok_or_else(|| self.corrupt("root pointer is not a number"))?;
+                    let (id, form) =
+                        Counter::decode(&raw).ok_or_else(|| self.corrupt("root pointer is not a number"))?;
                     return Ok(Root { id, raw, form });
                 }
                 // An increment of 0 creates the number 0, or leaves a number another request
@@ -229,7 +230,8 @@ impl<'a, C: Cells> Index<'a, C> {
             }
             // keys[0] is the node's own low bound, which is <= name.
             let slot = at.node.keys.partition_point(|key| key.as_str() <= name).saturating_sub(1);
-            let child = *at.node.children.get(slot).ok_or_else(|| self.corrupt(&format!("node {} has no children", at.id)))?;
+            let child =
+                *at.node.children.get(slot).ok_or_else(|| self.corrupt(&format!("node {} has no children", at.id)))?;
             at = self.read(child)?;
         }
     }
@@ -278,7 +280,14 @@ impl<'a, C: Cells> Index<'a, C> {
     /// The first leaf of an empty tree, holding `name`. Of concurrent planters one wins the root
     /// pointer's swap; the others' leaves go again and they insert into the winner's.
     fn plant(&self, name: &str) -> Result<bool, IndexError<C::Error>> {
-        let leaf = Node { level: 0, low: String::new(), high: None, next: None, keys: vec![name.to_owned()], children: vec![] };
+        let leaf = Node {
+            level: 0,
+            low: String::new(),
+            high: None,
+            next: None,
+            keys: vec![name.to_owned()],
+            children: vec![],
+        };
         let root = self.root()?;
         if root.id != 0 {
             return Ok(false); // planted meanwhile: insert into that tree

@@ -145,7 +145,8 @@ impl Marker {
         let (at, rest) = entry.split_once('/')?;
         let (write, name) = rest.split_once('/')?;
         let at = u64::from_str_radix(at, 16).ok().filter(|_| at.len() == 16)?;
-        Some(Marker { at, write: write.to_owned(), name: name.to_owned() }).filter(|m| !m.write.is_empty() && !m.name.is_empty())
+        Some(Marker { at, write: write.to_owned(), name: name.to_owned() })
+            .filter(|m| !m.write.is_empty() && !m.name.is_empty())
     }
 }
 

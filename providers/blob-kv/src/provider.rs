@@ -468,7 +468,11 @@ impl Guest for Provider {
         };
         // A delete that dies half-way leaves chunks no record names: marked first, like a write,
         // so that a reclaimer finishes it.
-        let marker = Marker { at: now(), write: record.as_ref().map_or_else(random_write_id, |r| r.write.clone()), name: name.clone() };
+        let marker = Marker {
+            at: now(),
+            write: record.as_ref().map_or_else(random_write_id, |r| r.write.clone()),
+            name: name.clone(),
+        };
         writes(&bucket).insert(&marker.entry()).map_err(index_error)?;
         if let Some(record) = &record {
             // The record first: from here the object is gone as a whole, then its chunks follow.
@@ -481,6 +485,11 @@ impl Guest for Provider {
         store.delete(layout::claim_key(&name)).await.map_err(kv)?;
         writes(&bucket).remove(&marker.entry()).map_err(index_error)?;
         record.map(|_| ()).ok_or(Error::NotFound)
+    }
+
+    /// Chunks in key-value have no URL of their own: bytes go out through `read` only.
+    async fn presign_read(_name: String, _expires_seconds: u32) -> Result<Option<String>, Error> {
+        Ok(None)
     }
 
     async fn list_objects(prefix: String, cursor: Option<String>, limit: u32) -> Result<Page, Error> {

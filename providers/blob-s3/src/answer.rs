@@ -1,0 +1,66 @@
+//! What an S3 answer that is not a success means for Berth's blob store interface.
+
+/// The kinds of failure the `berth:blob-store` error variant tells apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    NotFound,
+    AlreadyExists,
+    /// S3 is down, overloaded or throttling: the same call may succeed later.
+    Unavailable(String),
+    Other(String),
+}
+
+/// The `<Code>` of an S3 XML error body, if it has one.
+pub fn error_code(body: &str) -> Option<&str> {
+    let start = body.find("<Code>")? + "<Code>".len();
+    let end = body[start..].find("</Code>")?;
+    Some(&body[start..start + end])
+}
+
+/// Classify the answer `status` (with its body) to `what` (e.g. "PUT of uploads/x"), at `origin`.
+pub fn classify(status: u16, body: &str, what: &str, origin: &str) -> Failure {
+    let code = error_code(body).unwrap_or("no error code");
+    match status {
+        404 => Failure::NotFound,
+        // A conditional write lost to an object that exists (412), or to a concurrent
+        // conditional write of the same key (409 ConditionalRequestConflict).
+        412 => Failure::AlreadyExists,
+        409 if code == "ConditionalRequestConflict" => Failure::AlreadyExists,
+        403 => Failure::Other(format!(
+            "S3 at {origin} refused {what} ({status} {code}): check blob_s3_access_key_id, \
+             blob_s3_secret_access_key and the bucket's policy"
+        )),
+        429 | 500 | 502 | 503 | 504 => Failure::Unavailable(format!("S3 at {origin}: {what}: {status} {code}")),
+        _ => Failure::Other(format!("S3 at {origin}: {what}: {status} {code}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DENIED: &str = "<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code>\
+                          <Message>The request signature we calculated does not match</Message></Error>";
+
+    #[test]
+    fn the_error_code_comes_from_the_xml_body() {
+        assert_eq!(error_code(DENIED), Some("SignatureDoesNotMatch"));
+        assert_eq!(error_code("<html>bad gateway</html>"), None);
+    }
+
+    #[test]
+    fn failures_fall_into_the_store_interfaces_kinds() {
+        assert_eq!(classify(404, "", "HEAD of a", "http://s3"), Failure::NotFound);
+        assert_eq!(classify(412, "", "PUT of a", "http://s3"), Failure::AlreadyExists);
+        let conflict = "<Error><Code>ConditionalRequestConflict</Code></Error>";
+        assert_eq!(classify(409, conflict, "PUT of a", "http://s3"), Failure::AlreadyExists);
+        assert!(
+            matches!(classify(503, "<Error><Code>SlowDown</Code></Error>", "GET", "http://s3"), Failure::Unavailable(m) if m.contains("SlowDown"))
+        );
+        let Failure::Other(message) = classify(403, DENIED, "PUT of a", "http://s3") else { panic!() };
+        assert!(
+            message.contains("SignatureDoesNotMatch") && message.contains("blob_s3_secret_access_key"),
+            "{message}"
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! The registry on S3 (issue 13): the `berth-blob-s3` provider composed into the registry, run by
+//! `berth-runner` with `deploy/cluster/spin.toml` as it ships, against a real S3 server of each
+//! test's own (moto's, `tests/common/s3.rs`), and Redis for the shared key-value store.
+//!
+//! What is checked: pushes by real clients land in the bucket (multipart for large layers), blob
+//! GETs answer 307 to a presigned URL the clients follow (ranges too), several front ends share
+//! one Redis and one bucket without sticky routing, and a backend outage is a 503 UNAVAILABLE that
+//! passes when the backend returns.
+
+mod common;
+
+use common::clients::Leg;
+use common::oci_layout::{Layout, file_sha256};
+use common::redis::RedisServer;
+use common::s3::{BUCKET, S3Server};
+use common::*;
+
+/// The shipped cluster manifest, its variables pointed at `s3`, and the S3 provider composed in.
+fn cluster_options(s3: &S3Server, redis: Option<&RedisServer>, redirect_seconds: u32) -> RunnerOptions<'static> {
+    let mut args = vec!["--blob-store".to_owned(), artifacts().blob_s3_provider.display().to_string()];
+    if let Some(redis) = redis {
+        args.extend(["--runtime-config-file".to_owned(), redis.runtime_config_file().display().to_string()]);
+    }
+    args.extend(vars(&[
+        ("blob_s3_endpoint", &s3.endpoint()),
+        ("blob_s3_bucket", BUCKET),
+        ("blob_s3_access_key_id", "berth-test"),
+        ("blob_s3_secret_access_key", "berth-test-secret"),
+        ("blob_s3_prefix", "registry/"),
+        ("blob_redirect_seconds", &redirect_seconds.to_string()),
+    ]));
+    RunnerOptions { manifest: repo_root().join("deploy/cluster/spin.toml"), args, ..Default::default() }
+}
+
+fn start(options: RunnerOptions<'static>) -> (tempfile::TempDir, Runner, Registry) {
+    let data = tempfile::tempdir().unwrap();
+    let runner = Runner::start_with(data.path(), options);
+    let registry = Registry::new(&runner);
+    (data, runner, registry)
+}
+
+/// The status of the runner's log line for `method path` (e.g. `GET /v2/a/blobs/sha256:..`).
+fn logged_status(runner: &Runner, method: &str, path: &str) -> Vec<String> {
+    let prefix = format!("{method} {path} ");
+    runner
+        .log()
+        .iter()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(|rest| rest.split(' ').next().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn an_image_pushed_with_skopeo_lands_in_the_bucket_and_pulls_back_through_redirects() {
+    let s3 = S3Server::start();
+    let leg = Leg::http_options(cluster_options(&s3, None, 300));
+    let layout_dir = leg.work.join("layout");
+    let layout = Layout::create(&layout_dir);
+    // 12 MiB: more than one 8 MiB part, so the provider's multipart upload carries it.
+    let image = layout.image(7, "amd64", &[12 * 1024 * 1024, 4096]);
+    layout.tag(&image, "application/vnd.oci.image.manifest.v1+json", "v1");
+    leg.push_layout(&layout_dir, "v1", "apps/web:v1", false);
+
+    let objects = s3.objects("registry/");
+    assert!(objects.iter().all(|(key, _, _)| key.starts_with("registry/")), "{objects:?}");
+    let multipart = objects.iter().filter(|(_, size, etag)| *size >= 12 * 1024 * 1024 && etag.contains("-2")).count();
+    assert_eq!(multipart, 1, "the large layer is one object of two parts: {objects:?}");
+
+    let pulled = leg.work.join("pulled");
+    leg.pull_to("apps/web:v1", &format!("oci:{}:v1", pulled.display()), false);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout_dir.join("blobs/sha256").join(&image.digest[7..])).unwrap())
+            .unwrap();
+    for layer in manifest["layers"].as_array().unwrap() {
+        let digest = layer["digest"].as_str().unwrap();
+        let copy = pulled.join("blobs/sha256").join(&digest[7..]);
+        assert_eq!(file_sha256(&copy), digest, "layer {digest} pulled whole");
+        let statuses = logged_status(&leg.runner, "GET", &format!("/v2/apps/web/blobs/{digest}"));
+        assert!(statuses.iter().all(|s| s == "307") && !statuses.is_empty(), "{digest}: {statuses:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_points_at_the_blob_and_keeps_ranges_and_head_answers_from_metadata() {
+    let s3 = S3Server::start();
+    let (_data, runner, reg) = start(cluster_options(&s3, None, 120));
+    let bytes = PseudoRandom::bytes(11, 9 * 1024 * 1024 + 17);
+    let digest = reg.push_blob("r", &bytes).await;
+    let path = format!("/v2/r/blobs/{digest}");
+
+    let head = reg.head(&path).await;
+    assert_eq!((head.status().as_u16(), header(&head, "content-length")), (200, bytes.len().to_string()));
+
+    let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let answer = no_follow.get(reg.at(&path)).send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 307);
+    assert_eq!(header(&answer, "docker-content-digest"), digest);
+    let location = header(&answer, "location");
+    assert!(location.starts_with(&format!("{}/{BUCKET}/registry/", s3.endpoint())), "{location}");
+    assert!(location.contains("X-Amz-Signature=") && location.contains("X-Amz-Expires=120"), "{location}");
+
+    // The client follows with its Range header: the store answers the range itself.
+    let ranged = client().get(reg.at(&path)).header("range", "bytes=8388600-8388700").send().await.unwrap();
+    assert_eq!(ranged.status().as_u16(), 206);
+    assert_eq!(ranged.bytes().await.unwrap().as_ref(), &bytes[8_388_600..=8_388_700]);
+    reads_back(&reg, &path, &bytes).await.unwrap();
+
+    // A blob of another repository gets no URL.
+    let other = no_follow.get(reg.at(&format!("/v2/elsewhere/blobs/{digest}"))).send().await.unwrap();
+    expect_error(other, 404, "BLOB_UNKNOWN").await;
+    drop(runner);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redirects_blobs_stream_through_the_registry_across_chunk_objects() {
+    let s3 = S3Server::start();
+    let (_data, _runner, reg) = start(cluster_options(&s3, None, 0));
+    // A chunked upload: two PATCHes, so the blob is two objects read as one stream.
+    let first = PseudoRandom::bytes(21, 3 * 1024 * 1024);
+    let second = PseudoRandom::bytes(22, 1024 * 1024 + 5);
+    let whole = [first.clone(), second.clone()].concat();
+    let digest = sha256(&whole);
+    let location = reg.start_upload("chunks").await;
+    let patched = reg.patch_chunk(&location, 0, &first).await;
+    assert_eq!(patched.status().as_u16(), 202);
+    let location = header(&patched, "location");
+    let finished = reg.finish_upload(&location, &digest, &second).await;
+    assert_eq!(finished.status().as_u16(), 201);
+    let path = format!("/v2/chunks/blobs/{digest}");
+    let answer = reg.get(&path).await;
+    assert_eq!(answer.status().as_u16(), 200, "streamed, not redirected");
+    assert_eq!(answer.bytes().await.unwrap().as_ref(), whole.as_slice());
+    let across = client().get(reg.at(&path)).header("range", "bytes=3145700-3145799").send().await.unwrap();
+    assert_eq!(across.status().as_u16(), 206);
+    assert_eq!(across.bytes().await.unwrap().as_ref(), &whole[3_145_700..3_145_800]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_front_ends_share_one_redis_and_one_bucket_without_sticky_routing() {
+    let s3 = S3Server::start();
+    let redis = RedisServer::start();
+    let (_a_data, _a, a) = start(cluster_options(&s3, Some(&redis), 300));
+    let (_b_data, _b, b) = start(cluster_options(&s3, Some(&redis), 300));
+
+    // An upload started on A, continued on B, finished on A.
+    let first = PseudoRandom::bytes(31, 300_000);
+    let second = PseudoRandom::bytes(32, 200_000);
+    let whole = [first.clone(), second.clone()].concat();
+    let digest = sha256(&whole);
+    let location = a.start_upload("shared").await;
+    let on_b = b.at(&path_of(&location));
+    let patched = b.patch_chunk(&on_b, 0, &first).await;
+    assert_eq!(patched.status().as_u16(), 202, "B continues A's session");
+    let on_a = a.at(&path_of(&header(&patched, "location")));
+    assert_eq!(a.finish_upload(&on_a, &digest, &second).await.status().as_u16(), 201);
+    reads_back(&b, &format!("/v2/shared/blobs/{digest}"), &whole).await.unwrap();
+
+    // A tag pushed on A pulls from B.
+    let (manifest, _) = a.push_image("shared", "v1", 5).await;
+    reads_back(&b, "/v2/shared/manifests/v1", &manifest).await.unwrap();
+    assert!(!redis.keys("*").is_empty(), "the metadata is in Redis");
+    assert!(!s3.objects("registry/").is_empty(), "the blobs are in the bucket");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_s3_or_redis_is_503_unavailable_and_passes_when_the_backend_returns() {
+    let mut s3 = S3Server::start();
+    let mut redis = RedisServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let log = data.path().join("stderr.log");
+    let options = RunnerOptions { stderr: Some(log.clone()), ..cluster_options(&s3, Some(&redis), 0) };
+    let runner = Runner::start_with(&data.path().join("data"), options);
+    let reg = Registry::new(&runner);
+    let logged = |what: &str| {
+        std::fs::read_to_string(&log).unwrap().lines().any(|l| l.contains("storage unavailable") && l.contains(what))
+    };
+    let (manifest, _) = reg.push_image("up", "v1", 9).await;
+
+    redis.stop();
+    let (status, code, body) = error_code(reg.get("/v2/up/manifests/v1").await).await;
+    assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"), "{body}");
+    assert!(logged("key-value"), "the log names the key-value store");
+    redis.restart(); // with its append-only file: what was acknowledged is there
+    reads_back(&reg, "/v2/up/manifests/v1", &manifest).await.unwrap();
+
+    s3.stop();
+    let url = reg.at(&format!("/v2/up/blobs/uploads/?digest={}", sha256(b"down")));
+    let push = reg.http.post(url).body(b"down".to_vec()).send().await.unwrap();
+    let (status, code, body) = error_code(push).await;
+    assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"), "{body}");
+    assert!(!body.to_string().contains("127.0.0.1"), "the backend's address is for the log only: {body}");
+    assert!(logged("S3 at"), "the log names S3");
+    s3.restart(); // moto keeps nothing in memory across restarts: the bucket is new and empty
+    let digest = reg.push_blob("up", b"back again").await;
+    reads_back(&reg, &format!("/v2/up/blobs/{digest}"), b"back again").await.unwrap();
+    drop(runner);
+}
+
+/// The path (and query) of a Location, absolute or not: the same session on another runner.
+fn path_of(location: &str) -> String {
+    match location.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or_else(|| "/".to_owned(), |slash| rest[slash..].to_owned()),
+        None => location.to_owned(),
+    }
+}
+
+/// Under Spin 4.1 the shipped cluster manifest serves through S3 with redirects. (Spin's own key-value
+/// store here: with Spin's Redis store, every upload finish fails its compare-and-swap, see
+/// docs/deploying.md, so a runner beside `spin up` sharing one Redis is not tested yet.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spin_up_serves_the_cluster_manifest_from_the_bucket_with_redirects() {
+    let s3 = S3Server::start();
+    let endpoint = s3.endpoint();
+    let variables = [
+        ("blob_s3_endpoint", endpoint.as_str()),
+        ("blob_s3_bucket", BUCKET),
+        ("blob_s3_access_key_id", "berth-test"),
+        ("blob_s3_secret_access_key", "berth-test-secret"),
+        ("blob_s3_prefix", "registry/"),
+    ];
+    let Some(spin) = common::spin::Spin::start_cluster(&variables, None) else { return };
+    let reg = spin.registry();
+    let (manifest, _) = reg.push_image("edge", "v1", 3).await;
+    reads_back(&reg, "/v2/edge/manifests/v1", &manifest).await.unwrap();
+    let layer = PseudoRandom::bytes(41, 10 * 1024 * 1024 + 3);
+    let digest = reg.push_blob("edge", &layer).await;
+    let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let answer = no_follow.get(reg.at(&format!("/v2/edge/blobs/{digest}"))).send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 307, "spin up redirects blob GETs to the bucket");
+    reads_back(&reg, &format!("/v2/edge/blobs/{digest}"), &layer).await.unwrap();
+    assert!(
+        s3.objects("registry/").iter().any(|(_, size, _)| *size == layer.len() as u64),
+        "the layer is in the bucket"
+    );
+}
