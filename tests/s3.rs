@@ -12,25 +12,8 @@ mod common;
 use common::clients::Leg;
 use common::oci_layout::{Layout, file_sha256};
 use common::redis::RedisServer;
-use common::s3::{BUCKET, S3Server};
+use common::s3::{BUCKET, S3Server, cluster_options};
 use common::*;
-
-/// The shipped cluster manifest, its variables pointed at `s3`, and the S3 provider composed in.
-fn cluster_options(s3: &S3Server, redis: Option<&RedisServer>, redirect_seconds: u32) -> RunnerOptions<'static> {
-    let mut args = vec!["--blob-store".to_owned(), artifacts().blob_s3_provider.display().to_string()];
-    if let Some(redis) = redis {
-        args.extend(["--runtime-config-file".to_owned(), redis.runtime_config_file().display().to_string()]);
-    }
-    args.extend(vars(&[
-        ("blob_s3_endpoint", &s3.endpoint()),
-        ("blob_s3_bucket", BUCKET),
-        ("blob_s3_access_key_id", "berth-test"),
-        ("blob_s3_secret_access_key", "berth-test-secret"),
-        ("blob_s3_prefix", "registry/"),
-        ("blob_redirect_seconds", &redirect_seconds.to_string()),
-    ]));
-    RunnerOptions { manifest: repo_root().join("deploy/cluster/spin.toml"), args, ..Default::default() }
-}
 
 fn start(options: RunnerOptions<'static>) -> (tempfile::TempDir, Runner, Registry) {
     let data = tempfile::tempdir().unwrap();

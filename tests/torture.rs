@@ -1473,11 +1473,22 @@ impl Checker<'_> {
 /// `clients` concurrent clients doing `ops` random operations each (`BERTH_TORTURE_OPS` for a
 /// longer soak), then every invariant.
 async fn torture(backend: Backend, clients: usize, ops: usize) {
+    torture_across(vec![RunnerOptions { args: backend.args(), ..Default::default() }], clients, ops).await;
+}
+
+/// [`torture`] with one runner per entry of `front_ends`, all serving one registry (shared
+/// storage): client `i` talks to front end `i % n`, so every key is raced from each of them.
+async fn torture_across(front_ends: Vec<RunnerOptions<'static>>, clients: usize, ops: usize) {
     let seed = torture_seed();
     let ops = std::env::var("BERTH_TORTURE_OPS").ok().and_then(|n| n.parse().ok()).unwrap_or(ops);
     let started = Instant::now();
     let data = tempfile::tempdir().unwrap();
-    let runner = Runner::start_with(data.path(), RunnerOptions { args: backend.args(), ..Default::default() });
+    let runners: Vec<Runner> = front_ends
+        .into_iter()
+        .enumerate()
+        .map(|(i, options)| Runner::start_with(&data.path().join(format!("front-end-{i}")), options))
+        .collect();
+    let runner = &runners[0];
     let fx = Arc::new(Fixture::new());
     let model = Arc::new(Mutex::new(Model::default()));
     let t0 = Instant::now();
@@ -1487,7 +1498,7 @@ async fn torture(backend: Backend, clients: usize, ops: usize) {
                 id,
                 op: 0,
                 rng: Rng::new(seed, id as u64),
-                reg: Registry { url: runner.url.clone(), http: Http::new(runner.login) },
+                reg: Registry::new(&runners[id % runners.len()]),
                 fx: fx.clone(),
                 model: model.clone(),
                 t0,
@@ -1505,7 +1516,7 @@ async fn torture(backend: Backend, clients: usize, ops: usize) {
         }
     }
     let load = t0.elapsed();
-    let reg = Registry::new(&runner);
+    let reg = Registry::new(runner);
     let model = std::mem::take(&mut *model.lock().unwrap());
     let mut checker = Checker { reg: &reg, fx: &fx, tags: 3 + clients, failures: Vec::new() };
     checker.blobs(&model).await;
@@ -1548,10 +1559,12 @@ async fn torture(backend: Backend, clients: usize, ops: usize) {
                 println!("{line}");
             }
         }
-        println!("---- runner log (last 60 lines):");
-        let log = runner.log();
-        for line in &log[log.len().saturating_sub(60)..] {
-            println!("{line}");
+        for (i, runner) in runners.iter().enumerate() {
+            println!("---- runner {i} log (last 60 lines):");
+            let log = runner.log();
+            for line in &log[log.len().saturating_sub(60)..] {
+                println!("{line}");
+            }
         }
         panic!("{} invariant violations (replay: BERTH_TORTURE_SEED={seed}):\n{}", failures.len(), failures.join("\n"));
     }
@@ -1565,6 +1578,16 @@ async fn concurrent_clients_never_lose_acknowledged_data_on_the_filesystem_store
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_clients_never_lose_acknowledged_data_on_the_key_value_provider() {
     torture(Backend::Kv, 12, 40).await;
+}
+
+/// Issue 13: the same torture with its clients spread over two runners that share one Redis and
+/// one S3 bucket (blob GETs redirected to the bucket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_clients_over_two_front_ends_on_redis_and_s3_never_lose_acknowledged_data() {
+    let s3 = common::s3::S3Server::start();
+    let redis = common::redis::RedisServer::start();
+    let front_end = || common::s3::cluster_options(&s3, Some(&redis), 300);
+    torture_across(vec![front_end(), front_end()], 12, 40).await;
 }
 
 // ---- the crash test ------------------------------------------------------------------------------

@@ -2,8 +2,11 @@
 //! on a free port of 127.0.0.1, stopped by PID. moto implements multipart uploads, conditional
 //! writes (`If-None-Match: *` on PutObject and CompleteMultipartUpload), ListObjectsV2 and
 //! presigned URLs; in server mode it does not verify signatures (docs/deploying.md says so).
+//! `tests/fixtures/s3/moto_serve.py` serves it, making its conditional writes atomic as S3's are.
 
 use super::process::{free_port, stop_by_pid, wait_until};
+use super::redis::RedisServer;
+use super::{RunnerOptions, artifacts, repo_root, vars};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -59,12 +62,13 @@ impl S3Server {
     pub fn restart(&mut self) {
         let log = std::fs::File::create(&self.log).unwrap();
         self.child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg(super::repo_root().join("tests/fixtures/s3/moto_serve.py"))
+            .args(["127.0.0.1", &self.port.to_string()])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
-            .expect("starting moto's S3 server (python3 -m moto.server)");
+            .expect("starting moto's S3 server (tests/fixtures/s3/moto_serve.py)");
         let bucket = format!("{}/{BUCKET}", self.endpoint());
         let port = self.port;
         wait_until("moto server", Duration::from_secs(60), &self.log.clone(), &mut self.child, || {
@@ -101,4 +105,21 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The shipped cluster manifest, its variables pointed at `s3`, and the S3 provider composed in.
+pub fn cluster_options(s3: &S3Server, redis: Option<&RedisServer>, redirect_seconds: u32) -> RunnerOptions<'static> {
+    let mut args = vec!["--blob-store".to_owned(), artifacts().blob_s3_provider.display().to_string()];
+    if let Some(redis) = redis {
+        args.extend(["--runtime-config-file".to_owned(), redis.runtime_config_file().display().to_string()]);
+    }
+    args.extend(vars(&[
+        ("blob_s3_endpoint", &s3.endpoint()),
+        ("blob_s3_bucket", BUCKET),
+        ("blob_s3_access_key_id", "berth-test"),
+        ("blob_s3_secret_access_key", "berth-test-secret"),
+        ("blob_s3_prefix", "registry/"),
+        ("blob_redirect_seconds", &redirect_seconds.to_string()),
+    ]));
+    RunnerOptions { manifest: repo_root().join("deploy/cluster/spin.toml"), args, ..Default::default() }
 }
