@@ -83,6 +83,9 @@ pub trait BlobStore {
     async fn read_extents(&self, extents: Vec<Extent>) -> Result<Self::Outgoing, StoreError>;
     async fn size(&self, name: &str) -> Result<u64, StoreError>;
     async fn delete(&self, name: &str) -> Result<(), StoreError>;
+    /// Create `name` from the extents, one after another (as `write` would from their bytes);
+    /// `None` when the store does not join objects.
+    async fn compose(&self, name: &str, extents: Vec<Extent>) -> Result<Option<u64>, StoreError>;
     /// A URL from which a client can GET the object's bytes itself, valid for about
     /// `expires_secs`; `None` when the store serves bytes only through `read_extents`.
     async fn presign(&self, name: &str, expires_secs: u32) -> Result<Option<String>, StoreError>;

@@ -45,7 +45,15 @@ impl MetaStore for MemMeta {
 }
 
 #[derive(Default)]
-pub struct MemBlobs(pub RefCell<BTreeMap<String, Vec<u8>>>);
+pub struct MemBlobs(pub RefCell<BTreeMap<String, Vec<u8>>>, std::cell::Cell<bool>);
+
+impl MemBlobs {
+    /// From now on, `compose` answers that this store does not join objects (as the runner's
+    /// filesystem store does).
+    pub fn refuse_compose(&self) {
+        self.1.set(true);
+    }
+}
 
 impl BlobStore for MemBlobs {
     type Incoming = Vec<u8>;
@@ -79,6 +87,24 @@ impl BlobStore for MemBlobs {
 
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         self.0.borrow_mut().remove(name).map(|_| ()).ok_or(StoreError::NotFound)
+    }
+
+    async fn compose(&self, name: &str, extents: Vec<Extent>) -> Result<Option<u64>, StoreError> {
+        if self.1.get() {
+            return Ok(None);
+        }
+        let mut objects = self.0.borrow_mut();
+        if objects.contains_key(name) {
+            return Err(StoreError::AlreadyExists);
+        }
+        let mut joined = Vec::new();
+        for e in &extents {
+            let object = objects.get(&e.name).ok_or(StoreError::NotFound)?;
+            joined.extend_from_slice(&object[e.offset as usize..(e.offset + e.length) as usize]);
+        }
+        let size = joined.len() as u64;
+        objects.insert(name.to_owned(), joined);
+        Ok(Some(size))
     }
 
     /// A URL that says what was presigned, so tests of redirects can check it.

@@ -143,6 +143,20 @@ pub async fn finish<M: MetaStore, B: BlobStore>(
         return Ok(Finish::Mismatch { actual });
     }
     let repo = RepoName::parse(&session.repo)?;
+    let (closing, record) = match joined_for_redirects(stores, session, &record).await {
+        // The session names the joined object before any record can: a sweep that settles it
+        // keeps exactly what the record names, and removes the chunks (docs/consistency.md).
+        Some(joined) => {
+            let mut next = session.clone();
+            next.parts = joined.parts.clone();
+            match swap(stores, &closing, next).await? {
+                Some(moved) => (moved, joined),
+                None => return Err(corrupt(&session.id, "changed by another request while finishing")),
+            }
+        }
+        None => (closing, record),
+    };
+    let session = &closing.session;
     match blobs::commit(stores, digest, &record).await? {
         Commit::Adopted => {
             // Keep the claim on the parts until the sweep has seen the record still names them.
@@ -153,6 +167,34 @@ pub async fn finish<M: MetaStore, B: BlobStore>(
     }
     blobs::link(stores, &repo, digest).await?;
     Ok(Finish::Stored)
+}
+
+/// With blob redirects on, a blob of several chunk objects becomes one object where the store
+/// can join them, so that a redirect can point at it. The joined object is named under the
+/// session like its chunks: the chunks stay the session's until it is settled (as any part a
+/// record does not name), and a finish that dies here leaves objects the sweep removes. A join
+/// that fails keeps the chunks: the blob is then streamed, never lost.
+async fn joined_for_redirects<M, B: BlobStore>(
+    stores: &Stores<M, B>,
+    session: &UploadSession,
+    record: &BlobRecord,
+) -> Option<BlobRecord> {
+    if stores.config.blob_redirect_secs == 0 || record.parts.len() < 2 {
+        return None;
+    }
+    let name = new_object(stores, session);
+    match stores.blobs.compose(&name, record.extents(0, record.size)).await {
+        Ok(Some(size)) if size == record.size => Some(BlobRecord { size, parts: vec![Part { name, size }] }),
+        Ok(Some(size)) => {
+            eprintln!("berth: joining the chunks of upload {} gave {size} bytes, not {}", session.id, record.size);
+            None
+        }
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("berth: joining the chunks of upload {} failed ({e}): its blob is streamed", session.id);
+            None
+        }
+    }
 }
 
 /// The session's bytes hashed under `digest`'s algorithm: the running hash when it ran along
@@ -395,5 +437,27 @@ mod tests {
         block_on(sweep(&stores));
         assert!(block_on(load(&stores, &opened.session.id)).unwrap().is_none());
         assert!(stores.blobs.0.borrow().keys().all(|k| !k.starts_with("uploads/") && !k.starts_with("index/uploads/")));
+    }
+
+    #[test]
+    fn a_joined_blob_keeps_its_joined_object_and_the_sweep_removes_the_chunks() {
+        let mut stores = memory_stores();
+        stores.config.blob_redirect_secs = 300;
+        stores.config.upload_expiry_secs = 100;
+        let repo = RepoName::parse("r").unwrap();
+        let digest = Digest::of(crate::digest::Algorithm::Sha256, b"abcdef");
+        let opened = block_on(open(&stores, &repo, None)).unwrap();
+        let (a, wa) = write_part(&stores, &opened.session, b"abc");
+        let after_a = block_on(append(&stores, &opened, a, &wa)).unwrap().unwrap();
+        let (b, wb) = write_part(&stores, &after_a.session, b"def");
+        assert_eq!(block_on(finish(&stores, &after_a, Some((b, wb)), &digest)).unwrap(), Finish::Stored);
+        let record = block_on(blobs::record(&stores, &digest)).unwrap().unwrap();
+        assert_eq!(record.parts.len(), 1, "one joined object");
+        advance_clock(10_000);
+        block_on(sweep(&stores));
+        let objects: Vec<String> =
+            stores.blobs.0.borrow().keys().filter(|k| k.starts_with("uploads/")).cloned().collect();
+        assert_eq!(objects, vec![record.parts[0].name.clone()], "only the joined object is left");
+        assert_eq!(stores.blobs.0.borrow()[&record.parts[0].name], b"abcdef");
     }
 }

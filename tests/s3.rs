@@ -216,3 +216,33 @@ async fn spin_up_serves_the_cluster_manifest_from_the_bucket_with_redirects() {
         "the layer is in the bucket"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redirects_on_a_chunked_upload_ends_as_one_object_a_redirect_points_at() {
+    let s3 = S3Server::start();
+    let (_data, _runner, reg) = start(cluster_options(&s3, None, 300));
+    // 6 MiB (copied inside S3), 1 MiB and 9 MiB (read through to fill parts): one 16 MiB object.
+    const MIB: usize = 1024 * 1024;
+    let chunks = [PseudoRandom::bytes(51, 6 * MIB), PseudoRandom::bytes(52, MIB), PseudoRandom::bytes(53, 9 * MIB)];
+    let whole = chunks.concat();
+    let digest = sha256(&whole);
+    let mut location = reg.start_upload("joined").await;
+    let mut at = 0u64;
+    for chunk in &chunks {
+        let patched = reg.patch_chunk(&location, at, chunk).await;
+        assert_eq!(patched.status().as_u16(), 202);
+        location = header(&patched, "location");
+        at += chunk.len() as u64;
+    }
+    assert_eq!(reg.finish_upload(&location, &digest, b"").await.status().as_u16(), 201);
+
+    let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let answer = no_follow.get(reg.at(&format!("/v2/joined/blobs/{digest}"))).send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 307, "a chunked blob is redirected too");
+    let joined =
+        s3.objects("registry/").into_iter().filter(|(_, size, _)| *size == whole.len() as u64).collect::<Vec<_>>();
+    assert_eq!(joined.len(), 1, "one object holds the whole blob");
+    assert!(joined[0].2.contains("-3"), "a copied part and two read-through parts: {:?}", joined[0]);
+    assert!(header(&answer, "location").contains(&joined[0].0), "the redirect points at it");
+    reads_back(&reg, &format!("/v2/joined/blobs/{digest}"), &whole).await.unwrap();
+}

@@ -151,6 +151,15 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
         Ok(tokio::task::spawn_blocking(move || store.delete(&name)).await?.map_err(to_wit))
     }
 
+    /// Files are never joined: the runner's store has no redirects to join them for.
+    async fn compose(
+        _accessor: &Accessor<T, Self>,
+        _name: String,
+        _extents: Vec<wit::Extent>,
+    ) -> wasmtime::Result<Result<Option<ObjectInfo>, Error>> {
+        Ok(Ok(None))
+    }
+
     /// Files on the runner's disk have no URL of their own: bytes go out through `read` only.
     async fn presign_read(
         _accessor: &Accessor<T, Self>,

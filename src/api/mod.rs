@@ -262,9 +262,27 @@ mod tests {
     }
 
     #[test]
-    fn a_blob_of_several_chunk_objects_is_streamed_even_with_redirects_on() {
+    fn with_redirects_on_a_chunked_upload_ends_as_one_object_a_redirect_points_at() {
         let mut stores = memory_stores();
         stores.config.blob_redirect_secs = 300;
+        let location = |r: &Response<Vec<u8>>| r.headers["location"].to_str().unwrap().to_owned();
+        let r = send(&stores, Method::POST, "/v2/a/blobs/uploads/", vec![]);
+        let r = send(&stores, Method::PATCH, &location(&r), b"lay".to_vec());
+        let digest = Digest::of(Algorithm::Sha256, b"layer");
+        let r = send(&stores, Method::PUT, &format!("{}&digest={digest}", location(&r)), b"er".to_vec());
+        assert_eq!(r.status, StatusCode::CREATED);
+        let r = send(&stores, Method::GET, &format!("/v2/a/blobs/{digest}"), vec![]);
+        assert_eq!(r.status, StatusCode::TEMPORARY_REDIRECT);
+        let url = r.headers["location"].to_str().unwrap();
+        let object = url.strip_prefix("https://blobs.example/").unwrap().split('?').next().unwrap();
+        assert_eq!(stores.blobs.0.borrow()[object], b"layer", "the redirect points at the joined object");
+    }
+
+    #[test]
+    fn a_blob_of_several_chunk_objects_is_streamed_when_the_store_cannot_join_them() {
+        let mut stores = memory_stores();
+        stores.config.blob_redirect_secs = 300;
+        stores.blobs.refuse_compose();
         let location = |r: &Response<Vec<u8>>| r.headers["location"].to_str().unwrap().to_owned();
         let r = send(&stores, Method::POST, "/v2/a/blobs/uploads/", vec![]);
         let r = send(&stores, Method::PATCH, &location(&r), b"lay".to_vec());

@@ -93,6 +93,13 @@ impl BlobStore for WitBlobStore {
         wit::delete(name.to_owned()).await.map_err(from_wit)
     }
 
+    async fn compose(&self, name: &str, extents: Vec<Extent>) -> Result<Option<u64>, StoreError> {
+        let extents =
+            extents.into_iter().map(|e| wit::Extent { name: e.name, offset: e.offset, length: e.length }).collect();
+        let info = wit::compose(name.to_owned(), extents).await.map_err(from_wit)?;
+        Ok(info.map(|info| info.size))
+    }
+
     async fn presign(&self, name: &str, expires_secs: u32) -> Result<Option<String>, StoreError> {
         wit::presign_read(name.to_owned(), expires_secs).await.map_err(from_wit)
     }

@@ -487,6 +487,11 @@ impl Guest for Provider {
         record.map(|_| ()).ok_or(Error::NotFound)
     }
 
+    /// Objects are never joined: chunks in key-value have no URL to join them for.
+    async fn compose(_name: String, _extents: Vec<Extent>) -> Result<Option<ObjectInfo>, Error> {
+        Ok(None)
+    }
+
     /// Chunks in key-value have no URL of their own: bytes go out through `read` only.
     async fn presign_read(_name: String, _expires_seconds: u32) -> Result<Option<String>, Error> {
         Ok(None)

@@ -12,8 +12,15 @@ pub enum Failure {
 
 /// The `<Code>` of an S3 XML error body, if it has one.
 pub fn error_code(body: &str) -> Option<&str> {
-    let start = body.find("<Code>")? + "<Code>".len();
-    let end = body[start..].find("</Code>")?;
+    element(body, "Code")
+}
+
+/// The text of the first `<name>` element of a small XML answer (S3's answers have no nesting
+/// of an element in itself, and the provider reads only leaf elements).
+pub fn element<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let start = body.find(&open)? + open.len();
+    let end = body[start..].find(&format!("</{name}>"))?;
     Some(&body[start..start + end])
 }
 

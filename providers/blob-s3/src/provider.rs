@@ -204,10 +204,7 @@ impl Multipart {
     }
 
     async fn upload(&mut self, s: &Settings, key: &str, bytes: Vec<u8>) -> Result<(), Error> {
-        let number = u16::try_from(self.etags.len() + 1)
-            .ok()
-            .filter(|&n| n <= 10_000)
-            .ok_or_else(|| Error::Other("object too large for S3's 10,000 parts".into()))?;
+        let number = self.next_number()?;
         let url = s.bucket.upload_part(s.credentials.as_ref(), key, number, &self.id).sign(REQUEST_URL);
         let what = format!("UploadPart {number} of {key}");
         let response = success(s, send(s, Method::Put, &url, &[], Some(bytes)).await?, &what).await?;
@@ -216,6 +213,33 @@ impl Multipart {
         drop(read_body(response, ERROR_BODY_LIMIT).await);
         self.etags.push(etag);
         Ok(())
+    }
+
+    /// Copy `length` bytes of `source` from `offset` as the next part, inside S3 (UploadPartCopy).
+    async fn copy(&mut self, s: &Settings, key: &str, source: &str, offset: u64, length: u64) -> Result<(), Error> {
+        let number = self.next_number()?;
+        let copy_source =
+            format!("/{}/{}", crate::settings::encode_key(s.bucket.name()), crate::settings::encode_key(source));
+        let range = format!("bytes={offset}-{}", offset + length - 1);
+        let mut action = s.bucket.upload_part(s.credentials.as_ref(), key, number, &self.id);
+        action.headers_mut().insert("x-amz-copy-source", copy_source.clone());
+        action.headers_mut().insert("x-amz-copy-source-range", range.clone());
+        let url = action.sign(REQUEST_URL);
+        let what = format!("UploadPartCopy {number} of {key} from {source} ({range})");
+        let headers = [("x-amz-copy-source", copy_source.as_str()), ("x-amz-copy-source-range", range.as_str())];
+        let response = success(s, send(s, Method::Put, &url, &headers, None).await?, &what).await?;
+        let body = xml(s, response, &what).await?;
+        let etag = crate::answer::element(&body, "ETag")
+            .ok_or_else(|| Error::Other(format!("S3 at {}: {what}: no ETag in the answer", s.origin())))?;
+        self.etags.push(etag.replace("&quot;", "\"").replace("&#34;", "\""));
+        Ok(())
+    }
+
+    fn next_number(&self) -> Result<u16, Error> {
+        u16::try_from(self.etags.len() + 1)
+            .ok()
+            .filter(|&n| n <= 10_000)
+            .ok_or_else(|| Error::Other("object too large for S3's 10,000 parts".into()))
     }
 
     /// Make the object visible, unless one exists under `key` already.
@@ -284,6 +308,68 @@ async fn get(s: &Settings, key: &str, offset: u64, length: Option<u64>) -> Resul
         return Err(Error::Other(format!("{what}: the range is past the end of the object")));
     }
     Ok((body_of(response), sent))
+}
+
+/// Append bytes `offset..offset + length` of `key` to `buf`.
+async fn read_into(s: &Settings, key: &str, offset: u64, length: u64, buf: &mut Vec<u8>) -> Result<(), Error> {
+    let (body, _) = get(s, key, offset, Some(length)).await?;
+    let Body { mut stream, trailers, _consumed } = body;
+    let end = buf.len() + length as usize;
+    while buf.len() < end {
+        let (result, chunk) = stream.read(Vec::with_capacity((end - buf.len()).min(256 * 1024))).await;
+        buf.extend_from_slice(&chunk);
+        if !matches!(result, StreamResult::Complete(_)) {
+            break;
+        }
+    }
+    drop(stream);
+    if trailers.await.is_err() || buf.len() != end {
+        return Err(Error::Unavailable(format!("S3 at {}: the read of {key} broke off", s.origin())));
+    }
+    Ok(())
+}
+
+/// The smallest part S3 accepts but for the last one.
+const MIN_PART: u64 = 5 * 1024 * 1024;
+
+/// S3 copies at most 5 GiB per part; longer runs are copied 4 GiB at a time, which leaves more
+/// than 1 GiB (never a part below the minimum) for the next piece.
+const MAX_COPY: u64 = 5 * 1024 * 1024 * 1024;
+const COPY_STEP: u64 = 4 * 1024 * 1024 * 1024;
+
+/// The parts of a joined object: runs of at least [`MIN_PART`] are copied inside S3; shorter
+/// ones (and what fills a part up) are read through, [`PART_SIZE`] at most in memory.
+async fn join_parts(
+    s: &Settings,
+    key: &str,
+    upload: &mut Multipart,
+    sources: &[(String, u64, u64)],
+) -> Result<u64, Error> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut size = 0;
+    for (source, offset, length) in sources {
+        let (mut at, end) = (*offset, offset + length);
+        while at < end {
+            let remaining = end - at;
+            if buf.is_empty() && remaining >= MIN_PART {
+                let piece = if remaining <= MAX_COPY { remaining } else { COPY_STEP };
+                upload.copy(s, key, source, at, piece).await?;
+                at += piece;
+            } else {
+                let want = remaining.min((PART_SIZE - buf.len()) as u64);
+                read_into(s, source, at, want, &mut buf).await?;
+                at += want;
+                if buf.len() == PART_SIZE {
+                    upload.upload(s, key, std::mem::take(&mut buf)).await?;
+                }
+            }
+        }
+        size += length;
+    }
+    if !buf.is_empty() || upload.etags.is_empty() {
+        upload.upload(s, key, buf).await?;
+    }
+    Ok(size)
 }
 
 /// Copy `from` into `to`; false if a byte is missing or the reader went away.
@@ -476,6 +562,31 @@ impl Guest for Provider {
         let response = success(&s, send(&s, Method::Delete, &url, &[], None).await?, &what).await?;
         drop(read_body(response, ERROR_BODY_LIMIT).await);
         Ok(())
+    }
+
+    async fn compose(name: String, extents: Vec<Extent>) -> Result<Option<ObjectInfo>, Error> {
+        let s = settings().await?;
+        let key = checked(&s, &name)?;
+        let mut sources = Vec::with_capacity(extents.len());
+        for extent in extents.iter().filter(|e| e.length > 0) {
+            let source = checked(&s, &extent.name)?;
+            if head(&s, &source).await? < extent.offset + extent.length {
+                return Err(Error::Other(format!("{}: the range is past the end of the object", extent.name)));
+            }
+            sources.push((source, extent.offset, extent.length));
+        }
+        let mut upload = Multipart::start(&s, &key).await?;
+        let joined = match join_parts(&s, &key, &mut upload, &sources).await {
+            Ok(size) => upload.complete(&s, &key).await.map(|()| size),
+            Err(e) => Err(e),
+        };
+        match joined {
+            Ok(size) => Ok(Some(ObjectInfo { size })),
+            Err(e) => {
+                upload.abort(&s, &key).await;
+                Err(e)
+            }
+        }
     }
 
     async fn presign_read(name: String, expires_seconds: u32) -> Result<Option<String>, Error> {

@@ -94,6 +94,20 @@ impl Settings {
     }
 }
 
+/// `key` as it goes into a path or `x-amz-copy-source`: unreserved characters and `/` as they
+/// are, every other byte percent-encoded.
+pub fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Why `name` cannot be an object name here, if it cannot: S3 keys are at most 1024 bytes.
 pub fn check_name(settings: &Settings, name: &str) -> Option<String> {
     if name.is_empty() {
@@ -152,6 +166,12 @@ mod tests {
         assert_eq!(parse_with(&bad).unwrap_err().variable, "blob_s3_endpoint");
         let bad = [MINIMAL[0], MINIMAL[1], ("blob_s3_path_style", "yes")];
         assert_eq!(parse_with(&bad).unwrap_err().variable, "blob_s3_path_style");
+    }
+
+    #[test]
+    fn keys_are_percent_encoded_for_copy_sources() {
+        assert_eq!(encode_key("registry/uploads/ab/0"), "registry/uploads/ab/0");
+        assert_eq!(encode_key("a b+c"), "a%20b%2Bc");
     }
 
     #[test]
