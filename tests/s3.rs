@@ -246,3 +246,18 @@ async fn with_redirects_on_a_chunked_upload_ends_as_one_object_a_redirect_points
     assert!(header(&answer, "location").contains(&joined[0].0), "the redirect points at it");
     reads_back(&reg, &format!("/v2/joined/blobs/{digest}"), &whole).await.unwrap();
 }
+
+#[test]
+fn an_s3_endpoint_that_does_not_answer_is_named_in_the_log_at_start() {
+    let mut s3 = S3Server::start();
+    s3.stop(); // its port now refuses connections
+    let data = tempfile::tempdir().unwrap();
+    let log = data.path().join("stderr.log");
+    let options = RunnerOptions { stderr: Some(log.clone()), ..cluster_options(&s3, None, 0) };
+    let runner = Runner::start_with(&data.path().join("data"), options);
+    // The start-up probe has run before the runner says it serves.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text.lines().find(|l| l.contains("storage check")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("blob store") && line.contains(&format!("S3 at {}", s3.endpoint())), "{line}");
+    drop(runner);
+}

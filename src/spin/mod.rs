@@ -49,6 +49,9 @@ async fn handle(request: types::Request) -> Result<types::Response, WasiErrorCod
     };
     let stores = Stores { meta, blobs: WitBlobStore, random, now, config };
     let request = from_wasi_request(request)?;
+    if request.path == "/v2/" {
+        check_storage_once(&stores).await;
+    }
     Ok(into_wasi_response(crate::api::handle(&stores, request).await))
 }
 
@@ -93,6 +96,27 @@ async fn config() -> Result<Config, RegistryError> {
 
 fn misconfigured() -> RegistryError {
     RegistryError::new(ErrorCode::Internal, "the registry is misconfigured: its log says why")
+}
+
+/// On an instance's first `GET /v2/` (berth-runner's start-up probe, a client's first
+/// request), try both stores once and log what fails: a wrong S3 endpoint or credentials show at
+/// start rather than on the first push. The answer does not change (requests that need a broken
+/// store fail on their own, with 503 or 500).
+async fn check_storage_once(stores: &Stores<KvMetaStore, WitBlobStore>) {
+    use crate::store::{BlobStore, MetaStore};
+    use std::cell::Cell;
+    thread_local! {
+        static CHECKED: Cell<bool> = const { Cell::new(false) };
+    }
+    if CHECKED.with(|checked| checked.replace(true)) {
+        return;
+    }
+    if let Err(e) = stores.meta.get("berth-storage-check").await {
+        log_once(&format!("berth: storage check: the key-value store fails: {e}"));
+    }
+    if let Err(e) = stores.blobs.list("", None, 1).await {
+        log_once(&format!("berth: storage check: the blob store fails: {e}"));
+    }
 }
 
 /// Write `line` to the log once per instance (a reused instance parses its settings on every
