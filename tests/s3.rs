@@ -261,3 +261,61 @@ fn an_s3_endpoint_that_does_not_answer_is_named_in_the_log_at_start() {
     assert!(line.contains("blob store") && line.contains(&format!("S3 at {}", s3.endpoint())), "{line}");
     drop(runner);
 }
+
+/// Issue 13, item 3: behind a host that caps response bodies at 10 MiB (berth-runner's
+/// `--edge-body-cap`, as on Akamai Functions), skopeo, podman, containerd and Docker Engine pull
+/// an image whose layer is larger than the cap: its bytes come from the bucket by redirect. The
+/// same front end without redirects cannot serve that layer (the cap bites).
+#[test]
+fn behind_a_10_mib_response_cap_clients_pull_larger_layers_through_redirects_only() {
+    const CAP: &str = "10485760";
+    let s3 = S3Server::start();
+    let redis = RedisServer::start();
+    let capped = |redirect_seconds: u32| {
+        let mut options = cluster_options(&s3, Some(&redis), redirect_seconds);
+        options.args.extend(["--edge-body-cap".to_owned(), CAP.to_owned()]);
+        Leg::http_options(options)
+    };
+    // Pushes go to an origin without the cap (docs/deploying.md), pulls to the edge.
+    let origin = Leg::http_options(cluster_options(&s3, Some(&redis), 300));
+    let edge = capped(300);
+    let edge_streaming = capped(0);
+
+    let layout_dir = origin.work.join("layout");
+    let layout = Layout::create(&layout_dir);
+    let image = layout.image(17, "amd64", &[24 * 1024 * 1024, 2048]);
+    layout.tag(&image, "application/vnd.oci.image.manifest.v1+json", "v1");
+    origin.push_layout(&layout_dir, "v1", "edge/app:v1", false);
+
+    let pulled = edge.work.join("pulled");
+    edge.pull_to("edge/app:v1", &format!("oci:{}:v1", pulled.display()), false);
+    let podman = edge.podman(&["pull", "--tls-verify=false", &format!("{}/edge/app:v1", edge.host)]);
+    assert!(podman.status.success(), "podman pull through the edge: {}", String::from_utf8_lossy(&podman.stderr));
+
+    let containerd = common::engines::Containerd::start();
+    let reference = format!("{}/edge/app:v1", edge.host);
+    containerd.ctr_ok("pull", &["image", "pull", "--plain-http", &reference]);
+    let docker = common::engines::Dockerd::start();
+    docker.docker_ok(&["pull", &reference]);
+    assert_eq!(docker.image_id(&reference), image_config_digest(&layout_dir, &image.digest));
+
+    let log = edge.runner.log();
+    let big_layer_gets: Vec<&String> = log.iter().filter(|l| l.starts_with("GET /v2/edge/app/blobs/") && l.contains(" 307 ")).collect();
+    assert!(big_layer_gets.len() >= 4, "every client was redirected: {log:#?}");
+
+    // Without redirects the layer is over the cap: the pull fails, as it would at the edge.
+    let failed = edge_streaming.skopeo(&common::clients::s(&[
+        "copy",
+        "--src-tls-verify=false",
+        &edge_streaming.image("edge/app:v1"),
+        &format!("oci:{}:v1", edge_streaming.work.join("pulled").display()),
+    ]));
+    assert!(!failed.status.success(), "a 24 MiB layer streamed through a 10 MiB cap must fail");
+}
+
+/// The config digest of the image manifest `manifest_digest` in an OCI layout (Docker's image ID).
+fn image_config_digest(layout: &std::path::Path, manifest_digest: &str) -> String {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&manifest_digest[7..])).unwrap()).unwrap();
+    manifest["config"]["digest"].as_str().unwrap().to_owned()
+}

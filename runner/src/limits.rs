@@ -39,6 +39,12 @@ pub struct Limits {
     /// Largest HTTP/2 request header list (decoded, RFC 9113 size) accepted, in bytes.
     #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1024..))]
     pub http2_max_header_list_size: u32,
+    /// Behave like an edge host that caps bodies (Akamai Functions: 10485760): a request whose
+    /// declared body is larger is refused with 413, and a response whose body is larger is
+    /// replaced by a 502, before any byte of it is sent. For trying an edge deployment (blob
+    /// redirects, docs/deploying.md) on one machine; unset: no cap.
+    #[arg(long, value_name = "BYTES")]
+    pub edge_body_cap: Option<u64>,
 }
 
 /// Seconds, as `30`, `30s` or `0.5`; more than zero.

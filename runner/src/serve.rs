@@ -159,7 +159,7 @@ impl Server {
                 let body = body.map_err(wasmtime_wasi_http::Error::from);
                 StallGuard::new(body, &self.limits, version, requests.clone()).boxed_unsync()
             });
-            handle(self.handler.clone(), self.app.clone(), self.scheme, in_flight, req)
+            handle(self.handler.clone(), self.app.clone(), self.scheme, in_flight, self.limits.edge_body_cap, req)
         });
         let builder = connection_builder(&limits);
         let served = builder.serve_connection(io, service);
@@ -264,17 +264,33 @@ async fn handle(
     app: Arc<App>,
     scheme: &'static str,
     in_flight: InFlight,
+    edge_body_cap: Option<u64>,
     req: hyper::Request<RequestBody>,
 ) -> Result<hyper::Response<ResponseBody>, std::convert::Infallible> {
     let start = Instant::now();
     let (mut parts, body) = req.into_parts();
     let line = RequestLine { method: parts.method.to_string(), path: parts.uri.path().to_owned(), start };
+    let refused = |status: u16, response: hyper::Response<ResponseBody>, line: RequestLine, in_flight: InFlight| {
+        Ok(response.map(|body| {
+            LoggedBody { inner: body, bytes: 0, expected: None, status, line: Some(line), _in_flight: in_flight }
+                .boxed_unsync()
+        }))
+    };
     if !app.serves(parts.uri.path()) {
         let response = error_response(404, "NOT_FOUND", "no such endpoint", "no component is routed at this path");
-        return Ok(response.map(|body| {
-            LoggedBody { inner: body, bytes: 0, expected: None, status: 404, line: Some(line), _in_flight: in_flight }
-                .boxed_unsync()
-        }));
+        return refused(404, response, line, in_flight);
+    }
+    let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let (Some(cap), Some(length)) = (edge_body_cap, declared)
+        && length > cap
+    {
+        let detail = format!("the request body of {length} bytes is over this host's cap of {cap} (--edge-body-cap)");
+        return refused(
+            413,
+            error_response(413, "SIZE_INVALID", "request body too large for this host", &detail),
+            line,
+            in_flight,
+        );
     }
     // Give the component the full URL (scheme and authority from the Host header or HTTP/2).
     let authority = parts
@@ -303,6 +319,26 @@ async fn handle(
         }
     };
     let status = response.status().as_u16();
+    let length = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .or(response.body().size_hint().exact());
+    if let (Some(cap), Some(length)) = (edge_body_cap, length)
+        && length > cap
+    {
+        eprintln!(
+            "berth-runner: {} {}: a {length}-byte response is over --edge-body-cap {cap}",
+            line.method, line.path
+        );
+        let detail = format!("the response body of {length} bytes is over this host's cap of {cap} (--edge-body-cap)");
+        return refused(
+            502,
+            error_response(502, "INTERNAL_ERROR", "response too large for this host", &detail),
+            line,
+            in_flight,
+        );
+    }
     Ok(response.map(|body| {
         let expected = body.size_hint().exact();
         LoggedBody { inner: body, bytes: 0, expected, status, line: Some(line), _in_flight: in_flight }.boxed_unsync()
