@@ -283,6 +283,13 @@ async fn duplicate_or_cancelled_finishes_never_lose_the_blob_kv() {
     duplicate_or_cancelled_finishes_never_lose_the_blob(kv_store()).await
 }
 
+/// On S3 (issue 13), with blob GETs redirected to the bucket.
+#[tokio::test]
+async fn duplicate_or_cancelled_finishes_never_lose_the_blob_s3() {
+    let s3 = common::s3::S3Server::start();
+    duplicate_or_cancelled_finishes_never_lose_the_blob(common::s3::cluster_options(&s3, None, 300)).await
+}
+
 // ---- 2. concurrent chunks of one chunk version ---------------------------------------------
 
 /// Defect 2: eight PATCHes of different bytes (same length) from the same Location: exactly one
@@ -333,6 +340,12 @@ async fn of_concurrent_chunks_from_one_location_exactly_one_is_taken_fs() {
 #[tokio::test]
 async fn of_concurrent_chunks_from_one_location_exactly_one_is_taken_kv() {
     of_concurrent_chunks_from_one_location_exactly_one_is_taken(kv_store()).await
+}
+
+#[tokio::test]
+async fn of_concurrent_chunks_from_one_location_exactly_one_is_taken_s3() {
+    let s3 = common::s3::S3Server::start();
+    of_concurrent_chunks_from_one_location_exactly_one_is_taken(common::s3::cluster_options(&s3, None, 300)).await
 }
 
 // ---- 3. racing pushes and deletes of one tag -----------------------------------------------
