@@ -23,12 +23,14 @@ SIZE_MIB=1024
 RUNS=2
 OUT=""
 BUILD=1
+BERTH_ARGS=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --size-mib) SIZE_MIB=$2; shift ;;
         --runs) RUNS=$2; shift ;;
         --out) OUT=$2; shift ;;
         --no-build) BUILD=0 ;;
+        --berth-args) BERTH_ARGS=$2; shift ;;
         -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench/s3.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -58,7 +60,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_http() { # url pid
     for _ in $(seq 1 1200); do
         curl -s -o /dev/null "$1" && return 0
-        kill -0 "$2" 2>/dev/null || { echo "bench/s3.sh: a server exited, see $WORK" >&2; exit 1; }
+        kill -0 "$2" 2>/dev/null || { echo "bench/s3.sh: a server exited:" >&2; tail -n 20 "$WORK"/*.log >&2; exit 1; }
         sleep 0.1
     done
     echo "bench/s3.sh: $1 never answered" >&2; exit 1
@@ -94,14 +96,15 @@ storage:
 http:
   addr: 127.0.0.1:$DIST_PORT
 EOF
-docker-registry serve "$WORK/distribution.yml" >"$WORK/distribution.log" 2>&1 &
+# The AWS SDK in Distribution refuses a custom CA bundle with its transport: none is needed here.
+env -u AWS_CA_BUNDLE docker-registry serve "$WORK/distribution.yml" >"$WORK/distribution.log" 2>&1 &
 DIST_PID=$!
 PIDS+=("$DIST_PID")
 
 BERTH_PORT=$(free_port)
 "$RUNNER" up --manifest "$ROOT/deploy/cluster/spin.toml" --blob-store "$TARGET/wasm32-wasip2/release/berth_blob_s3.wasm" \
     --component "$TARGET/wasm32-wasip2/release/berth.wasm" --listen "127.0.0.1:$BERTH_PORT" --data "$WORK/berth" \
-    --compile-cache "$WORK/compile-cache" \
+    --compile-cache "$WORK/compile-cache" $BERTH_ARGS \
     --var "blob_s3_endpoint=http://127.0.0.1:$S3_PORT" --var blob_s3_bucket=berth \
     --var blob_s3_access_key_id=bench --var blob_s3_secret_access_key=bench-secret --var blob_redirect_seconds=300 \
     >"$WORK/berth.log" 2>&1 &
@@ -109,6 +112,8 @@ BERTH_PID=$!
 PIDS+=("$BERTH_PID")
 wait_http "http://127.0.0.1:$DIST_PORT/v2/" "$DIST_PID"
 wait_http "http://127.0.0.1:$BERTH_PORT/v2/" "$BERTH_PID"
+rss_mib() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+D_START=$(rss_mib "$DIST_PID"); B_START=$(rss_mib "$BERTH_PID")
 
 log "generating a one-layer image of $SIZE_MIB MiB"
 python3 "$ROOT/bench/gen_images.py" "$WORK/images" big "$((SIZE_MIB * 1024 * 1024))" >/dev/null
@@ -139,7 +144,7 @@ for run in $(seq 1 "$RUNS"); do
         [[ $reg == berth ]] && { port=$BERTH_PORT; pid=$BERTH_PID; }
         start=$(date +%s.%N)
         # A repository of its own each run: the layer is not linked there, so it is uploaded again.
-        sk copy --quiet --dest-tls-verify=false "oci:$WORK/images/big:latest" "docker://127.0.0.1:$port/bench/big$run:latest" >/dev/null
+        sk copy --quiet --dest-tls-verify=false "oci:$WORK/images/big:v1" "docker://127.0.0.1:$port/bench/big$run:latest" >/dev/null
         end=$(date +%s.%N)
         PUSH_S[$reg]="${PUSH_S[$reg]:-} $(python3 -c "print($end - $start)")"
         before=$(cpu_ticks "$pid")
@@ -153,10 +158,10 @@ median() { python3 -c "import statistics,sys; print(statistics.median(float(x) f
 D_PUSH=$(median "${PUSH_S[distribution]}"); B_PUSH=$(median "${PUSH_S[berth]}")
 D_CPU=$(median "${PULL_CPU[distribution]}"); B_CPU=$(median "${PULL_CPU[berth]}")
 D_RSS=$(peak_rss_mib "$DIST_PID"); B_RSS=$(peak_rss_mib "$BERTH_PID")
-table=$(python3 - "$SIZE_MIB" "$D_PUSH" "$B_PUSH" "$D_CPU" "$B_CPU" "$D_RSS" "$B_RSS" "${PUSH_S[distribution]}" "${PUSH_S[berth]}" <<'EOF'
+table=$(python3 - "$SIZE_MIB" "$D_PUSH" "$B_PUSH" "$D_CPU" "$B_CPU" "$D_RSS" "$B_RSS" "${PUSH_S[distribution]}" "${PUSH_S[berth]}" "$D_START" "$B_START" <<'EOF'
 import sys
-size, dpush, bpush, dcpu, bcpu, drss, brss, dall, ball = sys.argv[1:]
-size, dpush, bpush, dcpu, bcpu, drss, brss = int(size), *map(float, (dpush, bpush, dcpu, bcpu, drss, brss))
+size, dpush, bpush, dcpu, bcpu, drss, brss, dall, ball, dstart, bstart = sys.argv[1:]
+size, dpush, bpush, dcpu, bcpu, drss, brss, dstart, bstart = int(size), *map(float, (dpush, bpush, dcpu, bcpu, drss, brss, dstart, bstart))
 def ratio(d, b, lower_better=True):
     if d == 0 and b == 0:
         return "="
@@ -167,6 +172,7 @@ print(f"| figure ({size} MiB layer, S3: moto on loopback) | Distribution (s3 dri
 print("|---|--:|--:|--:|")
 print(f"| push (median), s | {dpush:.2f} | {bpush:.2f} | {ratio(dpush, bpush)} |")
 print(f"| push (median), MiB/s | {size / dpush:.1f} | {size / bpush:.1f} | {ratio(dpush, bpush)} |")
+print(f"| registry RSS when started, MiB | {dstart:.1f} | {bstart:.1f} | {ratio(dstart, bstart)} |")
 print(f"| registry peak RSS after the pushes, MiB | {drss:.1f} | {brss:.1f} | {ratio(drss, brss)} |")
 print(f"| pull (curl -L), registry CPU s per GiB | {dcpu:.3f} | {bcpu:.3f} | {ratio(dcpu, bcpu)} |")
 print(f"\nall push times, s: Distribution{dall}; Berth{ball}")

@@ -10,7 +10,9 @@ const MAX_REDIRECT_SECS: u32 = 7 * 24 * 3600;
 
 /// Every variable the registry reads.
 pub fn variables() -> impl Iterator<Item = &'static str> {
-    ["upload_expiry_seconds", "blob_redirect_seconds"].into_iter().chain(crate::auth::config::variables())
+    ["upload_expiry_seconds", "blob_redirect_seconds", "immutable_tags"]
+        .into_iter()
+        .chain(crate::auth::config::variables())
 }
 
 /// Parse the settings; `get` gives a variable's value, `None` when it is not defined.
@@ -28,6 +30,10 @@ pub fn from_variables(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
                 variable: "blob_redirect_seconds",
                 message: format!("{value:?} is not a number of seconds from 0 (off) to {MAX_REDIRECT_SECS}"),
             })?;
+    }
+    if let Some(value) = get("immutable_tags") {
+        config.immutable_tags = crate::immutable::ImmutableTags::parse(&value)
+            .map_err(|message| ConfigError { variable: "immutable_tags", message })?;
     }
     config.auth = AuthConfig::parse(get)?;
     Ok(config)

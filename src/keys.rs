@@ -21,6 +21,7 @@
 //! index/repos/<name>                                    a repository exists (the catalog)
 //! index/tags/<repo-key>/_/<tag>                         a tag exists (tag listing)
 //! index/referrers/<repo-key>/_/<alg>/<hex>/<alg>-<hex>  a referrer of a subject: its descriptor
+//! bindings/tags/<repo-key>/_/<tag>                      the digest an immutable tag is bound to
 //! ```
 //! The `_` component ends the repository part of an index name: no repository name has a `_`
 //! component, so the entries of `a` and of a nested `a/b` never share a prefix and a listing of
@@ -84,6 +85,12 @@ pub fn repo_marker(name: &RepoName) -> String {
 }
 
 pub const REPOS_PREFIX: &str = "index/repos/";
+
+/// The manifest an immutable tag was first pushed for (`crate::immutable`), created once,
+/// exclusively: of two racing first pushes one binds the tag.
+pub fn immutable_binding(name: &RepoName, tag: &Tag) -> String {
+    format!("bindings/tags/{}/_/{}", repo_key(name), tag.as_str())
+}
 
 pub fn tags_prefix(name: &RepoName) -> String {
     format!("index/tags/{}/_/", repo_key(name))

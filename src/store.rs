@@ -128,12 +128,19 @@ pub struct Config {
     /// Blob GETs answer `307` to a URL of the blob store, valid this long, where the store can
     /// make one and the blob is one object; 0: blobs are always streamed through the registry.
     pub blob_redirect_secs: u32,
+    /// Tags that cannot be moved or deleted once pushed (`crate::immutable`).
+    pub immutable_tags: crate::immutable::ImmutableTags,
     pub auth: crate::auth::config::AuthConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { upload_expiry_secs: 24 * 3600, blob_redirect_secs: 0, auth: Default::default() }
+        Config {
+            upload_expiry_secs: 24 * 3600,
+            blob_redirect_secs: 0,
+            immutable_tags: Default::default(),
+            auth: Default::default(),
+        }
     }
 }
 

@@ -300,7 +300,8 @@ fn behind_a_10_mib_response_cap_clients_pull_larger_layers_through_redirects_onl
     assert_eq!(docker.image_id(&reference), image_config_digest(&layout_dir, &image.digest));
 
     let log = edge.runner.log();
-    let big_layer_gets: Vec<&String> = log.iter().filter(|l| l.starts_with("GET /v2/edge/app/blobs/") && l.contains(" 307 ")).collect();
+    let big_layer_gets: Vec<&String> =
+        log.iter().filter(|l| l.starts_with("GET /v2/edge/app/blobs/") && l.contains(" 307 ")).collect();
     assert!(big_layer_gets.len() >= 4, "every client was redirected: {log:#?}");
 
     // Without redirects the layer is over the cap: the pull fails, as it would at the edge.
@@ -316,6 +317,7 @@ fn behind_a_10_mib_response_cap_clients_pull_larger_layers_through_redirects_onl
 /// The config digest of the image manifest `manifest_digest` in an OCI layout (Docker's image ID).
 fn image_config_digest(layout: &std::path::Path, manifest_digest: &str) -> String {
     let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&manifest_digest[7..])).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&manifest_digest[7..])).unwrap())
+            .unwrap();
     manifest["config"]["digest"].as_str().unwrap().to_owned()
 }

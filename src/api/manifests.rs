@@ -3,13 +3,14 @@
 use crate::blobs::{self, ObjectPages, Part, internal};
 use crate::digest::{Algorithm, Digest, RunningHash};
 use crate::errcode::{ErrorCode, RegistryError};
+use crate::immutable;
 use crate::keys;
 use crate::manifest::{self, MAX_MANIFEST_SIZE, Manifest};
 use crate::message::{CONTENT_DIGEST, Request, Response};
 use crate::name::{RepoName, Tag};
 use crate::reference::Reference;
 use crate::route::url;
-use crate::store::{BlobStore, MetaStore, Stores, Written};
+use crate::store::{BlobStore, MetaStore, StoreError, Stores, Written};
 use crate::uploads::{self, Finish};
 use http::{HeaderName, HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
@@ -220,6 +221,11 @@ pub async fn put<M: MetaStore, B: BlobStore>(
     }
     let manifest = manifest::parse(&bytes, content_type.as_deref())?;
     check_references(stores, name, &manifest).await?;
+    let tags: Vec<&Tag> = match &reference {
+        Reference::Tag(tag) => vec![tag],
+        Reference::Digest(_) => extra_tags.iter().collect(),
+    };
+    bind_immutable_tags(stores, name, &tags, &digest).await?;
     let generation = store(stores, name, &digest, &manifest, bytes, hash).await?;
     let target = TagTarget { digest: digest.clone(), generation };
     if let Reference::Tag(tag) = &reference {
@@ -268,6 +274,67 @@ fn tag_parameters<B>(req: &Request<B>, reference: &Reference) -> Result<Vec<Tag>
         ));
     }
     Ok(tags)
+}
+
+/// Immutable tags (`crate::immutable`), checked before anything is stored: a tag already bound
+/// to another manifest (or naming one) refuses the push. The first push binds it, by creating
+/// its binding object exclusively: of two racing first pushes of different manifests, exactly one
+/// binds the tag and the other is refused. The binding stays if the push then fails: the tag can
+/// still be pushed, for that manifest only.
+async fn bind_immutable_tags<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    tags: &[&Tag],
+    digest: &Digest,
+) -> Result<()> {
+    for &tag in tags {
+        let Some(rule) = stores.config.immutable_tags.rule_for(name, tag) else { continue };
+        let moved = || immutable::refused(name, tag, &rule, "it names another manifest, and cannot be moved");
+        if let Some((current, _)) = tagged(stores, name, tag).await?
+            && current != *digest
+        {
+            return Err(moved());
+        }
+        let binding = keys::immutable_binding(name, tag);
+        match stores.blobs.write_bytes(&binding, digest.to_string().into_bytes()).await {
+            Ok(()) => {}
+            Err(StoreError::AlreadyExists) => {
+                if stores.blobs.read_bytes(&binding).await.map_err(internal)? != digest.to_string().as_bytes() {
+                    return Err(moved());
+                }
+            }
+            Err(e) => return Err(internal(e)),
+        }
+    }
+    Ok(())
+}
+
+/// A delete by digest of a manifest an immutable tag names is refused (it would drop the tag).
+async fn refuse_deleting_what_immutable_tags_name<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    digest: &Digest,
+) -> Result<()> {
+    if !stores.config.immutable_tags.may_apply_to(name) {
+        return Ok(());
+    }
+    let prefix = keys::tags_prefix(name);
+    let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
+    while let Some(objects) = pages.next().await? {
+        for object in &objects {
+            let Ok(tag) = Tag::parse(&object[prefix.len()..]) else { continue };
+            let Some(rule) = stores.config.immutable_tags.rule_for(name, &tag) else { continue };
+            if tag_target(stores, name, &tag).await?.is_some_and(|t| t.digest == *digest) {
+                return Err(immutable::refused(
+                    name,
+                    &tag,
+                    &rule,
+                    &format!("the manifest {digest} it names cannot be deleted"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every blob must be in this repository. Neither a subject nor an index's child manifests need
@@ -445,11 +512,15 @@ pub async fn delete<M: MetaStore, B: BlobStore>(
     match Reference::parse(reference)? {
         Reference::Tag(tag) => {
             tag_target(stores, name, &tag).await?.ok_or_else(|| unknown(name, reference))?;
+            if let Some(rule) = stores.config.immutable_tags.rule_for(name, &tag) {
+                return Err(immutable::refused(name, &tag, &rule, "it cannot be deleted"));
+            }
             // Moved by a racing push meanwhile: this delete came first, the push stays.
             remove_tag(stores, name, &tag, |_| true).await?;
         }
         Reference::Digest(digest) => {
             let record = record(stores, name, &digest).await?.ok_or_else(|| unknown(name, reference))?;
+            refuse_deleting_what_immutable_tags_name(stores, name, &digest).await?;
             // From here on neither the digest nor any tag resolves to it.
             stores.meta.delete(&keys::manifest(name, &digest)).await.map_err(internal)?;
             if let Some(subject) = record.subject.as_deref().and_then(|s| Digest::parse(s).ok()) {

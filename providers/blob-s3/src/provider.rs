@@ -2,8 +2,8 @@
 //! bytes in and out as streams. What answers mean is in [`crate::answer`], settings in
 //! [`crate::settings`].
 
-use crate::PART_SIZE;
 use crate::answer::{self, Failure};
+use crate::part_size;
 use crate::settings::{self, Settings};
 use berth_hash_state::{Algorithm, RunningHash};
 use bindings::exports::berth::blob_store::store::{
@@ -338,7 +338,7 @@ const MAX_COPY: u64 = 5 * 1024 * 1024 * 1024;
 const COPY_STEP: u64 = 4 * 1024 * 1024 * 1024;
 
 /// The parts of a joined object: runs of at least [`MIN_PART`] are copied inside S3; shorter
-/// ones (and what fills a part up) are read through, [`PART_SIZE`] at most in memory.
+/// ones (and what fills a part up) are read through, one part at most in memory.
 async fn join_parts(
     s: &Settings,
     key: &str,
@@ -356,10 +356,11 @@ async fn join_parts(
                 upload.copy(s, key, source, at, piece).await?;
                 at += piece;
             } else {
-                let want = remaining.min((PART_SIZE - buf.len()) as u64);
+                let part = part_size(upload.etags.len() + 1);
+                let want = remaining.min((part - buf.len()) as u64);
                 read_into(s, source, at, want, &mut buf).await?;
                 at += want;
-                if buf.len() == PART_SIZE {
+                if buf.len() == part {
                     upload.upload(s, key, std::mem::take(&mut buf)).await?;
                 }
             }
@@ -423,29 +424,33 @@ impl Guest for Provider {
         let mut hashers = hashes.iter().map(restore_hash).collect::<Result<Vec<_>, _>>()?;
         let mut upload: Option<Multipart> = None;
         let mut size = 0u64;
-        // Small objects (manifests, index entries) never take a whole part's memory.
+        // Small objects (manifests, index entries) never take a part's memory: the buffer starts
+        // small, and an object that outgrows it gets one part's size at once (no regrowth copies).
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         let streamed: Result<(), Error> = async {
             loop {
+                let part = part_size(upload.as_ref().map_or(0, |u| u.etags.len()) + 1);
                 if buf.len() == buf.capacity() {
-                    buf.reserve_exact(buf.len().min(PART_SIZE - buf.len()));
+                    buf.reserve_exact(part - buf.len());
                 }
                 let before = buf.len();
                 let (result, filled) = data.read(std::mem::take(&mut buf)).await;
                 buf = filled;
                 hashers.iter_mut().for_each(|h| h.update(&buf[before..]));
                 size += (buf.len() - before) as u64;
-                if buf.len() == PART_SIZE {
-                    let part = std::mem::replace(&mut buf, Vec::with_capacity(64 * 1024));
+                if buf.len() == part {
+                    let full = std::mem::take(&mut buf);
                     match upload.as_mut() {
-                        Some(upload) => upload.upload(&s, &key, part).await?,
+                        Some(upload) => upload.upload(&s, &key, full).await?,
                         None => {
                             let mut started = Multipart::start(&s, &key).await?;
-                            let uploaded = started.upload(&s, &key, part).await;
+                            let uploaded = started.upload(&s, &key, full).await;
                             upload = Some(started);
                             uploaded?;
                         }
                     }
+                    // Freed by now (the request body has gone): the next part's buffer reuses it.
+                    buf = Vec::with_capacity(part_size(upload.as_ref().map_or(0, |u| u.etags.len()) + 1));
                 }
                 if !matches!(result, StreamResult::Complete(_)) {
                     return Ok(());
