@@ -133,12 +133,15 @@ pub async fn parts_present<M, B: BlobStore>(stores: &Stores<M, B>, record: &Blob
     Ok(true)
 }
 
-/// Let repository `name` serve an existing blob (and list the repository in the catalog).
+/// Let repository `name` serve an existing blob of `size` bytes (and list the repository in the
+/// catalog), if the quotas of its namespaces allow (`crate::quota`).
 pub async fn link<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     name: &RepoName,
     digest: &Digest,
+    size: u64,
 ) -> Result<(), RegistryError> {
+    crate::quota::charge(stores, name, digest, size).await?;
     stores.meta.set(&keys::blob_link(name, digest), b"1").await.map_err(internal)?;
     mark(stores, &keys::repo_marker(name), Vec::new()).await
 }

@@ -10,7 +10,7 @@ const MAX_REDIRECT_SECS: u32 = 7 * 24 * 3600;
 
 /// Every variable the registry reads.
 pub fn variables() -> impl Iterator<Item = &'static str> {
-    ["upload_expiry_seconds", "blob_redirect_seconds", "immutable_tags"]
+    ["upload_expiry_seconds", "blob_redirect_seconds", "immutable_tags", "quotas"]
         .into_iter()
         .chain(crate::auth::config::variables())
 }
@@ -34,6 +34,10 @@ pub fn from_variables(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
     if let Some(value) = get("immutable_tags") {
         config.immutable_tags = crate::immutable::ImmutableTags::parse(&value)
             .map_err(|message| ConfigError { variable: "immutable_tags", message })?;
+    }
+    if let Some(value) = get("quotas") {
+        config.quotas =
+            crate::quota::Quotas::parse(&value).map_err(|message| ConfigError { variable: "quotas", message })?;
     }
     config.auth = AuthConfig::parse(get)?;
     Ok(config)

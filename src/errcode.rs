@@ -90,15 +90,24 @@ pub struct RegistryError {
     pub detail: Option<String>,
     /// Overrides the code's status (e.g. 413 for an oversized manifest, 416 for a bad chunk).
     pub status: Option<StatusCode>,
+    /// The detail is the message too: clients (containers/image in skopeo and podman, docker)
+    /// print only the message, and some refusals must be read by the user to be acted on.
+    pub told: bool,
 }
 
 impl RegistryError {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self { code, detail: Some(detail.into()), status: None }
+        Self { code, detail: Some(detail.into()), status: None, told: false }
     }
 
     pub fn bare(code: ErrorCode) -> Self {
-        Self { code, detail: None, status: None }
+        Self { code, detail: None, status: None, told: false }
+    }
+
+    /// Send the detail as the message as well (see [`RegistryError::told`]).
+    pub fn told(mut self) -> Self {
+        self.told = true;
+        self
     }
 
     pub fn with_status(mut self, status: StatusCode) -> Self {
@@ -119,12 +128,15 @@ impl RegistryError {
         #[derive(Serialize)]
         struct Entry<'a> {
             code: &'static str,
-            message: &'static str,
+            message: &'a str,
             detail: Option<&'a str>,
         }
-        let envelope = Envelope {
-            errors: [Entry { code: self.code.as_str(), message: self.code.message(), detail: self.detail.as_deref() }],
+        let message = match (&self.detail, self.told) {
+            (Some(detail), true) => detail.as_str(),
+            _ => self.code.message(),
         };
+        let envelope =
+            Envelope { errors: [Entry { code: self.code.as_str(), message, detail: self.detail.as_deref() }] };
         serde_json::to_vec(&envelope).expect("the envelope always serializes")
     }
 }
@@ -151,6 +163,16 @@ mod tests {
         assert_eq!(value["errors"][0]["code"], "DIGEST_INVALID");
         assert_eq!(value["errors"][0]["message"], "provided digest did not match uploaded content");
         assert_eq!(value["errors"][0]["detail"], "sha256 mismatch");
+    }
+
+    #[test]
+    fn a_told_error_sends_its_detail_as_the_message_too() {
+        let json = RegistryError::new(ErrorCode::Denied, "quota exceeded: ...").told().to_json();
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            (value["errors"][0]["message"].as_str(), value["errors"][0]["detail"].as_str()),
+            (Some("quota exceeded: ..."), Some("quota exceeded: ..."))
+        );
     }
 
     #[test]

@@ -75,6 +75,7 @@ pub fn refused(name: &RepoName, tag: &Tag, rule: &str, what: &str) -> RegistryEr
         ErrorCode::Denied,
         format!("tag {} of {name} is immutable (immutable_tags rule {rule}): {what}", tag.as_str()),
     )
+    .told()
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod manifest;
 pub mod message;
 pub mod name;
+pub mod quota;
 pub mod range;
 pub mod reference;
 pub mod route;

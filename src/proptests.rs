@@ -595,8 +595,8 @@ proptest! {
 // Scopes (src/auth/scope.rs).
 
 fn actions() -> impl Strategy<Value = Actions> {
-    (0u8..8).prop_map(|bits| {
-        [Actions::PULL, Actions::PUSH, Actions::DELETE]
+    (0u8..16).prop_map(|bits| {
+        [Actions::PULL, Actions::PUSH, Actions::DELETE, Actions::ADMIN]
             .into_iter()
             .enumerate()
             .filter(|(i, _)| bits & (1 << i) != 0)
@@ -614,8 +614,12 @@ proptest! {
     #![proptest_config(config(1000))]
 
     #[test]
-    fn a_scope_round_trips(name in scope_name(), actions in actions(), catalog in any::<bool>()) {
-        let scope = if catalog { Scope::catalog() } else { Scope::repository(&name, actions) };
+    fn a_scope_round_trips(name in scope_name(), actions in actions(), kind in 0..3u8) {
+        let scope = match kind {
+            0 => Scope::catalog(),
+            1 => Scope::admin(),
+            _ => Scope::repository(&name, actions),
+        };
         prop_assert_eq!(Scope::parse(&scope.to_string()), Some(scope));
     }
 
@@ -636,6 +640,7 @@ proptest! {
             match scope.resource {
                 Resource::Repository(name) => prop_assert!(!name.is_empty() && s.starts_with("repository:")),
                 Resource::Catalog => prop_assert!(s.starts_with("registry:catalog:")),
+                Resource::Admin => prop_assert!(s.starts_with("registry:admin:")),
             }
         }
         let all = Scope::parse_all([s.as_str(), more.as_str()]);

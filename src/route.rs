@@ -10,6 +10,7 @@
 //! /v2/<name>/blobs/uploads/<id>         Upload
 //! /v2/<name>/blobs/<digest>             Blob
 //! /v2/<name>/referrers/<digest>         Referrers
+//! /v2/_berth/quotas                     AdminQuotas (Berth's admin API)
 //! ```
 //! Names may contain the words `blobs`, `manifests`, `tags` as components
 //! (`/v2/a/manifests/b/manifests/latest` names repository `a/manifests/b`): the endpoint is
@@ -30,6 +31,9 @@ pub enum Route {
     Upload(RepoName, String),
     Blob(RepoName, Digest),
     Referrers(RepoName, Digest),
+    /// Berth's admin API: quota usage. (`_berth` cannot be a repository name: a component
+    /// cannot start with `_`.)
+    AdminQuotas,
 }
 
 impl Route {
@@ -40,6 +44,7 @@ impl Route {
         let rest = match path {
             "/v2" | "/v2/" => return Ok(Route::Base),
             "/v2/_catalog" => return Ok(Route::Catalog),
+            "/v2/_berth/quotas" => return Ok(Route::AdminQuotas),
             _ => path.strip_prefix("/v2/").ok_or_else(not_found)?,
         };
         let segments: Vec<&str> = rest.split('/').collect();

@@ -130,6 +130,8 @@ pub struct Config {
     pub blob_redirect_secs: u32,
     /// Tags that cannot be moved or deleted once pushed (`crate::immutable`).
     pub immutable_tags: crate::immutable::ImmutableTags,
+    /// Byte limits per repository pattern (`crate::quota`).
+    pub quotas: crate::quota::Quotas,
     pub auth: crate::auth::config::AuthConfig,
 }
 
@@ -139,6 +141,7 @@ impl Default for Config {
             upload_expiry_secs: 24 * 3600,
             blob_redirect_secs: 0,
             immutable_tags: Default::default(),
+            quotas: Default::default(),
             auth: Default::default(),
         }
     }

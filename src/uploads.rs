@@ -165,7 +165,7 @@ pub async fn finish<M: MetaStore, B: BlobStore>(
         }
         Commit::Existing(existing) => release(stores, closing, &existing.parts).await?,
     }
-    blobs::link(stores, &repo, digest).await?;
+    blobs::link(stores, &repo, digest, record.size).await?;
     Ok(Finish::Stored)
 }
 

@@ -444,7 +444,9 @@ async fn store<M: MetaStore, B: BlobStore>(
 ) -> Result<Option<String>> {
     let size = bytes.len() as u64;
     match blobs::record(stores, digest).await? {
-        Some(stored) if blobs::parts_present(stores, &stored).await? => blobs::link(stores, name, digest).await?,
+        Some(stored) if blobs::parts_present(stores, &stored).await? => {
+            blobs::link(stores, name, digest, stored.size).await?
+        }
         _ => store_bytes(stores, name, digest, bytes, hash).await?,
     }
     let record = ManifestRecord {

@@ -3,6 +3,7 @@
 //! Access control is one check between parsing the route and running its handler
 //! ([`crate::auth::authorize`]); the token endpoint is a handler of its own ([`token`]).
 
+mod admin;
 mod base;
 mod blobs;
 mod catalog;
@@ -94,6 +95,7 @@ async fn dispatch<M: MetaStore, B: BlobStore>(
             uploads::session(stores, &identity, &name, &id, req).await
         }
         (Method::GET, Route::Referrers(name, digest)) => referrers::list(stores, &name, &digest, &req).await,
+        (Method::GET, Route::AdminQuotas) => admin::quotas(stores).await,
         (method, _) => Err(method_not_allowed(&method)),
     }
 }

@@ -66,19 +66,17 @@ async fn mount_blob<M: MetaStore, B: BlobStore>(
 ) -> Result<Option<Response<B::Outgoing>>> {
     let available = match from {
         Some(from) => match RepoName::parse(from) {
-            Ok(from) => blobs::linked(stores, &from, digest).await.is_ok(),
-            Err(_) => false,
+            Ok(from) => blobs::linked(stores, &from, digest).await.ok(),
+            Err(_) => None,
         },
         // Only a blob stored whole: a client told it is there will not send it again.
         None => match blobs::record(stores, digest).await? {
-            Some(record) => blobs::parts_present(stores, &record).await?,
-            None => false,
+            Some(record) if blobs::parts_present(stores, &record).await? => Some(record),
+            _ => None,
         },
     };
-    if !available {
-        return Ok(None);
-    }
-    blobs::link(stores, name, digest).await?;
+    let Some(record) = available else { return Ok(None) };
+    blobs::link(stores, name, digest, record.size).await?;
     Ok(Some(created(name, digest)))
 }
 
@@ -99,6 +97,10 @@ async fn monolithic<M: MetaStore, B: BlobStore>(
     req: Request<B::Incoming>,
 ) -> Result<Response<B::Outgoing>> {
     let declared = content_length(&req)?;
+    if let Some(size) = declared {
+        // Refused before a byte is stored; a body without a length is counted at the finish.
+        crate::quota::check(stores, name, Some(digest), size).await?;
+    }
     let opened = uploads::open(stores, name, owner).await?;
     let mut hashes = running_hashes(&opened.session)?;
     if digest.algorithm() == Algorithm::Sha512 {

@@ -14,6 +14,8 @@ pub fn grant(config: &AuthConfig, subject: Option<&str>, wanted: &[Scope]) -> Ve
         let allowed = match &scope.resource {
             Resource::Repository(name) => config.policy.allowed(subject, name).intersect(scope.actions),
             Resource::Catalog => Actions::ALL,
+            Resource::Admin if config.policy.allows_everywhere(subject, Actions::ADMIN) => Actions::ADMIN,
+            Resource::Admin => Actions::NONE,
         };
         if allowed.is_empty() {
             continue;

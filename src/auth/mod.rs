@@ -38,6 +38,8 @@ pub enum Need {
     Login,
     Catalog,
     Repository(String, Actions),
+    /// The admin API: `admin` granted for every repository (a policy rule for `*`).
+    Admin,
 }
 
 impl Need {
@@ -46,6 +48,7 @@ impl Need {
         match self {
             Need::Login => None,
             Need::Catalog => Some(Scope::catalog()),
+            Need::Admin => Some(Scope::admin()),
             Need::Repository(name, actions) => Some(Scope::repository(name, *actions)),
         }
     }
@@ -56,6 +59,7 @@ pub fn need(method: &Method, route: &Route) -> Need {
     let (name, actions) = match route {
         Route::Base => return Need::Login,
         Route::Catalog => return Need::Catalog,
+        Route::AdminQuotas => return Need::Admin,
         Route::UploadStart(name) | Route::Upload(name, _) => (name, push),
         Route::Tags(name) | Route::Manifest(name, _) | Route::Blob(name, _) | Route::Referrers(name, _) => {
             let actions = match *method {
@@ -165,6 +169,7 @@ fn authorize_token<B>(config: &AuthConfig, req: &Request<B>, need: &Need, now: u
     let allowed = match (need, &identity.grants) {
         (Need::Login, _) => true,
         (Need::Catalog, Grants::Token(claims)) => !claims.granted(&Resource::Catalog).is_empty(),
+        (Need::Admin, Grants::Token(claims)) => claims.granted(&Resource::Admin).contains(Actions::ADMIN),
         (Need::Repository(name, actions), _) => identity.may(config, name, *actions),
         _ => false,
     };
@@ -197,6 +202,16 @@ fn authorize_basic<B>(config: &AuthConfig, req: &Request<B>, need: &Need) -> Res
     match (need, identity.subject()) {
         (Need::Login, None) => Err(Denied::unauthorized("log in with a user name and password", challenge)),
         (Need::Login | Need::Catalog, _) => Ok(identity),
+        (Need::Admin, Some(user)) if config.policy.allows_everywhere(Some(user), Actions::ADMIN) => Ok(identity),
+        (Need::Admin, None) => Err(Denied::unauthorized("log in to use the admin API", challenge)),
+        (Need::Admin, Some(user)) => Err(Denied {
+            error: RegistryError::new(
+                ErrorCode::Denied,
+                format!("user {user} may not use the admin API (it needs a policy rule `* <who> admin`)"),
+            ),
+            challenge: None,
+            wrong_password: false,
+        }),
         (Need::Repository(name, actions), _) if identity.may(config, name, *actions) => Ok(identity),
         (Need::Repository(name, actions), None) => {
             Err(Denied::unauthorized(format!("log in to {actions} repository {name}"), challenge))

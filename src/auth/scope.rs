@@ -20,10 +20,13 @@ impl Actions {
     pub const PULL: Actions = Actions(1);
     pub const PUSH: Actions = Actions(2);
     pub const DELETE: Actions = Actions(4);
+    /// Every repository action (`*`): pull, push, delete. Not `admin`, which a rule must name.
     pub const ALL: Actions = Actions(7);
+    /// The admin API (`/v2/_berth/...`): granted by a rule for every repository (`*`) only.
+    pub const ADMIN: Actions = Actions(8);
 
-    const NAMES: [(Actions, &'static str); 3] =
-        [(Actions::PULL, "pull"), (Actions::PUSH, "push"), (Actions::DELETE, "delete")];
+    const NAMES: [(Actions, &'static str); 4] =
+        [(Actions::PULL, "pull"), (Actions::PUSH, "push"), (Actions::DELETE, "delete"), (Actions::ADMIN, "admin")];
 
     pub fn contains(self, other: Actions) -> bool {
         self.0 & other.0 == other.0
@@ -70,6 +73,8 @@ impl fmt::Display for Actions {
 pub enum Resource {
     Repository(String),
     Catalog,
+    /// The admin API.
+    Admin,
 }
 
 /// A resource and the actions wanted (or granted) on it.
@@ -88,6 +93,10 @@ impl Scope {
         Scope { resource: Resource::Catalog, actions: Actions::ALL }
     }
 
+    pub fn admin() -> Scope {
+        Scope { resource: Resource::Admin, actions: Actions::ADMIN }
+    }
+
     /// One scope; `None` for a malformed one or a type Berth does not serve.
     pub fn parse(s: &str) -> Option<Scope> {
         let (kind, rest) = s.split_once(':')?;
@@ -98,6 +107,9 @@ impl Scope {
         match kind {
             "repository" => Some(Scope::repository(name, Actions::parse_lenient(actions))),
             "registry" if name == "catalog" && actions.split(',').any(|a| a == "*") => Some(Scope::catalog()),
+            "registry" if name == "admin" && actions.split(',').any(|a| a == "*" || a == "admin") => {
+                Some(Scope::admin())
+            }
             _ => None,
         }
     }
@@ -114,6 +126,7 @@ impl fmt::Display for Scope {
         match &self.resource {
             Resource::Repository(name) => write!(f, "repository:{name}:{}", self.actions),
             Resource::Catalog => f.write_str("registry:catalog:*"),
+            Resource::Admin => f.write_str("registry:admin:*"),
         }
     }
 }

@@ -74,6 +74,7 @@ fn what_each_route_needs() {
         (Method::GET, "/v2/a/blobs/uploads/x".into(), Need::Repository("a".into(), push)),
         (Method::DELETE, "/v2/a/blobs/uploads/x".into(), Need::Repository("a".into(), push)),
         (Method::GET, format!("/v2/a/referrers/{d}"), Need::Repository("a".into(), pull)),
+        (Method::GET, "/v2/_berth/quotas".into(), Need::Admin),
     ];
     for (method, path, expected) in cases {
         assert_eq!(need(&method, &Route::parse(&path).unwrap()), expected, "{method} {path}");
@@ -170,4 +171,52 @@ fn mounting_without_from_needs_pull_everywhere() {
     let alice = check(&c, Method::GET, "/v2/", basic("alice", "secret")).unwrap();
     assert!(!alice.pulls_everywhere(&c));
     assert!(Identity::everyone().pulls_everywhere(&c));
+}
+
+fn admin_config(mode: &str) -> AuthConfig {
+    let users = format!("alice:{HASH}\nbob:{HASH}");
+    let vars = BTreeMap::from([
+        ("auth_mode", mode.to_owned()),
+        ("auth_users", users),
+        ("auth_policy", "* alice admin\n* bob *".to_owned()),
+        ("auth_token_secret", SECRET.to_owned()),
+    ]);
+    AuthConfig::parse(&|name| vars.get(name).cloned()).unwrap()
+}
+
+#[test]
+fn the_admin_api_needs_admin_named_for_every_repository_in_basic_mode() {
+    let c = admin_config("basic");
+    assert!(check(&c, Method::GET, "/v2/_berth/quotas", basic("alice", "secret")).is_ok());
+    let denied = check(&c, Method::GET, "/v2/_berth/quotas", basic("bob", "secret")).unwrap_err();
+    assert_eq!(code(&denied), (403, "DENIED"), "`*` is pull, push and delete, not admin");
+    let denied = check(&c, Method::GET, "/v2/_berth/quotas", None).unwrap_err();
+    assert_eq!(code(&denied), (401, "UNAUTHORIZED"));
+}
+
+#[test]
+fn the_admin_api_needs_a_token_granting_registry_admin() {
+    let c = admin_config("token");
+    let token = bearer(&c, Some("alice"), &["registry:admin:*"]);
+    assert!(check(&c, Method::GET, "/v2/_berth/quotas", token).is_ok());
+    let denied =
+        check(&c, Method::GET, "/v2/_berth/quotas", bearer(&c, Some("bob"), &["registry:admin:*"])).unwrap_err();
+    assert_eq!(code(&denied), (401, "UNAUTHORIZED"), "bob's token grants nothing there: insufficient_scope");
+    let denied = check(&c, Method::GET, "/v2/_berth/quotas", None).unwrap_err();
+    assert_eq!(
+        denied.challenge.as_deref(),
+        Some(r#"Bearer realm="http://reg.test:5000/token",service="berth",scope="registry:admin:*""#)
+    );
+    // A repository rule naming admin does not open the admin API.
+    let scoped = AuthConfig::parse(&|name| match name {
+        "auth_mode" => Some("basic".into()),
+        "auth_users" => Some(format!("carol:{HASH}")),
+        "auth_policy" => Some("team/* carol admin".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(
+        code(&check(&scoped, Method::GET, "/v2/_berth/quotas", basic("carol", "secret")).unwrap_err()),
+        (403, "DENIED")
+    );
 }

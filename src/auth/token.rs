@@ -79,6 +79,7 @@ impl Access {
                 actions: scope.actions.names().into_iter().map(String::from).collect(),
             },
             Resource::Catalog => Access { kind: "registry".into(), name: "catalog".into(), actions: vec!["*".into()] },
+            Resource::Admin => Access { kind: "registry".into(), name: "admin".into(), actions: vec!["admin".into()] },
         }
     }
 }
@@ -89,6 +90,7 @@ impl Claims {
         let (kind, name) = match resource {
             Resource::Repository(name) => ("repository", name.as_str()),
             Resource::Catalog => ("registry", "catalog"),
+            Resource::Admin => ("registry", "admin"),
         };
         self.access
             .iter()

@@ -1,0 +1,242 @@
+//! Storage quotas (the `quotas` variable): rules `<repository-glob> <size>`, e.g.
+//! `team-a/* 10GiB`. Every rule whose glob matches a repository is a namespace it counts in, and
+//! a push must fit every one.
+//!
+//! Usage is the bytes of the distinct blobs (layers, configs, manifests) linked into the
+//! namespace's repositories: a blob counts once per namespace, however many repositories of it
+//! hold it. It is kept as key-value counters changed only by `increment`:
+//! - `quota/<ns>/blob/<digest>` counts the links of a blob in the namespace. The link that takes it
+//!   from 0 to 1 adds the blob's size to `quota/<ns>/bytes`;
+//! - that addition is itself an `increment` whose result is the new total. A total over the limit
+//!   is taken back, and the push refused, so racing pushes never take the usage past the limit.
+//!
+//! Deleting a blob only unlinks it and frees nothing, so usage does not go down. Garbage
+//! collection, once it reclaims bytes, will give them back.
+
+use crate::auth::policy::glob_match;
+use crate::digest::{Algorithm, Digest};
+use crate::errcode::{ErrorCode, RegistryError};
+use crate::name::RepoName;
+use crate::store::{MetaStore, StoreError, Stores};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    pub pattern: String,
+    pub limit: u64,
+}
+
+impl Quota {
+    /// The namespace's key part: stable while the rule's glob is (its position may change).
+    fn id(&self) -> String {
+        Digest::of(Algorithm::Sha256, self.pattern.as_bytes()).hex()[..32].to_owned()
+    }
+
+    fn bytes_key(&self) -> String {
+        format!("quota/{}/bytes", self.id())
+    }
+
+    fn blob_key(&self, digest: &Digest) -> String {
+        format!("quota/{}/blob/{}/{}", self.id(), digest.algorithm().as_str(), digest.hex())
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Quotas(Vec<Quota>);
+
+/// `10GiB`, `500 MiB`, `1.5G`, `2048` (bytes): binary units, with or without the `i` and `B`.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = (&text[..split], text[split..].trim().to_ascii_lowercase());
+    let number: f64 = number.parse().ok().filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+    let scale = match unit.trim_end_matches('b').trim_end_matches('i') {
+        "" => 1u64,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return None,
+    };
+    let bytes = number * scale as f64;
+    (bytes <= u64::MAX as f64 / 2.0).then_some(bytes as u64)
+}
+
+/// Bytes for people: `1.5 GiB`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+impl Quotas {
+    /// Rules separated by newlines or `;`; empty: no quota.
+    pub fn parse(text: &str) -> Result<Quotas, String> {
+        let mut quotas = Vec::new();
+        for (number, entry) in text.split(['\n', ';']).map(str::trim).enumerate() {
+            if entry.is_empty() || entry.starts_with('#') {
+                continue;
+            }
+            let Some((pattern, size)) = entry.split_once(char::is_whitespace) else {
+                return Err(format!("entry {}: expected <repository-glob> <size>, e.g. team-a/* 10GiB", number + 1));
+            };
+            let limit = parse_size(size)
+                .ok_or_else(|| format!("entry {}: {:?} is not a size (e.g. 500MiB, 10GiB)", number + 1, size.trim()))?;
+            quotas.push(Quota { pattern: pattern.to_owned(), limit });
+        }
+        Ok(Quotas(quotas))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Quota> {
+        self.0.iter()
+    }
+
+    fn applying<'a>(&'a self, name: &'a RepoName) -> impl Iterator<Item = &'a Quota> {
+        self.0.iter().filter(move |q| glob_match(&q.pattern, name.as_str()))
+    }
+}
+
+fn store_error(e: StoreError) -> RegistryError {
+    crate::blobs::internal(e)
+}
+
+fn exceeded(quota: &Quota, used: u64, size: u64) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::Denied,
+        format!(
+            "quota exceeded: repositories {} may hold {}, {} are used, and this push needs {} more",
+            quota.pattern,
+            human(quota.limit),
+            human(used),
+            human(size)
+        ),
+    )
+    .told()
+}
+
+/// The namespace's usage, in bytes (0 when nothing was counted yet).
+pub async fn used<M: MetaStore, B>(stores: &Stores<M, B>, quota: &Quota) -> Result<u64, RegistryError> {
+    // An increment of 0 reads a counter in whichever form the store keeps it.
+    Ok(stores.meta.increment(&quota.bytes_key(), 0).await.map_err(store_error)?.max(0) as u64)
+}
+
+/// Before any byte is stored: whether `size` more bytes (a blob not yet in the namespace) fit in
+/// every namespace of `name`. Racing pushes are caught for good by [`charge`].
+pub async fn check<M: MetaStore, B>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    digest: Option<&Digest>,
+    size: u64,
+) -> Result<(), RegistryError> {
+    for quota in stores.config.quotas.applying(name) {
+        if let Some(digest) = digest
+            && stores.meta.increment(&quota.blob_key(digest), 0).await.map_err(store_error)? > 0
+        {
+            continue; // already counted here
+        }
+        let used = used(stores, quota).await?;
+        if used.saturating_add(size) > quota.limit {
+            return Err(exceeded(quota, used, size));
+        }
+    }
+    Ok(())
+}
+
+/// Count a link of blob `digest` (`size` bytes) into repository `name`, in every namespace of
+/// it, or refuse it (and count nothing) when a namespace would go over its limit.
+pub async fn charge<M: MetaStore, B>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    digest: &Digest,
+    size: u64,
+) -> Result<(), RegistryError> {
+    let mut charged: Vec<(&Quota, bool)> = Vec::new();
+    for quota in stores.config.quotas.applying(name) {
+        let links = stores.meta.increment(&quota.blob_key(digest), 1).await.map_err(store_error)?;
+        let first = links == 1;
+        charged.push((quota, first));
+        if !first {
+            continue;
+        }
+        let total = stores.meta.increment(&quota.bytes_key(), size as i64).await.map_err(store_error)?.max(0) as u64;
+        if total > quota.limit {
+            uncharge(stores, digest, size, &charged).await;
+            return Err(exceeded(quota, total.saturating_sub(size), size));
+        }
+    }
+    Ok(())
+}
+
+/// Take back what [`charge`] counted (best effort: a failure here leaves usage too high, never
+/// too low).
+async fn uncharge<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest, size: u64, charged: &[(&Quota, bool)]) {
+    for (quota, first) in charged {
+        let _ = stores.meta.increment(&quota.blob_key(digest), -1).await;
+        if *first {
+            let _ = stores.meta.increment(&quota.bytes_key(), -(size as i64)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{block_on, memory_stores};
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("2048"), Some(2048));
+        assert_eq!(parse_size("10GiB"), Some(10 << 30));
+        assert_eq!(parse_size("500 MiB"), Some(500 << 20));
+        assert_eq!(parse_size("1.5G"), Some(3 << 29));
+        assert_eq!(parse_size("4k"), Some(4096));
+        assert_eq!(parse_size("ten"), None);
+        assert_eq!(parse_size("5 parsecs"), None);
+        assert_eq!(human(3 << 29), "1.5 GiB");
+        assert_eq!(human(12), "12 B");
+    }
+
+    #[test]
+    fn rules_are_refused_by_number() {
+        assert_eq!(Quotas::parse("").unwrap(), Quotas::default());
+        assert!(Quotas::parse("team-a/*").unwrap_err().contains("entry 1"));
+        assert!(Quotas::parse("a 1GiB; b lots").unwrap_err().contains("entry 2"));
+    }
+
+    fn stores_with(rules: &str) -> Stores<crate::testing::MemMeta, crate::testing::MemBlobs> {
+        let mut stores = memory_stores();
+        stores.config.quotas = Quotas::parse(rules).unwrap();
+        stores
+    }
+
+    fn digest(n: u8) -> Digest {
+        Digest::of(Algorithm::Sha256, &[n])
+    }
+
+    #[test]
+    fn a_blob_counts_once_per_namespace_and_a_push_over_the_limit_is_refused_and_not_counted() {
+        let stores = stores_with("team/* 100");
+        let (a, b) = (RepoName::parse("team/a").unwrap(), RepoName::parse("team/b").unwrap());
+        block_on(charge(&stores, &a, &digest(1), 60)).unwrap();
+        block_on(charge(&stores, &b, &digest(1), 60)).unwrap();
+        assert_eq!(block_on(used(&stores, &stores.config.quotas.0[0])).unwrap(), 60, "once per namespace");
+        let err = block_on(charge(&stores, &b, &digest(2), 50)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Denied);
+        let detail = err.detail.unwrap();
+        assert!(detail.contains("team/*") && detail.contains("100 B") && detail.contains("60 B"), "{detail}");
+        assert_eq!(block_on(used(&stores, &stores.config.quotas.0[0])).unwrap(), 60, "nothing counted");
+        block_on(charge(&stores, &b, &digest(2), 40)).unwrap();
+        assert!(block_on(check(&stores, &a, Some(&digest(3)), 1)).is_err());
+        assert!(block_on(check(&stores, &a, Some(&digest(2)), 40)).is_ok(), "already counted");
+        let other = RepoName::parse("other").unwrap();
+        assert!(block_on(check(&stores, &other, None, 1 << 40)).is_ok(), "no rule, no quota");
+    }
+}
