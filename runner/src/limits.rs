@@ -434,6 +434,7 @@ mod tests {
             max_connections: 1024,
             http2_max_concurrent_streams: 100,
             http2_max_header_list_size: 65536,
+            edge_body_cap: None,
         }
     }
 
