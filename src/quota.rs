@@ -160,13 +160,27 @@ pub async fn charge<M: MetaStore, B>(
 ) -> Result<(), RegistryError> {
     let mut charged: Vec<(&Quota, bool)> = Vec::new();
     for quota in stores.config.quotas.applying(name) {
-        let links = stores.meta.increment(&quota.blob_key(digest), 1).await.map_err(store_error)?;
+        let links = match stores.meta.increment(&quota.blob_key(digest), 1).await {
+            Ok(links) => links,
+            Err(e) => {
+                uncharge(stores, digest, size, &charged).await;
+                return Err(store_error(e));
+            }
+        };
         let first = links == 1;
-        charged.push((quota, first));
         if !first {
+            charged.push((quota, false));
             continue;
         }
-        let total = stores.meta.increment(&quota.bytes_key(), size as i64).await.map_err(store_error)?.max(0) as u64;
+        let total = match stores.meta.increment(&quota.bytes_key(), size as i64).await {
+            Ok(total) => total.max(0) as u64,
+            Err(e) => {
+                charged.push((quota, false)); // its link is counted, its bytes are not
+                uncharge(stores, digest, size, &charged).await;
+                return Err(store_error(e));
+            }
+        };
+        charged.push((quota, true));
         if total > quota.limit {
             uncharge(stores, digest, size, &charged).await;
             return Err(exceeded(quota, total.saturating_sub(size), size));
@@ -176,11 +190,12 @@ pub async fn charge<M: MetaStore, B>(
 }
 
 /// Take back what [`charge`] counted (best effort: a failure here leaves usage too high, never
-/// too low).
+/// too low). The bytes go back only with the last link: a link of the same blob that raced this
+/// one (and was counted free, as not the first) keeps them.
 async fn uncharge<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest, size: u64, charged: &[(&Quota, bool)]) {
-    for (quota, first) in charged {
-        let _ = stores.meta.increment(&quota.blob_key(digest), -1).await;
-        if *first {
+    for (quota, added_bytes) in charged {
+        let Ok(left) = stores.meta.increment(&quota.blob_key(digest), -1).await else { continue };
+        if *added_bytes && left == 0 {
             let _ = stores.meta.increment(&quota.bytes_key(), -(size as i64)).await;
         }
     }
@@ -236,6 +251,14 @@ mod tests {
         block_on(charge(&stores, &b, &digest(2), 40)).unwrap();
         assert!(block_on(check(&stores, &a, Some(&digest(3)), 1)).is_err());
         assert!(block_on(check(&stores, &a, Some(&digest(2)), 40)).is_ok(), "already counted");
+        // A refused first link that raced a second link of the same blob leaves the bytes to it.
+        let c = digest(9);
+        // Its count went to 1 with this link and to 2 with the racer's; this link added the bytes.
+        block_on(stores.meta.increment(&stores.config.quotas.0[0].blob_key(&c), 2)).unwrap();
+        let quota = &stores.config.quotas.0[0];
+        block_on(stores.meta.increment(&quota.bytes_key(), 95)).unwrap();
+        block_on(uncharge(&stores, &c, 95, &[(quota, true)]));
+        assert_eq!(block_on(used(&stores, quota)).unwrap(), 195, "the racer's link keeps the bytes counted");
         let other = RepoName::parse("other").unwrap();
         assert!(block_on(check(&stores, &other, None, 1 << 40)).is_ok(), "no rule, no quota");
     }

@@ -154,6 +154,16 @@ pub async fn finish<M: MetaStore, B: BlobStore>(
                 None => return Err(corrupt(&session.id, "changed by another request while finishing")),
             }
         }
+        // A join was tried and did not happen: it may have taken long, so the session is
+        // touched before the record is written (a sweep that took it over meanwhile may have
+        // removed the chunks; then this finish fails rather than name them).
+        None if stores.config.blob_redirect_secs > 0 && record.parts.len() > 1 => {
+            let touched = session.moved_to(SessionState::Closing, Some(digest.to_string()), (stores.now)());
+            match swap(stores, &closing, touched).await? {
+                Some(moved) => (moved, record),
+                None => return Err(corrupt(&session.id, "changed by another request while finishing")),
+            }
+        }
         None => (closing, record),
     };
     let session = &closing.session;

@@ -28,11 +28,15 @@ pub fn element<'a>(body: &'a str, name: &str) -> Option<&'a str> {
 pub fn classify(status: u16, body: &str, what: &str, origin: &str) -> Failure {
     let code = error_code(body).unwrap_or("no error code");
     match status {
-        404 => Failure::NotFound,
-        // A conditional write lost to an object that exists (412), or to a concurrent
-        // conditional write of the same key (409 ConditionalRequestConflict).
+        // A missing key (HEAD answers have no body). A missing bucket or multipart upload is the
+        // setup's or a lifecycle rule's doing, not a missing object.
+        404 if body.trim().is_empty() || code == "NoSuchKey" => Failure::NotFound,
+        // A conditional write lost to an object that exists.
         412 => Failure::AlreadyExists,
-        409 if code == "ConditionalRequestConflict" => Failure::AlreadyExists,
+        // Another conditional write of the key is in flight: it may still fail, so retry.
+        409 if code == "ConditionalRequestConflict" => {
+            Failure::Unavailable(format!("S3 at {origin}: {what}: {status} {code} (retry)"))
+        }
         403 => Failure::Other(format!(
             "S3 at {origin} refused {what} ({status} {code}): check blob_s3_access_key_id, \
              blob_s3_secret_access_key and the bucket's policy"
@@ -58,9 +62,18 @@ mod tests {
     #[test]
     fn failures_fall_into_the_store_interfaces_kinds() {
         assert_eq!(classify(404, "", "HEAD of a", "http://s3"), Failure::NotFound);
+        assert_eq!(classify(404, "<Error><Code>NoSuchKey</Code></Error>", "GET of a", "http://s3"), Failure::NotFound);
+        let no_bucket = classify(404, "<Error><Code>NoSuchBucket</Code></Error>", "GET of a", "http://s3");
+        assert!(
+            matches!(no_bucket, Failure::Other(m) if m.contains("NoSuchBucket")),
+            "a setup mistake, not a missing blob"
+        );
         assert_eq!(classify(412, "", "PUT of a", "http://s3"), Failure::AlreadyExists);
         let conflict = "<Error><Code>ConditionalRequestConflict</Code></Error>";
-        assert_eq!(classify(409, conflict, "PUT of a", "http://s3"), Failure::AlreadyExists);
+        assert!(
+            matches!(classify(409, conflict, "PUT of a", "http://s3"), Failure::Unavailable(_)),
+            "retry, it may not exist"
+        );
         assert!(
             matches!(classify(503, "<Error><Code>SlowDown</Code></Error>", "GET", "http://s3"), Failure::Unavailable(m) if m.contains("SlowDown"))
         );

@@ -141,9 +141,13 @@ async fn send(
             writer.write_all(bytes).await;
         });
     }
-    spin_sdk::wasip3::http::client::send(request)
-        .await
-        .map_err(|code| Error::Unavailable(format!("S3 at {}: {code:?}", s.origin())))
+    spin_sdk::wasip3::http::client::send(request).await.map_err(|code| match code {
+        ErrorCode::HttpRequestDenied => Error::Other(format!(
+            "S3 at {}: the host refused the request: allowed_outbound_hosts must list the endpoint",
+            s.origin()
+        )),
+        code => Error::Unavailable(format!("S3 at {}: {code:?}", s.origin())),
+    })
 }
 
 /// The response if it is a success; else the failure it stands for.
@@ -288,19 +292,32 @@ async fn head(s: &Settings, key: &str) -> Result<u64, Error> {
 /// The bytes `offset..offset + length` of `key` (to its end when `length` is none), as S3
 /// streams them, after checking that S3 sends exactly that many.
 async fn get(s: &Settings, key: &str, offset: u64, length: Option<u64>) -> Result<(Body, u64), Error> {
+    // A whole object is read without a Range: S3 refuses `bytes=0-` of an empty one.
     let range = match length {
-        Some(length) => format!("bytes={offset}-{}", offset + length - 1),
-        None => format!("bytes={offset}-"),
+        Some(length) => Some(format!("bytes={offset}-{}", offset + length - 1)),
+        None if offset > 0 => Some(format!("bytes={offset}-")),
+        None => None,
     };
     let mut action = s.bucket.get_object(s.credentials.as_ref(), key);
-    action.headers_mut().insert("range", range.clone());
+    if let Some(range) = &range {
+        action.headers_mut().insert("range", range.clone());
+    }
     let url = action.sign(REQUEST_URL);
-    let what = format!("GetObject of {key} ({range})");
-    let response = send(s, Method::Get, &url, &[("range", &range)], None).await?;
+    let what = format!("GetObject of {key} ({})", range.as_deref().unwrap_or("whole"));
+    let headers: Vec<(&str, &str)> = range.iter().map(|r| ("range", r.as_str())).collect();
+    let response = send(s, Method::Get, &url, &headers, None).await?;
     if response.get_status_code() == 416 {
         return Err(Error::Other(format!("{what}: the range is past the end of the object")));
     }
     let response = success(s, response, &what).await?;
+    if range.is_some() && response.get_status_code() != 206 {
+        // A server that ignored the Range would send the wrong bytes.
+        return Err(Error::Other(format!(
+            "S3 at {}: {what}: answered {} to a range",
+            s.origin(),
+            response.get_status_code()
+        )));
+    }
     let sent: u64 = header(&response, "content-length")
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| Error::Other(format!("S3 at {}: {what}: no Content-Length", s.origin())))?;
