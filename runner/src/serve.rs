@@ -280,17 +280,8 @@ async fn handle(
         let response = error_response(404, "NOT_FOUND", "no such endpoint", "no component is routed at this path");
         return refused(404, response, line, in_flight);
     }
-    let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if let (Some(cap), Some(length)) = (edge_body_cap, declared)
-        && length > cap
-    {
-        let detail = format!("the request body of {length} bytes is over this host's cap of {cap} (--edge-body-cap)");
-        return refused(
-            413,
-            error_response(413, "SIZE_INVALID", "request body too large for this host", &detail),
-            line,
-            in_flight,
-        );
+    if let Some(over) = over_edge_cap(edge_body_cap, &parts.headers, None) {
+        return refused(413, edge_cap_refusal(413, "SIZE_INVALID", "request", over), line, in_flight);
     }
     // Give the component the full URL (scheme and authority from the Host header or HTTP/2).
     let authority = parts
@@ -319,30 +310,32 @@ async fn handle(
         }
     };
     let status = response.status().as_u16();
-    let length = response
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .or(response.body().size_hint().exact());
-    if let (Some(cap), Some(length)) = (edge_body_cap, length)
-        && length > cap
-    {
+    if let Some(over) = over_edge_cap(edge_body_cap, response.headers(), response.body().size_hint().exact()) {
         eprintln!(
-            "berth-runner: {} {}: a {length}-byte response is over --edge-body-cap {cap}",
-            line.method, line.path
+            "berth-runner: {} {}: a {}-byte response is over --edge-body-cap {}",
+            line.method, line.path, over.0, over.1
         );
-        let detail = format!("the response body of {length} bytes is over this host's cap of {cap} (--edge-body-cap)");
-        return refused(
-            502,
-            error_response(502, "INTERNAL_ERROR", "response too large for this host", &detail),
-            line,
-            in_flight,
-        );
+        return refused(502, edge_cap_refusal(502, "INTERNAL_ERROR", "response", over), line, in_flight);
     }
     Ok(response.map(|body| {
         let expected = body.size_hint().exact();
         LoggedBody { inner: body, bytes: 0, expected, status, line: Some(line), _in_flight: in_flight }.boxed_unsync()
     }))
+}
+
+/// The length of a message whose body is over `--edge-body-cap` (from `Content-Length`, else
+/// `hint`), and the cap.
+fn over_edge_cap(cap: Option<u64>, headers: &http::HeaderMap, hint: Option<u64>) -> Option<(u64, u64)> {
+    let cap = cap?;
+    let length =
+        headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).or(hint)?;
+    (length > cap).then_some((length, cap))
+}
+
+/// What an edge host with a body cap answers instead (`which`: request or response).
+fn edge_cap_refusal(status: u16, code: &str, which: &str, (length, cap): (u64, u64)) -> hyper::Response<ResponseBody> {
+    let detail = format!("the {which} body of {length} bytes is over this host's cap of {cap} (--edge-body-cap)");
+    error_response(status, code, &format!("{which} body too large for this host"), &detail)
 }
 
 /// An OCI error answered by the runner itself (the component could not answer).
