@@ -12,7 +12,7 @@ mod common;
 use common::clients::Leg;
 use common::oci_layout::{Layout, file_sha256};
 use common::redis::RedisServer;
-use common::s3::{BUCKET, S3Server, cluster_options};
+use common::s3::{BUCKET, S3Server, cluster_options, cluster_options_at};
 use common::*;
 
 fn start(options: RunnerOptions<'static>) -> (tempfile::TempDir, Runner, Registry) {
@@ -323,4 +323,26 @@ fn image_config_digest(layout: &std::path::Path, manifest_digest: &str) -> Strin
         serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&manifest_digest[7..])).unwrap())
             .unwrap();
     manifest["config"]["digest"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_that_never_answers_fails_requests_with_503_after_its_timeout() {
+    // A black hole: it accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let mut options = cluster_options_at(&endpoint, None, 0);
+    options.args.extend(vars(&[("blob_s3_timeout_seconds", "2")]));
+    let (_data, _runner, reg) = start(options);
+    let started = std::time::Instant::now();
+    let url = reg.at(&format!("/v2/slow/blobs/uploads/?digest={}", sha256(b"stuck")));
+    let push = reg.http.post(url).body(b"stuck".to_vec()).send().await.unwrap();
+    let (status, code, body) = error_code(push).await;
+    assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"), "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "failed after {:?}", started.elapsed());
 }

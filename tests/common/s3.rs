@@ -109,12 +109,21 @@ impl Drop for S3Server {
 
 /// The shipped cluster manifest, its variables pointed at `s3`, and the S3 provider composed in.
 pub fn cluster_options(s3: &S3Server, redis: Option<&RedisServer>, redirect_seconds: u32) -> RunnerOptions<'static> {
+    cluster_options_at(&s3.endpoint(), redis, redirect_seconds)
+}
+
+/// [`cluster_options`] with any endpoint (one that misbehaves, say).
+pub fn cluster_options_at(
+    endpoint: &str,
+    redis: Option<&RedisServer>,
+    redirect_seconds: u32,
+) -> RunnerOptions<'static> {
     let mut args = vec!["--blob-store".to_owned(), artifacts().blob_s3_provider.display().to_string()];
     if let Some(redis) = redis {
         args.extend(["--runtime-config-file".to_owned(), redis.runtime_config_file().display().to_string()]);
     }
     args.extend(vars(&[
-        ("blob_s3_endpoint", &s3.endpoint()),
+        ("blob_s3_endpoint", endpoint),
         ("blob_s3_bucket", BUCKET),
         ("blob_s3_access_key_id", "berth-test"),
         ("blob_s3_secret_access_key", "berth-test-secret"),

@@ -118,7 +118,7 @@ async fn send(
     };
     // No trailers: the default is sent when the writer is dropped.
     let (_, trailers) = spin_sdk::wasip3::wit_future::new(|| Ok(None));
-    let (request, _sent) = types::Request::new(fields, contents, trailers, None);
+    let (request, _sent) = types::Request::new(fields, contents, trailers, Some(request_options(s)));
     let authority = match url.port() {
         Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
         None => url.host_str().unwrap_or_default().to_owned(),
@@ -148,6 +148,16 @@ async fn send(
         )),
         code => Error::Unavailable(format!("S3 at {}: {code:?}", s.origin())),
     })
+}
+
+/// Timeouts of one request: a host that does not support one leaves it unset (not an error).
+fn request_options(s: &Settings) -> types::RequestOptions {
+    let options = types::RequestOptions::new();
+    let timeout = Some(s.timeout_secs * 1_000_000_000);
+    let _ = options.set_connect_timeout(timeout);
+    let _ = options.set_first_byte_timeout(timeout);
+    let _ = options.set_between_bytes_timeout(timeout);
+    options
 }
 
 /// The response if it is a success; else the failure it stands for.

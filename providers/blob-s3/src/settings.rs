@@ -4,7 +4,7 @@
 use rusty_s3::{Bucket, Credentials, UrlStyle};
 
 /// Every variable the provider reads.
-pub const VARIABLES: [&str; 7] = [
+pub const VARIABLES: [&str; 8] = [
     "blob_s3_endpoint",
     "blob_s3_bucket",
     "blob_s3_region",
@@ -12,7 +12,13 @@ pub const VARIABLES: [&str; 7] = [
     "blob_s3_prefix",
     "blob_s3_access_key_id",
     "blob_s3_secret_access_key",
+    "blob_s3_timeout_seconds",
 ];
+
+/// How long S3 may take to accept a connection, to answer, and between two bytes of an answer,
+/// unless `blob_s3_timeout_seconds` says otherwise: a stuck S3 then fails the request (503)
+/// instead of holding it (an edge host stops a request at 30 s anyway).
+pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
 
 #[derive(Debug)]
 pub struct Settings {
@@ -21,6 +27,8 @@ pub struct Settings {
     pub credentials: Option<Credentials>,
     /// Prepended to every object name, so one bucket can hold several registries.
     pub prefix: String,
+    /// Connect, first-byte and between-bytes timeout of every request to S3.
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,11 +74,19 @@ pub fn parse(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, SettingsE
         (Some(_), None) => return Err(error("blob_s3_secret_access_key", "not set, but an access key id is")),
         (None, Some(_)) => return Err(error("blob_s3_access_key_id", "not set, but a secret access key is")),
     };
+    let timeout_secs = match value("blob_s3_timeout_seconds") {
+        None => DEFAULT_TIMEOUT_SECS,
+        Some(text) => text
+            .parse()
+            .ok()
+            .filter(|&s: &u64| (1..=3600).contains(&s))
+            .ok_or_else(|| error("blob_s3_timeout_seconds", "must be a number of seconds from 1 to 3600"))?,
+    };
     let prefix = value("blob_s3_prefix").unwrap_or_default();
     if prefix.starts_with('/') {
         return Err(error("blob_s3_prefix", "must not start with / (S3 keys have no leading slash)"));
     }
-    Ok(Settings { bucket, credentials, prefix })
+    Ok(Settings { bucket, credentials, prefix, timeout_secs })
 }
 
 impl Settings {
@@ -140,6 +156,7 @@ mod tests {
         assert_eq!(s.bucket.base_url().as_str(), "http://127.0.0.1:9000/berth/");
         assert_eq!(s.bucket.region(), "us-east-1");
         assert!(s.credentials.is_none());
+        assert_eq!(s.timeout_secs, DEFAULT_TIMEOUT_SECS);
         assert_eq!(s.origin(), "http://127.0.0.1:9000");
     }
 
@@ -166,6 +183,8 @@ mod tests {
         assert_eq!(parse_with(&bad).unwrap_err().variable, "blob_s3_endpoint");
         let bad = [MINIMAL[0], MINIMAL[1], ("blob_s3_path_style", "yes")];
         assert_eq!(parse_with(&bad).unwrap_err().variable, "blob_s3_path_style");
+        let bad = [MINIMAL[0], MINIMAL[1], ("blob_s3_timeout_seconds", "0")];
+        assert_eq!(parse_with(&bad).unwrap_err().variable, "blob_s3_timeout_seconds");
     }
 
     #[test]
