@@ -143,29 +143,7 @@ pub async fn finish<M: MetaStore, B: BlobStore>(
         return Ok(Finish::Mismatch { actual });
     }
     let repo = RepoName::parse(&session.repo)?;
-    let (closing, record) = match joined_for_redirects(stores, session, &record).await {
-        // The session names the joined object before any record can: a sweep that settles it
-        // keeps exactly what the record names, and removes the chunks (docs/consistency.md).
-        Some(joined) => {
-            let mut next = session.clone();
-            next.parts = joined.parts.clone();
-            match swap(stores, &closing, next).await? {
-                Some(moved) => (moved, joined),
-                None => return Err(corrupt(&session.id, "changed by another request while finishing")),
-            }
-        }
-        // A join was tried and did not happen: it may have taken long, so the session is
-        // touched before the record is written (a sweep that took it over meanwhile may have
-        // removed the chunks; then this finish fails rather than name them).
-        None if stores.config.blob_redirect_secs > 0 && record.parts.len() > 1 => {
-            let touched = session.moved_to(SessionState::Closing, Some(digest.to_string()), (stores.now)());
-            match swap(stores, &closing, touched).await? {
-                Some(moved) => (moved, record),
-                None => return Err(corrupt(&session.id, "changed by another request while finishing")),
-            }
-        }
-        None => (closing, record),
-    };
+    let (closing, record) = joined_for_redirects(stores, closing, record, digest).await?;
     let session = &closing.session;
     match blobs::commit(stores, digest, &record).await? {
         Commit::Adopted => {
@@ -184,26 +162,40 @@ pub async fn finish<M: MetaStore, B: BlobStore>(
 /// session like its chunks: the chunks stay the session's until it is settled (as any part a
 /// record does not name), and a finish that dies here leaves objects the sweep removes. A join
 /// that fails keeps the chunks: the blob is then streamed, never lost.
-async fn joined_for_redirects<M, B: BlobStore>(
+///
+/// Joined or not, the session is swapped once more before the record is written: it names the
+/// joined object, so a sweep that settles it keeps exactly what the record names and removes the
+/// chunks (docs/consistency.md); and it is touched, since the join may have taken long (a sweep
+/// that took the session over meanwhile may have removed the chunks: this finish then fails
+/// rather than name them).
+async fn joined_for_redirects<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
-    session: &UploadSession,
-    record: &BlobRecord,
-) -> Option<BlobRecord> {
+    closing: Loaded,
+    record: BlobRecord,
+    digest: &Digest,
+) -> Result<(Loaded, BlobRecord)> {
     if stores.config.blob_redirect_secs == 0 || record.parts.len() < 2 {
-        return None;
+        return Ok((closing, record));
     }
+    let session = &closing.session;
     let name = new_object(stores, session);
-    match stores.blobs.compose(&name, record.extents(0, record.size)).await {
-        Ok(Some(size)) if size == record.size => Some(BlobRecord { size, parts: vec![Part { name, size }] }),
+    let record = match stores.blobs.compose(&name, record.extents(0, record.size)).await {
+        Ok(Some(size)) if size == record.size => BlobRecord { size, parts: vec![Part { name, size }] },
         Ok(Some(size)) => {
             eprintln!("berth: joining the chunks of upload {} gave {size} bytes, not {}", session.id, record.size);
-            None
+            record
         }
-        Ok(None) => None,
+        Ok(None) => record,
         Err(e) => {
             eprintln!("berth: joining the chunks of upload {} failed ({e}): its blob is streamed", session.id);
-            None
+            record
         }
+    };
+    let mut next = session.moved_to(SessionState::Closing, Some(digest.to_string()), (stores.now)());
+    next.parts = record.parts.clone();
+    match swap(stores, &closing, next).await? {
+        Some(moved) => Ok((moved, record)),
+        None => Err(corrupt(&session.id, "changed by another request while finishing")),
     }
 }
 

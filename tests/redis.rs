@@ -19,13 +19,6 @@ const KV_CHUNK: usize = 256 * 1024;
 
 // ---- harness --------------------------------------------------------------------------------
 
-fn start_runner(options: RunnerOptions<'static>) -> (tempfile::TempDir, Runner, Registry) {
-    let data = tempfile::tempdir().unwrap();
-    let runner = Runner::start_with(data.path(), options);
-    let registry = Registry::new(&runner);
-    (data, runner, registry)
-}
-
 /// Push an image and read it all back by tag and by digest, through `reg`.
 async fn push_and_pull(reg: &Registry, repo: &str, tag: &str, seed: u64) {
     let (manifest, digest) = reg.push_image(repo, tag, seed).await;
@@ -42,14 +35,6 @@ async fn push_and_pull(reg: &Registry, repo: &str, tag: &str, seed: u64) {
     assert!(tags["tags"].as_array().unwrap().iter().any(|t| t == tag), "{tags}");
 }
 
-/// The path (and query) of a Location, absolute or not: the same session on another runner.
-fn path_of(location: &str) -> String {
-    match location.split_once("://") {
-        Some((_, rest)) => rest.find('/').map_or_else(|| "/".to_owned(), |slash| rest[slash..].to_owned()),
-        None => location.to_owned(),
-    }
-}
-
 /// The runner made no SQLite store: the label `default` went to Redis.
 fn assert_no_sqlite_store(data: &Path) {
     assert!(!data.join("kv/default.db").exists(), "the store `default` was opened on SQLite");
@@ -60,7 +45,7 @@ fn assert_no_sqlite_store(data: &Path) {
 #[tokio::test]
 async fn push_and_pull_keep_the_registry_metadata_in_redis() {
     let redis = RedisServer::start();
-    let (data, runner, reg) = start_runner(redis.options(false));
+    let (data, runner, reg) = start_registry(redis.options(false));
     assert!(runner.log().iter().any(|l| l == "berth-runner: key-value store default: Redis"), "{:?}", runner.log());
     assert!(redis.keys("*").is_empty());
     push_and_pull(&reg, "on-redis/app", "v1", 1).await;
@@ -74,7 +59,7 @@ async fn push_and_pull_keep_the_registry_metadata_in_redis() {
 #[tokio::test]
 async fn with_the_key_value_provider_chunks_and_index_live_in_redis_too() {
     let redis = RedisServer::start();
-    let (data, runner, reg) = start_runner(redis.options(true));
+    let (data, runner, reg) = start_registry(redis.options(true));
     assert!(runner.log().iter().any(|l| l.contains("blob store: provider component")), "{:?}", runner.log());
     push_and_pull(&reg, "on-redis/app", "v1", 2).await;
     // A blob of several chunks, so chunks are written and read as more than one value.
@@ -93,7 +78,7 @@ async fn with_the_key_value_provider_chunks_and_index_live_in_redis_too() {
 /// BLOB_UPLOAD_UNKNOWN, and the blob reads back byte-identical (as tests/storage.rs on SQLite).
 async fn duplicate_finishes_never_lose_the_blob(provider: bool) {
     let redis = RedisServer::start();
-    let (_data, _runner, reg) = start_runner(redis.options(provider));
+    let (_data, _runner, reg) = start_registry(redis.options(provider));
     let mut problems = Vec::new();
     for round in 0..5 {
         let blob = PseudoRandom::bytes(100 + round, KV_CHUNK + 1000 + round as usize);
@@ -131,8 +116,8 @@ async fn duplicate_finishes_on_redis_never_lose_the_blob_kv() {
 #[tokio::test]
 async fn two_runners_on_one_redis_see_each_others_writes_and_race_safely() {
     let redis = RedisServer::start();
-    let (_data_a, _a, reg_a) = start_runner(redis.options(true));
-    let (_data_b, _b, reg_b) = start_runner(redis.options(true));
+    let (_data_a, _a, reg_a) = start_registry(redis.options(true));
+    let (_data_b, _b, reg_b) = start_registry(redis.options(true));
 
     // What one pushes, the other serves.
     let (manifest, _) = reg_a.push_image("shared/app", "v1", 4).await;

@@ -15,11 +15,9 @@ use common::redis::RedisServer;
 use common::s3::{BUCKET, S3Server, cluster_options, cluster_options_at};
 use common::*;
 
-fn start(options: RunnerOptions<'static>) -> (tempfile::TempDir, Runner, Registry) {
-    let data = tempfile::tempdir().unwrap();
-    let runner = Runner::start_with(data.path(), options);
-    let registry = Registry::new(&runner);
-    (data, runner, registry)
+/// A client that shows a redirect instead of following it.
+fn without_redirects() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
 /// The status of the runner's log line for `method path` (e.g. `GET /v2/a/blobs/sha256:..`).
@@ -67,7 +65,7 @@ fn an_image_pushed_with_skopeo_lands_in_the_bucket_and_pulls_back_through_redire
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_points_at_the_blob_and_keeps_ranges_and_head_answers_from_metadata() {
     let s3 = S3Server::start();
-    let (_data, runner, reg) = start(cluster_options(&s3, None, 120));
+    let (_data, runner, reg) = start_registry(cluster_options(&s3, None, 120));
     let bytes = PseudoRandom::bytes(11, 9 * 1024 * 1024 + 17);
     let digest = reg.push_blob("r", &bytes).await;
     let path = format!("/v2/r/blobs/{digest}");
@@ -75,7 +73,7 @@ async fn a_redirect_points_at_the_blob_and_keeps_ranges_and_head_answers_from_me
     let head = reg.head(&path).await;
     assert_eq!((head.status().as_u16(), header(&head, "content-length")), (200, bytes.len().to_string()));
 
-    let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let no_follow = without_redirects();
     let answer = no_follow.get(reg.at(&path)).send().await.unwrap();
     assert_eq!(answer.status().as_u16(), 307);
     assert_eq!(header(&answer, "docker-content-digest"), digest);
@@ -98,7 +96,7 @@ async fn a_redirect_points_at_the_blob_and_keeps_ranges_and_head_answers_from_me
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redirects_blobs_stream_through_the_registry_across_chunk_objects() {
     let s3 = S3Server::start();
-    let (_data, _runner, reg) = start(cluster_options(&s3, None, 0));
+    let (_data, _runner, reg) = start_registry(cluster_options(&s3, None, 0));
     // A chunked upload: two PATCHes, so the blob is two objects read as one stream.
     let first = PseudoRandom::bytes(21, 3 * 1024 * 1024);
     let second = PseudoRandom::bytes(22, 1024 * 1024 + 5);
@@ -123,8 +121,8 @@ async fn without_redirects_blobs_stream_through_the_registry_across_chunk_object
 async fn two_front_ends_share_one_redis_and_one_bucket_without_sticky_routing() {
     let s3 = S3Server::start();
     let redis = RedisServer::start();
-    let (_a_data, _a, a) = start(cluster_options(&s3, Some(&redis), 300));
-    let (_b_data, _b, b) = start(cluster_options(&s3, Some(&redis), 300));
+    let (_a_data, _a, a) = start_registry(cluster_options(&s3, Some(&redis), 300));
+    let (_b_data, _b, b) = start_registry(cluster_options(&s3, Some(&redis), 300));
 
     // An upload started on A, continued on B, finished on A.
     let first = PseudoRandom::bytes(31, 300_000);
@@ -180,14 +178,6 @@ async fn an_outage_of_s3_or_redis_is_503_unavailable_and_passes_when_the_backend
     drop(runner);
 }
 
-/// The path (and query) of a Location, absolute or not: the same session on another runner.
-fn path_of(location: &str) -> String {
-    match location.split_once("://") {
-        Some((_, rest)) => rest.find('/').map_or_else(|| "/".to_owned(), |slash| rest[slash..].to_owned()),
-        None => location.to_owned(),
-    }
-}
-
 /// Under Spin 4.1 the shipped cluster manifest serves through S3 with redirects. (Spin's own key-value
 /// store here: with Spin's Redis store, every upload finish fails its compare-and-swap, see
 /// docs/deploying.md, so a runner beside `spin up` sharing one Redis is not tested yet.)
@@ -208,7 +198,7 @@ async fn spin_up_serves_the_cluster_manifest_from_the_bucket_with_redirects() {
     reads_back(&reg, "/v2/edge/manifests/v1", &manifest).await.unwrap();
     let layer = PseudoRandom::bytes(41, 10 * 1024 * 1024 + 3);
     let digest = reg.push_blob("edge", &layer).await;
-    let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let no_follow = without_redirects();
     let answer = no_follow.get(reg.at(&format!("/v2/edge/blobs/{digest}"))).send().await.unwrap();
     assert_eq!(answer.status().as_u16(), 307, "spin up redirects blob GETs to the bucket");
     reads_back(&reg, &format!("/v2/edge/blobs/{digest}"), &layer).await.unwrap();
@@ -221,7 +211,7 @@ async fn spin_up_serves_the_cluster_manifest_from_the_bucket_with_redirects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redirects_on_a_chunked_upload_ends_as_one_object_a_redirect_points_at() {
     let s3 = S3Server::start();
-    let (_data, _runner, reg) = start(cluster_options(&s3, None, 300));
+    let (_data, _runner, reg) = start_registry(cluster_options(&s3, None, 300));
     // 6 MiB, 1 MiB and 9 MiB chunks: runs of 5 MiB or more are copied inside S3, the rest is read
     // through to fill a part; one 16 MiB object.
     const MIB: usize = 1024 * 1024;
@@ -238,7 +228,7 @@ async fn with_redirects_on_a_chunked_upload_ends_as_one_object_a_redirect_points
     }
     assert_eq!(reg.finish_upload(&location, &digest, b"").await.status().as_u16(), 201);
 
-    let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let no_follow = without_redirects();
     let answer = no_follow.get(reg.at(&format!("/v2/joined/blobs/{digest}"))).send().await.unwrap();
     assert_eq!(answer.status().as_u16(), 307, "a chunked blob is redirected too");
     let joined =
@@ -338,7 +328,7 @@ async fn an_s3_that_never_answers_fails_requests_with_503_after_its_timeout() {
     });
     let mut options = cluster_options_at(&endpoint, None, 0);
     options.args.extend(vars(&[("blob_s3_timeout_seconds", "2")]));
-    let (_data, _runner, reg) = start(options);
+    let (_data, _runner, reg) = start_registry(options);
     let started = std::time::Instant::now();
     let url = reg.at(&format!("/v2/slow/blobs/uploads/?digest={}", sha256(b"stuck")));
     let push = reg.http.post(url).body(b"stuck".to_vec()).send().await.unwrap();

@@ -627,6 +627,22 @@ pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
 
+/// A runner with a data dir of its own, and a client of it (keep the dir alive with the runner).
+pub fn start_registry(options: RunnerOptions<'static>) -> (tempfile::TempDir, Runner, Registry) {
+    let data = tempfile::tempdir().unwrap();
+    let runner = Runner::start_with(data.path(), options);
+    let registry = Registry::new(&runner);
+    (data, runner, registry)
+}
+
+/// The path (and query) of a Location, absolute or not: the same session on another front end.
+pub fn path_of(location: &str) -> String {
+    match location.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or_else(|| "/".to_owned(), |slash| rest[slash..].to_owned()),
+        None => location.to_owned(),
+    }
+}
+
 impl Registry {
     pub fn new(runner: &Runner) -> Registry {
         Registry { url: runner.url.clone(), http: Http::new(runner.login) }

@@ -420,7 +420,10 @@ async fn pipe(from: Body, to: &mut spin_sdk::wit_bindgen::StreamWriter<u8>, expe
 
 type Transfer = (StreamReader<u8>, FutureReader<Result<(), Error>>);
 
-fn outcome_future() -> (FutureWriter<Result<(), Error>>, FutureReader<Result<(), Error>>) {
+/// The writer and reader of a transfer's outcome.
+type Outcome = (FutureWriter<Result<(), Error>>, FutureReader<Result<(), Error>>);
+
+fn outcome_future() -> Outcome {
     bindings::wit_future::new::<Result<(), Error>>(|| Err(Error::Other("the S3 transfer stopped".into())))
 }
 
@@ -514,14 +517,14 @@ impl Guest for Provider {
     async fn read(name: String, offset: u64, length: Option<u64>) -> Result<Transfer, Error> {
         let s = settings().await?;
         let key = checked(&s, &name)?;
-        let empty = match length {
-            Some(0) => true,
-            None if offset > 0 => head(&s, &key).await? <= offset,
-            _ => false,
+        // An empty range is not sent (S3 refuses one): the object and the range are only checked.
+        let empty_of = match length {
+            Some(0) => Some(head(&s, &key).await?),
+            None if offset > 0 => Some(head(&s, &key).await?).filter(|&size| size <= offset),
+            _ => None,
         };
-        if empty {
-            // Nothing to send; S3 refuses an empty range, so only check the object and range.
-            if head(&s, &key).await? < offset {
+        if let Some(size) = empty_of {
+            if size < offset {
                 return Err(Error::Other(format!("{name}: the range is past the end of the object")));
             }
             let (_, reader) = bindings::wit_stream::new::<u8>();
