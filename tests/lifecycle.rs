@@ -96,3 +96,52 @@ async fn the_admin_api_shows_quota_usage_to_admins_only() {
     assert_eq!(usage["quotas"][0]["limit"], 1 << 20);
     assert_eq!(usage["quotas"][0]["used"], 1000);
 }
+
+/// Sixteen clients push sixteen different manifests to ONE immutable tag at once: exactly one
+/// push wins, the others are refused with DENIED, and the tag names the winner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_racing_first_pushes_of_one_immutable_tag_exactly_one_binds_it() {
+    let (_data, _runner, reg) =
+        start_registry(RunnerOptions { args: vars(&[("immutable_tags", "race/*:release")]), ..Default::default() });
+    let mut manifests = Vec::new();
+    for seed in 0..16u64 {
+        let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":{seed}}}"#).into_bytes();
+        let config_digest = reg.push_blob("race/app", &config).await;
+        manifests.push(image_manifest(&[(OCI_CONFIG, &config_digest, config.len())], &[], ""));
+    }
+    let pushes = manifests
+        .iter()
+        .map(|m| async { outcome(reg.put_manifest("race/app", "release", OCI_MANIFEST, m).await).await });
+    let outcomes = futures::future::join_all(pushes).await;
+    let winners: Vec<usize> = (0..outcomes.len()).filter(|&i| outcomes[i].0 == 201).collect();
+    assert_eq!(winners.len(), 1, "exactly one push binds the tag: {outcomes:?}");
+    assert!(
+        outcomes.iter().filter(|o| o.0 != 201).all(|o| is_error(o, 403, "DENIED")),
+        "the others are refused: {outcomes:?}"
+    );
+    reads_back(&reg, "/v2/race/app/manifests/release", &manifests[winners[0]]).await.unwrap();
+}
+
+/// Sixteen clients push sixteen different 1000-byte blobs into ONE namespace with room for five:
+/// exactly five are stored, the others refused with DENIED, and the usage never passes the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_pushes_never_take_a_namespace_past_its_quota() {
+    // Authentication off: the admin API is open, like everything else.
+    let (_data, _runner, reg) =
+        start_registry(RunnerOptions { args: vars(&[("quotas", "quota/* 5000")]), ..Default::default() });
+    let blobs: Vec<Vec<u8>> = (0..16u64).map(|seed| PseudoRandom::bytes(100 + seed, 1000)).collect();
+    let pushes = blobs.iter().enumerate().map(|(i, blob)| {
+        let reg = &reg;
+        async move {
+            let repo = format!("quota/r{}", i % 4);
+            let url = reg.at(&format!("/v2/{repo}/blobs/uploads/?digest={}", sha256(blob)));
+            outcome(reg.http.post(url).body(blob.clone()).send().await.unwrap()).await
+        }
+    });
+    let outcomes = futures::future::join_all(pushes).await;
+    let stored = outcomes.iter().filter(|o| o.0 == 201).count();
+    assert_eq!(stored, 5, "room for exactly five: {outcomes:?}");
+    assert!(outcomes.iter().filter(|o| o.0 != 201).all(|o| is_error(o, 403, "DENIED")), "{outcomes:?}");
+    let usage = json(reg.get("/v2/_berth/quotas").await).await;
+    assert_eq!(usage["quotas"][0]["used"], 5000, "{usage}");
+}
