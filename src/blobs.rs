@@ -20,9 +20,21 @@ pub struct Part {
 pub struct BlobRecord {
     pub size: u64,
     pub parts: Vec<Part>,
+    /// Set by garbage collection (the time) while it checks, after this mark, that nothing
+    /// references the blob; a reference written meanwhile takes the mark off ([`hold`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condemned: Option<u64>,
 }
 
 impl BlobRecord {
+    pub fn new(size: u64, parts: Vec<Part>) -> Self {
+        BlobRecord { size, parts, condemned: None }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("records serialize")
+    }
+
     /// The extents that hold bytes `start..end` of the blob.
     pub fn extents(&self, start: u64, end: u64) -> Vec<Extent> {
         let mut extents = Vec::new();
@@ -48,16 +60,37 @@ pub fn internal(err: StoreError) -> RegistryError {
     }
 }
 
+/// A blob's record with the exact bytes stored (for a swap); `None` when there is none, or
+/// garbage collection removed it (an empty value: a key-value delete cannot be conditional).
+pub async fn stored<M: MetaStore, B>(
+    stores: &Stores<M, B>,
+    digest: &Digest,
+) -> Result<Option<(BlobRecord, Vec<u8>)>, RegistryError> {
+    let Some(bytes) = stores.meta.get(&keys::blob(digest)).await.map_err(internal)? else {
+        return Ok(None);
+    };
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let record = serde_json::from_slice(&bytes)
+        .map_err(|e| RegistryError::new(ErrorCode::Internal, format!("corrupt blob record {digest}: {e}")))?;
+    Ok(Some((record, bytes)))
+}
+
 pub async fn record<M: MetaStore, B>(
     stores: &Stores<M, B>,
     digest: &Digest,
 ) -> Result<Option<BlobRecord>, RegistryError> {
-    let Some(bytes) = stores.meta.get(&keys::blob(digest)).await.map_err(internal)? else {
-        return Ok(None);
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| RegistryError::new(ErrorCode::Internal, format!("corrupt blob record {digest}: {e}")))
+    Ok(stored(stores, digest).await?.map(|(record, _)| record))
+}
+
+/// Whether repository `name` links the blob (an empty link was unlinked by garbage collection).
+pub async fn is_linked<M: MetaStore, B>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    digest: &Digest,
+) -> Result<bool, RegistryError> {
+    Ok(stores.meta.get(&keys::blob_link(name, digest)).await.map_err(internal)?.is_some_and(|v| !v.is_empty()))
 }
 
 /// The blob, if it is linked to repository `name`.
@@ -67,10 +100,29 @@ pub async fn linked<M: MetaStore, B>(
     digest: &Digest,
 ) -> Result<BlobRecord, RegistryError> {
     let unknown = || RegistryError::new(ErrorCode::BlobUnknown, format!("blob {digest} unknown to repository {name}"));
-    if stores.meta.get(&keys::blob_link(name, digest)).await.map_err(internal)?.is_none() {
+    if !is_linked(stores, name, digest).await? {
         return Err(unknown());
     }
     record(stores, digest).await?.ok_or_else(unknown)
+}
+
+/// After a reference to the blob was written (a link, a manifest record): whether the blob is
+/// still there for it. A record that garbage collection condemned is taken back (its mark
+/// removed by compare-and-swap, so the collector's own swap to removed then fails); a removed
+/// one is gone, and the caller takes its reference back. Garbage collection marks the record
+/// first and then reads the references, so either it sees this reference or this sees its
+/// mark (docs/consistency.md, "Garbage collection").
+pub async fn hold<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest) -> Result<bool, RegistryError> {
+    loop {
+        let Some((record, bytes)) = stored(stores, digest).await? else { return Ok(false) };
+        if record.condemned.is_none() {
+            return Ok(true);
+        }
+        let kept = BlobRecord { condemned: None, ..record };
+        if stores.meta.compare_and_swap(&keys::blob(digest), &bytes, &kept.to_json()).await.map_err(internal)? {
+            return Ok(true);
+        }
+    }
 }
 
 /// What [`commit`] did with a verified blob's parts.
@@ -98,12 +150,28 @@ pub async fn commit<M: MetaStore, B: BlobStore>(
     blob: &BlobRecord,
 ) -> Result<Commit, RegistryError> {
     let key = keys::blob(digest);
-    let json = serde_json::to_vec(blob).expect("records serialize");
+    let json = blob.to_json();
     loop {
-        let Some(current) = stores.meta.get(&key).await.map_err(internal)? else {
+        let current = stores.meta.get(&key).await.map_err(internal)?;
+        if current.as_ref().is_none_or(|c| c.is_empty()) {
+            // Garbage collection's list, before the record it lists (an entry alone costs a
+            // check; a record without one would never be collected).
+            mark(stores, &keys::blob_index(digest), (stores.now)().to_string().into_bytes()).await?;
+        }
+        let Some(current) = current else {
             stores.meta.set(&key, &json).await.map_err(internal)?;
+            remark(stores, &keys::blob_index(digest), (stores.now)().to_string().into_bytes()).await?;
             return Ok(Commit::Adopted);
         };
+        if current.is_empty() {
+            // Removed by garbage collection: stored again, by a swap (a concurrent first push
+            // may be doing the same).
+            if stores.meta.compare_and_swap(&key, &current, &json).await.map_err(internal)? {
+                remark(stores, &keys::blob_index(digest), (stores.now)().to_string().into_bytes()).await?;
+                return Ok(Commit::Adopted);
+            }
+            continue;
+        }
         let existing = serde_json::from_slice::<BlobRecord>(&current).ok();
         if let Some(existing) = existing.as_ref().filter(|e| e.size == blob.size)
             && parts_present(stores, existing).await?
@@ -134,16 +202,59 @@ pub async fn parts_present<M, B: BlobStore>(stores: &Stores<M, B>, record: &Blob
 }
 
 /// Let repository `name` serve an existing blob of `size` bytes (and list the repository in the
-/// catalog), if the quotas of its namespaces allow (`crate::quota`).
+/// catalog), if the quotas of its namespaces allow (`crate::quota`). `false` when garbage
+/// collection removed the blob since the caller found it: nothing is linked then.
 pub async fn link<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     name: &RepoName,
     digest: &Digest,
     size: u64,
-) -> Result<(), RegistryError> {
-    crate::quota::charge(stores, name, digest, size).await?;
-    stores.meta.set(&keys::blob_link(name, digest), b"1").await.map_err(internal)?;
-    mark(stores, &keys::repo_marker(name), Vec::new()).await
+) -> Result<bool, RegistryError> {
+    let link = Link::write(stores, name, digest, size).await?;
+    if !hold(stores, digest).await? {
+        link.take_back(stores).await;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// A link written: its holder entry (garbage collection's way to it), its quota charge and the
+/// link itself, whose value is the time it was made (a blob linked less than
+/// `gc_grace_seconds` ago is kept for the manifest that will reference it).
+pub struct Link<'a> {
+    key: String,
+    value: Vec<u8>,
+    digest: Digest,
+    size: u64,
+    charged: crate::quota::Charged<'a>,
+}
+
+impl<'a> Link<'a> {
+    pub async fn write<M: MetaStore, B: BlobStore>(
+        stores: &'a Stores<M, B>,
+        name: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Link<'a>, RegistryError> {
+        let holder = keys::link_holder(name, digest);
+        mark(stores, &holder, Vec::new()).await?;
+        let charged = crate::quota::charge(stores, name, digest, size).await?;
+        let key = keys::blob_link(name, digest);
+        let value = link_value((stores.now)(), (stores.random)());
+        if let Err(e) = stores.meta.set(&key, &value).await {
+            crate::quota::refund(stores, digest, size, &charged).await;
+            return Err(internal(e));
+        }
+        remark(stores, &holder, Vec::new()).await?;
+        mark(stores, &keys::repo_marker(name), Vec::new()).await?;
+        Ok(Link { key, value, digest: digest.clone(), size, charged })
+    }
+
+    /// Undo the link (only if it is still the one written here) and its quota charge.
+    pub async fn take_back<M: MetaStore, B>(self, stores: &Stores<M, B>) {
+        let _ = stores.meta.compare_and_swap(&self.key, &self.value, b"").await;
+        crate::quota::refund(stores, &self.digest, self.size, &self.charged).await;
+    }
 }
 
 /// Create an index object (an entry that listings enumerate and check against its fact). It
@@ -166,6 +277,28 @@ pub async fn mark<M, B: BlobStore>(stores: &Stores<M, B>, object: &str, content:
         }
     }
     Err(internal(StoreError::Other(format!("index entry {object} cannot be created"))))
+}
+
+/// An index entry once more after its fact was written: a collector that removed it in between
+/// (having found the fact missing) is answered here, since it removes first and then looks at
+/// the fact, while this writes the fact first and then looks at the entry.
+pub async fn remark<M, B: BlobStore>(
+    stores: &Stores<M, B>,
+    object: &str,
+    content: Vec<u8>,
+) -> Result<(), RegistryError> {
+    if marked(stores, object).await? { Ok(()) } else { mark(stores, object, content).await }
+}
+
+/// A link's value: when it was made, and a random part, so that a compare-and-swap from a value
+/// read earlier never matches a later link of the same second.
+pub fn link_value(now: u64, random: [u8; 16]) -> Vec<u8> {
+    format!("{now} {}", hex::encode(&random[..8])).into_bytes()
+}
+
+/// When a link was made (0 for links from before link times, whose value is `1`).
+pub fn link_time(value: &[u8]) -> u64 {
+    std::str::from_utf8(value).ok().and_then(|v| v.split(' ').next()?.parse().ok()).unwrap_or(0)
 }
 
 /// Whether an index object exists.
@@ -228,7 +361,7 @@ mod tests {
 
     fn record(sizes: &[u64]) -> BlobRecord {
         let parts = sizes.iter().enumerate().map(|(i, &size)| Part { name: format!("p{i}"), size }).collect();
-        BlobRecord { size: sizes.iter().sum(), parts }
+        BlobRecord::new(sizes.iter().sum(), parts)
     }
 
     #[test]

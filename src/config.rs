@@ -10,7 +10,7 @@ const MAX_REDIRECT_SECS: u32 = 7 * 24 * 3600;
 
 /// Every variable the registry reads.
 pub fn variables() -> impl Iterator<Item = &'static str> {
-    ["upload_expiry_seconds", "blob_redirect_seconds", "immutable_tags", "quotas"]
+    ["upload_expiry_seconds", "blob_redirect_seconds", "immutable_tags", "quotas", "gc_grace_seconds"]
         .into_iter()
         .chain(crate::auth::config::variables())
 }
@@ -38,6 +38,12 @@ pub fn from_variables(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
     if let Some(value) = get("quotas") {
         config.quotas =
             crate::quota::Quotas::parse(&value).map_err(|message| ConfigError { variable: "quotas", message })?;
+    }
+    if let Some(value) = get("gc_grace_seconds") {
+        config.gc_grace_secs = value.trim().parse().map_err(|_| ConfigError {
+            variable: "gc_grace_seconds",
+            message: format!("{value:?} is not a number of seconds"),
+        })?;
     }
     config.auth = AuthConfig::parse(get)?;
     Ok(config)

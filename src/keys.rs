@@ -3,10 +3,12 @@
 //! Key-value (one key per fact; see docs/consistency.md):
 //! ```text
 //! blob/<alg>/<hex>                        BlobRecord: size and the objects holding the bytes
-//! repo/<repo-key>/link/<alg>/<hex>        "1": the blob may be served from this repository
+//! repo/<repo-key>/link/<alg>/<hex>        the time it was linked: the blob may be served here
+//!                                         (empty: unlinked by garbage collection)
 //! repo/<repo-key>/manifest/<alg>/<hex>    ManifestRecord: the manifest is in this repository
 //! repo/<repo-key>/tag/<tag>               the digest the tag points at
 //! upload/<id>                             UploadSession (changed only by compare-and-swap)
+//! gc/cursor                               where the next garbage collection step starts
 //! ```
 //! `<repo-key>` is the repository name when the key stays under [`MAX_KEY_LEN`], else
 //! `_` + sha256(name): names may be 255 characters and sha512 digests 128, while hosts such as
@@ -22,6 +24,10 @@
 //! index/tags/<repo-key>/_/<tag>                         a tag exists (tag listing)
 //! index/referrers/<repo-key>/_/<alg>/<hex>/<alg>-<hex>  a referrer of a subject: its descriptor
 //! bindings/tags/<repo-key>/_/<tag>                      the digest an immutable tag is bound to
+//! index/blobs/<alg>/<hex>                               a blob record may exist (GC's list)
+//! index/holders/<alg>/<hex>/<repo-key>/_/link           the blob may be linked in a repository
+//! index/holders/<alg>/<hex>/<repo-key>/_/manifest/<alg>-<hex>
+//!                                                       a manifest of a repository references it
 //! ```
 //! The `_` component ends the repository part of an index name: no repository name has a `_`
 //! component, so the entries of `a` and of a nested `a/b` never share a prefix and a listing of
@@ -36,7 +42,7 @@ pub const MAX_KEY_LEN: usize = 250;
 /// The longest suffix any repository key carries after `repo/<repo-key>/`.
 const LONGEST_REPO_SUFFIX: usize = "manifest/sha512/".len() + 128;
 
-fn repo_key(name: &RepoName) -> String {
+pub fn repo_key(name: &RepoName) -> String {
     if "repo/".len() + name.as_str().len() + 1 + LONGEST_REPO_SUFFIX <= MAX_KEY_LEN {
         name.as_str().to_owned()
     } else {
@@ -49,11 +55,71 @@ pub fn blob(digest: &Digest) -> String {
 }
 
 pub fn blob_link(name: &RepoName, digest: &Digest) -> String {
-    format!("repo/{}/link/{}/{}", repo_key(name), digest.algorithm().as_str(), digest.hex())
+    blob_link_at(&repo_key(name), digest)
+}
+
+/// A link by repository key (what a holder entry names).
+pub fn blob_link_at(repo_key: &str, digest: &Digest) -> String {
+    format!("repo/{repo_key}/link/{}/{}", digest.algorithm().as_str(), digest.hex())
 }
 
 pub fn manifest(name: &RepoName, digest: &Digest) -> String {
-    format!("repo/{}/manifest/{}/{}", repo_key(name), digest.algorithm().as_str(), digest.hex())
+    manifest_at(&repo_key(name), digest)
+}
+
+/// A manifest record by repository key (what a holder entry names).
+pub fn manifest_at(repo_key: &str, digest: &Digest) -> String {
+    format!("repo/{repo_key}/manifest/{}/{}", digest.algorithm().as_str(), digest.hex())
+}
+
+pub const GC_CURSOR: &str = "gc/cursor";
+
+pub const BLOBS_INDEX_PREFIX: &str = "index/blobs/";
+
+/// Garbage collection's list of blobs: written before a blob record is first stored.
+pub fn blob_index(digest: &Digest) -> String {
+    format!("{BLOBS_INDEX_PREFIX}{}/{}", digest.algorithm().as_str(), digest.hex())
+}
+
+/// The blob an entry of [`BLOBS_INDEX_PREFIX`] names.
+pub fn parse_blob_index(object: &str) -> Option<Digest> {
+    let (algorithm, hex) = object.strip_prefix(BLOBS_INDEX_PREFIX)?.split_once('/')?;
+    Digest::parse(&format!("{algorithm}:{hex}")).ok()
+}
+
+/// What may hold a blob: one entry per linking repository and per referencing manifest,
+/// written before its fact (the link, the manifest record), so garbage collection can find and
+/// check every fact that keeps the blob.
+pub fn holders_prefix(digest: &Digest) -> String {
+    format!("index/holders/{}/{}/", digest.algorithm().as_str(), digest.hex())
+}
+
+pub fn link_holder(name: &RepoName, digest: &Digest) -> String {
+    format!("{}{}/_/link", holders_prefix(digest), repo_key(name))
+}
+
+pub fn manifest_holder(name: &RepoName, digest: &Digest, manifest: &Digest) -> String {
+    format!("{}{}/_/manifest/{}", holders_prefix(digest), repo_key(name), referrer_entry_name(manifest))
+}
+
+/// The fact a holder entry stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// `repo/<repo-key>/link/<blob>`
+    Link { repo_key: String },
+    /// `repo/<repo-key>/manifest/<manifest>`
+    Manifest { repo_key: String, manifest: Digest },
+}
+
+/// Parse an entry below [`holders_prefix`] (`None` for anything else).
+pub fn parse_holder(prefix: &str, object: &str) -> Option<Holder> {
+    // The first `/_/` ends the repository key: no repository name component is `_`.
+    let (repo_key, what) = object.strip_prefix(prefix)?.split_once("/_/")?;
+    let repo_key = repo_key.to_owned();
+    match what {
+        "link" => Some(Holder::Link { repo_key }),
+        _ => Some(Holder::Manifest { repo_key, manifest: parse_referrer_entry_name(what.strip_prefix("manifest/")?)? }),
+    }
 }
 
 pub fn tag(name: &RepoName, tag: &Tag) -> String {
@@ -131,6 +197,27 @@ mod tests {
         assert!(manifest(&long, &sha512).len() <= MAX_KEY_LEN);
         assert!(tag(&long, &Tag::parse(&"t".repeat(128)).unwrap()).len() <= MAX_KEY_LEN);
         assert!(blob(&sha512).len() <= MAX_KEY_LEN);
+    }
+
+    #[test]
+    fn holder_entries_name_their_fact_for_short_and_hashed_repository_keys() {
+        let blob = Digest::of(Algorithm::Sha256, b"b");
+        let m = Digest::of(Algorithm::Sha512, b"m");
+        let prefix = holders_prefix(&blob);
+        for name in ["a/b", &"x".repeat(200)] {
+            let name = RepoName::parse(name).unwrap();
+            let repo_key = repo_key(&name);
+            assert_eq!(
+                parse_holder(&prefix, &link_holder(&name, &blob)),
+                Some(Holder::Link { repo_key: repo_key.clone() })
+            );
+            assert_eq!(
+                parse_holder(&prefix, &manifest_holder(&name, &blob, &m)),
+                Some(Holder::Manifest { repo_key: repo_key.clone(), manifest: m.clone() })
+            );
+            assert_eq!(blob_link_at(&repo_key, &blob), blob_link(&name, &blob));
+        }
+        assert_eq!(parse_blob_index(&blob_index(&m)), Some(m));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod blobs;
 pub mod config;
 pub mod digest;
 pub mod errcode;
+pub mod gc;
 pub mod immutable;
 pub mod keys;
 pub mod manifest;

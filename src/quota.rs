@@ -99,8 +99,9 @@ impl Quotas {
         self.0.iter()
     }
 
-    fn applying<'a>(&'a self, name: &'a RepoName) -> impl Iterator<Item = &'a Quota> {
-        self.0.iter().filter(move |q| glob_match(&q.pattern, name.as_str()))
+    fn applying<'a>(&'a self, name: &RepoName) -> impl Iterator<Item = &'a Quota> + use<'a> {
+        let name = name.as_str().to_owned();
+        self.0.iter().filter(move |q| glob_match(&q.pattern, &name))
     }
 }
 
@@ -152,12 +153,12 @@ pub async fn check<M: MetaStore, B>(
 
 /// Count a link of blob `digest` (`size` bytes) into repository `name`, in every namespace of
 /// it, or refuse it (and count nothing) when a namespace would go over its limit.
-pub async fn charge<M: MetaStore, B>(
-    stores: &Stores<M, B>,
+pub async fn charge<'a, M: MetaStore, B>(
+    stores: &'a Stores<M, B>,
     name: &RepoName,
     digest: &Digest,
     size: u64,
-) -> Result<(), RegistryError> {
+) -> Result<Charged<'a>, RegistryError> {
     let mut charged: Vec<(&Quota, bool)> = Vec::new();
     for quota in stores.config.quotas.applying(name) {
         let links = match stores.meta.increment(&quota.blob_key(digest), 1).await {
@@ -186,7 +187,30 @@ pub async fn charge<M: MetaStore, B>(
             return Err(exceeded(quota, total.saturating_sub(size), size));
         }
     }
-    Ok(())
+    Ok(Charged(charged))
+}
+
+/// What one [`charge`] counted, in each namespace: the link, and whether its bytes too.
+#[derive(Debug)]
+pub struct Charged<'a>(Vec<(&'a Quota, bool)>);
+
+/// Take back a charge whose link was taken back.
+pub async fn refund<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest, size: u64, charged: &Charged<'_>) {
+    uncharge(stores, digest, size, &charged.0).await;
+}
+
+/// Garbage collection removed the blob, with every link of it: it counts no more anywhere. A
+/// link that raced the removal (a push of the same blob) keeps its count, and then the bytes.
+pub async fn release_blob<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest, size: u64) {
+    for quota in stores.config.quotas.iter() {
+        let Ok(links) = stores.meta.increment(&quota.blob_key(digest), 0).await else { continue };
+        if links <= 0 {
+            continue;
+        }
+        if let Ok(0) = stores.meta.increment(&quota.blob_key(digest), -links).await {
+            let _ = stores.meta.increment(&quota.bytes_key(), -(size as i64)).await;
+        }
+    }
 }
 
 /// Take back what [`charge`] counted (best effort: a failure here leaves usage too high, never

@@ -11,6 +11,7 @@
 //! /v2/<name>/blobs/<digest>             Blob
 //! /v2/<name>/referrers/<digest>         Referrers
 //! /v2/_berth/quotas                     AdminQuotas (Berth's admin API)
+//! /v2/_berth/gc                         AdminGc (one garbage collection step)
 //! ```
 //! Names may contain the words `blobs`, `manifests`, `tags` as components
 //! (`/v2/a/manifests/b/manifests/latest` names repository `a/manifests/b`): the endpoint is
@@ -34,6 +35,8 @@ pub enum Route {
     /// Berth's admin API: quota usage. (`_berth` cannot be a repository name: a component
     /// cannot start with `_`.)
     AdminQuotas,
+    /// Berth's admin API: one step of garbage collection.
+    AdminGc,
 }
 
 impl Route {
@@ -45,6 +48,7 @@ impl Route {
             "/v2" | "/v2/" => return Ok(Route::Base),
             "/v2/_catalog" => return Ok(Route::Catalog),
             "/v2/_berth/quotas" => return Ok(Route::AdminQuotas),
+            "/v2/_berth/gc" => return Ok(Route::AdminGc),
             _ => path.strip_prefix("/v2/").ok_or_else(not_found)?,
         };
         let segments: Vec<&str> = rest.split('/').collect();

@@ -132,6 +132,9 @@ pub struct Config {
     pub immutable_tags: crate::immutable::ImmutableTags,
     /// Byte limits per repository pattern (`crate::quota`).
     pub quotas: crate::quota::Quotas,
+    /// Garbage collection keeps a blob linked less than this long ago, referenced or not: the
+    /// time a client has between pushing a blob and pushing the manifest that references it.
+    pub gc_grace_secs: u64,
     pub auth: crate::auth::config::AuthConfig,
 }
 
@@ -142,6 +145,7 @@ impl Default for Config {
             blob_redirect_secs: 0,
             immutable_tags: Default::default(),
             quotas: Default::default(),
+            gc_grace_secs: 3600,
             auth: Default::default(),
         }
     }

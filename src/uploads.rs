@@ -136,7 +136,7 @@ pub async fn finish<M: MetaStore, B: BlobStore>(
         return Ok(Finish::Refused);
     };
     let session = &closing.session;
-    let record = BlobRecord { size: session.size, parts: session.parts.clone() };
+    let record = BlobRecord::new(session.size, session.parts.clone());
     let actual = hash_of(stores, session, &record, digest).await?;
     if actual != *digest {
         cancel_claimed(stores, closing).await?;
@@ -144,17 +144,36 @@ pub async fn finish<M: MetaStore, B: BlobStore>(
     }
     let repo = RepoName::parse(&session.repo)?;
     let (closing, record) = joined_for_redirects(stores, closing, record, digest).await?;
-    let session = &closing.session;
-    match blobs::commit(stores, digest, &record).await? {
-        Commit::Adopted => {
-            // Keep the claim on the parts until the sweep has seen the record still names them.
-            let finished = session.moved_to(SessionState::Finished, Some(digest.to_string()), (stores.now)());
-            swap(stores, &closing, finished).await?;
+    // The link first: from here it holds the blob against garbage collection, which keeps a
+    // blob linked less than `gc_grace_seconds` ago, so the record committed next is not
+    // collected before the link could be checked against it.
+    let link = blobs::Link::write(stores, &repo, digest, record.size).await?;
+    for _ in 0..4 {
+        match blobs::commit(stores, digest, &record).await? {
+            Commit::Adopted => {
+                // Keep the claim on the parts until the sweep has seen the record still names them.
+                let finished =
+                    closing.session.moved_to(SessionState::Finished, Some(digest.to_string()), (stores.now)());
+                swap(stores, &closing, finished).await?;
+                // This session's own record: only a collector that ignored the link (no grace)
+                // can have removed it, and then with the parts; the finish fails.
+                if blobs::hold(stores, digest).await? {
+                    return Ok(Finish::Stored);
+                }
+                break;
+            }
+            Commit::Existing(existing) => {
+                // The stored blob must still be there for the link; if a collector removed it
+                // meanwhile, this session's parts (still kept) are committed instead.
+                if blobs::hold(stores, digest).await? {
+                    release(stores, closing, &existing.parts).await?;
+                    return Ok(Finish::Stored);
+                }
+            }
         }
-        Commit::Existing(existing) => release(stores, closing, &existing.parts).await?,
     }
-    blobs::link(stores, &repo, digest, record.size).await?;
-    Ok(Finish::Stored)
+    link.take_back(stores).await;
+    Err(RegistryError::new(ErrorCode::Internal, format!("blob {digest} was garbage-collected while being finished")))
 }
 
 /// With blob redirects on, a blob of several chunk objects becomes one object where the store
@@ -180,7 +199,7 @@ async fn joined_for_redirects<M: MetaStore, B: BlobStore>(
     let session = &closing.session;
     let name = new_object(stores, session);
     let record = match stores.blobs.compose(&name, record.extents(0, record.size)).await {
-        Ok(Some(size)) if size == record.size => BlobRecord { size, parts: vec![Part { name, size }] },
+        Ok(Some(size)) if size == record.size => BlobRecord::new(size, vec![Part { name, size }]),
         Ok(Some(size)) => {
             eprintln!("berth: joining the chunks of upload {} gave {size} bytes, not {}", session.id, record.size);
             record
@@ -414,7 +433,7 @@ mod tests {
         let stores = memory_stores();
         let repo = RepoName::parse("r").unwrap();
         let digest = Digest::of(crate::digest::Algorithm::Sha256, b"y");
-        let broken = BlobRecord { size: 1, parts: vec![Part { name: "uploads/gone/0".into(), size: 1 }] };
+        let broken = BlobRecord::new(1, vec![Part { name: "uploads/gone/0".into(), size: 1 }]);
         block_on(stores.meta.set(&keys::blob(&digest), &serde_json::to_vec(&broken).unwrap())).unwrap();
         let opened = block_on(open(&stores, &repo, None)).unwrap();
         let (a, wa) = write_part(&stores, &opened.session, b"y");

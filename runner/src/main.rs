@@ -7,6 +7,7 @@ mod blob_fs;
 mod blob_host;
 mod compile_cache;
 mod compose;
+mod gc_client;
 mod host;
 mod kv;
 mod kv_host;
@@ -42,6 +43,8 @@ enum Command {
     Up(Box<UpArgs>),
     /// Read a password from stdin and print its bcrypt hash (for the `auth_users` variable).
     HashPassword(auth_tools::HashPasswordArgs),
+    /// Collect garbage on a running registry through its admin API, step by step.
+    Gc(gc_client::GcArgs),
 }
 
 #[derive(clap::Args)]
@@ -107,6 +110,10 @@ fn main() -> Result<()> {
     let args = match Cli::parse().command {
         Command::Up(args) => *args,
         Command::HashPassword(args) => return auth_tools::hash_password(args),
+        Command::Gc(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            return runtime.block_on(gc_client::run(args));
+        }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(up(args))

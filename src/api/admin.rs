@@ -1,12 +1,61 @@
 //! Berth's admin API (JSON, needs the policy action `admin` for `*`; README "Admin API").
 //!
 //! `GET /v2/_berth/quotas`: every quota rule with its limit and usage, in bytes.
+//! `POST /v2/_berth/gc[?dry_run=true][&cursor=...]`: one bounded step of garbage collection.
 
-use crate::errcode::RegistryError;
-use crate::message::Response;
-use crate::quota;
+use crate::blobs::internal;
+use crate::errcode::{ErrorCode, RegistryError};
+use crate::message::{Request, Response};
 use crate::store::{BlobStore, MetaStore, Stores};
+use crate::{gc, keys, quota};
 use http::StatusCode;
+
+/// One step of garbage collection (`crate::gc`). It starts after `cursor` when given, else where
+/// the last step left off (kept in key-value, so a pass goes on across instances and restarts);
+/// a dry run changes nothing and keeps no cursor, so it is driven by `cursor` alone. The answer
+/// gives what was removed and the cursor of the next step (`null`: the pass is complete).
+pub async fn gc<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    req: &Request<B::Incoming>,
+) -> Result<Response<B::Outgoing>, RegistryError> {
+    let dry_run = match req.query_param("dry_run").as_deref() {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(other) => {
+            return Err(RegistryError::new(ErrorCode::Unsupported, format!("dry_run is true or false, not {other:?}"))
+                .with_status(StatusCode::BAD_REQUEST));
+        }
+    };
+    let after = match req.query_param("cursor") {
+        Some(cursor) => Some(cursor).filter(|c| !c.is_empty()),
+        None if dry_run => None,
+        None => stores
+            .meta
+            .get(keys::GC_CURSOR)
+            .await
+            .map_err(internal)?
+            .and_then(|c| String::from_utf8(c).ok())
+            .filter(|c| !c.is_empty()),
+    };
+    let step = gc::step(stores, after, dry_run).await?;
+    if !dry_run {
+        let next = step.next.clone().unwrap_or_default();
+        stores.meta.set(keys::GC_CURSOR, next.as_bytes()).await.map_err(internal)?;
+    }
+    let collected: Vec<_> = step
+        .collected
+        .iter()
+        .map(|(digest, size)| serde_json::json!({ "digest": digest.to_string(), "size": size }))
+        .collect();
+    let body = serde_json::json!({
+        "dryRun": dry_run,
+        "examined": step.examined,
+        "collected": collected,
+        "bytes": step.bytes(),
+        "next": step.next,
+    });
+    Ok(Response::new(StatusCode::OK).json(serde_json::to_vec(&body).expect("json")))
+}
 
 pub async fn quotas<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>) -> Result<Response<B::Outgoing>, RegistryError> {
     let mut rules = Vec::new();

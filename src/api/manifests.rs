@@ -347,7 +347,7 @@ async fn check_references<M: MetaStore, B: BlobStore>(
     manifest: &Manifest,
 ) -> Result<()> {
     for blob in &manifest.blobs {
-        if stores.meta.get(&keys::blob_link(name, blob)).await.map_err(internal)?.is_none() {
+        if !blobs::is_linked(stores, name, blob).await? {
             return Err(RegistryError::new(
                 ErrorCode::ManifestBlobUnknown,
                 format!("blob {blob} is not in repository {name}"),
@@ -443,11 +443,18 @@ async fn store<M: MetaStore, B: BlobStore>(
     hash: RunningHash,
 ) -> Result<Option<String>> {
     let size = bytes.len() as u64;
-    match blobs::record(stores, digest).await? {
+    // Holder entries before the record (garbage collection finds the record through them).
+    for held in held_by(manifest, digest) {
+        blobs::mark(stores, &keys::manifest_holder(name, held, digest), Vec::new()).await?;
+    }
+    let linked = match blobs::record(stores, digest).await? {
         Some(stored) if blobs::parts_present(stores, &stored).await? => {
             blobs::link(stores, name, digest, stored.size).await?
         }
-        _ => store_bytes(stores, name, digest, bytes, hash).await?,
+        _ => false,
+    };
+    if !linked {
+        store_bytes(stores, name, digest, bytes, hash).await?;
     }
     let record = ManifestRecord {
         media_type: manifest.media_type.clone(),
@@ -472,18 +479,57 @@ async fn store<M: MetaStore, B: BlobStore>(
         None
     };
     if let Some(existing) = self::record(stores, name, digest).await? {
+        hold_references(stores, name, digest, manifest).await?;
         return Ok(existing.generation);
     }
-    stores
-        .meta
-        .set(&keys::manifest(name, digest), &serde_json::to_vec(&record).expect("records serialize"))
-        .await
-        .map_err(internal)?;
+    let key = keys::manifest(name, digest);
+    let json = serde_json::to_vec(&record).expect("records serialize");
+    stores.meta.set(&key, &json).await.map_err(internal)?;
+    if let Err(gone) = hold_references(stores, name, digest, manifest).await {
+        // Never a manifest whose blob is gone: this push's record goes again, unless a
+        // concurrent push of the same manifest replaced it (that push checks for itself).
+        if stores.meta.get(&key).await.map_err(internal)?.as_deref() == Some(json.as_slice()) {
+            stores.meta.delete(&key).await.map_err(internal)?;
+        }
+        return Err(gone);
+    }
     if let Some((entry, descriptor)) = referrer_entry {
         // Again after the record: a racing delete may have removed it in between (`unindex`).
         blobs::mark(stores, &entry, descriptor).await?;
     }
+    for held in held_by(manifest, digest) {
+        blobs::remark(stores, &keys::manifest_holder(name, held, digest), Vec::new()).await?;
+    }
     Ok(record.generation)
+}
+
+/// What a manifest keeps from garbage collection: its blobs, its child manifests and its own
+/// bytes.
+fn held_by<'a>(manifest: &'a Manifest, digest: &'a Digest) -> impl Iterator<Item = &'a Digest> {
+    manifest.blobs.iter().chain(&manifest.children).chain(std::iter::once(digest))
+}
+
+/// After the record is written: every blob it references must still be stored (a blob that
+/// garbage collection condemned is taken back; one it removed fails the push, as a blob that
+/// was never pushed does). Children may be missing (a sparse index), but are held if there.
+async fn hold_references<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    digest: &Digest,
+    manifest: &Manifest,
+) -> Result<()> {
+    for blob in manifest.blobs.iter().chain(std::iter::once(digest)) {
+        if !blobs::hold(stores, blob).await? {
+            return Err(RegistryError::new(
+                ErrorCode::ManifestBlobUnknown,
+                format!("blob {blob} is not in repository {name}: it was garbage-collected, push it again"),
+            ));
+        }
+    }
+    for child in &manifest.children {
+        blobs::hold(stores, child).await?;
+    }
+    Ok(())
 }
 
 /// A manifest's bytes stored as a blob, through an upload session like any other blob: one

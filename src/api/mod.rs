@@ -96,6 +96,7 @@ async fn dispatch<M: MetaStore, B: BlobStore>(
         }
         (Method::GET, Route::Referrers(name, digest)) => referrers::list(stores, &name, &digest, &req).await,
         (Method::GET, Route::AdminQuotas) => admin::quotas(stores).await,
+        (Method::POST, Route::AdminGc) => admin::gc(stores, &req).await,
         (method, _) => Err(method_not_allowed(&method)),
     }
 }

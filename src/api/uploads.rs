@@ -76,7 +76,9 @@ async fn mount_blob<M: MetaStore, B: BlobStore>(
         },
     };
     let Some(record) = available else { return Ok(None) };
-    blobs::link(stores, name, digest, record.size).await?;
+    if !blobs::link(stores, name, digest, record.size).await? {
+        return Ok(None); // garbage-collected meanwhile: the client sends it
+    }
     Ok(Some(created(name, digest)))
 }
 

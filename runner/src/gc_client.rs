@@ -1,0 +1,197 @@
+//! `berth-runner gc`: drive garbage collection on a running registry through its admin API
+//! (`POST /v2/_berth/gc`, one bounded step per request), with progress on stderr and what was
+//! (or, with --dry-run, would be) removed on stdout. The steps run inside the registry, so this
+//! works the same against a runner, `spin up` or an edge host.
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct GcArgs {
+    /// The registry's address (plain HTTP; for a registry served over HTTPS, run this where it
+    /// listens on loopback, or call the admin API with curl).
+    #[arg(long, default_value = "http://127.0.0.1:5000")]
+    registry: String,
+    /// Report what would be removed, and remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// A user whose policy grants `admin` (basic or token auth); the password comes from the
+    /// BERTH_ADMIN_PASSWORD environment variable.
+    #[arg(long)]
+    user: Option<String>,
+    /// Run a pass every this many seconds, forever (a registry's periodic collection).
+    #[arg(long, value_name = "SECONDS")]
+    every: Option<u64>,
+}
+
+pub async fn run(args: GcArgs) -> Result<()> {
+    let url: http::Uri = args.registry.parse().context("--registry")?;
+    if url.scheme_str() != Some("http") {
+        bail!("--registry must be an http:// address");
+    }
+    let authority = url.authority().context("--registry needs a host and port")?.to_string();
+    let password = std::env::var("BERTH_ADMIN_PASSWORD").ok();
+    let credentials = match (&args.user, password) {
+        (Some(user), Some(password)) => {
+            Some(base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+        }
+        (Some(_), None) => bail!("--user needs the password in BERTH_ADMIN_PASSWORD"),
+        (None, _) => None,
+    };
+    let mut client = Client { authority, credentials, bearer: None };
+    loop {
+        pass(&mut client, args.dry_run).await?;
+        let Some(every) = args.every else { return Ok(()) };
+        tokio::time::sleep(Duration::from_secs(every)).await;
+    }
+}
+
+/// One whole pass over the registry's blobs.
+async fn pass(client: &mut Client, dry_run: bool) -> Result<()> {
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.set_style(indicatif::ProgressStyle::with_template("{spinner} gc {msg} [{elapsed}]").expect("template"));
+    let (mut examined, mut removed, mut bytes) = (0u64, 0u64, 0u64);
+    // An empty cursor starts the pass from the first blob (not where an earlier pass stopped).
+    let mut cursor = String::new();
+    loop {
+        let query = format!("dry_run={dry_run}&cursor={}", url_escape(&cursor));
+        let step = client.post(&format!("/v2/_berth/gc?{query}")).await?;
+        examined += step["examined"].as_u64().unwrap_or(0);
+        for blob in step["collected"].as_array().into_iter().flatten() {
+            let size = blob["size"].as_u64().unwrap_or(0);
+            let verb = if dry_run { "would remove" } else { "removed" };
+            progress.suspend(|| println!("{verb} {} ({size} bytes)", blob["digest"].as_str().unwrap_or("?")));
+            removed += 1;
+            bytes += size;
+        }
+        progress.set_message(format!("examined {examined} blobs, {removed} unreferenced, {}", human(bytes)));
+        progress.tick();
+        match step["next"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+    }
+    progress.finish_and_clear();
+    let verb = if dry_run { "would free" } else { "freed" };
+    println!("gc: examined {examined} blobs; {removed} unreferenced; {verb} {bytes} bytes ({})", human(bytes));
+    Ok(())
+}
+
+fn url_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+struct Client {
+    authority: String,
+    credentials: Option<String>,
+    bearer: Option<String>,
+}
+
+impl Client {
+    /// POST and decode the JSON answer; with token auth, a 401's Bearer challenge is answered
+    /// by fetching a token from its realm with the basic credentials, once.
+    async fn post(&mut self, path: &str) -> Result<serde_json::Value> {
+        for _ in 0..2 {
+            let authorization = match (&self.bearer, &self.credentials) {
+                (Some(token), _) => Some(format!("Bearer {token}")),
+                (None, Some(basic)) => Some(format!("Basic {basic}")),
+                (None, None) => None,
+            };
+            let (status, headers, body) = self.send("POST", path, authorization).await?;
+            if status == StatusCode::UNAUTHORIZED
+                && self.bearer.is_none()
+                && let Some(challenge) = headers.get(http::header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok())
+                && challenge.starts_with("Bearer ")
+            {
+                self.bearer = Some(self.token(challenge).await?);
+                continue;
+            }
+            if !status.is_success() {
+                bail!("the registry answered {status}: {}", String::from_utf8_lossy(&body));
+            }
+            return serde_json::from_slice(&body).context("the registry's answer is not JSON");
+        }
+        bail!("the registry refused the token it issued")
+    }
+
+    /// A token for the challenge's scope, from its realm (on this registry).
+    async fn token(&mut self, challenge: &str) -> Result<String> {
+        let param = |key: &str| {
+            challenge.split(',').find_map(|part| {
+                let (k, v) = part.trim().trim_start_matches("Bearer ").split_once('=')?;
+                (k.trim() == key).then(|| v.trim().trim_matches('"').to_owned())
+            })
+        };
+        let realm: http::Uri = param("realm").context("challenge without a realm")?.parse()?;
+        let mut query = Vec::new();
+        for key in ["service", "scope"] {
+            if let Some(value) = param(key) {
+                query.push(format!("{key}={}", url_escape(&value)));
+            }
+        }
+        let path = format!("{}?{}", realm.path(), query.join("&"));
+        let basic = self.credentials.clone().context("the registry wants a token: pass --user")?;
+        let (status, _, body) = self.send("GET", &path, Some(format!("Basic {basic}"))).await?;
+        if !status.is_success() {
+            bail!("the token endpoint answered {status}: {}", String::from_utf8_lossy(&body));
+        }
+        let answer: serde_json::Value = serde_json::from_slice(&body)?;
+        answer["token"]
+            .as_str()
+            .or(answer["access_token"].as_str())
+            .map(str::to_owned)
+            .context("no token in the answer")
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<String>,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes)> {
+        let stream = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .with_context(|| format!("connecting to {}", self.authority))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let mut request = Request::builder().method(method).uri(path).header(http::header::HOST, &self.authority);
+        if let Some(authorization) = authorization {
+            request = request.header(http::header::AUTHORIZATION, authorization);
+        }
+        let response = sender.send_request(request.body(Empty::<Bytes>::new())?).await?;
+        let (parts, body) = response.into_parts();
+        Ok((parts.status, parts.headers, body.collect().await?.to_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_are_escaped_for_the_query() {
+        assert_eq!(url_escape("index/blobs/sha256/ab"), "index%2Fblobs%2Fsha256%2Fab");
+        assert_eq!(human(3 << 20), "3.0 MiB");
+    }
+}

@@ -1,0 +1,532 @@
+//! Online garbage collection of blobs: bounded steps over the blob list (`index/blobs/`), each
+//! resumable from a cursor, safe while clients push (docs/consistency.md, "Garbage collection").
+//!
+//! A blob is kept while anything holds it: a manifest record of some repository that
+//! references it (its layers, config, child manifests, its own bytes), or a link made less than
+//! `gc_grace_seconds` ago (a push in flight: the client has that long from pushing a blob to
+//! pushing the manifest). Everything that may hold a blob has a holder entry under
+//! `index/holders/<blob>/`, written before its fact, so a step finds every fact to check.
+//!
+//! Removing a blob is a claim made in three moves on its record:
+//! 1. mark it condemned by compare-and-swap;
+//! 2. list and check its holders again, all of them read after the mark;
+//! 3. swap the condemned record to removed (empty).
+//!
+//! A reference is written the other way round: its fact first, then the record is read
+//! ([`crate::blobs::hold`]): unmarked, it stands; condemned, the mark is taken off by swap (and
+//! move 3 fails); removed, the reference is taken back and the push fails with
+//! `MANIFEST_BLOB_UNKNOWN`, as for a blob never pushed. Either the collector's second look sees
+//! the reference, or the reference's look sees the mark: a manifest never references a removed
+//! blob. Only after move 3 are the bytes, the dead links, the quota counts and the entries
+//! removed.
+
+use crate::blobs::{self, BlobRecord, ObjectPages, internal};
+use crate::digest::Digest;
+use crate::errcode::RegistryError;
+use crate::keys::{self, Holder};
+use crate::store::{BlobStore, MetaStore, Stores};
+
+type Result<T> = std::result::Result<T, RegistryError>;
+
+/// Blobs looked at in one step at most.
+pub const STEP_BLOBS: u32 = 64;
+
+/// A step stops starting new blobs after this long, well under an edge host's request limit.
+pub const STEP_SECONDS: u64 = 5;
+
+/// A condemned mark older than this was left by a collector that died between its moves: the
+/// next step finishes its work.
+const ABANDONED_MARK_SECONDS: u64 = 60;
+
+/// What one step did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Blobs looked at.
+    pub examined: u64,
+    /// Blobs removed (in a dry run: that would be removed), with their sizes.
+    pub collected: Vec<(Digest, u64)>,
+    /// Where the next step starts; `None` once the pass has looked at every blob.
+    pub next: Option<String>,
+}
+
+impl Step {
+    pub fn bytes(&self) -> u64 {
+        self.collected.iter().map(|(_, size)| size).sum()
+    }
+}
+
+/// What happened to one blob.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Kept,
+    Collected(u64),
+}
+
+/// One step: up to [`STEP_BLOBS`] blobs of the list after `after`, for at most about
+/// [`STEP_SECONDS`]. A dry run only reports what nothing holds now, changing nothing.
+pub async fn step<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    after: Option<String>,
+    dry_run: bool,
+) -> Result<Step> {
+    let started = (stores.now)();
+    let (names, mut next) =
+        stores.blobs.list(keys::BLOBS_INDEX_PREFIX, after.as_deref(), STEP_BLOBS).await.map_err(internal)?;
+    let mut step = Step::default();
+    for (i, entry) in names.iter().enumerate() {
+        if (stores.now)().saturating_sub(started) >= STEP_SECONDS {
+            next = Some(names[i - 1].clone()); // i > 0: the first blob always runs
+            break;
+        }
+        let Some(digest) = keys::parse_blob_index(entry) else { continue };
+        step.examined += 1;
+        if let Outcome::Collected(size) = examine(stores, &digest, dry_run).await? {
+            step.collected.push((digest, size));
+        }
+    }
+    step.next = next;
+    Ok(step)
+}
+
+async fn examine<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Digest, dry_run: bool) -> Result<Outcome> {
+    let now = (stores.now)();
+    let Some(bytes) = stores.meta.get(&keys::blob(digest)).await.map_err(internal)? else {
+        // A commit that listed the blob has not written its record yet, or died first.
+        if !dry_run {
+            forget_unrecorded(stores, digest).await?;
+        }
+        return Ok(Outcome::Kept);
+    };
+    if bytes.is_empty() {
+        // Removed by a collector that died before its cleanup (or a concurrent one): finish it.
+        if !dry_run {
+            clean_up(stores, digest, &[]).await?;
+        }
+        return Ok(Outcome::Kept);
+    }
+    let Ok(record) = serde_json::from_slice::<BlobRecord>(&bytes) else {
+        eprintln!("berth: gc: the record of blob {digest} does not parse: kept");
+        return Ok(Outcome::Kept);
+    };
+    let condemned = match record.condemned {
+        None => {
+            if holds(stores, digest).await?.live {
+                return Ok(Outcome::Kept);
+            }
+            if dry_run {
+                return Ok(Outcome::Collected(record.size));
+            }
+            match condemn(stores, digest, &record, &bytes).await? {
+                Some(marked) => marked,
+                None => return Ok(Outcome::Kept), // changed meanwhile: the next pass looks again
+            }
+        }
+        // Another collector is between its moves, or died there.
+        Some(at) if now.saturating_sub(at) < ABANDONED_MARK_SECONDS || dry_run => return Ok(Outcome::Kept),
+        Some(_) => bytes.clone(),
+    };
+    remove_condemned(stores, digest, record, &condemned).await
+}
+
+/// Move 1: mark the record (read as `bytes`) condemned; the marked bytes, or `None` when the
+/// record changed since it was read.
+async fn condemn<M: MetaStore, B>(
+    stores: &Stores<M, B>,
+    digest: &Digest,
+    record: &BlobRecord,
+    bytes: &[u8],
+) -> Result<Option<Vec<u8>>> {
+    let marked = BlobRecord { condemned: Some((stores.now)()), ..record.clone() }.to_json();
+    let swapped = stores.meta.compare_and_swap(&keys::blob(digest), bytes, &marked).await.map_err(internal)?;
+    Ok(swapped.then_some(marked))
+}
+
+/// Moves 2 and 3, then the cleanup: look at every holder again (all read after the mark), and
+/// remove the blob only if none holds it and no reference took the mark off.
+async fn remove_condemned<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    digest: &Digest,
+    record: BlobRecord,
+    condemned: &[u8],
+) -> Result<Outcome> {
+    let again = holds(stores, digest).await?;
+    if again.live {
+        let unmarked = BlobRecord { condemned: None, ..record }.to_json();
+        stores.meta.compare_and_swap(&keys::blob(digest), condemned, &unmarked).await.map_err(internal)?;
+        return Ok(Outcome::Kept);
+    }
+    if !stores.meta.compare_and_swap(&keys::blob(digest), condemned, b"").await.map_err(internal)? {
+        return Ok(Outcome::Kept); // a reference took the mark off
+    }
+    // From here the blob is gone for every reader; what is left is only cleanup.
+    eprintln!("berth: gc: removed blob {digest} ({} bytes): nothing references it", record.size);
+    blobs::discard(stores, &record.parts).await;
+    for (key, value) in &again.dead_links {
+        // Only the very link judged dead: a link written since takes itself back (`hold`).
+        stores.meta.compare_and_swap(key, value, b"").await.map_err(internal)?;
+    }
+    crate::quota::release_blob(stores, digest, record.size).await;
+    clean_up(stores, digest, &again.entries).await?;
+    Ok(Outcome::Collected(record.size))
+}
+
+/// What holds a blob, as read now.
+struct Holds {
+    /// A manifest references it, or a link within the grace time.
+    live: bool,
+    /// Links older than the grace time: key and exact value.
+    dead_links: Vec<(String, Vec<u8>)>,
+    /// Every holder entry seen.
+    entries: Vec<String>,
+}
+
+async fn holds<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Digest) -> Result<Holds> {
+    let now = (stores.now)();
+    let prefix = keys::holders_prefix(digest);
+    let mut holds = Holds { live: false, dead_links: Vec::new(), entries: Vec::new() };
+    let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
+    while let Some(objects) = pages.next().await? {
+        for object in objects {
+            match keys::parse_holder(&prefix, &object) {
+                Some(Holder::Link { repo_key }) => {
+                    let key = keys::blob_link_at(&repo_key, digest);
+                    if let Some(value) = stores.meta.get(&key).await.map_err(internal)?.filter(|v| !v.is_empty()) {
+                        if now.saturating_sub(blobs::link_time(&value)) < stores.config.gc_grace_secs {
+                            holds.live = true;
+                        } else {
+                            holds.dead_links.push((key, value));
+                        }
+                    }
+                }
+                Some(Holder::Manifest { repo_key, manifest }) => {
+                    if stores.meta.get(&keys::manifest_at(&repo_key, &manifest)).await.map_err(internal)?.is_some() {
+                        holds.live = true;
+                    }
+                }
+                None => {
+                    eprintln!("berth: gc: unknown holder entry {object}: blob {digest} kept");
+                    holds.live = true;
+                }
+            }
+            if holds.live {
+                return Ok(holds);
+            }
+            holds.entries.push(object);
+        }
+    }
+    Ok(holds)
+}
+
+/// After the record went: the blob's entries. Each is removed, then its fact looked at again: a
+/// push of the same blob that wrote its fact meanwhile gets the entry back (it writes its fact
+/// and then checks the entry, so one of the two sees the other).
+async fn clean_up<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Digest, seen: &[String]) -> Result<()> {
+    let prefix = keys::holders_prefix(digest);
+    let mut entries = seen.to_vec();
+    if entries.is_empty() {
+        let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
+        while let Some(objects) = pages.next().await? {
+            entries.extend(objects);
+        }
+    }
+    for entry in entries {
+        blobs::remove(stores, &entry).await?;
+        let fact = match keys::parse_holder(&prefix, &entry) {
+            Some(Holder::Link { repo_key }) => keys::blob_link_at(&repo_key, digest),
+            Some(Holder::Manifest { repo_key, manifest }) => keys::manifest_at(&repo_key, &manifest),
+            None => continue,
+        };
+        if stores.meta.get(&fact).await.map_err(internal)?.is_some_and(|v| !v.is_empty()) {
+            blobs::mark(stores, &entry, Vec::new()).await?;
+        }
+    }
+    forget_unrecorded(stores, digest).await
+}
+
+/// Remove the blob's list entry while it has no record (none, or removed), and put it back if a
+/// commit stored one meanwhile (a commit writes the entry, the record, then checks the entry).
+async fn forget_unrecorded<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Digest) -> Result<()> {
+    let entry = keys::blob_index(digest);
+    let now = (stores.now)();
+    // An entry younger than the upload expiry may belong to a commit still on its way.
+    let written = stores.blobs.read_bytes(&entry).await.ok();
+    let written_at = written.as_deref().and_then(|w| std::str::from_utf8(w).ok()?.parse::<u64>().ok()).unwrap_or(0);
+    let recorded = async || Ok::<_, RegistryError>(blobs::record(stores, digest).await?.is_some());
+    if recorded().await? {
+        return Ok(());
+    }
+    if stores.meta.get(&keys::blob(digest)).await.map_err(internal)?.is_none()
+        && now.saturating_sub(written_at) < stores.config.upload_expiry_secs
+    {
+        return Ok(());
+    }
+    blobs::remove(stores, &entry).await?;
+    if recorded().await? {
+        blobs::mark(stores, &entry, now.to_string().into_bytes()).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::handle;
+    use crate::digest::Algorithm;
+    use crate::message::{Body, Request, Response};
+    use crate::testing::{MemBlobs, MemMeta, advance_clock, block_on, memory_stores};
+    use http::{HeaderMap, Method, StatusCode};
+
+    type Mem = Stores<MemMeta, MemBlobs>;
+
+    fn send(stores: &Mem, method: Method, path: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+            None => (path.to_owned(), None),
+        };
+        block_on(handle(stores, Request { method, path, query, headers: HeaderMap::new(), body, origin: None }))
+    }
+
+    fn error_code(response: &Response<Vec<u8>>) -> String {
+        let Body::Full(bytes) = &response.body else { panic!("error without a body") };
+        let value: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        value["errors"][0]["code"].as_str().unwrap().to_owned()
+    }
+
+    fn push_blob(stores: &Mem, repo: &str, bytes: &[u8]) -> Digest {
+        let digest = Digest::of(Algorithm::Sha256, bytes);
+        let r = send(stores, Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={digest}"), bytes.to_vec());
+        assert_eq!(r.status, StatusCode::CREATED);
+        digest
+    }
+
+    fn manifest_of(config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
+        let descriptor = |b: &[u8], t: &str| serde_json::json!({ "mediaType": t, "digest": Digest::of(Algorithm::Sha256, b).to_string(), "size": b.len() });
+        let layers: Vec<_> = layers.iter().map(|l| descriptor(l, "application/vnd.oci.image.layer.v1.tar")).collect();
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": crate::manifest::OCI_MANIFEST,
+            "config": descriptor(config, "application/vnd.oci.image.config.v1+json"),
+            "layers": layers,
+        }))
+        .unwrap()
+    }
+
+    fn put_manifest(stores: &Mem, repo: &str, reference: &str, manifest: &[u8]) -> Response<Vec<u8>> {
+        send(stores, Method::PUT, &format!("/v2/{repo}/manifests/{reference}"), manifest.to_vec())
+    }
+
+    /// Push an image (config and layers, then the manifest by tag); its manifest's digest.
+    fn push_image(stores: &Mem, repo: &str, tag: &str, config: &[u8], layers: &[&[u8]]) -> Digest {
+        push_blob(stores, repo, config);
+        for layer in layers {
+            push_blob(stores, repo, layer);
+        }
+        let manifest = manifest_of(config, layers);
+        assert_eq!(put_manifest(stores, repo, tag, &manifest).status, StatusCode::CREATED);
+        Digest::of(Algorithm::Sha256, &manifest)
+    }
+
+    /// Garbage collection passes until one removes nothing; what they removed.
+    fn collect(stores: &Mem, dry_run: bool) -> Vec<Digest> {
+        let mut removed = Vec::new();
+        let mut after = None;
+        loop {
+            let step = block_on(step(stores, after, dry_run)).unwrap();
+            removed.extend(step.collected.into_iter().map(|(d, _)| d));
+            after = step.next;
+            if after.is_none() {
+                return removed;
+            }
+        }
+    }
+
+    fn past_grace(stores: &Mem) {
+        advance_clock(stores.config.gc_grace_secs + 1);
+    }
+
+    fn blob_status(stores: &Mem, repo: &str, digest: &Digest) -> StatusCode {
+        send(stores, Method::GET, &format!("/v2/{repo}/blobs/{digest}"), vec![]).status
+    }
+
+    /// Bytes of the objects holding blob data.
+    fn stored_bytes(stores: &Mem) -> usize {
+        stores.blobs.0.borrow().iter().filter(|(k, _)| k.starts_with("uploads/")).map(|(_, v)| v.len()).sum()
+    }
+
+    fn sorted(mut digests: Vec<Digest>) -> Vec<Digest> {
+        digests.sort_by_key(Digest::to_string);
+        digests
+    }
+
+    #[test]
+    fn the_blobs_only_a_deleted_manifest_referenced_are_removed_and_every_other_image_stays_whole() {
+        let stores = memory_stores();
+        let a = push_image(&stores, "r", "a", b"config a", &[b"shared", b"only a"]);
+        push_image(&stores, "r", "b", b"config b", &[b"shared", b"only b"]);
+        assert_eq!(send(&stores, Method::DELETE, &format!("/v2/r/manifests/{a}"), vec![]).status, StatusCode::ACCEPTED);
+        let before = stored_bytes(&stores);
+        past_grace(&stores);
+
+        let removed = collect(&stores, false);
+        let sha = |b: &[u8]| Digest::of(Algorithm::Sha256, b);
+        assert_eq!(sorted(removed), sorted(vec![sha(b"config a"), sha(b"only a"), a.clone()]));
+        assert_eq!(
+            before - stored_bytes(&stores),
+            b"config a".len() + b"only a".len() + manifest_of(b"config a", &[b"shared", b"only a"]).len()
+        );
+        for gone in [sha(b"config a"), sha(b"only a")] {
+            let r = send(&stores, Method::HEAD, &format!("/v2/r/blobs/{gone}"), vec![]);
+            assert_eq!(r.status, StatusCode::NOT_FOUND);
+        }
+        for kept in [sha(b"config b"), sha(b"shared"), sha(b"only b")] {
+            assert_eq!(blob_status(&stores, "r", &kept), StatusCode::OK);
+        }
+        assert_eq!(send(&stores, Method::GET, "/v2/r/manifests/b", vec![]).status, StatusCode::OK);
+        assert!(collect(&stores, false).is_empty(), "a second pass finds nothing more");
+    }
+
+    #[test]
+    fn a_blob_linked_within_the_grace_time_stays_for_the_manifest_still_to_come() {
+        let stores = memory_stores();
+        let layer = push_blob(&stores, "r", b"pushed, manifest not yet");
+        assert!(collect(&stores, false).is_empty());
+        advance_clock(stores.config.gc_grace_secs - 1);
+        assert!(collect(&stores, false).is_empty());
+        advance_clock(2);
+        assert_eq!(collect(&stores, false), std::slice::from_ref(&layer));
+        assert_eq!(blob_status(&stores, "r", &layer), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn a_dry_run_reports_what_a_run_removes_and_changes_nothing() {
+        let stores = memory_stores();
+        let a = push_image(&stores, "r", "a", b"config", &[b"layer"]);
+        send(&stores, Method::DELETE, &format!("/v2/r/manifests/{a}"), vec![]);
+        past_grace(&stores);
+        let snapshot = (stores.meta.0.borrow().clone(), stores.blobs.0.borrow().clone());
+        let planned = sorted(collect(&stores, true));
+        assert_eq!(planned.len(), 3);
+        assert_eq!((stores.meta.0.borrow().clone(), stores.blobs.0.borrow().clone()), snapshot);
+        assert_eq!(sorted(collect(&stores, false)), planned);
+    }
+
+    #[test]
+    fn head_then_gc_then_put_is_manifest_blob_unknown_and_pushing_the_blob_again_repairs_it() {
+        let stores = memory_stores();
+        let layer = push_blob(&stores, "r", b"layer");
+        let config = push_blob(&stores, "r", b"config");
+        past_grace(&stores);
+        // The client sees both blobs, so it will not send them again...
+        assert_eq!(send(&stores, Method::HEAD, &format!("/v2/r/blobs/{layer}"), vec![]).status, StatusCode::OK);
+        assert_eq!(send(&stores, Method::HEAD, &format!("/v2/r/blobs/{config}"), vec![]).status, StatusCode::OK);
+        // ...garbage collection removes them (nothing references them, linked long ago)...
+        assert_eq!(collect(&stores, false).len(), 2);
+        // ...and the manifest is refused, never stored with a missing blob.
+        let manifest = manifest_of(b"config", &[b"layer"]);
+        let r = put_manifest(&stores, "r", "v1", &manifest);
+        assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"));
+        assert_eq!(send(&stores, Method::GET, "/v2/r/manifests/v1", vec![]).status, StatusCode::NOT_FOUND);
+        // The client pushes the blobs again: stored anew, and the manifest goes in.
+        push_blob(&stores, "r", b"layer");
+        push_blob(&stores, "r", b"config");
+        assert_eq!(put_manifest(&stores, "r", "v1", &manifest).status, StatusCode::CREATED);
+        past_grace(&stores);
+        assert!(collect(&stores, false).is_empty());
+        assert_eq!(blob_status(&stores, "r", &layer), StatusCode::OK);
+    }
+
+    #[test]
+    fn a_manifest_pushed_between_the_mark_and_the_second_look_keeps_its_blobs() {
+        let stores = memory_stores();
+        let layer = push_blob(&stores, "r", b"layer");
+        push_blob(&stores, "r", b"config");
+        past_grace(&stores);
+        let (record, bytes) = block_on(blobs::stored(&stores, &layer)).unwrap().unwrap();
+        let marked = block_on(condemn(&stores, &layer, &record, &bytes)).unwrap().expect("marked");
+        // The manifest arrives while the layer is condemned: its push takes the mark off.
+        let manifest = manifest_of(b"config", &[b"layer"]);
+        assert_eq!(put_manifest(&stores, "r", "v1", &manifest).status, StatusCode::CREATED);
+        assert_eq!(block_on(blobs::record(&stores, &layer)).unwrap().unwrap().condemned, None, "the push took it off");
+        assert_eq!(block_on(remove_condemned(&stores, &layer, record, &marked)).unwrap(), Outcome::Kept);
+        assert!(collect(&stores, false).is_empty());
+        assert_eq!(blob_status(&stores, "r", &layer), StatusCode::OK);
+    }
+
+    #[test]
+    fn a_manifest_whose_record_is_written_before_the_second_look_keeps_its_blobs() {
+        let stores = memory_stores();
+        let layer = push_blob(&stores, "r", b"layer");
+        push_blob(&stores, "r", b"config");
+        past_grace(&stores);
+        let (record, bytes) = block_on(blobs::stored(&stores, &layer)).unwrap().unwrap();
+        let marked = block_on(condemn(&stores, &layer, &record, &bytes)).unwrap().expect("marked");
+        // A push that has written its holder entry and its record, but not yet read the blob's
+        // record, when the collector looks again.
+        let name = crate::name::RepoName::parse("r").unwrap();
+        let m = Digest::of(Algorithm::Sha256, b"m");
+        block_on(blobs::mark(&stores, &keys::manifest_holder(&name, &layer, &m), Vec::new())).unwrap();
+        stores.meta.0.borrow_mut().insert(keys::manifest(&name, &m), b"{}".to_vec());
+        assert_eq!(block_on(remove_condemned(&stores, &layer, record, &marked)).unwrap(), Outcome::Kept);
+        assert!(block_on(blobs::hold(&stores, &layer)).unwrap(), "the push's own look finds it");
+    }
+
+    #[test]
+    fn a_manifest_whose_links_are_there_but_whose_blob_was_just_removed_is_refused_and_not_stored() {
+        let stores = memory_stores();
+        let layer = push_blob(&stores, "r", b"layer");
+        push_blob(&stores, "r", b"config");
+        // A collector has swapped the record to removed and not yet taken the links back.
+        stores.meta.0.borrow_mut().insert(keys::blob(&layer), Vec::new());
+        let manifest = manifest_of(b"config", &[b"layer"]);
+        let r = put_manifest(&stores, "r", "v1", &manifest);
+        assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"));
+        let digest = Digest::of(Algorithm::Sha256, &manifest);
+        assert_eq!(
+            send(&stores, Method::HEAD, &format!("/v2/r/manifests/{digest}"), vec![]).status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(send(&stores, Method::HEAD, "/v2/r/manifests/v1", vec![]).status, StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn a_mark_left_by_a_collector_that_died_is_finished_by_a_later_step() {
+        let stores = memory_stores();
+        let layer = push_blob(&stores, "r", b"layer");
+        past_grace(&stores);
+        let (record, bytes) = block_on(blobs::stored(&stores, &layer)).unwrap().unwrap();
+        block_on(condemn(&stores, &layer, &record, &bytes)).unwrap().expect("marked");
+        assert!(collect(&stores, false).is_empty(), "a fresh mark belongs to a collector at work");
+        advance_clock(ABANDONED_MARK_SECONDS);
+        assert_eq!(collect(&stores, false), [layer]);
+        assert_eq!(stored_bytes(&stores), 0);
+        assert!(
+            stores.blobs.0.borrow().keys().all(|k| !k.starts_with("index/holders/") && !k.starts_with("index/blobs/"))
+        );
+    }
+
+    #[test]
+    fn removed_blobs_leave_the_quota_usage() {
+        let mut stores = memory_stores();
+        stores.config.quotas = crate::quota::Quotas::parse("r 1MiB").unwrap();
+        let a = push_image(&stores, "r", "a", b"config", &[b"layer"]);
+        let rule = stores.config.quotas.iter().next().unwrap().clone();
+        assert!(block_on(crate::quota::used(&stores, &rule)).unwrap() > 0);
+        send(&stores, Method::DELETE, &format!("/v2/r/manifests/{a}"), vec![]);
+        past_grace(&stores);
+        assert_eq!(collect(&stores, false).len(), 3);
+        assert_eq!(block_on(crate::quota::used(&stores, &rule)).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_blob_removed_and_pushed_again_is_collectable_again() {
+        let stores = memory_stores();
+        let layer = push_blob(&stores, "r", b"layer");
+        past_grace(&stores);
+        assert_eq!(collect(&stores, false), std::slice::from_ref(&layer));
+        push_blob(&stores, "r", b"layer");
+        assert_eq!(blob_status(&stores, "r", &layer), StatusCode::OK);
+        past_grace(&stores);
+        assert_eq!(collect(&stores, false), [layer]);
+        assert_eq!(stored_bytes(&stores), 0);
+    }
+}

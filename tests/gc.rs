@@ -1,0 +1,460 @@
+//! Garbage collection (issue 15) through berth-runner: the admin endpoint, `berth-runner gc`
+//! with and without --dry-run, the HEAD-then-GC-then-PUT race, and GC racing many pushers and
+//! deleters on the same tags and layers, on the filesystem store and the key-value provider.
+
+mod common;
+
+use common::clients::{Leg, s, with};
+use common::*;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+fn provider_args() -> Vec<String> {
+    vec!["--blob-store".into(), artifacts().blob_kv_provider.display().to_string()]
+}
+
+/// `berth-runner gc` against a leg; its standard output.
+fn gc_cli(leg: &Leg, extra: &[&str], user: Option<(&str, &str)>) -> String {
+    let mut command = Command::new(&artifacts().runner);
+    command.args(["gc", "--registry", &format!("http://{}", leg.host)]).args(extra);
+    if let Some((user, password)) = user {
+        command.args(["--user", user]).env("BERTH_ADMIN_PASSWORD", password);
+    }
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "berth-runner gc {extra:?}: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+/// The digests a `berth-runner gc` output names as removed (or to be removed).
+fn named(output: &str) -> BTreeSet<String> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("removed ").or_else(|| l.strip_prefix("would remove ")))
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+        .collect()
+}
+
+/// Bytes in the filesystem store's data objects (`uploads/`).
+fn data_bytes(data: &std::path::Path) -> u64 {
+    stored_objects(data, "uploads").iter().map(|p| std::fs::metadata(p).unwrap().len()).sum()
+}
+
+async fn push_image_of(
+    reg: &Registry,
+    repo: &str,
+    tag: &str,
+    config: &[u8],
+    layers: &[&[u8]],
+) -> (reqwest::Response, Vec<u8>) {
+    let mut layer_descriptors = Vec::new();
+    for layer in layers {
+        layer_descriptors.push((OCI_LAYER, reg.push_blob(repo, layer).await, layer.len()));
+    }
+    let config_digest = reg.push_blob(repo, config).await;
+    let layers: Vec<(&str, &str, usize)> = layer_descriptors.iter().map(|(t, d, n)| (*t, d.as_str(), *n)).collect();
+    let manifest = image_manifest(&[(OCI_CONFIG, &config_digest, config.len())], &layers, "");
+    (reg.put_manifest(repo, tag, OCI_MANIFEST, &manifest).await, manifest)
+}
+
+#[tokio::test]
+async fn berth_runner_gc_removes_what_only_a_deleted_manifest_held_and_its_dry_run_names_the_same() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let options = RunnerOptions {
+        args: vars(&[("gc_grace_seconds", "0")]),
+        stderr: Some(log.path().to_owned()),
+        ..Default::default()
+    };
+    let leg = Leg::http_options(options);
+    let reg = Registry::new(&leg.runner);
+    let shared = PseudoRandom::bytes(1, 300_000);
+    let only_a = PseudoRandom::bytes(2, 200_000);
+    let only_b = PseudoRandom::bytes(3, 100_000);
+    let (r, manifest_a) = push_image_of(&reg, "gc/app", "a", b"{\"config\":\"a\"}", &[&shared, &only_a]).await;
+    assert_eq!(r.status(), 201);
+    let (r, _) = push_image_of(&reg, "gc/app", "b", b"{\"config\":\"b\"}", &[&shared, &only_b]).await;
+    assert_eq!(r.status(), 201);
+    let digest_a = sha256(&manifest_a);
+    assert_eq!(reg.delete(&format!("/v2/gc/app/manifests/{digest_a}")).await.status(), 202);
+
+    let before = data_bytes(&leg.runner.data);
+    let planned = gc_cli(&leg, &["--dry-run"], None);
+    assert_eq!(data_bytes(&leg.runner.data), before, "a dry run removes nothing");
+    let expected: BTreeSet<String> =
+        [sha256(&only_a), sha256(b"{\"config\":\"a\"}"), digest_a.clone()].into_iter().collect();
+    assert_eq!(named(&planned), expected, "{planned}");
+    let freed = (only_a.len() + 14 + manifest_a.len()) as u64;
+    assert!(planned.contains(&format!("would free {freed} bytes")), "{planned}");
+
+    let done = gc_cli(&leg, &[], None);
+    assert_eq!(named(&done), expected, "{done}");
+    assert_eq!(before - data_bytes(&leg.runner.data), freed, "the bytes left the disk");
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    assert!(logged.contains(&format!("berth: gc: removed blob {} (200000 bytes)", sha256(&only_a))), "{logged}");
+    expect_error(reg.get(&format!("/v2/gc/app/blobs/{}", sha256(&only_a))).await, 404, "BLOB_UNKNOWN").await;
+
+    // The image that stays pulls whole with skopeo.
+    let out = leg.work.join("b");
+    let args = with(s(&["copy", &leg.image("gc/app:b"), &format!("dir:{}", out.display())]), leg.skopeo_tls("src"));
+    leg.skopeo_ok(&args);
+    for (bytes, name) in [(&shared, "shared"), (&only_b, "only b")] {
+        let file = out.join(sha256(bytes).trim_start_matches("sha256:"));
+        assert_eq!(std::fs::read(&file).unwrap(), *bytes, "{name}");
+    }
+    assert!(named(&gc_cli(&leg, &[], None)).is_empty(), "a second pass finds nothing");
+}
+
+#[tokio::test]
+async fn head_then_gc_then_put_is_manifest_blob_unknown_and_pushing_again_repairs_it() {
+    let leg = Leg::http_with(vars(&[("gc_grace_seconds", "0")]));
+    let reg = Registry::new(&leg.runner);
+    let layer = PseudoRandom::bytes(7, 50_000);
+    let config = b"{\"config\":1}".to_vec();
+    let layer_digest = reg.push_blob("gc/race", &layer).await;
+    let config_digest = reg.push_blob("gc/race", &config).await;
+    // The client checks its blobs: both are there, so it will not send them again.
+    for digest in [&layer_digest, &config_digest] {
+        assert_eq!(reg.head(&format!("/v2/gc/race/blobs/{digest}")).await.status(), 200);
+    }
+    // Garbage collection runs in between (one step through the admin API).
+    let step = json(client().post(format!("{}/v2/_berth/gc?cursor=", leg.runner.url)).send().await.unwrap()).await;
+    assert_eq!(step["collected"].as_array().unwrap().len(), 2, "{step}");
+    assert_eq!(step["next"], serde_json::Value::Null);
+    // The manifest arrives: refused, and nothing of it is stored.
+    let manifest =
+        image_manifest(&[(OCI_CONFIG, &config_digest, config.len())], &[(OCI_LAYER, &layer_digest, layer.len())], "");
+    expect_error(reg.put_manifest("gc/race", "v1", OCI_MANIFEST, &manifest).await, 400, "MANIFEST_BLOB_UNKNOWN").await;
+    expect_error(reg.get("/v2/gc/race/manifests/v1").await, 404, "MANIFEST_UNKNOWN").await;
+    // The client pushes its blobs again, then the manifest: whole again.
+    reg.push_blob("gc/race", &layer).await;
+    reg.push_blob("gc/race", &config).await;
+    assert_eq!(reg.put_manifest("gc/race", "v1", OCI_MANIFEST, &manifest).await.status(), 201);
+    assert!(named(&gc_cli(&leg, &[], None)).is_empty());
+    reads_back(&reg, &format!("/v2/gc/race/blobs/{layer_digest}"), &layer).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_gc_endpoint_and_berth_runner_gc_need_the_admin_action() {
+    let policy = "* admin admin;* admin pull,push,delete;* bob pull,push,delete";
+    let users = format!("admin:{SECRET_HASH},bob:{SECRET_HASH}");
+    let leg = Leg::http_with(vars(&[("auth_mode", "basic"), ("auth_users", &users), ("auth_policy", policy)]));
+    let url = format!("{}/v2/_berth/gc?dry_run=true", leg.runner.url);
+    expect_error(client().post(&url).send().await.unwrap(), 401, "UNAUTHORIZED").await;
+    expect_error(client().post(&url).basic_auth("bob", Some("secret")).send().await.unwrap(), 403, "DENIED").await;
+    let answer = client().post(&url).basic_auth("admin", Some("secret")).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let answer = json(answer).await;
+    assert_eq!((answer["dryRun"].as_bool(), answer["examined"].as_u64()), (Some(true), Some(0)));
+    let bad = client().post(format!("{url}x")).basic_auth("admin", Some("secret")).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let output = gc_cli(&leg, &["--dry-run"], Some(("admin", "secret")));
+    assert!(output.contains("examined 0 blobs"), "{output}");
+}
+
+#[tokio::test]
+async fn berth_runner_gc_gets_a_token_where_the_registry_wants_one() {
+    let policy = "* admin admin;* admin pull,push,delete";
+    let users = format!("admin:{SECRET_HASH}");
+    let leg = Leg::http_with(vars(&[
+        ("auth_mode", "token"),
+        ("auth_users", &users),
+        ("auth_policy", policy),
+        ("auth_token_secret", TOKEN_SECRET),
+        ("gc_grace_seconds", "0"),
+    ]));
+    let token = fetch_token(&client(), &leg.runner.url, &["repository:gc/t:pull,push".to_owned()]).await;
+    let digest = sha256(b"lonely");
+    let pushed = client()
+        .post(format!("{}/v2/gc/t/blobs/uploads/?digest={digest}", leg.runner.url))
+        .bearer_auth(&token)
+        .body(b"lonely".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), 201);
+    let output = gc_cli(&leg, &[], Some(("admin", "secret")));
+    assert_eq!(named(&output), [digest].into_iter().collect(), "{output}");
+}
+
+/// A small deterministic generator for the race's choices.
+struct Choices(u64);
+
+impl Choices {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const REPOS: [&str; 2] = ["gc/a", "gc/b"];
+const TAGS: u64 = 3;
+const PUSHERS: u64 = 32;
+const PUSHES_EACH: u64 = 4;
+
+/// 32 clients push images sharing layers to the same few tags (re-using blobs they find with a
+/// HEAD, as clients do, and pushing them again on `MANIFEST_BLOB_UNKNOWN`), a deleter deletes
+/// manifests behind them, and garbage collection runs steps all along, with a grace of 1 s so
+/// that layers left by deleted images are collected while pushers reuse them. Then: every
+/// acknowledged manifest that was not deleted pulls whole (blobs checked against their
+/// digests), every tag pulls with skopeo, and after a last pass no blob is left that no manifest
+/// references, and no data object that neither a blob record nor a live upload session owns.
+async fn gc_races_pushers_and_deleters(backend: Vec<String>, label: &str) {
+    let seed: u64 = std::env::var("BERTH_GC_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
+    println!("{label}: seed {seed} (replay with BERTH_GC_SEED={seed})");
+    let leg = Leg::http_with(with(backend, vars(&[("gc_grace_seconds", "1")])));
+    let reg = Arc::new(Registry::new(&leg.runner));
+    let mut choices = Choices(seed);
+    let pool: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..10).map(|i| PseudoRandom::bytes(seed.wrapping_add(i), 1_000 + choices.below(40_000) as usize)).collect(),
+    );
+
+    let done = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<(String, String, Vec<u8>)>::new()));
+    let deleted = Arc::new(std::sync::Mutex::new(HashSet::<(String, String)>::new()));
+    let refused = Arc::new(AtomicU64::new(0));
+    let (acks, mut ack_count) = tokio::sync::watch::channel(0u64);
+    let acks = Arc::new(acks);
+
+    let mut pushers = Vec::new();
+    for pusher in 0..PUSHERS {
+        let (reg, pool, acked, refused, acks) =
+            (reg.clone(), pool.clone(), acked.clone(), refused.clone(), acks.clone());
+        let mut choices = Choices(seed ^ (pusher + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        pushers.push(tokio::spawn(async move {
+            for push in 0..PUSHES_EACH {
+                let repo = REPOS[choices.below(2) as usize];
+                let tag = format!("t{}", choices.below(TAGS));
+                let first = choices.below(pool.len() as u64) as usize;
+                let second = (first + 1 + choices.below(pool.len() as u64 - 1) as usize) % pool.len();
+                let config = format!("{{\"pusher\":{pusher},\"push\":{push}}}").into_bytes();
+                let blobs = [config.clone(), pool[first].clone(), pool[second].clone()];
+                let manifest = image_manifest(
+                    &[(OCI_CONFIG, &sha256(&config), config.len())],
+                    &[
+                        (OCI_LAYER, &sha256(&pool[first]), pool[first].len()),
+                        (OCI_LAYER, &sha256(&pool[second]), pool[second].len()),
+                    ],
+                    "",
+                );
+                let mut stored = false;
+                for _attempt in 0..5 {
+                    for blob in &blobs {
+                        let digest = sha256(blob);
+                        if reg.head(&format!("/v2/{repo}/blobs/{digest}")).await.status() != 200 {
+                            reg.push_blob(repo, blob).await;
+                        }
+                    }
+                    let answer = reg.put_manifest(repo, &tag, OCI_MANIFEST, &manifest).await;
+                    match outcome(answer).await {
+                        (201, _) => {
+                            stored = true;
+                            break;
+                        }
+                        other if is_error(&other, 400, "MANIFEST_BLOB_UNKNOWN") => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => panic!("pushing {repo}:{tag}: {other:?}"),
+                    }
+                }
+                assert!(stored, "{repo}:{tag} refused five times in a row");
+                acked.lock().unwrap().push((repo.to_owned(), sha256(&manifest), manifest));
+                acks.send_modify(|n| *n += 1);
+            }
+        }));
+    }
+    let deleter = {
+        let (reg, deleted, done) = (reg.clone(), deleted.clone(), done.clone());
+        let mut choices = Choices(seed.rotate_left(17) | 1);
+        tokio::spawn(async move {
+            let mut deletes = 0u64;
+            // One delete per three acknowledged pushes, so images come and go all along.
+            while ack_count.wait_for(|n| *n >= 3 * (deletes + 1) || done.load(Ordering::Relaxed)).await.is_ok()
+                && !done.load(Ordering::Relaxed)
+            {
+                deletes += 1;
+                let repo = REPOS[choices.below(2) as usize];
+                let tag = format!("t{}", choices.below(TAGS));
+                let found = reg.head(&format!("/v2/{repo}/manifests/{tag}")).await;
+                if found.status() != 200 {
+                    continue;
+                }
+                let digest = header(&found, "docker-content-digest");
+                // Recorded before the request: a delete that lands counts even if its answer is late.
+                deleted.lock().unwrap().insert((repo.to_owned(), digest.clone()));
+                let status = reg.delete(&format!("/v2/{repo}/manifests/{digest}")).await.status();
+                assert!(status == 202 || status == 404, "delete {repo}@{digest}: {status}");
+            }
+        })
+    };
+    let collector = {
+        let (url, done) = (leg.runner.url.clone(), done.clone());
+        tokio::spawn(async move {
+            let (mut steps, mut collected) = (0u64, 0u64);
+            while !done.load(Ordering::Relaxed) {
+                let answer = client().post(format!("{url}/v2/_berth/gc")).send().await.unwrap();
+                assert_eq!(answer.status(), 200);
+                collected += json(answer).await["collected"].as_array().unwrap().len() as u64;
+                steps += 1;
+            }
+            (steps, collected)
+        })
+    };
+    for pusher in pushers {
+        pusher.await.unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    acks.send_modify(|_| {});
+    deleter.await.unwrap();
+    let (steps, collected) = collector.await.unwrap();
+    let refused = refused.load(Ordering::Relaxed);
+    println!(
+        "{label}: {steps} gc steps removed {collected} blobs during the race; {refused} manifest pushes refused and pushed again"
+    );
+
+    // Every acknowledged manifest that no delete named is whole.
+    let deleted = deleted.lock().unwrap().clone();
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len() as u64, PUSHERS * PUSHES_EACH);
+    let mut checked = 0;
+    for (repo, digest, manifest) in &acked {
+        if deleted.contains(&(repo.clone(), digest.clone())) {
+            continue;
+        }
+        reads_back(&reg, &format!("/v2/{repo}/manifests/{digest}"), manifest).await.unwrap();
+        let parsed: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+        let blobs = parsed["layers"].as_array().unwrap().iter().chain([&parsed["config"]]);
+        for blob in blobs {
+            let blob_digest = blob["digest"].as_str().unwrap();
+            let got = reg.get(&format!("/v2/{repo}/blobs/{blob_digest}")).await;
+            assert_eq!(got.status(), 200, "{repo}@{digest}: blob {blob_digest} (seed {seed})");
+            assert_eq!(sha256(&got.bytes().await.unwrap()), blob_digest, "seed {seed}");
+        }
+        checked += 1;
+    }
+    assert!(checked > 0);
+    // Every tag pulls with skopeo, byte-identical.
+    for repo in REPOS {
+        let tags = json(reg.get(&format!("/v2/{repo}/tags/list")).await).await;
+        for tag in tags["tags"].as_array().into_iter().flatten() {
+            let tag = tag.as_str().unwrap();
+            let out = leg.work.join(format!("{}-{tag}", repo.replace('/', "-")));
+            let args = with(
+                s(&["copy", &leg.image(&format!("{repo}:{tag}")), &format!("dir:{}", out.display())]),
+                leg.skopeo_tls("src"),
+            );
+            leg.skopeo_ok(&args);
+            for entry in std::fs::read_dir(&out).unwrap().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.len() == 64 {
+                    assert_eq!(sha256(&std::fs::read(entry.path()).unwrap()), format!("sha256:{name}"), "seed {seed}");
+                }
+            }
+        }
+    }
+
+    // A last pass once the grace time is over (a time rule: nothing to wait on but the clock).
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let last = gc_cli(&leg, &[], None);
+    println!("{label}: last pass: {}", last.lines().last().unwrap_or_default());
+    assert!(named(&gc_cli(&leg, &["--dry-run"], None)).is_empty());
+    nothing_unreferenced_is_left(&leg, &reg, provider(label), seed).await;
+}
+
+fn provider(label: &str) -> bool {
+    label.contains("provider")
+}
+
+/// No blob record that no manifest references; no data object that neither a record nor a live
+/// session owns. Prints the bytes measured on the store.
+async fn nothing_unreferenced_is_left(leg: &Leg, reg: &Registry, on_provider: bool, seed: u64) {
+    let data = &leg.runner.data;
+    let mut referenced = BTreeSet::new();
+    for (key, value) in kv_values(data, "repo/") {
+        let Some((repo, digest)) = key.strip_prefix("repo/").and_then(|k| k.split_once("/manifest/")) else { continue };
+        if value.is_empty() {
+            continue;
+        }
+        let digest = digest.replacen('/', ":", 1);
+        let manifest = reg.get(&format!("/v2/{repo}/manifests/{digest}")).await.bytes().await.unwrap();
+        let parsed: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        referenced.insert(digest);
+        for blob in parsed["layers"].as_array().unwrap().iter().chain([&parsed["config"]]) {
+            referenced.insert(blob["digest"].as_str().unwrap().to_owned());
+        }
+    }
+    let mut owned = BTreeMap::new();
+    let mut recorded = BTreeSet::new();
+    let mut live_bytes = 0;
+    for (key, value) in kv_values(data, "blob/") {
+        if value.is_empty() {
+            continue; // removed
+        }
+        let record: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        recorded.insert(key["blob/".len()..].replacen('/', ":", 1));
+        live_bytes += record["size"].as_u64().unwrap();
+        for part in record["parts"].as_array().unwrap() {
+            owned.insert(part["name"].as_str().unwrap().to_owned(), part["size"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(recorded, referenced, "blob records and what manifests reference (seed {seed})");
+    // Data objects: name and size.
+    let objects: Vec<(String, u64)> = if on_provider {
+        kv_values(data, "blob-kv/obj/uploads/")
+            .into_iter()
+            .map(|(key, value)| {
+                let record: serde_json::Value = serde_json::from_slice(&value).unwrap_or_default();
+                (key["blob-kv/obj/".len()..].to_owned(), record["size"].as_u64().unwrap_or(0))
+            })
+            .collect()
+    } else {
+        let root = data.join("blobs");
+        stored_objects(data, "uploads")
+            .into_iter()
+            .map(|p| {
+                let file = p.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+                (file.strip_suffix('~').unwrap_or(&file).to_owned(), std::fs::metadata(&p).unwrap().len())
+            })
+            .collect()
+    };
+    let live_sessions: HashSet<String> = if on_provider {
+        kv_values(data, "blob-kv/obj/index/uploads/")
+            .into_iter()
+            .map(|(k, _)| k.rsplit('/').next().unwrap().to_owned())
+            .collect()
+    } else {
+        stored_objects(data, "index/uploads")
+            .into_iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().trim_end_matches('~').to_owned())
+            .collect()
+    };
+    let stored: u64 = objects.iter().map(|(_, size)| size).sum();
+    println!("data objects on the store: {stored} bytes; blobs that manifests reference: {live_bytes} bytes");
+    for (name, _) in &objects {
+        let session = name.split('/').nth(1).unwrap_or_default();
+        assert!(
+            owned.contains_key(name) || live_sessions.contains(session),
+            "{name}: owned by no blob record and no live upload session (seed {seed})"
+        );
+    }
+    let owned_on_store: u64 = objects.iter().filter(|(n, _)| owned.contains_key(n)).map(|(_, s)| s).sum();
+    assert_eq!(owned_on_store, live_bytes, "every byte of every kept blob is on the store (seed {seed})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_racing_32_pushers_and_a_deleter_on_the_same_tags_and_layers_on_the_filesystem_store() {
+    gc_races_pushers_and_deleters(Vec::new(), "filesystem store").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_racing_32_pushers_and_a_deleter_on_the_same_tags_and_layers_on_the_key_value_provider() {
+    gc_races_pushers_and_deleters(provider_args(), "key-value provider").await;
+}
