@@ -10,7 +10,7 @@ const MAX_REDIRECT_SECS: u32 = 7 * 24 * 3600;
 
 /// Every variable the registry reads.
 pub fn variables() -> impl Iterator<Item = &'static str> {
-    ["upload_expiry_seconds", "blob_redirect_seconds", "immutable_tags", "quotas", "gc_grace_seconds"]
+    ["upload_expiry_seconds", "blob_redirect_seconds", "immutable_tags", "quotas", "gc_grace_seconds", "retention"]
         .into_iter()
         .chain(crate::auth::config::variables())
 }
@@ -44,6 +44,10 @@ pub fn from_variables(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
             variable: "gc_grace_seconds",
             message: format!("{value:?} is not a number of seconds"),
         })?;
+    }
+    if let Some(value) = get("retention") {
+        config.retention = crate::retention::Retention::parse(&value)
+            .map_err(|message| ConfigError { variable: "retention", message })?;
     }
     config.auth = AuthConfig::parse(get)?;
     Ok(config)

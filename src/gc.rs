@@ -38,6 +38,9 @@ pub const STEP_SECONDS: u64 = 5;
 /// next step finishes its work.
 const ABANDONED_MARK_SECONDS: u64 = 60;
 
+/// Repositories whose retention rule one step applies at most.
+pub const STEP_REPOSITORIES: u32 = 4;
+
 /// What one step did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Step {
@@ -45,8 +48,32 @@ pub struct Step {
     pub examined: u64,
     /// Blobs removed (in a dry run: that would be removed), with their sizes.
     pub collected: Vec<(Digest, u64)>,
-    /// Where the next step starts; `None` once the pass has looked at every blob.
+    /// Tags retention removed (or would), as `repository:tag`.
+    pub untagged: Vec<String>,
+    /// Manifests retention deleted (or would), as `repository@digest`.
+    pub deleted_manifests: Vec<String>,
+    /// Where the next step starts; `None` once the pass is complete.
     pub next: Option<String>,
+}
+
+/// Where a pass is: retention first (repository by repository, when rules are set), then the
+/// blobs, so that what retention deleted is collected in the same pass.
+enum Phase {
+    Repositories(Option<String>),
+    Blobs(Option<String>),
+}
+
+impl Phase {
+    fn parse(cursor: Option<String>) -> Phase {
+        match cursor {
+            None => Phase::Repositories(None),
+            Some(c) => match (c.strip_prefix("repos:"), c.strip_prefix("blobs:")) {
+                (Some(after), _) => Phase::Repositories(Some(after.to_owned()).filter(|a| !a.is_empty())),
+                (_, Some(after)) => Phase::Blobs(Some(after.to_owned()).filter(|a| !a.is_empty())),
+                _ => Phase::Blobs(Some(c)),
+            },
+        }
+    }
 }
 
 impl Step {
@@ -62,9 +89,50 @@ enum Outcome {
     Collected(u64),
 }
 
-/// One step: up to [`STEP_BLOBS`] blobs of the list after `after`, for at most about
-/// [`STEP_SECONDS`]. A dry run only reports what nothing holds now, changing nothing.
+/// One step from `cursor` (`None`: a new pass): up to [`STEP_REPOSITORIES`] repositories'
+/// retention, or up to [`STEP_BLOBS`] blobs, for at most about [`STEP_SECONDS`]. A dry run only
+/// reports what would go, changing nothing.
 pub async fn step<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    cursor: Option<String>,
+    dry_run: bool,
+) -> Result<Step> {
+    match Phase::parse(cursor) {
+        Phase::Repositories(_) if stores.config.retention.is_empty() => blob_step(stores, None, dry_run).await,
+        Phase::Repositories(after) => repository_step(stores, after, dry_run).await,
+        Phase::Blobs(after) => blob_step(stores, after, dry_run).await,
+    }
+}
+
+async fn repository_step<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    after: Option<String>,
+    dry_run: bool,
+) -> Result<Step> {
+    let after = after.map(|a| format!("{}{a}", keys::REPOS_PREFIX));
+    let (names, next) =
+        stores.blobs.list(keys::REPOS_PREFIX, after.as_deref(), STEP_REPOSITORIES).await.map_err(internal)?;
+    let mut step = Step::default();
+    for marker in &names {
+        let Ok(name) = crate::name::RepoName::parse(&marker[keys::REPOS_PREFIX.len()..]) else { continue };
+        let Some(rule) = stores.config.retention.rule_for(&name) else { continue };
+        let plan = crate::retention::plan(stores, &name, rule).await?;
+        let (untagged, deleted) = if dry_run {
+            (plan.untag.into_iter().map(|(t, _)| t).collect(), plan.delete.into_iter().map(|(d, _, _)| d).collect())
+        } else {
+            crate::retention::apply(stores, &name, rule, plan).await?
+        };
+        step.untagged.extend(untagged.iter().map(|t| format!("{name}:{}", t.as_str())));
+        step.deleted_manifests.extend(deleted.iter().map(|d| format!("{name}@{d}")));
+    }
+    step.next = Some(match next {
+        Some(last) => format!("repos:{}", &last[keys::REPOS_PREFIX.len()..]),
+        None => "blobs:".to_owned(),
+    });
+    Ok(step)
+}
+
+async fn blob_step<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     after: Option<String>,
     dry_run: bool,
@@ -84,7 +152,7 @@ pub async fn step<M: MetaStore, B: BlobStore>(
             step.collected.push((digest, size));
         }
     }
-    step.next = next;
+    step.next = next.map(|n| format!("blobs:{n}"));
     Ok(step)
 }
 
@@ -199,7 +267,13 @@ async fn holds<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Diges
                     }
                 }
                 Some(Holder::Manifest { repo_key, manifest }) => {
-                    if stores.meta.get(&keys::manifest_at(&repo_key, &manifest)).await.map_err(internal)?.is_some() {
+                    if stores
+                        .meta
+                        .get(&keys::manifest_at(&repo_key, &manifest))
+                        .await
+                        .map_err(internal)?
+                        .is_some_and(|v| !v.is_empty())
+                    {
                         holds.live = true;
                     }
                 }
@@ -270,61 +344,10 @@ async fn forget_unrecorded<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, di
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::handle;
     use crate::digest::Algorithm;
-    use crate::message::{Body, Request, Response};
-    use crate::testing::{MemBlobs, MemMeta, advance_clock, block_on, memory_stores};
-    use http::{HeaderMap, Method, StatusCode};
-
-    type Mem = Stores<MemMeta, MemBlobs>;
-
-    fn send(stores: &Mem, method: Method, path: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-        let (path, query) = match path.split_once('?') {
-            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-            None => (path.to_owned(), None),
-        };
-        block_on(handle(stores, Request { method, path, query, headers: HeaderMap::new(), body, origin: None }))
-    }
-
-    fn error_code(response: &Response<Vec<u8>>) -> String {
-        let Body::Full(bytes) = &response.body else { panic!("error without a body") };
-        let value: serde_json::Value = serde_json::from_slice(bytes).unwrap();
-        value["errors"][0]["code"].as_str().unwrap().to_owned()
-    }
-
-    fn push_blob(stores: &Mem, repo: &str, bytes: &[u8]) -> Digest {
-        let digest = Digest::of(Algorithm::Sha256, bytes);
-        let r = send(stores, Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={digest}"), bytes.to_vec());
-        assert_eq!(r.status, StatusCode::CREATED);
-        digest
-    }
-
-    fn manifest_of(config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
-        let descriptor = |b: &[u8], t: &str| serde_json::json!({ "mediaType": t, "digest": Digest::of(Algorithm::Sha256, b).to_string(), "size": b.len() });
-        let layers: Vec<_> = layers.iter().map(|l| descriptor(l, "application/vnd.oci.image.layer.v1.tar")).collect();
-        serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": crate::manifest::OCI_MANIFEST,
-            "config": descriptor(config, "application/vnd.oci.image.config.v1+json"),
-            "layers": layers,
-        }))
-        .unwrap()
-    }
-
-    fn put_manifest(stores: &Mem, repo: &str, reference: &str, manifest: &[u8]) -> Response<Vec<u8>> {
-        send(stores, Method::PUT, &format!("/v2/{repo}/manifests/{reference}"), manifest.to_vec())
-    }
-
-    /// Push an image (config and layers, then the manifest by tag); its manifest's digest.
-    fn push_image(stores: &Mem, repo: &str, tag: &str, config: &[u8], layers: &[&[u8]]) -> Digest {
-        push_blob(stores, repo, config);
-        for layer in layers {
-            push_blob(stores, repo, layer);
-        }
-        let manifest = manifest_of(config, layers);
-        assert_eq!(put_manifest(stores, repo, tag, &manifest).status, StatusCode::CREATED);
-        Digest::of(Algorithm::Sha256, &manifest)
-    }
+    use crate::testing::api::*;
+    use crate::testing::{advance_clock, block_on, memory_stores};
+    use http::{Method, StatusCode};
 
     /// Garbage collection passes until one removes nothing; what they removed.
     fn collect(stores: &Mem, dry_run: bool) -> Vec<Digest> {

@@ -24,6 +24,7 @@
 //! index/tags/<repo-key>/_/<tag>                         a tag exists (tag listing)
 //! index/referrers/<repo-key>/_/<alg>/<hex>/<alg>-<hex>  a referrer of a subject: its descriptor
 //! bindings/tags/<repo-key>/_/<tag>                      the digest an immutable tag is bound to
+//! index/manifests/<repo-key>/_/<alg>-<hex>              a manifest record may exist (retention)
 //! index/blobs/<alg>/<hex>                               a blob record may exist (GC's list)
 //! index/holders/<alg>/<hex>/<repo-key>/_/link           the blob may be linked in a repository
 //! index/holders/<alg>/<hex>/<repo-key>/_/manifest/<alg>-<hex>
@@ -164,6 +165,15 @@ pub fn tags_prefix(name: &RepoName) -> String {
 
 pub fn tag_entry(name: &RepoName, tag: &Tag) -> String {
     format!("{}{}", tags_prefix(name), tag.as_str())
+}
+
+/// A repository's manifests (retention's list of them).
+pub fn manifests_prefix(name: &RepoName) -> String {
+    format!("index/manifests/{}/_/", repo_key(name))
+}
+
+pub fn manifest_entry(name: &RepoName, digest: &Digest) -> String {
+    format!("{}{}", manifests_prefix(name), referrer_entry_name(digest))
 }
 
 pub fn referrers_prefix(name: &RepoName, subject: &Digest) -> String {

@@ -19,6 +19,7 @@ pub mod name;
 pub mod quota;
 pub mod range;
 pub mod reference;
+pub mod retention;
 pub mod route;
 pub mod store;
 pub mod upload;

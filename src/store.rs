@@ -135,6 +135,8 @@ pub struct Config {
     /// Garbage collection keeps a blob linked less than this long ago, referenced or not: the
     /// time a client has between pushing a blob and pushing the manifest that references it.
     pub gc_grace_secs: u64,
+    /// Which tags and untagged manifests garbage collection removes (`crate::retention`).
+    pub retention: crate::retention::Retention,
     pub auth: crate::auth::config::AuthConfig,
 }
 
@@ -146,6 +148,7 @@ impl Default for Config {
             immutable_tags: Default::default(),
             quotas: Default::default(),
             gc_grace_secs: 3600,
+            retention: Default::default(),
             auth: Default::default(),
         }
     }

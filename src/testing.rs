@@ -193,3 +193,63 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         }
     }
 }
+
+/// Requests through the whole registry (`crate::api::handle`) on in-memory stores.
+pub mod api {
+    use super::{MemBlobs, MemMeta, block_on};
+    use crate::api::handle;
+    use crate::digest::{Algorithm, Digest};
+    use crate::message::{Body, Request, Response};
+    use crate::store::Stores;
+    use http::{HeaderMap, Method, StatusCode};
+
+    pub type Mem = Stores<MemMeta, MemBlobs>;
+
+    pub fn send(stores: &Mem, method: Method, path: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+            None => (path.to_owned(), None),
+        };
+        block_on(handle(stores, Request { method, path, query, headers: HeaderMap::new(), body, origin: None }))
+    }
+
+    pub fn error_code(response: &Response<Vec<u8>>) -> String {
+        let Body::Full(bytes) = &response.body else { panic!("error without a body") };
+        let value: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        value["errors"][0]["code"].as_str().unwrap().to_owned()
+    }
+
+    pub fn push_blob(stores: &Mem, repo: &str, bytes: &[u8]) -> Digest {
+        let digest = Digest::of(Algorithm::Sha256, bytes);
+        let r = send(stores, Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={digest}"), bytes.to_vec());
+        assert_eq!(r.status, StatusCode::CREATED);
+        digest
+    }
+
+    pub fn manifest_of(config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
+        let descriptor = |b: &[u8], t: &str| serde_json::json!({ "mediaType": t, "digest": Digest::of(Algorithm::Sha256, b).to_string(), "size": b.len() });
+        let layers: Vec<_> = layers.iter().map(|l| descriptor(l, "application/vnd.oci.image.layer.v1.tar")).collect();
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": crate::manifest::OCI_MANIFEST,
+            "config": descriptor(config, "application/vnd.oci.image.config.v1+json"),
+            "layers": layers,
+        }))
+        .unwrap()
+    }
+
+    pub fn put_manifest(stores: &Mem, repo: &str, reference: &str, manifest: &[u8]) -> Response<Vec<u8>> {
+        send(stores, Method::PUT, &format!("/v2/{repo}/manifests/{reference}"), manifest.to_vec())
+    }
+
+    /// Push an image (config and layers, then the manifest by tag); its manifest's digest.
+    pub fn push_image(stores: &Mem, repo: &str, tag: &str, config: &[u8], layers: &[&[u8]]) -> Digest {
+        push_blob(stores, repo, config);
+        for layer in layers {
+            push_blob(stores, repo, layer);
+        }
+        let manifest = manifest_of(config, layers);
+        assert_eq!(put_manifest(stores, repo, tag, &manifest).status, StatusCode::CREATED);
+        Digest::of(Algorithm::Sha256, &manifest)
+    }
+}

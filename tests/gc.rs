@@ -458,3 +458,79 @@ async fn gc_racing_32_pushers_and_a_deleter_on_the_same_tags_and_layers_on_the_f
 async fn gc_racing_32_pushers_and_a_deleter_on_the_same_tags_and_layers_on_the_key_value_provider() {
     gc_races_pushers_and_deleters(provider_args(), "key-value provider").await;
 }
+
+/// Push, by HTTP, an artifact whose subject is `subject` (as cosign or oras attach a signature).
+async fn attach(reg: &Registry, repo: &str, subject: &common::oci_layout::Written, payload: &[u8]) -> String {
+    let config = reg.push_blob(repo, b"{}").await;
+    let layer = reg.push_blob(repo, payload).await;
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","artifactType":"application/vnd.example.signature","config":{{"mediaType":"{OCI_EMPTY}","digest":"{config}","size":2}},"layers":[{{"mediaType":"application/octet-stream","digest":"{layer}","size":{}}}],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{}}}}}"#,
+        payload.len(),
+        subject.digest,
+        subject.size
+    );
+    let digest = sha256(manifest.as_bytes());
+    assert_eq!(reg.put_manifest(repo, &digest, OCI_MANIFEST, manifest.as_bytes()).await.status(), 201);
+    digest
+}
+
+#[tokio::test]
+async fn retention_keeps_the_last_tags_with_their_index_children_and_signatures_and_its_dry_run_agrees() {
+    let leg = Leg::http_with(vars(&[("retention", "apps/* keep_last=2 untagged_after=1s"), ("gc_grace_seconds", "0")]));
+    let reg = Registry::new(&leg.runner);
+    let layout_dir = leg.work.join("layout");
+    let layout = common::oci_layout::Layout::create(&layout_dir);
+    let v1 = layout.image(81, "amd64", &[30_000]);
+    let v2 = layout.image(82, "amd64", &[30_000]);
+    let amd64 = layout.image(83, "amd64", &[20_000]);
+    let arm64 = layout.image(84, "arm64", &[20_000]);
+    let multi = layout.index(&[(&amd64, "amd64"), (&arm64, "arm64")]);
+    // Pushed one second apart: retention orders tags by push time, in seconds.
+    let push = |top: &common::oci_layout::Written, media_type: &str, tag: &str| {
+        layout.tag(top, media_type, tag);
+        leg.push_layout(&layout_dir, tag, &format!("apps/web:{tag}"), media_type == OCI_INDEX);
+        std::thread::sleep(std::time::Duration::from_millis(1_100));
+    };
+    push(&v1, OCI_MANIFEST, "v1");
+    push(&v2, OCI_MANIFEST, "v2");
+    push(&multi, OCI_INDEX, "multi");
+    let signature_v1 = attach(&reg, "apps/web", &v1, b"signed v1").await;
+    let signature_v2 = attach(&reg, "apps/web", &v2, b"signed v2").await;
+    std::thread::sleep(std::time::Duration::from_millis(1_100)); // past untagged_after
+
+    let planned = gc_cli(&leg, &["--dry-run"], None);
+    let lines = |output: &str, verbs: &[&str]| -> BTreeSet<String> {
+        output
+            .lines()
+            .filter(|l| verbs.iter().any(|v| l.starts_with(v)))
+            .map(|l| l.split(' ').next_back().unwrap().to_owned())
+            .collect()
+    };
+    let expected_untag: BTreeSet<String> = ["apps/web:v1".to_owned()].into_iter().collect();
+    let expected_delete: BTreeSet<String> =
+        [format!("apps/web@{}", v1.digest), format!("apps/web@{signature_v1}")].into_iter().collect();
+    assert_eq!(lines(&planned, &["would untag"]), expected_untag, "{planned}");
+    assert_eq!(lines(&planned, &["would delete manifest"]), expected_delete, "{planned}");
+    assert_eq!(reg.head("/v2/apps/web/manifests/v1").await.status(), 200, "a dry run changes nothing");
+
+    let done = gc_cli(&leg, &[], None);
+    assert_eq!(lines(&done, &["untagged"]), expected_untag, "{done}");
+    assert_eq!(lines(&done, &["deleted manifest"]), expected_delete, "{done}");
+    expect_error(reg.get(&format!("/v2/apps/web/manifests/{}", v1.digest)).await, 404, "MANIFEST_UNKNOWN").await;
+    expect_error(reg.get(&format!("/v2/apps/web/manifests/{signature_v1}")).await, 404, "MANIFEST_UNKNOWN").await;
+    // What v1 alone used went in the same pass.
+    assert!(named(&done).contains(&v1.digest), "{done}");
+
+    // The index pulls whole with both children; v2 and its signature stay.
+    let out = leg.work.join("multi");
+    let args = with(
+        s(&["copy", "--all", &leg.image("apps/web:multi"), &format!("oci:{}:multi", out.display())]),
+        leg.skopeo_tls("src"),
+    );
+    leg.skopeo_ok(&args);
+    let mut tags = json(reg.get("/v2/apps/web/tags/list").await).await["tags"].clone();
+    tags.as_array_mut().unwrap().sort_by_key(|t| t.as_str().unwrap().to_owned());
+    assert_eq!(tags, serde_json::json!(["multi", "v2"]));
+    let referrers = json(reg.get(&format!("/v2/apps/web/referrers/{}", v2.digest)).await).await;
+    assert_eq!(referrers["manifests"][0]["digest"], signature_v2.as_str(), "{referrers}");
+}

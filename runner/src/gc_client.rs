@@ -69,6 +69,14 @@ async fn pass(client: &mut Client, dry_run: bool) -> Result<()> {
             removed += 1;
             bytes += size;
         }
+        for (field, done, planned) in
+            [("untagged", "untagged", "would untag"), ("deletedManifests", "deleted manifest", "would delete manifest")]
+        {
+            for item in step[field].as_array().into_iter().flatten() {
+                let verb = if dry_run { planned } else { done };
+                progress.suspend(|| println!("{verb} {}", item.as_str().unwrap_or("?")));
+            }
+        }
         progress.set_message(format!("examined {examined} blobs, {removed} unreferenced, {}", human(bytes)));
         progress.tick();
         match step["next"].as_str() {

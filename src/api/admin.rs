@@ -52,6 +52,8 @@ pub async fn gc<M: MetaStore, B: BlobStore>(
         "examined": step.examined,
         "collected": collected,
         "bytes": step.bytes(),
+        "untagged": step.untagged,
+        "deletedManifests": step.deleted_manifests,
         "next": step.next,
     });
     Ok(Response::new(StatusCode::OK).json(serde_json::to_vec(&body).expect("json")))

@@ -36,29 +36,42 @@ pub struct ManifestRecord {
     /// pushed again later (`None` in records from before generations, matched by tags without).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<String>,
+    /// When the record was created (`None` in records from before), for retention's age rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<u64>,
+    /// Set by retention (the time) while it checks, after this mark, that nothing keeps the
+    /// manifest; a push that references it takes the mark off ([`hold_manifest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condemned: Option<u64>,
 }
 
-/// What a tag points at: a manifest's digest, in one generation of its record.
+/// What a tag points at: a manifest's digest, in one generation of its record, and when the
+/// tag was pushed (retention's order; `None` for tags from before push times).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagTarget {
     pub digest: Digest,
     pub generation: Option<String>,
+    pub pushed: Option<u64>,
 }
 
 impl TagTarget {
-    /// `<digest>` or `<digest>#<generation>`.
+    /// `<digest>`, `<digest>#<generation>` or `<digest>#<generation>#<pushed>`.
     fn parse(text: &str) -> Option<TagTarget> {
-        let (digest, generation) = match text.split_once('#') {
-            Some((digest, generation)) => (digest, Some(generation.to_owned())),
-            None => (text, None),
+        let mut fields = text.split('#');
+        let digest = Digest::parse(fields.next()?).ok()?;
+        let generation = fields.next().map(str::to_owned);
+        let pushed = match fields.next() {
+            Some(time) => Some(time.parse().ok()?),
+            None => None,
         };
-        Some(TagTarget { digest: Digest::parse(digest).ok()?, generation })
+        Some(TagTarget { digest, generation, pushed })
     }
 
-    fn to_value(&self) -> String {
-        match &self.generation {
-            Some(generation) => format!("{}#{generation}", self.digest),
-            None => self.digest.to_string(),
+    pub(crate) fn to_value(&self) -> String {
+        match (&self.generation, self.pushed) {
+            (Some(generation), Some(pushed)) => format!("{}#{generation}#{pushed}", self.digest),
+            (Some(generation), None) => format!("{}#{generation}", self.digest),
+            (None, _) => self.digest.to_string(),
         }
     }
 
@@ -90,14 +103,44 @@ pub async fn record<M: MetaStore, B>(
     name: &RepoName,
     digest: &Digest,
 ) -> Result<Option<ManifestRecord>> {
+    Ok(stored(stores, name, digest).await?.map(|(record, _)| record))
+}
+
+/// A manifest's record with the exact bytes stored (for a swap); `None` when there is none or
+/// retention removed it (an empty value).
+pub async fn stored<M: MetaStore, B>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    digest: &Digest,
+) -> Result<Option<(ManifestRecord, Vec<u8>)>> {
     let Some(bytes) = stores.meta.get(&keys::manifest(name, digest)).await.map_err(internal)? else { return Ok(None) };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| RegistryError::new(ErrorCode::Internal, format!("corrupt manifest record {digest}: {e}")))
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let record = serde_json::from_slice(&bytes)
+        .map_err(|e| RegistryError::new(ErrorCode::Internal, format!("corrupt manifest record {digest}: {e}")))?;
+    Ok(Some((record, bytes)))
+}
+
+/// After a reference to a manifest of this repository was written (a tag, an index naming it
+/// as a child): whether the manifest is still there for it. A record that retention condemned
+/// is taken back (the mark swapped off, so retention's own swap to removed fails); the same
+/// pattern as [`blobs::hold`] for blobs.
+pub async fn hold_manifest<M: MetaStore, B>(stores: &Stores<M, B>, name: &RepoName, digest: &Digest) -> Result<bool> {
+    loop {
+        let Some((record, bytes)) = stored(stores, name, digest).await? else { return Ok(false) };
+        if record.condemned.is_none() {
+            return Ok(true);
+        }
+        let kept = serde_json::to_vec(&ManifestRecord { condemned: None, ..record }).expect("records serialize");
+        if stores.meta.compare_and_swap(&keys::manifest(name, digest), &bytes, &kept).await.map_err(internal)? {
+            return Ok(true);
+        }
+    }
 }
 
 /// What a tag points at, if the tag exists, with the exact bytes stored (for a swap).
-async fn tag_value<M: MetaStore, B>(
+pub(crate) async fn tag_value<M: MetaStore, B>(
     stores: &Stores<M, B>,
     name: &RepoName,
     tag: &Tag,
@@ -226,13 +269,28 @@ pub async fn put<M: MetaStore, B: BlobStore>(
         Reference::Digest(_) => extra_tags.iter().collect(),
     };
     bind_immutable_tags(stores, name, &tags, &digest).await?;
-    let generation = store(stores, name, &digest, &manifest, bytes, hash).await?;
-    let target = TagTarget { digest: digest.clone(), generation };
-    if let Reference::Tag(tag) = &reference {
-        set_tag(stores, name, tag, target.clone()).await?;
-    }
-    for tag in &extra_tags {
-        set_tag(stores, name, tag, target.clone()).await?;
+    let mut generation = store(stores, name, &digest, &manifest, bytes.clone(), hash.clone()).await?;
+    for tag in tags {
+        let mut tries = 0;
+        // Retention may remove an untagged manifest between this push's store and its tag
+        // (retention found no tag; the record went after this push read it): store it again.
+        while !set_tag(
+            stores,
+            name,
+            tag,
+            TagTarget { digest: digest.clone(), generation: generation.clone(), pushed: None },
+        )
+        .await?
+        {
+            tries += 1;
+            if tries > 3 {
+                return Err(RegistryError::new(
+                    ErrorCode::Internal,
+                    format!("manifest {digest} kept being removed under a push"),
+                ));
+            }
+            generation = store(stores, name, &digest, &manifest, bytes.clone(), hash.clone()).await?;
+        }
     }
     let mut response = Response::new(StatusCode::CREATED)
         .header(header::LOCATION, url::manifest(name, &digest.to_string()))
@@ -360,23 +418,27 @@ async fn check_references<M: MetaStore, B: BlobStore>(
 /// Point `tag` at `target`. Its index entry is written before the tag (an entry without a tag
 /// is never listed) and again after it: a delete of the same tag that ran in between may have
 /// removed the entry after checking that the tag was gone (see [`remove_tag`]). Then the record
-/// is read again: gone means a delete of the manifest came after this push (its tag stays dead
-/// with the generation it named); another generation means a concurrent first push of the same
-/// manifest wrote the record last, and the tag follows it.
+/// is read again: condemned by retention, its mark is taken off (retention looks at tags after
+/// marking, this push after tagging: one of the two sees the other); another generation means
+/// a concurrent first push of the same manifest wrote the record last, and the tag follows it;
+/// gone (`false`) means it was deleted since this push stored it, and the caller stores it again
+/// (a delete racing a push is ordered before it).
 async fn set_tag<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     name: &RepoName,
     tag: &Tag,
     mut target: TagTarget,
-) -> Result<()> {
+) -> Result<bool> {
     let entry = keys::tag_entry(name, tag);
+    target.pushed = Some((stores.now)());
     for _ in 0..8 {
         blobs::mark(stores, &entry, Vec::new()).await?;
         stores.meta.set(&keys::tag(name, tag), target.to_value().as_bytes()).await.map_err(internal)?;
         blobs::mark(stores, &entry, Vec::new()).await?;
         match record(stores, name, &target.digest).await? {
             Some(now) if !target.names(&now) => target.generation = now.generation,
-            _ => return Ok(()),
+            Some(_) => return hold_manifest(stores, name, &target.digest).await,
+            None => return Ok(false),
         }
     }
     Err(RegistryError::new(ErrorCode::Internal, format!("tag {} kept changing under a push", tag.as_str())))
@@ -387,7 +449,7 @@ async fn set_tag<M: MetaStore, B: BlobStore>(
 /// empty (deleted) rather than deleted: a delete cannot be made conditional, and a tag moved
 /// meanwhile to another manifest (a push racing a delete of the old manifest) must stay.
 /// Whether this request removed it.
-async fn remove_tag<M: MetaStore, B: BlobStore>(
+pub(crate) async fn remove_tag<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     name: &RepoName,
     tag: &Tag,
@@ -443,7 +505,9 @@ async fn store<M: MetaStore, B: BlobStore>(
     hash: RunningHash,
 ) -> Result<Option<String>> {
     let size = bytes.len() as u64;
-    // Holder entries before the record (garbage collection finds the record through them).
+    // Entries before the record: retention lists manifests, garbage collection finds the
+    // record through the holders.
+    blobs::mark(stores, &keys::manifest_entry(name, digest), Vec::new()).await?;
     for held in held_by(manifest, digest) {
         blobs::mark(stores, &keys::manifest_holder(name, held, digest), Vec::new()).await?;
     }
@@ -461,6 +525,8 @@ async fn store<M: MetaStore, B: BlobStore>(
         size,
         subject: manifest.subject.as_ref().map(Digest::to_string),
         generation: Some(hex::encode(&(stores.random)()[8..])),
+        created: Some((stores.now)()),
+        condemned: None,
     };
     let referrer_entry = if let Some(subject) = &manifest.subject {
         let descriptor = ReferrerDescriptor {
@@ -480,7 +546,10 @@ async fn store<M: MetaStore, B: BlobStore>(
     };
     if let Some(existing) = self::record(stores, name, digest).await? {
         hold_references(stores, name, digest, manifest).await?;
-        return Ok(existing.generation);
+        // Pushed again while retention condemned it: taken back.
+        if hold_manifest(stores, name, digest).await? {
+            return Ok(existing.generation);
+        }
     }
     let key = keys::manifest(name, digest);
     let json = serde_json::to_vec(&record).expect("records serialize");
@@ -499,6 +568,11 @@ async fn store<M: MetaStore, B: BlobStore>(
     }
     for held in held_by(manifest, digest) {
         blobs::remark(stores, &keys::manifest_holder(name, held, digest), Vec::new()).await?;
+    }
+    blobs::remark(stores, &keys::manifest_entry(name, digest), Vec::new()).await?;
+    // An index keeps its children in this repository from retention.
+    for child in &manifest.children {
+        hold_manifest(stores, name, child).await?;
     }
     Ok(record.generation)
 }
@@ -571,20 +645,42 @@ pub async fn delete<M: MetaStore, B: BlobStore>(
             refuse_deleting_what_immutable_tags_name(stores, name, &digest).await?;
             // From here on neither the digest nor any tag resolves to it.
             stores.meta.delete(&keys::manifest(name, &digest)).await.map_err(internal)?;
-            if let Some(subject) = record.subject.as_deref().and_then(|s| Digest::parse(s).ok()) {
-                let entry = keys::referrer(name, &subject, &digest);
-                let still = async || Ok(self::record(stores, name, &digest).await?.is_some());
-                unindex(stores, &entry, None, still).await?;
-            }
+            forget(stores, name, &digest, &record).await?;
             untag(stores, name, &digest).await?;
         }
     }
     Ok(Response::new(StatusCode::ACCEPTED).empty())
 }
 
+/// After a manifest's record went (a delete, or retention): its referrer and list entries, each
+/// put back if a push stored the record again meanwhile.
+pub async fn forget<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    digest: &Digest,
+    record: &ManifestRecord,
+) -> Result<()> {
+    let still = async || Ok(self::record(stores, name, digest).await?.is_some());
+    unindex(stores, &keys::manifest_entry(name, digest), Some(Vec::new()), still).await?;
+    {
+        {
+            if let Some(subject) = record.subject.as_deref().and_then(|s| Digest::parse(s).ok()) {
+                let entry = keys::referrer(name, &subject, digest);
+                let still = async || Ok(self::record(stores, name, digest).await?.is_some());
+                unindex(stores, &entry, None, still).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Remove the tags that point at a deleted manifest (and only while they still do: a tag moved
 /// to another manifest meanwhile stays).
-async fn untag<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, name: &RepoName, digest: &Digest) -> Result<()> {
+pub(crate) async fn untag<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    digest: &Digest,
+) -> Result<()> {
     let prefix = keys::tags_prefix(name);
     let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
     while let Some(objects) = pages.next().await? {

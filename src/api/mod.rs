@@ -9,7 +9,7 @@ mod blobs;
 mod catalog;
 mod listing;
 mod login;
-mod manifests;
+pub(crate) mod manifests;
 mod referrers;
 mod tags;
 mod token;
