@@ -205,12 +205,20 @@ const PUSHES_EACH: u64 = 4;
 /// acknowledged manifest that was not deleted pulls whole (blobs checked against their
 /// digests), every tag pulls with skopeo, and after a last pass no blob is left that no manifest
 /// references, and no data object that neither a blob record nor a live upload session owns.
-async fn gc_races_pushers_and_deleters(backend: Vec<String>, label: &str) {
+/// Where the blob bytes live, for the last check.
+enum Store<'a> {
+    Filesystem,
+    Provider,
+    S3(&'a common::s3::S3Server),
+}
+
+async fn gc_races_pushers_and_deleters(mut options: RunnerOptions<'static>, store: Store<'_>, label: &str) {
     let seed: u64 = std::env::var("BERTH_GC_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
     });
     println!("{label}: seed {seed} (replay with BERTH_GC_SEED={seed})");
-    let leg = Leg::http_with(with(backend, vars(&[("gc_grace_seconds", "1")])));
+    options.args.extend(vars(&[("gc_grace_seconds", "1")]));
+    let leg = Leg::http_options(options);
     let reg = Arc::new(Registry::new(&leg.runner));
     let mut choices = Choices(seed);
     let pool: Arc<Vec<Vec<u8>>> = Arc::new(
@@ -366,16 +374,12 @@ async fn gc_races_pushers_and_deleters(backend: Vec<String>, label: &str) {
     let last = gc_cli(&leg, &[], None);
     println!("{label}: last pass: {}", last.lines().last().unwrap_or_default());
     assert!(named(&gc_cli(&leg, &["--dry-run"], None)).is_empty());
-    nothing_unreferenced_is_left(&leg, &reg, provider(label), seed).await;
-}
-
-fn provider(label: &str) -> bool {
-    label.contains("provider")
+    nothing_unreferenced_is_left(&leg, &reg, store, seed).await;
 }
 
 /// No blob record that no manifest references; no data object that neither a record nor a live
 /// session owns. Prints the bytes measured on the store.
-async fn nothing_unreferenced_is_left(leg: &Leg, reg: &Registry, on_provider: bool, seed: u64) {
+async fn nothing_unreferenced_is_left(leg: &Leg, reg: &Registry, store: Store<'_>, seed: u64) {
     let data = &leg.runner.data;
     let mut referenced = BTreeSet::new();
     for (key, value) in kv_values(data, "repo/") {
@@ -406,35 +410,39 @@ async fn nothing_unreferenced_is_left(leg: &Leg, reg: &Registry, on_provider: bo
         }
     }
     assert_eq!(recorded, referenced, "blob records and what manifests reference (seed {seed})");
-    // Data objects: name and size.
-    let objects: Vec<(String, u64)> = if on_provider {
-        kv_values(data, "blob-kv/obj/uploads/")
-            .into_iter()
-            .map(|(key, value)| {
-                let record: serde_json::Value = serde_json::from_slice(&value).unwrap_or_default();
-                (key["blob-kv/obj/".len()..].to_owned(), record["size"].as_u64().unwrap_or(0))
-            })
-            .collect()
-    } else {
-        let root = data.join("blobs");
-        stored_objects(data, "uploads")
-            .into_iter()
-            .map(|p| {
-                let file = p.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
-                (file.strip_suffix('~').unwrap_or(&file).to_owned(), std::fs::metadata(&p).unwrap().len())
-            })
-            .collect()
-    };
-    let live_sessions: HashSet<String> = if on_provider {
-        kv_values(data, "blob-kv/obj/index/uploads/")
-            .into_iter()
-            .map(|(k, _)| k.rsplit('/').next().unwrap().to_owned())
-            .collect()
-    } else {
-        stored_objects(data, "index/uploads")
-            .into_iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().trim_end_matches('~').to_owned())
-            .collect()
+    // Data objects (name and size), and the upload sessions that may still own some.
+    let last_component = |name: &str| name.rsplit('/').next().unwrap().trim_end_matches('~').to_owned();
+    let (objects, live_sessions): (Vec<(String, u64)>, HashSet<String>) = match store {
+        Store::Provider => (
+            kv_values(data, "blob-kv/obj/uploads/")
+                .into_iter()
+                .map(|(key, value)| {
+                    let record: serde_json::Value = serde_json::from_slice(&value).unwrap_or_default();
+                    (key["blob-kv/obj/".len()..].to_owned(), record["size"].as_u64().unwrap_or(0))
+                })
+                .collect(),
+            kv_values(data, "blob-kv/obj/index/uploads/").into_iter().map(|(k, _)| last_component(&k)).collect(),
+        ),
+        Store::Filesystem => {
+            let root = data.join("blobs");
+            (
+                stored_objects(data, "uploads")
+                    .into_iter()
+                    .map(|p| {
+                        let file = p.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+                        (file.strip_suffix('~').unwrap_or(&file).to_owned(), std::fs::metadata(&p).unwrap().len())
+                    })
+                    .collect(),
+                stored_objects(data, "index/uploads").iter().map(|p| last_component(&p.to_string_lossy())).collect(),
+            )
+        }
+        Store::S3(s3) => (
+            s3.objects("registry/uploads/")
+                .into_iter()
+                .map(|(key, size, _)| (key["registry/".len()..].to_owned(), size))
+                .collect(),
+            s3.objects("registry/index/uploads/").iter().map(|(k, _, _)| last_component(k)).collect(),
+        ),
     };
     let stored: u64 = objects.iter().map(|(_, size)| size).sum();
     println!("data objects on the store: {stored} bytes; blobs that manifests reference: {live_bytes} bytes");
@@ -451,12 +459,20 @@ async fn nothing_unreferenced_is_left(leg: &Leg, reg: &Registry, on_provider: bo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_racing_32_pushers_and_a_deleter_on_the_same_tags_and_layers_on_the_filesystem_store() {
-    gc_races_pushers_and_deleters(Vec::new(), "filesystem store").await;
+    gc_races_pushers_and_deleters(RunnerOptions::default(), Store::Filesystem, "filesystem store").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_racing_32_pushers_and_a_deleter_on_the_same_tags_and_layers_on_the_key_value_provider() {
-    gc_races_pushers_and_deleters(provider_args(), "key-value provider").await;
+    let options = RunnerOptions { args: provider_args(), ..Default::default() };
+    gc_races_pushers_and_deleters(options, Store::Provider, "key-value provider").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_racing_32_pushers_and_a_deleter_on_the_same_tags_and_layers_on_s3_with_redirects() {
+    let s3 = common::s3::S3Server::start();
+    let options = common::s3::cluster_options(&s3, None, 300);
+    gc_races_pushers_and_deleters(options, Store::S3(&s3), "S3 store").await;
 }
 
 /// Push, by HTTP, an artifact whose subject is `subject` (as cosign or oras attach a signature).
