@@ -68,6 +68,19 @@ class Client:
                     raise
 
 
+def start_runner(runner, component, data, extra):
+    """berth-runner serving the component on a free loopback port: the process and its address."""
+    proc = subprocess.Popen([runner, "up", "--manifest", os.path.join(ROOT, "spin.toml"), "--component", component,
+                             "--listen", "127.0.0.1:0", "--data", data] + extra,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith("berth-runner: serving"):
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+            return proc, line.rsplit("://", 1)[1].strip()
+    proc.wait()
+    raise SystemExit("berth-runner did not start")
+
+
 def expect(status, want, what, body=b""):
     if status != want:
         raise SystemExit(f"{what}: HTTP {status}, wanted {want}: {body[:300]!r}")
@@ -242,18 +255,8 @@ def main():
                              "cargo build --release --target wasm32-wasip2 -p berth -p berth-blob-kv")
     data = tempfile.mkdtemp(prefix="berth-growth-")
     store_args = ["--blob-store", provider] if args.blob_store == "kv" else []
-    proc = subprocess.Popen([runner, "up", "--manifest", os.path.join(ROOT, "spin.toml"), "--component", component,
-                             "--listen", "127.0.0.1:0", "--data", data] + store_args,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc, addr = start_runner(runner, component, data, store_args)
     try:
-        addr = None
-        for line in proc.stdout:
-            if line.startswith("berth-runner: serving"):
-                addr = line.rsplit("://", 1)[1].strip()
-                break
-        if not addr:
-            raise SystemExit("berth-runner did not start")
-        threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
         client = Client(addr)
         started = time.time()
         populate(client, args.tags, args.repos)
