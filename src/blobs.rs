@@ -24,11 +24,16 @@ pub struct BlobRecord {
     /// references the blob; a reference written meanwhile takes the mark off ([`hold`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condemned: Option<u64>,
+    /// Set by garbage collection's removal (the time): the blob is gone for every reader, and
+    /// the record names the parts until they are deleted, so a collector that dies in between
+    /// leaves work the next one finds (it then empties the value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<u64>,
 }
 
 impl BlobRecord {
     pub fn new(size: u64, parts: Vec<Part>) -> Self {
-        BlobRecord { size, parts, condemned: None }
+        BlobRecord { size, parts, condemned: None, removed: None }
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -72,8 +77,11 @@ pub async fn stored<M: MetaStore, B>(
     if bytes.is_empty() {
         return Ok(None);
     }
-    let record = serde_json::from_slice(&bytes)
+    let record: BlobRecord = serde_json::from_slice(&bytes)
         .map_err(|e| RegistryError::new(ErrorCode::Internal, format!("corrupt blob record {digest}: {e}")))?;
+    if record.removed.is_some() {
+        return Ok(None);
+    }
     Ok(Some((record, bytes)))
 }
 
@@ -173,6 +181,18 @@ pub async fn commit<M: MetaStore, B: BlobStore>(
             continue;
         }
         let existing = serde_json::from_slice::<BlobRecord>(&current).ok();
+        if let Some(removed) = existing.as_ref().filter(|e| e.removed.is_some()) {
+            // Removed by garbage collection, its cleanup maybe unfinished: stored again by a
+            // swap, and the old parts go (the collector may be deleting them too).
+            mark(stores, &keys::blob_index(digest), (stores.now)().to_string().into_bytes()).await?;
+            if stores.meta.compare_and_swap(&key, &current, &json).await.map_err(internal)? {
+                let orphans: Vec<Part> = removed.parts.iter().filter(|p| !blob.parts.contains(p)).cloned().collect();
+                discard(stores, &orphans).await;
+                remark(stores, &keys::blob_index(digest), (stores.now)().to_string().into_bytes()).await?;
+                return Ok(Commit::Adopted);
+            }
+            continue;
+        }
         if let Some(existing) = existing.as_ref().filter(|e| e.size == blob.size)
             && parts_present(stores, existing).await?
         {
@@ -250,10 +270,11 @@ impl<'a> Link<'a> {
         Ok(Link { key, value, digest: digest.clone(), size, charged })
     }
 
-    /// Undo the link (only if it is still the one written here) and its quota charge.
+    /// Undo the link (only if it is still the one written here) and its quota charge: the blob
+    /// it was for was removed.
     pub async fn take_back<M: MetaStore, B>(self, stores: &Stores<M, B>) {
         let _ = stores.meta.compare_and_swap(&self.key, &self.value, b"").await;
-        crate::quota::refund(stores, &self.digest, self.size, &self.charged).await;
+        crate::quota::refund_removed(stores, &self.digest, self.size, &self.charged).await;
     }
 }
 

@@ -119,11 +119,26 @@ async fn repository_step<M: MetaStore, B: BlobStore>(
     for marker in &names {
         let Ok(name) = crate::name::RepoName::parse(&marker[keys::REPOS_PREFIX.len()..]) else { continue };
         let Some(rule) = stores.config.retention.rule_for(&name) else { continue };
-        let plan = crate::retention::plan(stores, &name, rule).await?;
-        let (untagged, deleted) = if dry_run {
-            (plan.untag.into_iter().map(|(t, _)| t).collect(), plan.delete.into_iter().map(|(d, _, _)| d).collect())
-        } else {
-            crate::retention::apply(stores, &name, rule, plan).await?
+        let done = async || {
+            let plan = crate::retention::plan(stores, &name, rule).await?;
+            if dry_run {
+                Ok((
+                    plan.untag.into_iter().map(|(t, _)| t).collect(),
+                    plan.delete.into_iter().map(|(d, _, _)| d).collect(),
+                ))
+            } else {
+                crate::retention::apply(stores, &name, rule, plan).await
+            }
+        };
+        let (untagged, deleted): (Vec<_>, Vec<_>) = match done().await {
+            Ok(done) => done,
+            Err(err) => {
+                eprintln!(
+                    "berth: retention: repository {name} skipped: {}",
+                    err.detail.as_deref().unwrap_or(err.code.message())
+                );
+                continue;
+            }
         };
         step.untagged.extend(untagged.iter().map(|t| format!("{name}:{}", t.as_str())));
         step.deleted_manifests.extend(deleted.iter().map(|d| format!("{name}@{d}")));
@@ -155,8 +170,15 @@ async fn blob_step<M: MetaStore, B: BlobStore>(
         let outcomes = futures::future::join_all(digests.iter().map(|d| examine(stores, d, dry_run))).await;
         for (digest, outcome) in digests.into_iter().zip(outcomes) {
             step.examined += 1;
-            if let Outcome::Collected(size) = outcome? {
-                step.collected.push((digest, size));
+            match outcome {
+                Ok(Outcome::Collected(size)) => step.collected.push((digest, size)),
+                Ok(Outcome::Kept) => {}
+                // One blob that fails (a store error, a damaged record) does not stop the pass;
+                // the next pass tries it again.
+                Err(err) => eprintln!(
+                    "berth: gc: blob {digest} skipped: {}",
+                    err.detail.as_deref().unwrap_or(err.code.message())
+                ),
             }
         }
     }
@@ -176,7 +198,7 @@ async fn examine<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Dig
     if bytes.is_empty() {
         // Removed by a collector that died before its cleanup (or a concurrent one): finish it.
         if !dry_run {
-            clean_up(stores, digest, &[]).await?;
+            clean_up(stores, digest).await?;
         }
         return Ok(Outcome::Kept);
     }
@@ -184,9 +206,26 @@ async fn examine<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Dig
         eprintln!("berth: gc: the record of blob {digest} does not parse: kept");
         return Ok(Outcome::Kept);
     };
+    if record.removed.is_some() {
+        // Removed by a collector that died before its cleanup: finish it.
+        if !dry_run {
+            let seen = holds(stores, digest).await?;
+            finish_removal(stores, digest, &record, &bytes, &seen).await?;
+        }
+        return Ok(Outcome::Kept);
+    }
     let condemned = match record.condemned {
         None => {
-            if holds(stores, digest).await?.live {
+            let seen = holds(stores, digest).await?;
+            if seen.live {
+                // A kept blob's holders would otherwise grow with every manifest ever deleted
+                // that referenced it (a base layer's): the dead ones go, each checked again.
+                if !dry_run {
+                    let prefix = keys::holders_prefix(digest);
+                    for entry in &seen.dead_manifests {
+                        unhold(stores, digest, &prefix, entry).await?;
+                    }
+                }
                 return Ok(Outcome::Kept);
             }
             if dry_run {
@@ -225,25 +264,47 @@ async fn remove_condemned<M: MetaStore, B: BlobStore>(
     record: BlobRecord,
     condemned: &[u8],
 ) -> Result<Outcome> {
-    let again = holds(stores, digest).await?;
+    let unmarked = BlobRecord { condemned: None, ..record.clone() }.to_json();
+    let again = match holds(stores, digest).await {
+        Ok(again) => again,
+        Err(err) => {
+            // The second look failed (the store is down, say): the mark comes off again, so the
+            // blob does not wait for the abandoned-mark time to be looked at by the next pass.
+            let _ = stores.meta.compare_and_swap(&keys::blob(digest), condemned, &unmarked).await;
+            return Err(err);
+        }
+    };
     if again.live {
-        let unmarked = BlobRecord { condemned: None, ..record }.to_json();
         stores.meta.compare_and_swap(&keys::blob(digest), condemned, &unmarked).await.map_err(internal)?;
         return Ok(Outcome::Kept);
     }
-    if !stores.meta.compare_and_swap(&keys::blob(digest), condemned, b"").await.map_err(internal)? {
+    let removed = BlobRecord { condemned: None, removed: Some((stores.now)()), ..record.clone() }.to_json();
+    if !stores.meta.compare_and_swap(&keys::blob(digest), condemned, &removed).await.map_err(internal)? {
         return Ok(Outcome::Kept); // a reference took the mark off
     }
     // From here the blob is gone for every reader; what is left is only cleanup.
     eprintln!("berth: gc: removed blob {digest} ({} bytes): nothing references it", record.size);
+    finish_removal(stores, digest, &record, &removed, &again).await?;
+    Ok(Outcome::Collected(record.size))
+}
+
+/// The cleanup after a removal, each part of it safe to repeat: the parts, the dead links (only
+/// the very values judged dead: a link written since takes itself back, `hold`), the quota
+/// counts; then the record's value is emptied and the entries go.
+async fn finish_removal<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    digest: &Digest,
+    record: &BlobRecord,
+    removed: &[u8],
+    seen: &Holds,
+) -> Result<()> {
     blobs::discard(stores, &record.parts).await;
-    for (key, value) in &again.dead_links {
-        // Only the very link judged dead: a link written since takes itself back (`hold`).
+    for (key, value) in &seen.dead_links {
         stores.meta.compare_and_swap(key, value, b"").await.map_err(internal)?;
     }
     crate::quota::release_blob(stores, digest, record.size).await;
-    clean_up(stores, digest, &again.entries).await?;
-    Ok(Outcome::Collected(record.size))
+    stores.meta.compare_and_swap(&keys::blob(digest), removed, b"").await.map_err(internal)?;
+    clean_up(stores, digest).await
 }
 
 /// What holds a blob, as read now.
@@ -252,14 +313,14 @@ struct Holds {
     live: bool,
     /// Links older than the grace time: key and exact value.
     dead_links: Vec<(String, Vec<u8>)>,
-    /// Every holder entry seen.
-    entries: Vec<String>,
+    /// Entries of manifests that are gone (deleted, or a push that failed).
+    dead_manifests: Vec<String>,
 }
 
 async fn holds<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Digest) -> Result<Holds> {
     let now = (stores.now)();
     let prefix = keys::holders_prefix(digest);
-    let mut holds = Holds { live: false, dead_links: Vec::new(), entries: Vec::new() };
+    let mut holds = Holds { live: false, dead_links: Vec::new(), dead_manifests: Vec::new() };
     let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
     while let Some(objects) = pages.next().await? {
         for object in objects {
@@ -283,6 +344,8 @@ async fn holds<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Diges
                         .is_some_and(|v| !v.is_empty())
                     {
                         holds.live = true;
+                    } else {
+                        holds.dead_manifests.push(object);
                     }
                 }
                 None => {
@@ -290,39 +353,45 @@ async fn holds<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Diges
                     holds.live = true;
                 }
             }
-            if holds.live {
-                return Ok(holds);
-            }
-            holds.entries.push(object);
         }
     }
     Ok(holds)
 }
 
-/// After the record went: the blob's entries. Each is removed, then its fact looked at again: a
-/// push of the same blob that wrote its fact meanwhile gets the entry back (it writes its fact
-/// and then checks the entry, so one of the two sees the other).
-async fn clean_up<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Digest, seen: &[String]) -> Result<()> {
+/// After the record went: the blob's entries (all of them, listed now: a failed push may have
+/// written one after the collector's second look). Each is removed, then its fact looked at
+/// again: a push of the same blob that wrote its fact meanwhile gets the entry back (it writes
+/// its fact and then checks the entry, so one of the two sees the other).
+async fn clean_up<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Digest) -> Result<()> {
     let prefix = keys::holders_prefix(digest);
-    let mut entries = seen.to_vec();
-    if entries.is_empty() {
-        let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
-        while let Some(objects) = pages.next().await? {
-            entries.extend(objects);
-        }
+    let mut entries = Vec::new();
+    let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
+    while let Some(objects) = pages.next().await? {
+        entries.extend(objects);
     }
     for entry in entries {
-        blobs::remove(stores, &entry).await?;
-        let fact = match keys::parse_holder(&prefix, &entry) {
-            Some(Holder::Link { repo_key }) => keys::blob_link_at(&repo_key, digest),
-            Some(Holder::Manifest { repo_key, manifest }) => keys::manifest_at(&repo_key, &manifest),
-            None => continue,
-        };
-        if stores.meta.get(&fact).await.map_err(internal)?.is_some_and(|v| !v.is_empty()) {
-            blobs::mark(stores, &entry, Vec::new()).await?;
-        }
+        unhold(stores, digest, &prefix, &entry).await?;
     }
     forget_unrecorded(stores, digest).await
+}
+
+/// Remove one holder entry, and put it back if its fact is there (now, or written meanwhile).
+async fn unhold<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    digest: &Digest,
+    prefix: &str,
+    entry: &str,
+) -> Result<()> {
+    blobs::remove(stores, entry).await?;
+    let fact = match keys::parse_holder(prefix, entry) {
+        Some(Holder::Link { repo_key }) => keys::blob_link_at(&repo_key, digest),
+        Some(Holder::Manifest { repo_key, manifest }) => keys::manifest_at(&repo_key, &manifest),
+        None => return Ok(()),
+    };
+    if stores.meta.get(&fact).await.map_err(internal)?.is_some_and(|v| !v.is_empty()) {
+        blobs::mark(stores, entry, Vec::new()).await?;
+    }
+    Ok(())
 }
 
 /// Remove the blob's list entry while it has no record (none, or removed), and put it back if a
@@ -536,6 +605,43 @@ mod tests {
         assert!(
             stores.blobs.0.borrow().keys().all(|k| !k.starts_with("index/holders/") && !k.starts_with("index/blobs/"))
         );
+    }
+
+    #[test]
+    fn a_removal_whose_cleanup_died_is_finished_by_a_later_step() {
+        let stores = memory_stores();
+        let layer = push_blob(&stores, "r", b"layer");
+        past_grace(&stores);
+        // A collector made its last move, then died before deleting anything.
+        let (record, bytes) = block_on(blobs::stored(&stores, &layer)).unwrap().unwrap();
+        let removed = BlobRecord { removed: Some(1), ..record }.to_json();
+        assert!(block_on(stores.meta.compare_and_swap(&keys::blob(&layer), &bytes, &removed)).unwrap());
+        assert_eq!(blob_status(&stores, "r", &layer), StatusCode::NOT_FOUND, "gone for readers");
+        assert!(stored_bytes(&stores) > 0);
+        collect(&stores, false);
+        assert_eq!(stored_bytes(&stores), 0, "the next step deleted the parts the record still named");
+        assert_eq!(stores.meta.0.borrow()[&keys::blob(&layer)], b"");
+        assert!(
+            stores.blobs.0.borrow().keys().all(|k| !k.starts_with("index/holders/") && !k.starts_with("index/blobs/"))
+        );
+        // Pushed again: stored anew.
+        push_blob(&stores, "r", b"layer");
+        assert_eq!(blob_status(&stores, "r", &layer), StatusCode::OK);
+    }
+
+    #[test]
+    fn a_kept_blob_loses_the_holder_entries_of_deleted_manifests() {
+        let stores = memory_stores();
+        let a = push_image(&stores, "r", "a", b"config a", &[b"base"]);
+        push_image(&stores, "r", "b", b"config b", &[b"base"]);
+        send(&stores, Method::DELETE, &format!("/v2/r/manifests/{a}"), vec![]);
+        past_grace(&stores);
+        let base = Digest::of(Algorithm::Sha256, b"base");
+        let holders = || stores.blobs.0.borrow().keys().filter(|k| k.starts_with(&keys::holders_prefix(&base))).count();
+        assert_eq!(holders(), 3, "a link and two manifests");
+        collect(&stores, false);
+        assert_eq!(holders(), 2, "the deleted manifest's entry went; the link and b's stay");
+        assert_eq!(blob_status(&stores, "r", &base), StatusCode::OK);
     }
 
     #[test]

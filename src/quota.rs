@@ -194,9 +194,26 @@ pub async fn charge<'a, M: MetaStore, B>(
 #[derive(Debug)]
 pub struct Charged<'a>(Vec<(&'a Quota, bool)>);
 
-/// Take back a charge whose link was taken back.
+/// Take back a charge whose link was not written.
 pub async fn refund<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest, size: u64, charged: &Charged<'_>) {
     uncharge(stores, digest, size, &charged.0).await;
+}
+
+/// Take back a charge whose link was taken back because garbage collection removed the blob.
+/// When the count returns to 0 the bytes go, even if this link did not add them: the removal's
+/// release may have read the count before this link's charge and left it one above 0, keeping
+/// the bytes for this link (`release_blob`).
+pub async fn refund_removed<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest, size: u64, charged: &Charged<'_>) {
+    for (quota, _) in &charged.0 {
+        let Ok(left) = stores.meta.increment(&quota.blob_key(digest), -1).await else { continue };
+        if left < 0 {
+            // The removal's release already took this link's count (it read the count after
+            // the charge): undone, so that the next first link counts as first.
+            let _ = stores.meta.increment(&quota.blob_key(digest), 1).await;
+        } else if left == 0 {
+            let _ = stores.meta.increment(&quota.bytes_key(), -(size as i64)).await;
+        }
+    }
 }
 
 /// Garbage collection removed the blob, with every link of it: it counts no more anywhere. A

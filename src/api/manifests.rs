@@ -544,37 +544,68 @@ async fn store<M: MetaStore, B: BlobStore>(
     } else {
         None
     };
-    if let Some(existing) = self::record(stores, name, digest).await? {
-        hold_references(stores, name, digest, manifest).await?;
-        // Pushed again while retention condemned it: taken back.
-        if hold_manifest(stores, name, digest).await? {
-            return Ok(existing.generation);
+    // Children here now must still be here once the record is (retention may be removing them).
+    let mut present_children = Vec::new();
+    for child in &manifest.children {
+        if self::record(stores, name, child).await?.is_some() {
+            present_children.push(child.clone());
         }
     }
     let key = keys::manifest(name, digest);
-    let json = serde_json::to_vec(&record).expect("records serialize");
-    stores.meta.set(&key, &json).await.map_err(internal)?;
-    if let Err(gone) = hold_references(stores, name, digest, manifest).await {
-        // Never a manifest whose blob is gone: this push's record goes again, unless a
-        // concurrent push of the same manifest replaced it (that push checks for itself).
-        if stores.meta.get(&key).await.map_err(internal)?.as_deref() == Some(json.as_slice()) {
-            stores.meta.delete(&key).await.map_err(internal)?;
+    for _ in 0..8 {
+        let (generation, written, created_here) = match stored(stores, name, digest).await? {
+            Some((existing, bytes)) => {
+                hold_references(stores, name, digest, manifest).await?;
+                // Refreshed by a swap (no mark, created now): retention's last swap and a failed
+                // push's take-back, both from bytes read before, then fail.
+                let refreshed = ManifestRecord { condemned: None, created: Some((stores.now)()), ..existing };
+                let json = serde_json::to_vec(&refreshed).expect("records serialize");
+                if !stores.meta.compare_and_swap(&key, &bytes, &json).await.map_err(internal)? {
+                    continue;
+                }
+                (refreshed.generation, json, false)
+            }
+            None => {
+                let json = serde_json::to_vec(&record).expect("records serialize");
+                stores.meta.set(&key, &json).await.map_err(internal)?;
+                if let Err(gone) = hold_references(stores, name, digest, manifest).await {
+                    take_back(stores, &key, &json).await?;
+                    return Err(gone);
+                }
+                (record.generation.clone(), json, true)
+            }
+        };
+        for child in &manifest.children {
+            // An index keeps its children in this repository from retention.
+            if !hold_manifest(stores, name, child).await? && present_children.contains(child) {
+                if created_here {
+                    take_back(stores, &key, &written).await?;
+                }
+                return Err(RegistryError::new(
+                    ErrorCode::ManifestBlobUnknown,
+                    format!("child manifest {child} of {digest} was deleted while it was pushed: push it again"),
+                ));
+            }
         }
-        return Err(gone);
+        if let Some((entry, descriptor)) = referrer_entry {
+            // Again after the record: a racing delete may have removed it in between (`unindex`).
+            blobs::mark(stores, &entry, descriptor).await?;
+        }
+        for held in held_by(manifest, digest) {
+            blobs::remark(stores, &keys::manifest_holder(name, held, digest), Vec::new()).await?;
+        }
+        blobs::remark(stores, &keys::manifest_entry(name, digest), Vec::new()).await?;
+        return Ok(generation);
     }
-    if let Some((entry, descriptor)) = referrer_entry {
-        // Again after the record: a racing delete may have removed it in between (`unindex`).
-        blobs::mark(stores, &entry, descriptor).await?;
-    }
-    for held in held_by(manifest, digest) {
-        blobs::remark(stores, &keys::manifest_holder(name, held, digest), Vec::new()).await?;
-    }
-    blobs::remark(stores, &keys::manifest_entry(name, digest), Vec::new()).await?;
-    // An index keeps its children in this repository from retention.
-    for child in &manifest.children {
-        hold_manifest(stores, name, child).await?;
-    }
-    Ok(record.generation)
+    Err(RegistryError::new(ErrorCode::Internal, format!("the record of manifest {digest} kept changing under a push")))
+}
+
+/// A push that cannot stand takes its own record back: by a swap from the exact bytes it wrote,
+/// so a concurrent push of the same manifest that refreshed the record (and was acknowledged)
+/// keeps it.
+async fn take_back<M: MetaStore, B>(stores: &Stores<M, B>, key: &str, written: &[u8]) -> Result<()> {
+    stores.meta.compare_and_swap(key, written, b"").await.map_err(internal)?;
+    Ok(())
 }
 
 /// What a manifest keeps from garbage collection: its blobs, its child manifests and its own
@@ -646,7 +677,7 @@ pub async fn delete<M: MetaStore, B: BlobStore>(
             // From here on neither the digest nor any tag resolves to it.
             stores.meta.delete(&keys::manifest(name, &digest)).await.map_err(internal)?;
             forget(stores, name, &digest, &record).await?;
-            untag(stores, name, &digest).await?;
+            untag(stores, name, &digest, &record).await?;
         }
     }
     Ok(Response::new(StatusCode::ACCEPTED).empty())
@@ -680,13 +711,16 @@ pub(crate) async fn untag<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     name: &RepoName,
     digest: &Digest,
+    deleted: &ManifestRecord,
 ) -> Result<()> {
     let prefix = keys::tags_prefix(name);
     let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
     while let Some(objects) = pages.next().await? {
         for object in &objects {
             let Ok(tag) = Tag::parse(&object[prefix.len()..]) else { continue };
-            remove_tag(stores, name, &tag, |target| target.digest == *digest).await?;
+            // Only tags set for the deleted record: a push that stored the manifest again since
+            // (a new generation) and tagged it keeps its tag.
+            remove_tag(stores, name, &tag, |target| target.digest == *digest && target.names(deleted)).await?;
         }
     }
     Ok(())
