@@ -38,8 +38,14 @@ pub const STEP_SECONDS: u64 = 5;
 /// next step finishes its work.
 const ABANDONED_MARK_SECONDS: u64 = 60;
 
-/// Blobs of a step examined at once.
-const CONCURRENT_BLOBS: usize = 8;
+/// Blobs of a step examined at once, unless the caller asks otherwise. A blob's work is mostly
+/// waiting on the stores, so several at once do a pass's work for less of the machine than one
+/// at a time (docs/benchmarks.md); a caller that wants a pass to take less from the pushes
+/// beside it rests between steps (`berth-runner gc --pace`).
+pub const DEFAULT_CONCURRENCY: usize = 8;
+
+/// The most blobs a step examines at once.
+pub const MAX_CONCURRENCY: usize = 8;
 
 /// Repositories whose retention rule one step applies at most.
 pub const STEP_REPOSITORIES: u32 = 4;
@@ -95,15 +101,20 @@ enum Outcome {
 /// One step from `cursor` (`None`: a new pass): up to [`STEP_REPOSITORIES`] repositories'
 /// retention, or up to [`STEP_BLOBS`] blobs, for at most about [`STEP_SECONDS`]. A dry run only
 /// reports what would go, changing nothing.
+/// `concurrency` blobs at once (1 to [`MAX_CONCURRENCY`]).
 pub async fn step<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     cursor: Option<String>,
     dry_run: bool,
+    concurrency: usize,
 ) -> Result<Step> {
+    let concurrency = concurrency.clamp(1, MAX_CONCURRENCY);
     match Phase::parse(cursor) {
-        Phase::Repositories(_) if stores.config.retention.is_empty() => blob_step(stores, None, dry_run).await,
+        Phase::Repositories(_) if stores.config.retention.is_empty() => {
+            blob_step(stores, None, dry_run, concurrency).await
+        }
         Phase::Repositories(after) => repository_step(stores, after, dry_run).await,
-        Phase::Blobs(after) => blob_step(stores, after, dry_run).await,
+        Phase::Blobs(after) => blob_step(stores, after, dry_run, concurrency).await,
     }
 }
 
@@ -154,16 +165,17 @@ async fn blob_step<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     after: Option<String>,
     dry_run: bool,
+    concurrency: usize,
 ) -> Result<Step> {
     let started = (stores.now)();
     let (names, mut next) =
         stores.blobs.list(keys::BLOBS_INDEX_PREFIX, after.as_deref(), STEP_BLOBS).await.map_err(internal)?;
     let mut step = Step::default();
-    // A few blobs at once: a blob's work is mostly waiting on the stores (an fsync per write on
-    // the filesystem and SQLite), and the blobs of a step are independent.
-    for (i, group) in names.chunks(CONCURRENT_BLOBS).enumerate() {
+    // Blobs at once when asked: a blob's work is mostly waiting on the stores (an fsync per write
+    // on the filesystem and SQLite), and the blobs of a step are independent.
+    for (i, group) in names.chunks(concurrency).enumerate() {
         if i > 0 && (stores.now)().saturating_sub(started) >= STEP_SECONDS {
-            next = Some(names[i * CONCURRENT_BLOBS - 1].clone());
+            next = Some(names[i * concurrency - 1].clone());
             break;
         }
         let digests: Vec<Digest> = group.iter().filter_map(|entry| keys::parse_blob_index(entry)).collect();
@@ -431,7 +443,7 @@ mod tests {
         let mut removed = Vec::new();
         let mut after = None;
         loop {
-            let step = block_on(step(stores, after, dry_run)).unwrap();
+            let step = block_on(step(stores, after, dry_run, MAX_CONCURRENCY)).unwrap();
             removed.extend(step.collected.into_iter().map(|(d, _)| d));
             after = step.next;
             if after.is_none() {

@@ -365,7 +365,7 @@ mod tests {
         let mut total = crate::gc::Step::default();
         let mut cursor = None;
         loop {
-            let step = block_on(crate::gc::step(stores, cursor, dry_run)).unwrap();
+            let step = block_on(crate::gc::step(stores, cursor, dry_run, crate::gc::DEFAULT_CONCURRENCY)).unwrap();
             total.untagged.extend(step.untagged);
             total.deleted_manifests.extend(step.deleted_manifests);
             total.collected.extend(step.collected);

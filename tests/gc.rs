@@ -88,7 +88,8 @@ async fn berth_runner_gc_removes_what_only_a_deleted_manifest_held_and_its_dry_r
     let freed = (only_a.len() + 14 + manifest_a.len()) as u64;
     assert!(planned.contains(&format!("would free {freed} bytes")), "{planned}");
 
-    let done = gc_cli(&leg, &[], None);
+    // Three blobs at once, resting a tenth of the time: the same blobs go.
+    let done = gc_cli(&leg, &["--concurrency", "3", "--pace", "0.9"], None);
     assert_eq!(named(&done), expected, "{done}");
     assert_eq!(before - data_bytes(&leg.runner.data), freed, "the bytes left the disk");
     let logged = std::fs::read_to_string(log.path()).unwrap();
@@ -149,6 +150,12 @@ async fn the_gc_endpoint_and_berth_runner_gc_need_the_admin_action() {
     assert_eq!((answer["dryRun"].as_bool(), answer["examined"].as_u64()), (Some(true), Some(0)));
     let bad = client().post(format!("{url}x")).basic_auth("admin", Some("secret")).send().await.unwrap();
     assert_eq!(bad.status(), 400);
+    for concurrency in ["0", "9", "many"] {
+        let bad = client().post(format!("{url}&concurrency={concurrency}")).basic_auth("admin", Some("secret"));
+        let (status, code, body) = error_code(bad.send().await.unwrap()).await;
+        assert_eq!((status, code.as_str()), (400, "UNSUPPORTED"), "{body}");
+        assert!(body.to_string().contains("concurrency is a number of blobs from 1 to 8"), "{body}");
+    }
     let output = gc_cli(&leg, &["--dry-run"], Some(("admin", "secret")));
     assert!(output.contains("examined 0 blobs"), "{output}");
 }

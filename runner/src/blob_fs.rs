@@ -217,18 +217,18 @@ impl FsBlobStore {
         Ok(unlinked?)
     }
 
-    /// Remove `dir` and its ancestors below the root while they are empty, fsyncing the parent
-    /// of each. Best effort: an empty directory left behind costs nothing but an inode, and a
-    /// commit that finds its directory gone makes it again.
+    /// Remove `dir` and its ancestors below the root while they are empty. Best effort, and not
+    /// fsynced: an empty directory that a crash brings back costs nothing but an inode (listings
+    /// skip it, the next delete below it tidies it), and a commit that finds its directory gone
+    /// makes it again. (An fsync per level was most of a garbage collection's disk flushes: a
+    /// holder entry sits four directories deep.)
     fn remove_empty_dirs(&self, mut dir: &Path) {
         while dir != self.root && dir.starts_with(&self.root) {
             // Fails (and stops the climb) when the directory is not empty, or already gone.
             if fs::remove_dir(dir).is_err() {
                 return;
             }
-            let parent = dir.parent().expect("below the root");
-            let _ = sync_dir(&self.root, parent);
-            dir = parent;
+            dir = dir.parent().expect("below the root");
         }
     }
 

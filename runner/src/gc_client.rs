@@ -24,6 +24,14 @@ pub struct GcArgs {
     /// BERTH_ADMIN_PASSWORD environment variable.
     #[arg(long)]
     user: Option<String>,
+    /// Blobs the registry examines at once (1 to 8).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=8))]
+    concurrency: u8,
+    /// The share of the pass's time spent in steps: after a step that took t, rest
+    /// t * (1 - PACE) / PACE before the next, so the pass leaves the registry to the pushes and
+    /// pulls beside it that much of the time. 1: no rest (an idle registry).
+    #[arg(long, default_value_t = 0.5, value_parser = pace)]
+    pace: f64,
     /// Run a pass every this many seconds, forever (a registry's periodic collection).
     #[arg(long, value_name = "SECONDS")]
     every: Option<u64>,
@@ -45,22 +53,32 @@ pub async fn run(args: GcArgs) -> Result<()> {
     };
     let mut client = Client { authority, credentials, bearer: None };
     loop {
-        pass(&mut client, args.dry_run).await?;
+        pass(&mut client, &args).await?;
         let Some(every) = args.every else { return Ok(()) };
         tokio::time::sleep(Duration::from_secs(every)).await;
     }
 }
 
+fn pace(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(pace) if pace > 0.0 && pace <= 1.0 => Ok(pace),
+        _ => Err(format!("{text:?} is not a share above 0 and at most 1 (0.5: half the time)")),
+    }
+}
+
 /// One whole pass over the registry's blobs.
-async fn pass(client: &mut Client, dry_run: bool) -> Result<()> {
+async fn pass(client: &mut Client, args: &GcArgs) -> Result<()> {
+    let (dry_run, concurrency) = (args.dry_run, args.concurrency);
     let progress = indicatif::ProgressBar::new_spinner();
     progress.set_style(indicatif::ProgressStyle::with_template("{spinner} gc {msg} [{elapsed}]").expect("template"));
     let (mut examined, mut removed, mut bytes) = (0u64, 0u64, 0u64);
     // An empty cursor starts the pass from the first blob (not where an earlier pass stopped).
     let mut cursor = String::new();
     loop {
-        let query = format!("dry_run={dry_run}&cursor={}", url_escape(&cursor));
+        let query = format!("dry_run={dry_run}&concurrency={concurrency}&cursor={}", url_escape(&cursor));
+        let started = std::time::Instant::now();
         let step = client.post(&format!("/v2/_berth/gc?{query}")).await?;
+        let worked = started.elapsed();
         examined += step["examined"].as_u64().unwrap_or(0);
         for blob in step["collected"].as_array().into_iter().flatten() {
             let size = blob["size"].as_u64().unwrap_or(0);
@@ -82,6 +100,9 @@ async fn pass(client: &mut Client, dry_run: bool) -> Result<()> {
         match step["next"].as_str() {
             Some(next) => cursor = next.to_owned(),
             None => break,
+        }
+        if args.pace < 1.0 {
+            tokio::time::sleep(worked.mul_f64((1.0 - args.pace) / args.pace)).await;
         }
     }
     progress.finish_and_clear();

@@ -1,7 +1,8 @@
 //! Berth's admin API (JSON, needs the policy action `admin` for `*`; README "Admin API").
 //!
 //! `GET /v2/_berth/quotas`: every quota rule with its limit and usage, in bytes.
-//! `POST /v2/_berth/gc[?dry_run=true][&cursor=...]`: one bounded step of garbage collection.
+//! `POST /v2/_berth/gc[?dry_run=true][&cursor=...][&concurrency=N]`: one bounded step of garbage
+//! collection.
 
 use crate::blobs::internal;
 use crate::errcode::{ErrorCode, RegistryError};
@@ -26,6 +27,19 @@ pub async fn gc<M: MetaStore, B: BlobStore>(
                 .with_status(StatusCode::BAD_REQUEST));
         }
     };
+    let concurrency = match req.query_param("concurrency") {
+        None => gc::DEFAULT_CONCURRENCY,
+        Some(n) => match n.parse::<usize>() {
+            Ok(n @ 1..=gc::MAX_CONCURRENCY) => n,
+            _ => {
+                return Err(RegistryError::new(
+                    ErrorCode::Unsupported,
+                    format!("concurrency is a number of blobs from 1 to {}, not {n:?}", gc::MAX_CONCURRENCY),
+                )
+                .with_status(StatusCode::BAD_REQUEST));
+            }
+        },
+    };
     let after = match req.query_param("cursor") {
         Some(cursor) => Some(cursor).filter(|c| !c.is_empty()),
         None if dry_run => None,
@@ -37,7 +51,7 @@ pub async fn gc<M: MetaStore, B: BlobStore>(
             .and_then(|c| String::from_utf8(c).ok())
             .filter(|c| !c.is_empty()),
     };
-    let step = gc::step(stores, after, dry_run).await?;
+    let step = gc::step(stores, after, dry_run, concurrency).await?;
     if !dry_run {
         let next = step.next.clone().unwrap_or_default();
         stores.meta.set(keys::GC_CURSOR, next.as_bytes()).await.map_err(internal)?;
