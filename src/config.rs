@@ -10,9 +10,18 @@ const MAX_REDIRECT_SECS: u32 = 7 * 24 * 3600;
 
 /// Every variable the registry reads.
 pub fn variables() -> impl Iterator<Item = &'static str> {
-    ["upload_expiry_seconds", "blob_redirect_seconds", "immutable_tags", "quotas", "gc_grace_seconds", "retention"]
-        .into_iter()
-        .chain(crate::auth::config::variables())
+    [
+        "upload_expiry_seconds",
+        "blob_redirect_seconds",
+        "immutable_tags",
+        "quotas",
+        "gc_grace_seconds",
+        "retention",
+        "mirror_upstreams",
+        "mirror_credentials",
+    ]
+    .into_iter()
+    .chain(crate::auth::config::variables())
 }
 
 /// Parse the settings; `get` gives a variable's value, `None` when it is not defined.
@@ -49,6 +58,12 @@ pub fn from_variables(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
         config.retention = crate::retention::Retention::parse(&value)
             .map_err(|message| ConfigError { variable: "retention", message })?;
     }
+    let upstreams = get("mirror_upstreams").unwrap_or_default();
+    let credentials = get("mirror_credentials").unwrap_or_default();
+    config.mirrors = crate::mirror::Mirrors::parse(&upstreams, &credentials).map_err(|message| ConfigError {
+        variable: if message.starts_with("mirror_credentials") { "mirror_credentials" } else { "mirror_upstreams" },
+        message,
+    })?;
     config.auth = AuthConfig::parse(get)?;
     Ok(config)
 }
@@ -70,6 +85,15 @@ mod tests {
         assert_eq!(err.variable, "upload_expiry_seconds");
         let err = from_variables(&|name| (name == "auth_mode").then(|| "tokens".to_owned())).unwrap_err();
         assert_eq!(err.variable, "auth_mode");
+        let err = from_variables(&|name| (name == "mirror_upstreams").then(|| "hub".to_owned())).unwrap_err();
+        assert_eq!(err.variable, "mirror_upstreams");
+        let err = from_variables(&|name| match name {
+            "mirror_upstreams" => Some("hub https://hub.example".to_owned()),
+            "mirror_credentials" => Some("hub nopassword".to_owned()),
+            _ => None,
+        })
+        .unwrap_err();
+        assert_eq!(err.variable, "mirror_credentials");
     }
 
     #[test]

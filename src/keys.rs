@@ -127,6 +127,17 @@ pub fn tag(name: &RepoName, tag: &Tag) -> String {
     format!("repo/{}/tag/{}", repo_key(name), tag.as_str())
 }
 
+/// The claim of the one request that fetches a blob from an upstream (created exclusively in the
+/// blob store; its content is the time it was made).
+pub fn mirror_fetch(digest: &Digest) -> String {
+    format!("mirror/fetching/{}/{}", digest.algorithm().as_str(), digest.hex())
+}
+
+/// When the mirror last confirmed `tag` with the upstream (seconds since the epoch).
+pub fn mirror_checked(name: &RepoName, tag: &Tag) -> String {
+    format!("repo/{}/checked/{}", repo_key(name), tag.as_str())
+}
+
 pub fn upload(id: &str) -> String {
     format!("upload/{id}")
 }

@@ -15,6 +15,7 @@ pub mod immutable;
 pub mod keys;
 pub mod manifest;
 pub mod message;
+pub mod mirror;
 pub mod name;
 pub mod quota;
 pub mod range;

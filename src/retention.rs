@@ -57,7 +57,7 @@ impl std::fmt::Display for Rule {
 pub struct Retention(Vec<Rule>);
 
 /// `30d`, `12h`, `90m`, `600s` or plain seconds.
-fn parse_age(text: &str) -> Option<u64> {
+pub(crate) fn parse_age(text: &str) -> Option<u64> {
     let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => text.split_at(i),
         None => (text, "s"),

@@ -40,6 +40,32 @@ pub enum Route {
 }
 
 impl Route {
+    /// The repository the route addresses, if any.
+    pub fn name(&self) -> Option<&RepoName> {
+        match self {
+            Route::Tags(name)
+            | Route::Manifest(name, _)
+            | Route::UploadStart(name)
+            | Route::Upload(name, _)
+            | Route::Blob(name, _)
+            | Route::Referrers(name, _) => Some(name),
+            Route::Base | Route::Catalog | Route::AdminQuotas | Route::AdminGc => None,
+        }
+    }
+
+    /// The same endpoint of another repository (the mirror's `?ns=` and default upstream).
+    pub fn renamed(self, to: RepoName) -> Route {
+        match self {
+            Route::Tags(_) => Route::Tags(to),
+            Route::Manifest(_, reference) => Route::Manifest(to, reference),
+            Route::UploadStart(_) => Route::UploadStart(to),
+            Route::Upload(_, id) => Route::Upload(to, id),
+            Route::Blob(_, digest) => Route::Blob(to, digest),
+            Route::Referrers(_, digest) => Route::Referrers(to, digest),
+            other => other,
+        }
+    }
+
     /// Parse a request path (without the query). Unknown shapes are `NOT_FOUND`; a known shape
     /// with a bad name or digest is `NAME_INVALID` / `DIGEST_INVALID`.
     pub fn parse(path: &str) -> Result<Route, RegistryError> {

@@ -109,6 +109,79 @@ pub trait BlobStore {
     async fn hash_extents(&self, extents: Vec<Extent>, hash: RunningHash) -> Result<RunningHash, StoreError>;
 }
 
+/// A request to an upstream registry (the mirror's outbound HTTP).
+#[derive(Debug, Clone)]
+pub struct OutRequest {
+    pub method: http::Method,
+    /// Absolute: `http[s]://host[:port]/path?query`.
+    pub url: String,
+    pub headers: Vec<(http::HeaderName, String)>,
+}
+
+/// An upstream's answer, its body not yet read.
+pub struct OutResponse<Body> {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Body,
+}
+
+impl<Body> OutResponse<Body> {
+    pub fn header(&self, name: impl http::header::AsHeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Outbound HTTP, for the mirror's upstreams (`crate::mirror`).
+#[allow(async_fn_in_trait)]
+pub trait Outbound<B: BlobStore> {
+    /// A response body as it arrives.
+    type Body;
+    /// What [`Outbound::settle`] takes: the relay's hold on the client's last bytes.
+    type Verdict;
+
+    /// Send a request without a body. `Unavailable` when the upstream cannot be reached (or the
+    /// host refuses the destination: the message says which).
+    async fn send(&self, request: OutRequest) -> Result<OutResponse<Self::Body>, StoreError>;
+    /// Read a body into memory, up to `limit` bytes; `None` if it is longer.
+    async fn read(&self, body: Self::Body, limit: usize) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The bytes of `body` twice, as they arrive: as a request body the blob store can write
+    /// (whole only if the upstream's body arrived whole), and as a response body for the client,
+    /// whose last bytes are held back until [`Outbound::settle`] says whether the stored copy
+    /// verified. A client that goes away does not stop the copy into the store.
+    fn relay(&self, body: Self::Body) -> (B::Incoming, B::Outgoing, Self::Verdict);
+    /// Release the client's last bytes (`whole`), or end its body short, so that the client's
+    /// transfer fails.
+    fn settle(&self, verdict: Self::Verdict, whole: bool);
+    /// Wait this long (a request waiting for another's fetch of the same blob).
+    async fn pause(&self, millis: u64);
+}
+
+/// No outbound HTTP (native tests, and a registry that mirrors nothing).
+pub struct NoOutbound;
+
+impl<B: BlobStore> Outbound<B> for NoOutbound {
+    type Body = std::convert::Infallible;
+    type Verdict = std::convert::Infallible;
+
+    async fn send(&self, request: OutRequest) -> Result<OutResponse<Self::Body>, StoreError> {
+        Err(StoreError::Unavailable(format!("no outbound HTTP here (to {})", request.url)))
+    }
+
+    async fn read(&self, body: Self::Body, _: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        match body {}
+    }
+
+    fn relay(&self, body: Self::Body) -> (B::Incoming, B::Outgoing, Self::Verdict) {
+        match body {}
+    }
+
+    fn settle(&self, verdict: Self::Verdict, _: bool) {
+        match verdict {}
+    }
+
+    async fn pause(&self, _: u64) {}
+}
+
 /// Both stores, plus what the registry needs from its environment.
 pub struct Stores<M, B> {
     pub meta: M,
@@ -138,6 +211,8 @@ pub struct Config {
     /// Which tags and untagged manifests garbage collection removes (`crate::retention`).
     pub retention: crate::retention::Retention,
     pub auth: crate::auth::config::AuthConfig,
+    /// Upstream registries mirrored here (`crate::mirror`).
+    pub mirrors: crate::mirror::Mirrors,
 }
 
 impl Default for Config {
@@ -150,6 +225,7 @@ impl Default for Config {
             gc_grace_secs: 3600,
             retention: Default::default(),
             auth: Default::default(),
+            mirrors: Default::default(),
         }
     }
 }

@@ -137,11 +137,13 @@ async fn up(args: UpArgs) -> Result<()> {
     for (label, store) in &configured_stores {
         println!("berth-runner: key-value store {label}: {store}");
     }
-    let outbound_hosts = app
-        .allowed_outbound_hosts
-        .iter()
-        .map(|entry| variables.expand(entry).with_context(|| format!("allowed_outbound_hosts entry {entry:?}")))
-        .collect::<Result<Vec<_>>>()?;
+    // An entry made from a variable may name several hosts (the mirror's upstreams), separated
+    // by commas or spaces, or none (the variable is empty).
+    let mut outbound_hosts = Vec::new();
+    for entry in &app.allowed_outbound_hosts {
+        let expanded = variables.expand(entry).with_context(|| format!("allowed_outbound_hosts entry {entry:?}"))?;
+        outbound_hosts.extend(expanded.split([',', ' ', '\n']).filter(|h| !h.is_empty()).map(str::to_owned));
+    }
     let shared = Arc::new(host::Shared {
         kv: kv::KvStores::new(args.data.join("kv"), app.key_value_stores.clone(), configured_stores),
         blobs: blob_fs::FsBlobStore::new(args.data.join("blobs"))

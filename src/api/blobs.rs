@@ -78,7 +78,7 @@ pub async fn delete<M: MetaStore, B: BlobStore>(
     Ok(Response::new(StatusCode::ACCEPTED).empty())
 }
 
-fn blob_headers<S>(response: Response<S>, digest: &Digest) -> Response<S> {
+pub(super) fn blob_headers<S>(response: Response<S>, digest: &Digest) -> Response<S> {
     response
         .header(CONTENT_DIGEST, digest)
         .header(header::CONTENT_TYPE, "application/octet-stream")

@@ -269,7 +269,8 @@ pub async fn put<M: MetaStore, B: BlobStore>(
         Reference::Digest(_) => extra_tags.iter().collect(),
     };
     bind_immutable_tags(stores, name, &tags, &digest).await?;
-    let mut generation = store(stores, name, &digest, &manifest, bytes.clone(), hash.clone()).await?;
+    let mut generation =
+        store(stores, name, &digest, &manifest, bytes.clone(), hash.clone(), Referenced::MustBeHere).await?;
     for tag in tags {
         let mut tries = 0;
         // Retention may remove an untagged manifest between this push's store and its tag
@@ -289,7 +290,8 @@ pub async fn put<M: MetaStore, B: BlobStore>(
                     format!("manifest {digest} kept being removed under a push"),
                 ));
             }
-            generation = store(stores, name, &digest, &manifest, bytes.clone(), hash.clone()).await?;
+            generation =
+                store(stores, name, &digest, &manifest, bytes.clone(), hash.clone(), Referenced::MustBeHere).await?;
         }
     }
     let mut response = Response::new(StatusCode::CREATED)
@@ -444,6 +446,23 @@ async fn set_tag<M: MetaStore, B: BlobStore>(
     Err(RegistryError::new(ErrorCode::Internal, format!("tag {} kept changing under a push", tag.as_str())))
 }
 
+/// Point `tag` at the stored manifest `digest` (the mirror: a tag confirmed upstream).
+pub(crate) async fn tag_as<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    tag: &Tag,
+    digest: &Digest,
+) -> Result<()> {
+    for _ in 0..4 {
+        let record = record(stores, name, digest).await?.ok_or_else(|| unknown(name, &digest.to_string()))?;
+        let target = TagTarget { digest: digest.clone(), generation: record.generation, pushed: None };
+        if set_tag(stores, name, tag, target).await? {
+            return Ok(());
+        }
+    }
+    Err(RegistryError::new(ErrorCode::Internal, format!("manifest {digest} kept being removed under a tag")))
+}
+
 /// Remove `tag` if it still points where `doomed` says: the tag first (from here it does not
 /// resolve), then its index entry, then a second look (see [`unindex`]). The tag is swapped to
 /// empty (deleted) rather than deleted: a delete cannot be made conditional, and a tag moved
@@ -496,13 +515,14 @@ async fn unindex<M, B: BlobStore>(
 /// Store the bytes (as a blob; `hash` is their running hash, finished), the manifest record
 /// (unless there is one: it keeps its generation), and its referrers entry; the record's
 /// generation.
-async fn store<M: MetaStore, B: BlobStore>(
+pub(crate) async fn store<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     name: &RepoName,
     digest: &Digest,
     manifest: &Manifest,
     bytes: Vec<u8>,
     hash: RunningHash,
+    referenced: Referenced,
 ) -> Result<Option<String>> {
     let size = bytes.len() as u64;
     // Entries before the record: retention lists manifests, garbage collection finds the
@@ -555,7 +575,7 @@ async fn store<M: MetaStore, B: BlobStore>(
     for _ in 0..8 {
         let (generation, written, created_here) = match stored(stores, name, digest).await? {
             Some((existing, bytes)) => {
-                hold_references(stores, name, digest, manifest).await?;
+                hold_references(stores, name, digest, manifest, referenced).await?;
                 // Refreshed by a swap (no mark, created now): retention's last swap and a failed
                 // push's take-back, both from bytes read before, then fail.
                 let refreshed = ManifestRecord { condemned: None, created: Some((stores.now)()), ..existing };
@@ -568,7 +588,7 @@ async fn store<M: MetaStore, B: BlobStore>(
             None => {
                 let json = serde_json::to_vec(&record).expect("records serialize");
                 stores.meta.set(&key, &json).await.map_err(internal)?;
-                if let Err(gone) = hold_references(stores, name, digest, manifest).await {
+                if let Err(gone) = hold_references(stores, name, digest, manifest, referenced).await {
                     take_back(stores, &key, &json).await?;
                     return Err(gone);
                 }
@@ -617,14 +637,30 @@ fn held_by<'a>(manifest: &'a Manifest, digest: &'a Digest) -> impl Iterator<Item
 /// After the record is written: every blob it references must still be stored (a blob that
 /// garbage collection condemned is taken back; one it removed fails the push, as a blob that
 /// was never pushed does). Children may be missing (a sparse index), but are held if there.
+/// Whether the blobs a stored manifest references must be here already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Referenced {
+    /// A push: they were pushed first (and garbage collection must not take them now).
+    MustBeHere,
+    /// The mirror's cache: they are fetched when pulled. Those that are here are held.
+    MayFollow,
+}
+
 async fn hold_references<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     name: &RepoName,
     digest: &Digest,
     manifest: &Manifest,
+    referenced: Referenced,
 ) -> Result<()> {
-    for blob in manifest.blobs.iter().chain(std::iter::once(digest)) {
-        if !blobs::hold(stores, blob).await? {
+    if !blobs::hold(stores, digest).await? {
+        return Err(RegistryError::new(
+            ErrorCode::ManifestBlobUnknown,
+            format!("the bytes of manifest {digest} in repository {name} were garbage-collected: push it again"),
+        ));
+    }
+    for blob in &manifest.blobs {
+        if !blobs::hold(stores, blob).await? && referenced == Referenced::MustBeHere {
             return Err(RegistryError::new(
                 ErrorCode::ManifestBlobUnknown,
                 format!("blob {blob} is not in repository {name}: it was garbage-collected, push it again"),

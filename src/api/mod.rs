@@ -10,6 +10,7 @@ mod catalog;
 mod listing;
 mod login;
 pub(crate) mod manifests;
+mod mirror;
 mod referrers;
 mod tags;
 mod token;
@@ -19,16 +20,34 @@ use crate::auth::{self, Denied};
 use crate::errcode::{ErrorCode, RegistryError};
 use crate::message::{Request, Response};
 use crate::route::Route;
-use crate::store::{BlobStore, MetaStore, StoreError, Stores};
+use crate::store::{BlobStore, MetaStore, NoOutbound, Outbound, StoreError, Stores};
 use http::Method;
 
-/// Answer one request. Never fails: every error is a response with an OCI error body.
+pub use mirror::MIRROR_HEADER;
+
+/// Work that goes on after the response has started (a mirrored blob's copy into the store,
+/// which the response's body streams beside): the host runs it to the end.
+pub type Background<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+
+/// Answer one request, without outbound HTTP (nothing is mirrored).
 pub async fn handle<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     req: Request<B::Incoming>,
 ) -> Response<B::Outgoing> {
-    match dispatch(stores, req).await {
-        Ok(response) => response,
+    handle_with(stores, &NoOutbound, req).await.0
+}
+
+/// Answer one request. Never fails: every error is a response with an OCI error body. The
+/// background work, when there is some, must be run once the response is on its way.
+pub async fn handle_with<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
+    stores: &'a Stores<M, B>,
+    outbound: &'a O,
+    req: Request<B::Incoming>,
+) -> (Response<B::Outgoing>, Option<Background<'a>>) {
+    let response = match dispatch(stores, outbound, req).await {
+        Ok(answer) => return answer,
+        // Said for the user (an upstream the mirror cannot reach): passed on as it is.
+        Err(err) if err.code == ErrorCode::Unavailable && err.told => Response::error(&err),
         Err(err) if err.code == ErrorCode::Unavailable => {
             // The backend's message (which may name hosts) goes to the log, not to clients.
             eprintln!("berth: storage unavailable: {}", err.detail.as_deref().unwrap_or("?"));
@@ -43,17 +62,19 @@ pub async fn handle<M: MetaStore, B: BlobStore>(
             }
             Response::error(&err)
         }
-    }
+    };
+    (response, None)
 }
 
-async fn dispatch<M: MetaStore, B: BlobStore>(
-    stores: &Stores<M, B>,
+async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
+    stores: &'a Stores<M, B>,
+    outbound: &'a O,
     req: Request<B::Incoming>,
-) -> Result<Response<B::Outgoing>, RegistryError> {
+) -> Result<(Response<B::Outgoing>, Option<Background<'a>>), RegistryError> {
     if token::serves(&req.path) {
-        return token::handle(stores, req).await;
+        return Ok((token::handle(stores, req).await?, None));
     }
-    let route = Route::parse(&req.path)?;
+    let route = mirrored_route(stores, &req, Route::parse(&req.path)?).await?;
     let need = auth::need(&req.method, &route);
     // Basic mode checks a password on every request that carries one: throttled like logins.
     let attempt = match stores.config.auth.mode {
@@ -66,7 +87,7 @@ async fn dispatch<M: MetaStore, B: BlobStore>(
     if let Some(attempt) = &attempt
         && let Some(retry_after) = login::refused(stores, attempt).await?
     {
-        return Ok(login::too_many(retry_after));
+        return Ok((login::too_many(retry_after), None));
     }
     let identity = match auth::authorize(&stores.config.auth, &req, &need, (stores.now)()) {
         Ok(identity) => identity,
@@ -76,10 +97,27 @@ async fn dispatch<M: MetaStore, B: BlobStore>(
             {
                 login::failed(stores, attempt).await?;
             }
-            return Ok(refusal(&denied));
+            return Ok((refusal(&denied), None));
         }
     };
-    match (req.method.clone(), route) {
+    if let Some(name) = route.name()
+        && let Some(target) = stores.config.mirrors.target(name)
+    {
+        return match (req.method.clone(), route.clone()) {
+            (Method::GET | Method::HEAD, Route::Manifest(name, reference)) => {
+                Ok((mirror::manifest(stores, outbound, &target, &name, &reference, &req.method).await?, None))
+            }
+            (Method::GET | Method::HEAD, Route::Blob(name, digest)) => {
+                mirror::blob(stores, outbound, &target, name, digest, &req).await
+            }
+            (Method::GET, Route::Tags(name)) => Ok((tags::list(stores, &name, &req).await?, None)),
+            (Method::GET, Route::Referrers(name, digest)) => {
+                Ok((referrers::list(stores, &name, &digest, &req).await?, None))
+            }
+            (_, route) => Err(crate::mirror::read_only(route.name().expect("named"), target.upstream)),
+        };
+    }
+    let response = match (req.method.clone(), route) {
         (Method::GET | Method::HEAD, Route::Base) => Ok(base::get()),
         (Method::GET, Route::Catalog) => catalog::list(stores, &identity, &req).await,
         (Method::GET, Route::Tags(name)) => tags::list(stores, &name, &req).await,
@@ -98,7 +136,40 @@ async fn dispatch<M: MetaStore, B: BlobStore>(
         (Method::GET, Route::AdminQuotas) => admin::quotas(stores).await,
         (Method::POST, Route::AdminGc) => admin::gc(stores, &req).await,
         (method, _) => Err(method_not_allowed(&method)),
+    }?;
+    Ok((response, None))
+}
+
+/// The repository a pull addresses when it goes to an upstream without naming it: containerd's
+/// `?ns=<upstream>` (hosts.toml mirrors send the upstream's own repository name in the path),
+/// or a pull of a repository that is neither here nor namespaced, with a default upstream
+/// (Docker's `registry-mirrors`: `/v2/library/alpine/...`).
+async fn mirrored_route<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    req: &Request<B::Incoming>,
+    route: Route,
+) -> Result<Route, RegistryError> {
+    let mirrors = &stores.config.mirrors;
+    let Some(name) = route.name() else { return Ok(route) };
+    if mirrors.is_empty() || mirrors.target(name).is_some() {
+        return Ok(route);
     }
+    if let Some(ns) = req.query_param("ns")
+        && let Some(upstream) = mirrors.named(&ns)
+    {
+        let local = crate::mirror::Mirrors::local_name(upstream, name)?;
+        return Ok(route.renamed(local));
+    }
+    let pull = matches!(req.method, Method::GET | Method::HEAD)
+        && matches!(route, Route::Manifest(..) | Route::Blob(..) | Route::Tags(..));
+    if pull
+        && let Some(upstream) = mirrors.default_upstream()
+        && !crate::blobs::marked(stores, &crate::keys::repo_marker(name)).await?
+    {
+        let local = crate::mirror::Mirrors::local_name(upstream, name)?;
+        return Ok(route.renamed(local));
+    }
+    Ok(route)
 }
 
 /// A 401 or 403 with its `WWW-Authenticate` challenge.
@@ -401,6 +472,48 @@ mod tests {
         assert_eq!(r.status, StatusCode::CREATED);
         let r = send(&stores, Method::GET, "/v2/app/manifests/release", vec![]);
         assert_eq!(r.headers["docker-content-digest"], first.to_string());
+    }
+
+    fn mirror_stores(upstreams: &str) -> Stores<MemMeta, MemBlobs> {
+        let mut stores = memory_stores();
+        stores.config.mirrors = crate::mirror::Mirrors::parse(upstreams, "").unwrap();
+        stores
+    }
+
+    #[test]
+    fn a_push_into_a_mirrored_repository_is_denied_naming_the_upstream() {
+        let stores = mirror_stores("dist http://127.0.0.1:1");
+        let digest = Digest::of(Algorithm::Sha256, b"layer");
+        for (method, path) in [
+            (Method::POST, format!("/v2/dist/app/blobs/uploads/?digest={digest}")),
+            (Method::PUT, "/v2/dist/app/manifests/v1".to_owned()),
+            (Method::DELETE, format!("/v2/dist/app/blobs/{digest}")),
+            (Method::POST, "/v2/app/blobs/uploads/?ns=dist".to_owned()),
+        ] {
+            let r = send(&stores, method.clone(), &path, b"layer".to_vec());
+            assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::FORBIDDEN, "DENIED"), "{method} {path}");
+            assert!(detail(&r).contains("read-only mirror of dist (http://127.0.0.1:1)"), "{}", detail(&r));
+        }
+        assert!(stores.blobs.0.borrow().keys().all(|k| !k.starts_with("uploads/")), "nothing stored");
+    }
+
+    #[test]
+    fn ns_and_the_default_upstream_address_the_namespaced_repository_and_say_what_is_not_cached() {
+        let stores = mirror_stores("dist http://127.0.0.1:1 default");
+        // No outbound HTTP here: the upstream is unreachable, and the answer names the repository
+        // the request was mapped to.
+        for path in ["/v2/library/alpine/manifests/3?ns=dist", "/v2/library/alpine/manifests/3"] {
+            let r = send(&stores, Method::GET, path, vec![]);
+            assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"));
+            assert!(detail(&r).starts_with("dist/library/alpine:3 is not cached, and upstream dist"), "{}", detail(&r));
+        }
+        // A repository that is here is served from here, default upstream or not.
+        let digest = Digest::of(Algorithm::Sha256, b"layer");
+        send(&stores, Method::POST, &format!("/v2/library/alpine/blobs/uploads/?digest={digest}"), b"layer".to_vec());
+        let r = send(&stores, Method::GET, "/v2/library/alpine/manifests/3", vec![]);
+        assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"));
+        let r = send(&stores, Method::GET, &format!("/v2/library/alpine/blobs/{digest}"), vec![]);
+        assert_eq!(r.status, StatusCode::OK);
     }
 
     #[test]

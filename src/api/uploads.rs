@@ -129,7 +129,7 @@ fn running_hashes(session: &UploadSession) -> Result<Vec<RunningHash>> {
 
 /// Write a request body as a new object of the session, continuing `hashes` over it; it must
 /// have the `expected` length when one was announced, else it is removed again.
-async fn write_chunk<M, B: BlobStore>(
+pub(super) async fn write_chunk<M, B: BlobStore>(
     stores: &Stores<M, B>,
     session: &UploadSession,
     body: B::Incoming,

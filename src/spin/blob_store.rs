@@ -10,12 +10,33 @@ use spin_sdk::wasip3::http::types::{ErrorCode, Trailers};
 use spin_sdk::wasip3::wit_stream;
 use spin_sdk::wit_bindgen::{FutureReader, FutureWriter, StreamReader, StreamResult};
 
-/// A request body as the host hands it over: its byte stream, and the future that tells,
-/// once the stream has ended, whether the body arrived whole.
+/// A body to store: its byte stream, and what tells, once the stream has ended, whether the body
+/// arrived whole.
 pub struct IncomingBody {
     pub stream: StreamReader<u8>,
-    pub trailers: FutureReader<Result<Option<Trailers>, ErrorCode>>,
-    pub _result: FutureWriter<Result<(), ErrorCode>>,
+    pub end: BodyEnd,
+}
+
+pub enum BodyEnd {
+    /// A body as the host hands it over (a request's, an upstream response's): its trailers
+    /// future fails when the body broke off.
+    Host { trailers: FutureReader<Result<Option<Trailers>, ErrorCode>>, _result: FutureWriter<Result<(), ErrorCode>> },
+    /// A body this component feeds (the mirror's relay): whole when it says so. (A future of
+    /// the trailers' resource type cannot pass within one component.)
+    Relay(futures::channel::oneshot::Receiver<bool>),
+}
+
+impl BodyEnd {
+    /// `Err` with the reason when the body did not arrive whole.
+    pub async fn whole(self) -> Result<(), String> {
+        match self {
+            BodyEnd::Host { trailers, _result } => trailers.await.map(|_| ()).map_err(|code| format!("{code:?}")),
+            BodyEnd::Relay(whole) => match whole.await {
+                Ok(true) => Ok(()),
+                _ => Err("the upstream's body broke off".into()),
+            },
+        }
+    }
 }
 
 pub struct WitBlobStore;
@@ -56,15 +77,16 @@ impl BlobStore for WitBlobStore {
         // The store commits only once told that the body arrived whole: the end of its stream
         // alone does not say so (a body that breaks off ends its stream too).
         let (complete, complete_reader) = wit_future::new::<bool>(|| false);
+        let end = data.end;
         let body_outcome = async move {
-            let outcome = data.trailers.await;
+            let outcome = end.whole().await;
             let _ = complete.write(outcome.is_ok()).await;
             outcome
         };
         let (written, outcome) =
             futures::join!(wit::write(name.to_owned(), data.stream, complete_reader, states), body_outcome);
-        if let Err(code) = outcome {
-            return Err(StoreError::BodyInterrupted(format!("{code:?}")));
+        if let Err(why) = outcome {
+            return Err(StoreError::BodyInterrupted(why));
         }
         let written = written.map_err(from_wit)?;
         let hashes = written.hashes.into_iter().map(from_wit_hash).collect::<Result<_, _>>()?;
@@ -153,8 +175,8 @@ impl BlobStore for WitBlobStore {
 
     async fn collect(&self, body: IncomingBody, limit: usize) -> Result<Option<Vec<u8>>, StoreError> {
         let Some(bytes) = read_to_end(body.stream, limit).await else { return Ok(None) };
-        if let Err(code) = body.trailers.await {
-            return Err(StoreError::BodyInterrupted(format!("{code:?}")));
+        if let Err(why) = body.end.whole().await {
+            return Err(StoreError::BodyInterrupted(why));
         }
         Ok(Some(bytes))
     }

@@ -5,11 +5,12 @@
 
 mod blob_store;
 mod key_value;
+mod outbound;
 
 use crate::errcode::{ErrorCode, RegistryError};
 use crate::message::{Body, Request};
 use crate::store::{Config, Stores};
-use blob_store::{IncomingBody, WitBlobStore};
+use blob_store::{BodyEnd, IncomingBody, WitBlobStore};
 use key_value::KvMetaStore;
 use spin_sdk::wasip3::http::types::{self, Fields};
 type WasiErrorCode = spin_sdk::wasip3::http::types::ErrorCode;
@@ -52,7 +53,18 @@ async fn handle(request: types::Request) -> Result<types::Response, WasiErrorCod
     if request.path == "/v2/" {
         check_storage_once(&stores).await;
     }
-    Ok(into_wasi_response(crate::api::handle(&stores, request).await))
+    // The request is answered in a task of its own, which owns the stores: work that must go
+    // on after the response has started (a mirrored blob's copy into the store, beside the
+    // response's body) runs there once the response is handed back.
+    let (respond, response) = futures::channel::oneshot::channel();
+    spin_sdk::wasip3::spawn(async move {
+        let (answer, background) = crate::api::handle_with(&stores, &outbound::WitOutbound, request).await;
+        let _ = respond.send(into_wasi_response(answer));
+        if let Some(background) = background {
+            background.await;
+        }
+    });
+    response.await.map_err(|_| WasiErrorCode::InternalError(Some("the request's task ended without an answer".into())))
 }
 
 /// Settings from Spin variables. A value that does not parse is a configuration error, refused on
@@ -160,7 +172,14 @@ fn from_wasi_request(request: types::Request) -> Result<Request<IncomingBody>, W
     };
     let (result, result_reader) = wit_future::new(|| Ok(()));
     let (stream, trailers) = types::Request::consume_body(request, result_reader);
-    Ok(Request { method, path, query, headers, body: IncomingBody { stream, trailers, _result: result }, origin })
+    Ok(Request {
+        method,
+        path,
+        query,
+        headers,
+        body: IncomingBody { stream, end: BodyEnd::Host { trailers, _result: result } },
+        origin,
+    })
 }
 
 fn into_wasi_response(response: crate::message::Response<spin_sdk::wit_bindgen::StreamReader<u8>>) -> types::Response {

@@ -1,0 +1,410 @@
+//! Endpoints of mirrored repositories (`crate::mirror`): manifests and blobs pulled through from
+//! the upstream and cached here; everything that would write is refused.
+//!
+//! - A manifest by digest is fetched once and kept (its bytes are checked against the digest).
+//! - A manifest by tag is served from the cache while its tag was confirmed upstream less than
+//!   the upstream's `tag_ttl` ago; then a HEAD asks for the tag's digest again (a GET only when
+//!   it changed). While the upstream cannot be reached, or refuses, the cached manifest is served
+//!   with `X-Berth-Mirror: stale` and the reason is logged. An upstream 404 for a cached tag
+//!   removes the tag here too (the mirror follows its upstream; the manifest stays cached by
+//!   digest until garbage collection).
+//! - A blob that is not cached is streamed from the upstream to the client while the blob store
+//!   writes it. The store's copy is verified against the digest before it is kept, and the
+//!   client's last bytes wait for that verdict: on a mismatch the client's transfer fails
+//!   (its body ends short) and nothing is stored. Range requests are served from the cache.
+
+use super::Background;
+use crate::blobs;
+use crate::digest::{Algorithm, Digest, RunningHash};
+use crate::errcode::{ErrorCode, RegistryError};
+use crate::keys;
+use crate::manifest::{self, MAX_MANIFEST_SIZE};
+use crate::message::{CONTENT_DIGEST, Request, Response};
+use crate::mirror::Target;
+use crate::mirror::client::{Client, UpstreamError};
+use crate::name::{RepoName, Tag};
+use crate::reference::Reference;
+use crate::store::{BlobStore, MetaStore, Outbound, Stores};
+use crate::uploads::{self, Finish};
+use http::{HeaderName, Method, StatusCode, header};
+
+type Result<T> = std::result::Result<T, RegistryError>;
+
+/// Every manifest type Berth stores, for the upstream's content negotiation.
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// Said on an answer from the cache that the upstream could not confirm.
+pub const MIRROR_HEADER: HeaderName = HeaderName::from_static("x-berth-mirror");
+
+pub async fn manifest<M: MetaStore, B: BlobStore, O: Outbound<B>>(
+    stores: &Stores<M, B>,
+    outbound: &O,
+    target: &Target<'_>,
+    name: &RepoName,
+    reference: &str,
+    method: &Method,
+) -> Result<Response<B::Outgoing>> {
+    let client = Client { stores, outbound, upstream: target.upstream, remote: &target.remote };
+    let stale = match Reference::parse(reference).map_err(|_| unknown(name, reference))? {
+        Reference::Digest(digest) => {
+            if super::manifests::record(stores, name, &digest).await?.is_none() {
+                fetch_manifest(&client, name, &digest.to_string(), Some(&digest), None).await?;
+            }
+            None
+        }
+        Reference::Tag(tag) => resolve_tag(&client, name, &tag).await?,
+    };
+    let response = if method == Method::HEAD {
+        super::manifests::head(stores, name, reference).await?
+    } else {
+        super::manifests::get(stores, name, reference).await?
+    };
+    Ok(match stale {
+        Some(why) => response.header(MIRROR_HEADER, format!("stale; {why}")),
+        None => response,
+    })
+}
+
+/// Make the tag here follow the upstream's, unless it was confirmed less than the TTL ago;
+/// `Some(why)` when the cached tag is served unconfirmed.
+async fn resolve_tag<M: MetaStore, B: BlobStore, O: Outbound<B>>(
+    client: &Client<'_, M, B, O>,
+    name: &RepoName,
+    tag: &Tag,
+) -> Result<Option<String>> {
+    let stores = client.stores;
+    let cached = super::manifests::tagged(stores, name, tag).await?.map(|(digest, _)| digest);
+    let checked_key = keys::mirror_checked(name, tag);
+    let now = (stores.now)();
+    if cached.is_some() {
+        let checked = stores.meta.get(&checked_key).await.map_err(blobs::internal)?;
+        let at = checked.and_then(|c| String::from_utf8(c).ok()).and_then(|c| c.parse::<u64>().ok());
+        if at.is_some_and(|at| now.saturating_sub(at) < client.upstream.tag_ttl_secs) {
+            return Ok(None);
+        }
+    }
+    let path = format!("/v2/{}/manifests/{}", client.remote, tag.as_str());
+    let asked = client.send(Method::HEAD, &path, MANIFEST_ACCEPT).await;
+    let stale = |why: String| -> Result<Option<String>> {
+        match &cached {
+            Some(_) => {
+                eprintln!("berth: mirror: serving {name}:{} from the cache: {why}", tag.as_str());
+                Ok(Some(why))
+            }
+            None => Err(unavailable(format!("{name}:{} is not cached, and {why}", tag.as_str()))),
+        }
+    };
+    let response = match asked {
+        Ok(response) => response,
+        Err(UpstreamError::Unreachable(why)) => return stale(format!("{why} (unreachable)")),
+        Err(UpstreamError::Refused(why)) => return stale(why),
+    };
+    let status = response.status;
+    let upstream_digest = response.header(CONTENT_DIGEST).and_then(|d| Digest::parse(d).ok());
+    client.read(response.body, 0).await.ok();
+    match status {
+        200 => {}
+        404 => {
+            if let Some(digest) = &cached {
+                super::manifests::remove_tag(stores, name, tag, |t| t.digest == *digest).await?;
+                eprintln!("berth: mirror: {name}:{} is gone upstream: untagged here", tag.as_str());
+            }
+            return Err(RegistryError::new(
+                ErrorCode::ManifestUnknown,
+                format!("manifest {} unknown to {name} and to its upstream {}", tag.as_str(), client.upstream.name),
+            ));
+        }
+        status => return stale(format!("upstream {} answered {status} for the tag", client.upstream.name)),
+    }
+    match upstream_digest {
+        Some(digest) if cached.as_ref() == Some(&digest) => {}
+        Some(digest) if super::manifests::record(stores, name, &digest).await?.is_some() => {
+            super::manifests::tag_as(stores, name, tag, &digest).await?;
+        }
+        Some(digest) => {
+            fetch_manifest(client, name, &digest.to_string(), Some(&digest), Some(tag)).await?;
+        }
+        // An upstream that does not say the digest on HEAD: the tag's manifest is fetched.
+        None => {
+            fetch_manifest(client, name, tag.as_str(), None, Some(tag)).await?;
+        }
+    }
+    // Best effort: without it the tag is asked about again on the next pull.
+    let _ = stores.meta.set(&checked_key, now.to_string().as_bytes()).await;
+    Ok(None)
+}
+
+/// GET a manifest upstream, check it (against `expected` when known), store it, and tag it.
+async fn fetch_manifest<M: MetaStore, B: BlobStore, O: Outbound<B>>(
+    client: &Client<'_, M, B, O>,
+    name: &RepoName,
+    reference: &str,
+    expected: Option<&Digest>,
+    tag: Option<&Tag>,
+) -> Result<Digest> {
+    let path = format!("/v2/{}/manifests/{reference}", client.remote);
+    let response = match client.send(Method::GET, &path, MANIFEST_ACCEPT).await {
+        Ok(response) => response,
+        Err(why) => return Err(unavailable(format!("{name}@{reference} is not cached, and {why}"))),
+    };
+    match response.status {
+        200 => {}
+        404 => {
+            client.read(response.body, 0).await.ok();
+            return Err(unknown(name, reference));
+        }
+        status => {
+            client.read(response.body, 0).await.ok();
+            return Err(unavailable(format!(
+                "{name}@{reference} is not cached, and upstream {} answered {status}",
+                client.upstream.name
+            )));
+        }
+    }
+    let content_type = response.header(header::CONTENT_TYPE).map(str::to_owned);
+    let said = response.header(CONTENT_DIGEST).and_then(|d| Digest::parse(d).ok());
+    let bytes = client
+        .read(response.body, MAX_MANIFEST_SIZE)
+        .await
+        .map_err(|why| unavailable(format!("{name}@{reference}: {why}")))?
+        .ok_or_else(|| unavailable(format!("upstream manifest {reference} is over {MAX_MANIFEST_SIZE} bytes")))?;
+    let expected = expected.or(said.as_ref());
+    let mut hash = RunningHash::new(expected.map_or(Algorithm::Sha256, Digest::algorithm));
+    hash.update(&bytes);
+    let digest = Digest::from_hash(hash.clone());
+    if let Some(expected) = expected
+        && *expected != digest
+    {
+        return Err(unavailable(format!(
+            "upstream {} sent a manifest for {reference} that hashes to {digest}, not {expected}: nothing was cached",
+            client.upstream.name
+        )));
+    }
+    let manifest = manifest::parse(&bytes, content_type.as_deref())?;
+    super::manifests::store(
+        client.stores,
+        name,
+        &digest,
+        &manifest,
+        bytes,
+        hash,
+        super::manifests::Referenced::MayFollow,
+    )
+    .await?;
+    if let Some(tag) = tag {
+        super::manifests::tag_as(client.stores, name, tag, &digest).await?;
+    }
+    Ok(digest)
+}
+
+/// How often a request that waits for another's fetch of the same blob looks again.
+const FETCH_POLL_MILLIS: u64 = 100;
+/// A fetch claim older than this is taken to be left by a request that died (an instance
+/// stopped mid-transfer): the next request takes it over.
+const FETCH_CLAIM_SECS: u64 = 600;
+
+/// A blob of a mirrored repository: from the cache, else streamed from the upstream (the
+/// background future writes and verifies the store's copy, then releases the client's last
+/// bytes or cuts them off).
+///
+/// Of concurrent misses of one blob, on any instances, one fetches it: the one that creates the
+/// blob's fetch claim (an exclusive create in the blob store). The others wait until the blob is
+/// cached, then serve it from the cache; if the fetch fails, the claim goes and one of them
+/// fetches it in turn.
+pub async fn blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
+    stores: &'a Stores<M, B>,
+    outbound: &'a O,
+    target: &Target<'_>,
+    name: RepoName,
+    digest: Digest,
+    req: &Request<B::Incoming>,
+) -> Result<(Response<B::Outgoing>, Option<Background<'a>>)> {
+    let (name, digest) = (&name, &digest);
+    let claim = keys::mirror_fetch(digest);
+    loop {
+        if cached(stores, name, digest).await? {
+            let response = if req.method == Method::HEAD {
+                super::blobs::head(stores, name, digest).await?
+            } else {
+                super::blobs::get(stores, name, digest, req).await?
+            };
+            return Ok((response, None));
+        }
+        if req.method == Method::HEAD || target.upstream.pass_redirects {
+            // A HEAD asks the upstream, and fetches nothing; with redirects passed on, the
+            // client is sent where the upstream sends it (nothing to share a fetch of).
+            return fetch_blob(stores, outbound, target, name, digest, req, None).await;
+        }
+        match stores.blobs.write_bytes(&claim, (stores.now)().to_string().into_bytes()).await {
+            Ok(()) => {
+                // A fetch that ended between the look above and this claim: served from the cache.
+                if cached(stores, name, digest).await? {
+                    let _ = stores.blobs.delete(&claim).await;
+                    continue;
+                }
+                let fetched = fetch_blob(stores, outbound, target, name, digest, req, Some(claim.clone())).await;
+                if !matches!(fetched, Ok((_, Some(_)))) {
+                    let _ = stores.blobs.delete(&claim).await;
+                }
+                return fetched;
+            }
+            Err(crate::store::StoreError::AlreadyExists) => wait_for_fetch(stores, outbound, digest, &claim).await?,
+            Err(e) => return Err(blobs::internal(e)),
+        }
+    }
+}
+
+/// Whether the blob is cached for `name` (a blob cached for another repository is linked here).
+async fn cached<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, name: &RepoName, digest: &Digest) -> Result<bool> {
+    if blobs::is_linked(stores, name, digest).await? {
+        return Ok(true);
+    }
+    match blobs::record(stores, digest).await? {
+        Some(stored) if blobs::parts_present(stores, &stored).await? => {
+            blobs::link(stores, name, digest, stored.size).await
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Wait while another request fetches the blob: until its record is there or the claim goes
+/// (a claim left too long is removed, so that this request fetches it).
+async fn wait_for_fetch<M: MetaStore, B: BlobStore, O: Outbound<B>>(
+    stores: &Stores<M, B>,
+    outbound: &O,
+    digest: &Digest,
+    claim: &str,
+) -> Result<()> {
+    loop {
+        if blobs::record(stores, digest).await?.is_some() {
+            return Ok(());
+        }
+        let made = match stores.blobs.read_bytes(claim).await {
+            Ok(made) => made,
+            Err(crate::store::StoreError::NotFound) => return Ok(()),
+            Err(e) => return Err(blobs::internal(e)),
+        };
+        let made = String::from_utf8(made).ok().and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+        if (stores.now)().saturating_sub(made) > FETCH_CLAIM_SECS {
+            eprintln!("berth: mirror: the fetch of blob {digest} was abandoned: taken over");
+            let _ = stores.blobs.delete(claim).await;
+            return Ok(());
+        }
+        outbound.pause(FETCH_POLL_MILLIS).await;
+    }
+}
+
+/// Ask the upstream for the blob: its headers for a HEAD; for a GET its bytes, relayed to the
+/// client and the store (the background future releases `claim` when the store's copy is done).
+async fn fetch_blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
+    stores: &'a Stores<M, B>,
+    outbound: &'a O,
+    target: &Target<'_>,
+    name: &RepoName,
+    digest: &Digest,
+    req: &Request<B::Incoming>,
+    claim: Option<String>,
+) -> Result<(Response<B::Outgoing>, Option<Background<'a>>)> {
+    let client = Client { stores, outbound, upstream: target.upstream, remote: &target.remote };
+    let path = format!("/v2/{}/blobs/{digest}", target.remote);
+    let sent = if target.upstream.pass_redirects {
+        client.send_unfollowed(req.method.clone(), &path, "").await
+    } else {
+        client.send(req.method.clone(), &path, "").await
+    };
+    let response = sent.map_err(|why| unavailable(format!("blob {digest} of {name} is not cached, and {why}")))?;
+    match response.status {
+        200 => {}
+        301 | 302 | 303 | 307 | 308 => {
+            // Edge mode: the client fetches from where the upstream sends it.
+            let location = response.header(header::LOCATION).unwrap_or_default().to_owned();
+            client.read(response.body, 0).await.ok();
+            let redirect = super::blobs::blob_headers(Response::new(StatusCode::TEMPORARY_REDIRECT), digest)
+                .header(header::LOCATION, location)
+                .header(header::CACHE_CONTROL, "no-store")
+                .empty();
+            return Ok((redirect, None));
+        }
+        404 => {
+            client.read(response.body, 0).await.ok();
+            return Err(RegistryError::new(
+                ErrorCode::BlobUnknown,
+                format!("blob {digest} unknown to {name} and to its upstream {}", target.upstream.name),
+            ));
+        }
+        status => {
+            client.read(response.body, 0).await.ok();
+            return Err(unavailable(format!(
+                "blob {digest} of {name} is not cached, and upstream {} answered {status}",
+                target.upstream.name
+            )));
+        }
+    }
+    let size = response.header(header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
+        unavailable(format!("upstream {} sent blob {digest} without a Content-Length", target.upstream.name))
+    })?;
+    let headers = super::blobs::blob_headers(Response::new(StatusCode::OK), digest);
+    if req.method == Method::HEAD {
+        client.read(response.body, 0).await.ok();
+        return Ok((headers.header(header::CONTENT_LENGTH, size), None));
+    }
+    let (incoming, outgoing, verdict) = outbound.relay(response.body);
+    let (name, digest) = (name.clone(), digest.clone());
+    let background: Background<'a> = Box::pin(async move {
+        let kept = keep_blob(stores, &name, &digest, incoming, size).await;
+        if let Err(err) = &kept {
+            eprintln!("berth: mirror: blob {digest} of {name} not cached: {}", err.detail.as_deref().unwrap_or("?"));
+        }
+        if let Some(claim) = claim {
+            let _ = stores.blobs.delete(&claim).await;
+        }
+        outbound.settle(verdict, kept.is_ok());
+    });
+    Ok((headers.stream(size, outgoing), Some(background)))
+}
+
+/// Store a relayed blob through an upload session of one chunk, as a monolithic push would:
+/// verified against `digest` (and `size`) before it is committed and linked.
+async fn keep_blob<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    digest: &Digest,
+    body: B::Incoming,
+    size: u64,
+) -> Result<()> {
+    let opened = uploads::open(stores, name, None).await?;
+    let mut hashes = opened
+        .session
+        .hashes()
+        .ok_or_else(|| RegistryError::new(ErrorCode::Internal, "corrupt hash state in session"))?;
+    if digest.algorithm() == Algorithm::Sha512 {
+        hashes.push(RunningHash::new(Algorithm::Sha512));
+    }
+    let (part, written) = match super::uploads::write_chunk(stores, &opened.session, body, hashes, Some(size)).await {
+        Ok(chunk) => chunk,
+        Err(err) => {
+            uploads::cancel(stores, opened).await?;
+            return Err(err);
+        }
+    };
+    match uploads::finish(stores, &opened, Some((part, written)), digest).await? {
+        Finish::Stored => Ok(()),
+        Finish::Mismatch { actual } => {
+            Err(RegistryError::new(ErrorCode::DigestInvalid, format!("the upstream's bytes hash to {actual}")))
+        }
+        Finish::Refused => Err(RegistryError::new(ErrorCode::Internal, "upload session taken over while finishing")),
+    }
+}
+
+fn unknown(name: &RepoName, reference: &str) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::ManifestUnknown,
+        format!("manifest {reference} unknown to {name} and to its upstream"),
+    )
+}
+
+/// The upstream could not give what is not cached: 503, with the reason for the user.
+fn unavailable(why: String) -> RegistryError {
+    RegistryError::new(ErrorCode::Unavailable, why).told()
+}

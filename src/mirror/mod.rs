@@ -1,0 +1,256 @@
+//! Pull-through mirroring of upstream registries (README "Mirroring").
+//!
+//! A mirrored repository is a local repository whose first component names an upstream:
+//! `docker.io/library/alpine` is `library/alpine` of the upstream called `docker.io`. What is
+//! pulled through it is cached as ordinary manifests, tags and blobs of that local repository,
+//! so tag lists, the catalog, garbage collection and the auth policy treat it like any other;
+//! clients cannot push there. Requests reach a mirrored repository three ways: by its
+//! namespaced name, through containerd's `?ns=<upstream>` (the path names the upstream's
+//! repository), or, for pulls of a repository that does not exist here, through the default
+//! upstream (Docker's `registry-mirrors`).
+//!
+//! This module holds the settings and the naming; [`client`] talks to an upstream (its token
+//! flow), [`crate::api::mirror`] serves the endpoints.
+
+pub mod challenge;
+pub mod client;
+
+use crate::errcode::{ErrorCode, RegistryError};
+use crate::name::RepoName;
+
+/// A tag pulled through the mirror is asked about upstream again after this long, unless the
+/// upstream's rule says otherwise.
+pub const DEFAULT_TAG_TTL_SECS: u64 = 300;
+
+/// One upstream registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The first component of the local repositories that mirror it (`docker.io`, `ghcr.io`).
+    pub name: String,
+    /// `http[s]://host[:port]`, without a trailing slash.
+    pub origin: String,
+    /// How long a tag resolved upstream is served without asking again.
+    pub tag_ttl_secs: u64,
+    /// `user`, `password` for the upstream's Basic auth or token endpoint.
+    pub credentials: Option<(String, String)>,
+    /// A blob GET the upstream redirects (to object storage) is redirected there for the client
+    /// too, instead of being pulled through and cached: the edge mode, where a response cannot
+    /// carry a large layer.
+    pub pass_redirects: bool,
+}
+
+impl Upstream {
+    /// The upstream's name for the repository (`docker.io`'s one-component names are under
+    /// `library/`, as Docker resolves `alpine`).
+    pub fn remote(&self, rest: &str) -> String {
+        if self.name == "docker.io" && !rest.contains('/') { format!("library/{rest}") } else { rest.to_owned() }
+    }
+}
+
+/// Every upstream, from the `mirror_upstreams` and `mirror_credentials` variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mirrors {
+    upstreams: Vec<Upstream>,
+    /// Index of the upstream for pulls of repositories that are neither here nor namespaced.
+    default: Option<usize>,
+}
+
+/// Where a mirrored repository's content comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub upstream: &'a Upstream,
+    /// The repository's name upstream.
+    pub remote: String,
+}
+
+impl Mirrors {
+    /// `mirror_upstreams`: rules `<name> <http[s]://host[:port]> [tag_ttl=<age>]
+    /// [redirects=pass|follow] [default]`,
+    /// separated by newlines or `;`. `mirror_credentials` (a secret): `<name> <user>:<password>`,
+    /// separated the same way.
+    pub fn parse(upstreams: &str, credentials: &str) -> Result<Mirrors, String> {
+        let mut mirrors = Mirrors::default();
+        for rule in rules(upstreams) {
+            let mut words = rule.split_whitespace();
+            let name = words.next().expect("rules are not empty");
+            check_name(name)?;
+            if mirrors.upstreams.iter().any(|u| u.name == name) {
+                return Err(format!("upstream {name} is named twice"));
+            }
+            let origin = words.next().ok_or_else(|| format!("upstream {name} has no URL"))?;
+            let origin = parse_origin(origin).ok_or_else(|| {
+                format!("upstream {name}: {origin:?} is not http(s)://host[:port] (no path, no query)")
+            })?;
+            let mut upstream = Upstream {
+                name: name.to_owned(),
+                origin,
+                tag_ttl_secs: DEFAULT_TAG_TTL_SECS,
+                credentials: None,
+                pass_redirects: false,
+            };
+            for word in words {
+                match word.split_once('=') {
+                    Some(("tag_ttl", age)) => {
+                        upstream.tag_ttl_secs = crate::retention::parse_age(age)
+                            .ok_or_else(|| format!("upstream {name}: tag_ttl={age} is not an age like 300, 5m, 1h"))?;
+                    }
+                    Some(("redirects", "pass")) => upstream.pass_redirects = true,
+                    Some(("redirects", "follow")) => upstream.pass_redirects = false,
+                    None if word == "default" => {
+                        if mirrors.default.is_some() {
+                            return Err(format!("upstream {name}: only one upstream can be the default"));
+                        }
+                        mirrors.default = Some(mirrors.upstreams.len());
+                    }
+                    _ => {
+                        return Err(format!(
+                            "upstream {name}: unknown option {word:?} (tag_ttl=<age>, redirects=pass|follow, default)"
+                        ));
+                    }
+                }
+            }
+            mirrors.upstreams.push(upstream);
+        }
+        for rule in rules(credentials) {
+            // The password is never quoted back: the message names the upstream only.
+            let (name, secret) = rule.split_once(char::is_whitespace).unwrap_or((rule, ""));
+            let (user, password) = secret
+                .trim()
+                .split_once(':')
+                .filter(|(user, _)| !user.is_empty())
+                .ok_or_else(|| format!("mirror_credentials for {name}: expected <upstream> <user>:<password>"))?;
+            let upstream = mirrors
+                .upstreams
+                .iter_mut()
+                .find(|u| u.name == name)
+                .ok_or_else(|| format!("mirror_credentials names {name}, which is not in mirror_upstreams"))?;
+            upstream.credentials = Some((user.to_owned(), password.to_owned()));
+        }
+        Ok(mirrors)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.upstreams.is_empty()
+    }
+
+    pub fn named(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+
+    pub fn default_upstream(&self) -> Option<&Upstream> {
+        self.default.map(|i| &self.upstreams[i])
+    }
+
+    /// The upstream a local repository mirrors, if it is a mirrored one.
+    pub fn target(&self, name: &RepoName) -> Option<Target<'_>> {
+        let (first, rest) = name.as_str().split_once('/')?;
+        let upstream = self.named(first)?;
+        Some(Target { upstream, remote: upstream.remote(rest) })
+    }
+
+    /// The local repository for `name` of upstream `upstream`.
+    pub fn local_name(upstream: &Upstream, name: &RepoName) -> Result<RepoName, RegistryError> {
+        RepoName::parse(&format!("{}/{name}", upstream.name))
+    }
+}
+
+/// A push, mount or delete in a mirrored repository.
+pub fn read_only(name: &RepoName, upstream: &Upstream) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::Denied,
+        format!(
+            "repository {name} is a read-only mirror of {} ({}): push to a repository outside the mirrored \
+             namespaces",
+            upstream.name, upstream.origin
+        ),
+    )
+    .told()
+}
+
+fn rules(text: &str) -> impl Iterator<Item = &str> {
+    text.split(['\n', ';']).map(str::trim).filter(|r| !r.is_empty() && !r.starts_with('#'))
+}
+
+/// An upstream's name becomes a repository's first component: lowercase letters, digits, `.`,
+/// `-`, `_`, starting and ending with a letter or digit.
+fn check_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    if valid && RepoName::parse(&format!("{name}/x")).is_ok() {
+        Ok(())
+    } else {
+        Err(format!("upstream name {name:?} cannot be a repository's first component (lowercase, digits, . - _)"))
+    }
+}
+
+fn parse_origin(text: &str) -> Option<String> {
+    let url = url::Url::parse(text).ok()?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return None;
+    }
+    if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
+        return None;
+    }
+    Some(url.origin().ascii_serialization())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> RepoName {
+        RepoName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn upstreams_are_named_with_their_url_ttl_and_default() {
+        let m = Mirrors::parse(
+            "docker.io https://registry-1.docker.io tag_ttl=10m default; ghcr.io https://ghcr.io/\n# note\norigin http://127.0.0.1:5000 redirects=pass",
+            "ghcr.io bot:p:a:ss",
+        )
+        .unwrap();
+        let hub = m.named("docker.io").unwrap();
+        assert_eq!((hub.origin.as_str(), hub.tag_ttl_secs), ("https://registry-1.docker.io", 600));
+        assert_eq!(m.default_upstream().unwrap().name, "docker.io");
+        let ghcr = m.named("ghcr.io").unwrap();
+        assert_eq!((ghcr.origin.as_str(), ghcr.tag_ttl_secs), ("https://ghcr.io", DEFAULT_TAG_TTL_SECS));
+        assert_eq!(ghcr.credentials, Some(("bot".into(), "p:a:ss".into())));
+        let origin = m.named("origin").unwrap();
+        assert_eq!((origin.origin.as_str(), origin.pass_redirects), ("http://127.0.0.1:5000", true));
+        assert!(!hub.pass_redirects);
+    }
+
+    #[test]
+    fn a_mirrored_repository_is_one_whose_first_component_names_an_upstream() {
+        let m = Mirrors::parse("docker.io https://registry-1.docker.io; ghcr.io https://ghcr.io", "").unwrap();
+        let t = m.target(&name("docker.io/alpine")).unwrap();
+        assert_eq!((t.upstream.name.as_str(), t.remote.as_str()), ("docker.io", "library/alpine"));
+        assert_eq!(m.target(&name("docker.io/grafana/loki")).unwrap().remote, "grafana/loki");
+        assert_eq!(m.target(&name("ghcr.io/org/app")).unwrap().remote, "org/app");
+        assert_eq!(m.target(&name("ghcr.io/app")).unwrap().remote, "app", "library/ is Docker Hub's only");
+        assert!(m.target(&name("team/app")).is_none());
+        assert!(m.target(&name("docker.io")).is_none(), "the bare namespace is not a repository upstream");
+    }
+
+    #[test]
+    fn bad_rules_name_what_is_wrong_without_quoting_passwords() {
+        for (upstreams, credentials, expected) in [
+            ("Docker.io https://x", "", "cannot be a repository's first component"),
+            ("hub", "", "has no URL"),
+            ("hub ftp://x", "", "is not http(s)://host[:port]"),
+            ("hub https://x/v2", "", "is not http(s)://host[:port]"),
+            ("hub https://x tag_ttl=soon", "", "tag_ttl=soon is not an age"),
+            ("hub https://x default; lab https://y default", "", "only one upstream can be the default"),
+            ("hub https://x; hub https://y", "", "named twice"),
+            ("hub https://x fast", "", "unknown option"),
+            ("hub https://x", "lab u:secretpw", "not in mirror_upstreams"),
+            ("hub https://x", "hub secretpw", "expected <upstream> <user>:<password>"),
+        ] {
+            let err = Mirrors::parse(upstreams, credentials).unwrap_err();
+            assert!(err.contains(expected), "{upstreams} / {credentials}: {err}");
+            assert!(!err.contains("secretpw"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! [`Outbound`] over `wasi:http` (the host's outgoing handler; Spin checks each destination
+//! against `allowed_outbound_hosts`), and the relay of an upstream's blob to both the blob store
+//! and the client.
+
+use super::blob_store::{BodyEnd, IncomingBody, WitBlobStore};
+use crate::store::{OutRequest, OutResponse, Outbound, StoreError};
+use futures::channel::oneshot;
+use spin_sdk::wasip3::http::types::{self, ErrorCode, Fields, Scheme};
+use spin_sdk::wasip3::{wit_future, wit_stream};
+use spin_sdk::wit_bindgen::{StreamResult, StreamWriter};
+
+/// Seconds to connect, and to wait for a first byte or between two bytes.
+const CONNECT_TIMEOUT_SECS: u64 = 10;
+const BYTES_TIMEOUT_SECS: u64 = 60;
+/// Bytes read from the upstream at a time.
+const CHUNK: usize = 256 * 1024;
+
+pub struct WitOutbound;
+
+fn body_of(response: types::Response) -> IncomingBody {
+    let (result, result_reader) = wit_future::new(|| Ok(()));
+    let (stream, trailers) = types::Response::consume_body(response, result_reader);
+    IncomingBody { stream, end: BodyEnd::Host { trailers, _result: result } }
+}
+
+fn options() -> types::RequestOptions {
+    let options = types::RequestOptions::new();
+    // A host that does not support a timeout leaves it unset (not an error).
+    let _ = options.set_connect_timeout(Some(CONNECT_TIMEOUT_SECS * 1_000_000_000));
+    let _ = options.set_first_byte_timeout(Some(BYTES_TIMEOUT_SECS * 1_000_000_000));
+    let _ = options.set_between_bytes_timeout(Some(BYTES_TIMEOUT_SECS * 1_000_000_000));
+    options
+}
+
+impl Outbound<WitBlobStore> for WitOutbound {
+    type Body = IncomingBody;
+    type Verdict = oneshot::Sender<bool>;
+
+    async fn send(&self, request: OutRequest) -> Result<OutResponse<IncomingBody>, StoreError> {
+        let url = url::Url::parse(&request.url).map_err(|e| StoreError::Other(format!("{}: {e}", request.url)))?;
+        let entries: Vec<(String, Vec<u8>)> =
+            request.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())).collect();
+        let fields = Fields::from_list(&entries).map_err(|e| StoreError::Other(format!("request headers: {e:?}")))?;
+        let (_, trailers) = wit_future::new(|| Ok(None));
+        let (outgoing, _sent) = types::Request::new(fields, None, trailers, Some(options()));
+        let authority = match url.port() {
+            Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_owned(),
+        };
+        let path_with_query = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let scheme = if url.scheme() == "https" { Scheme::Https } else { Scheme::Http };
+        let method = match request.method.as_str() {
+            "HEAD" => types::Method::Head,
+            _ => types::Method::Get,
+        };
+        let built = outgoing
+            .set_method(&method)
+            .and_then(|()| outgoing.set_scheme(Some(&scheme)))
+            .and_then(|()| outgoing.set_authority(Some(&authority)))
+            .and_then(|()| outgoing.set_path_with_query(Some(&path_with_query)));
+        if built.is_err() {
+            return Err(StoreError::Other(format!("cannot build a request for {}", request.url)));
+        }
+        let origin = url.origin().ascii_serialization();
+        let response = spin_sdk::wasip3::http::client::send(outgoing).await.map_err(|code| match code {
+            ErrorCode::HttpRequestDenied => StoreError::Unavailable(format!(
+                "the host refused a request to {origin}: allowed_outbound_hosts must list it"
+            )),
+            code => StoreError::Unavailable(format!("{origin}: {code:?}")),
+        })?;
+        let status = response.get_status_code();
+        let headers = http::HeaderMap::try_from(response.get_headers())
+            .map_err(|_| StoreError::Other(format!("{origin} answered with headers that do not parse")))?;
+        Ok(OutResponse { status, headers, body: body_of(response) })
+    }
+
+    async fn read(&self, body: IncomingBody, limit: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        let IncomingBody { mut stream, end } = body;
+        let mut out = Vec::new();
+        loop {
+            let (result, chunk) = stream.read(Vec::with_capacity(64 * 1024)).await;
+            out.extend_from_slice(&chunk);
+            if out.len() > limit {
+                return Ok(None);
+            }
+            if !matches!(result, StreamResult::Complete(_)) {
+                break;
+            }
+        }
+        drop(stream);
+        end.whole().await.map_err(|why| StoreError::Unavailable(format!("the body broke off: {why}")))?;
+        Ok(Some(out))
+    }
+
+    fn relay(
+        &self,
+        body: IncomingBody,
+    ) -> (IncomingBody, spin_sdk::wit_bindgen::StreamReader<u8>, oneshot::Sender<bool>) {
+        let (mut to_store, store_reader) = wit_stream::new::<u8>();
+        let (store_whole, store_end) = oneshot::channel::<bool>();
+        let (to_client, client_reader) = wit_stream::new::<u8>();
+        let (verdict, verdict_reader) = oneshot::channel::<bool>();
+        spin_sdk::wasip3::spawn(async move {
+            let IncomingBody { mut stream, end } = body;
+            let mut client = Some(to_client);
+            // The newest chunk waits until the next one has gone to the store: the last one
+            // waits for the verdict.
+            let mut held: Option<Vec<u8>> = None;
+            let mut store_open = true;
+            loop {
+                let (status, chunk) = stream.read(Vec::with_capacity(CHUNK)).await;
+                if !chunk.is_empty() {
+                    if store_open && !to_store.write_all(chunk.clone()).await.is_empty() {
+                        store_open = false;
+                    }
+                    if let Some(previous) = held.replace(chunk) {
+                        send(&mut client, previous).await;
+                    }
+                }
+                if !matches!(status, StreamResult::Complete(_)) || !store_open {
+                    break;
+                }
+            }
+            drop(stream);
+            let whole = store_open && end.whole().await.is_ok();
+            drop(to_store);
+            let _ = store_whole.send(whole);
+            // Verified and kept: the client gets its last bytes; else its body ends short.
+            if verdict_reader.await.unwrap_or(false)
+                && let Some(last) = held
+            {
+                send(&mut client, last).await;
+            }
+        });
+        (IncomingBody { stream: store_reader, end: BodyEnd::Relay(store_end) }, client_reader, verdict)
+    }
+
+    fn settle(&self, verdict: oneshot::Sender<bool>, whole: bool) {
+        let _ = verdict.send(whole);
+    }
+
+    async fn pause(&self, millis: u64) {
+        spin_sdk::wasip3::clocks::monotonic_clock::wait_for(millis * 1_000_000).await;
+    }
+}
+
+/// Pass a chunk on to the client while it is there; a client that went away is let go (the
+/// copy into the store goes on).
+async fn send(client: &mut Option<StreamWriter<u8>>, chunk: Vec<u8>) {
+    if let Some(writer) = client
+        && !writer.write_all(chunk).await.is_empty()
+    {
+        *client = None;
+    }
+}

@@ -1,0 +1,470 @@
+//! Pull-through mirroring (issue 14) through berth-runner, against real upstreams on loopback:
+//! CNCF Distribution (anonymous), a second Berth with token auth, and a small upstream that
+//! corrupts a blob. skopeo pulls through the mirror; containerd-style `?ns=` and Docker-style
+//! default-upstream paths are sent as those clients send them.
+
+mod common;
+
+use common::clients::{Leg, blobs_in, ensure_installed, s, single_image, with};
+use common::process::{free_port, stop_by_pid, wait_until};
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// CNCF Distribution over plain HTTP on a free loopback port, anonymous, with its access log
+/// kept (what the mirror asked of it).
+struct Upstream {
+    child: Option<Child>,
+    host: String,
+    /// Its access log (standard output): a line per request, `"GET /v2/... HTTP/1.1" 200 ...`.
+    access: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        ensure_installed("docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let log = dir.path().join("registry.log");
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("access.log")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("docker-registry could not start: apt-get install docker-registry");
+        wait_until("docker-registry", Duration::from_secs(30), &log, &mut child, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        let access = dir.path().join("access.log");
+        Upstream { child: Some(child), host: format!("127.0.0.1:{port}"), access, _dir: dir }
+    }
+
+    fn origin(&self) -> String {
+        format!("http://{}", self.host)
+    }
+
+    /// Requests of the access log whose line contains `what`.
+    fn requests(&self, what: &str) -> usize {
+        std::fs::read_to_string(&self.access).unwrap_or_default().lines().filter(|l| l.contains(what)).count()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_by_pid(&mut child, Duration::from_secs(10));
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Berth over HTTP mirroring `upstreams` (the `mirror_upstreams` value), which may reach
+/// `hosts`.
+fn mirror(upstreams: &str, hosts: &[&str], more: &[(&str, &str)]) -> Leg {
+    let hosts = hosts.join(",");
+    let mut pairs = vec![("mirror_upstreams", upstreams), ("mirror_outbound_hosts", hosts.as_str())];
+    pairs.extend_from_slice(more);
+    Leg::http_with(vars(&pairs))
+}
+
+/// Push a one-platform image (layers of the given sizes) as `image` (`repo:tag`) into a
+/// registry at `host` over HTTP; its layout dir, with the manifest's digest.
+fn push_image(
+    work: &std::path::Path,
+    host: &str,
+    image: &str,
+    seed: u64,
+    layers: &[u64],
+) -> (std::path::PathBuf, String) {
+    let layout = work.join(format!("layout-{seed}"));
+    std::fs::create_dir_all(&layout).unwrap();
+    let manifest = single_image(&layout, seed, layers);
+    let args = s(&[
+        "copy",
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{host}/{image}"),
+        "--dest-tls-verify=false",
+    ]);
+    let output = Command::new("skopeo").args(&args).output().unwrap();
+    assert!(output.status.success(), "skopeo {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    (layout, manifest.digest)
+}
+
+/// The blobs of a layout (what a byte-identical pull must have).
+fn layout_blobs(layout: &std::path::Path) -> Vec<String> {
+    blobs_in(layout)
+}
+
+#[tokio::test]
+async fn a_pull_through_distribution_is_byte_identical_cached_and_served_while_the_upstream_is_down() {
+    let mut upstream = Upstream::start();
+    let leg = mirror(&format!("dist {} tag_ttl=0", upstream.origin()), &[&upstream.origin()], &[]);
+    let (layout, digest) = push_image(&leg.work, &upstream.host, "team/app:v1", 1, &[300_000, 1_200_000]);
+    push_image(&leg.work, &upstream.host, "team/app:v2", 2, &[1000]);
+
+    // skopeo pulls the namespaced repository: every blob byte-identical to what was pushed.
+    let out = leg.work.join("pulled");
+    leg.pull_to("dist/team/app:v1", &format!("dir:{}", out.display()), false);
+    let pulled = blobs_in(&out);
+    for blob in layout_blobs(&layout).iter().filter(|b| **b != digest) {
+        assert!(pulled.contains(blob), "{blob} pulled through the mirror");
+    }
+    let blob_gets = upstream.requests("GET /v2/team/app/blobs/");
+    assert!(blob_gets >= 3, "config and layers came from the upstream: {blob_gets}");
+
+    // Cached: the tag list and the catalog show it, a Range request is served from the cache,
+    // and a second pull fetches no blob from the upstream.
+    let reg = Registry::new(&leg.runner);
+    let tags = json(reg.get("/v2/dist/team/app/tags/list").await).await;
+    assert_eq!(tags["tags"], serde_json::json!(["v1"]), "{tags}");
+    let catalog = json(reg.get("/v2/_catalog").await).await;
+    assert!(catalog["repositories"].as_array().unwrap().contains(&"dist/team/app".into()), "{catalog}");
+    let layer = layout_blobs(&layout)
+        .into_iter()
+        .find(|b| {
+            std::fs::metadata(layout.join("blobs/sha256").join(b.trim_start_matches("sha256:"))).unwrap().len()
+                > 1_000_000
+        })
+        .unwrap();
+    let bytes = std::fs::read(layout.join("blobs/sha256").join(layer.trim_start_matches("sha256:"))).unwrap();
+    let ranged = reg
+        .http
+        .get(reg.at(&format!("/v2/dist/team/app/blobs/{layer}")))
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), 206);
+    assert_eq!(ranged.bytes().await.unwrap().as_ref(), &bytes[10..20]);
+    let again = leg.work.join("again");
+    leg.pull_to("dist/team/app:v1", &format!("dir:{}", again.display()), false);
+    assert_eq!(upstream.requests("GET /v2/team/app/blobs/"), blob_gets, "the second pull came from the cache");
+
+    // The upstream stops: the cached tag still pulls, said stale; what was never pulled fails
+    // with a clear error.
+    upstream.stop();
+    let stale = leg.work.join("stale");
+    leg.pull_to("dist/team/app:v1", &format!("dir:{}", stale.display()), false);
+    assert_eq!(blobs_in(&stale), pulled);
+    let head = reg.head("/v2/dist/team/app/manifests/v1").await;
+    assert_eq!(head.status(), 200);
+    assert!(header(&head, "x-berth-mirror").starts_with("stale;"), "{:?}", head.headers());
+    let (status, code, body) = error_code(reg.get("/v2/dist/team/app/manifests/v2").await).await;
+    assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"), "{body}");
+    let message = body.to_string();
+    assert!(message.contains("dist/team/app:v2 is not cached") && message.contains("upstream dist"), "{message}");
+    let args = with(
+        s(&["copy", &leg.image("dist/team/app:v2"), &format!("dir:{}", leg.work.join("v2").display())]),
+        leg.skopeo_tls("src"),
+    );
+    let output = leg.skopeo(&args);
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("503 Service Unavailable"), "skopeo shows the status (not the body): {said}");
+}
+
+#[tokio::test]
+async fn pushes_into_a_mirrored_namespace_are_denied_and_other_namespaces_stay_private() {
+    let upstream = Upstream::start();
+    let leg = mirror(&format!("dist {}", upstream.origin()), &[&upstream.origin()], &[]);
+    let layout = leg.work.join("layout");
+    std::fs::create_dir_all(&layout).unwrap();
+    single_image(&layout, 3, &[2000]);
+    let args = with(
+        s(&["copy", &format!("oci:{}:v1", layout.display()), &leg.image("dist/team/app:v1")]),
+        leg.skopeo_tls("dest"),
+    );
+    let output = leg.skopeo(&args);
+    assert!(!output.status.success(), "a push into the mirror is refused");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("read-only mirror of dist"), "skopeo shows the refusal: {said}");
+    let reg = Registry::new(&leg.runner);
+    let (status, code, _) = error_code(reg.delete("/v2/dist/team/app/manifests/v1").await).await;
+    assert_eq!((status, code.as_str()), (403, "DENIED"));
+    // Another namespace is an ordinary private registry.
+    leg.push_layout(&layout, "v1", "team/app:v1", false);
+    assert_eq!(reg.head("/v2/team/app/manifests/v1").await.status(), 200);
+    assert_eq!(upstream.requests("PUT "), 0, "nothing went upstream");
+}
+
+#[tokio::test]
+async fn containerd_ns_and_docker_default_upstream_paths_reach_the_mirror() {
+    let upstream = Upstream::start();
+    let work = tempfile::tempdir().unwrap();
+    let (_, digest) = push_image(work.path(), &upstream.host, "library/alpine:3", 4, &[5000]);
+    let leg = mirror(&format!("dist {} default", upstream.origin()), &[&upstream.origin()], &[]);
+    let reg = Registry::new(&leg.runner);
+    // containerd's hosts.toml mirror: the upstream's name in the path, the upstream in `ns`.
+    let r = reg.get("/v2/library/alpine/manifests/3?ns=dist").await;
+    if r.status() != 200 {
+        panic!("{}", r.text().await.unwrap());
+    }
+    let r = reg.get("/v2/library/alpine/manifests/3?ns=dist").await;
+    assert_eq!(header(&r, "docker-content-digest"), digest);
+    // Docker's registry-mirrors: the default upstream for a repository that is not here.
+    let r = reg.head(&format!("/v2/library/alpine/manifests/{digest}")).await;
+    assert_eq!(r.status(), 200);
+    // Both are cached in the namespaced repository.
+    let tags = json(reg.get("/v2/dist/library/alpine/tags/list").await).await;
+    assert_eq!(tags["tags"], serde_json::json!(["3"]));
+    // A repository that is here stays here: pushes go to it, and its pulls do not go upstream.
+    reg.push_blob("mine/app", b"local").await;
+    let (status, code, _) = error_code(reg.get("/v2/mine/app/manifests/nope").await).await;
+    assert_eq!((status, code.as_str()), (404, "MANIFEST_UNKNOWN"));
+    assert_eq!(upstream.requests("/v2/mine/app/"), 0, "a repository that is here is not looked up upstream");
+    assert!(upstream.requests("/v2/library/alpine/manifests/") >= 1);
+}
+
+#[tokio::test]
+async fn a_berth_upstream_with_token_auth_is_pulled_through_with_credentials() {
+    let users = format!("puller:{SECRET_HASH},admin:{SECRET_HASH}");
+    let origin_leg = Leg::http_with(vars(&[
+        ("auth_mode", "token"),
+        ("auth_users", &users),
+        ("auth_policy", "* admin *; team/* puller pull"),
+        ("auth_token_secret", TOKEN_SECRET),
+    ]));
+    let origin = format!("http://{}", origin_leg.host);
+    let layout = origin_leg.work.join("layout");
+    std::fs::create_dir_all(&layout).unwrap();
+    single_image(&layout, 5, &[70_000]);
+    let args = with(
+        s(&[
+            "copy",
+            "--dest-creds",
+            "admin:secret",
+            &format!("oci:{}:v1", layout.display()),
+            &origin_leg.image("team/app:v1"),
+        ]),
+        origin_leg.skopeo_tls("dest"),
+    );
+    origin_leg.skopeo_ok(&args);
+
+    let leg = mirror(&format!("origin {origin}"), &[&origin], &[("mirror_credentials", "origin puller:secret")]);
+    let out = leg.work.join("pulled");
+    leg.pull_to("origin/team/app:v1", &format!("dir:{}", out.display()), false);
+    let pulled = blobs_in(&out);
+    assert!(pulled.len() >= 2, "config and layer: {pulled:?}");
+    for blob in &pulled {
+        assert!(blobs_in(&layout).contains(blob), "{blob} is byte-identical to what was pushed");
+    }
+
+    // Without credentials the upstream refuses, and the mirror says so.
+    let anonymous = mirror(&format!("origin {origin}"), &[&origin], &[]);
+    let reg = Registry::new(&anonymous.runner);
+    let (status, code, body) = error_code(reg.get("/v2/origin/team/app/manifests/v1").await).await;
+    assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"), "{body}");
+    assert!(body.to_string().contains("upstream origin"), "{body}");
+}
+
+/// An upstream that serves one blob with one byte flipped (and a correct Content-Length).
+async fn corrupting_upstream(good: Vec<u8>) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let digest = sha256(&good);
+    let mut bad = good;
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0xff;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let bad = bad.clone();
+            let digest = digest.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&request).lines().next().unwrap_or_default().to_owned();
+                let head = if line.contains(&format!("/blobs/{digest}")) {
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", bad.len())
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+                };
+                let _ = socket.write_all(head.as_bytes()).await;
+                if line.starts_with("GET") && line.contains("/blobs/") {
+                    let _ = socket.write_all(&bad).await;
+                }
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (format!("http://{addr}"), task)
+}
+
+#[tokio::test]
+async fn a_blob_that_does_not_match_its_digest_fails_the_client_and_nothing_is_cached() {
+    let good = PseudoRandom::bytes(6, 3 * 1024 * 1024);
+    let digest = sha256(&good);
+    let (origin, task) = corrupting_upstream(good).await;
+    let leg = mirror(&format!("bad {origin}"), &[&origin], &[]);
+    let reg = Registry::new(&leg.runner);
+    let path = format!("/v2/bad/app/blobs/{digest}");
+    let response = reg.get(&path).await;
+    assert_eq!(response.status(), 200, "the transfer starts before the digest is known");
+    assert!(response.bytes().await.is_err(), "the client's transfer fails");
+    // Nothing was kept: the next request goes upstream again (and fails again).
+    let again = reg.get(&path).await;
+    assert!(again.bytes().await.is_err());
+    assert!(stored_objects(&leg.runner.data, "uploads").is_empty(), "no blob bytes stored");
+    task.abort();
+}
+
+#[tokio::test]
+async fn an_edge_mirror_of_a_berth_origin_passes_its_blob_redirects_on_and_caches_manifests() {
+    use common::s3::{S3Server, cluster_options};
+    let s3 = S3Server::start();
+    // The origin: Berth on S3, answering blob GETs with a 307 to a presigned URL.
+    let origin = Leg::http_options(cluster_options(&s3, None, 300));
+    let layout = origin.work.join("layout");
+    std::fs::create_dir_all(&layout).unwrap();
+    let manifest = single_image(&layout, 7, &[400_000]);
+    origin.push_layout(&layout, "v1", "team/app:v1", false);
+    let origin_url = format!("http://{}", origin.host);
+    let edge = mirror(&format!("origin {origin_url} redirects=pass"), &[&origin_url], &[]);
+
+    // skopeo pulls through the edge, byte-identical: its blob GETs are sent on to S3.
+    let out = edge.work.join("pulled");
+    edge.pull_to("origin/team/app:v1", &format!("dir:{}", out.display()), false);
+    let pulled = blobs_in(&out);
+    assert!(pulled.len() >= 2, "{pulled:?}");
+    for blob in &pulled {
+        assert!(blobs_in(&layout).contains(blob), "{blob}");
+    }
+    let layer = pulled.iter().find(|b| **b != manifest.digest).unwrap();
+    let plain = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = plain.get(format!("http://{}/v2/origin/team/app/blobs/{layer}", edge.host)).send().await.unwrap();
+    assert_eq!(r.status(), 307);
+    assert!(header(&r, "location").starts_with(&s3.endpoint()), "{}", header(&r, "location"));
+    let stored = stored_objects(&edge.runner.data, "uploads");
+    assert!(
+        stored.iter().all(|p| std::fs::metadata(p).unwrap().len() < 400_000),
+        "the edge keeps manifests, not the layer: {stored:?}"
+    );
+
+    // The manifest is cached at the edge: it answers by digest with the origin gone.
+    drop(origin);
+    let reg = Registry::new(&edge.runner);
+    let r = reg.get(&format!("/v2/origin/team/app/manifests/{}", manifest.digest)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "docker-content-digest"), manifest.digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_pulls_of_an_uncached_100_mib_layer_fetch_it_from_the_upstream_once() {
+    let seed: u64 = std::env::var("BERTH_MIRROR_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000
+    });
+    println!("seed {seed} (replay: BERTH_MIRROR_SEED={seed})");
+    let upstream = Upstream::start();
+    let layer = PseudoRandom::bytes(seed, 100 * 1024 * 1024);
+    let digest = sha256(&layer);
+    let origin = Registry { url: upstream.origin(), http: Http::new(None) };
+    // Distribution takes a blob as a POST, then a PUT with the bytes.
+    let location = origin.start_upload("team/app").await;
+    assert_eq!(origin.finish_upload(&location, &digest, &layer).await.status(), 201);
+    let leg = mirror(&format!("dist {}", upstream.origin()), &[&upstream.origin()], &[]);
+    let reg = Registry::new(&leg.runner);
+    let mut rng = PseudoRandom::new(seed);
+    let mut pulls = Vec::new();
+    for i in 0..20 {
+        let mut jitter = [0u8; 1];
+        rng.fill(&mut jitter);
+        let url = reg.at(&format!("/v2/dist/team/app/blobs/{digest}"));
+        let http = reg.http.clone();
+        pulls.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(jitter[0] as u64 % 50)).await;
+            let response = http.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200, "pull {i}");
+            sha256(&response.bytes().await.unwrap())
+        }));
+    }
+    for pull in pulls {
+        assert_eq!(pull.await.unwrap(), digest, "every pull is byte-identical (seed {seed})");
+    }
+    let gets = upstream.requests(&format!("GET /v2/team/app/blobs/{digest}"));
+    assert_eq!(gets, 1, "one upstream GET of the blob for 20 concurrent pulls (seed {seed})");
+}
+
+#[tokio::test]
+async fn podman_pulls_a_namespace_through_a_registries_conf_mirror_entry() {
+    let upstream = Upstream::start();
+    let work = tempfile::tempdir().unwrap();
+    let (_, digest) = push_image(work.path(), &upstream.host, "team/app:v1", 8, &[30_000]);
+    let leg = mirror(&format!("dist {}", upstream.origin()), &[&upstream.origin()], &[]);
+    // The namespace's own registry does not resolve: the pull can only come through the mirror.
+    let conf = leg.work.join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = \"upstream.invalid/team\"\nlocation = \"upstream.invalid/team\"\n\n\
+             [[registry.mirror]]\nlocation = \"{}/dist/team\"\ninsecure = true\n",
+            leg.host
+        ),
+    )
+    .unwrap();
+    ensure_installed("podman");
+    let root = leg.work.join("podman");
+    let output = Command::new("podman")
+        .args([
+            &format!("--root={}", root.join("root").display()),
+            &format!("--runroot={}", root.join("run").display()),
+            "--storage-driver=vfs",
+            "pull",
+            "upstream.invalid/team/app:v1",
+        ])
+        .env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "podman pull: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(upstream.requests("GET /v2/team/app/blobs/") >= 2, "the mirror fetched config and layer");
+    let reg = Registry::new(&leg.runner);
+    let r = reg.head("/v2/dist/team/app/manifests/v1").await;
+    assert_eq!(header(&r, "docker-content-digest"), digest, "cached under the namespaced name");
+}
+
+/// Under `spin up` (Spin 4.1), with the shipped spin.toml and the documented variables.
+#[tokio::test]
+async fn on_spin_the_shipped_app_mirrors_with_the_documented_variables() {
+    let upstream = Upstream::start();
+    let work = tempfile::tempdir().unwrap();
+    let (layout, digest) = push_image(work.path(), &upstream.host, "team/app:v1", 9, &[250_000]);
+    let upstreams = format!("dist {}", upstream.origin());
+    let origin = upstream.origin();
+    let Some(spin) =
+        common::spin::Spin::start(&[("mirror_upstreams", &upstreams), ("mirror_outbound_hosts", &origin)], None)
+    else {
+        return;
+    };
+    let reg = spin.registry();
+    let manifest = reg.get("/v2/dist/team/app/manifests/v1").await;
+    assert_eq!(manifest.status(), 200);
+    assert_eq!(header(&manifest, "docker-content-digest"), digest);
+    let manifest = json(manifest).await;
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let bytes = std::fs::read(layout.join("blobs/sha256").join(layer.trim_start_matches("sha256:"))).unwrap();
+    let pulled = reg.get(&format!("/v2/dist/team/app/blobs/{layer}")).await;
+    assert_eq!(pulled.status(), 200);
+    assert_eq!(pulled.bytes().await.unwrap(), bytes);
+    assert_eq!(upstream.requests(&format!("GET /v2/team/app/blobs/{layer}")), 1);
+    // Cached: read again from Spin's key-value store, not the upstream.
+    assert_eq!(reg.get(&format!("/v2/dist/team/app/blobs/{layer}")).await.bytes().await.unwrap(), bytes);
+    assert_eq!(upstream.requests(&format!("GET /v2/team/app/blobs/{layer}")), 1);
+}
