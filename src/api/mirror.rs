@@ -256,16 +256,18 @@ pub async fn blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
 }
 
 /// Whether the blob is cached for `name` (a blob cached for another repository is linked here).
+///
+/// A link without a record is a fetch finishing (its link is written before its record): not
+/// cached yet.
 async fn cached<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, name: &RepoName, digest: &Digest) -> Result<bool> {
+    let Some(stored) = blobs::record(stores, digest).await? else { return Ok(false) };
     if blobs::is_linked(stores, name, digest).await? {
         return Ok(true);
     }
-    match blobs::record(stores, digest).await? {
-        Some(stored) if blobs::parts_present(stores, &stored).await? => {
-            blobs::link(stores, name, digest, stored.size).await
-        }
-        _ => Ok(false),
+    if !blobs::parts_present(stores, &stored).await? {
+        return Ok(false);
     }
+    blobs::link(stores, name, digest, stored.size).await
 }
 
 /// Wait while another request fetches the blob: until its record is there or the claim goes
