@@ -468,3 +468,72 @@ async fn on_spin_the_shipped_app_mirrors_with_the_documented_variables() {
     assert_eq!(reg.get(&format!("/v2/dist/team/app/blobs/{layer}")).await.bytes().await.unwrap(), bytes);
     assert_eq!(upstream.requests(&format!("GET /v2/team/app/blobs/{layer}")), 1);
 }
+
+#[tokio::test]
+async fn upstreams_with_basic_auth_and_with_anonymous_tokens_are_pulled_through() {
+    let users = format!("puller:{SECRET_HASH},admin:{SECRET_HASH}");
+    // A Berth that asks for a password on every request (Basic).
+    let basic = Leg::http_with(vars(&[
+        ("auth_mode", "basic"),
+        ("auth_users", &users),
+        ("auth_policy", "* admin *; team/* puller pull"),
+    ]));
+    // A Berth whose token endpoint gives anonymous clients pull tokens.
+    let anonymous = Leg::http_with(vars(&[
+        ("auth_mode", "token"),
+        ("auth_users", &users),
+        ("auth_policy", "* admin *; team/* anonymous pull"),
+        ("auth_token_secret", TOKEN_SECRET),
+    ]));
+    for (origin_leg, seed) in [(&basic, 10), (&anonymous, 11)] {
+        let layout = origin_leg.work.join("layout");
+        std::fs::create_dir_all(&layout).unwrap();
+        single_image(&layout, seed, &[20_000]);
+        let args = with(
+            s(&[
+                "copy",
+                "--dest-creds",
+                "admin:secret",
+                &format!("oci:{}:v1", layout.display()),
+                &origin_leg.image("team/app:v1"),
+            ]),
+            origin_leg.skopeo_tls("dest"),
+        );
+        origin_leg.skopeo_ok(&args);
+    }
+    let (basic_url, anonymous_url) = (format!("http://{}", basic.host), format!("http://{}", anonymous.host));
+    let leg = mirror(
+        &format!("basic {basic_url}; anon {anonymous_url}"),
+        &[&basic_url, &anonymous_url],
+        &[("mirror_credentials", "basic puller:secret")],
+    );
+    for repo in ["basic/team/app", "anon/team/app"] {
+        let out = leg.work.join(repo.replace('/', "-"));
+        leg.pull_to(&format!("{repo}:v1"), &format!("dir:{}", out.display()), false);
+        assert!(blobs_in(&out).len() >= 2, "{repo}");
+    }
+    // The anonymous token is kept in key-value for its scope and reused.
+    let tokens = kv_keys(&leg.runner.data, "mirror/tokens/");
+    assert_eq!(tokens.len(), 1, "one scope, one kept token: {tokens:?}");
+}
+
+#[tokio::test]
+async fn the_auth_policy_applies_to_mirrored_repositories_by_their_namespaced_names() {
+    let upstream = Upstream::start();
+    let work = tempfile::tempdir().unwrap();
+    let (_, digest) = push_image(work.path(), &upstream.host, "team/app:v1", 12, &[1000]);
+    let users = format!("alice:{SECRET_HASH},bob:{SECRET_HASH}");
+    let leg = mirror(
+        &format!("dist {}", upstream.origin()),
+        &[&upstream.origin()],
+        &[("auth_mode", "basic"), ("auth_users", &users), ("auth_policy", "dist/team/* alice pull; other/* bob pull")],
+    );
+    let url = format!("http://{}/v2/dist/team/app/manifests/v1", leg.host);
+    let r = client().get(&url).basic_auth("alice", Some("secret")).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), header(&r, "docker-content-digest")), (200, digest));
+    expect_error(client().get(&url).basic_auth("bob", Some("secret")).send().await.unwrap(), 403, "DENIED").await;
+    // Through `?ns=` the same rule decides (the request is for dist/team/app).
+    let ns = format!("http://{}/v2/team/app/manifests/v1?ns=dist", leg.host);
+    expect_error(client().get(&ns).basic_auth("bob", Some("secret")).send().await.unwrap(), 403, "DENIED").await;
+    assert_eq!(client().get(&ns).basic_auth("alice", Some("secret")).send().await.unwrap().status(), 200);
+}
