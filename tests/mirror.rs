@@ -102,9 +102,19 @@ fn push_image(
     (layout, manifest.digest)
 }
 
-/// The blobs of a layout (what a byte-identical pull must have).
-fn layout_blobs(layout: &std::path::Path) -> Vec<String> {
-    blobs_in(layout)
+/// Push a one-platform image as `team/app:v1` into a Berth origin that wants credentials, as its
+/// admin (skopeo); its layout dir.
+fn push_as_admin(origin: &Leg, seed: u64, layers: &[u64]) -> std::path::PathBuf {
+    let layout = origin.work.join(format!("layout-{seed}"));
+    std::fs::create_dir_all(&layout).unwrap();
+    single_image(&layout, seed, layers);
+    let image = format!("oci:{}:v1", layout.display());
+    let args = with(
+        s(&["copy", "--dest-creds", "admin:secret", &image, &origin.image("team/app:v1")]),
+        origin.skopeo_tls("dest"),
+    );
+    origin.skopeo_ok(&args);
+    layout
 }
 
 #[tokio::test]
@@ -118,7 +128,7 @@ async fn a_pull_through_distribution_is_byte_identical_cached_and_served_while_t
     let out = leg.work.join("pulled");
     leg.pull_to("dist/team/app:v1", &format!("dir:{}", out.display()), false);
     let pulled = blobs_in(&out);
-    for blob in layout_blobs(&layout).iter().filter(|b| **b != digest) {
+    for blob in blobs_in(&layout).iter().filter(|b| **b != digest) {
         assert!(pulled.contains(blob), "{blob} pulled through the mirror");
     }
     let blob_gets = upstream.requests("GET /v2/team/app/blobs/");
@@ -131,7 +141,7 @@ async fn a_pull_through_distribution_is_byte_identical_cached_and_served_while_t
     assert_eq!(tags["tags"], serde_json::json!(["v1"]), "{tags}");
     let catalog = json(reg.get("/v2/_catalog").await).await;
     assert!(catalog["repositories"].as_array().unwrap().contains(&"dist/team/app".into()), "{catalog}");
-    let layer = layout_blobs(&layout)
+    let layer = blobs_in(&layout)
         .into_iter()
         .find(|b| {
             std::fs::metadata(layout.join("blobs/sha256").join(b.trim_start_matches("sha256:"))).unwrap().len()
@@ -237,20 +247,7 @@ async fn a_berth_upstream_with_token_auth_is_pulled_through_with_credentials() {
         ("auth_token_secret", TOKEN_SECRET),
     ]));
     let origin = format!("http://{}", origin_leg.host);
-    let layout = origin_leg.work.join("layout");
-    std::fs::create_dir_all(&layout).unwrap();
-    single_image(&layout, 5, &[70_000]);
-    let args = with(
-        s(&[
-            "copy",
-            "--dest-creds",
-            "admin:secret",
-            &format!("oci:{}:v1", layout.display()),
-            &origin_leg.image("team/app:v1"),
-        ]),
-        origin_leg.skopeo_tls("dest"),
-    );
-    origin_leg.skopeo_ok(&args);
+    let layout = push_as_admin(&origin_leg, 5, &[70_000]);
 
     let leg = mirror(&format!("origin {origin}"), &[&origin], &[("mirror_credentials", "origin puller:secret")]);
     let out = leg.work.join("pulled");
@@ -485,22 +482,8 @@ async fn upstreams_with_basic_auth_and_with_anonymous_tokens_are_pulled_through(
         ("auth_policy", "* admin *; team/* anonymous pull"),
         ("auth_token_secret", TOKEN_SECRET),
     ]));
-    for (origin_leg, seed) in [(&basic, 10), (&anonymous, 11)] {
-        let layout = origin_leg.work.join("layout");
-        std::fs::create_dir_all(&layout).unwrap();
-        single_image(&layout, seed, &[20_000]);
-        let args = with(
-            s(&[
-                "copy",
-                "--dest-creds",
-                "admin:secret",
-                &format!("oci:{}:v1", layout.display()),
-                &origin_leg.image("team/app:v1"),
-            ]),
-            origin_leg.skopeo_tls("dest"),
-        );
-        origin_leg.skopeo_ok(&args);
-    }
+    push_as_admin(&basic, 10, &[20_000]);
+    push_as_admin(&anonymous, 11, &[20_000]);
     let (basic_url, anonymous_url) = (format!("http://{}", basic.host), format!("http://{}", anonymous.host));
     let leg = mirror(
         &format!("basic {basic_url}; anon {anonymous_url}"),

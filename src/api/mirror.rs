@@ -25,7 +25,6 @@ use crate::mirror::client::{Client, UpstreamError};
 use crate::name::{RepoName, Tag};
 use crate::reference::Reference;
 use crate::store::{BlobStore, MetaStore, Outbound, Stores};
-use crate::uploads::{self, Finish};
 use http::{HeaderName, Method, StatusCode, header};
 
 type Result<T> = std::result::Result<T, RegistryError>;
@@ -102,7 +101,7 @@ async fn resolve_tag<M: MetaStore, B: BlobStore, O: Outbound<B>>(
     };
     let status = response.status;
     let upstream_digest = response.header(CONTENT_DIGEST).and_then(|d| Digest::parse(d).ok());
-    client.read(response.body, 0).await.ok();
+    client.drain(response).await;
     match status {
         200 => {}
         404 => {
@@ -151,11 +150,11 @@ async fn fetch_manifest<M: MetaStore, B: BlobStore, O: Outbound<B>>(
     match response.status {
         200 => {}
         404 => {
-            client.read(response.body, 0).await.ok();
+            client.drain(response).await;
             return Err(unknown(name, reference));
         }
         status => {
-            client.read(response.body, 0).await.ok();
+            client.drain(response).await;
             return Err(unavailable(format!(
                 "{name}@{reference} is not cached, and upstream {} answered {status}",
                 client.upstream.name
@@ -321,7 +320,7 @@ async fn fetch_blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         301 | 302 | 303 | 307 | 308 => {
             // Edge mode: the client fetches from where the upstream sends it.
             let location = response.header(header::LOCATION).unwrap_or_default().to_owned();
-            client.read(response.body, 0).await.ok();
+            client.drain(response).await;
             let redirect = super::blobs::blob_headers(Response::new(StatusCode::TEMPORARY_REDIRECT), digest)
                 .header(header::LOCATION, location)
                 .header(header::CACHE_CONTROL, "no-store")
@@ -329,14 +328,14 @@ async fn fetch_blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
             return Ok((redirect, None));
         }
         404 => {
-            client.read(response.body, 0).await.ok();
+            client.drain(response).await;
             return Err(RegistryError::new(
                 ErrorCode::BlobUnknown,
                 format!("blob {digest} unknown to {name} and to its upstream {}", target.upstream.name),
             ));
         }
         status => {
-            client.read(response.body, 0).await.ok();
+            client.drain(response).await;
             return Err(unavailable(format!(
                 "blob {digest} of {name} is not cached, and upstream {} answered {status}",
                 target.upstream.name
@@ -348,13 +347,14 @@ async fn fetch_blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     })?;
     let headers = super::blobs::blob_headers(Response::new(StatusCode::OK), digest);
     if req.method == Method::HEAD {
-        client.read(response.body, 0).await.ok();
+        client.drain(response).await;
         return Ok((headers.header(header::CONTENT_LENGTH, size), None));
     }
     let (incoming, outgoing, verdict) = outbound.relay(response.body);
     let (name, digest) = (name.clone(), digest.clone());
     let background: Background<'a> = Box::pin(async move {
-        let kept = keep_blob(stores, &name, &digest, incoming, size).await;
+        // Verified against the digest and `size` before it is committed and linked.
+        let kept = super::uploads::store_whole(stores, &name, None, &digest, incoming, Some(size)).await;
         if let Err(err) = &kept {
             eprintln!("berth: mirror: blob {digest} of {name} not cached: {}", err.detail.as_deref().unwrap_or("?"));
         }
@@ -364,39 +364,6 @@ async fn fetch_blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         outbound.settle(verdict, kept.is_ok());
     });
     Ok((headers.stream(size, outgoing), Some(background)))
-}
-
-/// Store a relayed blob through an upload session of one chunk, as a monolithic push would:
-/// verified against `digest` (and `size`) before it is committed and linked.
-async fn keep_blob<M: MetaStore, B: BlobStore>(
-    stores: &Stores<M, B>,
-    name: &RepoName,
-    digest: &Digest,
-    body: B::Incoming,
-    size: u64,
-) -> Result<()> {
-    let opened = uploads::open(stores, name, None).await?;
-    let mut hashes = opened
-        .session
-        .hashes()
-        .ok_or_else(|| RegistryError::new(ErrorCode::Internal, "corrupt hash state in session"))?;
-    if digest.algorithm() == Algorithm::Sha512 {
-        hashes.push(RunningHash::new(Algorithm::Sha512));
-    }
-    let (part, written) = match super::uploads::write_chunk(stores, &opened.session, body, hashes, Some(size)).await {
-        Ok(chunk) => chunk,
-        Err(err) => {
-            uploads::cancel(stores, opened).await?;
-            return Err(err);
-        }
-    };
-    match uploads::finish(stores, &opened, Some((part, written)), digest).await? {
-        Finish::Stored => Ok(()),
-        Finish::Mismatch { actual } => {
-            Err(RegistryError::new(ErrorCode::DigestInvalid, format!("the upstream's bytes hash to {actual}")))
-        }
-        Finish::Refused => Err(RegistryError::new(ErrorCode::Internal, "upload session taken over while finishing")),
-    }
 }
 
 fn unknown(name: &RepoName, reference: &str) -> RegistryError {

@@ -89,8 +89,7 @@ fn created<S>(name: &RepoName, digest: &Digest) -> Response<S> {
         .empty()
 }
 
-/// A whole blob in the POST: an upload session of one chunk, finished at once. On any mismatch
-/// (length, digest) nothing stays.
+/// A whole blob in the POST: an upload session of one chunk, finished at once.
 async fn monolithic<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     name: &RepoName,
@@ -103,13 +102,28 @@ async fn monolithic<M: MetaStore, B: BlobStore>(
         // Refused before a byte is stored; a body without a length is counted at the finish.
         crate::quota::check(stores, name, Some(digest), size).await?;
     }
+    store_whole(stores, name, owner, digest, req.body, declared).await?;
+    Ok(created(name, digest))
+}
+
+/// Store `body` as blob `digest` of `name` through an upload session of one chunk, finished at
+/// once (a monolithic push; a blob the mirror relays): verified, committed and linked. On any
+/// mismatch (length when `declared`, digest) nothing stays.
+pub(super) async fn store_whole<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    owner: Option<String>,
+    digest: &Digest,
+    body: B::Incoming,
+    declared: Option<u64>,
+) -> Result<()> {
     let opened = uploads::open(stores, name, owner).await?;
     let mut hashes = running_hashes(&opened.session)?;
     if digest.algorithm() == Algorithm::Sha512 {
         // Nothing received yet: SHA-512 can run along this one chunk.
         hashes.push(RunningHash::new(Algorithm::Sha512));
     }
-    let (part, written) = match write_chunk(stores, &opened.session, req.body, hashes, declared).await {
+    let (part, written) = match write_chunk(stores, &opened.session, body, hashes, declared).await {
         Ok(chunk) => chunk,
         Err(err) => {
             uploads::cancel(stores, opened).await?;
@@ -117,7 +131,7 @@ async fn monolithic<M: MetaStore, B: BlobStore>(
         }
     };
     match uploads::finish(stores, &opened, Some((part, written)), digest).await? {
-        Finish::Stored => Ok(created(name, digest)),
+        Finish::Stored => Ok(()),
         Finish::Mismatch { actual } => Err(digest_mismatch(&actual, digest)),
         Finish::Refused => Err(RegistryError::new(ErrorCode::Internal, "upload session taken over while finishing")),
     }
@@ -129,7 +143,7 @@ fn running_hashes(session: &UploadSession) -> Result<Vec<RunningHash>> {
 
 /// Write a request body as a new object of the session, continuing `hashes` over it; it must
 /// have the `expected` length when one was announced, else it is removed again.
-pub(super) async fn write_chunk<M, B: BlobStore>(
+async fn write_chunk<M, B: BlobStore>(
     stores: &Stores<M, B>,
     session: &UploadSession,
     body: B::Incoming,

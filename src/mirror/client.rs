@@ -134,7 +134,8 @@ impl<'a, M: MetaStore, B: BlobStore, O: Outbound<B>> Client<'a, M, B, O> {
         self.outbound.read(body, limit).await.map_err(|e| self.unreachable(e))
     }
 
-    async fn drain(&self, response: OutResponse<O::Body>) {
+    /// Let an answer go whose body is not wanted (an error's, a HEAD's).
+    pub async fn drain(&self, response: OutResponse<O::Body>) {
         let _ = self.outbound.read(response.body, TOKEN_LIMIT).await;
     }
 

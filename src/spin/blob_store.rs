@@ -183,7 +183,7 @@ impl BlobStore for WitBlobStore {
 }
 
 /// Read a stream into memory; `None` as soon as it holds more than `limit` bytes.
-async fn read_to_end(mut stream: StreamReader<u8>, limit: usize) -> Option<Vec<u8>> {
+pub(super) async fn read_to_end(mut stream: StreamReader<u8>, limit: usize) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let (result, chunk) = stream.read(Vec::with_capacity(64 * 1024)).await;

@@ -2,7 +2,7 @@
 //! against `allowed_outbound_hosts`), and the relay of an upstream's blob to both the blob store
 //! and the client.
 
-use super::blob_store::{BodyEnd, IncomingBody, WitBlobStore};
+use super::blob_store::{BodyEnd, IncomingBody, WitBlobStore, read_to_end};
 use crate::store::{OutRequest, OutResponse, Outbound, StoreError};
 use futures::channel::oneshot;
 use spin_sdk::wasip3::http::types::{self, ErrorCode, Fields, Scheme};
@@ -78,21 +78,9 @@ impl Outbound<WitBlobStore> for WitOutbound {
     }
 
     async fn read(&self, body: IncomingBody, limit: usize) -> Result<Option<Vec<u8>>, StoreError> {
-        let IncomingBody { mut stream, end } = body;
-        let mut out = Vec::new();
-        loop {
-            let (result, chunk) = stream.read(Vec::with_capacity(64 * 1024)).await;
-            out.extend_from_slice(&chunk);
-            if out.len() > limit {
-                return Ok(None);
-            }
-            if !matches!(result, StreamResult::Complete(_)) {
-                break;
-            }
-        }
-        drop(stream);
-        end.whole().await.map_err(|why| StoreError::Unavailable(format!("the body broke off: {why}")))?;
-        Ok(Some(out))
+        let Some(bytes) = read_to_end(body.stream, limit).await else { return Ok(None) };
+        body.end.whole().await.map_err(|why| StoreError::Unavailable(format!("the body broke off: {why}")))?;
+        Ok(Some(bytes))
     }
 
     fn relay(
