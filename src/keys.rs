@@ -127,10 +127,16 @@ pub fn tag(name: &RepoName, tag: &Tag) -> String {
     format!("repo/{}/tag/{}", repo_key(name), tag.as_str())
 }
 
-/// The claim of the one request that fetches a blob from an upstream (created exclusively in the
-/// blob store; its content is the time it was made).
+/// The claim chain of the one request that fetches a blob from an upstream
+/// (`crate::mirror::claim`: links created exclusively in the blob store).
 pub fn mirror_fetch(digest: &Digest) -> String {
     format!("mirror/fetching/{}/{}", digest.algorithm().as_str(), digest.hex())
+}
+
+/// The claim chain of the one request that fetches a manifest reference (a tag or a digest) of
+/// a mirrored repository from its upstream.
+pub fn mirror_fetch_manifest(name: &RepoName, reference: &str) -> String {
+    format!("mirror/fetching-manifest/{}/{reference}", repo_key(name))
 }
 
 /// When the mirror last confirmed `tag` with the upstream (seconds since the epoch).

@@ -520,3 +520,354 @@ async fn the_auth_policy_applies_to_mirrored_repositories_by_their_namespaced_na
     expect_error(client().get(&ns).basic_auth("bob", Some("secret")).send().await.unwrap(), 403, "DENIED").await;
     assert_eq!(client().get(&ns).basic_auth("alice", Some("secret")).send().await.unwrap().status(), 200);
 }
+
+/// Push `bytes` as a blob of `repo` as `user` (Basic, password `secret`); its digest.
+async fn push_blob_as(host: &str, repo: &str, user: &str, bytes: &[u8]) -> String {
+    let digest = sha256(bytes);
+    let r = client()
+        .post(format!("http://{host}/v2/{repo}/blobs/uploads/?digest={digest}"))
+        .basic_auth(user, Some("secret"))
+        .header("content-type", "application/octet-stream")
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "push of a blob to {repo} as {user}");
+    digest
+}
+
+/// `method` on `path` of the Berth at `host`, anonymous or as `user` (Basic): the status and the
+/// error code (empty for a success or a HEAD).
+async fn ask(host: &str, method: reqwest::Method, path: &str, user: Option<&str>) -> (u16, String) {
+    let mut request = client().request(method, format!("http://{host}{path}"));
+    if let Some(user) = user {
+        request = request.basic_auth(user, Some("secret"));
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let body: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or_default();
+    (status, body["errors"][0]["code"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn a_blob_held_only_by_a_private_repository_is_never_served_nor_revealed_through_any_mirror_route() {
+    let upstream = Upstream::start();
+    let work = tempfile::tempdir().unwrap();
+    let (layout, _) = push_image(work.path(), &upstream.host, "team/app:v1", 21, &[40_000]);
+    let users = format!("alice:{SECRET_HASH},bob:{SECRET_HASH}");
+    let leg = mirror(
+        &format!("dist {} default", upstream.origin()),
+        &[&upstream.origin()],
+        &[
+            ("auth_mode", "basic"),
+            ("auth_users", &users),
+            ("auth_policy", "dist/* anonymous pull; secret/* alice pull,push; other/* bob pull"),
+        ],
+    );
+    // The private image: a blob and a manifest (whose bytes are a blob too) only secret/app holds.
+    let private = push_blob_as(&leg.host, "secret/app", "alice", &PseudoRandom::bytes(22, 10_000)).await;
+    let private_image = leg.work.join("private");
+    std::fs::create_dir_all(&private_image).unwrap();
+    let manifest = single_image(&private_image, 23, &[5000]).digest;
+    let args = with(
+        s(&[
+            "copy",
+            "--dest-creds",
+            "alice:secret",
+            &format!("oci:{}:v1", private_image.display()),
+            &leg.image("secret/app:v1"),
+        ]),
+        leg.skopeo_tls("dest"),
+    );
+    leg.skopeo_ok(&args);
+    assert_eq!(
+        ask(&leg.host, reqwest::Method::HEAD, &format!("/v2/secret/app/blobs/{private}"), Some("alice")).await.0,
+        200
+    );
+    let nowhere = sha256(b"held by no repository at all");
+    let ns_host = format!("ns={}", upstream.host);
+    for digest in [&private, &manifest] {
+        for path in [
+            format!("/v2/dist/x/y/blobs/{digest}"),
+            format!("/v2/nosuch/blobs/{digest}"),
+            format!("/v2/library/z/blobs/{digest}?ns=dist"),
+            format!("/v2/library/z/blobs/{digest}?{ns_host}"),
+        ] {
+            for user in [None, Some("bob")] {
+                for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+                    let got = ask(&leg.host, method.clone(), &path, user).await;
+                    // Exactly what a digest that nobody here holds gets.
+                    let unheld = ask(&leg.host, method.clone(), &path.replace(digest.as_str(), &nowhere), user).await;
+                    assert_eq!(got, unheld, "{method} {path} as {user:?}");
+                    // A blob HEAD never goes to the default upstream: it is the local repository's
+                    // (which the caller may not read), and says the same for every digest.
+                    if method == reqwest::Method::GET || !path.starts_with("/v2/nosuch/") {
+                        let expected = if method == reqwest::Method::GET { "BLOB_UNKNOWN" } else { "" };
+                        assert_eq!(got, (404, expected.to_owned()), "{method} {path} as {user:?}");
+                    }
+                }
+            }
+        }
+        let manifests = format!("/v2/dist/x/y/manifests/{digest}");
+        assert_eq!(ask(&leg.host, reqwest::Method::GET, &manifests, None).await, (404, "MANIFEST_UNKNOWN".into()));
+    }
+    // Nothing was linked into the mirrored repositories either (an admin-free look: the links).
+    let links = kv_keys(&leg.runner.data, "repo/dist/");
+    assert!(links.iter().all(|k| !k.contains(private.trim_start_matches("sha256:"))), "{links:?}");
+
+    // A blob the upstream has in the mirrored repository, and that is here for a private one:
+    // served from here once the upstream vouches for it (a HEAD there, no GET of its bytes).
+    let layer = blobs_in(&layout)
+        .into_iter()
+        .find(|b| {
+            std::fs::metadata(layout.join("blobs/sha256").join(b.trim_start_matches("sha256:"))).unwrap().len() > 30_000
+        })
+        .unwrap();
+    let bytes = std::fs::read(layout.join("blobs/sha256").join(layer.trim_start_matches("sha256:"))).unwrap();
+    push_blob_as(&leg.host, "secret/app", "alice", &bytes).await;
+    let (heads, gets) = (
+        upstream.requests(&format!("HEAD /v2/team/app/blobs/{layer}")),
+        upstream.requests(&format!("GET /v2/team/app/blobs/{layer}")),
+    );
+    let r = client().get(format!("http://{}/v2/dist/team/app/blobs/{layer}", leg.host)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(sha256(&r.bytes().await.unwrap()), layer);
+    assert_eq!(upstream.requests(&format!("HEAD /v2/team/app/blobs/{layer}")), heads + 1, "the upstream vouched");
+    assert_eq!(upstream.requests(&format!("GET /v2/team/app/blobs/{layer}")), gets, "its bytes came from here");
+}
+
+#[tokio::test]
+async fn a_push_to_a_new_private_repository_that_also_exists_upstream_uploads_its_blobs_here() {
+    let upstream = Upstream::start();
+    let leg = mirror(&format!("dist {} default", upstream.origin()), &[&upstream.origin()], &[]);
+    let (layout, digest) = push_image(&leg.work, &upstream.host, "team/small:v1", 24, &[20_000, 30_000]);
+    let heads_upstream = upstream.requests("HEAD /v2/team/small/blobs/");
+    // The same image pushed here: skopeo's blob HEADs must not be answered by the upstream.
+    leg.push_layout(&layout, "v1", "team/small:v1", false);
+    let reg = Registry::new(&leg.runner);
+    let r = reg.get("/v2/team/small/manifests/v1").await;
+    assert_eq!((r.status().as_u16(), header(&r, "docker-content-digest")), (200, digest));
+    for blob in blobs_in(&layout) {
+        assert_eq!(reg.head(&format!("/v2/team/small/blobs/{blob}")).await.status(), 200, "{blob} is here");
+    }
+    assert_eq!(upstream.requests("HEAD /v2/team/small/blobs/"), heads_upstream, "a blob HEAD never goes upstream");
+}
+
+#[tokio::test]
+async fn the_default_upstream_answers_only_for_its_patterns_and_never_tells_whether_a_private_repository_is_here() {
+    let upstream = Upstream::start();
+    let work = tempfile::tempdir().unwrap();
+    let (_, team_digest) = push_image(work.path(), &upstream.host, "team/app:v1", 25, &[1000]);
+    push_image(work.path(), &upstream.host, "corp/app:v1", 26, &[1000]);
+    let users = format!("alice:{SECRET_HASH}");
+    let leg = mirror(
+        &format!("dist {} default=team/*,library/*", upstream.origin()),
+        &[&upstream.origin()],
+        &[
+            ("auth_mode", "basic"),
+            ("auth_users", &users),
+            ("auth_policy", "dist/* anonymous pull; corp/* anonymous pull; team/private alice pull,push"),
+        ],
+    );
+    let private = leg.work.join("private");
+    std::fs::create_dir_all(&private).unwrap();
+    single_image(&private, 27, &[1000]);
+    let args = with(
+        s(&[
+            "copy",
+            "--dest-creds",
+            "alice:secret",
+            &format!("oci:{}:v1", private.display()),
+            &leg.image("team/private:v1"),
+        ]),
+        leg.skopeo_tls("dest"),
+    );
+    leg.skopeo_ok(&args);
+    let corp_asked = upstream.requests("/v2/corp/app/");
+    // To anyone who may not pull it, a private repository here is answered like one that is not
+    // (both by the upstream); its owner gets it from here.
+    let get = reqwest::Method::GET;
+    let hidden = ask(&leg.host, get.clone(), "/v2/team/private/manifests/v1", None).await;
+    let absent = ask(&leg.host, get.clone(), "/v2/team/nothere/manifests/v1", None).await;
+    assert_eq!(hidden, absent, "the answer does not tell that team/private is here");
+    assert_eq!(hidden, (404, "MANIFEST_UNKNOWN".into()));
+    assert_eq!(ask(&leg.host, get.clone(), "/v2/team/private/manifests/v1", Some("alice")).await, (200, String::new()));
+    // A name the patterns leave out is never looked up upstream, although the upstream has it.
+    assert_eq!(ask(&leg.host, get.clone(), "/v2/corp/app/manifests/v1", None).await, (404, "MANIFEST_UNKNOWN".into()));
+    // containerd names a registry with a port by host:port in `ns`; another registry's `ns` is
+    // this registry's own repository, never the default upstream.
+    let r = client()
+        .get(format!("http://{}/v2/team/app/manifests/v1?ns={}", leg.host, upstream.host))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((r.status().as_u16(), header(&r, "docker-content-digest")), (200, team_digest));
+    let other = ask(&leg.host, get.clone(), "/v2/corp/app/manifests/v1?ns=other.example:5000", None).await;
+    assert_eq!(other, (404, "MANIFEST_UNKNOWN".into()));
+    assert_eq!(upstream.requests("/v2/corp/app/"), corp_asked, "corp/app was never asked for upstream");
+    assert_eq!(upstream.requests("/v2/team/private/"), 1, "only the anonymous pull went upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_pulls_of_a_tag_all_resolve_and_fetch_its_manifest_once() {
+    let seed: u64 = std::env::var("BERTH_MIRROR_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000
+    });
+    println!("seed {seed} (replay: BERTH_MIRROR_SEED={seed})");
+    let upstream = Upstream::start();
+    let work = tempfile::tempdir().unwrap();
+    const ROUNDS: u64 = 5;
+    let mut digests = Vec::new();
+    for round in 0..ROUNDS {
+        digests.push(push_image(work.path(), &upstream.host, &format!("team/app:r{round}"), 30 + round, &[1000]).1);
+    }
+    let leg = mirror(&format!("dist {}", upstream.origin()), &[&upstream.origin()], &[]);
+    let reg = Registry::new(&leg.runner);
+    let mut rng = PseudoRandom::new(seed);
+    for (round, digest) in digests.iter().enumerate() {
+        let mut pulls = Vec::new();
+        for i in 0..20 {
+            let mut jitter = [0u8; 1];
+            rng.fill(&mut jitter);
+            let url = reg.at(&format!("/v2/dist/team/app/manifests/r{round}"));
+            let http = reg.http.clone();
+            pulls.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(jitter[0] as u64 % 20)).await;
+                let response = http.get(url).send().await.unwrap();
+                let status = response.status().as_u16();
+                let digest = said_digest(&response);
+                (i, status, digest, response.text().await.unwrap())
+            }));
+        }
+        for pull in pulls {
+            let (i, status, got, body) = pull.await.unwrap();
+            assert_eq!(status, 200, "round {round} pull {i}: {body} (seed {seed})");
+            assert_eq!(&got, digest, "round {round} pull {i} (seed {seed})");
+        }
+    }
+    let gets = upstream.requests("GET /v2/team/app/manifests/");
+    assert_eq!(gets, ROUNDS as usize, "one upstream GET per tag for 20 concurrent pulls each (seed {seed})");
+    assert!(kv_keys(&leg.runner.data, "mirror/beat/").is_empty(), "every claim's heartbeat is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_left_by_a_killed_instance_is_taken_over_within_seconds() {
+    let upstream = Upstream::start();
+    let layer = PseudoRandom::bytes(40, 48 * 1024 * 1024);
+    let digest = sha256(&layer);
+    let origin = Registry { url: upstream.origin(), http: Http::new(None) };
+    let location = origin.start_upload("team/app").await;
+    assert_eq!(origin.finish_upload(&location, &digest, &layer).await.status(), 201);
+    let upstreams = format!("dist {}", upstream.origin());
+    let args = vars(&[("mirror_upstreams", &upstreams), ("mirror_outbound_hosts", &upstream.origin())]);
+    let mut leg = Leg::http_with(args.clone());
+    let path = format!("/v2/dist/team/app/blobs/{digest}");
+    // A pull that has started to relay the layer: the fetch claim is held.
+    let mut started = client().get(format!("{}{path}", leg.runner.url)).send().await.unwrap();
+    assert_eq!(started.status(), 200);
+    assert!(started.chunk().await.unwrap().is_some(), "the relay has begun");
+    let killed = Command::new("kill").args(["-9", &leg.runner.pid().to_string()]).status().unwrap();
+    assert!(killed.success());
+    drop(started);
+    let data = leg.runner.data.clone();
+    leg.runner = Runner::start_with(&data, RunnerOptions { args, ..Default::default() });
+    // The dead fetcher's claim is taken over after its heartbeat goes stale (10 s), far within an
+    // edge host's request limit; the pull is whole.
+    let pulled =
+        client().get(format!("{}{path}", leg.runner.url)).timeout(Duration::from_secs(45)).send().await.unwrap();
+    assert_eq!(pulled.status(), 200);
+    assert_eq!(sha256(&pulled.bytes().await.unwrap()), digest);
+    assert_eq!(upstream.requests(&format!("GET /v2/team/app/blobs/{digest}")), 2, "fetched again once");
+    // The claim chain is gone once the blob is cached (the dead owner's link with it).
+    let reg = Registry::new(&leg.runner);
+    wait_for(|| stored_objects(&leg.runner.data, "mirror").is_empty()).await;
+    assert_eq!(reg.head(&path).await.status(), 200);
+}
+
+/// The `Docker-Content-Digest` of a response, empty when it has none (an error).
+fn said_digest(response: &reqwest::Response) -> String {
+    response.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+}
+
+/// Poll `done` until it holds (a bounded wait for background work after a response).
+async fn wait_for(mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "the condition never held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An upstream whose tag `app:v1` names manifest A, then (once `moved` is set) manifest B, which
+/// it answers 429 Too Many Requests for, as Docker Hub does past its pull limit.
+async fn rate_limited_upstream(
+    a: Vec<u8>,
+    b: Vec<u8>,
+    moved: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let (a, b, moved) = (a.clone(), b.clone(), moved.clone());
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&request).lines().next().unwrap_or_default().to_owned();
+                let current = if moved.load(std::sync::atomic::Ordering::SeqCst) { &b } else { &a };
+                let ok = |body: &[u8]| {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {OCI_MANIFEST}\r\nDocker-Content-Digest: {}\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n",
+                        sha256(body),
+                        body.len()
+                    )
+                };
+                let (head, body): (String, &[u8]) = if line.contains("/manifests/v1 ") {
+                    (ok(current), current)
+                } else if line.contains(&format!("/manifests/{} ", sha256(&a))) {
+                    (ok(&a), &a)
+                } else if line.contains(&format!("/manifests/{} ", sha256(&b))) {
+                    ("HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(), &[])
+                } else {
+                    ("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(), &[])
+                };
+                let _ = socket.write_all(head.as_bytes()).await;
+                if line.starts_with("GET") {
+                    let _ = socket.write_all(body).await;
+                }
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (format!("http://{addr}"), task)
+}
+
+#[tokio::test]
+async fn a_tag_whose_new_manifest_the_upstream_refuses_to_give_is_served_stale_from_the_cache() {
+    let config = ("application/vnd.oci.image.config.v1+json", sha256(b"{}"), 2);
+    let manifest = |layer: &str| {
+        image_manifest(&[(config.0, &config.1, config.2)], &[("application/vnd.oci.image.layer.v1.tar", layer, 1)], "")
+    };
+    let (a, b) = (manifest(&sha256(b"a")), manifest(&sha256(b"b")));
+    let moved = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (origin, task) = rate_limited_upstream(a.clone(), b, moved.clone()).await;
+    let leg = mirror(&format!("hub {origin} tag_ttl=0"), &[&origin], &[]);
+    let reg = Registry::new(&leg.runner);
+    let r = reg.get("/v2/hub/app/manifests/v1").await;
+    assert_eq!((r.status().as_u16(), said_digest(&r)), (200, sha256(&a)));
+    moved.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = reg.get("/v2/hub/app/manifests/v1").await;
+    assert_eq!((r.status().as_u16(), said_digest(&r)), (200, sha256(&a)));
+    let said = header(&r, "x-berth-mirror");
+    assert!(said.starts_with("stale;") && said.contains("429"), "{said}");
+    task.abort();
+}

@@ -21,6 +21,7 @@ use crate::keys;
 use crate::manifest::{self, MAX_MANIFEST_SIZE};
 use crate::message::{CONTENT_DIGEST, Request, Response};
 use crate::mirror::Target;
+use crate::mirror::claim::{self, Claim, Turn};
 use crate::mirror::client::{Client, UpstreamError};
 use crate::name::{RepoName, Tag};
 use crate::reference::Reference;
@@ -47,9 +48,7 @@ pub async fn manifest<M: MetaStore, B: BlobStore, O: Outbound<B>>(
     let client = Client { stores, outbound, upstream: target.upstream, remote: &target.remote };
     let stale = match Reference::parse(reference).map_err(|_| unknown(name, reference))? {
         Reference::Digest(digest) => {
-            if super::manifests::record(stores, name, &digest).await?.is_none() {
-                fetch_manifest(&client, name, &digest.to_string(), Some(&digest), None).await?;
-            }
+            cache_manifest(&client, name, &digest).await?;
             None
         }
         Reference::Tag(tag) => resolve_tag(&client, name, &tag).await?,
@@ -67,24 +66,50 @@ pub async fn manifest<M: MetaStore, B: BlobStore, O: Outbound<B>>(
 
 /// Make the tag here follow the upstream's, unless it was confirmed less than the TTL ago;
 /// `Some(why)` when the cached tag is served unconfirmed.
+///
+/// Concurrent requests for a tag that needs confirming ask the upstream once: the one that holds
+/// the tag's fetch claim; the others wait, and take its answer (a tag confirmed since they came).
+/// The tag keeps resolving to the cached manifest until it is moved to the new one.
 async fn resolve_tag<M: MetaStore, B: BlobStore, O: Outbound<B>>(
     client: &Client<'_, M, B, O>,
     name: &RepoName,
     tag: &Tag,
 ) -> Result<Option<String>> {
     let stores = client.stores;
-    let cached = super::manifests::tagged(stores, name, tag).await?.map(|(digest, _)| digest);
     let checked_key = keys::mirror_checked(name, tag);
-    let now = (stores.now)();
-    if cached.is_some() {
+    let came = (stores.now)();
+    let confirmed = async |waited: bool| -> Result<bool> {
+        if super::manifests::tagged(stores, name, tag).await?.is_none() {
+            return Ok(false);
+        }
         let checked = stores.meta.get(&checked_key).await.map_err(blobs::internal)?;
         let at = checked.and_then(|c| String::from_utf8(c).ok()).and_then(|c| c.parse::<u64>().ok());
-        if at.is_some_and(|at| now.saturating_sub(at) < client.upstream.tag_ttl_secs) {
-            return Ok(None);
-        }
-    }
+        let now = (stores.now)();
+        Ok(at.is_some_and(|at| now.saturating_sub(at) < client.upstream.tag_ttl_secs || (waited && at >= came)))
+    };
+    let chain = keys::mirror_fetch_manifest(name, tag.as_str());
+    let claim = match claim::turn(stores, client.outbound, &chain, confirmed).await? {
+        Turn::Ready => return Ok(None),
+        Turn::Fetch(claim) => claim,
+    };
+    let refreshed = refresh_tag(client, name, tag, &claim).await;
+    claim::release(stores, claim, matches!(refreshed, Ok(None))).await;
+    refreshed
+}
+
+/// Ask the upstream for the tag (a HEAD, and a GET when its digest is not cached here), holding
+/// the tag's fetch claim.
+async fn refresh_tag<M: MetaStore, B: BlobStore, O: Outbound<B>>(
+    client: &Client<'_, M, B, O>,
+    name: &RepoName,
+    tag: &Tag,
+    claim: &Claim,
+) -> Result<Option<String>> {
+    let stores = client.stores;
+    let cached = super::manifests::tagged(stores, name, tag).await?.map(|(digest, _)| digest);
     let path = format!("/v2/{}/manifests/{}", client.remote, tag.as_str());
     let asked = client.send(Method::HEAD, &path, MANIFEST_ACCEPT).await;
+    claim.beat(stores).await;
     let stale = |why: String| -> Result<Option<String>> {
         match &cached {
             Some(_) => {
@@ -116,37 +141,60 @@ async fn resolve_tag<M: MetaStore, B: BlobStore, O: Outbound<B>>(
         }
         status => return stale(format!("upstream {} answered {status} for the tag", client.upstream.name)),
     }
-    match upstream_digest {
-        Some(digest) if cached.as_ref() == Some(&digest) => {}
-        Some(digest) if super::manifests::record(stores, name, &digest).await?.is_some() => {
-            super::manifests::tag_as(stores, name, tag, &digest).await?;
-        }
-        Some(digest) => {
-            fetch_manifest(client, name, &digest.to_string(), Some(&digest), Some(tag)).await?;
-        }
+    let fetched = match upstream_digest {
+        Some(digest) if cached.as_ref() == Some(&digest) => Ok(digest),
+        Some(digest) => cache_manifest(client, name, &digest).await.map(|()| digest),
         // An upstream that does not say the digest on HEAD: the tag's manifest is fetched.
-        None => {
-            fetch_manifest(client, name, tag.as_str(), None, Some(tag)).await?;
+        None => fetch_manifest(client, name, tag.as_str(), None, claim).await,
+    };
+    match fetched {
+        Ok(digest) if cached.as_ref() == Some(&digest) => {}
+        Ok(digest) => super::manifests::tag_as(stores, name, tag, &digest).await?,
+        // The upstream confirmed a new digest but would not give it (Docker Hub's 429): the
+        // cached manifest serves, said stale.
+        Err(err) if err.code == ErrorCode::Unavailable && err.told && cached.is_some() => {
+            return stale(err.detail.unwrap_or_default());
         }
+        Err(err) => return Err(err),
     }
     // Best effort: without it the tag is asked about again on the next pull.
-    let _ = stores.meta.set(&checked_key, now.to_string().as_bytes()).await;
+    let _ = stores.meta.set(&keys::mirror_checked(name, tag), (stores.now)().to_string().as_bytes()).await;
     Ok(None)
 }
 
-/// GET a manifest upstream, check it (against `expected` when known), store it, and tag it.
+/// Make sure the manifest `digest` is stored in `name`: concurrent misses of it (by digest, or
+/// by tags that moved to it) fetch it once; the others wait for its record.
+async fn cache_manifest<M: MetaStore, B: BlobStore, O: Outbound<B>>(
+    client: &Client<'_, M, B, O>,
+    name: &RepoName,
+    digest: &Digest,
+) -> Result<()> {
+    let stores = client.stores;
+    let reference = digest.to_string();
+    let chain = keys::mirror_fetch_manifest(name, &reference);
+    let stored = async |_| Ok(super::manifests::record(stores, name, digest).await?.is_some());
+    if let Turn::Fetch(claim) = claim::turn(stores, client.outbound, &chain, stored).await? {
+        let fetched = fetch_manifest(client, name, &reference, Some(digest), &claim).await;
+        claim::release(stores, claim, fetched.is_ok()).await;
+        fetched?;
+    }
+    Ok(())
+}
+
+/// GET a manifest upstream, check it (against `expected` when known), and store it.
 async fn fetch_manifest<M: MetaStore, B: BlobStore, O: Outbound<B>>(
     client: &Client<'_, M, B, O>,
     name: &RepoName,
     reference: &str,
     expected: Option<&Digest>,
-    tag: Option<&Tag>,
+    claim: &Claim,
 ) -> Result<Digest> {
     let path = format!("/v2/{}/manifests/{reference}", client.remote);
     let response = match client.send(Method::GET, &path, MANIFEST_ACCEPT).await {
         Ok(response) => response,
         Err(why) => return Err(unavailable(format!("{name}@{reference} is not cached, and {why}"))),
     };
+    claim.beat(client.stores).await;
     match response.status {
         200 => {}
         404 => {
@@ -191,26 +239,21 @@ async fn fetch_manifest<M: MetaStore, B: BlobStore, O: Outbound<B>>(
         super::manifests::Referenced::MayFollow,
     )
     .await?;
-    if let Some(tag) = tag {
-        super::manifests::tag_as(client.stores, name, tag, &digest).await?;
-    }
     Ok(digest)
 }
-
-/// How often a request that waits for another's fetch of the same blob looks again.
-const FETCH_POLL_MILLIS: u64 = 100;
-/// A fetch claim older than this is taken to be left by a request that died (an instance
-/// stopped mid-transfer): the next request takes it over.
-const FETCH_CLAIM_SECS: u64 = 600;
 
 /// A blob of a mirrored repository: from the cache, else streamed from the upstream (the
 /// background future writes and verifies the store's copy, then releases the client's last
 /// bytes or cuts them off).
 ///
-/// Of concurrent misses of one blob, on any instances, one fetches it: the one that creates the
-/// blob's fetch claim (an exclusive create in the blob store). The others wait until the blob is
-/// cached, then serve it from the cache; if the fetch fails, the claim goes and one of them
-/// fetches it in turn.
+/// A blob is served from here only once it is linked into this repository, and it is linked
+/// only by a fetch from the upstream or when the upstream says it has the blob in its own
+/// repository (a HEAD there): that some other repository here holds the digest is never an
+/// answer, so neither a GET nor a HEAD tells anything about private content.
+///
+/// Of concurrent misses of one blob, on any instances, one fetches it: the one that takes the
+/// blob's fetch claim ([`claim`]). The others wait until the blob is stored, then serve it from
+/// the cache; if the fetch fails, or its owner dies, one of them fetches it in turn.
 pub async fn blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     stores: &'a Stores<M, B>,
     outbound: &'a O,
@@ -220,7 +263,7 @@ pub async fn blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     req: &Request<B::Incoming>,
 ) -> Result<(Response<B::Outgoing>, Option<Background<'a>>)> {
     let (name, digest) = (&name, &digest);
-    let claim = keys::mirror_fetch(digest);
+    let chain = keys::mirror_fetch(digest);
     loop {
         if cached(stores, name, digest).await? {
             let response = if req.method == Method::HEAD {
@@ -230,70 +273,65 @@ pub async fn blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
             };
             return Ok((response, None));
         }
+        if let Some(stored) = blobs::record(stores, digest).await?
+            && blobs::parts_present(stores, &stored).await?
+        {
+            // The bytes are here for another repository: linked here only if the upstream
+            // vouches for the digest in this repository.
+            vouch(stores, outbound, target, name, digest).await?;
+            blobs::link(stores, name, digest, stored.size).await?;
+            continue;
+        }
         if req.method == Method::HEAD || target.upstream.pass_redirects {
             // A HEAD asks the upstream, and fetches nothing; with redirects passed on, the
             // client is sent where the upstream sends it (nothing to share a fetch of).
             return fetch_blob(stores, outbound, target, name, digest, req, None).await;
         }
-        match stores.blobs.write_bytes(&claim, (stores.now)().to_string().into_bytes()).await {
-            Ok(()) => {
-                // A fetch that ended between the look above and this claim: served from the cache.
-                if cached(stores, name, digest).await? {
-                    let _ = stores.blobs.delete(&claim).await;
-                    continue;
-                }
-                let fetched = fetch_blob(stores, outbound, target, name, digest, req, Some(claim.clone())).await;
-                if !matches!(fetched, Ok((_, Some(_)))) {
-                    let _ = stores.blobs.delete(&claim).await;
-                }
-                return fetched;
-            }
-            Err(crate::store::StoreError::AlreadyExists) => wait_for_fetch(stores, outbound, digest, &claim).await?,
-            Err(e) => return Err(blobs::internal(e)),
+        let stored = async |_| Ok(blobs::record(stores, digest).await?.is_some());
+        if let Turn::Fetch(claim) = claim::turn(stores, outbound, &chain, stored).await? {
+            return fetch_blob(stores, outbound, target, name, digest, req, Some(claim)).await;
         }
     }
 }
 
-/// Whether the blob is cached for `name` (a blob cached for another repository is linked here).
-///
-/// A link without a record is a fetch finishing (its link is written before its record): not
-/// cached yet.
+/// Whether the blob is cached for `name`: linked here, with its record (a link without a
+/// record is a fetch finishing: its link is written before its record).
 async fn cached<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, name: &RepoName, digest: &Digest) -> Result<bool> {
-    let Some(stored) = blobs::record(stores, digest).await? else { return Ok(false) };
-    if blobs::is_linked(stores, name, digest).await? {
-        return Ok(true);
-    }
-    if !blobs::parts_present(stores, &stored).await? {
-        return Ok(false);
-    }
-    blobs::link(stores, name, digest, stored.size).await
+    Ok(blobs::is_linked(stores, name, digest).await? && blobs::record(stores, digest).await?.is_some())
 }
 
-/// Wait while another request fetches the blob: until its record is there or the claim goes
-/// (a claim left too long is removed, so that this request fetches it).
-async fn wait_for_fetch<M: MetaStore, B: BlobStore, O: Outbound<B>>(
+/// The upstream has the blob in the mirrored repository (a HEAD answers 200); otherwise the
+/// answer is the one a miss would get: `BLOB_UNKNOWN` for its 404, 503 when it cannot say.
+async fn vouch<M: MetaStore, B: BlobStore, O: Outbound<B>>(
     stores: &Stores<M, B>,
     outbound: &O,
+    target: &Target<'_>,
+    name: &RepoName,
     digest: &Digest,
-    claim: &str,
 ) -> Result<()> {
-    loop {
-        if blobs::record(stores, digest).await?.is_some() {
-            return Ok(());
-        }
-        let made = match stores.blobs.read_bytes(claim).await {
-            Ok(made) => made,
-            Err(crate::store::StoreError::NotFound) => return Ok(()),
-            Err(e) => return Err(blobs::internal(e)),
-        };
-        let made = String::from_utf8(made).ok().and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
-        if (stores.now)().saturating_sub(made) > FETCH_CLAIM_SECS {
-            eprintln!("berth: mirror: the fetch of blob {digest} was abandoned: taken over");
-            let _ = stores.blobs.delete(claim).await;
-            return Ok(());
-        }
-        outbound.pause(FETCH_POLL_MILLIS).await;
+    let client = Client { stores, outbound, upstream: target.upstream, remote: &target.remote };
+    let path = format!("/v2/{}/blobs/{digest}", target.remote);
+    let response = client
+        .send(Method::HEAD, &path, "")
+        .await
+        .map_err(|why| unavailable(format!("blob {digest} of {name} is not cached, and {why}")))?;
+    let status = response.status;
+    client.drain(response).await;
+    match status {
+        200 => Ok(()),
+        404 => Err(blob_unknown(name, digest, target)),
+        status => Err(unavailable(format!(
+            "blob {digest} of {name} is not cached, and upstream {} answered {status}",
+            target.upstream.name
+        ))),
     }
+}
+
+fn blob_unknown(name: &RepoName, digest: &Digest, target: &Target<'_>) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::BlobUnknown,
+        format!("blob {digest} unknown to {name} and to its upstream {}", target.upstream.name),
+    )
 }
 
 /// Ask the upstream for the blob: its headers for a HEAD; for a GET its bytes, relayed to the
@@ -305,8 +343,68 @@ async fn fetch_blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     name: &RepoName,
     digest: &Digest,
     req: &Request<B::Incoming>,
-    claim: Option<String>,
+    claim: Option<Claim>,
 ) -> Result<(Response<B::Outgoing>, Option<Background<'a>>)> {
+    let answer = ask_for_blob(stores, outbound, target, name, digest, req).await;
+    let (response, size) = match answer {
+        Ok(Asked::Answer(response)) => {
+            if let Some(claim) = claim {
+                claim::release(stores, claim, false).await;
+            }
+            return Ok((response, None));
+        }
+        Ok(Asked::Body(response, size)) => (response, size),
+        Err(err) => {
+            if let Some(claim) = claim {
+                claim::release(stores, claim, false).await;
+            }
+            return Err(err);
+        }
+    };
+    let headers = super::blobs::blob_headers(Response::new(StatusCode::OK), digest);
+    let (incoming, outgoing, verdict) = outbound.relay(response.body);
+    let (name, digest) = (name.clone(), digest.clone());
+    let background: Background<'a> = Box::pin(async move {
+        // Verified against the digest and `size` before it is committed and linked.
+        let store = super::uploads::store_whole(stores, &name, None, &digest, incoming, Some(size));
+        let kept = match &claim {
+            // The claim's heartbeat goes on beside the copy, however long it takes.
+            Some(claim) => {
+                let beating = std::pin::pin!(claim.heartbeat(stores, outbound));
+                match futures::future::select(std::pin::pin!(store), beating).await {
+                    futures::future::Either::Left((kept, _)) => kept,
+                    futures::future::Either::Right(((), _)) => unreachable!("the heartbeat never ends"),
+                }
+            }
+            None => store.await,
+        };
+        if let Err(err) = &kept {
+            eprintln!("berth: mirror: blob {digest} of {name} not cached: {}", err.detail.as_deref().unwrap_or("?"));
+        }
+        if let Some(claim) = claim {
+            claim::release(stores, claim, kept.is_ok()).await;
+        }
+        outbound.settle(verdict, kept.is_ok());
+    });
+    Ok((headers.stream(size, outgoing), Some(background)))
+}
+
+/// What the upstream answered for a blob.
+enum Asked<Body, Outgoing> {
+    /// The answer to give as it is (a HEAD's headers, a redirect passed on).
+    Answer(Response<Outgoing>),
+    /// A GET's body of this size, to relay.
+    Body(crate::store::OutResponse<Body>, u64),
+}
+
+async fn ask_for_blob<M: MetaStore, B: BlobStore, O: Outbound<B>>(
+    stores: &Stores<M, B>,
+    outbound: &O,
+    target: &Target<'_>,
+    name: &RepoName,
+    digest: &Digest,
+    req: &Request<B::Incoming>,
+) -> Result<Asked<O::Body, B::Outgoing>> {
     let client = Client { stores, outbound, upstream: target.upstream, remote: &target.remote };
     let path = format!("/v2/{}/blobs/{digest}", target.remote);
     let sent = if target.upstream.pass_redirects {
@@ -325,14 +423,11 @@ async fn fetch_blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
                 .header(header::LOCATION, location)
                 .header(header::CACHE_CONTROL, "no-store")
                 .empty();
-            return Ok((redirect, None));
+            return Ok(Asked::Answer(redirect));
         }
         404 => {
             client.drain(response).await;
-            return Err(RegistryError::new(
-                ErrorCode::BlobUnknown,
-                format!("blob {digest} unknown to {name} and to its upstream {}", target.upstream.name),
-            ));
+            return Err(blob_unknown(name, digest, target));
         }
         status => {
             client.drain(response).await;
@@ -345,25 +440,12 @@ async fn fetch_blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     let size = response.header(header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
         unavailable(format!("upstream {} sent blob {digest} without a Content-Length", target.upstream.name))
     })?;
-    let headers = super::blobs::blob_headers(Response::new(StatusCode::OK), digest);
     if req.method == Method::HEAD {
         client.drain(response).await;
-        return Ok((headers.header(header::CONTENT_LENGTH, size), None));
+        let headers = super::blobs::blob_headers(Response::new(StatusCode::OK), digest);
+        return Ok(Asked::Answer(headers.header(header::CONTENT_LENGTH, size)));
     }
-    let (incoming, outgoing, verdict) = outbound.relay(response.body);
-    let (name, digest) = (name.clone(), digest.clone());
-    let background: Background<'a> = Box::pin(async move {
-        // Verified against the digest and `size` before it is committed and linked.
-        let kept = super::uploads::store_whole(stores, &name, None, &digest, incoming, Some(size)).await;
-        if let Err(err) = &kept {
-            eprintln!("berth: mirror: blob {digest} of {name} not cached: {}", err.detail.as_deref().unwrap_or("?"));
-        }
-        if let Some(claim) = claim {
-            let _ = stores.blobs.delete(&claim).await;
-        }
-        outbound.settle(verdict, kept.is_ok());
-    });
-    Ok((headers.stream(size, outgoing), Some(background)))
+    Ok(Asked::Body(response, size))
 }
 
 fn unknown(name: &RepoName, reference: &str) -> RegistryError {

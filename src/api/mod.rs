@@ -74,8 +74,7 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     if token::serves(&req.path) {
         return Ok((token::handle(stores, req).await?, None));
     }
-    let route = mirrored_route(stores, &req, Route::parse(&req.path)?).await?;
-    let need = auth::need(&req.method, &route);
+    let route = namespaced_route(stores, &req, Route::parse(&req.path)?)?;
     // Basic mode checks a password on every request that carries one: throttled like logins.
     let attempt = match stores.config.auth.mode {
         auth::config::Mode::Basic => req
@@ -89,6 +88,8 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     {
         return Ok((login::too_many(retry_after), None));
     }
+    let route = default_upstream_route(stores, &req, route).await?;
+    let need = auth::need(&req.method, &route);
     let identity = match auth::authorize(&stores.config.auth, &req, &need, (stores.now)()) {
         Ok(identity) => identity,
         Err(denied) => {
@@ -140,36 +141,60 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     Ok((response, None))
 }
 
-/// The repository a pull addresses when it goes to an upstream without naming it: containerd's
-/// `?ns=<upstream>` (hosts.toml mirrors send the upstream's own repository name in the path),
-/// or a pull of a repository that is neither here nor namespaced, with a default upstream
-/// (Docker's `registry-mirrors`: `/v2/library/alpine/...`).
-async fn mirrored_route<M: MetaStore, B: BlobStore>(
+/// The repository a request of containerd's addresses with `?ns=<registry>` (hosts.toml mirrors
+/// send the upstream's own repository name in the path, and the registry it stands for in
+/// `ns`): the namespaced repository when `ns` names an upstream (by its name or its registry
+/// host), else the repository in the path (`ns` names this registry, or one not mirrored here).
+fn namespaced_route<M, B>(
     stores: &Stores<M, B>,
     req: &Request<B::Incoming>,
     route: Route,
-) -> Result<Route, RegistryError> {
+) -> Result<Route, RegistryError>
+where
+    B: BlobStore,
+{
     let mirrors = &stores.config.mirrors;
     let Some(name) = route.name() else { return Ok(route) };
     if mirrors.is_empty() || mirrors.target(name).is_some() {
         return Ok(route);
     }
-    if let Some(ns) = req.query_param("ns")
-        && let Some(upstream) = mirrors.named(&ns)
-    {
-        let local = crate::mirror::Mirrors::local_name(upstream, name)?;
-        return Ok(route.renamed(local));
+    match req.query_param("ns").and_then(|ns| mirrors.for_namespace(&ns)) {
+        Some(upstream) => {
+            let local = crate::mirror::Mirrors::local_name(upstream, name)?;
+            Ok(route.renamed(local))
+        }
+        None => Ok(route),
     }
-    let pull = matches!(req.method, Method::GET | Method::HEAD)
-        && matches!(route, Route::Manifest(..) | Route::Blob(..) | Route::Tags(..));
-    if pull
-        && let Some(upstream) = mirrors.default_upstream()
-        && !crate::blobs::marked(stores, &crate::keys::repo_marker(name)).await?
-    {
-        let local = crate::mirror::Mirrors::local_name(upstream, name)?;
-        return Ok(route.renamed(local));
+}
+
+/// Docker's `registry-mirrors` pull a repository of the default upstream by its upstream name
+/// (`/v2/library/alpine/...`): for a name the default's patterns match, a pull (manifest GET or
+/// HEAD, blob GET, tag list) goes to the namespaced repository unless the repository is here
+/// AND the caller may pull it here. The existence of a repository here is looked at only for a
+/// caller who may pull it, so the answer tells nobody else whether it exists. A blob HEAD is
+/// never sent upstream: it is how a push asks what it need not upload.
+async fn default_upstream_route<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    req: &Request<B::Incoming>,
+    route: Route,
+) -> Result<Route, RegistryError> {
+    let mirrors = &stores.config.mirrors;
+    let pull = matches!(
+        (&req.method, &route),
+        (&Method::GET | &Method::HEAD, Route::Manifest(..)) | (&Method::GET, Route::Blob(..) | Route::Tags(..))
+    );
+    let Some(name) = route.name() else { return Ok(route) };
+    if !pull || req.query_param("ns").is_some() || mirrors.target(name).is_some() {
+        return Ok(route);
     }
-    Ok(route)
+    let Some(upstream) = mirrors.default_for(name) else { return Ok(route) };
+    let may_pull_here =
+        auth::authorize(&stores.config.auth, req, &auth::need(&req.method, &route), (stores.now)()).is_ok();
+    if may_pull_here && crate::blobs::marked(stores, &crate::keys::repo_marker(name)).await? {
+        return Ok(route);
+    }
+    let local = crate::mirror::Mirrors::local_name(upstream, name)?;
+    Ok(route.renamed(local))
 }
 
 /// A 401 or 403 with its `WWW-Authenticate` challenge.

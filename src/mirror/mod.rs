@@ -13,8 +13,10 @@
 //! flow), [`crate::api::mirror`] serves the endpoints.
 
 pub mod challenge;
+pub mod claim;
 pub mod client;
 
+use crate::auth::policy::glob_match;
 use crate::errcode::{ErrorCode, RegistryError};
 use crate::name::RepoName;
 
@@ -51,8 +53,9 @@ impl Upstream {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mirrors {
     upstreams: Vec<Upstream>,
-    /// Index of the upstream for pulls of repositories that are neither here nor namespaced.
-    default: Option<usize>,
+    /// The upstream for pulls of repositories that are neither here nor namespaced (its index),
+    /// and the repository patterns it answers for (`default` alone: every name).
+    default: Option<(usize, Vec<String>)>,
 }
 
 /// Where a mirrored repository's content comes from.
@@ -65,7 +68,7 @@ pub struct Target<'a> {
 
 impl Mirrors {
     /// `mirror_upstreams`: rules `<name> <http[s]://host[:port]> [tag_ttl=<age>]
-    /// [redirects=pass|follow] [default]`,
+    /// [redirects=pass|follow] [default[=<pattern>,...]]`,
     /// separated by newlines or `;`. `mirror_credentials` (a secret): `<name> <user>:<password>`,
     /// separated the same way.
     pub fn parse(upstreams: &str, credentials: &str) -> Result<Mirrors, String> {
@@ -96,15 +99,20 @@ impl Mirrors {
                     }
                     Some(("redirects", "pass")) => upstream.pass_redirects = true,
                     Some(("redirects", "follow")) => upstream.pass_redirects = false,
-                    None if word == "default" => {
-                        if mirrors.default.is_some() {
-                            return Err(format!("upstream {name}: only one upstream can be the default"));
+                    None if word == "default" => mirrors.set_default(name, vec!["*".to_owned()])?,
+                    Some(("default", list)) => {
+                        let patterns: Vec<String> = list.split(',').map(str::to_owned).collect();
+                        if patterns.iter().any(|p| p.is_empty() || p.starts_with('/') || p.ends_with('/')) {
+                            return Err(format!(
+                                "upstream {name}: default={list} is not a list of repository patterns like library/*"
+                            ));
                         }
-                        mirrors.default = Some(mirrors.upstreams.len());
+                        mirrors.set_default(name, patterns)?;
                     }
                     _ => {
                         return Err(format!(
-                            "upstream {name}: unknown option {word:?} (tag_ttl=<age>, redirects=pass|follow, default)"
+                            "upstream {name}: unknown option {word:?} (tag_ttl=<age>, redirects=pass|follow, \
+                             default[=<pattern>,...])"
                         ));
                     }
                 }
@@ -137,8 +145,32 @@ impl Mirrors {
         self.upstreams.iter().find(|u| u.name == name)
     }
 
-    pub fn default_upstream(&self) -> Option<&Upstream> {
-        self.default.map(|i| &self.upstreams[i])
+    fn set_default(&mut self, name: &str, patterns: Vec<String>) -> Result<(), String> {
+        if self.default.is_some() {
+            return Err(format!("upstream {name}: only one upstream can be the default"));
+        }
+        self.default = Some((self.upstreams.len(), patterns));
+        Ok(())
+    }
+
+    /// The default upstream, if it answers for pulls of `name` (a repository that is not
+    /// namespaced).
+    pub fn default_for(&self, name: &RepoName) -> Option<&Upstream> {
+        let (index, patterns) = self.default.as_ref()?;
+        patterns.iter().any(|p| glob_match(p, name.as_str())).then(|| &self.upstreams[*index])
+    }
+
+    /// The upstream containerd means by `?ns=<namespace>`: the registry host it would have asked
+    /// (`host[:port]` of an upstream's URL, `docker.io` for Docker Hub's registry host) or an
+    /// upstream's own name.
+    pub fn for_namespace(&self, ns: &str) -> Option<&Upstream> {
+        let host = |u: &Upstream| u.origin.split_once("://").map_or(String::new(), |(_, host)| host.to_owned());
+        self.named(ns).or_else(|| {
+            self.upstreams.iter().find(|u| {
+                let host = host(u);
+                host.eq_ignore_ascii_case(ns) || (ns == "docker.io" && host == "registry-1.docker.io")
+            })
+        })
     }
 
     /// The upstream a local repository mirrors, if it is a mirrored one.
@@ -213,7 +245,7 @@ mod tests {
         .unwrap();
         let hub = m.named("docker.io").unwrap();
         assert_eq!((hub.origin.as_str(), hub.tag_ttl_secs), ("https://registry-1.docker.io", 600));
-        assert_eq!(m.default_upstream().unwrap().name, "docker.io");
+        assert_eq!(m.default_for(&name("corp/app")).unwrap().name, "docker.io", "default alone: every name");
         let ghcr = m.named("ghcr.io").unwrap();
         assert_eq!((ghcr.origin.as_str(), ghcr.tag_ttl_secs), ("https://ghcr.io", DEFAULT_TAG_TTL_SECS));
         assert_eq!(ghcr.credentials, Some(("bot".into(), "p:a:ss".into())));
@@ -235,6 +267,28 @@ mod tests {
     }
 
     #[test]
+    fn the_default_upstream_answers_only_for_its_patterns() {
+        let m = Mirrors::parse("hub https://registry-1.docker.io default=library/*,grafana/loki", "").unwrap();
+        assert_eq!(m.default_for(&name("library/alpine")).unwrap().name, "hub");
+        assert!(m.default_for(&name("grafana/loki")).is_some());
+        assert!(m.default_for(&name("corp/app")).is_none(), "a name outside the patterns is never looked up");
+        assert!(m.default_for(&name("grafana/tempo")).is_none());
+    }
+
+    #[test]
+    fn ns_names_an_upstream_by_its_name_or_its_registry_host() {
+        let m =
+            Mirrors::parse("hub https://registry-1.docker.io; lab http://127.0.0.1:5001; ghcr.io https://ghcr.io", "")
+                .unwrap();
+        assert_eq!(m.for_namespace("docker.io").unwrap().name, "hub");
+        assert_eq!(m.for_namespace("127.0.0.1:5001").unwrap().name, "lab", "containerd sends host:port");
+        assert_eq!(m.for_namespace("lab").unwrap().name, "lab");
+        assert_eq!(m.for_namespace("ghcr.io").unwrap().name, "ghcr.io");
+        assert!(m.for_namespace("127.0.0.1:5002").is_none(), "another registry is no upstream of ours");
+        assert!(m.for_namespace("quay.io").is_none());
+    }
+
+    #[test]
     fn bad_rules_name_what_is_wrong_without_quoting_passwords() {
         for (upstreams, credentials, expected) in [
             ("Docker.io https://x", "", "cannot be a repository's first component"),
@@ -245,6 +299,8 @@ mod tests {
             ("hub https://x default; lab https://y default", "", "only one upstream can be the default"),
             ("hub https://x; hub https://y", "", "named twice"),
             ("hub https://x fast", "", "unknown option"),
+            ("hub https://x default=", "", "is not a list of repository patterns"),
+            ("hub https://x default=library/*,", "", "is not a list of repository patterns"),
             ("hub https://x", "lab u:secretpw", "not in mirror_upstreams"),
             ("hub https://x", "hub secretpw", "expected <upstream> <user>:<password>"),
         ] {
