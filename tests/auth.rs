@@ -980,6 +980,53 @@ async fn no_failure_is_lost_when_guesses_of_one_user_race() {
     expect_throttled(basic_get(&auth, "alice", PASSWORD).send().await.unwrap()).await;
 }
 
+#[tokio::test]
+async fn concurrent_guesses_of_one_user_check_no_more_passwords_than_the_limit() {
+    // Each guess is counted before its password is checked, then compared: of 48 guesses at once,
+    // only as many as the limit get a password check (401); the rest are refused (429) unchecked.
+    let limit = 4;
+    // One request per instance at once: the guesses run side by side on the runner's threads.
+    let auth = start_full(
+        "basic",
+        &[("auth_login_failures_per_user", &limit.to_string()), ("auth_login_failures_per_address", "1000")],
+        None,
+        &["--instance-concurrency", "1"],
+    );
+    let window = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 300;
+    let before = window();
+    let guesses = (0..48).map(|i| basic_get(&auth, "alice", &format!("guess-{i}")).send());
+    let statuses: Vec<u16> =
+        futures::future::join_all(guesses).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert!(statuses.iter().all(|s| *s == 401 || *s == 429), "{statuses:?}");
+    // A burst that straddles two 5-minute windows is counted in both.
+    let bound = if window() == before { limit } else { 2 * limit };
+    assert!(checked <= bound && checked >= limit, "{checked} passwords checked, limit {limit}: {statuses:?}");
+    expect_throttled(basic_get(&auth, "alice", PASSWORD).send().await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn right_passwords_give_their_count_back() {
+    // A check counts while it runs (so at most the limit run at once) and is given back when the
+    // password was right: rounds of logins, each as many at once as the limit, are all served,
+    // and afterwards the user has every failure of the window left.
+    let limit = 4;
+    let auth = start_with(
+        "basic",
+        &[("auth_login_failures_per_user", &limit.to_string()), ("auth_login_failures_per_address", "1000")],
+    );
+    for _ in 0..8 {
+        let logins = (0..limit).map(|_| basic_get(&auth, "alice", PASSWORD).send());
+        for response in futures::future::join_all(logins).await {
+            assert_eq!(response.unwrap().status(), 200);
+        }
+    }
+    for attempt in 1..=limit {
+        assert_eq!(basic_get(&auth, "alice", "guess").send().await.unwrap().status(), 401, "failure {attempt}");
+    }
+    expect_throttled(basic_get(&auth, "alice", "guess").send().await.unwrap()).await;
+}
+
 // ---- token lifetimes -------------------------------------------------------------------------
 
 /// The claims of a token, read without checking it (the test knows where it came from).

@@ -1,6 +1,7 @@
 //! Failed-login throttling around every password check (Basic credentials on a request, and the
 //! token endpoint's password grants): refused with 429 before bcrypt runs once a user or a client
-//! address has failed too often in the current window (`auth::throttle`).
+//! address has failed too often in the current window (`auth::throttle`). A check counts as a
+//! failure while it runs, and is given back when the password was right.
 
 use crate::auth::throttle::{self, Kind};
 use crate::blobs::internal;
@@ -12,6 +13,9 @@ use crate::store::{MetaStore, Stores};
 pub struct Attempt {
     pub user: String,
     pub address: Option<String>,
+    /// When it was made: its counters are those of this time's window, from its reservation to
+    /// its give-back.
+    at: u64,
 }
 
 impl Attempt {
@@ -19,6 +23,7 @@ impl Attempt {
         Attempt {
             user: user.to_owned(),
             address: throttle::client_address(headers, stores.config.auth.trust_forwarded),
+            at: (stores.now)(),
         }
     }
 
@@ -32,33 +37,42 @@ impl Attempt {
     }
 }
 
-/// `Some(seconds to wait)` when the attempt must be refused without checking its password.
-pub async fn refused<M: MetaStore, B>(stores: &Stores<M, B>, attempt: &Attempt) -> Result<Option<u64>, RegistryError> {
-    let now = (stores.now)();
+/// Count the attempt as a failure of the user and of the address BEFORE its password is
+/// checked, by one atomic increment per counter, then compare: concurrent guesses, on any
+/// instances, cannot all pass a look taken before any of them was counted. `Some(seconds to
+/// wait)` when a counter is over its limit: the attempt is refused without checking its password
+/// (and its count is given back: a refusal is not a guess). Otherwise the count stands until
+/// [`give_back`] says the password was right.
+pub async fn reserve<M: MetaStore, B>(stores: &Stores<M, B>, attempt: &Attempt) -> Result<Option<u64>, RegistryError> {
+    let now = attempt.at;
     let window = stores.config.auth.throttle.window_secs;
+    let mut counted = Vec::new();
     for (kind, id, limit) in attempt.counters(stores) {
-        let failures = match stores.meta.get(&throttle::key(kind, id, now, window)).await.map_err(internal)? {
-            Some(value) => throttle::decode(&value),
-            None => 0,
-        };
-        if failures >= limit {
+        let key = throttle::key(kind, id, now, window);
+        let count = stores.meta.increment(&key, 1).await.map_err(internal)?;
+        counted.push(key);
+        // The counter of two windows ago is no longer read: its owner clears it, so the store
+        // keeps at most two counters per user or address that keeps trying.
+        if let Some(old) = throttle::earlier_key(kind, id, now, window, 2) {
+            stores.meta.delete(&old).await.map_err(internal)?;
+        }
+        if count > limit {
+            for key in &counted {
+                stores.meta.increment(key, -1).await.map_err(internal)?;
+            }
             return Ok(Some(throttle::retry_after(now, window)));
         }
     }
     Ok(None)
 }
 
-/// Count a failed password check against the user and the address.
-pub async fn failed<M: MetaStore, B>(stores: &Stores<M, B>, attempt: &Attempt) -> Result<(), RegistryError> {
-    let now = (stores.now)();
+/// The password was right (or the request failed before it was checked): the attempt's
+/// reservation is given back.
+pub async fn give_back<M: MetaStore, B>(stores: &Stores<M, B>, attempt: &Attempt) -> Result<(), RegistryError> {
+    let now = attempt.at;
     let window = stores.config.auth.throttle.window_secs;
     for (kind, id, _) in attempt.counters(stores) {
-        stores.meta.increment(&throttle::key(kind, id, now, window), 1).await.map_err(internal)?;
-        // The counter of two windows ago is no longer read: its owner clears it, so the store
-        // keeps at most two counters per user or address that keeps failing.
-        if let Some(old) = throttle::earlier_key(kind, id, now, window, 2) {
-            stores.meta.delete(&old).await.map_err(internal)?;
-        }
+        stores.meta.increment(&throttle::key(kind, id, now, window), -1).await.map_err(internal)?;
     }
     Ok(())
 }

@@ -84,22 +84,25 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         _ => None,
     };
     if let Some(attempt) = &attempt
-        && let Some(retry_after) = login::refused(stores, attempt).await?
+        && let Some(retry_after) = login::reserve(stores, attempt).await?
     {
         return Ok((login::too_many(retry_after), None));
     }
-    let route = default_upstream_route(stores, &req, route).await?;
-    let need = auth::need(&req.method, &route);
-    let identity = match auth::authorize(&stores.config.auth, &req, &need, (stores.now)()) {
-        Ok(identity) => identity,
-        Err(denied) => {
-            if denied.wrong_password
-                && let Some(attempt) = &attempt
-            {
-                login::failed(stores, attempt).await?;
-            }
-            return Ok((refusal(&denied), None));
-        }
+    let decided = async {
+        let route = default_upstream_route(stores, &req, route).await?;
+        let authorized = auth::authorize(&stores.config.auth, &req, &auth::need(&req.method, &route), (stores.now)());
+        Ok::<_, RegistryError>((route, authorized))
+    }
+    .await;
+    // A wrong password keeps its count; anything else gives it back.
+    if let Some(attempt) = &attempt
+        && !matches!(&decided, Ok((_, Err(denied))) if denied.wrong_password)
+    {
+        login::give_back(stores, attempt).await?;
+    }
+    let (route, identity) = match decided? {
+        (route, Ok(identity)) => (route, identity),
+        (_, Err(denied)) => return Ok((refusal(&denied), None)),
     };
     if let Some(name) = route.name()
         && let Some(target) = stores.config.mirrors.target(name)

@@ -73,13 +73,13 @@ async fn check_password<M: MetaStore, B: BlobStore>(
     headers: &http::HeaderMap,
 ) -> Result<std::result::Result<(), Response<B::Outgoing>>> {
     let attempt = login::Attempt::new(stores, user, headers);
-    if let Some(retry_after) = login::refused(stores, &attempt).await? {
+    if let Some(retry_after) = login::reserve(stores, &attempt).await? {
         return Ok(Err(login::too_many(retry_after)));
     }
     if !password::check(&stores.config.auth, user, password) {
-        login::failed(stores, &attempt).await?;
         return Ok(Err(bad_credentials(stores, "wrong user name or password")));
     }
+    login::give_back(stores, &attempt).await?;
     Ok(Ok(()))
 }
 

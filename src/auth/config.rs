@@ -12,7 +12,7 @@
 //! | `auth_refresh_token_lifetime_seconds` | refresh tokens' lifetime, default 30 days |
 //! | `auth_service` | the `service` of challenges and the tokens' `aud` and `iss`, default `berth` |
 //! | `auth_realm` | the token endpoint's URL given in challenges; default: `/token` of the request's own origin |
-//! | `auth_trust_forwarded_headers` | `true`: take the origin and client address from `X-Forwarded-*` (behind a proxy that sets them); default `false` |
+//! | `auth_trust_forwarded_headers` | `true`: take the origin and client address from `X-Forwarded-*` (behind a proxy that sets them; the address is the last `X-Forwarded-For` entry); default `false` |
 //! | `auth_session_max_seconds` | how long refresh grants may extend one login, default 90 days |
 //! | `auth_login_failures_per_user` | failed logins per user per 5 minutes before 429, default 10 |
 //! | `auth_login_failures_per_address` | failed logins per client address per 5 minutes before 429, default 50 |

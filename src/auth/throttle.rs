@@ -56,19 +56,29 @@ pub fn decode(value: &[u8]) -> i64 {
     value.try_into().map(i64::from_le_bytes).unwrap_or(0)
 }
 
-/// The client address of a request: the first `X-Forwarded-For` entry when forwarded headers are
-/// trusted, else the address the host saw (`spin-client-addr`, which Spin and berth-runner set
-/// from the connection, replacing any the client sent), without its port.
+/// The client address of a request, as a throttling key: the last `X-Forwarded-For` entry when
+/// forwarded headers are trusted (the one the proxy in front appended: entries before it are
+/// whatever the client sent), else the address the host saw (`spin-client-addr`, which Spin and
+/// berth-runner set from the connection, replacing any the client sent), without its port. An
+/// IPv6 address counts by its /64 (one subscriber's prefix, whose addresses it rotates freely).
 pub fn client_address(headers: &http::HeaderMap, trust_forwarded: bool) -> Option<String> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let forwarded = trust_forwarded
-        .then(|| header("x-forwarded-for").and_then(|v| v.split(',').next()).map(str::trim))
+        .then(|| header("x-forwarded-for").and_then(|v| v.rsplit(',').next()).map(str::trim))
         .flatten()
         .filter(|v| !v.is_empty());
     let raw = forwarded.or_else(|| header("spin-client-addr"))?;
-    let address = match raw.parse::<std::net::SocketAddr>() {
-        Ok(socket) => socket.ip().to_string(),
-        Err(_) => raw.to_owned(),
+    let ip = match raw.parse::<std::net::SocketAddr>() {
+        Ok(socket) => Some(socket.ip()),
+        Err(_) => raw.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok(),
+    };
+    let address = match ip.map(|ip| ip.to_canonical()) {
+        Some(std::net::IpAddr::V6(v6)) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            format!("{}/64", std::net::Ipv6Addr::from(prefix))
+        }
+        Some(v4) => v4.to_string(),
+        None => raw.to_owned(),
     };
     (!address.is_empty() && address.len() <= 64).then_some(address)
 }
@@ -106,8 +116,32 @@ mod tests {
         headers.insert("spin-client-addr", HeaderValue::from_static("127.0.0.1:5123"));
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9, 10.0.0.1"));
         assert_eq!(client_address(&headers, false).as_deref(), Some("127.0.0.1"));
-        assert_eq!(client_address(&headers, true).as_deref(), Some("203.0.113.9"));
+        assert_eq!(client_address(&headers, true).as_deref(), Some("10.0.0.1"), "the proxy's entry, the last");
         headers.insert("spin-client-addr", HeaderValue::from_static("[::1]:80"));
-        assert_eq!(client_address(&headers, false).as_deref(), Some("::1"));
+        assert_eq!(client_address(&headers, false).as_deref(), Some("::/64"));
+    }
+
+    #[test]
+    fn a_forged_forwarded_entry_does_not_change_the_address_counted() {
+        let mut headers = http::HeaderMap::new();
+        // The client sent its own X-Forwarded-For; the proxy appended the address it saw.
+        for forged in ["1.2.3.4", "5.6.7.8, 9.9.9.9", "junk"] {
+            let value = format!("{forged}, 198.51.100.7");
+            headers.insert("x-forwarded-for", HeaderValue::from_str(&value).unwrap());
+            assert_eq!(client_address(&headers, true).as_deref(), Some("198.51.100.7"), "{value}");
+        }
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_prefix() {
+        let mut headers = http::HeaderMap::new();
+        for address in ["[2001:db8:1:2::1]:443", "[2001:db8:1:2:ffff:ffff:ffff:ffff]:80", "2001:db8:1:2::99"] {
+            headers.insert("spin-client-addr", HeaderValue::from_str(address).unwrap());
+            assert_eq!(client_address(&headers, false).as_deref(), Some("2001:db8:1:2::/64"), "{address}");
+        }
+        headers.insert("spin-client-addr", HeaderValue::from_static("[2001:db8:1:3::1]:443"));
+        assert_eq!(client_address(&headers, false).as_deref(), Some("2001:db8:1:3::/64"));
+        headers.insert("spin-client-addr", HeaderValue::from_static("[::ffff:192.0.2.1]:443"));
+        assert_eq!(client_address(&headers, false).as_deref(), Some("192.0.2.1"), "IPv4 mapped into IPv6");
     }
 }
