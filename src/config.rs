@@ -5,8 +5,9 @@
 use crate::auth::config::{AuthConfig, ConfigError};
 use crate::store::Config;
 
-/// Presigned S3 URLs are valid for at most 7 days; a blob URL is meant to live minutes.
-const MAX_REDIRECT_SECS: u32 = 7 * 24 * 3600;
+/// A blob URL is meant to live minutes: whoever holds it reads the blob, whatever the policy says
+/// by then (S3 would sign for 7 days).
+const MAX_REDIRECT_SECS: u32 = 3600;
 
 /// Every variable the registry reads.
 pub fn variables() -> impl Iterator<Item = &'static str> {
@@ -65,6 +66,11 @@ pub fn from_variables(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
         message,
     })?;
     config.auth = AuthConfig::parse(get)?;
+    // With tokens, a blob URL lives no longer than the token that was checked to hand it out.
+    if config.auth.mode == crate::auth::config::Mode::Token {
+        let lifetime = u32::try_from(config.auth.token_lifetime_secs).unwrap_or(u32::MAX);
+        config.blob_redirect_secs = config.blob_redirect_secs.min(lifetime);
+    }
     Ok(config)
 }
 
@@ -102,9 +108,23 @@ mod tests {
         let set =
             |v: &'static str| from_variables(&move |name| (name == "blob_redirect_seconds").then(|| v.to_owned()));
         assert_eq!(set("300").unwrap().blob_redirect_secs, 300);
-        for bad in ["-1", "soon", "604801"] {
+        for bad in ["-1", "soon", "3601", "604800"] {
             assert_eq!(set(bad).unwrap_err().variable, "blob_redirect_seconds", "{bad}");
         }
+    }
+
+    #[test]
+    fn blob_urls_outlive_no_token() {
+        let vars = [
+            ("blob_redirect_seconds", "3600"),
+            ("auth_mode", "token"),
+            ("auth_token_secret", "0123456789abcdef0123456789abcdef"),
+            ("auth_token_lifetime_seconds", "120"),
+            ("auth_users", ""),
+            ("auth_policy", ""),
+        ];
+        let config = from_variables(&|name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string()));
+        assert_eq!(config.unwrap().blob_redirect_secs, 120);
     }
 
     #[test]

@@ -200,13 +200,22 @@ async fn a_missing_store_label_gives_a_clean_error() {
         .replace(r#"key_value_stores = ["default"]"#, r#"key_value_stores = ["elsewhere"]"#);
     let manifest_path = data.path().join("spin.toml");
     std::fs::write(&manifest_path, manifest).unwrap();
-    let runner =
-        Runner::start_with(&data.path().join("data"), RunnerOptions { manifest: manifest_path, ..Default::default() });
+    let log = data.path().join("stderr.log");
+    let options = RunnerOptions { manifest: manifest_path, stderr: Some(log.clone()), ..Default::default() };
+    let runner = Runner::start_with(&data.path().join("data"), options);
     let (status, code, body) =
         error_code(client().get(format!("{}/v2/a/blobs/{}", runner.url, sha256(b""))).send().await.unwrap()).await;
     assert_eq!((status, code.as_str()), (500, "INTERNAL_ERROR"));
+    // The client gets a reference; the operator reads what failed in the log, under it.
     let detail = body["errors"][0]["detail"].as_str().unwrap();
-    assert!(detail.contains("\"default\"") && detail.contains("access denied"), "{detail}");
+    let reference = detail
+        .strip_prefix("internal error ")
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| panic!("a reference, not the store's message: {detail}"));
+    assert!(!detail.contains("default") && !detail.contains("access denied"), "{detail}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let line = logged.lines().find(|l| l.contains(reference)).unwrap_or_else(|| panic!("{logged}"));
+    assert!(line.contains("\"default\"") && line.contains("access denied"), "{line}");
     // The runner goes on serving, and says the same on every request.
     let (status, code, _) = error_code(client().get(format!("{}/v2/", runner.url)).send().await.unwrap()).await;
     assert_eq!((status, code.as_str()), (500, "INTERNAL_ERROR"));

@@ -260,6 +260,63 @@ async fn an_upload_that_keeps_sending_slowly_is_never_cut() {
     assert_eq!(finished.status(), 201);
 }
 
+#[tokio::test]
+async fn a_request_body_that_trickles_below_the_rate_floor_is_cut_off() {
+    // Never silent for the idle timeout, but 3 bytes a second against a floor of 1,000.
+    let (_data, runner) = start(&["--body-idle-timeout", "60", "--min-transfer-rate", "1000", "--rate-window", "2"]);
+    let registry = Registry::new(&runner);
+    let location = registry.start_upload("limits/trickle").await;
+    let stream = TcpStream::connect(runner.addr()).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: 10000\r\n\r\n",
+        runner.addr()
+    );
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let trickle = dribble(writer, vec![b'x'; 10_000], Duration::from_millis(300));
+    let (closed, answer) = answer_then_close(&mut reader).await;
+    at_least(closed - started, Duration::from_secs(2));
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("BLOB_UPLOAD_INVALID"), "{answer}");
+    log_line(&runner, &["closed connection from", "--min-transfer-rate"]).await;
+    trickle.abort();
+}
+
+#[tokio::test]
+async fn a_response_nobody_reads_is_cut_off() {
+    let (_data, runner) = start(&["--min-transfer-rate", "1000", "--rate-window", "2"]);
+    let registry = Registry::new(&runner);
+    // Larger than what the sockets' buffers hold, so the server must wait for the client.
+    let blob = PseudoRandom::bytes(9, 48 * 1024 * 1024);
+    let digest = registry.push_blob("limits/unread", &blob).await;
+    let mut stream = TcpStream::connect(runner.addr()).await.unwrap();
+    let get = format!("GET /v2/limits/unread/blobs/{digest} HTTP/1.1\r\nHost: {}\r\n\r\n", runner.addr());
+    stream.write_all(get.as_bytes()).await.unwrap();
+    // The client reads nothing: the runner gives up on it...
+    log_line(&runner, &["closed connection from", "response taken slower than 1000 bytes/s"]).await;
+    // ... and what is left to read ends short of the blob.
+    let drain = async {
+        let (mut received, mut first) = (0usize, Vec::new());
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return (received, first),
+                Ok(n) => {
+                    if first.len() < 16 {
+                        first.extend_from_slice(&buf[..n.min(16)]);
+                    }
+                    received += n;
+                }
+            }
+        }
+    };
+    let (received, first) = tokio::time::timeout(DEADLINE, drain).await.expect("the server closed the connection");
+    assert!(first.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&first));
+    assert!(received < blob.len(), "the transfer was cut: {received} of {} bytes", blob.len());
+    // Clients that read are served as before.
+    assert!(reads_back(&registry, &format!("/v2/limits/unread/blobs/{digest}"), &blob).await.is_ok());
+}
+
 // ---- normal clients beside slow ones ---------------------------------------------------------
 
 #[tokio::test]

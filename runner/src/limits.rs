@@ -1,8 +1,10 @@
 //! Limits that keep slow or idle clients from holding the server's connections (slowloris):
 //! how long a TLS handshake, request headers, an idle keep-alive connection and a silent request
-//! body may take, how many connections are served at once, and the HTTP/2 stream and header
-//! limits. [`Connection`] follows one connection's requests and decides when it must close;
-//! [`Watched`] tells it about bytes read; [`StallGuard`] fails a request body that goes silent.
+//! body may take, the slowest a client may send a body or take a response ([`RateFloor`]), how
+//! many connections are served at once, and the HTTP/2 stream and header limits. [`Connection`]
+//! follows one connection's requests and decides when it must close; [`Watched`] tells it about
+//! bytes read and fails writes a client takes too slowly; [`StallGuard`] fails a request body that
+//! goes silent or trickles.
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -30,6 +32,14 @@ pub struct Limits {
     /// (HTTP/1.1: and close the connection). Uploads that keep sending are never cut.
     #[arg(long, default_value = "120", value_parser = parse_seconds, value_name = "SECONDS")]
     pub body_idle_timeout: Duration,
+    /// The slowest a client may send a request body or take a response, in bytes per second,
+    /// averaged over --rate-window of waiting for it (time the registry is busy does not count):
+    /// a client that trickles a byte now and then is cut off. 0: no floor.
+    #[arg(long, default_value_t = 500, value_name = "BYTES")]
+    pub min_transfer_rate: u64,
+    /// The stretch of waiting on a client over which --min-transfer-rate is averaged.
+    #[arg(long, default_value = "30", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub rate_window: Duration,
     /// Connections served at once; further ones wait in the listen backlog until one closes.
     #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
@@ -96,6 +106,8 @@ pub enum Reason {
     Idle,
     /// An HTTP/1.1 request body went silent; the connection cannot be reused.
     StalledBody,
+    /// An HTTP/1.1 request body came slower than the rate floor; the connection cannot be reused.
+    SlowBody,
 }
 
 impl Reason {
@@ -112,6 +124,10 @@ impl Reason {
             Reason::StalledBody => {
                 format!("request body sent nothing for {:?} (--body-idle-timeout)", limits.body_idle_timeout)
             }
+            Reason::SlowBody => format!(
+                "request body sent slower than {} bytes/s over {:?} of waiting (--min-transfer-rate)",
+                limits.min_transfer_rate, limits.rate_window
+            ),
         }
     }
 }
@@ -136,8 +152,8 @@ struct State {
     /// HTTP/1.1: when the first byte after the last response arrived (the next request's head).
     head_started: Option<Instant>,
     http1: bool,
-    /// HTTP/1.1: a request body went silent.
-    body_stalled: Option<Instant>,
+    /// HTTP/1.1: a request body went silent or trickled (which of the two).
+    body_stalled: Option<(Instant, Reason)>,
 }
 
 impl State {
@@ -156,8 +172,8 @@ impl State {
     /// When the connection must close, and why; `None` while requests are in flight (their
     /// bodies have their own timeout).
     fn deadline(&self, limits: &Limits) -> Option<(Instant, Reason)> {
-        if let Some(at) = self.body_stalled {
-            return Some((at, Reason::StalledBody));
+        if let Some(stalled) = self.body_stalled {
+            return Some(stalled);
         }
         if self.in_flight > 0 {
             return None;
@@ -213,9 +229,9 @@ impl Connection {
 
     /// A request body went silent. HTTP/1.1 cannot skip the rest of a body, so the connection
     /// closes; an HTTP/2 stream fails alone (the other streams are not at fault).
-    fn body_stalled(&self, http1: bool, limits_text: &str) {
+    fn body_stalled(&self, http1: bool, reason: Reason, limits_text: &str) {
         if http1 {
-            self.update(|state| state.body_stalled = Some(Instant::now()));
+            self.update(|state| state.body_stalled = Some((Instant::now(), reason)));
         } else {
             log_line(format_args!("berth-runner: request from {} failed: {limits_text}", self.peer));
         }
@@ -256,15 +272,122 @@ impl Drop for InFlight {
     }
 }
 
-/// A connection's byte stream, reporting reads to its [`Connection`].
+/// A connection's byte stream, reporting reads to its [`Connection`], and failing its writes
+/// when the client takes them slower than the rate floor (a response nobody reads).
 pub struct Watched<S> {
     inner: S,
     connection: Arc<Connection>,
+    taken: RateFloor,
+    /// Wakes a write that waits on the client when the floor would be missed.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The log text, prepared once.
+    reason: String,
 }
 
 impl<S> Watched<S> {
-    pub fn new(inner: S, connection: Arc<Connection>) -> Watched<S> {
-        Watched { inner, connection }
+    pub fn new(inner: S, connection: Arc<Connection>, limits: &Limits) -> Watched<S> {
+        let reason = format!(
+            "response taken slower than {} bytes/s over {:?} of waiting (--min-transfer-rate)",
+            limits.min_transfer_rate, limits.rate_window
+        );
+        Watched { inner, connection, taken: RateFloor::new(limits), timer: None, reason }
+    }
+
+    /// What a write came to: bytes taken move the floor on; a write that waits on the client
+    /// fails once the floor is missed.
+    fn written(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+        let now = Instant::now();
+        match polled {
+            Poll::Ready(Ok(n)) => {
+                self.taken.moved(now, n as u64);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                let Some(deadline) = self.taken.wait(now) else { return Poll::Pending };
+                loop {
+                    if self.taken.too_slow(Instant::now()) {
+                        log_closed(self.connection.peer, &self.reason);
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            self.reason.clone(),
+                        )));
+                    }
+                    let deadline = self.taken.wait(Instant::now()).unwrap_or(deadline);
+                    let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+                    timer.as_mut().reset(deadline.into());
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// A minimum transfer rate, averaged over the time a transfer waits on the client (for a body's
+/// next bytes, for room to write a response): time in which the server itself is busy does not
+/// count against the client, and a fast client hardly ever waits. A window is
+/// `--rate-window` of waiting; a window that moved fewer than `--min-transfer-rate` bytes per
+/// second of it fails the transfer.
+#[derive(Debug)]
+pub struct RateFloor {
+    bytes_per_sec: u64,
+    window: Duration,
+    /// Waiting counted in the current window, besides the wait going on.
+    waited: Duration,
+    /// Bytes moved in the current window.
+    bytes: u64,
+    /// Since when the transfer waits, if it does.
+    waiting_since: Option<Instant>,
+}
+
+impl RateFloor {
+    pub fn new(limits: &Limits) -> RateFloor {
+        RateFloor {
+            bytes_per_sec: limits.min_transfer_rate,
+            window: limits.rate_window,
+            waited: Duration::ZERO,
+            bytes: 0,
+            waiting_since: None,
+        }
+    }
+
+    /// `bytes` moved at `now` (which ends a wait).
+    pub fn moved(&mut self, now: Instant, bytes: u64) {
+        if let Some(since) = self.waiting_since.take() {
+            self.waited += now.saturating_duration_since(since);
+        }
+        self.bytes = self.bytes.saturating_add(bytes);
+    }
+
+    /// The transfer waits on the client from `now` (or from earlier, if it already did): when
+    /// the window will have been waited through, to look then; `None` with no floor.
+    pub fn wait(&mut self, now: Instant) -> Option<Instant> {
+        if self.bytes_per_sec == 0 {
+            return None;
+        }
+        let since = *self.waiting_since.get_or_insert(now);
+        Some(since + self.window.saturating_sub(self.waited))
+    }
+
+    /// Whether a window has been waited through with fewer bytes than the floor asks; a window
+    /// that met it gives way to the next.
+    pub fn too_slow(&mut self, now: Instant) -> bool {
+        let waiting = self.waiting_since.map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+        if self.bytes_per_sec == 0 || self.waited + waiting < self.window {
+            return false;
+        }
+        let needed = (self.bytes_per_sec as f64 * self.window.as_secs_f64()) as u64;
+        if self.bytes < needed {
+            return true;
+        }
+        self.waited = Duration::ZERO;
+        self.bytes = 0;
+        if self.waiting_since.is_some() {
+            self.waiting_since = Some(now);
+        }
+        false
     }
 }
 
@@ -281,7 +404,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.written(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -289,7 +413,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.written(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -315,11 +440,15 @@ pub struct StallGuard<B> {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The timer runs: the last read found no data and no frame has come since.
     silent: bool,
+    /// When the silence that the timer measures started.
+    silent_since: Instant,
+    sent: RateFloor,
     stalled: bool,
     http1: bool,
     connection: Arc<Connection>,
-    /// The log text, prepared once (the limits are not at hand when the body is polled).
+    /// The log texts, prepared once (the limits are not at hand when the body is polled).
     reason: String,
+    slow_reason: String,
 }
 
 impl<B> StallGuard<B> {
@@ -329,10 +458,13 @@ impl<B> StallGuard<B> {
             timeout: limits.body_idle_timeout,
             timer: None,
             silent: false,
+            silent_since: Instant::now(),
+            sent: RateFloor::new(limits),
             stalled: false,
             http1: version < http::Version::HTTP_2,
             connection,
             reason: Reason::StalledBody.describe(limits),
+            slow_reason: Reason::SlowBody.describe(limits),
         }
     }
 }
@@ -351,23 +483,38 @@ where
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.silent = false;
+            let bytes = match &frame {
+                Some(Ok(frame)) => frame.data_ref().map_or(0, |data| data.len() as u64),
+                _ => 0,
+            };
+            this.sent.moved(Instant::now(), bytes);
             return Poll::Ready(frame);
         }
         if !this.silent {
             this.silent = true;
-            let deadline = tokio::time::Instant::now() + this.timeout;
-            match this.timer.as_mut() {
-                Some(timer) => timer.as_mut().reset(deadline),
-                None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
+            this.silent_since = Instant::now();
         }
-        let expired = this.timer.as_mut().is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
-        if !expired {
-            return Poll::Pending;
+        loop {
+            let now = Instant::now();
+            let (reason, text) = if this.sent.too_slow(now) {
+                (Reason::SlowBody, &this.slow_reason)
+            } else if now >= this.silent_since + this.timeout {
+                (Reason::StalledBody, &this.reason)
+            } else {
+                // Look again at the nearer of the two limits.
+                let silence_ends = this.silent_since + this.timeout;
+                let deadline = this.sent.wait(now).map_or(silence_ends, |window_ends| window_ends.min(silence_ends));
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+                timer.as_mut().reset(deadline.into());
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                continue;
+            };
+            this.stalled = true;
+            this.connection.body_stalled(this.http1, reason, text);
+            return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)));
         }
-        this.stalled = true;
-        this.connection.body_stalled(this.http1, &this.reason);
-        Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -431,11 +578,47 @@ mod tests {
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
             body_idle_timeout: Duration::from_secs(120),
+            min_transfer_rate: 500,
+            rate_window: Duration::from_secs(30),
             max_connections: 1024,
             http2_max_concurrent_streams: 100,
             http2_max_header_list_size: 65536,
             edge_body_cap: None,
         }
+    }
+
+    #[test]
+    fn a_trickle_misses_the_rate_floor_once_a_window_was_waited_through() {
+        let start = Instant::now();
+        let mut floor = RateFloor::new(&limits());
+        // A byte, then 29 s of waiting: not yet a window.
+        floor.moved(start, 1);
+        assert_eq!(floor.wait(start), Some(start + Duration::from_secs(30)));
+        assert!(!floor.too_slow(start + Duration::from_secs(29)));
+        floor.moved(start + Duration::from_secs(29), 1);
+        // The next wait finishes the window after one more second, with 2 of 15,000 bytes.
+        let next = start + Duration::from_secs(29);
+        assert_eq!(floor.wait(next), Some(next + Duration::from_secs(1)));
+        assert!(floor.too_slow(next + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_transfer_that_keeps_the_rate_is_never_too_slow_and_time_not_waiting_does_not_count() {
+        let start = Instant::now();
+        let mut floor = RateFloor::new(&limits());
+        let mut now = start;
+        for _ in 0..100 {
+            // 1,000 bytes per second of waiting, with long stretches in which nobody waited.
+            floor.wait(now);
+            now += Duration::from_secs(1);
+            assert!(!floor.too_slow(now));
+            floor.moved(now, 1000);
+            now += Duration::from_secs(60);
+        }
+        let off = Limits { min_transfer_rate: 0, ..limits() };
+        let mut none = RateFloor::new(&off);
+        assert_eq!(none.wait(start), None);
+        assert!(!none.too_slow(start + Duration::from_secs(3600)), "0: no floor");
     }
 
     #[test]
@@ -484,7 +667,7 @@ mod tests {
         let mut state = State::new(start);
         state.requests = 1;
         state.in_flight = 1;
-        state.body_stalled = Some(start);
+        state.body_stalled = Some((start, Reason::StalledBody));
         assert_eq!(state.deadline(&limits()), Some((start, Reason::StalledBody)));
     }
 

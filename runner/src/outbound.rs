@@ -75,7 +75,11 @@ impl WasiHttpHooks for OutboundHooks {
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> SendFuture {
         if !self.allowed.permits(request.uri()) {
-            eprintln!("berth-runner: outbound request to {} denied (not in allowed_outbound_hosts)", request.uri());
+            // Scheme and authority only: a path's query may be a signature (a presigned URL).
+            let uri = request.uri();
+            let origin =
+                format!("{}://{}", uri.scheme_str().unwrap_or("?"), uri.authority().map_or("?", |a| a.as_str()));
+            eprintln!("berth-runner: outbound request to {origin} denied (not in allowed_outbound_hosts)");
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         Box::new(async move {

@@ -148,7 +148,7 @@ impl Server {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let connection = Arc::new(Connection::new(peer));
-        let io = TokioIo::new(Watched::new(stream, connection.clone()));
+        let io = TokioIo::new(Watched::new(stream, connection.clone(), &self.limits));
         let limits = self.limits.clone();
         let requests = connection.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -178,7 +178,7 @@ impl Server {
                             return;
                         }
                         // The component's error answer still goes out, then hyper closes.
-                        Reason::StalledBody => limits::log_closed(peer, &reason.describe(&limits)),
+                        Reason::StalledBody | Reason::SlowBody => limits::log_closed(peer, &reason.describe(&limits)),
                         // An ordinary keep-alive close, not worth a log line. HTTP/2 gets a
                         // GOAWAY, and a request that crossed it on the wire is still answered.
                         Reason::Idle => {}

@@ -56,14 +56,24 @@ pub async fn handle_with<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
                 "a storage backend of the registry is unavailable: try again later",
             ))
         }
-        Err(err) => {
-            if err.code == ErrorCode::Internal {
-                eprintln!("berth: {err}");
-            }
-            Response::error(&err)
-        }
+        Err(err) => error_response(&err, (stores.random)()),
     };
     (response, None)
+}
+
+/// The answer to an error. An internal error's detail (a store's message, an object's key, a
+/// variable's name) goes to the log under a reference, and the client gets the reference only,
+/// to quote in a report; errors said for the user (`told`) pass as they are.
+pub fn error_response<S>(err: &RegistryError, random: [u8; 16]) -> Response<S> {
+    if err.code != ErrorCode::Internal || err.told {
+        return Response::error(err);
+    }
+    let reference = hex::encode(&random[..6]);
+    eprintln!("berth: internal error {reference}: {}", err.detail.as_deref().unwrap_or("?"));
+    Response::error(&RegistryError::new(
+        ErrorCode::Internal,
+        format!("internal error {reference}: the registry's log says what failed"),
+    ))
 }
 
 async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
@@ -393,6 +403,19 @@ mod tests {
         let r = send(&stores, Method::GET, &format!("/v2/a/blobs/{digest}"), vec![]);
         assert_eq!(r.status, StatusCode::OK);
         assert!(matches!(r.body, Body::Stream(ref b) if b == b"layer"));
+    }
+
+    #[test]
+    fn an_internal_error_answers_a_reference_and_keeps_its_detail_for_the_log() {
+        let err = RegistryError::new(ErrorCode::Internal, "corrupt record at repo/secret/app/link/sha256/ab");
+        let r: Response<Vec<u8>> = error_response(&err, [7; 16]);
+        assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"));
+        assert_eq!(detail(&r), "internal error 070707070707: the registry's log says what failed");
+        let told = RegistryError::new(ErrorCode::Internal, "the registry is misconfigured: its log says why").told();
+        assert_eq!(
+            detail(&error_response::<Vec<u8>>(&told, [7; 16])),
+            "the registry is misconfigured: its log says why"
+        );
     }
 
     #[test]

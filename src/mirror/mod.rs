@@ -120,18 +120,21 @@ impl Mirrors {
             mirrors.upstreams.push(upstream);
         }
         for rule in rules(credentials) {
-            // The password is never quoted back: the message names the upstream only.
+            // The password is never quoted back: the message names the upstream only, and only a
+            // first word that can be an upstream's name (an entry without one starts with the
+            // secret itself).
             let (name, secret) = rule.split_once(char::is_whitespace).unwrap_or((rule, ""));
+            let shown = if check_name(name).is_ok() { name } else { "an entry without an upstream name" };
             let (user, password) = secret
                 .trim()
                 .split_once(':')
                 .filter(|(user, _)| !user.is_empty())
-                .ok_or_else(|| format!("mirror_credentials for {name}: expected <upstream> <user>:<password>"))?;
+                .ok_or_else(|| format!("mirror_credentials for {shown}: expected <upstream> <user>:<password>"))?;
             let upstream = mirrors
                 .upstreams
                 .iter_mut()
                 .find(|u| u.name == name)
-                .ok_or_else(|| format!("mirror_credentials names {name}, which is not in mirror_upstreams"))?;
+                .ok_or_else(|| format!("mirror_credentials names {shown}, which is not in mirror_upstreams"))?;
             upstream.credentials = Some((user.to_owned(), password.to_owned()));
         }
         Ok(mirrors)
@@ -303,6 +306,8 @@ mod tests {
             ("hub https://x default=library/*,", "", "is not a list of repository patterns"),
             ("hub https://x", "lab u:secretpw", "not in mirror_upstreams"),
             ("hub https://x", "hub secretpw", "expected <upstream> <user>:<password>"),
+            ("hub https://x", "bot:secretpw", "an entry without an upstream name"),
+            ("hub https://x", "bot:secretpw hub", "an entry without an upstream name"),
         ] {
             let err = Mirrors::parse(upstreams, credentials).unwrap_err();
             assert!(err.contains(expected), "{upstreams} / {credentials}: {err}");

@@ -42,11 +42,11 @@ impl spin_sdk::wasip3::exports::http::handler::Guest for Berth {
 async fn handle(request: types::Request) -> Result<types::Response, WasiErrorCode> {
     let meta = match KvMetaStore::open("default").await {
         Ok(meta) => meta,
-        Err(err) => return Ok(into_wasi_response(crate::message::Response::error(&err))),
+        Err(err) => return Ok(into_wasi_response(crate::api::error_response(&err, random()))),
     };
     let config = match config().await {
         Ok(config) => config,
-        Err(err) => return Ok(into_wasi_response(crate::message::Response::error(&err))),
+        Err(err) => return Ok(into_wasi_response(crate::api::error_response(&err, random()))),
     };
     let stores = Stores { meta, blobs: WitBlobStore, random, now, config };
     let request = from_wasi_request(request)?;
@@ -107,7 +107,7 @@ async fn config() -> Result<Config, RegistryError> {
 }
 
 fn misconfigured() -> RegistryError {
-    RegistryError::new(ErrorCode::Internal, "the registry is misconfigured: its log says why")
+    RegistryError::new(ErrorCode::Internal, "the registry is misconfigured: its log says why").told()
 }
 
 /// On an instance's first `GET /v2/` (berth-runner's start-up probe, a client's first

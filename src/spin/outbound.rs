@@ -61,10 +61,11 @@ impl Outbound<WitBlobStore> for WitOutbound {
             .and_then(|()| outgoing.set_scheme(Some(&scheme)))
             .and_then(|()| outgoing.set_authority(Some(&authority)))
             .and_then(|()| outgoing.set_path_with_query(Some(&path_with_query)));
-        if built.is_err() {
-            return Err(StoreError::Other(format!("cannot build a request for {}", request.url)));
-        }
+        // Only the origin is ever said: a URL's query may be a signature (a presigned redirect).
         let origin = url.origin().ascii_serialization();
+        if built.is_err() {
+            return Err(StoreError::Other(format!("cannot build a request for {origin}")));
+        }
         let response = spin_sdk::wasip3::http::client::send(outgoing).await.map_err(|code| match code {
             ErrorCode::HttpRequestDenied => StoreError::Unavailable(format!(
                 "the host refused a request to {origin}: allowed_outbound_hosts must list it"
