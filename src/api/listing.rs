@@ -72,28 +72,65 @@ pub async fn collect<M, B: BlobStore, T, F>(
     prefix: &str,
     after: Option<&str>,
     n: usize,
-    mut keep: F,
+    keep: F,
 ) -> Result<(Vec<T>, bool), RegistryError>
+where
+    F: AsyncFnMut(&str) -> Result<Option<Kept<T>>, RegistryError>,
+{
+    let collected = collect_within(stores, prefix, after, n, usize::MAX, keep).await?;
+    Ok((collected.entries, collected.more))
+}
+
+/// A page of entries, and where it stopped.
+pub struct Collected<T> {
+    pub entries: Vec<T>,
+    /// More may remain.
+    pub more: bool,
+    /// The last name looked at, when the page stopped because it had looked at as many names as
+    /// it may (the next page starts after it, whether or not it was listed).
+    pub looked_to: Option<String>,
+}
+
+/// As [`collect`], looking at `examine` names at most: a listing that keeps few of the names
+/// (a catalog for a caller who may pull little) stops there, with fewer entries than `n`.
+pub async fn collect_within<M, B: BlobStore, T, F>(
+    stores: &Stores<M, B>,
+    prefix: &str,
+    after: Option<&str>,
+    n: usize,
+    examine: usize,
+    mut keep: F,
+) -> Result<Collected<T>, RegistryError>
 where
     F: AsyncFnMut(&str) -> Result<Option<Kept<T>>, RegistryError>,
 {
     let mut out = Vec::new();
     if n == 0 {
-        return Ok((out, false));
+        return Ok(Collected { entries: out, more: false, looked_to: None });
     }
-    let mut bytes = 0;
+    let (mut bytes, mut examined) = (0, 0);
+    let mut last_examined: Option<String> = None;
     let mut pages = ObjectPages::new(&stores.blobs, prefix, after.map(|after| format!("{prefix}{after}")));
     while let Some(objects) = pages.next().await? {
         for object in &objects {
-            let Some(kept) = keep(&object[prefix.len()..]).await? else { continue };
+            let name = &object[prefix.len()..];
+            if examined == examine && last_examined.is_some() {
+                // `name` is not looked at: the next page starts after the last one that was.
+                return Ok(Collected { entries: out, more: true, looked_to: last_examined });
+            }
+            examined += 1;
+            if examine != usize::MAX {
+                last_examined = Some(name.to_owned());
+            }
+            let Some(kept) = keep(name).await? else { continue };
             if out.len() == n || (!out.is_empty() && bytes + kept.bytes > MAX_PAGE_BYTES) {
-                return Ok((out, true));
+                return Ok(Collected { entries: out, more: true, looked_to: None });
             }
             bytes += kept.bytes;
             out.push(kept.entry);
         }
     }
-    Ok((out, false))
+    Ok(Collected { entries: out, more: false, looked_to: None })
 }
 
 /// `Link: </path?n=N&last=L&...>; rel="next"`; `extra`: query parameters the next page must keep

@@ -7,6 +7,7 @@ mod admin;
 mod base;
 mod blobs;
 mod catalog;
+mod cursor;
 mod listing;
 mod login;
 pub(crate) mod manifests;
@@ -565,6 +566,52 @@ mod tests {
         assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"));
         let r = send(&stores, Method::GET, &format!("/v2/library/alpine/blobs/{digest}"), vec![]);
         assert_eq!(r.status, StatusCode::OK);
+    }
+
+    #[test]
+    fn a_catalog_for_a_caller_who_may_pull_little_looks_at_a_bounded_number_of_names_per_request() {
+        let mut stores = memory_stores();
+        // `htpasswd -nbB -C 4 alice secret`: the cheapest bcrypt.
+        let vars = [
+            ("auth_mode", "basic"),
+            ("auth_users", "alice:$2y$04$bKOFBbX2st4s.3cifBS8CeTKuRnPHiEmAhGnQkwQxJGjeuGt/ERWa"),
+            ("auth_policy", "zz/* alice pull"),
+        ];
+        stores.config.auth =
+            crate::auth::config::AuthConfig::parse(&|n| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()))
+                .unwrap();
+        // 25,000 repositories alice may not see, before the three she may.
+        let private: usize = 25_000;
+        for i in 0..private {
+            stores.blobs.0.borrow_mut().insert(format!("{}secret/r{i:05}", crate::keys::REPOS_PREFIX), Vec::new());
+        }
+        for name in ["zz/a", "zz/b", "zz/c"] {
+            stores.blobs.0.borrow_mut().insert(format!("{}{name}", crate::keys::REPOS_PREFIX), Vec::new());
+        }
+        let mut path = "/v2/_catalog?n=2".to_owned();
+        let (mut listed, mut requests) = (Vec::new(), 0);
+        loop {
+            let mut req = request(Method::GET, &path, vec![]);
+            req.headers.insert(http::header::AUTHORIZATION, "Basic YWxpY2U6c2VjcmV0".parse().unwrap());
+            let r = block_on(handle(&stores, req));
+            requests += 1;
+            assert_eq!(r.status, StatusCode::OK, "{path}");
+            let Body::Full(bytes) = &r.body else { panic!("a body") };
+            let page: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+            listed.extend(page["repositories"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()));
+            let Some(link) = r.headers.get(http::header::LINK) else { break };
+            let link = link.to_str().unwrap();
+            assert!(!link.contains("secret"), "a link never names what the caller may not see: {link}");
+            path = link.trim_start_matches('<').split('>').next().unwrap().to_owned();
+        }
+        assert_eq!(listed, ["zz/a", "zz/b", "zz/c"]);
+        let bound = super::catalog::MAX_EXAMINED;
+        assert_eq!(requests, private.div_ceil(bound) + 1, "each request looked at {bound} names at most");
+        // A cursor made under other secrets is refused, not trusted.
+        let mut req = request(Method::GET, "/v2/_catalog?cursor=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", vec![]);
+        req.headers.insert(http::header::AUTHORIZATION, "Basic YWxpY2U6c2VjcmV0".parse().unwrap());
+        let r = block_on(handle(&stores, req));
+        assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::BAD_REQUEST, "UNSUPPORTED"));
     }
 
     #[test]
