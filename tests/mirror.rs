@@ -871,3 +871,70 @@ async fn a_tag_whose_new_manifest_the_upstream_refuses_to_give_is_served_stale_f
     assert!(said.starts_with("stale;") && said.contains("429"), "{said}");
     task.abort();
 }
+
+/// A Berth whose `docker.io` upstream is a Distribution on loopback standing in for Docker Hub
+/// (default for `library/*`), holding `library/alpine:3` and `team/app:v1`; the layouts'
+/// manifests' digests.
+fn hub_and_mirror(work: &std::path::Path) -> (Upstream, Leg, String, String) {
+    let upstream = Upstream::start();
+    let (_, alpine) = push_image(work, &upstream.host, "library/alpine:3", 50, &[30_000]);
+    let (_, app) = push_image(work, &upstream.host, "team/app:v1", 51, &[20_000]);
+    let leg = mirror(&format!("docker.io {} default=library/*", upstream.origin()), &[&upstream.origin()], &[]);
+    (upstream, leg, alpine, app)
+}
+
+#[test]
+fn docker_engine_pulls_docker_hub_images_through_berth_as_its_registry_mirror() {
+    let work = tempfile::tempdir().unwrap();
+    let (upstream, leg, alpine, _) = hub_and_mirror(work.path());
+    let engine = common::engines::Dockerd::start_with(&["--registry-mirror", &format!("http://{}", leg.host)]);
+    // Docker Hub itself is out of reach here: the pull can only come through the mirror.
+    let pulled = engine.docker_ok(&["pull", "alpine:3"]);
+    assert!(pulled.contains(&alpine), "docker pulled {alpine}: {pulled}");
+    let log = leg.runner.log();
+    assert!(log.iter().any(|l| l.contains(" /v2/library/alpine/manifests/3 200")), "{log:#?}");
+    assert!(upstream.requests("GET /v2/library/alpine/blobs/") >= 2, "config and layer came from the upstream");
+    // Cached under the namespaced name; a second engine's pull needs no upstream blob GET.
+    let blob_gets = upstream.requests("GET /v2/library/alpine/blobs/");
+    let second = common::engines::Dockerd::start_with(&["--registry-mirror", &format!("http://{}", leg.host)]);
+    second.docker_ok(&["pull", "alpine:3"]);
+    assert_eq!(upstream.requests("GET /v2/library/alpine/blobs/"), blob_gets, "served from the cache");
+    assert!(
+        kv_keys(&leg.runner.data, "repo/docker.io/library/alpine/tag/3").len() == 1,
+        "cached as docker.io/library/alpine"
+    );
+}
+
+#[test]
+fn containerd_pulls_through_berth_from_hosts_toml_for_docker_hub_and_for_a_registry_with_a_port() {
+    let work = tempfile::tempdir().unwrap();
+    let (upstream, leg, alpine, app) = hub_and_mirror(work.path());
+    let containerd = common::engines::Containerd::start();
+    // hosts.toml: each registry's pulls go to Berth first (containerd adds `?ns=<registry>`).
+    let hosts = work.path().join("hosts");
+    for registry in ["docker.io", upstream.host.as_str()] {
+        let folder = hosts.join(registry);
+        std::fs::create_dir_all(&folder).unwrap();
+        let toml = format!(
+            "server = \"http://upstream.invalid\"\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            leg.host
+        );
+        std::fs::write(folder.join("hosts.toml"), toml).unwrap();
+    }
+    let hosts_dir = format!("--hosts-dir={}", hosts.display());
+    let pulled = containerd.ctr_ok("hub", &["image", "pull", &hosts_dir, "docker.io/library/alpine:3"]);
+    assert!(pulled.contains("done") || pulled.contains("elapsed"), "{pulled}");
+    let images = containerd.ctr_ok("hub", &["image", "ls"]);
+    assert!(images.contains(&alpine), "{images}");
+    // A registry with a port: containerd names it host:port in `ns`.
+    let image = format!("{}/team/app:v1", upstream.host);
+    containerd.ctr_ok("port", &["image", "pull", &hosts_dir, &image]);
+    let images = containerd.ctr_ok("port", &["image", "ls"]);
+    assert!(images.contains(&app), "{images}");
+    // Both were cached in the namespaced repositories of the upstream that `ns` named (by its
+    // name, and by its URL's host:port).
+    let data = &leg.runner.data;
+    assert_eq!(kv_keys(data, "repo/docker.io/library/alpine/tag/3").len(), 1, "{:?}", kv_keys(data, "repo/"));
+    assert_eq!(kv_keys(data, "repo/docker.io/team/app/tag/v1").len(), 1, "{:?}", kv_keys(data, "repo/"));
+    assert!(kv_keys(data, "repo/team/").is_empty(), "nothing went to a local team/app");
+}

@@ -104,6 +104,11 @@ fn docker_cli() -> &'static str {
 
 impl Dockerd {
     pub fn start() -> Dockerd {
+        Self::start_with(&[])
+    }
+
+    /// With more `dockerd` options (`--registry-mirror`, say).
+    pub fn start_with(options: &[&str]) -> Dockerd {
         let containerd = Containerd::start();
         ensure_installed("dockerd");
         let dir = tempfile::tempdir().unwrap();
@@ -114,6 +119,7 @@ impl Dockerd {
         let log = d.join("dockerd.log");
         let mut child = Command::new("dockerd")
             .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .args(options)
             .arg("--data-root")
             .arg(d.join("root"))
             .arg("--exec-root")

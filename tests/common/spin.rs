@@ -4,7 +4,7 @@
 //! `spin trigger http` child, by PID when dropped. Used by tests/spin.rs and tests/engines.rs.
 //!
 //! Spin is found at `$SPIN_BIN` or `../shared/tools/spin/spin`. Where neither exists (a user's
-//! machine), [`Spin::start`] says so and a test does not run; CI always has it.
+//! machine), [`Spin::start`] says so and a test does not run; under `CI=true` it fails.
 
 use super::process::{free_port, stop_by_pid, wait_until};
 use super::*;
@@ -70,6 +70,11 @@ impl Spin {
         extra: &[&str],
     ) -> Option<Spin> {
         let Some(spin) = spin_binary() else {
+            // CI has Spin: there a missing binary is a broken setup, never a skipped test.
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "spin not found ($SPIN_BIN or ../shared/tools/spin/spin): under CI=true this test fails"
+            );
             println!("spin not found ($SPIN_BIN or ../shared/tools/spin/spin): this test did NOT run");
             return None;
         };
