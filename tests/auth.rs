@@ -1006,25 +1006,38 @@ async fn concurrent_guesses_of_one_user_check_no_more_passwords_than_the_limit()
 }
 
 #[tokio::test]
-async fn right_passwords_give_their_count_back() {
-    // A check counts while it runs (so at most the limit run at once) and is given back when the
-    // password was right: rounds of logins, each as many at once as the limit, are all served,
-    // and afterwards the user has every failure of the window left.
+async fn a_fleet_logging_in_with_one_account_at_once_is_never_throttled() {
+    // Checks of the same password share one count while they run, and a right one gives it back:
+    // 48 logins at once (one per instance), by Basic and at the token endpoint, against a limit
+    // of 4, are all served; afterwards the user has every failure of the window left.
     let limit = 4;
-    let auth = start_with(
-        "basic",
+    let auth = start_full(
+        "token",
         &[("auth_login_failures_per_user", &limit.to_string()), ("auth_login_failures_per_address", "1000")],
+        None,
+        &["--instance-concurrency", "1"],
     );
-    for _ in 0..8 {
-        let logins = (0..limit).map(|_| basic_get(&auth, "alice", PASSWORD).send());
-        for response in futures::future::join_all(logins).await {
-            assert_eq!(response.unwrap().status(), 200);
-        }
+    for _ in 0..2 {
+        let logins = (0..48).map(|_| auth.token_response(Some("alice"), PASSWORD, &[]));
+        let statuses: Vec<u16> = futures::future::join_all(logins).await.iter().map(|r| r.status().as_u16()).collect();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     }
     for attempt in 1..=limit {
-        assert_eq!(basic_get(&auth, "alice", "guess").send().await.unwrap().status(), 401, "failure {attempt}");
+        assert_eq!(auth.token_response(Some("alice"), "guess", &[]).await.status(), 401, "failure {attempt}");
     }
-    expect_throttled(basic_get(&auth, "alice", "guess").send().await.unwrap()).await;
+    expect_throttled(auth.token_response(Some("alice"), "guess", &[]).await).await;
+    // The same in basic mode, where every request checks its password.
+    let basic = start_full(
+        "basic",
+        &[("auth_login_failures_per_user", &limit.to_string()), ("auth_login_failures_per_address", "1000")],
+        None,
+        &["--instance-concurrency", "1"],
+    );
+    let logins = (0..48).map(|_| basic_get(&basic, "alice", PASSWORD).send());
+    for response in futures::future::join_all(logins).await {
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    assert_eq!(basic_get(&basic, "alice", "guess").send().await.unwrap().status(), 401, "no failure was left counted");
 }
 
 // ---- token lifetimes -------------------------------------------------------------------------

@@ -3,31 +3,18 @@
 //! derived from the deployment's secrets), so a `Link` never names a private repository, and a
 //! cursor cannot be forged to start anywhere else.
 
-use crate::auth::config::{AuthConfig, Mode};
+use crate::auth::config::AuthConfig;
+#[cfg(test)]
+use crate::auth::config::Mode;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use hmac::Mac;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-/// The sealing key: from the token secret (token mode) or the users' hashes (basic mode), which
-/// only the deployment knows; every instance derives the same one.
+/// The sealing key: from the deployment's secrets ([`AuthConfig::derived_key`]).
 fn key(auth: &AuthConfig) -> Key {
-    let mut mac = <hmac::Hmac<sha2::Sha256>>::new_from_slice(b"berth catalog cursor v1").expect("any key length");
-    match auth.mode {
-        Mode::Token => mac.update(&auth.secret),
-        _ => {
-            for (user, hash) in &auth.users {
-                mac.update(user.as_bytes());
-                mac.update(b"\0");
-                mac.update(hash.as_bytes());
-                mac.update(b"\0");
-            }
-        }
-    }
-    let bytes: [u8; 32] = mac.finalize().into_bytes().into();
-    bytes.into()
+    auth.derived_key(b"berth catalog cursor v1").into()
 }
 
 /// Seal `position` (a repository name) with a fresh nonce from `random`.

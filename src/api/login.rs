@@ -1,29 +1,61 @@
 //! Failed-login throttling around every password check (Basic credentials on a request, and the
 //! token endpoint's password grants): refused with 429 before bcrypt runs once a user or a client
-//! address has failed too often in the current window (`auth::throttle`). A check counts as a
-//! failure while it runs, and is given back when the password was right.
+//! address has failed too often in the current window (`auth::throttle`).
+//!
+//! A check is counted as a failure BEFORE bcrypt runs (one atomic `increment`, then a comparison
+//! of the new count), and the count is given back when the password was right: so concurrent
+//! guesses, on any instances, cannot all pass a look taken before any of them was counted, and
+//! no more than the limit of distinct wrong passwords is ever checked in a window. Concurrent
+//! checks of the SAME password (a fleet of nodes logging in with one robot account) share one
+//! count: the first holds it while it runs, under a short fingerprint of the password
+//! (`throttle/checking/...`, keyed by the deployment's secrets, gone when the check ends); the
+//! others learn nothing the first does not, and check without counting.
 
 use crate::auth::throttle::{self, Kind};
 use crate::blobs::internal;
 use crate::errcode::{ErrorCode, RegistryError};
 use crate::message::Response;
 use crate::store::{MetaStore, Stores};
+use hmac::{KeyInit, Mac};
+use sha2::Digest as _;
+use std::cell::RefCell;
 
-/// Who is trying to log in, and from where.
+/// Who is trying to log in, with which password, and from where.
 pub struct Attempt {
     pub user: String,
     pub address: Option<String>,
     /// When it was made: its counters are those of this time's window, from its reservation to
-    /// its give-back.
+    /// its end.
     at: u64,
+    /// The key under which concurrent checks of the same user and password share one count.
+    checking: String,
+    /// What [`reserve`] did, for [`settle`].
+    held: RefCell<Held>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Nothing,
+    /// This attempt counted itself and holds the password's fingerprint.
+    Counted,
 }
 
 impl Attempt {
-    pub fn new<M, B>(stores: &Stores<M, B>, user: &str, headers: &http::HeaderMap) -> Attempt {
+    pub fn new<M, B>(stores: &Stores<M, B>, user: &str, password: &str, headers: &http::HeaderMap) -> Attempt {
+        let key = stores.config.auth.derived_key(b"berth login fingerprint v1");
+        let mut mac = <hmac::Hmac<sha2::Sha256>>::new_from_slice(&key).expect("any key length");
+        mac.update(user.as_bytes());
+        mac.update(b"\0");
+        mac.update(password.as_bytes());
+        // 32 bits: enough to tell concurrent checks apart, too few to test a password against.
+        let fingerprint = hex::encode(&mac.finalize().into_bytes()[..4]);
+        let user_key = hex::encode(&sha2::Sha256::digest(user.as_bytes())[..16]);
         Attempt {
             user: user.to_owned(),
             address: throttle::client_address(headers, stores.config.auth.trust_forwarded),
             at: (stores.now)(),
+            checking: format!("throttle/checking/{user_key}/{fingerprint}"),
+            held: RefCell::new(Held::Nothing),
         }
     }
 
@@ -37,17 +69,29 @@ impl Attempt {
     }
 }
 
-/// Count the attempt as a failure of the user and of the address BEFORE its password is
-/// checked, by one atomic increment per counter, then compare: concurrent guesses, on any
-/// instances, cannot all pass a look taken before any of them was counted. `Some(seconds to
-/// wait)` when a counter is over its limit: the attempt is refused without checking its password
-/// (and its count is given back: a refusal is not a guess). Otherwise the count stands until
-/// [`give_back`] says the password was right.
+/// Before the password is checked: `Some(seconds to wait)` when the attempt must be refused
+/// without checking it (the user or the address is at its limit). Otherwise the attempt is
+/// counted as a failure (unless a check of the same password is running, whose count it shares)
+/// until [`settle`] says how the check went.
 pub async fn reserve<M: MetaStore, B>(stores: &Stores<M, B>, attempt: &Attempt) -> Result<Option<u64>, RegistryError> {
     let now = attempt.at;
     let window = stores.config.auth.throttle.window_secs;
+    let counters = attempt.counters(stores);
+    for &(kind, id, limit) in &counters {
+        let failures = match stores.meta.get(&throttle::key(kind, id, now, window)).await.map_err(internal)? {
+            Some(value) => throttle::decode(&value),
+            None => 0,
+        };
+        if failures >= limit {
+            return Ok(Some(throttle::retry_after(now, window)));
+        }
+    }
+    if stores.meta.increment(&attempt.checking, 1).await.map_err(internal)? > 1 {
+        // The same password is being checked: its count stands for this one too.
+        return Ok(None);
+    }
     let mut counted = Vec::new();
-    for (kind, id, limit) in attempt.counters(stores) {
+    for (kind, id, limit) in counters {
         let key = throttle::key(kind, id, now, window);
         let count = stores.meta.increment(&key, 1).await.map_err(internal)?;
         counted.push(key);
@@ -57,24 +101,36 @@ pub async fn reserve<M: MetaStore, B>(stores: &Stores<M, B>, attempt: &Attempt) 
             stores.meta.delete(&old).await.map_err(internal)?;
         }
         if count > limit {
+            // Refused: not a guess, so its count is given back.
             for key in &counted {
                 stores.meta.increment(key, -1).await.map_err(internal)?;
             }
+            stores.meta.delete(&attempt.checking).await.map_err(internal)?;
             return Ok(Some(throttle::retry_after(now, window)));
         }
     }
+    *attempt.held.borrow_mut() = Held::Counted;
     Ok(None)
 }
 
-/// The password was right (or the request failed before it was checked): the attempt's
-/// reservation is given back.
-pub async fn give_back<M: MetaStore, B>(stores: &Stores<M, B>, attempt: &Attempt) -> Result<(), RegistryError> {
-    let now = attempt.at;
-    let window = stores.config.auth.throttle.window_secs;
-    for (kind, id, _) in attempt.counters(stores) {
-        stores.meta.increment(&throttle::key(kind, id, now, window), -1).await.map_err(internal)?;
+/// After the check (or a failure before it): a right password (`wrong` false) gives its count
+/// back, a wrong one keeps it; the password's fingerprint goes either way.
+pub async fn settle<M: MetaStore, B>(
+    stores: &Stores<M, B>,
+    attempt: &Attempt,
+    wrong: bool,
+) -> Result<(), RegistryError> {
+    if *attempt.held.borrow() != Held::Counted {
+        return Ok(());
     }
-    Ok(())
+    *attempt.held.borrow_mut() = Held::Nothing;
+    if !wrong {
+        let window = stores.config.auth.throttle.window_secs;
+        for (kind, id, _) in attempt.counters(stores) {
+            stores.meta.increment(&throttle::key(kind, id, attempt.at, window), -1).await.map_err(internal)?;
+        }
+    }
+    stores.meta.delete(&attempt.checking).await.map_err(internal)
 }
 
 /// The 429 of a throttled login.

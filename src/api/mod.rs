@@ -91,7 +91,7 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         auth::config::Mode::Basic => req
             .header(http::header::AUTHORIZATION)
             .and_then(auth::password::basic_credentials)
-            .map(|(user, _)| login::Attempt::new(stores, &user, &req.headers)),
+            .map(|(user, password)| login::Attempt::new(stores, &user, &password, &req.headers)),
         _ => None,
     };
     if let Some(attempt) = &attempt
@@ -106,10 +106,8 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     }
     .await;
     // A wrong password keeps its count; anything else gives it back.
-    if let Some(attempt) = &attempt
-        && !matches!(&decided, Ok((_, Err(denied))) if denied.wrong_password)
-    {
-        login::give_back(stores, attempt).await?;
+    if let Some(attempt) = &attempt {
+        login::settle(stores, attempt, matches!(&decided, Ok((_, Err(denied))) if denied.wrong_password)).await?;
     }
     let (route, identity) = match decided? {
         (route, Ok(identity)) => (route, identity),

@@ -72,14 +72,15 @@ async fn check_password<M: MetaStore, B: BlobStore>(
     password: &str,
     headers: &http::HeaderMap,
 ) -> Result<std::result::Result<(), Response<B::Outgoing>>> {
-    let attempt = login::Attempt::new(stores, user, headers);
+    let attempt = login::Attempt::new(stores, user, password, headers);
     if let Some(retry_after) = login::reserve(stores, &attempt).await? {
         return Ok(Err(login::too_many(retry_after)));
     }
-    if !password::check(&stores.config.auth, user, password) {
+    let right = password::check(&stores.config.auth, user, password);
+    login::settle(stores, &attempt, !right).await?;
+    if !right {
         return Ok(Err(bad_credentials(stores, "wrong user name or password")));
     }
-    login::give_back(stores, &attempt).await?;
     Ok(Ok(()))
 }
 

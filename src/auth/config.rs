@@ -138,6 +138,25 @@ impl std::fmt::Display for ConfigError {
 }
 
 impl AuthConfig {
+    /// A 32-byte key for `purpose`, derived from what only this deployment knows: the token
+    /// secret (token mode) or the users' hashes (basic mode); every instance derives the same.
+    pub fn derived_key(&self, purpose: &[u8]) -> [u8; 32] {
+        use hmac::{KeyInit, Mac};
+        let mut mac = <hmac::Hmac<sha2::Sha256>>::new_from_slice(purpose).expect("any key length");
+        match self.mode {
+            Mode::Token => mac.update(&self.secret),
+            _ => {
+                for (user, hash) in &self.users {
+                    mac.update(user.as_bytes());
+                    mac.update(b"\0");
+                    mac.update(hash.as_bytes());
+                    mac.update(b"\0");
+                }
+            }
+        }
+        mac.finalize().into_bytes().into()
+    }
+
     /// Parse the variables; `get` returns a variable's value, `None` when it is not defined.
     /// Only what the mode uses is read.
     pub fn parse(get: &dyn Fn(&str) -> Option<String>) -> Result<AuthConfig, ConfigError> {

@@ -96,14 +96,15 @@ impl<'a, M: MetaStore, B: BlobStore, O: Outbound<B>> Client<'a, M, B, O> {
                         .header(header::LOCATION)
                         .ok_or_else(|| self.refused("redirected without a Location".into()))?
                         .to_owned();
-                    let next =
-                        resolve(&url, &location).ok_or_else(|| self.refused(format!("redirected to {location:?}")))?;
+                    // Said without its query: a redirect's query is often a signature.
+                    let unusable = || {
+                        let shown = location.split('?').next().unwrap_or_default();
+                        self.refused(format!("redirected to {shown:?}, which is not a usable URL"))
+                    };
+                    let next = resolve(&url, &location).ok_or_else(unusable)?;
                     if !follow {
                         let mut response = response;
-                        response.headers.insert(
-                            header::LOCATION,
-                            next.parse().map_err(|_| self.refused(format!("redirected to {location:?}")))?,
-                        );
+                        response.headers.insert(header::LOCATION, next.parse().map_err(|_| unusable())?);
                         return Ok(response);
                     }
                     url = next;
