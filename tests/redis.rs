@@ -164,6 +164,47 @@ async fn two_runners_on_one_redis_see_each_others_writes_and_race_safely() {
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
+// ---- stale pooled connections ----------------------------------------------------------------
+
+/// `n` pulls of `path` at once (they fill the runner's connection pool); their statuses.
+async fn pulls(reg: &Registry, path: &str, n: usize) -> Vec<u16> {
+    join_all((0..n).map(|_| async { reg.get(path).await.status().as_u16() })).await
+}
+
+/// Wait until Redis has no client but the one asking (it closed the runner's idle ones).
+fn until_only_the_asker_is_connected(redis: &RedisServer) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while redis.cli(&["CLIENT", "LIST"]).lines().count() > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis kept the idle connections: {}",
+            redis.cli(&["CLIENT", "LIST"])
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[tokio::test]
+async fn pooled_connections_closed_by_an_idle_timeout_or_a_restart_never_fail_a_request() {
+    let mut redis = RedisServer::start();
+    let (_data, _runner, reg) = start_registry(redis.options(false));
+    reg.push_image("pool/app", "v1", 7).await;
+    let path = "/v2/pool/app/manifests/v1";
+    // What managed Redis services and proxies do: close connections idle for 2 s.
+    redis.cli(&["CONFIG", "SET", "timeout", "2"]);
+    assert!(pulls(&reg, path, 8).await.iter().all(|s| *s == 200));
+    until_only_the_asker_is_connected(&redis);
+    let after_timeout: Vec<u16> = [pulls(&reg, path, 8).await, pulls(&reg, path, 12).await].concat();
+    assert!(after_timeout.iter().all(|s| *s == 200), "after the idle timeout: {after_timeout:?}");
+    // A restart closes every connection, however recently used.
+    redis.cli(&["CONFIG", "SET", "timeout", "0"]);
+    assert!(pulls(&reg, path, 8).await.iter().all(|s| *s == 200));
+    redis.stop();
+    redis.restart();
+    let after_restart: Vec<u16> = [pulls(&reg, path, 8).await, pulls(&reg, path, 12).await].concat();
+    assert!(after_restart.iter().all(|s| *s == 200), "after a restart: {after_restart:?}");
+}
+
 // ---- the runtime config file at start --------------------------------------------------------
 
 #[test]

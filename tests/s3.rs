@@ -336,3 +336,84 @@ async fn an_s3_that_never_answers_fails_requests_with_503_after_its_timeout() {
     assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"), "{body}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "failed after {:?}", started.elapsed());
 }
+
+/// A stand-in for AWS under concurrent conditional writes, in front of `target` (moto): it
+/// answers the first `conflicts` conditional writes (`If-None-Match`) with `409
+/// ConditionalRequestConflict`, as AWS does while another conditional write of the key is in
+/// flight, and passes every other request on. How many it answered 409 is counted.
+async fn conflicting_s3(
+    target: String,
+    conflicts: usize,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let target = target.trim_start_matches("http://").to_owned();
+    let answered = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = answered.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else { return };
+            let (target, counter) = (target.clone(), counter.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 8192];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match client.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let conditional = text.lines().any(|l| l.starts_with("if-none-match:"));
+                if conditional && counter.fetch_add(1, Ordering::SeqCst) < conflicts {
+                    let end = text.find("\r\n\r\n").unwrap() + 4;
+                    let length: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |n| n.trim().parse().unwrap_or(0));
+                    let mut have = head.len() - end;
+                    while have < length {
+                        match client.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => have += n,
+                        }
+                    }
+                    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>ConditionalRequestConflict</Code>\
+                                <Message>A conflicting conditional operation is currently in progress</Message></Error>";
+                    let answer = format!(
+                        "HTTP/1.1 409 Conflict\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = client.write_all(answer.as_bytes()).await;
+                    let _ = client.shutdown().await;
+                    return;
+                }
+                if conditional {
+                    counter.fetch_sub(1, Ordering::SeqCst);
+                }
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else { return };
+                if upstream.write_all(&head).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (endpoint, answered, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_that_s3_answers_409_conflict_are_sent_again_and_the_push_succeeds() {
+    let s3 = S3Server::start();
+    let (endpoint, answered, task) = conflicting_s3(s3.endpoint(), 3).await;
+    let (_data, _runner, reg) = start_registry(cluster_options_at(&endpoint, None, 0));
+    let blob = PseudoRandom::bytes(77, 300_000);
+    let digest = reg.push_blob("conflict/app", &blob).await;
+    assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 3, "three writes were answered 409");
+    reads_back(&reg, &format!("/v2/conflict/app/blobs/{digest}"), &blob).await.unwrap();
+    let (manifest, _) = reg.push_image("conflict/app", "v1", 78).await;
+    reads_back(&reg, "/v2/conflict/app/manifests/v1", &manifest).await.unwrap();
+    task.abort();
+}

@@ -11,16 +11,24 @@
 //! The calls are synchronous, on a small pool of connections: the hosts already run store calls
 //! on blocking threads (see `reads_in_place`), and a connection per call in flight keeps one slow
 //! reply from holding up the others, as a single multiplexed connection would not.
+//!
+//! A pooled connection may have been closed under it: by a Redis restart, or by the server's
+//! (or a proxy's) idle `timeout`, as managed Redis services set it. So a connection idle for
+//! more than [`CHECK_AFTER_IDLE`] is PINGed before use; a call that fails because its pooled
+//! connection was dropped empties the pool (its other connections are as old) and, unless it
+//! cannot be repeated safely (`INCRBY`), runs once more on a fresh connection.
 
 use crate::kv::{KeysPage, KvBackend, Swap};
 use redis::{Client, Connection, RedisResult, Value};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A reply slower than this is an error (the server is gone or wedged), not a hang.
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections kept open between calls; more are opened when more calls are in flight.
 const MAX_IDLE: usize = 16;
+/// A pooled connection idle longer than this is PINGed before it is used.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// Set KEYS[1] to ARGV[3] if it holds ARGV[2] (ARGV[1] = "1") or is absent (ARGV[1] = "0").
 /// Replies `{1}` when set, else `{0, current}` (`{0}` when absent).
@@ -43,7 +51,17 @@ pub fn check_url(url: &str) -> anyhow::Result<()> {
 
 pub struct RedisStore {
     client: Client,
-    idle: Mutex<Vec<Connection>>,
+    /// Idle connections, each with when it was last used.
+    idle: Mutex<Vec<(Connection, Instant)>>,
+}
+
+/// Whether a call may run again after its connection was found dropped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Again {
+    /// Running it twice is harmless (a read, a SET of the same value, a DEL).
+    Safe,
+    /// It might have been applied before the connection dropped (`INCRBY`).
+    Never,
 }
 
 impl RedisStore {
@@ -60,21 +78,62 @@ impl RedisStore {
         Ok(conn)
     }
 
-    /// Run `f` on an idle connection (or a new one). A connection whose call failed is dropped
-    /// rather than reused: after an I/O error or a timeout its replies may be out of step.
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> RedisResult<T>) -> Result<T, String> {
+    /// A connection from the pool (PINGed if it idled long), or a new one; whether it came from
+    /// the pool.
+    fn connection(&self) -> RedisResult<(Connection, bool)> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut conn = match idle {
-            Some(conn) => conn,
-            None => self.connect().map_err(redis_error)?,
+        if let Some((mut conn, since)) = idle {
+            if since.elapsed() <= CHECK_AFTER_IDLE || redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                return Ok((conn, true));
+            }
+            self.forget_idle();
+        }
+        Ok((self.connect()?, false))
+    }
+
+    /// Drop every pooled connection: one was found closed, and the others are as old.
+    fn forget_idle(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Run `f` on a pooled connection (or a new one); whether it ran twice. A connection whose
+    /// call failed is dropped rather than reused: after an I/O error or a timeout its replies
+    /// may be out of step. A pooled connection found dropped gives the call one more run on a
+    /// fresh connection, if `again` allows.
+    fn with_again<T>(
+        &self,
+        again: Again,
+        mut f: impl FnMut(&mut Connection) -> RedisResult<T>,
+    ) -> Result<(T, bool), String> {
+        let (mut conn, pooled) = self.connection().map_err(redis_error)?;
+        let (out, conn, repeated) = match f(&mut conn) {
+            Ok(out) => (out, conn, false),
+            Err(e) if pooled && dropped(&e) => {
+                self.forget_idle();
+                if again == Again::Never {
+                    return Err(redis_error(e));
+                }
+                let mut fresh = self.connect().map_err(redis_error)?;
+                let out = f(&mut fresh).map_err(redis_error)?;
+                (out, fresh, true)
+            }
+            Err(e) => return Err(redis_error(e)),
         };
-        let out = f(&mut conn).map_err(redis_error)?;
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(conn);
+            idle.push((conn, Instant::now()));
         }
-        Ok(out)
+        Ok((out, repeated))
     }
+
+    fn with<T>(&self, f: impl FnMut(&mut Connection) -> RedisResult<T>) -> Result<T, String> {
+        self.with_again(Again::Safe, f).map(|(out, _)| out)
+    }
+}
+
+/// The connection was closed under the call (by the server or a proxy), not a refusal of it.
+fn dropped(e: &redis::RedisError) -> bool {
+    e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error()
 }
 
 fn redis_error(e: redis::RedisError) -> String {
@@ -135,7 +194,7 @@ impl KvBackend for RedisStore {
     }
 
     fn increment(&self, key: &str, delta: i64) -> Result<i64, String> {
-        self.with(|c| redis::cmd("INCRBY").arg(key).arg(delta).query(c))
+        self.with_again(Again::Never, |c| redis::cmd("INCRBY").arg(key).arg(delta).query(c)).map(|(n, _)| n)
     }
 
     fn swap(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<Swap, String> {
@@ -143,7 +202,7 @@ impl KvBackend for RedisStore {
             Some(bytes) => ("1", bytes),
             None => ("0", &[][..]),
         };
-        self.with(|c| {
+        let (outcome, repeated) = self.with_again(Again::Safe, |c| {
             let reply: Vec<Value> = redis::cmd("EVAL")
                 .arg(SWAP_SCRIPT)
                 .arg(1)
@@ -153,6 +212,11 @@ impl KvBackend for RedisStore {
                 .arg(value)
                 .query(c)?;
             swap_outcome(reply)
+        })?;
+        // Run again, a swap may find its own first run's value: that run is the one that won.
+        Ok(match outcome {
+            Swap::Changed(Some(current)) if repeated && current == value => Swap::Done,
+            other => other,
         })
     }
 

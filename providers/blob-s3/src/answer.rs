@@ -7,6 +7,9 @@ pub enum Failure {
     AlreadyExists,
     /// S3 is down, overloaded or throttling: the same call may succeed later.
     Unavailable(String),
+    /// Another conditional write of the same key is in flight (AWS's `409
+    /// ConditionalRequestConflict`): the write may still win or lose, so it is sent again.
+    Conflict(String),
     Other(String),
 }
 
@@ -33,9 +36,9 @@ pub fn classify(status: u16, body: &str, what: &str, origin: &str) -> Failure {
         404 if body.trim().is_empty() || code == "NoSuchKey" => Failure::NotFound,
         // A conditional write lost to an object that exists.
         412 => Failure::AlreadyExists,
-        // Another conditional write of the key is in flight: it may still fail, so retry.
+        // Another conditional write of the key is in flight: neither won nor lost yet.
         409 if code == "ConditionalRequestConflict" => {
-            Failure::Unavailable(format!("S3 at {origin}: {what}: {status} {code} (retry)"))
+            Failure::Conflict(format!("S3 at {origin}: {what}: {status} {code}"))
         }
         403 => Failure::Other(format!(
             "S3 at {origin} refused {what} ({status} {code}): check blob_s3_access_key_id, \
@@ -71,8 +74,8 @@ mod tests {
         assert_eq!(classify(412, "", "PUT of a", "http://s3"), Failure::AlreadyExists);
         let conflict = "<Error><Code>ConditionalRequestConflict</Code></Error>";
         assert!(
-            matches!(classify(409, conflict, "PUT of a", "http://s3"), Failure::Unavailable(_)),
-            "retry, it may not exist"
+            matches!(classify(409, conflict, "PUT of a", "http://s3"), Failure::Conflict(_)),
+            "sent again: it may not exist"
         );
         assert!(
             matches!(classify(503, "<Error><Code>SlowDown</Code></Error>", "GET", "http://s3"), Failure::Unavailable(m) if m.contains("SlowDown"))

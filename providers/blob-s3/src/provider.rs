@@ -62,7 +62,8 @@ fn from_failure(failure: Failure) -> Error {
     match failure {
         Failure::NotFound => Error::NotFound,
         Failure::AlreadyExists => Error::AlreadyExists,
-        Failure::Unavailable(why) => Error::Unavailable(why),
+        // Still conflicting after every retry (see `conditional`): try again later.
+        Failure::Unavailable(why) | Failure::Conflict(why) => Error::Unavailable(why),
         Failure::Other(why) => Error::Other(why),
     }
 }
@@ -162,12 +163,42 @@ fn request_options(s: &Settings) -> types::RequestOptions {
 
 /// The response if it is a success; else the failure it stands for.
 async fn success(s: &Settings, response: types::Response, what: &str) -> Result<types::Response, Error> {
+    answered(s, response, what).await.map_err(from_failure)
+}
+
+async fn answered(s: &Settings, response: types::Response, what: &str) -> Result<types::Response, Failure> {
     let status = response.get_status_code();
     if (200..300).contains(&status) {
         return Ok(response);
     }
     let body = read_body(response, ERROR_BODY_LIMIT).await;
-    Err(from_failure(answer::classify(status, &String::from_utf8_lossy(&body), what, &s.origin())))
+    Err(answer::classify(status, &String::from_utf8_lossy(&body), what, &s.origin()))
+}
+
+/// Tries of a conditional write that S3 answers `409 ConditionalRequestConflict` (another
+/// conditional write of the key in flight), with backoff between them: 25 ms, doubling.
+const CONFLICT_TRIES: u32 = 7;
+
+/// Send a conditional write (`If-None-Match: *`) made by `attempt` until S3 decides it: a
+/// conflict with a concurrent write of the same key is sent again after a backoff (jittered, so
+/// the writers part), as AWS advises; past the last try it is `Unavailable` (503).
+async fn conditional(
+    s: &Settings,
+    what: &str,
+    mut attempt: impl AsyncFnMut() -> Result<types::Response, Error>,
+) -> Result<types::Response, Error> {
+    for tried in 1.. {
+        match answered(s, attempt().await?, what).await {
+            Err(Failure::Conflict(why)) if tried < CONFLICT_TRIES => {
+                let jitter = spin_sdk::wasip3::random::random::get_random_u64() % 25;
+                let millis = (25u64 << (tried - 1)) + jitter;
+                eprintln!("berth-blob-s3: {why}: sent again in {millis} ms");
+                spin_sdk::wasip3::clocks::monotonic_clock::wait_for(millis * 1_000_000).await;
+            }
+            answer => return answer.map_err(from_failure),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// A success's XML body; S3 may answer 200 with an `<Error>` (CompleteMultipartUpload does).
@@ -262,11 +293,12 @@ impl Multipart {
         let mut action = s.bucket.complete_multipart_upload(s.credentials.as_ref(), key, &self.id, etags);
         action.headers_mut().insert("if-none-match", "*");
         let url = action.sign(REQUEST_URL);
-        let body = action.body();
+        let body = action.body().into_bytes();
         let what = format!("CompleteMultipartUpload of {key}");
-        let response =
-            success(s, send(s, Method::Post, &url, &[("if-none-match", "*")], Some(body.into_bytes())).await?, &what)
-                .await?;
+        let response = conditional(s, &what, async || {
+            send(s, Method::Post, &url, &[("if-none-match", "*")], Some(body.clone())).await
+        })
+        .await?;
         xml(s, response, &what).await.map(drop)
     }
 
@@ -286,7 +318,10 @@ async fn put_new(s: &Settings, key: &str, bytes: Vec<u8>) -> Result<(), Error> {
     action.headers_mut().insert("if-none-match", "*");
     let url = action.sign(REQUEST_URL);
     let what = format!("PutObject of {key}");
-    let response = success(s, send(s, Method::Put, &url, &[("if-none-match", "*")], Some(bytes)).await?, &what).await?;
+    let response = conditional(s, &what, async || {
+        send(s, Method::Put, &url, &[("if-none-match", "*")], Some(bytes.clone())).await
+    })
+    .await?;
     drop(read_body(response, ERROR_BODY_LIMIT).await);
     Ok(())
 }
