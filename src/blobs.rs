@@ -24,6 +24,11 @@ pub struct BlobRecord {
     /// references the blob; a reference written meanwhile takes the mark off ([`hold`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condemned: Option<u64>,
+    /// The marking collector's nonce: two marks are never the same bytes, so a collector's swap
+    /// from its own mark never succeeds on another's (two collectors marking in the same second,
+    /// after a push took the first mark off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condemned_by: Option<String>,
     /// Set by garbage collection's removal (the time): the blob is gone for every reader, and
     /// the record names the parts until they are deleted, so a collector that dies in between
     /// leaves work the next one finds (it then empties the value).
@@ -33,7 +38,17 @@ pub struct BlobRecord {
 
 impl BlobRecord {
     pub fn new(size: u64, parts: Vec<Part>) -> Self {
-        BlobRecord { size, parts, condemned: None, removed: None }
+        BlobRecord { size, parts, condemned: None, condemned_by: None, removed: None }
+    }
+
+    /// This record marked condemned at `now` by a collector of its own (`random`: its nonce).
+    pub fn condemned_at(&self, now: u64, random: [u8; 16]) -> BlobRecord {
+        BlobRecord { condemned: Some(now), condemned_by: Some(hex::encode(random)), ..self.clone() }
+    }
+
+    /// This record without a collector's mark.
+    pub fn unmarked(&self) -> BlobRecord {
+        BlobRecord { condemned: None, condemned_by: None, ..self.clone() }
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -126,7 +141,7 @@ pub async fn hold<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest) -> Re
         if record.condemned.is_none() {
             return Ok(true);
         }
-        let kept = BlobRecord { condemned: None, ..record };
+        let kept = record.unmarked();
         if stores.meta.compare_and_swap(&keys::blob(digest), &bytes, &kept.to_json()).await.map_err(internal)? {
             return Ok(true);
         }

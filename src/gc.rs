@@ -263,7 +263,7 @@ async fn condemn<M: MetaStore, B>(
     record: &BlobRecord,
     bytes: &[u8],
 ) -> Result<Option<Vec<u8>>> {
-    let marked = BlobRecord { condemned: Some((stores.now)()), ..record.clone() }.to_json();
+    let marked = record.condemned_at((stores.now)(), (stores.random)()).to_json();
     let swapped = stores.meta.compare_and_swap(&keys::blob(digest), bytes, &marked).await.map_err(internal)?;
     Ok(swapped.then_some(marked))
 }
@@ -276,7 +276,7 @@ async fn remove_condemned<M: MetaStore, B: BlobStore>(
     record: BlobRecord,
     condemned: &[u8],
 ) -> Result<Outcome> {
-    let unmarked = BlobRecord { condemned: None, ..record.clone() }.to_json();
+    let unmarked = record.unmarked().to_json();
     let again = match holds(stores, digest).await {
         Ok(again) => again,
         Err(err) => {
@@ -290,7 +290,7 @@ async fn remove_condemned<M: MetaStore, B: BlobStore>(
         stores.meta.compare_and_swap(&keys::blob(digest), condemned, &unmarked).await.map_err(internal)?;
         return Ok(Outcome::Kept);
     }
-    let removed = BlobRecord { condemned: None, removed: Some((stores.now)()), ..record.clone() }.to_json();
+    let removed = BlobRecord { removed: Some((stores.now)()), ..record.unmarked() }.to_json();
     if !stores.meta.compare_and_swap(&keys::blob(digest), condemned, &removed).await.map_err(internal)? {
         return Ok(Outcome::Kept); // a reference took the mark off
     }
@@ -569,6 +569,27 @@ mod tests {
         assert_eq!(block_on(remove_condemned(&stores, &layer, record, &marked)).unwrap(), Outcome::Kept);
         assert!(collect(&stores, false).is_empty());
         assert_eq!(blob_status(&stores, "r", &layer), StatusCode::OK);
+    }
+
+    #[test]
+    fn a_second_collectors_mark_in_the_same_second_never_lets_the_first_remove_a_held_blob() {
+        let stores = memory_stores();
+        // Collector A marks the layer, then looks at its holders: none yet.
+        let (layer, record, marked_by_a) = layer_condemned(&stores);
+        assert!(!block_on(holds(&stores, &layer)).unwrap().live);
+        // A manifest is pushed: its push takes A's mark off.
+        let manifest = manifest_of(b"config", &[b"layer"]);
+        assert_eq!(put_manifest(&stores, "r", "v1", &manifest).status, StatusCode::CREATED);
+        // Collector B marks the layer in the same second (the test clock stands still).
+        let (_, bytes) = block_on(blobs::stored(&stores, &layer)).unwrap().unwrap();
+        let marked_by_b = block_on(condemn(&stores, &layer, &record, &bytes)).unwrap().expect("marked");
+        assert_ne!(marked_by_a, marked_by_b, "two marks are never the same bytes");
+        // A's last move, from its own mark: it must fail, B's mark is not A's.
+        assert_eq!(block_on(remove_condemned(&stores, &layer, record.clone(), &marked_by_a)).unwrap(), Outcome::Kept);
+        // B's second look sees the manifest.
+        assert_eq!(block_on(remove_condemned(&stores, &layer, record, &marked_by_b)).unwrap(), Outcome::Kept);
+        assert_eq!(blob_status(&stores, "r", &layer), StatusCode::OK);
+        assert_eq!(send(&stores, Method::GET, "/v2/r/manifests/v1", vec![]).status, StatusCode::OK);
     }
 
     #[test]

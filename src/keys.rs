@@ -139,6 +139,11 @@ pub fn mirror_fetch_manifest(name: &RepoName, reference: &str) -> String {
     format!("mirror/fetching-manifest/{}/{reference}", repo_key(name))
 }
 
+/// The repository's push counter (`increment`): orders tag pushes of the same second.
+pub fn push_sequence(name: &RepoName) -> String {
+    format!("repo/{}/pushes", repo_key(name))
+}
+
 /// When the mirror last confirmed `tag` with the upstream (seconds since the epoch).
 pub fn mirror_checked(name: &RepoName, tag: &Tag) -> String {
     format!("repo/{}/checked/{}", repo_key(name), tag.as_str())

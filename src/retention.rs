@@ -185,10 +185,11 @@ fn kept_tags<M, B>(
         if pinned || rule.keep_last.is_none() {
             kept.insert(tag.clone());
         } else {
-            ranked.push((target.pushed.unwrap_or(0), tag.clone()));
+            ranked.push((target.push_order(), tag.clone()));
         }
     }
-    // The most recently pushed first; ties by name, so a plan is the same every time.
+    // The most recently pushed first (pushes of one second by the repository's push counter);
+    // ties (tags from before the counter) by name, so a plan is the same every time.
     ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     kept.extend(ranked.into_iter().take(rule.keep_last.unwrap_or(0)).map(|(_, tag)| tag));
     kept
@@ -308,7 +309,7 @@ pub async fn apply<M: MetaStore, B: BlobStore>(
     }
     let mut condemned = Vec::new();
     for (digest, record, bytes) in plan.delete {
-        let marked = ManifestRecord { condemned: Some((stores.now)()), ..record.clone() };
+        let marked = record.condemned_at((stores.now)(), (stores.random)());
         let marked = serde_json::to_vec(&marked).expect("records serialize");
         if stores.meta.compare_and_swap(&keys::manifest(name, &digest), &bytes, &marked).await.map_err(internal)? {
             condemned.push((digest, record, marked));
@@ -326,8 +327,7 @@ pub async fn apply<M: MetaStore, B: BlobStore>(
     for (digest, record, marked) in condemned {
         let key = keys::manifest(name, &digest);
         if keep.contains(&digest) {
-            let unmarked =
-                serde_json::to_vec(&ManifestRecord { condemned: None, ..record }).expect("records serialize");
+            let unmarked = serde_json::to_vec(&record.unmarked()).expect("records serialize");
             stores.meta.compare_and_swap(&key, &marked, &unmarked).await.map_err(internal)?;
             continue;
         }
@@ -431,6 +431,19 @@ mod tests {
         assert_eq!(tags_of(&stores, "r"), ["c", "d", "stable"]);
         // Without untagged_after the manifests stay (by digest), and so do their blobs.
         assert!(done.deleted_manifests.is_empty() && done.collected.is_empty());
+    }
+
+    #[test]
+    fn keep_last_keeps_the_newest_of_tags_pushed_within_one_second() {
+        let stores = with_rules("r keep_last=3");
+        // build-1 .. build-6 pushed back to back: the clock does not move between them.
+        for i in 1..=6 {
+            let tag = format!("build-{i}");
+            push_image(&stores, "r", &tag, format!("config {i}").as_bytes(), &[format!("layer {i}").as_bytes()]);
+        }
+        let done = pass(&stores, false);
+        assert_eq!(done.untagged, ["r:build-1", "r:build-2", "r:build-3"]);
+        assert_eq!(tags_of(&stores, "r"), ["build-4", "build-5", "build-6"]);
     }
 
     #[test]

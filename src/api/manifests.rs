@@ -43,6 +43,22 @@ pub struct ManifestRecord {
     /// manifest; a push that references it takes the mark off ([`hold_manifest`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condemned: Option<u64>,
+    /// Retention's nonce with the mark: two marks are never the same bytes (see
+    /// [`crate::blobs::BlobRecord::condemned_by`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condemned_by: Option<String>,
+}
+
+impl ManifestRecord {
+    /// This record marked condemned at `now` by a retention pass of its own (`random`: its nonce).
+    pub fn condemned_at(&self, now: u64, random: [u8; 16]) -> ManifestRecord {
+        ManifestRecord { condemned: Some(now), condemned_by: Some(hex::encode(random)), ..self.clone() }
+    }
+
+    /// This record without retention's mark.
+    pub fn unmarked(self) -> ManifestRecord {
+        ManifestRecord { condemned: None, condemned_by: None, ..self }
+    }
 }
 
 /// What a tag points at: a manifest's digest, in one generation of its record, and when the
@@ -52,10 +68,14 @@ pub struct TagTarget {
     pub digest: Digest,
     pub generation: Option<String>,
     pub pushed: Option<u64>,
+    /// The repository's push counter when the tag was pushed: orders the pushes of one second
+    /// (`None` for tags from before it).
+    pub sequence: Option<i64>,
 }
 
 impl TagTarget {
-    /// `<digest>`, `<digest>#<generation>` or `<digest>#<generation>#<pushed>`.
+    /// `<digest>`, `<digest>#<generation>`, `<digest>#<generation>#<pushed>` or
+    /// `<digest>#<generation>#<pushed>#<sequence>`.
     fn parse(text: &str) -> Option<TagTarget> {
         let mut fields = text.split('#');
         let digest = Digest::parse(fields.next()?).ok()?;
@@ -64,15 +84,26 @@ impl TagTarget {
             Some(time) => Some(time.parse().ok()?),
             None => None,
         };
-        Some(TagTarget { digest, generation, pushed })
+        let sequence = match fields.next() {
+            Some(n) => Some(n.parse().ok()?),
+            None => None,
+        };
+        Some(TagTarget { digest, generation, pushed, sequence })
     }
 
     pub(crate) fn to_value(&self) -> String {
-        match (&self.generation, self.pushed) {
-            (Some(generation), Some(pushed)) => format!("{}#{generation}#{pushed}", self.digest),
-            (Some(generation), None) => format!("{}#{generation}", self.digest),
-            (None, _) => self.digest.to_string(),
+        match (&self.generation, self.pushed, self.sequence) {
+            (Some(generation), Some(pushed), Some(n)) => format!("{}#{generation}#{pushed}#{n}", self.digest),
+            (Some(generation), Some(pushed), None) => format!("{}#{generation}#{pushed}", self.digest),
+            (Some(generation), None, _) => format!("{}#{generation}", self.digest),
+            (None, _, _) => self.digest.to_string(),
         }
+    }
+
+    /// Retention's order: the later push sorts greater (by time, then by the repository's push
+    /// counter, which tells pushes of one second apart).
+    pub fn push_order(&self) -> (u64, i64) {
+        (self.pushed.unwrap_or(0), self.sequence.unwrap_or(0))
     }
 
     /// Whether `record` is the manifest this tag was set for.
@@ -132,7 +163,7 @@ pub async fn hold_manifest<M: MetaStore, B>(stores: &Stores<M, B>, name: &RepoNa
         if record.condemned.is_none() {
             return Ok(true);
         }
-        let kept = serde_json::to_vec(&ManifestRecord { condemned: None, ..record }).expect("records serialize");
+        let kept = serde_json::to_vec(&record.unmarked()).expect("records serialize");
         if stores.meta.compare_and_swap(&keys::manifest(name, digest), &bytes, &kept).await.map_err(internal)? {
             return Ok(true);
         }
@@ -279,7 +310,7 @@ pub async fn put<M: MetaStore, B: BlobStore>(
             stores,
             name,
             tag,
-            TagTarget { digest: digest.clone(), generation: generation.clone(), pushed: None },
+            TagTarget { digest: digest.clone(), generation: generation.clone(), pushed: None, sequence: None },
         )
         .await?
         {
@@ -433,6 +464,7 @@ async fn set_tag<M: MetaStore, B: BlobStore>(
 ) -> Result<bool> {
     let entry = keys::tag_entry(name, tag);
     target.pushed = Some((stores.now)());
+    target.sequence = Some(stores.meta.increment(&keys::push_sequence(name), 1).await.map_err(internal)?);
     for _ in 0..8 {
         blobs::mark(stores, &entry, Vec::new()).await?;
         stores.meta.set(&keys::tag(name, tag), target.to_value().as_bytes()).await.map_err(internal)?;
@@ -455,7 +487,7 @@ pub(crate) async fn tag_as<M: MetaStore, B: BlobStore>(
 ) -> Result<()> {
     for _ in 0..4 {
         let record = record(stores, name, digest).await?.ok_or_else(|| unknown(name, &digest.to_string()))?;
-        let target = TagTarget { digest: digest.clone(), generation: record.generation, pushed: None };
+        let target = TagTarget { digest: digest.clone(), generation: record.generation, pushed: None, sequence: None };
         if set_tag(stores, name, tag, target).await? {
             return Ok(());
         }
@@ -547,6 +579,7 @@ pub(crate) async fn store<M: MetaStore, B: BlobStore>(
         generation: Some(hex::encode(&(stores.random)()[8..])),
         created: Some((stores.now)()),
         condemned: None,
+        condemned_by: None,
     };
     let referrer_entry = if let Some(subject) = &manifest.subject {
         let descriptor = ReferrerDescriptor {
@@ -578,7 +611,7 @@ pub(crate) async fn store<M: MetaStore, B: BlobStore>(
                 hold_references(stores, name, digest, manifest, referenced).await?;
                 // Refreshed by a swap (no mark, created now): retention's last swap and a failed
                 // push's take-back, both from bytes read before, then fail.
-                let refreshed = ManifestRecord { condemned: None, created: Some((stores.now)()), ..existing };
+                let refreshed = ManifestRecord { created: Some((stores.now)()), ..existing.unmarked() };
                 let json = serde_json::to_vec(&refreshed).expect("records serialize");
                 if !stores.meta.compare_and_swap(&key, &bytes, &json).await.map_err(internal)? {
                     continue;
