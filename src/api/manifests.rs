@@ -299,31 +299,41 @@ pub async fn put<M: MetaStore, B: BlobStore>(
         Reference::Tag(tag) => vec![tag],
         Reference::Digest(_) => extra_tags.iter().collect(),
     };
-    bind_immutable_tags(stores, name, &tags, &digest).await?;
-    let mut generation =
-        store(stores, name, &digest, &manifest, bytes.clone(), hash.clone(), Referenced::MustBeHere).await?;
-    for tag in tags {
-        let mut tries = 0;
-        // Retention may remove an untagged manifest between this push's store and its tag
-        // (retention found no tag; the record went after this push read it): store it again.
-        while !set_tag(
-            stores,
-            name,
-            tag,
-            TagTarget { digest: digest.clone(), generation: generation.clone(), pushed: None, sequence: None },
-        )
-        .await?
-        {
-            tries += 1;
-            if tries > 3 {
-                return Err(RegistryError::new(
-                    ErrorCode::Internal,
-                    format!("manifest {digest} kept being removed under a push"),
-                ));
+    let bound = bind_immutable_tags(stores, name, &tags, &digest).await?;
+    let pushed = async {
+        let mut generation =
+            store(stores, name, &digest, &manifest, bytes.clone(), hash.clone(), Referenced::MustBeHere).await?;
+        for &tag in &tags {
+            let mut tries = 0;
+            // Retention may remove an untagged manifest between this push's store and its tag
+            // (retention found no tag; the record went after this push read it): store it again.
+            while !set_tag(
+                stores,
+                name,
+                tag,
+                TagTarget { digest: digest.clone(), generation: generation.clone(), pushed: None, sequence: None },
+            )
+            .await?
+            {
+                tries += 1;
+                if tries > 3 {
+                    return Err(RegistryError::new(
+                        ErrorCode::Internal,
+                        format!("manifest {digest} kept being removed under a push"),
+                    ));
+                }
+                generation =
+                    store(stores, name, &digest, &manifest, bytes.clone(), hash.clone(), Referenced::MustBeHere)
+                        .await?;
             }
-            generation =
-                store(stores, name, &digest, &manifest, bytes.clone(), hash.clone(), Referenced::MustBeHere).await?;
         }
+        Ok::<(), RegistryError>(())
+    }
+    .await;
+    if let Err(err) = pushed {
+        // A push that failed leaves no binding of its own: the tag stays free for any manifest.
+        unbind(stores, &bound).await;
+        return Err(err);
     }
     let mut response = Response::new(StatusCode::CREATED)
         .header(header::LOCATION, url::manifest(name, &digest.to_string()))
@@ -367,37 +377,92 @@ fn tag_parameters<B>(req: &Request<B>, reference: &Reference) -> Result<Vec<Tag>
     Ok(tags)
 }
 
+/// A binding whose manifest is neither stored nor tagged after this long was left by a push that
+/// died between binding and tagging (a push takes seconds from one to the other): the next first
+/// push takes it over.
+const STALE_BINDING_SECS: u64 = 600;
+
 /// Immutable tags (`crate::immutable`), checked before anything is stored: a tag already bound
 /// to another manifest (or naming one) refuses the push. The first push binds it, by creating
 /// its binding object exclusively: of two racing first pushes of different manifests, exactly one
-/// binds the tag and the other is refused. The binding stays if the push then fails: the tag can
-/// still be pushed, for that manifest only.
+/// binds the tag and the other is refused. All or nothing: a refused tag of a `?tag=` list undoes
+/// the bindings this push made before it. The bindings this push made, which it undoes if it
+/// fails later ([`unbind`]).
 async fn bind_immutable_tags<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     name: &RepoName,
     tags: &[&Tag],
     digest: &Digest,
-) -> Result<()> {
+) -> Result<Vec<String>> {
+    let mut made = Vec::new();
     for &tag in tags {
-        let Some(rule) = stores.config.immutable_tags.rule_for(name, tag) else { continue };
-        let moved = || immutable::refused(name, tag, &rule, "it names another manifest, and cannot be moved");
-        if let Some((current, _)) = tagged(stores, name, tag).await?
-            && current != *digest
-        {
-            return Err(moved());
-        }
-        let binding = keys::immutable_binding(name, tag);
-        match stores.blobs.write_bytes(&binding, digest.to_string().into_bytes()).await {
-            Ok(()) => {}
-            Err(StoreError::AlreadyExists) => {
-                if stores.blobs.read_bytes(&binding).await.map_err(internal)? != digest.to_string().as_bytes() {
-                    return Err(moved());
-                }
+        match bind(stores, name, tag, digest).await {
+            Ok(Some(binding)) => made.push(binding),
+            Ok(None) => {}
+            Err(err) => {
+                unbind(stores, &made).await;
+                return Err(err);
             }
-            Err(e) => return Err(internal(e)),
         }
     }
-    Ok(())
+    Ok(made)
+}
+
+/// Bind `tag` to `digest` if a rule makes it immutable: the binding this call created, `None`
+/// when there was nothing to create (no rule, or bound to `digest` already).
+async fn bind<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    tag: &Tag,
+    digest: &Digest,
+) -> Result<Option<String>> {
+    let Some(rule) = stores.config.immutable_tags.rule_for(name, tag) else { return Ok(None) };
+    let moved = || immutable::refused(name, tag, &rule, "it names another manifest, and cannot be moved");
+    if let Some((current, _)) = tagged(stores, name, tag).await?
+        && current != *digest
+    {
+        return Err(moved());
+    }
+    let binding = keys::immutable_binding(name, tag);
+    let now = (stores.now)();
+    for _ in 0..4 {
+        match stores.blobs.write_bytes(&binding, format!("{digest} {now}").into_bytes()).await {
+            Ok(()) => return Ok(Some(binding)),
+            Err(StoreError::AlreadyExists) => {}
+            Err(e) => return Err(internal(e)),
+        }
+        let bound = match stores.blobs.read_bytes(&binding).await {
+            Ok(bound) => String::from_utf8_lossy(&bound).into_owned(),
+            Err(StoreError::NotFound) => continue, // undone meanwhile
+            Err(e) => return Err(internal(e)),
+        };
+        // `<digest> <time>` (bindings from before times: `<digest>`, as old as can be).
+        let mut fields = bound.split(' ');
+        let bound_digest = fields.next().and_then(|d| Digest::parse(d).ok());
+        let at: u64 = fields.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+        if bound_digest.as_ref() == Some(digest) {
+            return Ok(None);
+        }
+        let left_by_a_dead_push = now.saturating_sub(at) > STALE_BINDING_SECS
+            && tag_target(stores, name, tag).await?.is_none()
+            && match &bound_digest {
+                Some(other) => record(stores, name, other).await?.is_none(),
+                None => true,
+            };
+        if !left_by_a_dead_push {
+            return Err(moved());
+        }
+        eprintln!("berth: immutable tag {name}:{} was bound by a push that never finished: taken over", tag.as_str());
+        blobs::remove(stores, &binding).await?;
+    }
+    Err(moved())
+}
+
+/// Undo the bindings a failed push made. Best effort: one left behind is taken over once stale.
+async fn unbind<M, B: BlobStore>(stores: &Stores<M, B>, bindings: &[String]) {
+    for binding in bindings {
+        let _ = stores.blobs.delete(binding).await;
+    }
 }
 
 /// A delete by digest of a manifest an immutable tag names is refused (it would drop the tag).

@@ -524,6 +524,53 @@ mod tests {
         assert_eq!(r.headers["docker-content-digest"], first.to_string());
     }
 
+    #[test]
+    fn a_first_push_that_fails_leaves_its_immutable_tag_free() {
+        let mut stores = immutable_stores("prod/*:v*");
+        // The manifest does not fit the quota (its config does): the push fails after binding.
+        stores.config.quotas = crate::quota::Quotas::parse("prod/* 100").unwrap();
+        let (r, _) = push_manifest(&stores, "prod/web", "v1", "a");
+        assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::FORBIDDEN, "DENIED"));
+        assert!(detail(&r).contains("quota"), "{}", detail(&r));
+        stores.config.quotas = Default::default();
+        let (r, b) = push_manifest(&stores, "prod/web", "v1", "b");
+        assert_eq!(r.status, StatusCode::CREATED, "v1 was never stored: any manifest may take it");
+        let r = send(&stores, Method::GET, "/v2/prod/web/manifests/v1", vec![]);
+        assert_eq!(r.headers["docker-content-digest"], b.to_string());
+    }
+
+    #[test]
+    fn a_tag_list_binds_all_of_its_immutable_tags_or_none() {
+        let stores = immutable_stores("prod/*:v*");
+        push_manifest(&stores, "prod/web", "v2", "taken");
+        // v1 then v2: v2 names another manifest, so the push is refused, and v1 stays free.
+        let (_, x) = manifest_for("x");
+        let (r, _) = push_manifest(&stores, "prod/web", &format!("{x}?tag=v1&tag=v2"), "x");
+        assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::FORBIDDEN, "DENIED"));
+        let (r, _) = push_manifest(&stores, "prod/web", "v1", "y");
+        assert_eq!(r.status, StatusCode::CREATED, "the refused list left no binding of v1");
+    }
+
+    #[test]
+    fn a_binding_left_by_a_push_that_died_is_taken_over_once_stale_and_not_before() {
+        let stores = immutable_stores("prod/*:v*");
+        let name = crate::name::RepoName::parse("prod/web").unwrap();
+        let tag = crate::name::Tag::parse("v1").unwrap();
+        let binding = crate::keys::immutable_binding(&name, &tag);
+        let (_, never_stored) = manifest_for("never");
+        // A push in flight: bound just now, not stored yet. It decides.
+        let now = (stores.now)();
+        stores.blobs.0.borrow_mut().insert(binding.clone(), format!("{never_stored} {now}").into_bytes());
+        let (r, _) = push_manifest(&stores, "prod/web", "v1", "a");
+        assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::FORBIDDEN, "DENIED"));
+        // Its push died long ago: nothing stored, nothing tagged. Taken over.
+        stores.blobs.0.borrow_mut().insert(binding, format!("{never_stored} {}", now - 3600).into_bytes());
+        let (r, a) = push_manifest(&stores, "prod/web", "v1", "a");
+        assert_eq!(r.status, StatusCode::CREATED);
+        let (r, _) = push_manifest(&stores, "prod/web", "v1", "b");
+        assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::FORBIDDEN, "DENIED"), "and now bound to {a}");
+    }
+
     fn mirror_stores(upstreams: &str) -> Stores<MemMeta, MemBlobs> {
         let mut stores = memory_stores();
         stores.config.mirrors = crate::mirror::Mirrors::parse(upstreams, "").unwrap();
