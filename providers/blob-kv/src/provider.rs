@@ -478,8 +478,13 @@ impl Guest for Provider {
             // The record first: from here the object is gone as a whole, then its chunks follow.
             store.delete(layout::record_key(&name)).await.map_err(kv)?;
             delete_chunks(&store, &record.write, u64::MAX).await?;
+            // Only the name of the record this delete removed: a delete that found no record
+            // may be racing a create of the same name that has listed it and not yet stored
+            // its record, and must not unlist it (the object would exist, unlisted, so garbage
+            // collection could not see what it holds). A name listed without a record (a
+            // create killed between the two) is skipped by listings.
+            names(&bucket).remove(&name).map_err(index_error)?;
         }
-        names(&bucket).remove(&name).map_err(index_error)?;
         // Last, the claim, so the name can be created again; also when there was no record: a
         // writer that died between its claim and its record left the name claimed but empty.
         store.delete(layout::claim_key(&name)).await.map_err(kv)?;
