@@ -168,6 +168,10 @@ async fn blob_step<M: MetaStore, B: BlobStore>(
     concurrency: usize,
 ) -> Result<Step> {
     let started = (stores.now)();
+    if after.is_none() && !dry_run {
+        // A pass's first step: what collectors that died left half done.
+        finish_unholds(stores).await?;
+    }
     let (names, mut next) =
         stores.blobs.list(keys::BLOBS_INDEX_PREFIX, after.as_deref(), STEP_BLOBS).await.map_err(internal)?;
     let mut step = Step::default();
@@ -232,10 +236,15 @@ async fn examine<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Dig
             if seen.live {
                 // A kept blob's holders would otherwise grow with every manifest ever deleted
                 // that referenced it (a base layer's): the dead ones go, each checked again.
+                // Only entries older than the upload expiry: a younger one may be a push's still
+                // on its way to its record (which would find its entry gone, and write it again,
+                // only if it lives that long).
                 if !dry_run {
                     let prefix = keys::holders_prefix(digest);
                     for entry in &seen.dead_manifests {
-                        unhold(stores, digest, &prefix, entry).await?;
+                        if entry_age(stores, entry).await? >= stores.config.upload_expiry_secs {
+                            unhold(stores, digest, &prefix, entry).await?;
+                        }
                     }
                 }
                 return Ok(Outcome::Kept);
@@ -387,14 +396,43 @@ async fn clean_up<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Di
     forget_unrecorded(stores, digest).await
 }
 
-/// Remove one holder entry, and put it back if its fact is there (now, or written meanwhile).
+/// How long ago a holder entry was written (entries carry their time; those from before, and
+/// links' entries, count as old).
+async fn entry_age<M, B: BlobStore>(stores: &Stores<M, B>, entry: &str) -> Result<u64> {
+    let written = match stores.blobs.read_bytes(entry).await {
+        Ok(bytes) => std::str::from_utf8(&bytes).ok().and_then(|t| t.parse::<u64>().ok()).unwrap_or(0),
+        Err(crate::store::StoreError::NotFound) => return Ok(0),
+        Err(e) => return Err(internal(e)),
+    };
+    Ok((stores.now)().saturating_sub(written))
+}
+
+/// Remove one holder entry, and put it back if its fact is there (now, or written meanwhile: a
+/// push writes its fact, then checks its entry, so one of the two sees the other).
+///
+/// Crash-safe: an intent object (`gc/unholding/<entry>`) is written before the entry is removed
+/// and deleted after the fact was looked at, so a collector killed in between leaves the intent,
+/// and the next pass's first step finishes the look ([`finish_unholds`]).
 async fn unhold<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     digest: &Digest,
     prefix: &str,
     entry: &str,
 ) -> Result<()> {
+    let intent = format!("{UNHOLDING_PREFIX}{entry}");
+    blobs::mark(stores, &intent, (stores.now)().to_string().into_bytes()).await?;
     blobs::remove(stores, entry).await?;
+    restore_if_held(stores, digest, prefix, entry).await?;
+    blobs::remove(stores, &intent).await
+}
+
+/// Put the holder entry back if its fact exists.
+async fn restore_if_held<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    digest: &Digest,
+    prefix: &str,
+    entry: &str,
+) -> Result<()> {
     let fact = match keys::parse_holder(prefix, entry) {
         Some(Holder::Link { repo_key }) => keys::blob_link_at(&repo_key, digest),
         Some(Holder::Manifest { repo_key, manifest }) => keys::manifest_at(&repo_key, &manifest),
@@ -402,6 +440,33 @@ async fn unhold<M: MetaStore, B: BlobStore>(
     };
     if stores.meta.get(&fact).await.map_err(internal)?.is_some_and(|v| !v.is_empty()) {
         blobs::mark(stores, entry, Vec::new()).await?;
+    }
+    Ok(())
+}
+
+/// Where [`unhold`] notes the entry it is removing.
+const UNHOLDING_PREFIX: &str = "gc/unholding/";
+
+/// An intent older than this was left by a collector that died in its unhold (a live one
+/// finishes in well under a second).
+const ABANDONED_INTENT_SECONDS: u64 = 60;
+
+/// Finish the unholds of collectors that died in the middle (a bounded page of them): each
+/// entry's fact is looked at again, the entry put back if it is there, and the intent removed.
+async fn finish_unholds<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>) -> Result<()> {
+    let (intents, _) = stores.blobs.list(UNHOLDING_PREFIX, None, STEP_BLOBS).await.map_err(internal)?;
+    for intent in intents {
+        if entry_age(stores, &intent).await? < ABANDONED_INTENT_SECONDS {
+            continue;
+        }
+        let entry = &intent[UNHOLDING_PREFIX.len()..];
+        let Some((digest, prefix)) = keys::parse_holder_entry(entry) else {
+            blobs::remove(stores, &intent).await?;
+            continue;
+        };
+        eprintln!("berth: gc: finishing the removal of holder entry {entry}, left by a collector that died");
+        restore_if_held(stores, &digest, &prefix, entry).await?;
+        blobs::remove(stores, &intent).await?;
     }
     Ok(())
 }
@@ -673,8 +738,45 @@ mod tests {
         let holders = || stores.blobs.0.borrow().keys().filter(|k| k.starts_with(&keys::holders_prefix(&base))).count();
         assert_eq!(holders(), 3, "a link and two manifests");
         collect(&stores, false);
+        assert_eq!(holders(), 3, "younger than the upload expiry: it might be a push's on its way");
+        advance_clock(stores.config.upload_expiry_secs);
+        collect(&stores, false);
         assert_eq!(holders(), 2, "the deleted manifest's entry went; the link and b's stay");
         assert_eq!(blob_status(&stores, "r", &base), StatusCode::OK);
+    }
+
+    #[test]
+    fn the_entry_of_a_manifest_push_on_its_way_to_its_record_is_not_pruned() {
+        let stores = memory_stores();
+        push_image(&stores, "r", "b", b"config b", &[b"base"]);
+        past_grace(&stores);
+        // A push of another manifest has written its holder entry, and not yet its record.
+        let (name, base) = (crate::name::RepoName::parse("r").unwrap(), Digest::of(Algorithm::Sha256, b"base"));
+        let coming = Digest::of(Algorithm::Sha256, b"a manifest on its way");
+        let entry = keys::manifest_holder(&name, &base, &coming);
+        block_on(blobs::mark(&stores, &entry, (stores.now)().to_string().into_bytes())).unwrap();
+        collect(&stores, false);
+        assert!(stores.blobs.0.borrow().contains_key(&entry), "the push's entry stays");
+    }
+
+    #[test]
+    fn an_unhold_left_half_done_by_a_collector_that_died_is_finished_by_the_next_pass() {
+        let stores = memory_stores();
+        let b = push_image(&stores, "r", "b", b"config b", &[b"base"]);
+        let (name, base) = (crate::name::RepoName::parse("r").unwrap(), Digest::of(Algorithm::Sha256, b"base"));
+        let entry = keys::manifest_holder(&name, &base, &b);
+        // The collector wrote its intent and removed the entry (b's manifest exists: it would
+        // have put it back), then died.
+        let intent = format!("{UNHOLDING_PREFIX}{entry}");
+        block_on(blobs::mark(&stores, &intent, (stores.now)().to_string().into_bytes())).unwrap();
+        block_on(blobs::remove(&stores, &entry)).unwrap();
+        advance_clock(ABANDONED_INTENT_SECONDS + 1);
+        collect(&stores, false);
+        assert!(stores.blobs.0.borrow().contains_key(&entry), "the entry of b's manifest is back");
+        assert!(!stores.blobs.0.borrow().contains_key(&intent), "the intent is gone");
+        advance_clock(stores.config.gc_grace_secs + 1);
+        collect(&stores, false);
+        assert_eq!(blob_status(&stores, "r", &base), StatusCode::OK, "b's layer is kept");
     }
 
     #[test]

@@ -95,6 +95,15 @@ pub fn holders_prefix(digest: &Digest) -> String {
     format!("index/holders/{}/{}/", digest.algorithm().as_str(), digest.hex())
 }
 
+/// The blob a holder entry (an object under [`holders_prefix`]) holds, with that prefix.
+pub fn parse_holder_entry(object: &str) -> Option<(Digest, String)> {
+    let mut parts = object.strip_prefix("index/holders/")?.splitn(3, '/');
+    let (algorithm, hex) = (parts.next()?, parts.next()?);
+    let digest = Digest::parse(&format!("{algorithm}:{hex}")).ok()?;
+    let prefix = holders_prefix(&digest);
+    Some((digest, prefix))
+}
+
 pub fn link_holder(name: &RepoName, digest: &Digest) -> String {
     format!("{}{}/_/link", holders_prefix(digest), repo_key(name))
 }

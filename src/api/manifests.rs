@@ -626,7 +626,10 @@ pub(crate) async fn store<M: MetaStore, B: BlobStore>(
     // record through the holders.
     blobs::mark(stores, &keys::manifest_entry(name, digest), Vec::new()).await?;
     for held in held_by(manifest, digest) {
-        blobs::mark(stores, &keys::manifest_holder(name, held, digest), Vec::new()).await?;
+        // The time: garbage collection prunes the entry of a manifest with no record only once
+        // it is older than any push can be (this push has written it, and not yet its record).
+        blobs::mark(stores, &keys::manifest_holder(name, held, digest), (stores.now)().to_string().into_bytes())
+            .await?;
     }
     let linked = match blobs::record(stores, digest).await? {
         Some(stored) if blobs::parts_present(stores, &stored).await? => {
@@ -710,7 +713,8 @@ pub(crate) async fn store<M: MetaStore, B: BlobStore>(
             blobs::mark(stores, &entry, descriptor).await?;
         }
         for held in held_by(manifest, digest) {
-            blobs::remark(stores, &keys::manifest_holder(name, held, digest), Vec::new()).await?;
+            blobs::remark(stores, &keys::manifest_holder(name, held, digest), (stores.now)().to_string().into_bytes())
+                .await?;
         }
         blobs::remark(stores, &keys::manifest_entry(name, digest), Vec::new()).await?;
         return Ok(generation);
