@@ -218,14 +218,29 @@ pub async fn refund_removed<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Dig
 
 /// Garbage collection removed the blob, with every link of it: it counts no more anywhere. A
 /// link that raced the removal (a push of the same blob) keeps its count, and then the bytes.
+///
+/// Idempotent: the blob's count is swapped from the exact value read to 0, and only the request
+/// whose swap took it there gives the bytes back. Two collectors finishing the same removal
+/// never drive the count below 0 (a decrement by what each read would), nor give the bytes back
+/// twice.
 pub async fn release_blob<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest, size: u64) {
     for quota in stores.config.quotas.iter() {
-        let Ok(links) = stores.meta.increment(&quota.blob_key(digest), 0).await else { continue };
-        if links <= 0 {
-            continue;
-        }
-        if let Ok(0) = stores.meta.increment(&quota.blob_key(digest), -links).await {
-            let _ = stores.meta.increment(&quota.bytes_key(), -(size as i64)).await;
+        let key = quota.blob_key(digest);
+        for _ in 0..8 {
+            let Ok(Some(raw)) = stores.meta.get(&key).await else { break };
+            if crate::auth::throttle::decode(&raw) <= 0 {
+                break;
+            }
+            // 0 in the form the store keeps its counters: decimal text (Redis) or 8 bytes.
+            let zero = if raw.iter().all(u8::is_ascii_digit) { b"0".to_vec() } else { 0i64.to_le_bytes().to_vec() };
+            match stores.meta.compare_and_swap(&key, &raw, &zero).await {
+                Ok(true) => {
+                    let _ = stores.meta.increment(&quota.bytes_key(), -(size as i64)).await;
+                    break;
+                }
+                Ok(false) => continue, // a link or another release changed it: read it again
+                Err(_) => break,
+            }
         }
     }
 }
@@ -258,6 +273,68 @@ mod tests {
         assert_eq!(parse_size("5 parsecs"), None);
         assert_eq!(human(3 << 29), "1.5 GiB");
         assert_eq!(human(12), "12 B");
+    }
+
+    /// Key-value that yields once before every call, so that two futures driven together
+    /// interleave call by call (as two collectors on two instances do).
+    #[derive(Default)]
+    struct Interleaving(crate::testing::MemMeta);
+
+    async fn yield_once() {
+        let mut yielded = false;
+        std::future::poll_fn(|_| {
+            if std::mem::replace(&mut yielded, true) { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+        })
+        .await
+    }
+
+    impl MetaStore for Interleaving {
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            yield_once().await;
+            self.0.get(key).await
+        }
+        async fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            yield_once().await;
+            self.0.set(key, value).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            yield_once().await;
+            self.0.delete(key).await
+        }
+        async fn compare_and_swap(&self, key: &str, expected: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+            yield_once().await;
+            self.0.compare_and_swap(key, expected, new).await
+        }
+        async fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
+            yield_once().await;
+            self.0.increment(key, delta).await
+        }
+    }
+
+    #[test]
+    fn two_collectors_releasing_one_removed_blob_give_its_bytes_back_once_and_never_go_below_zero() {
+        let mut stores = Stores {
+            meta: Interleaving::default(),
+            blobs: crate::testing::MemBlobs::default(),
+            random: crate::testing::counter_random,
+            now: crate::testing::test_clock,
+            config: Default::default(),
+        };
+        stores.config.quotas = Quotas::parse("team/* 1000").unwrap();
+        let blob = digest(7);
+        for repo in ["team/a", "team/b", "team/c"] {
+            block_on(charge(&stores, &RepoName::parse(repo).unwrap(), &blob, 60)).unwrap();
+        }
+        block_on(charge(&stores, &RepoName::parse("team/d").unwrap(), &digest(8), 5)).unwrap();
+        let quota = &stores.config.quotas.0[0];
+        assert_eq!(block_on(used(&stores, quota)).unwrap(), 65);
+        // Both finish the same removal at once, call by call.
+        block_on(futures::future::join(release_blob(&stores, &blob, 60), release_blob(&stores, &blob, 60)));
+        assert_eq!(block_on(stores.meta.increment(&quota.blob_key(&blob), 0)).unwrap(), 0, "not below 0");
+        assert_eq!(block_on(used(&stores, quota)).unwrap(), 5, "the bytes came back once");
+        // The next first link of the blob counts as first again.
+        block_on(charge(&stores, &RepoName::parse("team/a").unwrap(), &blob, 60)).unwrap();
+        assert_eq!(block_on(used(&stores, quota)).unwrap(), 65);
     }
 
     #[test]
