@@ -105,16 +105,20 @@ fn push_image(
 /// Push a one-platform image as `team/app:v1` into a Berth origin that wants credentials, as its
 /// admin (skopeo); its layout dir.
 fn push_as_admin(origin: &Leg, seed: u64, layers: &[u64]) -> std::path::PathBuf {
-    let layout = origin.work.join(format!("layout-{seed}"));
+    push_as(origin, "admin", "team/app:v1", seed, layers).0
+}
+
+/// Push a one-platform image as `image` (`repo:tag`) into a Berth that wants credentials, as
+/// `user` (password `secret`, skopeo); its layout dir and its manifest's digest.
+fn push_as(leg: &Leg, user: &str, image: &str, seed: u64, layers: &[u64]) -> (std::path::PathBuf, String) {
+    let layout = leg.work.join(format!("layout-{seed}"));
     std::fs::create_dir_all(&layout).unwrap();
-    single_image(&layout, seed, layers);
-    let image = format!("oci:{}:v1", layout.display());
-    let args = with(
-        s(&["copy", "--dest-creds", "admin:secret", &image, &origin.image("team/app:v1")]),
-        origin.skopeo_tls("dest"),
-    );
-    origin.skopeo_ok(&args);
-    layout
+    let manifest = single_image(&layout, seed, layers);
+    let source = format!("oci:{}:v1", layout.display());
+    let creds = format!("{user}:secret");
+    let args = with(s(&["copy", "--dest-creds", &creds, &source, &leg.image(image)]), leg.skopeo_tls("dest"));
+    leg.skopeo_ok(&args);
+    (layout, manifest.digest)
 }
 
 #[tokio::test]
@@ -268,7 +272,7 @@ async fn a_berth_upstream_with_token_auth_is_pulled_through_with_credentials() {
 
 /// An upstream that serves one blob with one byte flipped (and a correct Content-Length).
 async fn corrupting_upstream(good: Vec<u8>) -> (String, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let digest = sha256(&good);
@@ -281,14 +285,7 @@ async fn corrupting_upstream(good: Vec<u8>) -> (String, tokio::task::JoinHandle<
             let bad = bad.clone();
             let digest = digest.clone();
             tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(request) = read_request_head(&mut socket).await else { return };
                 let line = String::from_utf8_lossy(&request).lines().next().unwrap_or_default().to_owned();
                 let head = if line.contains(&format!("/blobs/{digest}")) {
                     format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", bad.len())
@@ -566,20 +563,7 @@ async fn a_blob_held_only_by_a_private_repository_is_never_served_nor_revealed_t
     );
     // The private image: a blob and a manifest (whose bytes are a blob too) only secret/app holds.
     let private = push_blob_as(&leg.host, "secret/app", "alice", &PseudoRandom::bytes(22, 10_000)).await;
-    let private_image = leg.work.join("private");
-    std::fs::create_dir_all(&private_image).unwrap();
-    let manifest = single_image(&private_image, 23, &[5000]).digest;
-    let args = with(
-        s(&[
-            "copy",
-            "--dest-creds",
-            "alice:secret",
-            &format!("oci:{}:v1", private_image.display()),
-            &leg.image("secret/app:v1"),
-        ]),
-        leg.skopeo_tls("dest"),
-    );
-    leg.skopeo_ok(&args);
+    let (_, manifest) = push_as(&leg, "alice", "secret/app:v1", 23, &[5000]);
     assert_eq!(
         ask(&leg.host, reqwest::Method::HEAD, &format!("/v2/secret/app/blobs/{private}"), Some("alice")).await.0,
         200
@@ -669,20 +653,7 @@ async fn the_default_upstream_answers_only_for_its_patterns_and_never_tells_whet
             ("auth_policy", "dist/* anonymous pull; corp/* anonymous pull; team/private alice pull,push"),
         ],
     );
-    let private = leg.work.join("private");
-    std::fs::create_dir_all(&private).unwrap();
-    single_image(&private, 27, &[1000]);
-    let args = with(
-        s(&[
-            "copy",
-            "--dest-creds",
-            "alice:secret",
-            &format!("oci:{}:v1", private.display()),
-            &leg.image("team/private:v1"),
-        ]),
-        leg.skopeo_tls("dest"),
-    );
-    leg.skopeo_ok(&args);
+    push_as(&leg, "alice", "team/private:v1", 27, &[1000]);
     let corp_asked = upstream.requests("/v2/corp/app/");
     // To anyone who may not pull it, a private repository here is answered like one that is not
     // (both by the upstream); its owner gets it from here.
@@ -805,7 +776,7 @@ async fn rate_limited_upstream(
     b: Vec<u8>,
     moved: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> (String, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -813,14 +784,7 @@ async fn rate_limited_upstream(
             let Ok((mut socket, _)) = listener.accept().await else { return };
             let (a, b, moved) = (a.clone(), b.clone(), moved.clone());
             tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(request) = read_request_head(&mut socket).await else { return };
                 let line = String::from_utf8_lossy(&request).lines().next().unwrap_or_default().to_owned();
                 let current = if moved.load(std::sync::atomic::Ordering::SeqCst) { &b } else { &a };
                 let ok = |body: &[u8]| {

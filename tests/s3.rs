@@ -357,14 +357,8 @@ async fn conflicting_s3(
             let Ok((mut client, _)) = listener.accept().await else { return };
             let (target, counter) = (target.clone(), counter.clone());
             tokio::spawn(async move {
-                let mut head = Vec::new();
+                let Some(head) = read_request_head(&mut client).await else { return };
                 let mut buf = [0u8; 8192];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match client.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
                 let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
                 let conditional = text.lines().any(|l| l.starts_with("if-none-match:"));
                 if conditional && counter.fetch_add(1, Ordering::SeqCst) < conflicts {

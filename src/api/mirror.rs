@@ -300,7 +300,7 @@ async fn cached<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, name: &RepoNa
     Ok(blobs::is_linked(stores, name, digest).await? && blobs::record(stores, digest).await?.is_some())
 }
 
-/// The upstream has the blob in the mirrored repository (a HEAD answers 200); otherwise the
+/// The upstream has the blob in the mirrored repository (its HEAD answers 200); otherwise the
 /// answer is the one a miss would get: `BLOB_UNKNOWN` for its 404, 503 when it cannot say.
 async fn vouch<M: MetaStore, B: BlobStore, O: Outbound<B>>(
     stores: &Stores<M, B>,
@@ -309,22 +309,7 @@ async fn vouch<M: MetaStore, B: BlobStore, O: Outbound<B>>(
     name: &RepoName,
     digest: &Digest,
 ) -> Result<()> {
-    let client = Client { stores, outbound, upstream: target.upstream, remote: &target.remote };
-    let path = format!("/v2/{}/blobs/{digest}", target.remote);
-    let response = client
-        .send(Method::HEAD, &path, "")
-        .await
-        .map_err(|why| unavailable(format!("blob {digest} of {name} is not cached, and {why}")))?;
-    let status = response.status;
-    client.drain(response).await;
-    match status {
-        200 => Ok(()),
-        404 => Err(blob_unknown(name, digest, target)),
-        status => Err(unavailable(format!(
-            "blob {digest} of {name} is not cached, and upstream {} answered {status}",
-            target.upstream.name
-        ))),
-    }
+    ask_for_blob(stores, outbound, target, name, digest, Method::HEAD).await.map(drop)
 }
 
 fn blob_unknown(name: &RepoName, digest: &Digest, target: &Target<'_>) -> RegistryError {
@@ -345,7 +330,7 @@ async fn fetch_blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     req: &Request<B::Incoming>,
     claim: Option<Claim>,
 ) -> Result<(Response<B::Outgoing>, Option<Background<'a>>)> {
-    let answer = ask_for_blob(stores, outbound, target, name, digest, req).await;
+    let answer = ask_for_blob(stores, outbound, target, name, digest, req.method.clone()).await;
     let (response, size) = match answer {
         Ok(Asked::Answer(response)) => {
             if let Some(claim) = claim {
@@ -397,20 +382,22 @@ enum Asked<Body, Outgoing> {
     Body(crate::store::OutResponse<Body>, u64),
 }
 
+/// Send `method` (GET or HEAD) for the blob to the upstream.
 async fn ask_for_blob<M: MetaStore, B: BlobStore, O: Outbound<B>>(
     stores: &Stores<M, B>,
     outbound: &O,
     target: &Target<'_>,
     name: &RepoName,
     digest: &Digest,
-    req: &Request<B::Incoming>,
+    method: Method,
 ) -> Result<Asked<O::Body, B::Outgoing>> {
     let client = Client { stores, outbound, upstream: target.upstream, remote: &target.remote };
     let path = format!("/v2/{}/blobs/{digest}", target.remote);
+    let head = method == Method::HEAD;
     let sent = if target.upstream.pass_redirects {
-        client.send_unfollowed(req.method.clone(), &path, "").await
+        client.send_unfollowed(method, &path, "").await
     } else {
-        client.send(req.method.clone(), &path, "").await
+        client.send(method, &path, "").await
     };
     let response = sent.map_err(|why| unavailable(format!("blob {digest} of {name} is not cached, and {why}")))?;
     match response.status {
@@ -440,7 +427,7 @@ async fn ask_for_blob<M: MetaStore, B: BlobStore, O: Outbound<B>>(
     let size = response.header(header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
         unavailable(format!("upstream {} sent blob {digest} without a Content-Length", target.upstream.name))
     })?;
-    if req.method == Method::HEAD {
+    if head {
         client.drain(response).await;
         let headers = super::blobs::blob_headers(Response::new(StatusCode::OK), digest);
         return Ok(Asked::Answer(headers.header(header::CONTENT_LENGTH, size)));

@@ -492,6 +492,21 @@ pub fn kv_index_entries(data: &Path, prefix: &str) -> Vec<String> {
     }
 }
 
+/// What a test's stand-in server has read of a request: its head up to the blank line (and any
+/// bytes of the body that came with it); `None` when the client went away first.
+pub async fn read_request_head(socket: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 8192];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
 /// A registry client for the spec tests: one base URL, helpers for the common pushes.
 pub struct Registry {
     pub url: String,
