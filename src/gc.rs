@@ -410,16 +410,17 @@ async fn entry_age<M, B: BlobStore>(stores: &Stores<M, B>, entry: &str) -> Resul
 /// Remove one holder entry, and put it back if its fact is there (now, or written meanwhile: a
 /// push writes its fact, then checks its entry, so one of the two sees the other).
 ///
-/// Crash-safe: an intent object (`gc/unholding/<entry>`) is written before the entry is removed
-/// and deleted after the fact was looked at, so a collector killed in between leaves the intent,
-/// and the next pass's first step finishes the look ([`finish_unholds`]).
+/// Crash-safe: an intent object (`gc/unholding/<nonce>/<entry>`, one of this collector's own) is
+/// written before the entry is removed and deleted after the fact was looked at, so a collector
+/// killed in between leaves the intent, and the next pass's first step finishes the look
+/// ([`finish_unholds`]).
 async fn unhold<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     digest: &Digest,
     prefix: &str,
     entry: &str,
 ) -> Result<()> {
-    let intent = format!("{UNHOLDING_PREFIX}{entry}");
+    let intent = format!("{UNHOLDING_PREFIX}{}/{entry}", hex::encode((stores.random)()));
     blobs::mark(stores, &intent, (stores.now)().to_string().into_bytes()).await?;
     blobs::remove(stores, entry).await?;
     restore_if_held(stores, digest, prefix, entry).await?;
@@ -459,7 +460,7 @@ async fn finish_unholds<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>) -> Re
         if entry_age(stores, &intent).await? < ABANDONED_INTENT_SECONDS {
             continue;
         }
-        let entry = &intent[UNHOLDING_PREFIX.len()..];
+        let entry = intent[UNHOLDING_PREFIX.len()..].split_once('/').map_or("", |(_, entry)| entry);
         let Some((digest, prefix)) = keys::parse_holder_entry(entry) else {
             blobs::remove(stores, &intent).await?;
             continue;
@@ -767,7 +768,7 @@ mod tests {
         let entry = keys::manifest_holder(&name, &base, &b);
         // The collector wrote its intent and removed the entry (b's manifest exists: it would
         // have put it back), then died.
-        let intent = format!("{UNHOLDING_PREFIX}{entry}");
+        let intent = format!("{UNHOLDING_PREFIX}{}/{entry}", hex::encode((stores.random)()));
         block_on(blobs::mark(&stores, &intent, (stores.now)().to_string().into_bytes())).unwrap();
         block_on(blobs::remove(&stores, &entry)).unwrap();
         advance_clock(ABANDONED_INTENT_SECONDS + 1);

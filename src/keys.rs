@@ -148,6 +148,12 @@ pub fn mirror_fetch_manifest(name: &RepoName, reference: &str) -> String {
     format!("mirror/fetching-manifest/{}/{reference}", repo_key(name))
 }
 
+/// When the mirror last failed to confirm `tag` with the upstream, and why (`<time> <why>`):
+/// requests that waited for that attempt serve the cached tag, said stale, without asking again.
+pub fn mirror_unconfirmed(name: &RepoName, tag: &Tag) -> String {
+    format!("repo/{}/unconfirmed/{}", repo_key(name), tag.as_str())
+}
+
 /// The repository's push counter (`increment`): orders tag pushes of the same second.
 pub fn push_sequence(name: &RepoName) -> String {
     format!("repo/{}/pushes", repo_key(name))

@@ -214,10 +214,16 @@ impl KvBackend for RedisStore {
             swap_outcome(reply)
         })?;
         // Run again, a swap may find its own first run's value: that run is the one that won.
-        Ok(match outcome {
-            Swap::Changed(Some(current)) if repeated && current == value => Swap::Done,
-            other => other,
-        })
+        // Any other value after a run that may have been applied leaves the outcome unknown:
+        // an error (503), never a false "lost" (garbage collection would take a removal it
+        // made for a blob it kept).
+        match outcome {
+            Swap::Changed(Some(current)) if repeated && current == value => Ok(Swap::Done),
+            Swap::Changed(_) if repeated => {
+                Err("redis: the connection dropped during a swap, and whether it was applied is unknown".into())
+            }
+            other => Ok(other),
+        }
     }
 
     /// Every read is a network round trip: run it on a blocking thread, not the event loop.

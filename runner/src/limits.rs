@@ -296,31 +296,39 @@ impl<S> Watched<S> {
     /// What a write came to: bytes taken move the floor on; a write that waits on the client
     /// fails once the floor is missed.
     fn written(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
-        let now = Instant::now();
         match polled {
             Poll::Ready(Ok(n)) => {
-                self.taken.moved(now, n as u64);
+                self.taken.moved(Instant::now(), n as u64);
                 Poll::Ready(Ok(n))
             }
-            Poll::Pending => {
-                let Some(deadline) = self.taken.wait(now) else { return Poll::Pending };
-                loop {
-                    if self.taken.too_slow(Instant::now()) {
-                        log_closed(self.connection.peer, &self.reason);
-                        return Poll::Ready(Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            self.reason.clone(),
-                        )));
-                    }
-                    let deadline = self.taken.wait(Instant::now()).unwrap_or(deadline);
-                    let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
-                    timer.as_mut().reset(deadline.into());
-                    if timer.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                }
-            }
+            Poll::Pending => self.waiting(cx).map(Err),
             other => other,
+        }
+    }
+
+    /// What a flush came to (a TLS stream flushes the records it holds): a flush that waits on
+    /// the client counts as waiting too.
+    fn flushed(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<()>>) -> Poll<std::io::Result<()>> {
+        match polled {
+            Poll::Pending => self.waiting(cx).map(Err),
+            other => other,
+        }
+    }
+
+    /// The stream waits on the client: pending, or the error once the floor is missed.
+    fn waiting(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+        let Some(deadline) = self.taken.wait(Instant::now()) else { return Poll::Pending };
+        loop {
+            if self.taken.too_slow(Instant::now()) {
+                log_closed(self.connection.peer, &self.reason);
+                return Poll::Ready(std::io::Error::new(std::io::ErrorKind::TimedOut, self.reason.clone()));
+            }
+            let deadline = self.taken.wait(Instant::now()).unwrap_or(deadline);
+            let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+            timer.as_mut().reset(deadline.into());
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
         }
     }
 }
@@ -422,7 +430,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.flushed(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -20,6 +20,10 @@ use hmac::{KeyInit, Mac};
 use sha2::Digest as _;
 use std::cell::RefCell;
 
+/// Concurrent checks of one password that share the first's count, at most: beyond, each counts
+/// for itself, so many parallel checks of one wrong password cannot make bcrypt work unbounded.
+const MAX_SHARING: i64 = 64;
+
 /// Who is trying to log in, with which password, and from where.
 pub struct Attempt {
     pub user: String,
@@ -86,7 +90,8 @@ pub async fn reserve<M: MetaStore, B>(stores: &Stores<M, B>, attempt: &Attempt) 
             return Ok(Some(throttle::retry_after(now, window)));
         }
     }
-    if stores.meta.increment(&attempt.checking, 1).await.map_err(internal)? > 1 {
+    let sharing = stores.meta.increment(&attempt.checking, 1).await.map_err(internal)?;
+    if (2..=MAX_SHARING).contains(&sharing) {
         // The same password is being checked: its count stands for this one too.
         return Ok(None);
     }

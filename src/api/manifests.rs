@@ -331,8 +331,15 @@ pub async fn put<M: MetaStore, B: BlobStore>(
     }
     .await;
     if let Err(err) = pushed {
-        // A push that failed leaves no binding of its own: the tag stays free for any manifest.
-        unbind(stores, &bound).await;
+        // A push that failed leaves no binding of its own, unless it set that tag already: the
+        // tag stays free for any manifest.
+        let mut unset = Vec::new();
+        for (binding, tag) in &bound {
+            if tag_target(stores, name, tag).await.ok().flatten().is_none_or(|t| t.digest != digest) {
+                unset.push((binding.clone(), tag.clone()));
+            }
+        }
+        unbind(stores, &unset).await;
         return Err(err);
     }
     let mut response = Response::new(StatusCode::CREATED)
@@ -393,11 +400,11 @@ async fn bind_immutable_tags<M: MetaStore, B: BlobStore>(
     name: &RepoName,
     tags: &[&Tag],
     digest: &Digest,
-) -> Result<Vec<String>> {
+) -> Result<Vec<(String, Tag)>> {
     let mut made = Vec::new();
     for &tag in tags {
         match bind(stores, name, tag, digest).await {
-            Ok(Some(binding)) => made.push(binding),
+            Ok(Some(binding)) => made.push((binding, tag.clone())),
             Ok(None) => {}
             Err(err) => {
                 unbind(stores, &made).await;
@@ -459,8 +466,8 @@ async fn bind<M: MetaStore, B: BlobStore>(
 }
 
 /// Undo the bindings a failed push made. Best effort: one left behind is taken over once stale.
-async fn unbind<M, B: BlobStore>(stores: &Stores<M, B>, bindings: &[String]) {
-    for binding in bindings {
+async fn unbind<M, B: BlobStore>(stores: &Stores<M, B>, bindings: &[(String, Tag)]) {
+    for (binding, _) in bindings {
         let _ = stores.blobs.delete(binding).await;
     }
 }

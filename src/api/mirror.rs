@@ -76,24 +76,45 @@ async fn resolve_tag<M: MetaStore, B: BlobStore, O: Outbound<B>>(
     tag: &Tag,
 ) -> Result<Option<String>> {
     let stores = client.stores;
-    let checked_key = keys::mirror_checked(name, tag);
     let came = (stores.now)();
+    // The last confirmation, and the last failed attempt with its reason.
+    type Attempts = (Option<u64>, Option<(u64, String)>);
+    let attempts = async || -> Result<Attempts> {
+        let read = async |key: String| -> Result<Option<String>> {
+            let value = stores.meta.get(&key).await.map_err(blobs::internal)?;
+            Ok(value.and_then(|v| String::from_utf8(v).ok()))
+        };
+        let checked = read(keys::mirror_checked(name, tag)).await?.and_then(|c| c.parse::<u64>().ok());
+        let failed = read(keys::mirror_unconfirmed(name, tag)).await?.and_then(|f| {
+            let (at, why) = f.split_once(' ')?;
+            Some((at.parse::<u64>().ok()?, why.to_owned()))
+        });
+        Ok((checked, failed))
+    };
+    // Confirmed within the TTL; or, for a request that waited for another's attempt, tried since
+    // it came (confirmed, or failed: then it serves the cache, said stale, as that attempt did).
     let confirmed = async |waited: bool| -> Result<bool> {
         if super::manifests::tagged(stores, name, tag).await?.is_none() {
             return Ok(false);
         }
-        let checked = stores.meta.get(&checked_key).await.map_err(blobs::internal)?;
-        let at = checked.and_then(|c| String::from_utf8(c).ok()).and_then(|c| c.parse::<u64>().ok());
-        let now = (stores.now)();
-        Ok(at.is_some_and(|at| now.saturating_sub(at) < client.upstream.tag_ttl_secs || (waited && at >= came)))
+        let (checked, failed) = attempts().await?;
+        let fresh = checked.is_some_and(|at| (stores.now)().saturating_sub(at) < client.upstream.tag_ttl_secs);
+        let tried_since = checked.max(failed.map(|(at, _)| at)).is_some_and(|at| at >= came);
+        Ok(fresh || (waited && tried_since))
     };
     let chain = keys::mirror_fetch_manifest(name, tag.as_str());
     let claim = match claim::turn(stores, client.outbound, &chain, confirmed).await? {
-        Turn::Ready => return Ok(None),
-        Turn::Fetch(claim) => claim,
+        Turn::Ready => {
+            let (checked, failed) = attempts().await?;
+            return Ok(failed.filter(|(at, _)| *at >= came && checked.is_none_or(|c| c < *at)).map(|(_, why)| why));
+        }
+        Turn::Fetch(claim) => Some(claim),
+        Turn::Alone => None,
     };
-    let refreshed = refresh_tag(client, name, tag, &claim).await;
-    claim::release(stores, claim, matches!(refreshed, Ok(None))).await;
+    let refreshed = refresh_tag(client, name, tag, claim.as_ref()).await;
+    if let Some(claim) = claim {
+        claim::release(stores, claim, matches!(refreshed, Ok(None))).await;
+    }
     refreshed
 }
 
@@ -103,17 +124,20 @@ async fn refresh_tag<M: MetaStore, B: BlobStore, O: Outbound<B>>(
     client: &Client<'_, M, B, O>,
     name: &RepoName,
     tag: &Tag,
-    claim: &Claim,
+    claim: Option<&Claim>,
 ) -> Result<Option<String>> {
     let stores = client.stores;
     let cached = super::manifests::tagged(stores, name, tag).await?.map(|(digest, _)| digest);
     let path = format!("/v2/{}/manifests/{}", client.remote, tag.as_str());
     let asked = client.send(Method::HEAD, &path, MANIFEST_ACCEPT).await;
-    claim.beat(stores).await;
-    let stale = |why: String| -> Result<Option<String>> {
+    beat(stores, claim).await;
+    let stale = async |why: String| -> Result<Option<String>> {
         match &cached {
             Some(_) => {
                 eprintln!("berth: mirror: serving {name}:{} from the cache: {why}", tag.as_str());
+                // Best effort: the requests that waited for this attempt take its answer.
+                let failed = format!("{} {why}", (stores.now)());
+                let _ = stores.meta.set(&keys::mirror_unconfirmed(name, tag), failed.as_bytes()).await;
                 Ok(Some(why))
             }
             None => Err(unavailable(format!("{name}:{} is not cached, and {why}", tag.as_str()))),
@@ -121,8 +145,8 @@ async fn refresh_tag<M: MetaStore, B: BlobStore, O: Outbound<B>>(
     };
     let response = match asked {
         Ok(response) => response,
-        Err(UpstreamError::Unreachable(why)) => return stale(format!("{why} (unreachable)")),
-        Err(UpstreamError::Refused(why)) => return stale(why),
+        Err(UpstreamError::Unreachable(why)) => return stale(format!("{why} (unreachable)")).await,
+        Err(UpstreamError::Refused(why)) => return stale(why).await,
     };
     let status = response.status;
     let upstream_digest = response.header(CONTENT_DIGEST).and_then(|d| Digest::parse(d).ok());
@@ -139,7 +163,7 @@ async fn refresh_tag<M: MetaStore, B: BlobStore, O: Outbound<B>>(
                 format!("manifest {} unknown to {name} and to its upstream {}", tag.as_str(), client.upstream.name),
             ));
         }
-        status => return stale(format!("upstream {} answered {status} for the tag", client.upstream.name)),
+        status => return stale(format!("upstream {} answered {status} for the tag", client.upstream.name)).await,
     }
     let fetched = match upstream_digest {
         Some(digest) if cached.as_ref() == Some(&digest) => Ok(digest),
@@ -153,7 +177,7 @@ async fn refresh_tag<M: MetaStore, B: BlobStore, O: Outbound<B>>(
         // The upstream confirmed a new digest but would not give it (Docker Hub's 429): the
         // cached manifest serves, said stale.
         Err(err) if err.code == ErrorCode::Unavailable && err.told && cached.is_some() => {
-            return stale(err.detail.unwrap_or_default());
+            return stale(err.detail.unwrap_or_default()).await;
         }
         Err(err) => return Err(err),
     }
@@ -173,10 +197,16 @@ async fn cache_manifest<M: MetaStore, B: BlobStore, O: Outbound<B>>(
     let reference = digest.to_string();
     let chain = keys::mirror_fetch_manifest(name, &reference);
     let stored = async |_| Ok(super::manifests::record(stores, name, digest).await?.is_some());
-    if let Turn::Fetch(claim) = claim::turn(stores, client.outbound, &chain, stored).await? {
-        let fetched = fetch_manifest(client, name, &reference, Some(digest), &claim).await;
-        claim::release(stores, claim, fetched.is_ok()).await;
-        fetched?;
+    match claim::turn(stores, client.outbound, &chain, stored).await? {
+        Turn::Ready => {}
+        Turn::Fetch(claim) => {
+            let fetched = fetch_manifest(client, name, &reference, Some(digest), Some(&claim)).await;
+            claim::release(stores, claim, fetched.is_ok()).await;
+            fetched?;
+        }
+        Turn::Alone => {
+            fetch_manifest(client, name, &reference, Some(digest), None).await?;
+        }
     }
     Ok(())
 }
@@ -187,14 +217,14 @@ async fn fetch_manifest<M: MetaStore, B: BlobStore, O: Outbound<B>>(
     name: &RepoName,
     reference: &str,
     expected: Option<&Digest>,
-    claim: &Claim,
+    claim: Option<&Claim>,
 ) -> Result<Digest> {
     let path = format!("/v2/{}/manifests/{reference}", client.remote);
     let response = match client.send(Method::GET, &path, MANIFEST_ACCEPT).await {
         Ok(response) => response,
         Err(why) => return Err(unavailable(format!("{name}@{reference} is not cached, and {why}"))),
     };
-    claim.beat(client.stores).await;
+    beat(client.stores, claim).await;
     match response.status {
         200 => {}
         404 => {
@@ -287,9 +317,16 @@ pub async fn blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
             // client is sent where the upstream sends it (nothing to share a fetch of).
             return fetch_blob(stores, outbound, target, name, digest, req, None).await;
         }
-        let stored = async |_| Ok(blobs::record(stores, digest).await?.is_some());
-        if let Turn::Fetch(claim) = claim::turn(stores, outbound, &chain, stored).await? {
-            return fetch_blob(stores, outbound, target, name, digest, req, Some(claim)).await;
+        // Ready once stored whole: a record whose parts are gone is fetched again (its commit
+        // replaces it), not waited for.
+        let stored = async |_| match blobs::record(stores, digest).await? {
+            Some(stored) => blobs::parts_present(stores, &stored).await,
+            None => Ok(false),
+        };
+        match claim::turn(stores, outbound, &chain, stored).await? {
+            Turn::Ready => {}
+            Turn::Fetch(claim) => return fetch_blob(stores, outbound, target, name, digest, req, Some(claim)).await,
+            Turn::Alone => return fetch_blob(stores, outbound, target, name, digest, req, None).await,
         }
     }
 }
@@ -433,6 +470,13 @@ async fn ask_for_blob<M: MetaStore, B: BlobStore, O: Outbound<B>>(
         return Ok(Asked::Answer(headers.header(header::CONTENT_LENGTH, size)));
     }
     Ok(Asked::Body(response, size))
+}
+
+/// Say that the claim's owner is alive, if this request holds one.
+async fn beat<M: MetaStore, B>(stores: &Stores<M, B>, claim: Option<&Claim>) {
+    if let Some(claim) = claim {
+        claim.beat(stores).await;
+    }
 }
 
 fn unknown(name: &RepoName, reference: &str) -> RegistryError {

@@ -86,6 +86,8 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         return Ok((token::handle(stores, req).await?, None));
     }
     let route = namespaced_route(stores, &req, Route::parse(&req.path)?)?;
+    // Before any password is checked: a name too long to be namespaced is the client's mistake.
+    let mirrored = default_upstream_candidate(stores, &req, &route)?;
     // Basic mode checks a password on every request that carries one: throttled like logins.
     let attempt = match stores.config.auth.mode {
         auth::config::Mode::Basic => req
@@ -100,9 +102,19 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         return Ok((login::too_many(retry_after), None));
     }
     let decided = async {
-        let route = default_upstream_route(stores, &req, route).await?;
-        let authorized = auth::authorize(&stores.config.auth, &req, &auth::need(&req.method, &route), (stores.now)());
-        Ok::<_, RegistryError>((route, authorized))
+        let (config, now, local_need) = (&stores.config.auth, (stores.now)(), auth::need(&req.method, &route));
+        let Some(mirrored) = mirrored else {
+            return Ok::<_, RegistryError>((route, auth::authorize(config, &req, &local_need, now)));
+        };
+        // Whether the repository is here is looked at only for a caller who may pull it here:
+        // to anyone else the answer is the upstream's, whether or not it is here.
+        let (here, there) = auth::authorize_both(config, &req, &local_need, &auth::need(&req.method, &mirrored), now);
+        let name = route.name().expect("a candidate names a repository");
+        if here.is_ok() && crate::blobs::marked(stores, &crate::keys::repo_marker(name)).await? {
+            Ok((route, here))
+        } else {
+            Ok((mirrored, there))
+        }
     }
     .await;
     // A wrong password keeps its count; anything else gives it back.
@@ -181,32 +193,27 @@ where
 
 /// Docker's `registry-mirrors` pull a repository of the default upstream by its upstream name
 /// (`/v2/library/alpine/...`): for a name the default's patterns match, a pull (manifest GET or
-/// HEAD, blob GET, tag list) goes to the namespaced repository unless the repository is here
-/// AND the caller may pull it here. The existence of a repository here is looked at only for a
-/// caller who may pull it, so the answer tells nobody else whether it exists. A blob HEAD is
-/// never sent upstream: it is how a push asks what it need not upload.
-async fn default_upstream_route<M: MetaStore, B: BlobStore>(
+/// HEAD, blob GET, tag list) may go to the namespaced repository, which is returned here; the
+/// choice is made once access is known (`dispatch`): the upstream's, unless the repository is
+/// here AND the caller may pull it here. A blob HEAD is never sent upstream: it is how a push
+/// asks what it need not upload.
+fn default_upstream_candidate<M, B: BlobStore>(
     stores: &Stores<M, B>,
     req: &Request<B::Incoming>,
-    route: Route,
-) -> Result<Route, RegistryError> {
+    route: &Route,
+) -> Result<Option<Route>, RegistryError> {
     let mirrors = &stores.config.mirrors;
     let pull = matches!(
-        (&req.method, &route),
+        (&req.method, route),
         (&Method::GET | &Method::HEAD, Route::Manifest(..)) | (&Method::GET, Route::Blob(..) | Route::Tags(..))
     );
-    let Some(name) = route.name() else { return Ok(route) };
+    let Some(name) = route.name() else { return Ok(None) };
     if !pull || req.query_param("ns").is_some() || mirrors.target(name).is_some() {
-        return Ok(route);
+        return Ok(None);
     }
-    let Some(upstream) = mirrors.default_for(name) else { return Ok(route) };
-    let may_pull_here =
-        auth::authorize(&stores.config.auth, req, &auth::need(&req.method, &route), (stores.now)()).is_ok();
-    if may_pull_here && crate::blobs::marked(stores, &crate::keys::repo_marker(name)).await? {
-        return Ok(route);
-    }
+    let Some(upstream) = mirrors.default_for(name) else { return Ok(None) };
     let local = crate::mirror::Mirrors::local_name(upstream, name)?;
-    Ok(route.renamed(local))
+    Ok(Some(route.clone().renamed(local)))
 }
 
 /// A 401 or 403 with its `WWW-Authenticate` challenge.
@@ -575,6 +582,18 @@ mod tests {
         let mut stores = memory_stores();
         stores.config.mirrors = crate::mirror::Mirrors::parse(upstreams, "").unwrap();
         stores
+    }
+
+    #[test]
+    fn a_mirrored_blob_whose_stored_parts_are_gone_is_fetched_again_not_waited_for() {
+        let stores = mirror_stores("dist http://127.0.0.1:1");
+        let digest = Digest::of(Algorithm::Sha256, b"layer");
+        send(&stores, Method::POST, &format!("/v2/a/blobs/uploads/?digest={digest}"), b"layer".to_vec());
+        // The record stays; its bytes are gone.
+        stores.blobs.0.borrow_mut().retain(|name, _| !name.starts_with("uploads/"));
+        // No outbound HTTP here: the fetch is tried (and fails), rather than waiting for ever.
+        let r = send(&stores, Method::GET, &format!("/v2/dist/x/blobs/{digest}"), vec![]);
+        assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"));
     }
 
     #[test]

@@ -183,21 +183,47 @@ fn authorize_token<B>(config: &AuthConfig, req: &Request<B>, need: &Need, now: u
     Ok(identity)
 }
 
-fn authorize_basic<B>(config: &AuthConfig, req: &Request<B>, need: &Need) -> Result<Identity, Denied> {
-    let challenge = challenge::basic(&config.service);
-    let subject = match req.header(http::header::AUTHORIZATION) {
-        None => None,
-        Some(header) => match password::basic_credentials(header) {
-            Some((user, pass)) if password::check(config, &user, &pass) => Some(user),
-            Some(_) => {
-                return Err(Denied {
-                    wrong_password: true,
-                    ..Denied::unauthorized("wrong user name or password", challenge)
-                });
-            }
-            None => return Err(Denied::unauthorized("unreadable Basic credentials", challenge)),
+/// Decide whether `req` may have `first`, and whether it may have `second`, checking a Basic
+/// password once for both (a pull that may be answered from here or from an upstream).
+pub fn authorize_both<B>(
+    config: &AuthConfig,
+    req: &Request<B>,
+    first: &Need,
+    second: &Need,
+    now: u64,
+) -> (Result<Identity, Denied>, Result<Identity, Denied>) {
+    match config.mode {
+        Mode::Basic => match basic_subject(config, req) {
+            Ok(subject) => (basic_decide(config, subject.clone(), first), basic_decide(config, subject, second)),
+            Err(denied) => (Err(denied.clone()), Err(denied)),
         },
-    };
+        _ => (authorize(config, req, first, now), authorize(config, req, second, now)),
+    }
+}
+
+fn authorize_basic<B>(config: &AuthConfig, req: &Request<B>, need: &Need) -> Result<Identity, Denied> {
+    basic_decide(config, basic_subject(config, req)?, need)
+}
+
+/// Who the Basic credentials of `req` say the caller is (`None`: anonymous), the password
+/// checked.
+fn basic_subject<B>(config: &AuthConfig, req: &Request<B>) -> Result<Option<String>, Denied> {
+    let challenge = challenge::basic(&config.service);
+    match req.header(http::header::AUTHORIZATION) {
+        None => Ok(None),
+        Some(header) => match password::basic_credentials(header) {
+            Some((user, pass)) if password::check(config, &user, &pass) => Ok(Some(user)),
+            Some(_) => {
+                Err(Denied { wrong_password: true, ..Denied::unauthorized("wrong user name or password", challenge) })
+            }
+            None => Err(Denied::unauthorized("unreadable Basic credentials", challenge)),
+        },
+    }
+}
+
+/// What the policy lets `subject` (already authenticated) have.
+fn basic_decide(config: &AuthConfig, subject: Option<String>, need: &Need) -> Result<Identity, Denied> {
+    let challenge = challenge::basic(&config.service);
     let identity = Identity { subject, grants: Grants::Policy };
     match (need, identity.subject()) {
         (Need::Login, None) => Err(Denied::unauthorized("log in with a user name and password", challenge)),

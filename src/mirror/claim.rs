@@ -21,9 +21,14 @@ pub const BEAT_SECS: u64 = 2;
 pub const STALE_SECS: u64 = 10;
 /// How often a request that waits for another's fetch looks again.
 const POLL_MILLIS: u64 = 100;
-/// A link that exists but cannot be read this many times in a row is a create that a crash
-/// left claimed but empty (the key-value provider's exclusive create is a claim): removed.
-const EMPTY_TRIES: usize = 8;
+/// The longest a request waits for another's fetch before it fetches for itself: a fetch whose
+/// client stopped reading holds its relay (and so its copy into the store) while its heartbeat
+/// goes on, and must not hold every other pull of the same content with it.
+pub const MAX_WAIT_SECS: u64 = 60;
+/// A link that exists but cannot be read this many times in a row (a poll apart) is a create
+/// that a crash left claimed but empty (the key-value provider's exclusive create is a claim):
+/// removed.
+const EMPTY_TRIES: usize = 20;
 
 type Result<T> = std::result::Result<T, RegistryError>;
 
@@ -32,8 +37,8 @@ type Result<T> = std::result::Result<T, RegistryError>;
 pub struct Claim {
     link: String,
     owner: String,
-    /// Links of dead owners walked past to reach `link`.
-    passed: Vec<String>,
+    /// Links of dead owners walked past to reach `link`, with the owner each held.
+    passed: Vec<(String, String)>,
 }
 
 /// What a request that missed the cache does next.
@@ -42,6 +47,8 @@ pub enum Turn {
     Fetch(Claim),
     /// The content became ready (another request fetched it).
     Ready,
+    /// It waited [`MAX_WAIT_SECS`] for another's fetch: it fetches for itself, without a claim.
+    Alone,
 }
 
 fn beat_key(owner: &str) -> String {
@@ -56,9 +63,14 @@ pub async fn turn<M: MetaStore, B: BlobStore, O: Outbound<B>>(
     ready: impl AsyncFn(bool) -> Result<bool>,
 ) -> Result<Turn> {
     let mut waited = false;
+    let came = (stores.now)();
     loop {
         if ready(waited).await? {
             return Ok(Turn::Ready);
+        }
+        if (stores.now)().saturating_sub(came) >= MAX_WAIT_SECS {
+            eprintln!("berth: mirror: waited {MAX_WAIT_SECS} s for another request's fetch ({chain}): fetching too");
+            return Ok(Turn::Alone);
         }
         match take(stores, outbound, chain).await? {
             Some(claim) => {
@@ -92,14 +104,21 @@ async fn take<M: MetaStore, B: BlobStore, O: Outbound<B>>(
         match stores.blobs.read_bytes(&link).await {
             Ok(holder) => {
                 unreadable = 0;
-                let holder = String::from_utf8_lossy(&holder).into_owned();
-                if alive(stores, &holder).await? {
+                if alive(stores, &String::from_utf8_lossy(&holder)).await? {
                     if beat_written {
                         let _ = stores.meta.delete(&beat_key(&owner)).await;
                     }
                     return Ok(None);
                 }
-                passed.push(link.clone());
+                // No beat: its owner died, or released it just now (the link goes first, then
+                // the beat). Only a link still held by the same owner is taken to be dead.
+                match stores.blobs.read_bytes(&link).await {
+                    Ok(again) if again == holder => {}
+                    Ok(_) | Err(StoreError::NotFound) => continue,
+                    Err(e) => return Err(internal(e)),
+                }
+                let holder = String::from_utf8_lossy(&holder).into_owned();
+                passed.push((link.clone(), holder.clone()));
                 link = format!("{link}-{holder}");
             }
             Err(StoreError::NotFound) => {
@@ -117,7 +136,7 @@ async fn take<M: MetaStore, B: BlobStore, O: Outbound<B>>(
                             let _ = stores.blobs.delete(&link).await;
                             unreadable = 0;
                         } else if unreadable > 1 {
-                            outbound.pause(POLL_MILLIS / 4).await;
+                            outbound.pause(POLL_MILLIS).await;
                         }
                     }
                     Err(e) => return Err(internal(e)),
@@ -161,8 +180,12 @@ pub async fn release<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, claim: C
     let _ = stores.blobs.delete(&claim.link).await;
     let _ = stores.meta.delete(&beat_key(&claim.owner)).await;
     if cached {
-        for link in claim.passed.iter().rev() {
-            let _ = stores.blobs.delete(link).await;
+        for (link, dead) in claim.passed.iter().rev() {
+            // Only while the dead owner still holds it: a link freed meanwhile may have been
+            // created again by a live request.
+            if stores.blobs.read_bytes(link).await.is_ok_and(|holder| holder == dead.as_bytes()) {
+                let _ = stores.blobs.delete(link).await;
+            }
         }
     }
 }
@@ -175,7 +198,7 @@ mod tests {
     fn fetching(stores: &Stores<crate::testing::MemMeta, crate::testing::MemBlobs>) -> Option<Claim> {
         match block_on(turn(stores, &crate::store::NoOutbound, "mirror/fetching/x", async |_| Ok(false))).unwrap() {
             Turn::Fetch(claim) => Some(claim),
-            Turn::Ready => None,
+            Turn::Ready | Turn::Alone => None,
         }
     }
 
@@ -206,6 +229,20 @@ mod tests {
         block_on(release(&stores, successor, true));
         assert!(stores.blobs.0.borrow().keys().all(|k| !k.starts_with("mirror/fetching/")), "nothing left");
         assert!(stores.meta.0.borrow().keys().all(|k| !k.starts_with("mirror/beat/")), "no heartbeat left");
+    }
+
+    #[test]
+    fn a_waiter_fetches_alone_after_the_longest_wait_however_alive_the_holder_stays() {
+        let stores = memory_stores();
+        let held = fetching(&stores).unwrap();
+        // Each look: a second goes by, and the holder beats (its client stopped reading: its
+        // relay, and its copy into the store, stand still while it lives).
+        let turn = block_on(turn(&stores, &crate::store::NoOutbound, "mirror/fetching/x", async |_| {
+            crate::testing::advance_clock(1);
+            held.beat(&stores).await;
+            Ok(false)
+        }));
+        assert!(matches!(turn.unwrap(), Turn::Alone));
     }
 
     #[test]
