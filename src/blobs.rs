@@ -300,12 +300,18 @@ impl<'a> Link<'a> {
 /// again), or, after several tries, a name that a crash left claimed but empty in a store whose
 /// exclusive create is a claim (the key-value provider): deleting it clears the claim.
 pub async fn mark<M, B: BlobStore>(stores: &Stores<M, B>, object: &str, content: Vec<u8>) -> Result<(), RegistryError> {
-    const TRIES: usize = 8;
+    // Many tries before a claim is taken for a crash's: a create of the same name by another
+    // request (claimed, its record not yet stored) must have finished long before, or deleting
+    // the name would take a live object (a holder entry garbage collection must see) away.
+    const TRIES: usize = 64;
     for attempt in 0..TRIES {
         match stores.blobs.write_bytes(object, content.clone()).await {
             Ok(()) => return Ok(()),
             Err(StoreError::AlreadyExists) if marked(stores, object).await? => return Ok(()),
-            Err(StoreError::AlreadyExists) if attempt >= TRIES / 2 => {
+            Err(StoreError::AlreadyExists) if attempt >= TRIES - 4 => {
+                if marked(stores, object).await? {
+                    return Ok(());
+                }
                 let _ = stores.blobs.delete(object).await;
             }
             Err(StoreError::AlreadyExists) => {}

@@ -351,6 +351,10 @@ fn writes(bucket: &Bucket) -> Index<'_, Bucket> {
     Index::new(bucket, layout::WRITES_INDEX)
 }
 
+/// Added to a name's claim counter by a delete of its record while it runs: a count this high
+/// is a delete on its way, never creators' attempts.
+const DELETING: i64 = 1 << 40;
+
 /// The right to create `name`: the request whose increment of its claim counter makes it 1.
 /// `increment` is atomic on Spin's SQLite and Redis backends and in berth-runner; a create-if-
 /// absent through compare-and-swap is not (on Spin's SQLite, swapping an absent key is an
@@ -474,7 +478,21 @@ impl Guest for Provider {
             name: name.clone(),
         };
         writes(&bucket).insert(&marker.entry()).map_err(index_error)?;
+        if record.is_none() {
+            // No record: a writer that died between its claim and its record left the name
+            // claimed but empty, and the claim is cleared below; unless a delete of the record
+            // is on its way (it holds the claim past DELETING, and clears it when done): the
+            // name is not free yet, and a create let in now would lose its name to that delete.
+            let claim = atomics::increment(&bucket.0, &layout::claim_key(&name), 0).map_err(|e| atomics_error(&e))?;
+            if claim >= DELETING {
+                writes(&bucket).remove(&marker.entry()).map_err(index_error)?;
+                return Err(Error::NotFound);
+            }
+        }
         if let Some(record) = &record {
+            // Held past any creator's count while this delete runs: no create of the name gets
+            // in before it is done (see above).
+            atomics::increment(&bucket.0, &layout::claim_key(&name), DELETING).map_err(|e| atomics_error(&e))?;
             // The record first: from here the object is gone as a whole, then its chunks follow.
             store.delete(layout::record_key(&name)).await.map_err(kv)?;
             delete_chunks(&store, &record.write, u64::MAX).await?;
