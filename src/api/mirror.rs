@@ -91,6 +91,16 @@ async fn resolve_tag<M: MetaStore, B: BlobStore, O: Outbound<B>>(
         });
         Ok((checked, failed))
     };
+    let fresh = |checked: Option<u64>| {
+        checked.is_some_and(|at| (stores.now)().saturating_sub(at) < client.upstream.tag_ttl_secs)
+    };
+    // The common case first, with the reads it needs only: a tag confirmed within the TTL.
+    if super::manifests::tagged(stores, name, tag).await?.is_some() {
+        let checked = stores.meta.get(&keys::mirror_checked(name, tag)).await.map_err(blobs::internal)?;
+        if fresh(checked.and_then(|c| String::from_utf8(c).ok()).and_then(|c| c.parse::<u64>().ok())) {
+            return Ok(None);
+        }
+    }
     // Confirmed within the TTL; or, for a request that waited for another's attempt, tried since
     // it came (confirmed, or failed: then it serves the cache, said stale, as that attempt did).
     let confirmed = async |waited: bool| -> Result<bool> {
@@ -98,9 +108,8 @@ async fn resolve_tag<M: MetaStore, B: BlobStore, O: Outbound<B>>(
             return Ok(false);
         }
         let (checked, failed) = attempts().await?;
-        let fresh = checked.is_some_and(|at| (stores.now)().saturating_sub(at) < client.upstream.tag_ttl_secs);
         let tried_since = checked.max(failed.map(|(at, _)| at)).is_some_and(|at| at >= came);
-        Ok(fresh || (waited && tried_since))
+        Ok(fresh(checked) || (waited && tried_since))
     };
     let chain = keys::mirror_fetch_manifest(name, tag.as_str());
     let claim = match claim::turn(stores, client.outbound, &chain, confirmed).await? {
