@@ -535,6 +535,72 @@ where
     }
 }
 
+/// At most this much of a request body that the registry answered without reading is read and
+/// thrown away, for at most [`LINGER_TIME`], before its HTTP/1.1 connection closes: a server that
+/// closes with unread bytes in its socket makes the kernel reset the connection, and the client
+/// then sees the reset (a broken pipe while it still sends) instead of the answer, e.g. the 413
+/// for a manifest over 4 MiB. nginx's lingering close does the same.
+pub const LINGER_BYTES: u64 = 16 * 1024 * 1024;
+pub const LINGER_TIME: Duration = Duration::from_secs(10);
+
+/// A request body that, when dropped before its end on HTTP/1.1 (the registry answered without
+/// reading it all), reads the rest in the background within [`LINGER_BYTES`] and
+/// [`LINGER_TIME`], so that hyper writes the answer and the client reads it before the
+/// connection closes. The body's own [`StallGuard`] still cuts a sender that stalls or trickles.
+pub struct Lingering<B: Body<Data = Bytes> + Unpin + Send + 'static> {
+    inner: Option<B>,
+    http1: bool,
+}
+
+impl<B: Body<Data = Bytes> + Unpin + Send + 'static> Lingering<B> {
+    pub fn new(inner: B, version: http::Version) -> Lingering<B> {
+        Lingering { inner: Some(inner), http1: version < http::Version::HTTP_2 }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin + Send + 'static> Body for Lingering<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin + Send + 'static> Drop for Lingering<B> {
+    fn drop(&mut self) {
+        let Some(mut inner) = self.inner.take() else { return };
+        if !self.http1 || inner.is_end_stream() {
+            return;
+        }
+        // Outside a runtime (never while serving) there is nothing to linger on.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            let discard = async {
+                let mut read = 0u64;
+                while read < LINGER_BYTES {
+                    match std::future::poll_fn(|cx| Pin::new(&mut inner).poll_frame(cx)).await {
+                        Some(Ok(frame)) => read += frame.data_ref().map_or(0, |data| data.len() as u64),
+                        _ => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER_TIME, discard).await;
+        });
+    }
+}
+
 /// Lines about closed connections printed per second at most; an attack opening thousands of
 /// slow connections must not turn into thousands of log lines a second.
 const LOG_LINES_PER_SECOND: u32 = 10;

@@ -4,7 +4,7 @@
 //! at most `--max-connections` at once, and closed when its client is too slow or idles.
 
 use crate::host::Handler;
-use crate::limits::{self, Connection, InFlight, Limits, Reason, StallGuard, Watched};
+use crate::limits::{self, Connection, InFlight, Limits, Lingering, Reason, StallGuard, Watched};
 use crate::manifest::App;
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -157,7 +157,7 @@ impl Server {
             set_client_address(req.headers_mut(), peer);
             let req = req.map(|body| {
                 let body = body.map_err(wasmtime_wasi_http::Error::from);
-                StallGuard::new(body, &self.limits, version, requests.clone()).boxed_unsync()
+                Lingering::new(StallGuard::new(body, &self.limits, version, requests.clone()), version).boxed_unsync()
             });
             handle(self.handler.clone(), self.app.clone(), self.scheme, in_flight, self.limits.edge_body_cap, req)
         });
