@@ -286,7 +286,7 @@ async fn remove_condemned<M: MetaStore, B: BlobStore>(
     condemned: &[u8],
 ) -> Result<Outcome> {
     let unmarked = record.unmarked().to_json();
-    let again = match holds(stores, digest).await {
+    let again = match holds_steady(stores, digest).await {
         Ok(again) => again,
         Err(err) => {
             // The second look failed (the store is down, say): the mark comes off again, so the
@@ -379,6 +379,31 @@ async fn holds<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Diges
     Ok(holds)
 }
 
+/// The second look: what holds the blob, from a listing that no holder-entry removal overlapped.
+///
+/// Another collector's [`unhold`] removes an entry and puts it back if its fact is there (a
+/// manifest pushed again after it was deleted, say): a listing made in between misses a holder
+/// that exists. So each unhold writes its intent, then counts itself in
+/// [`keys::unholds_begun`], then removes the entry (and deletes the intent only after the
+/// entry is back). This look reads the count, then the blob's intents, then the entries, then
+/// the count again: an unhold whose removal overlaps the listing either was counted before the
+/// first read (then its intent, written before its count, is there for the intents' listing)
+/// or is counted after it (then the second read differs). Either way the blob stays.
+async fn holds_steady<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Digest) -> Result<Holds> {
+    let begun = async || {
+        let value = stores.meta.get(&keys::unholds_begun(digest)).await.map_err(internal)?;
+        Ok::<_, RegistryError>(value.as_deref().map_or(0, crate::store::counter_value))
+    };
+    let before = begun().await?;
+    let (intents, _) =
+        stores.blobs.list(&unholding_prefix(&keys::holders_prefix(digest)), None, 1).await.map_err(internal)?;
+    let mut seen = holds(stores, digest).await?;
+    if !intents.is_empty() || begun().await? != before {
+        seen.live = true;
+    }
+    Ok(seen)
+}
+
 /// After the record went: the blob's entries (all of them, listed now: a failed push may have
 /// written one after the collector's second look). Each is removed, then its fact looked at
 /// again: a push of the same blob that wrote its fact meanwhile gets the entry back (it writes
@@ -410,18 +435,20 @@ async fn entry_age<M, B: BlobStore>(stores: &Stores<M, B>, entry: &str) -> Resul
 /// Remove one holder entry, and put it back if its fact is there (now, or written meanwhile: a
 /// push writes its fact, then checks its entry, so one of the two sees the other).
 ///
-/// Crash-safe: an intent object (`gc/unholding/<nonce>/<entry>`, one of this collector's own) is
+/// Crash-safe: an intent object (`gc/unholding/<entry>/<nonce>`, one of this collector's own) is
 /// written before the entry is removed and deleted after the fact was looked at, so a collector
 /// killed in between leaves the intent, and the next pass's first step finishes the look
-/// ([`finish_unholds`]).
+/// ([`finish_unholds`]). The intent, and the count of unholds begun, also tell another
+/// collector's second look that its listing may miss this entry ([`holds_steady`]).
 async fn unhold<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     digest: &Digest,
     prefix: &str,
     entry: &str,
 ) -> Result<()> {
-    let intent = format!("{UNHOLDING_PREFIX}{}/{entry}", hex::encode((stores.random)()));
+    let intent = format!("{}{}", unholding_prefix(entry), hex::encode((stores.random)()));
     blobs::mark(stores, &intent, (stores.now)().to_string().into_bytes()).await?;
+    stores.meta.increment(&keys::unholds_begun(digest), 1).await.map_err(internal)?;
     blobs::remove(stores, entry).await?;
     restore_if_held(stores, digest, prefix, entry).await?;
     blobs::remove(stores, &intent).await
@@ -448,6 +475,23 @@ async fn restore_if_held<M: MetaStore, B: BlobStore>(
 /// Where [`unhold`] notes the entry it is removing.
 const UNHOLDING_PREFIX: &str = "gc/unholding/";
 
+/// The prefix of the intents of unholds of `entry`, or of every entry under a blob's holders
+/// prefix: `gc/unholding/<entry>/`, each intent then named by its collector's nonce.
+fn unholding_prefix(entry: &str) -> String {
+    format!("{UNHOLDING_PREFIX}{}/", entry.trim_end_matches('/'))
+}
+
+/// The holder entry an intent names (`gc/unholding/<entry>/<nonce>`; before, and still left by
+/// collectors of earlier versions, `gc/unholding/<nonce>/<entry>`), and the blob it holds with
+/// its holders prefix.
+fn intent_entry(intent: &str) -> Option<(&str, Digest, String)> {
+    let rest = intent.strip_prefix(UNHOLDING_PREFIX)?;
+    [rest.rsplit_once('/').map(|(entry, _)| entry), rest.split_once('/').map(|(_, entry)| entry)]
+        .into_iter()
+        .flatten()
+        .find_map(|entry| keys::parse_holder_entry(entry).map(|(digest, prefix)| (entry, digest, prefix)))
+}
+
 /// An intent older than this was left by a collector that died in its unhold (a live one
 /// finishes in well under a second).
 const ABANDONED_INTENT_SECONDS: u64 = 60;
@@ -460,8 +504,7 @@ async fn finish_unholds<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>) -> Re
         if entry_age(stores, &intent).await? < ABANDONED_INTENT_SECONDS {
             continue;
         }
-        let entry = intent[UNHOLDING_PREFIX.len()..].split_once('/').map_or("", |(_, entry)| entry);
-        let Some((digest, prefix)) = keys::parse_holder_entry(entry) else {
+        let Some((entry, digest, prefix)) = intent_entry(&intent) else {
             blobs::remove(stores, &intent).await?;
             continue;
         };
@@ -658,6 +701,53 @@ mod tests {
         assert_eq!(send(&stores, Method::GET, "/v2/r/manifests/v1", vec![]).status, StatusCode::OK);
     }
 
+    /// A layer condemned by collector A, and a manifest that references it, pushed again after
+    /// a delete: its holder entry is there and so is its record. The entry's name.
+    fn condemned_layer_of_a_pushed_manifest(stores: &Mem) -> (Digest, BlobRecord, Vec<u8>, String) {
+        let (layer, record, marked) = layer_condemned(stores);
+        let name = crate::name::RepoName::parse("r").unwrap();
+        let m = Digest::of(Algorithm::Sha256, b"m");
+        let entry = keys::manifest_holder(&name, &layer, &m);
+        block_on(blobs::mark(stores, &entry, Vec::new())).unwrap();
+        stores.meta.0.borrow_mut().insert(keys::manifest(&name, &m), b"{}".to_vec());
+        (layer, record, marked, entry)
+    }
+
+    #[test]
+    fn a_second_look_during_another_collectors_unhold_of_a_live_entry_keeps_the_blob() {
+        let stores = memory_stores();
+        let (layer, record, marked, entry) = condemned_layer_of_a_pushed_manifest(&stores);
+        // Collector B, which found the manifest's record missing before it was pushed again,
+        // is unholding its entry: intent written, counted, entry removed, not yet put back.
+        let intent = format!("{}b-nonce", unholding_prefix(&entry));
+        block_on(blobs::mark(&stores, &intent, b"0".to_vec())).unwrap();
+        block_on(stores.meta.increment(&keys::unholds_begun(&layer), 1)).unwrap();
+        block_on(blobs::remove(&stores, &entry)).unwrap();
+        assert!(!block_on(holds(&stores, &layer)).unwrap().live, "a plain listing misses the manifest");
+        // A's second look sees B's intent and keeps the layer.
+        assert_eq!(block_on(remove_condemned(&stores, &layer, record, &marked)).unwrap(), Outcome::Kept);
+        // B finishes: the entry is back, the intent gone; the next pass keeps the layer too.
+        block_on(restore_if_held(&stores, &layer, &keys::holders_prefix(&layer), &entry)).unwrap();
+        block_on(blobs::remove(&stores, &intent)).unwrap();
+        assert!(!collect(&stores, false).contains(&layer));
+        assert_eq!(blob_status(&stores, "r", &layer), StatusCode::OK);
+    }
+
+    #[test]
+    fn a_second_look_whose_listing_an_unhold_overlapped_keeps_the_blob() {
+        let stores = memory_stores();
+        let (layer, _, _, entry) = condemned_layer_of_a_pushed_manifest(&stores);
+        // An unhold that began after the look's first count and finished within the look (its
+        // intent already gone) is seen by the count having moved.
+        let before = block_on(stores.meta.get(&keys::unholds_begun(&layer))).unwrap();
+        block_on(unhold(&stores, &layer, &keys::holders_prefix(&layer), &entry)).unwrap();
+        let after = block_on(stores.meta.get(&keys::unholds_begun(&layer))).unwrap();
+        assert_ne!(before, after, "every unhold counts itself");
+        assert!(block_on(blobs::marked(&stores, &entry)).unwrap(), "its fact is there: the entry is back");
+        let (intents, _) = block_on(stores.blobs.list(UNHOLDING_PREFIX, None, 10)).unwrap();
+        assert!(intents.is_empty(), "{intents:?}");
+    }
+
     #[test]
     fn a_manifest_whose_record_is_written_before_the_second_look_keeps_its_blobs() {
         let stores = memory_stores();
@@ -768,13 +858,17 @@ mod tests {
         let entry = keys::manifest_holder(&name, &base, &b);
         // The collector wrote its intent and removed the entry (b's manifest exists: it would
         // have put it back), then died.
-        let intent = format!("{UNHOLDING_PREFIX}{}/{entry}", hex::encode((stores.random)()));
+        let intent = format!("{}{}", unholding_prefix(&entry), hex::encode((stores.random)()));
         block_on(blobs::mark(&stores, &intent, (stores.now)().to_string().into_bytes())).unwrap();
         block_on(blobs::remove(&stores, &entry)).unwrap();
+        // The same left by a collector of the version before (`gc/unholding/<nonce>/<entry>`).
+        let old_intent = format!("{UNHOLDING_PREFIX}{}/{entry}", hex::encode((stores.random)()));
+        block_on(blobs::mark(&stores, &old_intent, (stores.now)().to_string().into_bytes())).unwrap();
         advance_clock(ABANDONED_INTENT_SECONDS + 1);
         collect(&stores, false);
         assert!(stores.blobs.0.borrow().contains_key(&entry), "the entry of b's manifest is back");
         assert!(!stores.blobs.0.borrow().contains_key(&intent), "the intent is gone");
+        assert!(!stores.blobs.0.borrow().contains_key(&old_intent), "the old-style intent is gone");
         advance_clock(stores.config.gc_grace_secs + 1);
         collect(&stores, false);
         assert_eq!(blob_status(&stores, "r", &base), StatusCode::OK, "b's layer is kept");

@@ -91,6 +91,13 @@ pub fn parse_blob_index(object: &str) -> Option<Digest> {
 /// What may hold a blob: one entry per linking repository and per referencing manifest,
 /// written before its fact (the link, the manifest record), so garbage collection can find and
 /// check every fact that keeps the blob.
+/// The count of holder-entry removals ever begun for a blob (garbage collection's `unhold`):
+/// a collector's second look that sees it change knows an entry may have been missing from
+/// its listing.
+pub fn unholds_begun(digest: &Digest) -> String {
+    format!("gc/unholds/{}/{}", digest.algorithm().as_str(), digest.hex())
+}
+
 pub fn holders_prefix(digest: &Digest) -> String {
     format!("index/holders/{}/{}/", digest.algorithm().as_str(), digest.hex())
 }

@@ -228,7 +228,7 @@ pub async fn release_blob<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Diges
         let key = quota.blob_key(digest);
         for _ in 0..8 {
             let Ok(Some(raw)) = stores.meta.get(&key).await else { break };
-            if crate::auth::throttle::decode(&raw) <= 0 {
+            if crate::store::counter_value(&raw) <= 0 {
                 break;
             }
             // 0 in the form the store keeps its counters: decimal text (Redis) or 8 bytes.

@@ -53,6 +53,15 @@ pub trait MetaStore {
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError>;
 }
 
+/// A counter's value as [`MetaStore::increment`] stores it: 8 bytes little-endian (Spin's SQLite
+/// backend, berth-runner) or decimal text (Redis `INCRBY`); 0 when unreadable.
+pub fn counter_value(value: &[u8]) -> i64 {
+    if !value.is_empty() && value.len() <= 20 && value.iter().all(u8::is_ascii_digit) {
+        return std::str::from_utf8(value).ok().and_then(|text| text.parse().ok()).unwrap_or(0);
+    }
+    value.try_into().map(i64::from_le_bytes).unwrap_or(0)
+}
+
 /// A byte range of one stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extent {
@@ -232,4 +241,16 @@ impl Default for Config {
 
 pub fn hashes_for(algorithms: &[Algorithm]) -> Vec<RunningHash> {
     algorithms.iter().map(|&a| RunningHash::new(a)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counter_value;
+
+    #[test]
+    fn counters_read_as_either_backend_writes_them() {
+        assert_eq!(counter_value(&7i64.to_le_bytes()), 7);
+        assert_eq!(counter_value(b"12"), 12, "Redis writes counters as text");
+        assert_eq!(counter_value(b"junk"), 0);
+    }
 }

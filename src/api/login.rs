@@ -83,7 +83,7 @@ pub async fn reserve<M: MetaStore, B>(stores: &Stores<M, B>, attempt: &Attempt) 
     let counters = attempt.counters(stores);
     for &(kind, id, limit) in &counters {
         let failures = match stores.meta.get(&throttle::key(kind, id, now, window)).await.map_err(internal)? {
-            Some(value) => throttle::decode(&value),
+            Some(value) => crate::store::counter_value(&value),
             None => 0,
         };
         if failures >= limit {

@@ -47,15 +47,6 @@ pub fn retry_after(now: u64, window_secs: u64) -> u64 {
     window_secs - now % window_secs
 }
 
-/// A counter's value as `increment` stores it: 8 bytes little-endian (Spin's SQLite backend,
-/// berth-runner) or decimal text (Redis `INCRBY`); 0 when unreadable.
-pub fn decode(value: &[u8]) -> i64 {
-    if !value.is_empty() && value.len() <= 20 && value.iter().all(u8::is_ascii_digit) {
-        return std::str::from_utf8(value).ok().and_then(|text| text.parse().ok()).unwrap_or(0);
-    }
-    value.try_into().map(i64::from_le_bytes).unwrap_or(0)
-}
-
 /// The client address of a request, as a throttling key: the last `X-Forwarded-For` entry when
 /// forwarded headers are trusted (the one the proxy in front appended: entries before it are
 /// whatever the client sent), else the address the host saw (`spin-client-addr`, which Spin and
@@ -104,9 +95,6 @@ mod tests {
     fn retry_after_is_the_rest_of_the_window() {
         assert_eq!(retry_after(1000, 300), 200);
         assert_eq!(retry_after(1200, 300), 300);
-        assert_eq!(decode(&7i64.to_le_bytes()), 7);
-        assert_eq!(decode(b"12"), 12, "Redis writes counters as text");
-        assert_eq!(decode(b"junk"), 0);
     }
 
     #[test]

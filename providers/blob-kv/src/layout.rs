@@ -34,9 +34,20 @@ pub struct ObjectRecord {
     pub chunk_size: u64,
     /// The random id of the write that stored the chunks.
     pub write: String,
+    /// A delete has taken this record (see [`ObjectRecord::doomed`]): the object reads as absent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleting: bool,
 }
 
 impl ObjectRecord {
+    /// The same record, taken by a delete. A delete swaps the record it read for this one before
+    /// it touches anything, so of concurrent deletes of one record exactly one goes on; a late
+    /// one finds a different value and stands back, instead of unlisting or removing an object
+    /// created after the first delete released the name.
+    pub fn doomed(&self) -> ObjectRecord {
+        ObjectRecord { deleting: true, ..self.clone() }
+    }
+
     pub fn chunk_count(&self) -> u64 {
         self.size.div_ceil(self.chunk_size)
     }
@@ -137,6 +148,23 @@ pub struct Marker {
 }
 
 impl Marker {
+    /// The marker of a delete of the object whose chunks `chunks` wrote: `<chunks>~<nonce>`, so
+    /// that two deletes of one object (which race to take its record, and one of which then
+    /// removes its marker) never share an entry.
+    pub fn delete(at: u64, chunks: &str, nonce: &str, name: &str) -> Marker {
+        Marker { at, write: format!("{chunks}~{nonce}"), name: name.to_owned() }
+    }
+
+    /// Whether this marks a delete (see [`Marker::delete`]) rather than a write.
+    pub fn is_delete(&self) -> bool {
+        self.write.contains('~')
+    }
+
+    /// The write whose chunks this marker stands for (a delete's marker: those it deletes).
+    pub fn chunks(&self) -> &str {
+        self.write.split_once('~').map_or(&self.write, |(chunks, _)| chunks)
+    }
+
     pub fn entry(&self) -> String {
         format!("{:016x}/{}/{}", self.at, self.write, self.name)
     }
@@ -155,7 +183,7 @@ mod tests {
     use super::*;
 
     fn record(size: u64) -> ObjectRecord {
-        ObjectRecord { name: None, size, chunk_size: 10, write: "w".into() }
+        ObjectRecord { name: None, size, chunk_size: 10, write: "w".into(), deleting: false }
     }
 
     #[test]
@@ -207,6 +235,16 @@ mod tests {
     }
 
     #[test]
+    fn a_doomed_record_differs_from_the_live_one_and_reads_back_as_doomed() {
+        let live = record(25);
+        let live_bytes = serde_json::to_vec(&live).unwrap();
+        assert!(!String::from_utf8(live_bytes.clone()).unwrap().contains("deleting"), "live records are as before");
+        let doomed = serde_json::to_vec(&live.doomed()).unwrap();
+        assert_ne!(doomed, live_bytes, "the swap to it fails for a second delete that read the live record");
+        assert!(serde_json::from_slice::<ObjectRecord>(&doomed).unwrap().deleting);
+    }
+
+    #[test]
     fn names_are_checked() {
         assert!(check_name("").is_some());
         assert!(check_name("a\nb").is_some());
@@ -224,5 +262,17 @@ mod tests {
         assert_eq!(Marker::parse("0000000000000009/ab"), None);
         assert_eq!(Marker::parse("9/ab/c"), None);
         assert_eq!(Marker::parse("zzzzzzzzzzzzzzzz/ab/c"), None);
+    }
+
+    #[test]
+    fn two_deletes_of_one_object_have_markers_of_their_own_that_name_its_chunks() {
+        let first = Marker::delete(9, "ab", "n1", "blobs/x");
+        let second = Marker::delete(9, "ab", "n2", "blobs/x");
+        assert_ne!(first.entry(), second.entry());
+        assert_eq!((first.chunks(), second.chunks()), ("ab", "ab"));
+        assert_eq!(Marker::parse(&first.entry()), Some(first));
+        let write = Marker { at: 9, write: "cd".into(), name: "blobs/x".into() };
+        assert_eq!(write.chunks(), "cd");
+        assert!(first.is_delete() && !write.is_delete());
     }
 }

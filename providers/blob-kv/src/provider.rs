@@ -1,7 +1,7 @@
 //! The `berth:blob-store/store` export over `spin:key-value` (wasm32 only). Every decision about
 //! keys and ranges is in [`crate::layout`]; this moves bytes between streams and the store.
 
-use crate::index::{Cells, Index, IndexError};
+use crate::index::{Cells, Counter, Index, IndexError};
 use crate::layout::{self, CHUNK_SIZE, ChunkSpan, Marker, ObjectRecord};
 use berth_hash_state::{Algorithm, RunningHash};
 use bindings::exports::berth::blob_store::store::{
@@ -41,12 +41,30 @@ fn kv(e: spin_sdk::key_value::Error) -> Error {
     Error::Other(format!("key-value: {e:?}"))
 }
 
+/// The object's record; an object a delete has taken is absent.
 async fn load(store: &Store, name: &str) -> Result<ObjectRecord, Error> {
+    match load_raw(store, name).await? {
+        Some((record, _)) if !record.deleting => Ok(record),
+        _ => Err(Error::NotFound),
+    }
+}
+
+/// The record under the name's key as stored, also one a delete has taken, with its bytes (for
+/// a swap).
+async fn load_raw(store: &Store, name: &str) -> Result<Option<(ObjectRecord, Vec<u8>)>, Error> {
     if let Some(why) = layout::check_name(name) {
         return Err(Error::InvalidName(why.into()));
     }
-    let bytes = store.get(layout::record_key(name)).await.map_err(kv)?.ok_or(Error::NotFound)?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Other(format!("unreadable record of {name:?}: {e}")))
+    let Some(bytes) = store.get(layout::record_key(name)).await.map_err(kv)? else { return Ok(None) };
+    let record =
+        serde_json::from_slice(&bytes).map_err(|e| Error::Other(format!("unreadable record of {name:?}: {e}")))?;
+    Ok(Some((record, bytes)))
+}
+
+/// Whether record bytes stand for an object that exists (not one a delete has taken). Bytes
+/// that do not parse count as an object: listed, and reads report them.
+fn is_live(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<ObjectRecord>(bytes).map_or(true, |record| !record.deleting)
 }
 
 /// A running hash continued from the state the component saved.
@@ -78,7 +96,15 @@ struct PendingWrite<'a> {
 
 impl<'a> PendingWrite<'a> {
     async fn start(store: &'a Store, bucket: &'a Bucket, name: &str) -> Result<PendingWrite<'a>, Error> {
-        let marker = Marker { at: now(), write: random_write_id(), name: name.to_owned() };
+        PendingWrite::mark(store, bucket, Marker { at: now(), write: random_write_id(), name: name.to_owned() })
+    }
+
+    /// Marked as the delete of the object whose chunks `chunks` wrote.
+    fn mark_delete(store: &'a Store, bucket: &'a Bucket, name: &str, chunks: &str) -> Result<PendingWrite<'a>, Error> {
+        PendingWrite::mark(store, bucket, Marker::delete(now(), chunks, &random_write_id(), name))
+    }
+
+    fn mark(store: &'a Store, bucket: &'a Bucket, marker: Marker) -> Result<PendingWrite<'a>, Error> {
         writes(bucket).insert(&marker.entry()).map_err(index_error)?;
         Ok(PendingWrite { store, bucket, marker, count: 0 })
     }
@@ -203,23 +229,71 @@ async fn reclaim(store: &Store, bucket: &Bucket, grace: u64) -> Result<(), Error
         if !writes.remove(&entry).map_err(index_error)? {
             continue;
         }
-        let record = match load(store, &marker.name).await {
-            Ok(record) => Some(record),
-            Err(Error::NotFound) => None,
-            Err(e) => return Err(e),
-        };
-        if record.as_ref().is_some_and(|record| record.write == marker.write) {
-            continue; // committed (or a delete that died before it began)
+        let record = load_raw(store, &marker.name).await?.map(|(record, _)| record);
+        let ours = record.as_ref().filter(|record| record.write == marker.chunks());
+        if ours.is_some_and(|record| !record.deleting) {
+            continue; // committed (or a delete that died before it took the record)
         }
-        if delete_chunks(store, &marker.write, RECLAIM_CHUNKS).await? > 0 {
+        if delete_chunks(store, marker.chunks(), RECLAIM_CHUNKS).await? > 0 {
             writes.insert(&entry).map_err(index_error)?; // more next time
             continue;
         }
-        if record.is_none() {
-            store.delete(layout::claim_key(&marker.name)).await.map_err(kv)?;
+        if ours.is_some() {
+            // A delete that died after taking the record (it holds the claim): finished here, as
+            // it would have.
+            release(store, bucket, &marker.name, true).await?;
+        } else if record.is_none() {
+            // A writer that died between its claim and its record left the name claimed; a
+            // delete that died between removing the record's key and the claim left it held.
+            clear_stuck_claim(bucket, &marker.name, marker.is_delete()).await?;
         }
     }
     Ok(())
+}
+
+/// The last steps of a delete, once its chunks are gone: the name unlisted (when the delete
+/// took a record), the record's key removed, and the claim, so that the name can be created
+/// again. Only the holder of the record's delete does this: the claim it holds keeps every
+/// create out until the claim goes, last.
+async fn release(store: &Store, bucket: &Bucket, name: &str, listed: bool) -> Result<(), Error> {
+    if listed {
+        names(bucket).remove(name).map_err(index_error)?;
+    }
+    store.delete(layout::record_key(name)).await.map_err(kv)?;
+    store.delete(layout::claim_key(name)).await.map_err(kv)
+}
+
+/// A write this recent may be between its claim and its record (it marks itself afresh just
+/// before it claims, and stores the record a few steps later).
+const LIVE_WRITE_SECONDS: u64 = 60;
+
+/// Clear the claim of a name that has no record, if one is left: taken by a writer that died
+/// before its record, and by no live one (whose claim must stand), nor by a delete on its way
+/// (unless `of_dead_delete`: a reclaimer finishing a delete that died after removing the
+/// record's key, whose hold it is; a live delete of a later record has a fresh marker).
+async fn clear_stuck_claim(bucket: &Bucket, name: &str, of_dead_delete: bool) -> Result<(), Error> {
+    // Read, not incremented by 0: that would create the key for a name never claimed.
+    let raw = bucket.0.get(&layout::claim_key(name)).map_err(|e| atomics_error(&e))?;
+    let claim = raw.as_deref().and_then(Counter::decode).map_or(0, |(count, _)| count);
+    if claim == 0 || (claim >= DELETING as u64 && !of_dead_delete) || live_write(bucket, name)? {
+        return Ok(());
+    }
+    bucket.0.delete(&layout::claim_key(name)).map_err(|e| atomics_error(&e))
+}
+
+/// Whether a write (or delete) of `name` has made progress within [`LIVE_WRITE_SECONDS`]: the
+/// writes index holds entries in order of time, so this reads only the recent ones.
+fn live_write(bucket: &Bucket, name: &str) -> Result<bool, Error> {
+    let from = Marker { at: now().saturating_sub(LIVE_WRITE_SECONDS), write: String::new(), name: String::new() };
+    let from = from.entry();
+    let mut found = false;
+    writes(bucket)
+        .scan(&from[..16], false, |entry| {
+            found = Marker::parse(entry).is_some_and(|marker| marker.name == name);
+            Ok(!found)
+        })
+        .map_err(index_error)?;
+    Ok(found)
 }
 
 fn random_write_id() -> String {
@@ -371,6 +445,29 @@ async fn publish(store: &Store, bucket: &Bucket, key: &str, name: &str, record: 
     store.set(key, serde_json::to_vec(record).expect("a record serializes")).await.map_err(kv)
 }
 
+/// How long a create waits for a delete of the same name to finish, and how often it looks.
+const DELETE_WAIT_MILLIS: u64 = 5_000;
+const DELETE_POLL_MILLIS: u64 = 5;
+
+/// "Already exists" when the name holds an object. A create that meets a delete of the name on
+/// its way (its taken record) waits for it, as if it came after it: a caller that retries on
+/// "already exists" without a pause (the registry's index entries) would otherwise use up its
+/// tries within the delete. A delete that does not finish within [`DELETE_WAIT_MILLIS`] died
+/// (a reclaimer finishes it after the grace period): "already exists" until then.
+async fn wait_while_deleted(store: &Store, key: &str) -> Result<(), Error> {
+    let mut waited = 0;
+    loop {
+        match store.get(key).await.map_err(kv)? {
+            None => return Ok(()),
+            Some(bytes) if is_live(&bytes) || waited >= DELETE_WAIT_MILLIS => return Err(Error::AlreadyExists),
+            Some(_) => {
+                spin_sdk::wasip3::clocks::monotonic_clock::wait_for(DELETE_POLL_MILLIS * 1_000_000).await;
+                waited += DELETE_POLL_MILLIS;
+            }
+        }
+    }
+}
+
 impl Guest for Provider {
     async fn write(
         name: String,
@@ -385,9 +482,7 @@ impl Guest for Provider {
         let store = open().await?;
         let bucket = bucket()?;
         let key = layout::record_key(&name);
-        if store.exists(&key).await.map_err(kv)? {
-            return Err(Error::AlreadyExists);
-        }
+        wait_while_deleted(&store, &key).await?;
         // Every write pays for a little of what dead ones left: the provider has no timer.
         if let Err(e) = reclaim(&store, &bucket, write_grace().await).await {
             eprintln!("berth-blob-kv: reclaiming dead writes: {e:?}");
@@ -416,8 +511,13 @@ impl Guest for Provider {
         // Of concurrent writers of one name, the one that claims it first makes its record
         // visible; the others' chunks go.
         let long_name = layout::is_long_record_key(&key).then(|| name.clone());
-        let record =
-            ObjectRecord { name: long_name, size, chunk_size: CHUNK_SIZE as u64, write: pending.marker.write.clone() };
+        let record = ObjectRecord {
+            name: long_name,
+            size,
+            chunk_size: CHUNK_SIZE as u64,
+            write: pending.marker.write.clone(),
+            deleting: false,
+        };
         let committed = match claim(&bucket, &name) {
             Ok(true) => publish(&store, &bucket, &key, &name, &record).await,
             Ok(false) => Err(Error::AlreadyExists),
@@ -465,49 +565,38 @@ impl Guest for Provider {
     async fn delete(name: String) -> Result<(), Error> {
         let store = open().await?;
         let bucket = bucket()?;
-        let record = match load(&store, &name).await {
-            Ok(record) => Some(record),
-            Err(Error::NotFound) => None,
-            Err(e) => return Err(e),
+        let Some((record, bytes)) = load_raw(&store, &name).await? else {
+            // No record: a writer that died between its claim and its record may have left the
+            // name claimed but empty; the registry deletes such a name to free it.
+            clear_stuck_claim(&bucket, &name, false).await?;
+            return Err(Error::NotFound);
         };
-        // A delete that dies half-way leaves chunks no record names: marked first, like a write,
-        // so that a reclaimer finishes it.
-        let marker = Marker {
-            at: now(),
-            write: record.as_ref().map_or_else(random_write_id, |r| r.write.clone()),
-            name: name.clone(),
-        };
-        writes(&bucket).insert(&marker.entry()).map_err(index_error)?;
-        if record.is_none() {
-            // No record: a writer that died between its claim and its record left the name
-            // claimed but empty, and the claim is cleared below; unless a delete of the record
-            // is on its way (it holds the claim past DELETING, and clears it when done): the
-            // name is not free yet, and a create let in now would lose its name to that delete.
-            let claim = atomics::increment(&bucket.0, &layout::claim_key(&name), 0).map_err(|e| atomics_error(&e))?;
-            if claim >= DELETING {
-                writes(&bucket).remove(&marker.entry()).map_err(index_error)?;
-                return Err(Error::NotFound);
-            }
+        if record.deleting {
+            // Another delete has it (or died with it: a reclaimer finishes that one).
+            return Err(Error::NotFound);
         }
-        if let Some(record) = &record {
-            // Held past any creator's count while this delete runs: no create of the name gets
-            // in before it is done (see above).
-            atomics::increment(&bucket.0, &layout::claim_key(&name), DELETING).map_err(|e| atomics_error(&e))?;
-            // The record first: from here the object is gone as a whole, then its chunks follow.
-            store.delete(layout::record_key(&name)).await.map_err(kv)?;
-            delete_chunks(&store, &record.write, u64::MAX).await?;
-            // Only the name of the record this delete removed: a delete that found no record
-            // may be racing a create of the same name that has listed it and not yet stored
-            // its record, and must not unlist it (the object would exist, unlisted, so garbage
-            // collection could not see what it holds). A name listed without a record (a
-            // create killed between the two) is skipped by listings.
-            names(&bucket).remove(&name).map_err(index_error)?;
+        // Marked first, with the write that stored the chunks: a delete that dies half-way is
+        // finished by a reclaimer.
+        let mut lease = PendingWrite::mark_delete(&store, &bucket, &name, &record.write)?;
+        // Exactly one delete takes the record: the others read it before this swap and now find
+        // it changed. From here the object is gone for every reader.
+        let doomed = serde_json::to_vec(&record.doomed()).expect("a record serializes");
+        if !bucket.swap(&layout::record_key(&name), &bytes, &doomed).map_err(|e| atomics_error(&e))? {
+            lease.done()?;
+            return Err(Error::NotFound);
         }
-        // Last, the claim, so the name can be created again; also when there was no record: a
-        // writer that died between its claim and its record left the name claimed but empty.
-        store.delete(layout::claim_key(&name)).await.map_err(kv)?;
-        writes(&bucket).remove(&marker.entry()).map_err(index_error)?;
-        record.map(|_| ()).ok_or(Error::NotFound)
+        // Held past any creator's count while this delete runs: a delete of the name that finds
+        // no record (below, in a moment) does not take the claim for a dead writer's.
+        atomics::increment(&bucket.0, &layout::claim_key(&name), DELETING).map_err(|e| atomics_error(&e))?;
+        delete_chunks(&store, &record.write, u64::MAX).await?;
+        // Renewed before the last steps: a delete that took longer than the grace period may
+        // have been taken over by a reclaimer, which then finishes it (and only one may release
+        // the name, or a create let in by the first release would lose its name to the second).
+        if lease.refresh().is_err() {
+            return lease.done();
+        }
+        release(&store, &bucket, &name, true).await?;
+        lease.done()
     }
 
     /// Objects are never joined: chunks in key-value have no URL to join them for.
@@ -522,11 +611,12 @@ impl Guest for Provider {
 
     async fn list_objects(prefix: String, cursor: Option<String>, limit: u32) -> Result<Page, Error> {
         let bucket = bucket()?;
-        // The names index holds a name from just before its record is stored until just after
-        // it is deleted; a kill in between leaves a name without a record, skipped here.
+        // The names index holds a name from just before its record is stored until just before
+        // it is deleted; a kill in between leaves a name without a live record, skipped here.
         let (names, more) = names(&bucket)
             .page(&prefix, cursor.as_deref(), limit as usize, |name| {
-                bucket.0.exists(&layout::record_key(name)).map_err(IndexError::Store)
+                let record = bucket.0.get(&layout::record_key(name)).map_err(IndexError::Store)?;
+                Ok(record.is_some_and(|bytes| is_live(&bytes)))
             })
             .map_err(index_error)?;
         let next = if more { names.last().cloned() } else { None };
