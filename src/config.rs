@@ -9,6 +9,9 @@ use crate::store::Config;
 /// by then (S3 would sign for 7 days).
 const MAX_REDIRECT_SECS: u32 = 3600;
 
+/// A collector between its moves is never taken for a dead one: twice the time a step may take.
+const MIN_ABANDONED_SECS: u64 = 2 * crate::gc::STEP_SECONDS;
+
 /// Every variable the registry reads.
 pub fn variables() -> impl Iterator<Item = &'static str> {
     [
@@ -17,6 +20,7 @@ pub fn variables() -> impl Iterator<Item = &'static str> {
         "immutable_tags",
         "quotas",
         "gc_grace_seconds",
+        "gc_abandoned_seconds",
         "retention",
         "mirror_upstreams",
         "mirror_credentials",
@@ -54,6 +58,15 @@ pub fn from_variables(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
             variable: "gc_grace_seconds",
             message: format!("{value:?} is not a number of seconds"),
         })?;
+    }
+    if let Some(value) = get("gc_abandoned_seconds") {
+        config.gc_abandoned_secs =
+            value.trim().parse().ok().filter(|&s| s >= MIN_ABANDONED_SECS).ok_or_else(|| ConfigError {
+                variable: "gc_abandoned_seconds",
+                message: format!(
+                    "{value:?} is not a number of seconds of at least {MIN_ABANDONED_SECS} (twice a collection step's time)"
+                ),
+            })?;
     }
     if let Some(value) = get("retention") {
         config.retention = crate::retention::Retention::parse(&value)
@@ -100,6 +113,16 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err.variable, "mirror_credentials");
+    }
+
+    #[test]
+    fn a_collector_is_taken_for_dead_after_a_minute_or_a_set_time_of_at_least_two_steps() {
+        assert_eq!(from_variables(&|_| None).unwrap().gc_abandoned_secs, 60);
+        let set = |v: &'static str| from_variables(&move |name| (name == "gc_abandoned_seconds").then(|| v.to_owned()));
+        assert_eq!(set("10").unwrap().gc_abandoned_secs, 10);
+        for bad in ["9", "0", "soon", "-5"] {
+            assert_eq!(set(bad).unwrap_err().variable, "gc_abandoned_seconds", "{bad}");
+        }
     }
 
     #[test]

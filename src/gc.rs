@@ -34,10 +34,6 @@ pub const STEP_BLOBS: u32 = 64;
 /// A step stops starting new blobs after this long, well under an edge host's request limit.
 pub const STEP_SECONDS: u64 = 5;
 
-/// A condemned mark older than this was left by a collector that died between its moves: the
-/// next step finishes its work.
-const ABANDONED_MARK_SECONDS: u64 = 60;
-
 /// Blobs of a step examined at once, unless the caller asks otherwise. A blob's work is mostly
 /// waiting on the stores, so several at once do a pass's work for less of the machine than one
 /// at a time (docs/benchmarks.md); a caller that wants a pass to take less from the pushes
@@ -127,7 +123,14 @@ async fn repository_step<M: MetaStore, B: BlobStore>(
     let (names, next) =
         stores.blobs.list(keys::REPOS_PREFIX, after.as_deref(), STEP_REPOSITORIES).await.map_err(internal)?;
     let mut step = Step::default();
-    for marker in &names {
+    let started = (stores.now)();
+    let mut next = next;
+    for (i, marker) in names.iter().enumerate() {
+        // Like a blob step: no new repository after STEP_SECONDS (the next step goes on from it).
+        if i > 0 && (stores.now)().saturating_sub(started) >= STEP_SECONDS {
+            next = Some(names[i - 1].clone());
+            break;
+        }
         let Ok(name) = crate::name::RepoName::parse(&marker[keys::REPOS_PREFIX.len()..]) else { continue };
         let Some(rule) = stores.config.retention.rule_for(&name) else { continue };
         let done = async || {
@@ -258,7 +261,9 @@ async fn examine<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Dig
             }
         }
         // Another collector is between its moves, or died there.
-        Some(at) if now.saturating_sub(at) < ABANDONED_MARK_SECONDS || dry_run => return Ok(Outcome::Kept),
+        // A mark older than `gc_abandoned_seconds` was left by a collector that died between
+        // its moves: this step finishes its work.
+        Some(at) if now.saturating_sub(at) < stores.config.gc_abandoned_secs || dry_run => return Ok(Outcome::Kept),
         Some(_) => bytes.clone(),
     };
     remove_condemned(stores, digest, record, &condemned).await
@@ -492,16 +497,13 @@ fn intent_entry(intent: &str) -> Option<(&str, Digest, String)> {
         .find_map(|entry| keys::parse_holder_entry(entry).map(|(digest, prefix)| (entry, digest, prefix)))
 }
 
-/// An intent older than this was left by a collector that died in its unhold (a live one
-/// finishes in well under a second).
-const ABANDONED_INTENT_SECONDS: u64 = 60;
-
-/// Finish the unholds of collectors that died in the middle (a bounded page of them): each
-/// entry's fact is looked at again, the entry put back if it is there, and the intent removed.
+/// Finish the unholds of collectors that died in the middle (a bounded page of them, those
+/// older than `gc_abandoned_seconds`: a live one finishes in well under a second): each entry's
+/// fact is looked at again, the entry put back if it is there, and the intent removed.
 async fn finish_unholds<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>) -> Result<()> {
     let (intents, _) = stores.blobs.list(UNHOLDING_PREFIX, None, STEP_BLOBS).await.map_err(internal)?;
     for intent in intents {
-        if entry_age(stores, &intent).await? < ABANDONED_INTENT_SECONDS {
+        if entry_age(stores, &intent).await? < stores.config.gc_abandoned_secs {
             continue;
         }
         let Some((entry, digest, prefix)) = intent_entry(&intent) else {
@@ -788,7 +790,7 @@ mod tests {
         let (record, bytes) = block_on(blobs::stored(&stores, &layer)).unwrap().unwrap();
         block_on(condemn(&stores, &layer, &record, &bytes)).unwrap().expect("marked");
         assert!(collect(&stores, false).is_empty(), "a fresh mark belongs to a collector at work");
-        advance_clock(ABANDONED_MARK_SECONDS);
+        advance_clock(crate::store::Config::default().gc_abandoned_secs);
         assert_eq!(collect(&stores, false), [layer]);
         assert_eq!(stored_bytes(&stores), 0);
         assert!(
@@ -864,7 +866,7 @@ mod tests {
         // The same left by a collector of the version before (`gc/unholding/<nonce>/<entry>`).
         let old_intent = format!("{UNHOLDING_PREFIX}{}/{entry}", hex::encode((stores.random)()));
         block_on(blobs::mark(&stores, &old_intent, (stores.now)().to_string().into_bytes())).unwrap();
-        advance_clock(ABANDONED_INTENT_SECONDS + 1);
+        advance_clock(crate::store::Config::default().gc_abandoned_secs + 1);
         collect(&stores, false);
         assert!(stores.blobs.0.borrow().contains_key(&entry), "the entry of b's manifest is back");
         assert!(!stores.blobs.0.borrow().contains_key(&intent), "the intent is gone");

@@ -447,6 +447,29 @@ mod tests {
     }
 
     #[test]
+    fn a_retention_step_starts_no_repository_after_its_time_and_the_next_step_goes_on_from_there() {
+        let mut stores = with_rules("a keep_last=1; b keep_last=1");
+        for repo in ["a", "b"] {
+            for tag in ["old", "new"] {
+                push_image(&stores, repo, tag, format!("config {repo}{tag}").as_bytes(), &[b"layer"]);
+                advance_clock(10);
+            }
+        }
+        // A clock that moves a whole step's time at every reading: the first repository takes
+        // the step's time.
+        fn slow_clock() -> u64 {
+            crate::testing::advance_clock(crate::gc::STEP_SECONDS);
+            crate::testing::test_clock()
+        }
+        stores.now = slow_clock;
+        let first = block_on(crate::gc::step(&stores, None, false, 1)).unwrap();
+        assert_eq!(first.untagged, ["a:old"]);
+        assert_eq!(first.next.as_deref(), Some("repos:a"));
+        let second = block_on(crate::gc::step(&stores, first.next, false, 1)).unwrap();
+        assert_eq!(second.untagged, ["b:old"]);
+    }
+
+    #[test]
     fn untagged_manifests_go_after_their_age_but_indexes_children_and_referrers_of_kept_ones_stay() {
         let stores = with_rules("r untagged_after=1h");
         let kept = push_image_bytes(&stores, "keep", b"config kept", b"layer kept");

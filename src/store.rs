@@ -217,6 +217,9 @@ pub struct Config {
     /// Garbage collection keeps a blob linked less than this long ago, referenced or not: the
     /// time a client has between pushing a blob and pushing the manifest that references it.
     pub gc_grace_secs: u64,
+    /// A collector's mark or unhold intent older than this was left by one that died: a later
+    /// step finishes it. Far above the time a live collector spends between its moves.
+    pub gc_abandoned_secs: u64,
     /// Which tags and untagged manifests garbage collection removes (`crate::retention`).
     pub retention: crate::retention::Retention,
     pub auth: crate::auth::config::AuthConfig,
@@ -232,6 +235,7 @@ impl Default for Config {
             immutable_tags: Default::default(),
             quotas: Default::default(),
             gc_grace_secs: 3600,
+            gc_abandoned_secs: 60,
             retention: Default::default(),
             auth: Default::default(),
             mirrors: Default::default(),

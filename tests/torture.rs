@@ -2133,12 +2133,6 @@ fn empty_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn kill9(runner: Runner) {
-    let status = std::process::Command::new("kill").arg("-9").arg(runner.pid().to_string()).status().expect("kill -9");
-    assert!(status.success(), "kill -9 {}", runner.pid());
-    let _ = runner.stop();
-}
-
 async fn crash(backend: Backend, rounds: usize) {
     let seed = torture_seed();
     let started = Instant::now();

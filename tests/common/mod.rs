@@ -430,6 +430,13 @@ pub fn make_certs(dir: &Path) -> TestCerts {
     certs
 }
 
+/// Kill a runner with SIGKILL (no cleanup of any kind), and reap it.
+pub fn kill9(runner: Runner) {
+    let status = Command::new("kill").arg("-9").arg(runner.pid().to_string()).status().expect("kill -9");
+    assert!(status.success(), "kill -9 {}", runner.pid());
+    let _ = runner.stop();
+}
+
 /// Object files under `<data>/blobs/<dir>` (temp files excluded).
 pub fn stored_objects(data: &Path, dir: &str) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
