@@ -200,7 +200,12 @@ pub const REPOS_PREFIX: &str = "index/repos/";
 /// The manifest an immutable tag was first pushed for (`crate::immutable`), created once,
 /// exclusively: of two racing first pushes one binds the tag.
 pub fn immutable_binding(name: &RepoName, tag: &Tag) -> String {
-    format!("bindings/tags/{}/_/{}", repo_key(name), tag.as_str())
+    format!("{}{}", immutable_bindings_prefix(name), tag.as_str())
+}
+
+/// The prefix of a repository's immutable tag bindings (the tag follows it).
+pub fn immutable_bindings_prefix(name: &RepoName) -> String {
+    format!("bindings/tags/{}/_/", repo_key(name))
 }
 
 pub fn tags_prefix(name: &RepoName) -> String {

@@ -473,6 +473,11 @@ async fn unbind<M, B: BlobStore>(stores: &Stores<M, B>, bindings: &[(String, Tag
 }
 
 /// A delete by digest of a manifest an immutable tag names is refused (it would drop the tag).
+///
+/// The bindings are read first: a first push binds its immutable tags before it stores the
+/// record this delete has read, and tags the manifest only after, so a delete that looked at
+/// tags alone could pass between the push's record and its tag, and both would succeed with
+/// the tag gone. A binding is there from before the record on (until a failed push undoes it).
 async fn refuse_deleting_what_immutable_tags_name<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     name: &RepoName,
@@ -481,6 +486,28 @@ async fn refuse_deleting_what_immutable_tags_name<M: MetaStore, B: BlobStore>(
     if !stores.config.immutable_tags.may_apply_to(name) {
         return Ok(());
     }
+    let prefix = keys::immutable_bindings_prefix(name);
+    let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
+    while let Some(objects) = pages.next().await? {
+        for object in &objects {
+            let Ok(tag) = Tag::parse(&object[prefix.len()..]) else { continue };
+            let Some(rule) = stores.config.immutable_tags.rule_for(name, &tag) else { continue };
+            let bound = match stores.blobs.read_bytes(object).await {
+                Ok(bound) => bound,
+                Err(StoreError::NotFound) => continue, // undone meanwhile
+                Err(e) => return Err(internal(e)),
+            };
+            if String::from_utf8_lossy(&bound).split(' ').next() == Some(digest.to_string().as_str()) {
+                return Err(immutable::refused(
+                    name,
+                    &tag,
+                    &rule,
+                    &format!("the manifest {digest} it is bound to cannot be deleted"),
+                ));
+            }
+        }
+    }
+    // Tags bound before bindings existed have none.
     let prefix = keys::tags_prefix(name);
     let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
     while let Some(objects) = pages.next().await? {

@@ -532,6 +532,25 @@ mod tests {
     }
 
     #[test]
+    fn a_delete_by_digest_between_a_first_pushs_record_and_its_immutable_tag_is_refused() {
+        let stores = immutable_stores("prod/*:v*");
+        // A first push of v1 has bound the tag and stored its record, and not yet set the tag.
+        let (_, digest) = push_manifest(&stores, "prod/web", &format!("{}", manifest_for("a").1), "a");
+        let (name, tag) = (crate::name::RepoName::parse("prod/web").unwrap(), crate::name::Tag::parse("v1").unwrap());
+        let binding = crate::keys::immutable_binding(&name, &tag);
+        block_on(stores.blobs.write_bytes(&binding, format!("{digest} 0").into_bytes())).unwrap();
+        // The delete comes in between: refused, since the tag is bound to that manifest.
+        let r = send(&stores, Method::DELETE, &format!("/v2/prod/web/manifests/{digest}"), vec![]);
+        assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::FORBIDDEN, "DENIED"));
+        assert!(detail(&r).contains("bound"), "{}", detail(&r));
+        // The push goes on and tags it: v1 resolves.
+        let (r, _) = push_manifest(&stores, "prod/web", "v1", "a");
+        assert_eq!(r.status, StatusCode::CREATED);
+        let r = send(&stores, Method::GET, "/v2/prod/web/manifests/v1", vec![]);
+        assert_eq!(r.headers["docker-content-digest"], digest.to_string());
+    }
+
+    #[test]
     fn a_first_push_that_fails_leaves_its_immutable_tag_free() {
         let mut stores = immutable_stores("prod/*:v*");
         // The manifest does not fit the quota (its config does): the push fails after binding.
