@@ -285,6 +285,13 @@ impl<'a> Link<'a> {
         Ok(Link { key, value, digest: digest.clone(), size, charged })
     }
 
+    /// Undo the link (only if it is still the one written here) and its quota charge: what it
+    /// was written for failed.
+    pub async fn undo<M: MetaStore, B>(self, stores: &Stores<M, B>) {
+        let _ = stores.meta.compare_and_swap(&self.key, &self.value, b"").await;
+        crate::quota::refund(stores, &self.digest, self.size, &self.charged).await;
+    }
+
     /// Undo the link (only if it is still the one written here) and its quota charge: the blob
     /// it was for was removed.
     pub async fn take_back<M: MetaStore, B>(self, stores: &Stores<M, B>) {

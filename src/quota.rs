@@ -260,7 +260,9 @@ async fn uncharge<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest, size:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::api::{push_blob, send};
     use crate::testing::{block_on, memory_stores};
+    use http::{Method, StatusCode};
 
     #[test]
     fn sizes_take_binary_units() {
@@ -379,5 +381,24 @@ mod tests {
         assert_eq!(block_on(used(&stores, quota)).unwrap(), 195, "the racer's link keeps the bytes counted");
         let other = RepoName::parse("other").unwrap();
         assert!(block_on(check(&stores, &other, None, 1 << 40)).is_ok(), "no rule, no quota");
+    }
+
+    #[test]
+    fn an_upload_whose_commit_fails_is_refunded_and_its_retry_counts_once() {
+        let mut stores = memory_stores();
+        stores.config.quotas = crate::quota::Quotas::parse("r 1MiB").unwrap();
+        let rule = stores.config.quotas.iter().next().unwrap().clone();
+        let layer = b"a layer";
+        let digest = Digest::of(Algorithm::Sha256, layer);
+        // The blob's record cannot be written: the finish fails after its link was charged.
+        stores.meta.fail_next_set("blob/");
+        let r = send(&stores, Method::POST, &format!("/v2/r/blobs/uploads/?digest={digest}"), layer.to_vec());
+        assert!(r.status.is_server_error(), "{}", r.status);
+        assert_eq!(block_on(crate::quota::used(&stores, &rule)).unwrap(), 0, "the failed finish was refunded");
+        let head = send(&stores, Method::HEAD, &format!("/v2/r/blobs/{digest}"), vec![]);
+        assert_eq!(head.status, StatusCode::NOT_FOUND, "and its link taken back");
+        // The client's retry stores it, counted once.
+        push_blob(&stores, "r", layer);
+        assert_eq!(block_on(crate::quota::used(&stores, &rule)).unwrap(), layer.len() as u64);
     }
 }

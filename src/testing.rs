@@ -6,13 +6,24 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 #[derive(Default)]
-pub struct MemMeta(pub RefCell<BTreeMap<String, Vec<u8>>>);
+pub struct MemMeta(pub RefCell<BTreeMap<String, Vec<u8>>>, RefCell<Option<String>>);
+
+impl MemMeta {
+    /// The next `set` of a key that starts with `prefix` fails, as a store that went away would.
+    pub fn fail_next_set(&self, prefix: &str) {
+        *self.1.borrow_mut() = Some(prefix.to_owned());
+    }
+}
 
 impl MetaStore for MemMeta {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.0.borrow().get(key).cloned())
     }
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        if self.1.borrow().as_deref().is_some_and(|prefix| key.starts_with(prefix)) {
+            self.1.borrow_mut().take();
+            return Err(StoreError::Unavailable(format!("set of {key} failed (test)")));
+        }
         self.0.borrow_mut().insert(key.to_owned(), value.to_vec());
         Ok(())
     }

@@ -149,7 +149,16 @@ pub async fn finish<M: MetaStore, B: BlobStore>(
     // collected before the link could be checked against it.
     let link = blobs::Link::write(stores, &repo, digest, record.size).await?;
     for _ in 0..4 {
-        match blobs::commit(stores, digest, &record).await? {
+        let committed = match blobs::commit(stores, digest, &record).await {
+            Ok(committed) => committed,
+            Err(err) => {
+                // The link goes with its quota charge: the finish fails, and the client's retry
+                // links (and is charged) again.
+                link.undo(stores).await;
+                return Err(err);
+            }
+        };
+        match committed {
             Commit::Adopted => {
                 // Keep the claim on the parts until the sweep has seen the record still names them.
                 let finished =
