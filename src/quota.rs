@@ -10,8 +10,14 @@
 //! - that addition is itself an `increment` whose result is the new total. A total over the limit
 //!   is taken back, and the push refused, so racing pushes never take the usage past the limit.
 //!
+//! - `quota/<ns>/pending` counts the bytes of unfinished uploads (their chunks so far): a chunk is
+//!   counted when it is appended, and the session's bytes go when it is finished (the blob is
+//!   then counted by its link) or cancelled (by its client, or by expiry). A chunk that would take
+//!   the stored bytes plus the pending ones past the limit is refused, so uploads that are never
+//!   finished cannot fill a namespace past its quota.
+//!
 //! Deleting a blob only unlinks it and frees nothing, so usage does not go down. Garbage
-//! collection, once it reclaims bytes, will give them back.
+//! collection, once it reclaims bytes, gives them back.
 
 use crate::auth::policy::glob_match;
 use crate::digest::{Algorithm, Digest};
@@ -33,6 +39,11 @@ impl Quota {
 
     fn bytes_key(&self) -> String {
         format!("quota/{}/bytes", self.id())
+    }
+
+    /// The bytes of unfinished uploads into the namespace's repositories.
+    fn pending_key(&self) -> String {
+        format!("quota/{}/pending", self.id())
     }
 
     fn blob_key(&self, digest: &Digest) -> String {
@@ -129,6 +140,60 @@ pub async fn used<M: MetaStore, B>(stores: &Stores<M, B>, quota: &Quota) -> Resu
     Ok(stores.meta.increment(&quota.bytes_key(), 0).await.map_err(store_error)?.max(0) as u64)
 }
 
+/// The bytes of the namespace's unfinished uploads.
+pub async fn pending<M: MetaStore, B>(stores: &Stores<M, B>, quota: &Quota) -> Result<u64, RegistryError> {
+    Ok(stores.meta.increment(&quota.pending_key(), 0).await.map_err(store_error)?.max(0) as u64)
+}
+
+/// Count a chunk of `size` bytes appended to an unfinished upload into `name`, in every
+/// namespace of it, or refuse it (and count nothing) when the namespace's stored bytes and
+/// unfinished uploads would go over its limit. Racing chunks each count themselves first and
+/// then compare, so they never pass the limit together.
+pub async fn charge_pending<M: MetaStore, B>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    size: u64,
+) -> Result<(), RegistryError> {
+    let mut counted: Vec<&Quota> = Vec::new();
+    for quota in stores.config.quotas.applying(name) {
+        let pending = match stores.meta.increment(&quota.pending_key(), size as i64).await {
+            Ok(pending) => pending.max(0) as u64,
+            Err(e) => {
+                uncharge_pending(stores, &counted, size).await;
+                return Err(store_error(e));
+            }
+        };
+        counted.push(quota);
+        let used = match used(stores, quota).await {
+            Ok(used) => used,
+            Err(e) => {
+                uncharge_pending(stores, &counted, size).await;
+                return Err(e);
+            }
+        };
+        if used.saturating_add(pending) > quota.limit {
+            uncharge_pending(stores, &counted, size).await;
+            return Err(exceeded(quota, used + pending - size, size));
+        }
+    }
+    Ok(())
+}
+
+/// An unfinished upload of `size` bytes into `name` is finished or cancelled: its bytes leave
+/// the pending counts (best effort: a failure leaves them too high, never too low).
+pub async fn release_pending<M: MetaStore, B>(stores: &Stores<M, B>, name: &RepoName, size: u64) {
+    if size > 0 {
+        let quotas: Vec<&Quota> = stores.config.quotas.applying(name).collect();
+        uncharge_pending(stores, &quotas, size).await;
+    }
+}
+
+async fn uncharge_pending<M: MetaStore, B>(stores: &Stores<M, B>, quotas: &[&Quota], size: u64) {
+    for quota in quotas {
+        let _ = stores.meta.increment(&quota.pending_key(), -(size as i64)).await;
+    }
+}
+
 /// Before any byte is stored: whether `size` more bytes (a blob not yet in the namespace) fit in
 /// every namespace of `name`. Racing pushes are caught for good by [`charge`].
 pub async fn check<M: MetaStore, B>(
@@ -143,7 +208,8 @@ pub async fn check<M: MetaStore, B>(
         {
             continue; // already counted here
         }
-        let used = used(stores, quota).await?;
+        // Unfinished uploads count too: what they hold is on the way to being stored.
+        let used = used(stores, quota).await?.saturating_add(pending(stores, quota).await?);
         if used.saturating_add(size) > quota.limit {
             return Err(exceeded(quota, used, size));
         }
@@ -400,5 +466,21 @@ mod tests {
         // The client's retry stores it, counted once.
         push_blob(&stores, "r", layer);
         assert_eq!(block_on(crate::quota::used(&stores, &rule)).unwrap(), layer.len() as u64);
+    }
+
+    #[test]
+    fn an_upload_that_expires_gives_its_unfinished_bytes_back() {
+        let mut stores = memory_stores();
+        stores.config.quotas = Quotas::parse("r 1MiB").unwrap();
+        let rule = stores.config.quotas.iter().next().unwrap().clone();
+        let opened = send(&stores, Method::POST, "/v2/r/blobs/uploads/", vec![]);
+        assert_eq!(opened.status, StatusCode::ACCEPTED);
+        let location = opened.headers["location"].to_str().unwrap().to_owned();
+        assert_eq!(send(&stores, Method::PATCH, &location, vec![7; 1234]).status, StatusCode::ACCEPTED);
+        assert_eq!(block_on(pending(&stores, &rule)).unwrap(), 1234);
+        crate::testing::advance_clock(stores.config.upload_expiry_secs + 1);
+        block_on(crate::uploads::sweep(&stores));
+        assert_eq!(block_on(pending(&stores, &rule)).unwrap(), 0, "the sweep cancelled it");
+        assert_eq!(block_on(used(&stores, &rule)).unwrap(), 0);
     }
 }

@@ -95,12 +95,18 @@ pub async fn append<M: MetaStore, B: BlobStore>(
     part: Part,
     written: &Written,
 ) -> Result<Option<Loaded>> {
+    let repo = RepoName::parse(&from.session.repo)?;
+    if let Err(refused) = crate::quota::charge_pending(stores, &repo, written.size).await {
+        blobs::discard(stores, &[part]).await;
+        return Err(refused);
+    }
     let next = from.session.advanced(part.clone(), &written.hashes, (stores.now)());
-    let appended = swap(stores, from, next).await?;
-    if appended.is_none() {
+    let appended = swap(stores, from, next).await;
+    if !matches!(appended, Ok(Some(_))) {
+        crate::quota::release_pending(stores, &repo, written.size).await;
         blobs::discard(stores, &[part]).await;
     }
-    Ok(appended)
+    appended
 }
 
 /// How a finish ended.
@@ -135,6 +141,11 @@ pub async fn finish<M: MetaStore, B: BlobStore>(
         }
         return Ok(Finish::Refused);
     };
+    // The chunks counted as pending (all but `last`, which the finish brought) leave the
+    // pending count: the blob is counted by its link below. The swap to `Closing` is the one
+    // step that happens once per session, so they leave it once.
+    let repo = RepoName::parse(&closing.session.repo)?;
+    crate::quota::release_pending(stores, &repo, from.session.size).await;
     let session = &closing.session;
     let record = BlobRecord::new(session.size, session.parts.clone());
     let actual = hash_of(stores, session, &record, digest).await?;
@@ -142,7 +153,6 @@ pub async fn finish<M: MetaStore, B: BlobStore>(
         cancel_claimed(stores, closing).await?;
         return Ok(Finish::Mismatch { actual });
     }
-    let repo = RepoName::parse(&session.repo)?;
     let (closing, record) = joined_for_redirects(stores, closing, record, digest).await?;
     // The link first: from here it holds the blob against garbage collection, which keeps a
     // blob linked less than `gc_grace_seconds` ago, so the record committed next is not
@@ -257,6 +267,10 @@ pub async fn cancel<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, mut from:
         }
         let cancelled = from.session.moved_to(SessionState::Cancelled, None, (stores.now)());
         if let Some(claimed) = swap(stores, &from, cancelled).await? {
+            // Its chunks leave the pending count once: only one request moves it from `Open`.
+            if let Ok(repo) = RepoName::parse(&claimed.session.repo) {
+                crate::quota::release_pending(stores, &repo, claimed.session.size).await;
+            }
             cancel_claimed(stores, claimed).await?;
             return Ok(true);
         }

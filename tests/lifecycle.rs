@@ -145,3 +145,61 @@ async fn racing_pushes_never_take_a_namespace_past_its_quota() {
     let usage = json(reg.get("/v2/_berth/quotas").await).await;
     assert_eq!(usage["quotas"][0]["used"], 5000, "{usage}");
 }
+
+/// The bytes of unfinished uploads and the namespace's quota usage, from the admin API.
+async fn quota_usage(reg: &Registry) -> (u64, u64) {
+    let usage = json(reg.get("/v2/_berth/quotas").await).await;
+    (usage["quotas"][0]["used"].as_u64().unwrap(), usage["quotas"][0]["uploading"].as_u64().unwrap())
+}
+
+/// Chunks of uploads not yet finished count against a quota: a chunk that would take the stored
+/// bytes plus the unfinished ones past the limit is refused; a cancelled upload gives its bytes
+/// back, a finished one turns them into stored bytes.
+#[tokio::test]
+async fn unfinished_uploads_count_against_a_quota_until_finished_or_cancelled() {
+    let (_data, _runner, reg) =
+        start_registry(RunnerOptions { args: vars(&[("quotas", "up/* 5000")]), ..Default::default() });
+    let a = reg.start_upload("up/a").await;
+    assert_eq!(reg.patch_chunk(&a, 0, &PseudoRandom::bytes(1, 3000)).await.status(), 202);
+    assert_eq!(quota_usage(&reg).await, (0, 3000));
+    // A second upload's chunk does not fit beside the first.
+    let b = reg.start_upload("up/b").await;
+    let blob = PseudoRandom::bytes(2, 3000);
+    let refused = reg.patch_chunk(&b, 0, &blob).await;
+    let (status, code, body) = error_code(refused).await;
+    assert_eq!((status, code.as_str()), (403, "DENIED"), "{body}");
+    let detail = body["errors"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("quota exceeded") && detail.contains("up/*"), "{body}");
+    assert_eq!(quota_usage(&reg).await, (0, 3000), "the refused chunk is not counted");
+    // The first upload is cancelled: its bytes go back, and the second's chunk fits.
+    assert_eq!(reg.http.delete(reg.at(&a)).send().await.unwrap().status(), 204);
+    assert_eq!(quota_usage(&reg).await, (0, 0));
+    let accepted = reg.patch_chunk(&b, 0, &blob).await;
+    assert_eq!(accepted.status(), 202);
+    assert_eq!(quota_usage(&reg).await, (0, 3000));
+    // Finished: stored bytes now, no longer unfinished ones.
+    let location = accepted.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(reg.finish_upload(&location, &sha256(&blob), &[]).await.status(), 201);
+    assert_eq!(quota_usage(&reg).await, (3000, 0));
+}
+
+/// Sixteen uploads append a 1000-byte chunk at once into ONE namespace with room for five: the
+/// pending count is the one key they race on, and exactly five chunks are taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_chunks_of_unfinished_uploads_never_take_a_namespace_past_its_quota() {
+    let (_data, _runner, reg) =
+        start_registry(RunnerOptions { args: vars(&[("quotas", "race/* 5000")]), ..Default::default() });
+    let mut sessions = Vec::new();
+    for i in 0..16 {
+        sessions.push(reg.start_upload(&format!("race/r{}", i % 4)).await);
+    }
+    let chunk = PseudoRandom::bytes(3, 1000);
+    let outcomes = futures::future::join_all(
+        sessions.iter().map(|location| async { outcome(reg.patch_chunk(location, 0, &chunk).await).await }),
+    )
+    .await;
+    let taken = outcomes.iter().filter(|o| o.0 == 202).count();
+    assert_eq!(taken, 5, "room for exactly five: {outcomes:?}");
+    assert!(outcomes.iter().filter(|o| o.0 != 202).all(|o| is_error(o, 403, "DENIED")), "{outcomes:?}");
+    assert_eq!(quota_usage(&reg).await, (0, 5000));
+}

@@ -77,7 +77,13 @@ pub async fn quotas<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>) -> Result
     let mut rules = Vec::new();
     for rule in stores.config.quotas.iter() {
         let used = quota::used(stores, rule).await?;
-        rules.push(serde_json::json!({ "repositories": rule.pattern, "limit": rule.limit, "used": used }));
+        let pending = quota::pending(stores, rule).await?;
+        rules.push(serde_json::json!({
+            "repositories": rule.pattern,
+            "limit": rule.limit,
+            "used": used,
+            "uploading": pending,
+        }));
     }
     let body = serde_json::to_vec(&serde_json::json!({ "quotas": rules })).expect("json");
     Ok(Response::new(StatusCode::OK).json(body))
