@@ -214,6 +214,45 @@ const PUSHES_EACH: u64 = 4;
 /// acknowledged manifest that was not deleted pulls whole (blobs checked against their
 /// digests), every tag pulls with skopeo, and after a last pass no blob is left that no manifest
 /// references, and no data object that neither a blob record nor a live upload session owns.
+/// Where the registry's key-value store is, for the checks that read it directly.
+#[derive(Clone)]
+enum Meta {
+    /// The runner's SQLite file under this data directory.
+    Sqlite(std::path::PathBuf),
+    /// A Redis server on this port of 127.0.0.1.
+    Redis(u16),
+}
+
+impl Meta {
+    /// Every key that starts with `prefix`, with its value.
+    fn values(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        match self {
+            Meta::Sqlite(data) => kv_values(data, prefix),
+            Meta::Redis(port) => {
+                let cli = |args: &[&str]| {
+                    let output = Command::new("redis-cli")
+                        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                        .args(args)
+                        .output()
+                        .unwrap();
+                    String::from_utf8_lossy(&output.stdout).into_owned()
+                };
+                let mut keys: Vec<String> =
+                    cli(&["--scan", "--pattern", &format!("{prefix}*")]).lines().map(str::to_owned).collect();
+                keys.sort();
+                keys.dedup();
+                keys.into_iter()
+                    .map(|key| {
+                        let value = cli(&["GET", &key]);
+                        let value = value.strip_suffix('\n').unwrap_or(&value).as_bytes().to_vec();
+                        (key, value)
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 /// Where the blob bytes live, for the last check.
 enum Store<'a> {
     Filesystem,
@@ -221,11 +260,14 @@ enum Store<'a> {
     S3(&'a common::s3::S3Server),
 }
 
+/// With `meta` on Redis, a second front end serves the same registry (shared Redis and S3):
+/// pushers and collectors are spread over both.
 async fn gc_races_pushers_and_deleters(
     mut options: RunnerOptions<'static>,
     store: Store<'_>,
     label: &str,
     collectors: usize,
+    redis: Option<&common::redis::RedisServer>,
 ) {
     // Short, so that layers deleted images left are collected while pushers reuse them. Link
     // times are whole seconds, so a grace of 2 keeps a link for at least one second: a finish
@@ -238,8 +280,18 @@ async fn gc_races_pushers_and_deleters(
     });
     println!("{label}: seed {seed} (replay with BERTH_GC_SEED={seed})");
     options.args.extend(vars(&[("gc_grace_seconds", &grace.to_string())]));
+    let second_options =
+        RunnerOptions { args: options.args.clone(), manifest: options.manifest.clone(), ..Default::default() };
     let leg = Leg::http_options(options);
     let reg = Arc::new(Registry::new(&leg.runner));
+    let meta = match redis {
+        Some(redis) => Meta::Redis(redis.port),
+        None => Meta::Sqlite(leg.runner.data.clone()),
+    };
+    let second_data = tempfile::tempdir().unwrap();
+    let second = redis.map(|_| Runner::start_with(second_data.path(), second_options));
+    let front_ends: Vec<Arc<Registry>> =
+        std::iter::once(reg.clone()).chain(second.iter().map(|r| Arc::new(Registry::new(r)))).collect();
     let mut choices = Choices(seed);
     let pool: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..10).map(|i| PseudoRandom::bytes(seed.wrapping_add(i), 1_000 + choices.below(40_000) as usize)).collect(),
@@ -254,10 +306,10 @@ async fn gc_races_pushers_and_deleters(
 
     let mut pushers = Vec::new();
     for pusher in 0..PUSHERS {
-        let (reg, pool, acked, refused, acks) =
-            (reg.clone(), pool.clone(), acked.clone(), refused.clone(), acks.clone());
+        let reg = front_ends[pusher as usize % front_ends.len()].clone();
+        let (pool, acked, refused, acks) = (pool.clone(), acked.clone(), refused.clone(), acks.clone());
         let mut choices = Choices(seed ^ (pusher + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let data = leg.runner.data.clone();
+        let meta = meta.clone();
         pushers.push(tokio::spawn(async move {
             for push in 0..PUSHES_EACH {
                 let repo = REPOS[choices.below(2) as usize];
@@ -301,8 +353,8 @@ async fn gc_races_pushers_and_deleters(
                                     .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(&v)))
                                     .collect::<Vec<_>>()
                             };
-                            let link = show(kv_values(&data, &format!("repo/{repo}/link/sha256/{hex}")));
-                            let record = show(kv_values(&data, &format!("blob/sha256/{hex}")));
+                            let link = show(meta.values(&format!("repo/{repo}/link/sha256/{hex}")));
+                            let record = show(meta.values(&format!("blob/sha256/{hex}")));
                             last_refusal = format!("{body} link={link:?} record={record:?}");
                         }
                         _ => panic!("pushing {repo}:{tag}: {status} {body}"),
@@ -341,8 +393,8 @@ async fn gc_races_pushers_and_deleters(
     // Collectors at once, each starting its steps from the beginning of the blob list: they walk
     // the same blobs together (the same records marked, looked at again and removed).
     let collectors: Vec<_> = (0..collectors)
-        .map(|_| {
-            let (url, done) = (leg.runner.url.clone(), done.clone());
+        .map(|i| {
+            let (url, done) = (front_ends[i % front_ends.len()].url.clone(), done.clone());
             tokio::spawn(async move {
                 let (mut steps, mut collected) = (0u64, 0u64);
                 while !done.load(Ordering::Relaxed) {
@@ -396,12 +448,11 @@ async fn gc_races_pushers_and_deleters(
                 let show = |pairs: Vec<(String, Vec<u8>)>| {
                     pairs.into_iter().map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(&v))).collect::<Vec<_>>()
                 };
-                let data = &leg.runner.data;
                 panic!(
                     "{repo}@{digest}: blob {blob_digest} answered {} (seed {seed}); record {:?}; links {:?}",
                     got.status(),
-                    show(kv_values(data, &format!("blob/sha256/{hex}"))),
-                    show(kv_values(data, "repo/").into_iter().filter(|(k, _)| k.ends_with(hex)).collect()),
+                    show(meta.values(&format!("blob/sha256/{hex}"))),
+                    show(meta.values("repo/").into_iter().filter(|(k, _)| k.ends_with(hex)).collect()),
                 );
             }
             assert_eq!(sha256(&got.bytes().await.unwrap()), blob_digest, "seed {seed}");
@@ -434,14 +485,20 @@ async fn gc_races_pushers_and_deleters(
     let last = gc_cli(&leg, &[], None);
     println!("{label}: last pass: {}", last.lines().last().unwrap_or_default());
     assert!(named(&gc_cli(&leg, &["--dry-run"], None)).is_empty());
-    nothing_unreferenced_is_left(&leg.runner.data, &reg, store, seed).await;
+    nothing_unreferenced_is_left(&leg.runner.data, &meta, &reg, store, seed).await;
 }
 
 /// No blob record that no manifest references; no data object that neither a record nor a live
 /// session owns. Prints the bytes measured on the store.
-async fn nothing_unreferenced_is_left(data: &std::path::Path, reg: &Registry, store: Store<'_>, seed: u64) {
+async fn nothing_unreferenced_is_left(
+    data: &std::path::Path,
+    meta: &Meta,
+    reg: &Registry,
+    store: Store<'_>,
+    seed: u64,
+) {
     let mut referenced = BTreeSet::new();
-    for (key, value) in kv_values(data, "repo/") {
+    for (key, value) in meta.values("repo/") {
         let Some((repo, digest)) = key.strip_prefix("repo/").and_then(|k| k.split_once("/manifest/")) else { continue };
         if value.is_empty() {
             continue;
@@ -457,7 +514,7 @@ async fn nothing_unreferenced_is_left(data: &std::path::Path, reg: &Registry, st
     let mut owned = BTreeMap::new();
     let mut recorded = BTreeSet::new();
     let mut live_bytes = 0;
-    for (key, value) in kv_values(data, "blob/") {
+    for (key, value) in meta.values("blob/") {
         if value.is_empty() {
             continue; // removed
         }
@@ -471,9 +528,8 @@ async fn nothing_unreferenced_is_left(data: &std::path::Path, reg: &Registry, st
     let unreferenced: Vec<String> = recorded
         .difference(&referenced)
         .map(|d| {
-            let value = kv_values(data, &format!("blob/{}", d.replacen(':', "/", 1)));
-            let links =
-                kv_values(data, "repo/").into_iter().filter(|(k, _)| k.contains("/link/") && k.ends_with(&d[7..]));
+            let value = meta.values(&format!("blob/{}", d.replacen(':', "/", 1)));
+            let links = meta.values("repo/").into_iter().filter(|(k, _)| k.contains("/link/") && k.ends_with(&d[7..]));
             let links: Vec<String> = links.map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(&v))).collect();
             format!("{d}: {} links {links:?}", String::from_utf8_lossy(&value[0].1))
         })
@@ -561,20 +617,22 @@ fn provider_lists_every_object(data: &std::path::Path, seed: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_racing_32_pushers_and_a_deleter_on_the_same_tags_and_layers_on_the_filesystem_store() {
-    gc_races_pushers_and_deleters(RunnerOptions::default(), Store::Filesystem, "filesystem store", 3).await;
+    gc_races_pushers_and_deleters(RunnerOptions::default(), Store::Filesystem, "filesystem store", 3, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_racing_32_pushers_and_a_deleter_on_the_same_tags_and_layers_on_the_key_value_provider() {
     let options = RunnerOptions { args: provider_args(), ..Default::default() };
-    gc_races_pushers_and_deleters(options, Store::Provider, "key-value provider", 3).await;
+    gc_races_pushers_and_deleters(options, Store::Provider, "key-value provider", 3, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn gc_racing_32_pushers_and_a_deleter_on_the_same_tags_and_layers_on_s3_with_redirects() {
+async fn gc_racing_32_pushers_and_a_deleter_on_the_same_tags_and_layers_over_two_front_ends_on_redis_and_s3() {
+    // Two front ends sharing one Redis and one S3 bucket (redirects on), a collector on each.
     let s3 = common::s3::S3Server::start();
-    let options = common::s3::cluster_options(&s3, None, 300);
-    gc_races_pushers_and_deleters(options, Store::S3(&s3), "S3 store", 2).await;
+    let redis = common::redis::RedisServer::start();
+    let options = common::s3::cluster_options(&s3, Some(&redis), 300);
+    gc_races_pushers_and_deleters(options, Store::S3(&s3), "Redis and S3, two front ends", 2, Some(&redis)).await;
 }
 
 /// Push, by HTTP, an artifact whose subject is `subject` (as cosign or oras attach a signature).
@@ -769,7 +827,7 @@ async fn a_collector_killed_mid_pass(store: Store<'_>, label: &str) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     check_kept(&runner, "after the last pass").await;
-    nothing_unreferenced_is_left(data.path(), &reg, store, seed).await;
+    nothing_unreferenced_is_left(data.path(), &Meta::Sqlite(data.path().to_owned()), &reg, store, seed).await;
 }
 
 /// Names of the objects under `prefix` on the filesystem store or the key-value provider.
