@@ -6,9 +6,14 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 #[derive(Default)]
-pub struct MemMeta(pub RefCell<BTreeMap<String, Vec<u8>>>, RefCell<Option<String>>);
+pub struct MemMeta(pub RefCell<BTreeMap<String, Vec<u8>>>, RefCell<Option<String>>, Cell<bool>);
 
 impl MemMeta {
+    /// From now on every `get` fails, as a store that went away would.
+    pub fn fail_gets(&self) {
+        self.2.set(true);
+    }
+
     /// The next `set` of a key that starts with `prefix` fails, as a store that went away would.
     pub fn fail_next_set(&self, prefix: &str) {
         *self.1.borrow_mut() = Some(prefix.to_owned());
@@ -17,6 +22,9 @@ impl MemMeta {
 
 impl MetaStore for MemMeta {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.2.get() {
+            return Err(StoreError::Unavailable(format!("get of {key} failed (test)")));
+        }
         Ok(self.0.borrow().get(key).cloned())
     }
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {

@@ -228,3 +228,52 @@ fn a_store_type_the_runner_does_not_support_stops_it_at_start_saying_so() {
     assert!(!output.status.success(), "the runner started: {stderr}");
     assert!(stderr.contains("[key_value_store.default]") && stderr.contains("\"azure_cosmos\""), "{stderr}");
 }
+
+// ---- probes --------------------------------------------------------------------------------
+
+/// `/healthz` answers while the instance serves; `/readyz` answers 503 while Redis is down
+/// (the log, not the answer, names the key-value store) and 200 again once it is back. Neither
+/// needs credentials, with authentication on.
+#[tokio::test]
+async fn readyz_is_503_while_redis_is_down_and_healthz_answers_throughout() {
+    let mut redis = RedisServer::start();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut options = redis.options(false);
+    options.args.extend(vars(&[
+        ("auth_mode", "basic"),
+        ("auth_users", &format!("admin:{SECRET_HASH}")),
+        ("auth_policy", "* admin pull,push"),
+    ]));
+    options.stderr = Some(log.path().to_owned());
+    let data = tempfile::tempdir().unwrap();
+    let runner = Runner::start_with(data.path(), options);
+    let probe = async |path: &str| {
+        let answer = client()
+            .get(format!("{}{path}", runner.url))
+            .timeout(std::time::Duration::from_secs(20))
+            .send()
+            .await
+            .unwrap();
+        (answer.status().as_u16(), json(answer).await["status"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(probe("/healthz").await, (200, "ok".to_owned()));
+    assert_eq!(probe("/readyz").await, (200, "ready".to_owned()));
+    assert_eq!(client().get(format!("{}/v2/", runner.url)).send().await.unwrap().status(), 401);
+
+    redis.stop();
+    assert_eq!(probe("/readyz").await, (503, "unavailable".to_owned()));
+    assert_eq!(probe("/healthz").await, (200, "ok".to_owned()));
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    assert!(logged.contains("berth: readyz: the key-value store is not ready"), "{logged}");
+
+    redis.restart();
+    let mut answers = Vec::new();
+    loop {
+        let answer = probe("/readyz").await;
+        if answer.0 == 200 {
+            break;
+        }
+        answers.push(answer);
+        assert!(answers.len() < 50, "readyz after Redis came back: {answers:?}");
+    }
+}

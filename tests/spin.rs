@@ -31,6 +31,18 @@ async fn spin_up_serves_pushes_and_pulls_through_the_key_value_provider() {
     assert_eq!(tags["tags"], serde_json::json!(["v1"]));
 }
 
+/// The probes under `spin up` too: the component answers them itself.
+#[tokio::test]
+async fn on_spin_healthz_and_readyz_answer() {
+    let Some(spin) = Spin::start(&[], None) else { return };
+    let reg = spin.registry();
+    for (path, word) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let answer = reg.get(path).await;
+        assert_eq!(answer.status(), 200, "{path}");
+        assert_eq!(json(answer).await["status"], word, "{path}");
+    }
+}
+
 /// Eight finishing PUTs of one session at once, on Spin's SQLite atomics: one wins (201), the
 /// others find the session taken (404), and the blob reads back whole, again and again.
 #[tokio::test]

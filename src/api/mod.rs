@@ -8,6 +8,7 @@ mod base;
 mod blobs;
 mod catalog;
 mod cursor;
+mod health;
 mod listing;
 mod login;
 pub(crate) mod manifests;
@@ -84,6 +85,10 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
 ) -> Result<(Response<B::Outgoing>, Option<Background<'a>>), RegistryError> {
     if token::serves(&req.path) {
         return Ok((token::handle(stores, req).await?, None));
+    }
+    // Before any authentication: probes carry no credentials, and answer nothing private.
+    if health::serves(&req.path) {
+        return Ok((health::handle(stores, outbound, &req).await?, None));
     }
     let route = namespaced_route(stores, &req, Route::parse(&req.path)?)?;
     // Before any password is checked: a name too long to be namespaced is the client's mistake.
