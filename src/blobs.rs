@@ -372,7 +372,7 @@ pub async fn remove<M, B: BlobStore>(stores: &Stores<M, B>, object: &str) -> Res
 pub async fn discard<M, B: BlobStore>(stores: &Stores<M, B>, parts: &[Part]) {
     for part in parts {
         if let Err(err) = remove(stores, &part.name).await {
-            eprintln!("berth: could not delete unreferenced object {}: {err}", part.name);
+            stores.log(format_args!("could not delete unreferenced object {}: {err}", part.name));
         }
     }
 }

@@ -147,10 +147,10 @@ async fn repository_step<M: MetaStore, B: BlobStore>(
         let (untagged, deleted): (Vec<_>, Vec<_>) = match done().await {
             Ok(done) => done,
             Err(err) => {
-                eprintln!(
-                    "berth: retention: repository {name} skipped: {}",
+                stores.log(format_args!(
+                    "retention: repository {name} skipped: {}",
                     err.detail.as_deref().unwrap_or(err.code.message())
-                );
+                ));
                 continue;
             }
         };
@@ -194,10 +194,10 @@ async fn blob_step<M: MetaStore, B: BlobStore>(
                 Ok(Outcome::Kept) => {}
                 // One blob that fails (a store error, a damaged record) does not stop the pass;
                 // the next pass tries it again.
-                Err(err) => eprintln!(
-                    "berth: gc: blob {digest} skipped: {}",
+                Err(err) => stores.log(format_args!(
+                    "gc: blob {digest} skipped: {}",
                     err.detail.as_deref().unwrap_or(err.code.message())
-                ),
+                )),
             }
         }
     }
@@ -222,7 +222,7 @@ async fn examine<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Dig
         return Ok(Outcome::Kept);
     }
     let Ok(record) = serde_json::from_slice::<BlobRecord>(&bytes) else {
-        eprintln!("berth: gc: the record of blob {digest} does not parse: kept");
+        stores.log(format_args!("gc: the record of blob {digest} does not parse: kept"));
         return Ok(Outcome::Kept);
     };
     if record.removed.is_some() {
@@ -309,7 +309,7 @@ async fn remove_condemned<M: MetaStore, B: BlobStore>(
         return Ok(Outcome::Kept); // a reference took the mark off
     }
     // From here the blob is gone for every reader; what is left is only cleanup.
-    eprintln!("berth: gc: removed blob {digest} ({} bytes): nothing references it", record.size);
+    stores.log(format_args!("gc: removed blob {digest} ({} bytes): nothing references it", record.size));
     finish_removal(stores, digest, &record, &removed, &again).await?;
     Ok(Outcome::Collected(record.size))
 }
@@ -375,7 +375,7 @@ async fn holds<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Diges
                     }
                 }
                 None => {
-                    eprintln!("berth: gc: unknown holder entry {object}: blob {digest} kept");
+                    stores.log(format_args!("gc: unknown holder entry {object}: blob {digest} kept"));
                     holds.live = true;
                 }
             }
@@ -510,7 +510,7 @@ async fn finish_unholds<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>) -> Re
             blobs::remove(stores, &intent).await?;
             continue;
         };
-        eprintln!("berth: gc: finishing the removal of holder entry {entry}, left by a collector that died");
+        stores.log(format_args!("gc: finishing the removal of holder entry {entry}, left by a collector that died"));
         restore_if_held(stores, &digest, &prefix, entry).await?;
         blobs::remove(stores, &intent).await?;
     }

@@ -387,6 +387,7 @@ mod tests {
             random: crate::testing::counter_random,
             now: crate::testing::test_clock,
             config: Default::default(),
+            request_id: crate::store::RequestId::made([1; 16]),
         };
         stores.config.quotas = Quotas::parse("team/* 1000").unwrap();
         let blob = digest(7);

@@ -303,7 +303,7 @@ pub async fn apply<M: MetaStore, B: BlobStore>(
     let mut untagged = Vec::new();
     for (tag, value) in plan.untag {
         if manifests::remove_tag(stores, name, &tag, |t| t.to_value().as_bytes() == value.as_slice()).await? {
-            eprintln!("berth: retention: untagged {name}:{} (rule {rule})", tag.as_str());
+            stores.log(format_args!("retention: untagged {name}:{} (rule {rule})", tag.as_str()));
             untagged.push(tag);
         }
     }
@@ -334,7 +334,7 @@ pub async fn apply<M: MetaStore, B: BlobStore>(
         if !stores.meta.compare_and_swap(&key, &marked, b"").await.map_err(internal)? {
             continue; // a push took the mark off
         }
-        eprintln!("berth: retention: deleted manifest {name}@{digest}: nothing kept reaches it (rule {rule})");
+        stores.log(format_args!("retention: deleted manifest {name}@{digest}: nothing kept reaches it (rule {rule})"));
         manifests::forget(stores, name, &digest, &record).await?;
         manifests::untag(stores, name, &digest, &record).await?;
         deleted.push(digest);

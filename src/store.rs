@@ -191,7 +191,7 @@ impl<B: BlobStore> Outbound<B> for NoOutbound {
     async fn pause(&self, _: u64) {}
 }
 
-/// Both stores, plus what the registry needs from its environment.
+/// Both stores, plus what the registry needs from its environment, for one request.
 pub struct Stores<M, B> {
     pub meta: M,
     pub blobs: B,
@@ -200,6 +200,49 @@ pub struct Stores<M, B> {
     /// Wall-clock time, in seconds since the Unix epoch.
     pub now: fn() -> u64,
     pub config: Config,
+    /// The request's id (its `X-Request-Id`, taken or made): in every log line it causes, in its
+    /// answer's headers, and in the detail of an internal error, so that a report finds the lines.
+    pub request_id: RequestId,
+}
+
+impl<M, B> Stores<M, B> {
+    /// Write a line to the log (the component's stderr), ending with the request's id.
+    pub fn log(&self, line: std::fmt::Arguments<'_>) {
+        eprintln!("berth: {line} (request {})", self.request_id.as_str());
+    }
+}
+
+/// A request id: 1 to 64 characters from `A-Z a-z 0-9 . _ -`, so that it cannot forge a log
+/// line or a header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// The client's (or a proxy's) `X-Request-Id`, when it is one.
+    pub fn parse(text: &str) -> Option<RequestId> {
+        let valid = !text.is_empty()
+            && text.len() <= 64
+            && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        valid.then(|| RequestId(text.to_owned()))
+    }
+
+    /// A new id, from 64 random bits.
+    pub fn made(random: [u8; 16]) -> RequestId {
+        RequestId(hex::encode(&random[..8]))
+    }
+
+    /// The request's `X-Request-Id` if valid, else a new one.
+    pub fn of(headers: &http::HeaderMap, random: fn() -> [u8; 16]) -> RequestId {
+        headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(RequestId::parse)
+            .unwrap_or_else(|| RequestId::made(random()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Settings (Spin variables in the component, parsed by [`crate::config`]).
@@ -250,6 +293,19 @@ pub fn hashes_for(algorithms: &[Algorithm]) -> Vec<RunningHash> {
 #[cfg(test)]
 mod tests {
     use super::counter_value;
+
+    #[test]
+    fn a_request_id_is_taken_only_when_it_cannot_forge_a_line_or_a_header() {
+        use super::RequestId;
+        assert_eq!(RequestId::parse("abc-123_X.y").unwrap().as_str(), "abc-123_X.y");
+        for bad in ["", "a b", "a\nberth: forged", "ü", &"x".repeat(65), "a;b"] {
+            assert_eq!(RequestId::parse(bad), None, "{bad:?}");
+        }
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(RequestId::of(&headers, || [7; 16]).as_str(), "0707070707070707", "made when absent");
+        headers.insert("x-request-id", http::HeaderValue::from_static("from-the-proxy"));
+        assert_eq!(RequestId::of(&headers, || [7; 16]).as_str(), "from-the-proxy");
+    }
 
     #[test]
     fn counters_read_as_either_backend_writes_them() {

@@ -198,6 +198,7 @@ pub fn memory_stores() -> Stores<MemMeta, MemBlobs> {
         random: counter_random,
         now: test_clock,
         config: Default::default(),
+        request_id: crate::store::RequestId::made([0xab; 16]),
     }
 }
 

@@ -220,12 +220,15 @@ async fn joined_for_redirects<M: MetaStore, B: BlobStore>(
     let record = match stores.blobs.compose(&name, record.extents(0, record.size)).await {
         Ok(Some(size)) if size == record.size => BlobRecord::new(size, vec![Part { name, size }]),
         Ok(Some(size)) => {
-            eprintln!("berth: joining the chunks of upload {} gave {size} bytes, not {}", session.id, record.size);
+            stores.log(format_args!(
+                "joining the chunks of upload {} gave {size} bytes, not {}",
+                session.id, record.size
+            ));
             record
         }
         Ok(None) => record,
         Err(e) => {
-            eprintln!("berth: joining the chunks of upload {} failed ({e}): its blob is streamed", session.id);
+            stores.log(format_args!("joining the chunks of upload {} failed ({e}): its blob is streamed", session.id));
             record
         }
     };
@@ -320,7 +323,7 @@ async fn release<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, claimed: Loa
 /// finished uploads. Failures are logged; a later step tries again.
 pub async fn sweep<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>) {
     if let Err(err) = sweep_step(stores).await {
-        eprintln!("berth: upload sweep: {err}");
+        stores.log(format_args!("upload sweep: {err}"));
     }
 }
 

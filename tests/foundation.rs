@@ -203,15 +203,17 @@ async fn a_missing_store_label_gives_a_clean_error() {
     let log = data.path().join("stderr.log");
     let options = RunnerOptions { manifest: manifest_path, stderr: Some(log.clone()), ..Default::default() };
     let runner = Runner::start_with(&data.path().join("data"), options);
-    let (status, code, body) =
-        error_code(client().get(format!("{}/v2/a/blobs/{}", runner.url, sha256(b""))).send().await.unwrap()).await;
+    let answer = client().get(format!("{}/v2/a/blobs/{}", runner.url, sha256(b""))).send().await.unwrap();
+    let request_id = header(&answer, "x-request-id");
+    let (status, code, body) = error_code(answer).await;
     assert_eq!((status, code.as_str()), (500, "INTERNAL_ERROR"));
-    // The client gets a reference; the operator reads what failed in the log, under it.
+    // The client gets the request's id; the operator reads what failed in the log, under it.
     let detail = body["errors"][0]["detail"].as_str().unwrap();
     let reference = detail
-        .strip_prefix("internal error ")
-        .and_then(|rest| rest.split(':').next())
+        .strip_prefix("internal error (request ")
+        .and_then(|rest| rest.split(')').next())
         .unwrap_or_else(|| panic!("a reference, not the store's message: {detail}"));
+    assert_eq!(reference, request_id, "the reference is the request's id");
     assert!(!detail.contains("default") && !detail.contains("access denied"), "{detail}");
     let logged = std::fs::read_to_string(&log).unwrap();
     let line = logged.lines().find(|l| l.contains(reference)).unwrap_or_else(|| panic!("{logged}"));
@@ -347,4 +349,49 @@ async fn a_64_mib_blob_streams_through_with_bounded_memory() {
     let (idle, peak) = stream_through(64 * 1024 * 1024).await;
     println!("runner RSS: idle {} MiB, peak while streaming 64 MiB {} MiB", idle >> 20, peak >> 20);
     assert!(peak < 200 * 1024 * 1024, "peak RSS {} MiB", peak >> 20);
+}
+
+/// `--log-format json`: one JSON object per request on standard output, with the request's id,
+/// taken from `X-Request-Id` or made; the same id in the answer's `X-Request-Id` and at the end of
+/// every line the component logs for that request.
+#[tokio::test]
+async fn every_request_has_an_id_in_its_answer_its_json_log_line_and_the_components_lines() {
+    let data = tempfile::tempdir().unwrap();
+    let log = data.path().join("stderr.log");
+    let mut args = vec!["--log-format".to_owned(), "json".to_owned()];
+    args.extend(vars(&[("gc_grace_seconds", "0")]));
+    let options = RunnerOptions { args, stderr: Some(log.clone()), ..Default::default() };
+    let runner = Runner::start_with(&data.path().join("data"), options);
+    let blob = b"an unreferenced layer".to_vec();
+    let pushed = client()
+        .post(push_url(&runner, "app", &sha256(&blob)))
+        .header("x-request-id", "push-1")
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((pushed.status().as_u16(), header(&pushed, "x-request-id")), (201, "push-1".to_owned()));
+    // An id that could forge a log line is replaced by one made here.
+    let forged = client().get(format!("{}/v2/", runner.url)).header("x-request-id", "a\tb").send().await.unwrap();
+    let made = header(&forged, "x-request-id");
+    assert!(made.len() == 16 && made.bytes().all(|b| b.is_ascii_hexdigit()), "{made}");
+    // A collection step that removes the blob logs it under its own id.
+    let step = client().post(format!("{}/v2/_berth/gc", runner.url)).header("x-request-id", "gc-7").send().await;
+    assert_eq!(step.unwrap().status(), 200);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let removal = format!("berth: gc: removed blob {}", sha256(&blob));
+    let line = logged.lines().find(|l| l.starts_with(&removal)).unwrap_or_else(|| panic!("{logged}"));
+    assert!(line.ends_with("(request gc-7)"), "{line}");
+    // The request log: JSON objects with the fields a pipeline indexes.
+    let lines: Vec<serde_json::Value> =
+        runner.log().iter().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let push = lines.iter().find(|l| l["request_id"] == "push-1").unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(push["method"], "POST");
+    assert_eq!(push["route"], "uploads");
+    assert_eq!(push["repository"], "app");
+    assert_eq!(push["status"], 201);
+    assert!(push["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{push}");
+    assert!(push["duration_ms"].is_number() && push["bytes"].is_number(), "{push}");
+    assert!(push["time"].as_str().unwrap().ends_with('Z'), "{push}");
+    assert!(lines.iter().any(|l| l["request_id"] == made.as_str() && l["route"] == "base"), "{lines:#?}");
 }

@@ -33,7 +33,7 @@ async fn spin_up_serves_pushes_and_pulls_through_the_key_value_provider() {
 
 /// The probes under `spin up` too: the component answers them itself.
 #[tokio::test]
-async fn on_spin_healthz_and_readyz_answer() {
+async fn on_spin_healthz_and_readyz_answer_and_answers_carry_the_request_id() {
     let Some(spin) = Spin::start(&[], None) else { return };
     let reg = spin.registry();
     for (path, word) in [("/healthz", "ok"), ("/readyz", "ready")] {
@@ -41,6 +41,11 @@ async fn on_spin_healthz_and_readyz_answer() {
         assert_eq!(answer.status(), 200, "{path}");
         assert_eq!(json(answer).await["status"], word, "{path}");
     }
+    // The component names every request by its id under Spin too: the client's, or one it made.
+    let given = client().get(reg.at("/v2/")).header("x-request-id", "from-spin-test").send().await.unwrap();
+    assert_eq!(header(&given, "x-request-id"), "from-spin-test");
+    let made = header(&client().get(reg.at("/v2/")).send().await.unwrap(), "x-request-id");
+    assert_eq!(made.len(), 16, "{made}");
 }
 
 /// Eight finishing PUTs of one session at once, on Spin's SQLite atomics: one wins (201), the

@@ -15,6 +15,7 @@ mod kv_redis;
 mod limits;
 mod manifest;
 mod outbound;
+mod request_log;
 mod runtime_config;
 mod serve;
 mod streams;
@@ -93,6 +94,11 @@ struct UpArgs {
     /// Requests one component instance serves at once.
     #[arg(long, default_value_t = 16)]
     instance_concurrency: usize,
+    /// The request log on standard output: a line per request for people, or a JSON object per
+    /// line for log pipelines. Each carries the request's id (X-Request-Id, taken or made), which
+    /// the component's lines on standard error end with too.
+    #[arg(long, value_enum, default_value_t = request_log::LogFormat::Text)]
+    log_format: request_log::LogFormat,
     /// Timeouts and caps against slow or idle clients.
     #[command(flatten)]
     limits: limits::Limits,
@@ -120,6 +126,7 @@ fn main() -> Result<()> {
 }
 
 async fn up(args: UpArgs) -> Result<()> {
+    request_log::set_format(args.log_format);
     let mut app = manifest::App::load(&args.manifest)?;
     if let Some(component) = &args.component {
         app.source = component.clone();

@@ -6,6 +6,7 @@
 use crate::host::Handler;
 use crate::limits::{self, Connection, InFlight, Limits, Lingering, Reason, StallGuard, Watched};
 use crate::manifest::App;
+use crate::request_log::{self, RequestLine};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -17,7 +18,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -267,10 +268,18 @@ async fn handle(
     edge_body_cap: Option<u64>,
     req: hyper::Request<RequestBody>,
 ) -> Result<hyper::Response<ResponseBody>, std::convert::Infallible> {
-    let start = Instant::now();
     let (mut parts, body) = req.into_parts();
-    let line = RequestLine { method: parts.method.to_string(), path: parts.uri.path().to_owned(), start };
-    let refused = |status: u16, response: hyper::Response<ResponseBody>, line: RequestLine, in_flight: InFlight| {
+    // The request's id, the client's or a new one: the component logs and answers the same.
+    let request_id = request_log::request_id(&parts.headers);
+    if let Ok(value) = http::HeaderValue::from_str(&request_id) {
+        parts.headers.insert(request_log::REQUEST_ID, value);
+    }
+    let client = parts.headers.get("spin-client-addr").and_then(|v| v.to_str().ok()?.parse().ok());
+    let line = RequestLine::new(&parts, client, request_id.clone());
+    let refused = |status: u16, mut response: hyper::Response<ResponseBody>, line: RequestLine, in_flight: InFlight| {
+        if let Ok(value) = http::HeaderValue::from_str(&line.request_id) {
+            response.headers_mut().insert(request_log::REQUEST_ID, value);
+        }
         Ok(response.map(|body| {
             LoggedBody { inner: body, bytes: 0, expected: None, status, line: Some(line), _in_flight: in_flight }
                 .boxed_unsync()
@@ -309,6 +318,12 @@ async fn handle(
             )
         }
     };
+    let mut response = response;
+    if !response.headers().contains_key(request_log::REQUEST_ID)
+        && let Ok(value) = http::HeaderValue::from_str(&request_id)
+    {
+        response.headers_mut().insert(request_log::REQUEST_ID, value);
+    }
     let status = response.status().as_u16();
     if let Some(over) = over_edge_cap(edge_body_cap, response.headers(), response.body().size_hint().exact()) {
         eprintln!(
@@ -349,12 +364,6 @@ fn error_response(status: u16, code: &str, message: &str, detail: &str) -> hyper
         .expect("static response")
 }
 
-struct RequestLine {
-    method: String,
-    path: String,
-    start: Instant,
-}
-
 /// A response body that counts what it sends and logs the request when it is done (or dropped,
 /// if the client went away).
 struct LoggedBody<B> {
@@ -371,8 +380,7 @@ struct LoggedBody<B> {
 impl<B> LoggedBody<B> {
     fn log(&mut self, outcome: &str) {
         if let Some(line) = self.line.take() {
-            let ms = line.start.elapsed().as_secs_f64() * 1000.0;
-            println!("{} {} {} {}B {ms:.1}ms{outcome}", line.method, line.path, self.status, self.bytes);
+            line.write(self.status, self.bytes, outcome);
         }
     }
 }

@@ -57,7 +57,7 @@ async fn ready<M: MetaStore, B: BlobStore, O: Outbound<B>>(stores: &Stores<M, B>
     let mut ready = true;
     for (backend, outcome) in checks {
         if let Err(why) = outcome {
-            eprintln!("berth: readyz: the {backend} is not ready: {why}");
+            stores.log(format_args!("readyz: the {backend} is not ready: {why}"));
             ready = false;
         }
     }
@@ -158,6 +158,7 @@ mod tests {
             random: crate::testing::counter_random,
             now: crate::testing::test_clock,
             config: Default::default(),
+            request_id: crate::store::RequestId::made([1; 16]),
         };
         // NoOutbound's pause is over at once: the deadline is due as soon as the check waits.
         let req = Request {

@@ -459,7 +459,10 @@ async fn bind<M: MetaStore, B: BlobStore>(
         if !left_by_a_dead_push {
             return Err(moved());
         }
-        eprintln!("berth: immutable tag {name}:{} was bound by a push that never finished: taken over", tag.as_str());
+        stores.log(format_args!(
+            "immutable tag {name}:{} was bound by a push that never finished: taken over",
+            tag.as_str()
+        ));
         blobs::remove(stores, &binding).await?;
     }
     Err(moved())

@@ -143,7 +143,7 @@ async fn refresh_tag<M: MetaStore, B: BlobStore, O: Outbound<B>>(
     let stale = async |why: String| -> Result<Option<String>> {
         match &cached {
             Some(_) => {
-                eprintln!("berth: mirror: serving {name}:{} from the cache: {why}", tag.as_str());
+                stores.log(format_args!("mirror: serving {name}:{} from the cache: {why}", tag.as_str()));
                 // Best effort: the requests that waited for this attempt take its answer.
                 let failed = format!("{} {why}", (stores.now)());
                 let _ = stores.meta.set(&keys::mirror_unconfirmed(name, tag), failed.as_bytes()).await;
@@ -165,7 +165,7 @@ async fn refresh_tag<M: MetaStore, B: BlobStore, O: Outbound<B>>(
         404 => {
             if let Some(digest) = &cached {
                 super::manifests::remove_tag(stores, name, tag, |t| t.digest == *digest).await?;
-                eprintln!("berth: mirror: {name}:{} is gone upstream: untagged here", tag.as_str());
+                stores.log(format_args!("mirror: {name}:{} is gone upstream: untagged here", tag.as_str()));
             }
             return Err(RegistryError::new(
                 ErrorCode::ManifestUnknown,
@@ -410,7 +410,10 @@ async fn fetch_blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
             None => store.await,
         };
         if let Err(err) = &kept {
-            eprintln!("berth: mirror: blob {digest} of {name} not cached: {}", err.detail.as_deref().unwrap_or("?"));
+            stores.log(format_args!(
+                "mirror: blob {digest} of {name} not cached: {}",
+                err.detail.as_deref().unwrap_or("?")
+            ));
         }
         if let Some(claim) = claim {
             claim::release(stores, claim, kept.is_ok()).await;

@@ -46,35 +46,37 @@ pub async fn handle_with<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     outbound: &'a O,
     req: Request<B::Incoming>,
 ) -> (Response<B::Outgoing>, Option<Background<'a>>) {
-    let response = match dispatch(stores, outbound, req).await {
-        Ok(answer) => return answer,
+    let id = stores.request_id.clone();
+    let (response, background) = match dispatch(stores, outbound, req).await {
+        Ok(answer) => answer,
         // Said for the user (an upstream the mirror cannot reach): passed on as it is.
-        Err(err) if err.code == ErrorCode::Unavailable && err.told => Response::error(&err),
+        Err(err) if err.code == ErrorCode::Unavailable && err.told => (Response::error(&err), None),
         Err(err) if err.code == ErrorCode::Unavailable => {
             // The backend's message (which may name hosts) goes to the log, not to clients.
-            eprintln!("berth: storage unavailable: {}", err.detail.as_deref().unwrap_or("?"));
-            Response::error(&RegistryError::new(
-                ErrorCode::Unavailable,
-                "a storage backend of the registry is unavailable: try again later",
-            ))
+            stores.log(format_args!("storage unavailable: {}", err.detail.as_deref().unwrap_or("?")));
+            let said =
+                format!("a storage backend of the registry is unavailable: try again later (request {})", id.as_str());
+            (Response::error(&RegistryError::new(ErrorCode::Unavailable, said)), None)
         }
-        Err(err) => error_response(&err, (stores.random)()),
+        Err(err) => (error_response(&err, &id), None),
     };
-    (response, None)
+    (response.header(REQUEST_ID, id.as_str()), background)
 }
 
+/// Every answer names its request: the id to quote in a report, found in every log line.
+pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// The answer to an error. An internal error's detail (a store's message, an object's key, a
-/// variable's name) goes to the log under a reference, and the client gets the reference only,
-/// to quote in a report; errors said for the user (`told`) pass as they are.
-pub fn error_response<S>(err: &RegistryError, random: [u8; 16]) -> Response<S> {
+/// variable's name) goes to the log, under the request's id, and the client gets the id only, to
+/// quote in a report; errors said for the user (`told`) pass as they are.
+pub fn error_response<S>(err: &RegistryError, id: &crate::store::RequestId) -> Response<S> {
     if err.code != ErrorCode::Internal || err.told {
         return Response::error(err);
     }
-    let reference = hex::encode(&random[..6]);
-    eprintln!("berth: internal error {reference}: {}", err.detail.as_deref().unwrap_or("?"));
+    eprintln!("berth: internal error: {} (request {})", err.detail.as_deref().unwrap_or("?"), id.as_str());
     Response::error(&RegistryError::new(
         ErrorCode::Internal,
-        format!("internal error {reference}: the registry's log says what failed"),
+        format!("internal error (request {}): the registry's log says what failed", id.as_str()),
     ))
 }
 
@@ -419,14 +421,12 @@ mod tests {
     #[test]
     fn an_internal_error_answers_a_reference_and_keeps_its_detail_for_the_log() {
         let err = RegistryError::new(ErrorCode::Internal, "corrupt record at repo/secret/app/link/sha256/ab");
-        let r: Response<Vec<u8>> = error_response(&err, [7; 16]);
+        let id = crate::store::RequestId::made([7; 16]);
+        let r: Response<Vec<u8>> = error_response(&err, &id);
         assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"));
-        assert_eq!(detail(&r), "internal error 070707070707: the registry's log says what failed");
+        assert_eq!(detail(&r), "internal error (request 0707070707070707): the registry's log says what failed");
         let told = RegistryError::new(ErrorCode::Internal, "the registry is misconfigured: its log says why").told();
-        assert_eq!(
-            detail(&error_response::<Vec<u8>>(&told, [7; 16])),
-            "the registry is misconfigured: its log says why"
-        );
+        assert_eq!(detail(&error_response::<Vec<u8>>(&told, &id)), "the registry is misconfigured: its log says why");
     }
 
     #[test]

@@ -69,7 +69,9 @@ pub async fn turn<M: MetaStore, B: BlobStore, O: Outbound<B>>(
             return Ok(Turn::Ready);
         }
         if (stores.now)().saturating_sub(came) >= MAX_WAIT_SECS {
-            eprintln!("berth: mirror: waited {MAX_WAIT_SECS} s for another request's fetch ({chain}): fetching too");
+            stores.log(format_args!(
+                "mirror: waited {MAX_WAIT_SECS} s for another request's fetch ({chain}): fetching too"
+            ));
             return Ok(Turn::Alone);
         }
         match take(stores, outbound, chain).await? {
@@ -132,7 +134,7 @@ async fn take<M: MetaStore, B: BlobStore, O: Outbound<B>>(
                     Err(StoreError::AlreadyExists) => {
                         unreadable += 1;
                         if unreadable >= EMPTY_TRIES {
-                            eprintln!("berth: mirror: fetch claim {link} was left empty by a crash: removed");
+                            stores.log(format_args!("mirror: fetch claim {link} was left empty by a crash: removed"));
                             let _ = stores.blobs.delete(&link).await;
                             unreadable = 0;
                         } else if unreadable > 1 {

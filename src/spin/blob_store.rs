@@ -39,7 +39,8 @@ impl BodyEnd {
     }
 }
 
-pub struct WitBlobStore;
+/// The blob store for one request (its id, for the lines a transfer logs after the answer).
+pub struct WitBlobStore(pub crate::store::RequestId);
 
 fn from_wit(e: wit::Error) -> StoreError {
     match e {
@@ -99,9 +100,10 @@ impl BlobStore for WitBlobStore {
         let (stream, done) = wit::read_extents(extents).await.map_err(from_wit)?;
         // Keep a task waiting until the bytes have gone: it tells the host that this instance
         // still has a transfer in flight, and logs one that broke.
+        let request = self.0.clone();
         spin_sdk::wasip3::spawn(async move {
             if let Err(e) = done.await {
-                eprintln!("berth: blob transfer ended early: {}", from_wit(e));
+                eprintln!("berth: blob transfer ended early: {} (request {})", from_wit(e), request.as_str());
             }
         });
         Ok(stream)

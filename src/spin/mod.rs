@@ -9,7 +9,7 @@ mod outbound;
 
 use crate::errcode::{ErrorCode, RegistryError};
 use crate::message::{Body, Request};
-use crate::store::{Config, Stores};
+use crate::store::{Config, RequestId, Stores};
 use blob_store::{BodyEnd, IncomingBody, WitBlobStore};
 use key_value::KvMetaStore;
 use spin_sdk::wasip3::http::types::{self, Fields};
@@ -40,16 +40,24 @@ impl spin_sdk::wasip3::exports::http::handler::Guest for Berth {
 }
 
 async fn handle(request: types::Request) -> Result<types::Response, WasiErrorCode> {
+    let request = from_wasi_request(request)?;
+    // berth-runner sets one on every request (the client's, or one it made); under Spin the
+    // client's, or one made here.
+    let request_id = RequestId::of(&request.headers, random);
+    let failed = |err: &RegistryError| {
+        let response = crate::api::error_response(err, &request_id).header(crate::api::REQUEST_ID, request_id.as_str());
+        Ok(into_wasi_response(response))
+    };
     let meta = match KvMetaStore::open("default").await {
         Ok(meta) => meta,
-        Err(err) => return Ok(into_wasi_response(crate::api::error_response(&err, random()))),
+        Err(err) => return failed(&err),
     };
     let config = match config().await {
         Ok(config) => config,
-        Err(err) => return Ok(into_wasi_response(crate::api::error_response(&err, random()))),
+        Err(err) => return failed(&err),
     };
-    let stores = Stores { meta, blobs: WitBlobStore, random, now, config };
-    let request = from_wasi_request(request)?;
+    let blobs = WitBlobStore(request_id.clone());
+    let stores = Stores { meta, blobs, random, now, config, request_id };
     if request.path == "/v2/" {
         check_storage_once(&stores).await;
     }
