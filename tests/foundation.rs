@@ -395,3 +395,24 @@ async fn every_request_has_an_id_in_its_answer_its_json_log_line_and_the_compone
     assert!(push["time"].as_str().unwrap().ends_with('Z'), "{push}");
     assert!(lines.iter().any(|l| l["request_id"] == made.as_str() && l["route"] == "base"), "{lines:#?}");
 }
+
+/// Plain HTTP only by explicit opt-in: `up` on an address beyond this machine without a
+/// certificate refuses to start, saying how to serve HTTPS or to opt in (it binds nothing).
+#[test]
+fn plain_http_beyond_loopback_is_refused_at_start_without_insecure_http() {
+    let data = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(&artifacts().runner)
+        .args(["up", "--listen", "0.0.0.0:0", "--no-compile-cache", "--manifest"])
+        .arg(repo_root().join("spin.toml"))
+        .arg("--component")
+        .arg(&artifacts().component)
+        .arg("--data")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "it started: {stderr}");
+    assert!(stderr.contains("refusing to serve plain HTTP on 0.0.0.0:0"), "{stderr}");
+    assert!(stderr.contains("--tls-cert") && stderr.contains("--insecure-http"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("serving"), "it never served");
+}

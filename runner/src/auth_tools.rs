@@ -90,9 +90,34 @@ pub fn open_registry_warning(listen: std::net::SocketAddr) -> Option<String> {
     })
 }
 
+/// Why `up` refuses to start: plain HTTP on an address beyond this machine, unless asked for.
+pub fn plain_http_refusal(listen: std::net::SocketAddr, tls: bool, insecure_http: bool) -> Option<String> {
+    (!tls && !insecure_http && !listen.ip().is_loopback()).then(|| {
+        format!(
+            "refusing to serve plain HTTP on {listen}, beyond this machine: passwords, tokens and images would \
+             cross the network in the clear. Give --tls-cert and --tls-key (README, HTTPS), or --insecure-http \
+             to serve plain HTTP on purpose (behind a proxy that terminates TLS)."
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_beyond_this_machine_is_refused_unless_asked_for() {
+        let beyond: std::net::SocketAddr = "0.0.0.0:5000".parse().unwrap();
+        let lan: std::net::SocketAddr = "192.168.1.10:5000".parse().unwrap();
+        let loopback: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let v6_loopback: std::net::SocketAddr = "[::1]:5000".parse().unwrap();
+        assert!(plain_http_refusal(beyond, false, false).unwrap().contains("--insecure-http"));
+        assert!(plain_http_refusal(lan, false, false).is_some());
+        assert_eq!(plain_http_refusal(beyond, true, false), None, "HTTPS");
+        assert_eq!(plain_http_refusal(beyond, false, true), None, "asked for");
+        assert_eq!(plain_http_refusal(loopback, false, false), None);
+        assert_eq!(plain_http_refusal(v6_loopback, false, false), None);
+    }
 
     #[test]
     fn hashes_verify_and_lines_carry_the_user() {

@@ -68,6 +68,11 @@ struct UpArgs {
     /// The PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address beyond this machine (behind a proxy that terminates TLS,
+    /// say). Without it, `up` refuses to start there without --tls-cert/--tls-key: credentials
+    /// and images must not cross a network in the clear by mistake.
+    #[arg(long)]
+    insecure_http: bool,
     /// A Spin runtime config file (the one `spin up --runtime-config-file` reads): its
     /// `[key_value_store.<label>]` tables put stores on Redis (`type = "redis"`, `url`) or on
     /// SQLite (`type = "spin"`, optional `path`). Labels it does not name: SQLite under --data.
@@ -162,6 +167,9 @@ async fn up(args: UpArgs) -> Result<()> {
         (Some(cert), Some(key)) => Some(serve::tls_acceptor(cert, key)?),
         _ => None,
     };
+    if let Some(refusal) = auth_tools::plain_http_refusal(args.listen, tls.is_some(), args.insecure_http) {
+        anyhow::bail!(refusal);
+    }
     let engine = host::engine()?;
     let cache = match (&args.compile_cache, args.no_compile_cache) {
         (_, true) => None,
