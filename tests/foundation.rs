@@ -416,3 +416,83 @@ fn plain_http_beyond_loopback_is_refused_at_start_without_insecure_http() {
     assert!(stderr.contains("--tls-cert") && stderr.contains("--insecure-http"), "{stderr}");
     assert!(!String::from_utf8_lossy(&output.stdout).contains("serving"), "it never served");
 }
+
+/// `--metrics-listen`: Prometheus metrics on a listener of their own, which `promtool check
+/// metrics` accepts and a real Prometheus scrapes: requests by endpoint family, method and
+/// status, their latency, and the bytes in and out.
+#[tokio::test]
+async fn metrics_are_served_apart_checked_by_promtool_and_scraped_by_prometheus() {
+    use common::clients::ensure_installed;
+    use common::process::{free_port, stop_by_pid, wait_until};
+    ensure_installed("prometheus");
+    let data = tempfile::tempdir().unwrap();
+    let args = vec!["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()];
+    let runner = Runner::start_with(&data.path().join("data"), RunnerOptions { args, ..Default::default() });
+    let metrics_url = runner
+        .log()
+        .iter()
+        .find_map(|l| l.strip_prefix("berth-runner: metrics on ").map(str::to_owned))
+        .unwrap_or_else(|| panic!("{:?}", runner.log()));
+    let blob = b"counted".to_vec();
+    assert_eq!(client().post(push_url(&runner, "app", &sha256(&blob))).body(blob).send().await.unwrap().status(), 201);
+    let missing = client().get(format!("{}/v2/app/manifests/nothing", runner.url)).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    missing.bytes().await.unwrap();
+    // Not on the registry's port.
+    assert_eq!(client().get(format!("{}/metrics", runner.url)).send().await.unwrap().status(), 404);
+
+    let text = client().get(&metrics_url).send().await.unwrap().text().await.unwrap();
+    for expected in [
+        r#"berth_http_requests_total{route="uploads",method="POST",status="201"} 1"#,
+        r#"berth_http_requests_total{route="manifests",method="GET",status="404"} 1"#,
+        "berth_http_request_duration_seconds_bucket",
+        "berth_http_request_body_bytes_total 7",
+        "berth_connections_open",
+    ] {
+        assert!(text.contains(expected), "{expected} in\n{text}");
+    }
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    // A real Prometheus scrapes it every second; its query API then has the request counts.
+    let dir = tempfile::tempdir().unwrap();
+    let target = metrics_url.trim_start_matches("http://").trim_end_matches("/metrics");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: berth\n    static_configs:\n      - targets: ['{target}']\n"
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let port = free_port();
+    let log = dir.path().join("prometheus.log");
+    let mut prometheus = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let query = format!(
+        "http://127.0.0.1:{port}/api/v1/query?query=berth_http_requests_total%7Broute%3D%22uploads%22%2Cstatus%3D%22201%22%7D"
+    );
+    let scraped = || {
+        let output = std::process::Command::new("curl").args(["-s", &query]).output().unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        body["data"]["result"][0]["value"][1] == "1"
+    };
+    wait_until("prometheus scraping berth", std::time::Duration::from_secs(60), &log, &mut prometheus, scraped);
+    stop_by_pid(&mut prometheus, std::time::Duration::from_secs(10));
+}

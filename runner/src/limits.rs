@@ -111,6 +111,17 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The reason's metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::NoRequest => "no_request",
+            Reason::SlowHeaders => "slow_headers",
+            Reason::Idle => "idle",
+            Reason::StalledBody => "stalled_body",
+            Reason::SlowBody => "slow_body",
+        }
+    }
+
     /// What the log says, with the limit that was crossed.
     pub fn describe(self, limits: &Limits) -> String {
         match self {
@@ -320,7 +331,7 @@ impl<S> Watched<S> {
         let Some(deadline) = self.taken.wait(Instant::now()) else { return Poll::Pending };
         loop {
             if self.taken.too_slow(Instant::now()) {
-                log_closed(self.connection.peer, &self.reason);
+                log_closed(self.connection.peer, "slow_response", &self.reason);
                 return Poll::Ready(std::io::Error::new(std::io::ErrorKind::TimedOut, self.reason.clone()));
             }
             let deadline = self.taken.wait(Instant::now()).unwrap_or(deadline);
@@ -497,6 +508,7 @@ where
                 _ => 0,
             };
             this.sent.moved(Instant::now(), bytes);
+            crate::metrics::body_received(bytes);
             return Poll::Ready(frame);
         }
         if !this.silent {
@@ -639,8 +651,9 @@ pub fn log_line(line: std::fmt::Arguments<'_>) {
     }
 }
 
-/// A closed slow connection's line.
-pub fn log_closed(peer: SocketAddr, why: &str) {
+/// A connection the limits closed: its line, and its count by `reason` (a metrics label).
+pub fn log_closed(peer: SocketAddr, reason: &'static str, why: &str) {
+    crate::metrics::shed(reason);
     log_line(format_args!("berth-runner: closed connection from {peer}: {why}"));
 }
 

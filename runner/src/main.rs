@@ -14,6 +14,7 @@ mod kv_host;
 mod kv_redis;
 mod limits;
 mod manifest;
+mod metrics;
 mod outbound;
 mod request_log;
 mod runtime_config;
@@ -104,6 +105,10 @@ struct UpArgs {
     /// the component's lines on standard error end with too.
     #[arg(long, value_enum, default_value_t = request_log::LogFormat::Text)]
     log_format: request_log::LogFormat,
+    /// Serve Prometheus metrics at /metrics on this address, a listener of its own (never the
+    /// registry's port). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Timeouts and caps against slow or idle clients.
     #[command(flatten)]
     limits: limits::Limits,
@@ -196,6 +201,9 @@ async fn up(args: UpArgs) -> Result<()> {
             }
         }
         Ok(auth_tools::Probed::Guarded) => {}
+    }
+    if let Some(addr) = args.metrics_listen {
+        metrics::serve(addr).await?;
     }
     let listener = serve::bind(args.listen).await?;
     let shutdown = serve::shutdown_signal()?;

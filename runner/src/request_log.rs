@@ -58,6 +58,8 @@ pub struct RequestLine {
     pub client: Option<SocketAddr>,
     pub request_id: String,
     pub user: Option<String>,
+    /// Counted in flight until the line is written.
+    _in_flight: crate::metrics::InFlight,
 }
 
 impl RequestLine {
@@ -69,13 +71,16 @@ impl RequestLine {
             client,
             request_id,
             user: user(&parts.headers),
+            _in_flight: crate::metrics::InFlight::start(),
         }
     }
 
     /// Write the line: the answer's status, the body bytes sent, and how it ended (`""`, or a
     /// note such as ` (incomplete)`).
     pub fn write(&self, status: u16, bytes: u64, outcome: &str) {
-        let ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = self.start.elapsed().as_secs_f64();
+        crate::metrics::request_done(route_of(&self.path).0, &self.method, status, bytes, elapsed);
+        let ms = elapsed * 1000.0;
         match FORMAT.get().copied().unwrap_or_default() {
             LogFormat::Text => {
                 println!("{} {} {status} {bytes}B {ms:.1}ms{outcome} id={}", self.method, self.path, self.request_id)

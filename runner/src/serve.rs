@@ -130,12 +130,14 @@ struct Server {
 impl Server {
     /// Serve one connection until it ends, the client goes too slow, or it idles too long.
     async fn connection(self, stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+        let _open = crate::metrics::Open::start();
         let Some(acceptor) = tls else { return self.http(stream, peer).await };
         match tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => self.http(stream, peer).await,
             Ok(Err(err)) => eprintln!("berth-runner: TLS handshake with {peer} failed: {err}"),
             Err(_) => limits::log_closed(
                 peer,
+                "tls_handshake",
                 &format!(
                     "TLS handshake not finished within {:?} (--header-read-timeout)",
                     self.limits.header_read_timeout
@@ -175,11 +177,13 @@ impl Server {
                     match reason {
                         // Nothing to answer: hang up.
                         Reason::NoRequest | Reason::SlowHeaders => {
-                            limits::log_closed(peer, &reason.describe(&limits));
+                            limits::log_closed(peer, reason.label(), &reason.describe(&limits));
                             return;
                         }
                         // The component's error answer still goes out, then hyper closes.
-                        Reason::StalledBody | Reason::SlowBody => limits::log_closed(peer, &reason.describe(&limits)),
+                        Reason::StalledBody | Reason::SlowBody => {
+                            limits::log_closed(peer, reason.label(), &reason.describe(&limits))
+                        }
                         // An ordinary keep-alive close, not worth a log line. HTTP/2 gets a
                         // GOAWAY, and a request that crossed it on the wire is still answered.
                         Reason::Idle => {}

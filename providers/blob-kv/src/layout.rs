@@ -273,6 +273,6 @@ mod tests {
         assert_eq!(Marker::parse(&first.entry()), Some(first));
         let write = Marker { at: 9, write: "cd".into(), name: "blobs/x".into() };
         assert_eq!(write.chunks(), "cd");
-        assert!(first.is_delete() && !write.is_delete());
+        assert!(second.is_delete() && !write.is_delete());
     }
 }
