@@ -85,8 +85,12 @@ async fn a_guest_trap_fails_only_its_request() {
     for _ in 0..3 {
         let response = client().get(format!("{}/trap", runner.url)).send().await.unwrap();
         assert_eq!(response.headers()["docker-distribution-api-version"], "registry/2.0");
-        let (status, code, _) = error_code(response).await;
+        let id = header(&response, "x-request-id");
+        let (status, code, body) = error_code(response).await;
         assert_eq!((status, code.as_str()), (500, "INTERNAL_ERROR"));
+        // The runner answers for the trapped component, naming the request as it would have.
+        let detail = body["errors"][0]["detail"].as_str().unwrap();
+        assert!(id.len() == 16 && detail.ends_with(&format!("(request {id})")), "{id} {detail}");
         let alive = client().get(format!("{}/ok", runner.url)).send().await.unwrap();
         assert_eq!(alive.status(), 200);
         assert_eq!(alive.text().await.unwrap(), "alive");

@@ -313,12 +313,15 @@ async fn handle(
             response.map(|b| b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed_unsync())
         }
         Err(err) => {
-            eprintln!("berth-runner: {} {}: component failed: {err:?}", line.method, line.path);
+            eprintln!(
+                "berth-runner: {} {}: component failed: {err:?} (request {})",
+                line.method, line.path, line.request_id
+            );
             error_response(
                 500,
                 "INTERNAL_ERROR",
                 "internal registry error",
-                "the registry component failed on this request",
+                &format!("the registry component failed on this request (request {})", line.request_id),
             )
         }
     };
@@ -331,8 +334,8 @@ async fn handle(
     let status = response.status().as_u16();
     if let Some(over) = over_edge_cap(edge_body_cap, response.headers(), response.body().size_hint().exact()) {
         eprintln!(
-            "berth-runner: {} {}: a {}-byte response is over --edge-body-cap {}",
-            line.method, line.path, over.0, over.1
+            "berth-runner: {} {}: a {}-byte response is over --edge-body-cap {} (request {})",
+            line.method, line.path, over.0, over.1, line.request_id
         );
         return refused(502, edge_cap_refusal(502, "INTERNAL_ERROR", "response", over), line, in_flight);
     }
