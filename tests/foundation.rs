@@ -500,3 +500,25 @@ async fn metrics_are_served_apart_checked_by_promtool_and_scraped_by_prometheus(
     wait_until("prometheus scraping berth", std::time::Duration::from_secs(60), &log, &mut prometheus, scraped);
     stop_by_pid(&mut prometheus, std::time::Duration::from_secs(10));
 }
+
+/// The deploy guide's monitoring example (`deploy/monitoring/`): a scrape config Prometheus
+/// accepts, and two alert rules (server errors, storage unavailable) that `promtool test rules`
+/// shows firing on the series that should raise them, and only there.
+#[test]
+fn the_monitoring_examples_config_and_alert_rules_check_and_fire_as_documented() {
+    common::clients::ensure_installed("promtool");
+    let dir = repo_root().join("deploy/monitoring");
+    for args in [
+        vec!["check", "config", "prometheus.yml"],
+        vec!["check", "rules", "alerts.yml"],
+        vec!["test", "rules", "alerts_test.yml"],
+    ] {
+        let output = std::process::Command::new("promtool").args(&args).current_dir(&dir).output().unwrap();
+        assert!(
+            output.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

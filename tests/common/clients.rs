@@ -239,6 +239,7 @@ pub fn ensure_installed(program: &str) {
     let package = match program {
         "docker" | "dockerd" => "docker.io",
         "htpasswd" => "apache2-utils",
+        "promtool" => "prometheus",
         other => other,
     };
     eprintln!("tests: {program} is missing: installing Debian's {package}");
