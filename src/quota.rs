@@ -173,6 +173,7 @@ pub async fn charge_pending<M: MetaStore, B>(
         };
         if used.saturating_add(pending) > quota.limit {
             uncharge_pending(stores, &counted, size).await;
+            stores.count("quota_refusals", 1);
             return Err(exceeded(quota, used + pending - size, size));
         }
     }
@@ -211,6 +212,7 @@ pub async fn check<M: MetaStore, B>(
         // Unfinished uploads count too: what they hold is on the way to being stored.
         let used = used(stores, quota).await?.saturating_add(pending(stores, quota).await?);
         if used.saturating_add(size) > quota.limit {
+            stores.count("quota_refusals", 1);
             return Err(exceeded(quota, used, size));
         }
     }
@@ -250,6 +252,7 @@ pub async fn charge<'a, M: MetaStore, B>(
         charged.push((quota, true));
         if total > quota.limit {
             uncharge(stores, digest, size, &charged).await;
+            stores.count("quota_refusals", 1);
             return Err(exceeded(quota, total.saturating_sub(size), size));
         }
     }
@@ -388,6 +391,7 @@ mod tests {
             now: crate::testing::test_clock,
             config: Default::default(),
             request_id: crate::store::RequestId::made([1; 16]),
+            events: Default::default(),
         };
         stores.config.quotas = Quotas::parse("team/* 1000").unwrap();
         let blob = digest(7);

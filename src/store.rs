@@ -203,9 +203,30 @@ pub struct Stores<M, B> {
     /// The request's id (its `X-Request-Id`, taken or made): in every log line it causes, in its
     /// answer's headers, and in the detail of an internal error, so that a report finds the lines.
     pub request_id: RequestId,
+    /// What this request did that operators count (`Stores::count`): the host reads it from
+    /// the answer (see `crate::api::EVENTS`) and adds it to its metrics.
+    pub events: Events,
+}
+
+/// Counts of registry events during one request, by name (`uploads_finished`, ...).
+#[derive(Debug, Default)]
+pub struct Events(std::cell::RefCell<std::collections::BTreeMap<&'static str, u64>>);
+
+impl Events {
+    /// `name=count` pairs, comma-separated (empty when nothing happened).
+    pub fn summary(&self) -> String {
+        self.0.borrow().iter().map(|(name, n)| format!("{name}={n}")).collect::<Vec<_>>().join(",")
+    }
 }
 
 impl<M, B> Stores<M, B> {
+    /// Count `n` of the registry event `name` (a metrics name: lowercase words and `_`).
+    pub fn count(&self, name: &'static str, n: u64) {
+        if n > 0 {
+            *self.events.0.borrow_mut().entry(name).or_default() += n;
+        }
+    }
+
     /// Write a line to the log (the component's stderr), ending with the request's id.
     pub fn log(&self, line: std::fmt::Arguments<'_>) {
         eprintln!("berth: {line} (request {})", self.request_id.as_str());

@@ -199,6 +199,7 @@ pub fn memory_stores() -> Stores<MemMeta, MemBlobs> {
         now: test_clock,
         config: Default::default(),
         request_id: crate::store::RequestId::made([0xab; 16]),
+        events: Default::default(),
     }
 }
 

@@ -50,6 +50,7 @@ pub async fn open<M: MetaStore, B: BlobStore>(
 ) -> Result<Loaded> {
     let id = hex::encode((stores.random)());
     let now = (stores.now)();
+    stores.count("uploads_opened", 1);
     let mut session = UploadSession::new(repo.as_str(), id, now);
     session.owner = owner;
     blobs::mark(stores, &keys::upload_index(&session.id), now.to_string().into_bytes()).await?;
@@ -177,6 +178,7 @@ pub async fn finish<M: MetaStore, B: BlobStore>(
                 // This session's own record: only a collector that ignored the link (no grace)
                 // can have removed it, and then with the parts; the finish fails.
                 if blobs::hold(stores, digest).await? {
+                    stores.count("uploads_finished", 1);
                     return Ok(Finish::Stored);
                 }
                 break;
@@ -186,6 +188,7 @@ pub async fn finish<M: MetaStore, B: BlobStore>(
                 // meanwhile, this session's parts (still kept) are committed instead.
                 if blobs::hold(stores, digest).await? {
                     release(stores, closing, &existing.parts).await?;
+                    stores.count("uploads_finished", 1);
                     return Ok(Finish::Stored);
                 }
             }
@@ -271,6 +274,7 @@ pub async fn cancel<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, mut from:
         let cancelled = from.session.moved_to(SessionState::Cancelled, None, (stores.now)());
         if let Some(claimed) = swap(stores, &from, cancelled).await? {
             // Its chunks leave the pending count once: only one request moves it from `Open`.
+            stores.count("uploads_cancelled", 1);
             if let Ok(repo) = RepoName::parse(&claimed.session.repo) {
                 crate::quota::release_pending(stores, &repo, claimed.session.size).await;
             }

@@ -438,7 +438,15 @@ async fn metrics_are_served_apart_checked_by_promtool_and_scraped_by_prometheus(
         .find_map(|l| l.strip_prefix("berth-runner: metrics on ").map(str::to_owned))
         .unwrap_or_else(|| panic!("{:?}", runner.log()));
     let blob = b"counted".to_vec();
-    assert_eq!(client().post(push_url(&runner, "app", &sha256(&blob))).body(blob).send().await.unwrap().status(), 201);
+    let pushed = client()
+        .post(push_url(&runner, "app", &sha256(&blob)))
+        .header("x-berth-count-events", "0")
+        .body(blob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), 201);
+    assert!(pushed.headers().get("x-berth-events").is_none(), "the component's counts never reach a client");
     let missing = client().get(format!("{}/v2/app/manifests/nothing", runner.url)).send().await.unwrap();
     assert_eq!(missing.status(), 404);
     missing.bytes().await.unwrap();
@@ -452,6 +460,9 @@ async fn metrics_are_served_apart_checked_by_promtool_and_scraped_by_prometheus(
         "berth_http_request_duration_seconds_bucket",
         "berth_http_request_body_bytes_total 7",
         "berth_connections_open",
+        // What the component counted: the registry's own figures.
+        r#"berth_registry_events_total{event="uploads_opened"} 1"#,
+        r#"berth_registry_events_total{event="uploads_finished"} 1"#,
     ] {
         assert!(text.contains(expected), "{expected} in\n{text}");
     }

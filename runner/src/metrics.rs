@@ -35,6 +35,11 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: String,
+}
+
 struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -44,6 +49,7 @@ struct Metrics {
     in_flight: Gauge,
     connections: Gauge,
     shed: Family<ReasonLabel, Counter>,
+    events: Family<EventLabel, Counter>,
 }
 
 /// Latency buckets, in seconds: a manifest GET takes well under a millisecond, a layer minutes.
@@ -80,7 +86,16 @@ fn metrics() -> &'static Metrics {
             "Connections closed by the limits against slow or idle clients, by reason",
             shed.clone(),
         );
-        Metrics { registry, requests, duration, received, sent, in_flight, connections, shed }
+        let events = Family::<EventLabel, Counter>::default();
+        registry.register(
+            "registry_events",
+            "What the registry did, as the component counts it per request: uploads opened, finished and \
+             cancelled; garbage collection's blobs examined and removed and bytes reclaimed; retention's \
+             removals; mirror cache hits, upstream asks and stale answers; throttled logins; quota refusals; \
+             storage unavailable",
+            events.clone(),
+        );
+        Metrics { registry, requests, duration, received, sent, in_flight, connections, shed, events }
     })
 }
 
@@ -90,6 +105,17 @@ pub fn request_done(route: &'static str, method: &str, status: u16, bytes: u64, 
     m.requests.get_or_create(&RequestLabels { route, method: method.to_owned(), status }).inc();
     m.duration.get_or_create(&RouteLabel { route }).observe(seconds);
     m.sent.inc_by(bytes);
+}
+
+/// The component's counts for one request, `name=count,...`. Names are checked (lowercase words
+/// and `_`, at most 64 bytes), so an answer cannot invent label values of any shape.
+pub fn registry_events(summary: &str) {
+    for (name, count) in summary.split(',').filter_map(|pair| pair.split_once('=')) {
+        let valid = !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        if let (true, Ok(count)) = (valid, count.parse::<u64>()) {
+            metrics().events.get_or_create(&EventLabel { event: name.to_owned() }).inc_by(count);
+        }
+    }
 }
 
 pub fn body_received(bytes: u64) {
@@ -215,6 +241,10 @@ mod tests {
         );
         assert!(text.contains("berth_http_requests_in_flight 1"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+        registry_events("uploads_finished=1,gc_blobs_removed=3,Bad-Name=9,junk");
+        let text = encode();
+        assert!(text.contains(r#"berth_registry_events_total{event="gc_blobs_removed"} 3"#), "{text}");
+        assert!(!text.contains("Bad-Name"), "{text}");
         let plain = encode_prometheus_text();
         assert!(plain.contains("# TYPE berth_http_requests_total counter"), "{plain}");
         assert!(plain.contains("# HELP berth_http_requests_total Requests answered"), "{plain}");

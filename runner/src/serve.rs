@@ -255,6 +255,11 @@ pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// The component's event counts for the request (`uploads_finished=1,...`): asked on every
+/// request, taken off every answer.
+const COUNT_EVENTS: &str = "x-berth-count-events";
+const EVENTS: &str = "x-berth-events";
+
 /// Tell the component who is calling, as Spin does (`spin-client-addr`), replacing any value the
 /// client sent: the registry throttles failed logins per client address.
 fn set_client_address(headers: &mut http::HeaderMap, peer: SocketAddr) {
@@ -278,6 +283,9 @@ async fn handle(
     if let Ok(value) = http::HeaderValue::from_str(&request_id) {
         parts.headers.insert(request_log::REQUEST_ID, value);
     }
+    // The component counts what the request did (uploads finished, blobs collected, ...) in its
+    // answer when asked; a client cannot ask, nor see the answer (below).
+    parts.headers.insert(COUNT_EVENTS, http::HeaderValue::from_static("1"));
     let client = parts.headers.get("spin-client-addr").and_then(|v| v.to_str().ok()?.parse().ok());
     let line = RequestLine::new(&parts, client, request_id.clone());
     let refused = |status: u16, mut response: hyper::Response<ResponseBody>, line: RequestLine, in_flight: InFlight| {
@@ -326,6 +334,9 @@ async fn handle(
         }
     };
     let mut response = response;
+    if let Some(events) = response.headers_mut().remove(EVENTS) {
+        crate::metrics::registry_events(events.to_str().unwrap_or_default());
+    }
     if !response.headers().contains_key(request_log::REQUEST_ID)
         && let Ok(value) = http::HeaderValue::from_str(&request_id)
     {

@@ -53,6 +53,13 @@ pub async fn gc<M: MetaStore, B: BlobStore>(
     };
     let step = gc::step(stores, after, dry_run, concurrency).await?;
     if !dry_run {
+        stores.count("gc_blobs_examined", step.examined);
+        stores.count("gc_blobs_removed", step.collected.len() as u64);
+        stores.count("gc_bytes_reclaimed", step.bytes());
+        stores.count("retention_tags_removed", step.untagged.len() as u64);
+        stores.count("retention_manifests_deleted", step.deleted_manifests.len() as u64);
+    }
+    if !dry_run {
         let next = step.next.clone().unwrap_or_default();
         stores.meta.set(keys::GC_CURSOR, next.as_bytes()).await.map_err(internal)?;
     }

@@ -159,6 +159,7 @@ mod tests {
             now: crate::testing::test_clock,
             config: Default::default(),
             request_id: crate::store::RequestId::made([1; 16]),
+            events: Default::default(),
         };
         // NoOutbound's pause is over at once: the deadline is due as soon as the check waits.
         let req = Request {

@@ -144,6 +144,7 @@ async fn refresh_tag<M: MetaStore, B: BlobStore, O: Outbound<B>>(
         match &cached {
             Some(_) => {
                 stores.log(format_args!("mirror: serving {name}:{} from the cache: {why}", tag.as_str()));
+                stores.count("mirror_stale_answers", 1);
                 // Best effort: the requests that waited for this attempt take its answer.
                 let failed = format!("{} {why}", (stores.now)());
                 let _ = stores.meta.set(&keys::mirror_unconfirmed(name, tag), failed.as_bytes()).await;
@@ -305,6 +306,7 @@ pub async fn blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     let chain = keys::mirror_fetch(digest);
     loop {
         if cached(stores, name, digest).await? {
+            stores.count("mirror_blob_hits", 1);
             let response = if req.method == Method::HEAD {
                 super::blobs::head(stores, name, digest).await?
             } else {
@@ -324,6 +326,7 @@ pub async fn blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         if req.method == Method::HEAD || target.upstream.pass_redirects {
             // A HEAD asks the upstream, and fetches nothing; with redirects passed on, the
             // client is sent where the upstream sends it (nothing to share a fetch of).
+            stores.count("mirror_blob_upstream_asks", 1);
             return fetch_blob(stores, outbound, target, name, digest, req, None).await;
         }
         // Ready once stored whole: a record whose parts are gone is fetched again (its commit
@@ -334,8 +337,14 @@ pub async fn blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         };
         match claim::turn(stores, outbound, &chain, stored).await? {
             Turn::Ready => {}
-            Turn::Fetch(claim) => return fetch_blob(stores, outbound, target, name, digest, req, Some(claim)).await,
-            Turn::Alone => return fetch_blob(stores, outbound, target, name, digest, req, None).await,
+            Turn::Fetch(claim) => {
+                stores.count("mirror_blob_upstream_asks", 1);
+                return fetch_blob(stores, outbound, target, name, digest, req, Some(claim)).await;
+            }
+            Turn::Alone => {
+                stores.count("mirror_blob_upstream_asks", 1);
+                return fetch_blob(stores, outbound, target, name, digest, req, None).await;
+            }
         }
     }
 }

@@ -47,6 +47,7 @@ pub async fn handle_with<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     req: Request<B::Incoming>,
 ) -> (Response<B::Outgoing>, Option<Background<'a>>) {
     let id = stores.request_id.clone();
+    let counted = req.header(COUNT_EVENTS).is_some_and(|v| v == "1");
     let (response, background) = match dispatch(stores, outbound, req).await {
         Ok(answer) => answer,
         // Said for the user (an upstream the mirror cannot reach): passed on as it is.
@@ -54,14 +55,30 @@ pub async fn handle_with<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         Err(err) if err.code == ErrorCode::Unavailable => {
             // The backend's message (which may name hosts) goes to the log, not to clients.
             stores.log(format_args!("storage unavailable: {}", err.detail.as_deref().unwrap_or("?")));
+            stores.count("storage_unavailable", 1);
             let said =
                 format!("a storage backend of the registry is unavailable: try again later (request {})", id.as_str());
             (Response::error(&RegistryError::new(ErrorCode::Unavailable, said)), None)
         }
         Err(err) => (error_response(&err, &id), None),
     };
-    (response.header(REQUEST_ID, id.as_str()), background)
+    let mut response = response.header(REQUEST_ID, id.as_str());
+    if counted {
+        let summary = stores.events.summary();
+        if !summary.is_empty() {
+            response = response.header(EVENTS, summary);
+        }
+    }
+    (response, background)
 }
+
+/// Set (to `1`) by berth-runner on every request, replacing any the client sent: answer with
+/// [`EVENTS`]. Under Spin nobody sets it, and no answer says more than before.
+pub const COUNT_EVENTS: &str = "x-berth-count-events";
+
+/// The events a request counted (`uploads_finished=1,gc_blobs_removed=3`), for the host's
+/// metrics; the host removes it before the answer goes out.
+pub const EVENTS: http::HeaderName = http::HeaderName::from_static("x-berth-events");
 
 /// Every answer names its request: the id to quote in a report, found in every log line.
 pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -106,6 +123,7 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     if let Some(attempt) = &attempt
         && let Some(retry_after) = login::reserve(stores, attempt).await?
     {
+        stores.count("logins_throttled", 1);
         return Ok((login::too_many(retry_after), None));
     }
     let decided = async {
@@ -416,6 +434,20 @@ mod tests {
         let r = send(&stores, Method::GET, &format!("/v2/a/blobs/{digest}"), vec![]);
         assert_eq!(r.status, StatusCode::OK);
         assert!(matches!(r.body, Body::Stream(ref b) if b == b"layer"));
+    }
+
+    #[test]
+    fn the_events_a_request_counted_are_answered_only_when_the_host_asks() {
+        let stores = memory_stores();
+        let digest = Digest::of(Algorithm::Sha256, b"layer");
+        let mut asked = request(Method::POST, &format!("/v2/a/blobs/uploads/?digest={digest}"), b"layer".to_vec());
+        asked.headers.insert(COUNT_EVENTS, http::HeaderValue::from_static("1"));
+        let r = block_on(handle(&stores, asked));
+        assert_eq!(r.status, StatusCode::CREATED);
+        assert_eq!(r.headers[EVENTS], "uploads_finished=1,uploads_opened=1");
+        let stores = memory_stores();
+        let r = send(&stores, Method::POST, &format!("/v2/a/blobs/uploads/?digest={digest}"), b"layer".to_vec());
+        assert!(!r.headers.contains_key(EVENTS), "not asked: nothing said");
     }
 
     #[test]

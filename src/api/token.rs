@@ -74,6 +74,7 @@ async fn check_password<M: MetaStore, B: BlobStore>(
 ) -> Result<std::result::Result<(), Response<B::Outgoing>>> {
     let attempt = login::Attempt::new(stores, user, password, headers);
     if let Some(retry_after) = login::reserve(stores, &attempt).await? {
+        stores.count("logins_throttled", 1);
         return Ok(Err(login::too_many(retry_after)));
     }
     let right = password::check(&stores.config.auth, user, password);

@@ -57,7 +57,7 @@ async fn handle(request: types::Request) -> Result<types::Response, WasiErrorCod
         Err(err) => return failed(&err),
     };
     let blobs = WitBlobStore(request_id.clone());
-    let stores = Stores { meta, blobs, random, now, config, request_id };
+    let stores = Stores { meta, blobs, random, now, config, request_id, events: Default::default() };
     if request.path == "/v2/" {
         check_storage_once(&stores).await;
     }
