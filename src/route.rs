@@ -12,6 +12,7 @@
 //! /v2/<name>/referrers/<digest>         Referrers
 //! /v2/_berth/quotas                     AdminQuotas (Berth's admin API)
 //! /v2/_berth/gc                         AdminGc (one garbage collection step)
+//! /v2/_berth/metrics                    AdminMetrics (registry-wide figures, Prometheus format)
 //! ```
 //! Names may contain the words `blobs`, `manifests`, `tags` as components
 //! (`/v2/a/manifests/b/manifests/latest` names repository `a/manifests/b`): the endpoint is
@@ -37,6 +38,8 @@ pub enum Route {
     AdminQuotas,
     /// Berth's admin API: one step of garbage collection.
     AdminGc,
+    /// Berth's admin API: registry-wide figures in Prometheus' format.
+    AdminMetrics,
 }
 
 impl Route {
@@ -49,7 +52,7 @@ impl Route {
             | Route::Upload(name, _)
             | Route::Blob(name, _)
             | Route::Referrers(name, _) => Some(name),
-            Route::Base | Route::Catalog | Route::AdminQuotas | Route::AdminGc => None,
+            Route::Base | Route::Catalog | Route::AdminQuotas | Route::AdminGc | Route::AdminMetrics => None,
         }
     }
 
@@ -75,6 +78,7 @@ impl Route {
             "/v2/_catalog" => return Ok(Route::Catalog),
             "/v2/_berth/quotas" => return Ok(Route::AdminQuotas),
             "/v2/_berth/gc" => return Ok(Route::AdminGc),
+            "/v2/_berth/metrics" => return Ok(Route::AdminMetrics),
             _ => path.strip_prefix("/v2/").ok_or_else(not_found)?,
         };
         let segments: Vec<&str> = rest.split('/').collect();

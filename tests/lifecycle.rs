@@ -95,6 +95,37 @@ async fn the_admin_api_shows_quota_usage_to_admins_only() {
     assert_eq!(usage["quotas"][0]["repositories"], "team/*");
     assert_eq!(usage["quotas"][0]["limit"], 1 << 20);
     assert_eq!(usage["quotas"][0]["used"], 1000);
+
+    // The same in Prometheus' format, for hosts without the runner's metrics listener.
+    let url = format!("{}/v2/_berth/metrics", runner.url);
+    expect_error(client().get(&url).basic_auth("bob", Some("secret")).send().await.unwrap(), 403, "DENIED").await;
+    let metrics = client().get(&url).basic_auth("admin", Some("secret")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    for expected in [
+        r#"berth_quota_used_bytes{repositories="team/*"} 1000"#,
+        r#"berth_quota_limit_bytes{repositories="team/*"} 1048576"#,
+        r#"berth_quota_uploading_bytes{repositories="team/*"} 0"#,
+    ] {
+        assert!(text.contains(expected), "{expected} in\n{text}");
+    }
+    common::clients::ensure_installed("promtool");
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
 }
 
 /// Sixteen clients push sixteen different manifests to ONE immutable tag at once: exactly one

@@ -46,6 +46,11 @@ async fn on_spin_healthz_and_readyz_answer_and_answers_carry_the_request_id() {
     assert_eq!(header(&given, "x-request-id"), "from-spin-test");
     let made = header(&client().get(reg.at("/v2/")).send().await.unwrap(), "x-request-id");
     assert_eq!(made.len(), 16, "{made}");
+    // The registry-wide figures, where no runner counts requests.
+    let metrics = reg.get("/v2/_berth/metrics").await;
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("berth_quota_rules 0"), "{text}");
 }
 
 /// Eight finishing PUTs of one session at once, on Spin's SQLite atomics: one wins (201), the

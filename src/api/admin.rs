@@ -80,6 +80,42 @@ pub async fn gc<M: MetaStore, B: BlobStore>(
     Ok(Response::new(StatusCode::OK).json(serde_json::to_vec(&body).expect("json")))
 }
 
+/// Registry-wide figures kept in the stores, in Prometheus' text format, for hosts with no
+/// metrics listener of their own (Spin, the edge): each quota rule's limit, its stored bytes and
+/// its unfinished uploads' bytes. Per-request figures are the host's (`berth-runner
+/// --metrics-listen`). Encoded by `prometheus-client`, the Prometheus project's Rust client.
+pub async fn metrics<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+) -> Result<Response<B::Outgoing>, RegistryError> {
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    type Rules = Family<Vec<(&'static str, String)>, Gauge>;
+    let (limit, used, uploading) = (Rules::default(), Rules::default(), Rules::default());
+    for rule in stores.config.quotas.iter() {
+        let labels = vec![("repositories", rule.pattern.clone())];
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        limit.get_or_create(&labels).set(gauge(rule.limit));
+        used.get_or_create(&labels).set(gauge(quota::used(stores, rule).await?));
+        uploading.get_or_create(&labels).set(gauge(quota::pending(stores, rule).await?));
+    }
+    let rules = Gauge::<i64>::default();
+    rules.set(stores.config.quotas.iter().count() as i64);
+    let mut registry = prometheus_client::registry::Registry::with_prefix("berth_quota");
+    registry.register("rules", "The quota rules configured (quotas)", rules);
+    registry.register("limit_bytes", "The bytes a quota rule allows its repositories", limit);
+    registry.register("used_bytes", "The bytes of the blobs linked into a quota rule's repositories", used);
+    registry.register("uploading_bytes", "The bytes of unfinished uploads into a quota rule's repositories", uploading);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .map_err(|e| RegistryError::new(ErrorCode::Internal, format!("encoding the metrics: {e}")))?;
+    // Prometheus' text format (0.0.4): every figure here is a gauge, so the OpenMetrics text
+    // differs from it only by its last line.
+    let text = text.strip_suffix("# EOF\n").unwrap_or(&text).to_owned();
+    Ok(Response::new(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+        .full(text.into_bytes()))
+}
+
 pub async fn quotas<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>) -> Result<Response<B::Outgoing>, RegistryError> {
     let mut rules = Vec::new();
     for rule in stores.config.quotas.iter() {
