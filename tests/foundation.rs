@@ -466,22 +466,7 @@ async fn metrics_are_served_apart_checked_by_promtool_and_scraped_by_prometheus(
     ] {
         assert!(text.contains(expected), "{expected} in\n{text}");
     }
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    common::process::promtool_check_metrics(&text);
 
     // A real Prometheus scrapes it every second; its query API then has the request counts.
     let dir = tempfile::tempdir().unwrap();

@@ -109,23 +109,7 @@ async fn the_admin_api_shows_quota_usage_to_admins_only() {
     ] {
         assert!(text.contains(expected), "{expected} in\n{text}");
     }
-    common::clients::ensure_installed("promtool");
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    common::process::promtool_check_metrics(&text);
 }
 
 /// Sixteen clients push sixteen different manifests to ONE immutable tag at once: exactly one

@@ -26,6 +26,28 @@ pub fn stop_by_pid(child: &mut Child, grace: Duration) {
     let _ = child.wait();
 }
 
+/// `promtool check metrics` (Debian's prometheus package) on an exposition: panics with what it
+/// says when it finds a problem.
+pub fn promtool_check_metrics(text: &str) {
+    use std::io::Write as _;
+    super::clients::ensure_installed("promtool");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
 /// Poll `ready` until it holds; panic with `what` (and the server's log) at the deadline.
 pub fn wait_until(what: &str, timeout: Duration, log: &Path, child: &mut Child, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
