@@ -736,11 +736,12 @@ mod tests {
     }
 
     #[test]
-    fn a_second_look_whose_listing_an_unhold_overlapped_keeps_the_blob() {
+    fn every_unhold_counts_itself_and_puts_back_an_entry_whose_fact_exists() {
         let stores = memory_stores();
         let (layer, _, _, entry) = condemned_layer_of_a_pushed_manifest(&stores);
-        // An unhold that began after the look's first count and finished within the look (its
-        // intent already gone) is seen by the count having moved.
+        // What the second look relies on for an unhold that begins after its first read of the
+        // count and ends (its intent gone) before its second: the count has moved. (The
+        // interleaving itself is raced end to end in tests/gc.rs, three collectors at once.)
         let before = block_on(stores.meta.get(&keys::unholds_begun(&layer))).unwrap();
         block_on(unhold(&stores, &layer, &keys::holders_prefix(&layer), &entry)).unwrap();
         let after = block_on(stores.meta.get(&keys::unholds_begun(&layer))).unwrap();

@@ -280,18 +280,16 @@ async fn handle(
     let (mut parts, body) = req.into_parts();
     // The request's id, the client's or a new one: the component logs and answers the same.
     let request_id = request_log::request_id(&parts.headers);
-    if let Ok(value) = http::HeaderValue::from_str(&request_id) {
-        parts.headers.insert(request_log::REQUEST_ID, value);
-    }
+    // Made of `A-Z a-z 0-9 . _ -` only (request_log::request_id), so always a valid header value.
+    let id_header = http::HeaderValue::from_str(&request_id).expect("a request id is a valid header value");
+    parts.headers.insert(request_log::REQUEST_ID, id_header.clone());
     // The component counts what the request did (uploads finished, blobs collected, ...) in its
     // answer when asked; a client cannot ask, nor see the answer (below).
     parts.headers.insert(COUNT_EVENTS, http::HeaderValue::from_static("1"));
     let client = parts.headers.get("spin-client-addr").and_then(|v| v.to_str().ok()?.parse().ok());
-    let line = RequestLine::new(&parts, client, request_id.clone());
+    let line = RequestLine::new(&parts, client, request_id);
     let refused = |status: u16, mut response: hyper::Response<ResponseBody>, line: RequestLine, in_flight: InFlight| {
-        if let Ok(value) = http::HeaderValue::from_str(&line.request_id) {
-            response.headers_mut().insert(request_log::REQUEST_ID, value);
-        }
+        response.headers_mut().insert(request_log::REQUEST_ID, id_header.clone());
         Ok(response.map(|body| {
             LoggedBody { inner: body, bytes: 0, expected: None, status, line: Some(line), _in_flight: in_flight }
                 .boxed_unsync()
@@ -337,10 +335,8 @@ async fn handle(
     if let Some(events) = response.headers_mut().remove(EVENTS) {
         crate::metrics::registry_events(events.to_str().unwrap_or_default());
     }
-    if !response.headers().contains_key(request_log::REQUEST_ID)
-        && let Ok(value) = http::HeaderValue::from_str(&request_id)
-    {
-        response.headers_mut().insert(request_log::REQUEST_ID, value);
+    if !response.headers().contains_key(request_log::REQUEST_ID) {
+        response.headers_mut().insert(request_log::REQUEST_ID, id_header.clone());
     }
     let status = response.status().as_u16();
     if let Some(over) = over_edge_cap(edge_body_cap, response.headers(), response.body().size_hint().exact()) {

@@ -77,14 +77,18 @@ async fn resolve_tag<M: MetaStore, B: BlobStore, O: Outbound<B>>(
 ) -> Result<Option<String>> {
     let stores = client.stores;
     let came = (stores.now)();
+    let read = async |key: String| -> Result<Option<String>> {
+        let value = stores.meta.get(&key).await.map_err(blobs::internal)?;
+        Ok(value.and_then(|v| String::from_utf8(v).ok()))
+    };
+    // When the upstream last confirmed the tag.
+    let checked_at = async || {
+        Ok::<_, RegistryError>(read(keys::mirror_checked(name, tag)).await?.and_then(|c| c.parse::<u64>().ok()))
+    };
     // The last confirmation, and the last failed attempt with its reason.
     type Attempts = (Option<u64>, Option<(u64, String)>);
     let attempts = async || -> Result<Attempts> {
-        let read = async |key: String| -> Result<Option<String>> {
-            let value = stores.meta.get(&key).await.map_err(blobs::internal)?;
-            Ok(value.and_then(|v| String::from_utf8(v).ok()))
-        };
-        let checked = read(keys::mirror_checked(name, tag)).await?.and_then(|c| c.parse::<u64>().ok());
+        let checked = checked_at().await?;
         let failed = read(keys::mirror_unconfirmed(name, tag)).await?.and_then(|f| {
             let (at, why) = f.split_once(' ')?;
             Some((at.parse::<u64>().ok()?, why.to_owned()))
@@ -95,11 +99,8 @@ async fn resolve_tag<M: MetaStore, B: BlobStore, O: Outbound<B>>(
         checked.is_some_and(|at| (stores.now)().saturating_sub(at) < client.upstream.tag_ttl_secs)
     };
     // The common case first, with the reads it needs only: a tag confirmed within the TTL.
-    if super::manifests::tagged(stores, name, tag).await?.is_some() {
-        let checked = stores.meta.get(&keys::mirror_checked(name, tag)).await.map_err(blobs::internal)?;
-        if fresh(checked.and_then(|c| String::from_utf8(c).ok()).and_then(|c| c.parse::<u64>().ok())) {
-            return Ok(None);
-        }
+    if super::manifests::tagged(stores, name, tag).await?.is_some() && fresh(checked_at().await?) {
+        return Ok(None);
     }
     // Confirmed within the TTL; or, for a request that waited for another's attempt, tried since
     // it came (confirmed, or failed: then it serves the cache, said stale, as that attempt did).
@@ -326,7 +327,6 @@ pub async fn blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         if req.method == Method::HEAD || target.upstream.pass_redirects {
             // A HEAD asks the upstream, and fetches nothing; with redirects passed on, the
             // client is sent where the upstream sends it (nothing to share a fetch of).
-            stores.count("mirror_blob_upstream_asks", 1);
             return fetch_blob(stores, outbound, target, name, digest, req, None).await;
         }
         // Ready once stored whole: a record whose parts are gone is fetched again (its commit
@@ -337,14 +337,8 @@ pub async fn blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         };
         match claim::turn(stores, outbound, &chain, stored).await? {
             Turn::Ready => {}
-            Turn::Fetch(claim) => {
-                stores.count("mirror_blob_upstream_asks", 1);
-                return fetch_blob(stores, outbound, target, name, digest, req, Some(claim)).await;
-            }
-            Turn::Alone => {
-                stores.count("mirror_blob_upstream_asks", 1);
-                return fetch_blob(stores, outbound, target, name, digest, req, None).await;
-            }
+            Turn::Fetch(claim) => return fetch_blob(stores, outbound, target, name, digest, req, Some(claim)).await,
+            Turn::Alone => return fetch_blob(stores, outbound, target, name, digest, req, None).await,
         }
     }
 }
@@ -385,6 +379,7 @@ async fn fetch_blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     req: &Request<B::Incoming>,
     claim: Option<Claim>,
 ) -> Result<(Response<B::Outgoing>, Option<Background<'a>>)> {
+    stores.count("mirror_blob_upstream_asks", 1);
     let answer = ask_for_blob(stores, outbound, target, name, digest, req.method.clone()).await;
     let (response, size) = match answer {
         Ok(Asked::Answer(response)) => {
