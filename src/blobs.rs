@@ -280,6 +280,8 @@ impl<'a> Link<'a> {
             crate::quota::refund(stores, digest, size, &charged).await;
             return Err(internal(e));
         }
+        // A recount that looked between the charge and the link may have taken the count.
+        crate::quota::recharge(stores, digest, size, &charged).await;
         remark(stores, &holder, Vec::new()).await?;
         mark(stores, &keys::repo_marker(name), Vec::new()).await?;
         Ok(Link { key, value, digest: digest.clone(), size, charged })

@@ -249,6 +249,10 @@ async fn examine<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Dig
                             unhold(stores, digest, &prefix, entry).await?;
                         }
                     }
+                    // A namespace whose repositories all unlinked the blob stops paying for it.
+                    if !stores.config.quotas.is_empty() {
+                        crate::quota::reconcile_blob(stores, digest, record.size).await?;
+                    }
                 }
                 return Ok(Outcome::Kept);
             }

@@ -16,14 +16,27 @@
 //!   the stored bytes plus the pending ones past the limit is refused, so uploads that are never
 //!   finished cannot fill a namespace past its quota.
 //!
-//! Deleting a blob only unlinks it and frees nothing, so usage does not go down. Garbage
-//! collection, once it reclaims bytes, gives them back.
+//! Deleting a blob only unlinks it. Garbage collection, once it reclaims bytes, gives them back;
+//! for a blob it keeps (another namespace still uses it), it recounts the blob in each namespace
+//! ([`reconcile_blob`]): a namespace none of whose repositories links the blob any more stops
+//! paying for it. A recount ([`recount_step`], `POST /v2/_berth/quotas/recount`,
+//! `berth-runner quota --recount`) does the same for every blob, and also counts blobs linked
+//! before a rule existed.
+//!
+//! Why a recount never drops a link being written: a link write counts itself, then writes the
+//! link, then reads its count again, and counts itself once more if it finds 0 (`recharge`). A
+//! recount reads the count, then looks for links, then swaps the count it read to 0, then
+//! looks for links again and counts the blob back if one appeared. A link whose count was read
+//! has written its entry before (it is listed); its link is either seen by one of the two looks,
+//! or written after the second, and then its own read of the count comes after the swap.
 
 use crate::auth::policy::glob_match;
+use crate::blobs::ObjectPages;
 use crate::digest::{Algorithm, Digest};
 use crate::errcode::{ErrorCode, RegistryError};
+use crate::keys::{self, Holder};
 use crate::name::RepoName;
-use crate::store::{MetaStore, StoreError, Stores};
+use crate::store::{BlobStore, MetaStore, StoreError, Stores};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quota {
@@ -274,12 +287,9 @@ pub async fn refund<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest, siz
 /// the bytes for this link (`release_blob`).
 pub async fn refund_removed<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest, size: u64, charged: &Charged<'_>) {
     for (quota, _) in &charged.0 {
-        let Ok(left) = stores.meta.increment(&quota.blob_key(digest), -1).await else { continue };
-        if left < 0 {
-            // The removal's release already took this link's count (it read the count after
-            // the charge): undone, so that the next first link counts as first.
-            let _ = stores.meta.increment(&quota.blob_key(digest), 1).await;
-        } else if left == 0 {
+        // `None`: the removal's release already took this link's count (it read the count
+        // after the charge).
+        if uncount_link(stores, quota, digest).await == Some(0) {
             let _ = stores.meta.increment(&quota.bytes_key(), -(size as i64)).await;
         }
     }
@@ -300,9 +310,7 @@ pub async fn release_blob<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Diges
             if crate::store::counter_value(&raw) <= 0 {
                 break;
             }
-            // 0 in the form the store keeps its counters: decimal text (Redis) or 8 bytes.
-            let zero = if raw.iter().all(u8::is_ascii_digit) { b"0".to_vec() } else { 0i64.to_le_bytes().to_vec() };
-            match stores.meta.compare_and_swap(&key, &raw, &zero).await {
+            match stores.meta.compare_and_swap(&key, &raw, &zero_like(&raw)).await {
                 Ok(true) => {
                     let _ = stores.meta.increment(&quota.bytes_key(), -(size as i64)).await;
                     break;
@@ -319,11 +327,166 @@ pub async fn release_blob<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Diges
 /// one (and was counted free, as not the first) keeps them.
 async fn uncharge<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest, size: u64, charged: &[(&Quota, bool)]) {
     for (quota, added_bytes) in charged {
-        let Ok(left) = stores.meta.increment(&quota.blob_key(digest), -1).await else { continue };
-        if *added_bytes && left == 0 {
+        if uncount_link(stores, quota, digest).await == Some(0) && *added_bytes {
             let _ = stores.meta.increment(&quota.bytes_key(), -(size as i64)).await;
         }
     }
+}
+
+/// Take one link off the blob's count in the namespace: the count left, or `None` when there
+/// was none to take (a recount or a removal set it to 0 after this link counted itself, and took
+/// its bytes with it): the count is put back to 0 then, never left below it, so the next first
+/// link counts as first.
+async fn uncount_link<M: MetaStore, B>(stores: &Stores<M, B>, quota: &Quota, digest: &Digest) -> Option<i64> {
+    let left = stores.meta.increment(&quota.blob_key(digest), -1).await.ok()?;
+    if left < 0 {
+        let _ = stores.meta.increment(&quota.blob_key(digest), 1).await;
+        return None;
+    }
+    Some(left)
+}
+
+/// After a link was written: a recount may have found no link and set the blob's count to 0
+/// between this link's [`charge`] and its write. Counted again then (its bytes come back with
+/// the count's first link, whoever makes it).
+pub async fn recharge<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest, size: u64, charged: &Charged<'_>) {
+    for (quota, _) in &charged.0 {
+        let key = quota.blob_key(digest);
+        if let Ok(count) = stores.meta.increment(&key, 0).await
+            && count <= 0
+        {
+            count_back(stores, quota, digest, size).await;
+        }
+    }
+}
+
+/// Count the blob in the namespace once more; the bytes too when that makes it the first link.
+async fn count_back<M: MetaStore, B>(stores: &Stores<M, B>, quota: &Quota, digest: &Digest, size: u64) {
+    if let Ok(1) = stores.meta.increment(&quota.blob_key(digest), 1).await {
+        let _ = stores.meta.increment(&quota.bytes_key(), size as i64).await;
+    }
+}
+
+/// Whether a repository of the namespace links the blob, as its holder entries tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Linked {
+    Yes,
+    No,
+    /// A linking repository's name is too long to be kept in its keys (it is a hash there), so
+    /// whether it belongs to the namespace is not known: counted as linked, never released.
+    Unknown,
+}
+
+async fn linked_in<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    quota: &Quota,
+    digest: &Digest,
+) -> Result<Linked, RegistryError> {
+    let prefix = keys::holders_prefix(digest);
+    let mut answer = Linked::No;
+    let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
+    while let Some(objects) = pages.next().await? {
+        for object in objects {
+            let Some(Holder::Link { repo_key }) = keys::parse_holder(&prefix, &object) else { continue };
+            // A repository key is the name itself, or `_<hash>` for a name too long for a key
+            // (no name starts with `_`).
+            if repo_key.starts_with('_') {
+                answer = Linked::Unknown;
+                continue;
+            }
+            if !glob_match(&quota.pattern, &repo_key) {
+                continue;
+            }
+            let link = stores.meta.get(&keys::blob_link_at(&repo_key, digest)).await.map_err(store_error)?;
+            if link.is_some_and(|v| !v.is_empty()) {
+                return Ok(Linked::Yes);
+            }
+        }
+    }
+    Ok(answer)
+}
+
+/// What a recount changed, in bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recounted {
+    /// Blobs no repository of a namespace links any more, taken off its usage.
+    pub released: u64,
+    /// Blobs linked in a namespace that did not count them (linked before its rule existed).
+    pub restored: u64,
+}
+
+impl std::ops::AddAssign for Recounted {
+    fn add_assign(&mut self, other: Recounted) {
+        self.released += other.released;
+        self.restored += other.restored;
+    }
+}
+
+/// Recount one stored blob of `size` bytes in every namespace, from its links (module doc: why
+/// a link being written is never dropped). Safe to run on many instances at once, and beside
+/// pushes.
+pub async fn reconcile_blob<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    digest: &Digest,
+    size: u64,
+) -> Result<Recounted, RegistryError> {
+    let mut done = Recounted::default();
+    for quota in stores.config.quotas.iter() {
+        let key = quota.blob_key(digest);
+        let raw = stores.meta.get(&key).await.map_err(store_error)?;
+        let count = raw.as_deref().map_or(0, crate::store::counter_value);
+        let linked = linked_in(stores, quota, digest).await?;
+        match (count > 0, linked) {
+            (true, Linked::No) => {
+                let raw = raw.expect("a positive count was read");
+                if !stores.meta.compare_and_swap(&key, &raw, &zero_like(&raw)).await.map_err(store_error)? {
+                    continue; // a link or a release changed it: the next recount looks again
+                }
+                let _ = stores.meta.increment(&quota.bytes_key(), -(size as i64)).await;
+                done.released += size;
+                if linked_in(stores, quota, digest).await? != Linked::No {
+                    // A link written between the first look and the swap.
+                    count_back(stores, quota, digest, size).await;
+                    done.released -= size;
+                }
+            }
+            (false, Linked::Yes) => {
+                count_back(stores, quota, digest, size).await;
+                done.restored += size;
+            }
+            _ => {}
+        }
+    }
+    Ok(done)
+}
+
+/// 0 in the form the store keeps its counters in: decimal text (Redis) or 8 bytes.
+fn zero_like(raw: &[u8]) -> Vec<u8> {
+    if raw.iter().all(u8::is_ascii_digit) { b"0".to_vec() } else { 0i64.to_le_bytes().to_vec() }
+}
+
+/// One step of a recount: up to [`crate::gc::STEP_BLOBS`] blobs after `after` (an entry of
+/// the blob list), each recounted. What changed, how many blobs were looked at, and where the
+/// next step starts (`None`: the recount is complete).
+pub async fn recount_step<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    after: Option<String>,
+) -> Result<(Recounted, u64, Option<String>), RegistryError> {
+    let (entries, next) = stores
+        .blobs
+        .list(keys::BLOBS_INDEX_PREFIX, after.as_deref(), crate::gc::STEP_BLOBS)
+        .await
+        .map_err(store_error)?;
+    let mut done = Recounted::default();
+    let mut examined = 0;
+    for digest in entries.iter().filter_map(|entry| keys::parse_blob_index(entry)) {
+        examined += 1;
+        // A removed blob's counts are garbage collection's to release.
+        if let Some(record) = crate::blobs::record(stores, &digest).await? {
+            done += reconcile_blob(stores, &digest, record.size).await?;
+        }
+    }
+    Ok((done, examined, next))
 }
 
 #[cfg(test)]
@@ -346,10 +509,31 @@ mod tests {
         assert_eq!(human(12), "12 B");
     }
 
-    /// Key-value that yields once before every call, so that two futures driven together
-    /// interleave call by call (as two collectors on two instances do).
+    /// Key-value that yields before every call, so that futures driven together interleave call
+    /// by call (as requests on two instances do): once per call, or, with a seed, a random
+    /// number of times (0 to 4) per call, so that one future may make several calls while
+    /// another waits.
     #[derive(Default)]
-    struct Interleaving(crate::testing::MemMeta);
+    struct Interleaving(crate::testing::MemMeta, std::cell::Cell<u64>);
+
+    impl Interleaving {
+        async fn pause(&self) {
+            let mut seed = self.1.get();
+            let yields = if seed == 0 {
+                1
+            } else {
+                // xorshift64: the schedule is a function of the seed, so a failure replays.
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                self.1.set(seed);
+                seed % 5
+            };
+            for _ in 0..yields {
+                yield_once().await;
+            }
+        }
+    }
 
     async fn yield_once() {
         let mut yielded = false;
@@ -361,23 +545,23 @@ mod tests {
 
     impl MetaStore for Interleaving {
         async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-            yield_once().await;
+            self.pause().await;
             self.0.get(key).await
         }
         async fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-            yield_once().await;
+            self.pause().await;
             self.0.set(key, value).await
         }
         async fn delete(&self, key: &str) -> Result<(), StoreError> {
-            yield_once().await;
+            self.pause().await;
             self.0.delete(key).await
         }
         async fn compare_and_swap(&self, key: &str, expected: &[u8], new: &[u8]) -> Result<bool, StoreError> {
-            yield_once().await;
+            self.pause().await;
             self.0.compare_and_swap(key, expected, new).await
         }
         async fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
-            yield_once().await;
+            self.pause().await;
             self.0.increment(key, delta).await
         }
     }
@@ -408,6 +592,121 @@ mod tests {
         // The next first link of the blob counts as first again.
         block_on(charge(&stores, &RepoName::parse("team/a").unwrap(), &blob, 60)).unwrap();
         assert_eq!(block_on(used(&stores, quota)).unwrap(), 65);
+    }
+
+    fn interleaving_stores(rules: &str, seed: u64) -> Stores<Interleaving, crate::testing::MemBlobs> {
+        let mut stores = Stores {
+            meta: Interleaving(Default::default(), std::cell::Cell::new(seed)),
+            blobs: crate::testing::MemBlobs::default(),
+            random: crate::testing::counter_random,
+            now: crate::testing::test_clock,
+            config: Default::default(),
+            request_id: crate::store::RequestId::made([1; 16]),
+            events: Default::default(),
+        };
+        stores.config.quotas = Quotas::parse(rules).unwrap();
+        stores
+    }
+
+    /// A recount racing a link write, under 2,000 seeded schedules of their store calls (seed
+    /// printed; `BERTH_SEED=<n>` replays one): the written link is counted once, with its bytes,
+    /// whatever the order. Without the write's second read of its count (`recharge`), a recount
+    /// that looks between the charge and the link drops it.
+    #[test]
+    fn a_recount_racing_a_link_write_never_drops_the_link() {
+        let team = RepoName::parse("team/a").unwrap();
+        let blob = digest(5);
+        for seed in seeds() {
+            let stores = interleaving_stores("team/* 1000", seed);
+            let quota = &stores.config.quotas.0[0];
+            let write = async {
+                let link = crate::blobs::Link::write(&stores, &team, &blob, 70).await.unwrap();
+                std::mem::forget(link); // kept: the push succeeded
+            };
+            let recount = async { reconcile_blob(&stores, &blob, 70).await.unwrap() };
+            block_on(futures::future::join(write, recount));
+            let why = format!("seed {seed} (replay: BERTH_SEED={seed})");
+            assert_eq!(block_on(used(&stores, quota)).unwrap(), 70, "{why}");
+            assert!(block_on(stores.meta.increment(&quota.blob_key(&blob), 0)).unwrap() > 0, "{why}");
+            // And a quiet recount finds nothing to change.
+            assert_eq!(block_on(reconcile_blob(&stores, &blob, 70)).unwrap(), Recounted::default(), "{why}");
+        }
+    }
+
+    /// The same with a link write that fails after its charge (its commit failed): whatever the
+    /// order, the count is never left below 0 and the bytes are counted at most once (too high
+    /// is a failure's side: when the recount and the write both counted the blob back, the
+    /// write's refund takes one count); the next recount leaves the namespace paying nothing.
+    #[test]
+    fn a_recount_racing_a_failed_link_write_leaves_nothing_counted_after_the_next() {
+        let team = RepoName::parse("team/a").unwrap();
+        let blob = digest(6);
+        for seed in seeds() {
+            let stores = interleaving_stores("team/* 1000", seed);
+            let quota = &stores.config.quotas.0[0];
+            let write = async {
+                let link = crate::blobs::Link::write(&stores, &team, &blob, 70).await.unwrap();
+                link.undo(&stores).await;
+            };
+            let recount = async { reconcile_blob(&stores, &blob, 70).await.unwrap() };
+            block_on(futures::future::join(write, recount));
+            let why = format!("seed {seed} (replay: BERTH_SEED={seed})");
+            assert!(block_on(used(&stores, quota)).unwrap() <= 70, "{why}");
+            assert!(block_on(stores.meta.increment(&quota.blob_key(&blob), 0)).unwrap() >= 0, "{why}");
+            block_on(reconcile_blob(&stores, &blob, 70)).unwrap();
+            assert_eq!(block_on(used(&stores, quota)).unwrap(), 0, "{why}");
+            assert_eq!(block_on(stores.meta.increment(&quota.blob_key(&blob), 0)).unwrap(), 0, "{why}");
+        }
+    }
+
+    /// The schedules' seeds: `BERTH_SEED` alone, or 2,000 from a printed base.
+    fn seeds() -> Vec<u64> {
+        if let Some(seed) = std::env::var("BERTH_SEED").ok().and_then(|s| s.parse().ok()) {
+            return vec![seed];
+        }
+        let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+        eprintln!("schedules: seeds {base} to {}", base + 1999);
+        (base..base + 2000).collect()
+    }
+
+    #[test]
+    fn a_namespace_whose_repositories_unlinked_a_blob_kept_elsewhere_stops_paying_at_the_next_collection() {
+        let stores = stores_with("team/* 1MiB");
+        let rule = stores.config.quotas.0[0].clone();
+        let layer = b"a base layer shared by two namespaces";
+        let digest = push_blob(&stores, "team/a", layer);
+        push_blob(&stores, "other/x", layer);
+        assert_eq!(block_on(used(&stores, &rule)).unwrap(), layer.len() as u64);
+        let deleted = send(&stores, Method::DELETE, &format!("/v2/team/a/blobs/{digest}"), vec![]);
+        assert_eq!(deleted.status, StatusCode::ACCEPTED);
+        assert_eq!(block_on(used(&stores, &rule)).unwrap(), layer.len() as u64, "a delete only unlinks");
+        let step = block_on(crate::gc::step(&stores, None, false, 1)).unwrap();
+        assert!(step.collected.is_empty(), "other/x still links it: {step:?}");
+        assert_eq!(block_on(used(&stores, &rule)).unwrap(), 0, "team/* no longer pays for it");
+        let head = send(&stores, Method::HEAD, &format!("/v2/other/x/blobs/{digest}"), vec![]);
+        assert_eq!(head.status, StatusCode::OK);
+        // Linked again, it is counted again.
+        push_blob(&stores, "team/b", layer);
+        assert_eq!(block_on(used(&stores, &rule)).unwrap(), layer.len() as u64);
+    }
+
+    #[test]
+    fn a_recount_counts_the_blobs_linked_before_a_rule_existed_and_only_in_its_namespace() {
+        let mut stores = memory_stores();
+        let (mine, theirs) = (b"in team/a".to_vec(), b"in other/x, a bit longer".to_vec());
+        push_blob(&stores, "team/a", &mine);
+        push_blob(&stores, "other/x", &theirs);
+        stores.config.quotas = Quotas::parse("team/* 1MiB").unwrap();
+        let rule = stores.config.quotas.0[0].clone();
+        assert_eq!(block_on(used(&stores, &rule)).unwrap(), 0, "pushed before the rule");
+        let (done, examined, next) = block_on(recount_step(&stores, None)).unwrap();
+        assert_eq!((examined, next), (2, None));
+        assert_eq!(done, Recounted { released: 0, restored: mine.len() as u64 });
+        assert_eq!(block_on(used(&stores, &rule)).unwrap(), mine.len() as u64);
+        // A second recount changes nothing; a push of the same blob is not counted twice.
+        assert_eq!(block_on(recount_step(&stores, None)).unwrap().0, Recounted::default());
+        push_blob(&stores, "team/b", &mine);
+        assert_eq!(block_on(used(&stores, &rule)).unwrap(), mine.len() as u64);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! /v2/<name>/blobs/<digest>             Blob
 //! /v2/<name>/referrers/<digest>         Referrers
 //! /v2/_berth/quotas                     AdminQuotas (Berth's admin API)
+//! /v2/_berth/quotas/recount             AdminQuotaRecount (one step of a quota recount)
 //! /v2/_berth/gc                         AdminGc (one garbage collection step)
 //! /v2/_berth/metrics                    AdminMetrics (registry-wide figures, Prometheus format)
 //! ```
@@ -36,6 +37,8 @@ pub enum Route {
     /// Berth's admin API: quota usage. (`_berth` cannot be a repository name: a component
     /// cannot start with `_`.)
     AdminQuotas,
+    /// Berth's admin API: one step of a recount of quota usage from the links.
+    AdminQuotaRecount,
     /// Berth's admin API: one step of garbage collection.
     AdminGc,
     /// Berth's admin API: registry-wide figures in Prometheus' format.
@@ -52,7 +55,12 @@ impl Route {
             | Route::Upload(name, _)
             | Route::Blob(name, _)
             | Route::Referrers(name, _) => Some(name),
-            Route::Base | Route::Catalog | Route::AdminQuotas | Route::AdminGc | Route::AdminMetrics => None,
+            Route::Base
+            | Route::Catalog
+            | Route::AdminQuotas
+            | Route::AdminQuotaRecount
+            | Route::AdminGc
+            | Route::AdminMetrics => None,
         }
     }
 
@@ -77,6 +85,7 @@ impl Route {
             "/v2" | "/v2/" => return Ok(Route::Base),
             "/v2/_catalog" => return Ok(Route::Catalog),
             "/v2/_berth/quotas" => return Ok(Route::AdminQuotas),
+            "/v2/_berth/quotas/recount" => return Ok(Route::AdminQuotaRecount),
             "/v2/_berth/gc" => return Ok(Route::AdminGc),
             "/v2/_berth/metrics" => return Ok(Route::AdminMetrics),
             _ => path.strip_prefix("/v2/").ok_or_else(not_found)?,

@@ -218,3 +218,103 @@ async fn racing_chunks_of_unfinished_uploads_never_take_a_namespace_past_its_quo
     assert!(outcomes.iter().filter(|o| o.0 != 202).all(|o| is_error(o, 403, "DENIED")), "{outcomes:?}");
     assert_eq!(quota_usage(&reg).await, (0, 5000));
 }
+
+/// `berth-runner quota [--recount]` against a runner; its standard output.
+fn quota_cli(runner: &Runner, extra: &[&str]) -> String {
+    let output = std::process::Command::new(&artifacts().runner)
+        .args(["quota", "--registry", &runner.url])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "berth-runner quota {extra:?}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// A recount rebuilds usage from the links: blobs linked before the rule existed are counted,
+/// and a blob whose repositories in the namespace all unlinked it stops counting there while
+/// another namespace keeps it.
+#[tokio::test]
+async fn a_recount_counts_blobs_linked_before_a_rule_and_releases_blobs_a_namespace_unlinked() {
+    let data = tempfile::tempdir().unwrap();
+    let (mine, shared) = (PseudoRandom::bytes(301, 3000), PseudoRandom::bytes(302, 5000));
+    {
+        let runner = Runner::start(data.path());
+        let reg = Registry::new(&runner);
+        reg.push_blob("team/a", &mine).await;
+        reg.push_blob("team/a", &shared).await;
+        reg.push_blob("other/x", &shared).await;
+    }
+    let runner = Runner::start_with(
+        data.path(),
+        RunnerOptions { args: vars(&[("quotas", "team/* 1MiB")]), ..Default::default() },
+    );
+    let reg = Registry::new(&runner);
+    assert_eq!(quota_usage(&reg).await.0, 0, "pushed before the rule existed");
+
+    let output = quota_cli(&runner, &["--recount"]);
+    assert!(output.contains("examined 2 blobs") && output.contains("restored 7.8 KiB (8000 bytes)"), "{output}");
+    assert!(output.contains("team/*: 7.8 KiB of 1.0 MiB used (8000 bytes)"), "{output}");
+    assert_eq!(quota_usage(&reg).await.0, 8000);
+
+    let deleted = reg.delete(&format!("/v2/team/a/blobs/{}", sha256(&shared))).await;
+    assert_eq!(deleted.status(), 202);
+    let output = quota_cli(&runner, &["--recount"]);
+    assert!(output.contains("released 4.9 KiB (5000 bytes)"), "{output}");
+    assert_eq!(quota_usage(&reg).await.0, 3000, "other/x keeps the shared blob; team/* pays for it no more");
+    assert_eq!(reg.head(&format!("/v2/other/x/blobs/{}", sha256(&shared))).await.status(), 200);
+
+    // A cursor that is not one is the client's mistake.
+    let refused = reg.http.post(reg.at("/v2/_berth/quotas/recount?cursor=nonsense")).send().await.unwrap();
+    expect_error(refused, 400, "UNSUPPORTED").await;
+}
+
+/// Sixteen clients link ONE blob into eight repositories of a namespace (each repository twice,
+/// so links race links) while two recounts run over and over, one of them also releasing a blob
+/// the namespace unlinked: every acknowledged link stays counted, exactly once, and the unlinked
+/// blob is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recounts_racing_pushes_of_one_blob_never_drop_an_acknowledged_link() {
+    let (_data, runner, reg) =
+        start_registry(RunnerOptions { args: vars(&[("quotas", "race/* 1MiB")]), ..Default::default() });
+    let dropped = PseudoRandom::bytes(401, 2000);
+    reg.push_blob("race/gone", &dropped).await;
+    assert_eq!(reg.delete(&format!("/v2/race/gone/blobs/{}", sha256(&dropped))).await.status(), 202);
+    let layer = PseudoRandom::bytes(402, 7000);
+    let pushing = std::sync::atomic::AtomicBool::new(true);
+    let recount = async || {
+        let mut passes = 0;
+        while pushing.load(std::sync::atomic::Ordering::SeqCst) || passes == 0 {
+            let mut cursor = String::new();
+            loop {
+                let url = reg.at(&format!("/v2/_berth/quotas/recount?cursor={}", cursor.replace('/', "%2F")));
+                let step = json(reg.http.post(url).send().await.unwrap()).await;
+                match step["next"].as_str() {
+                    Some(next) => cursor = next.to_owned(),
+                    None => break,
+                }
+            }
+            passes += 1;
+        }
+        passes
+    };
+    let pushes = async {
+        let pushes = (0..16).map(|i| {
+            let (reg, layer) = (&reg, &layer);
+            async move { reg.push_blob(&format!("race/r{}", i % 8), layer).await }
+        });
+        futures::future::join_all(pushes).await;
+        pushing.store(false, std::sync::atomic::Ordering::SeqCst);
+    };
+    let (_, first, second) = futures::join!(pushes, recount(), recount());
+    assert!(first > 0 && second > 0);
+    assert_eq!(quota_usage(&reg).await.0, 7000, "the layer counted once, the unlinked blob released");
+    // A quiet recount agrees.
+    let output = quota_cli(&runner, &["--recount"]);
+    assert!(output.contains("released 0 B (0 bytes)") && output.contains("restored 0 B (0 bytes)"), "{output}");
+    assert_eq!(quota_usage(&reg).await.0, 7000);
+}

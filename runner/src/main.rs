@@ -1,13 +1,13 @@
 //! `berth-runner`: runs the Berth component without Spin — Wasmtime, SQLite key-value,
 //! filesystem blobs — reading the same spin.toml as `spin up`.
 
+mod admin_client;
 mod auth_tools;
 mod bindings;
 mod blob_fs;
 mod blob_host;
 mod compile_cache;
 mod compose;
-mod gc_client;
 mod host;
 mod kv;
 mod kv_host;
@@ -46,7 +46,9 @@ enum Command {
     /// Read a password from stdin and print its bcrypt hash (for the `auth_users` variable).
     HashPassword(auth_tools::HashPasswordArgs),
     /// Collect garbage on a running registry through its admin API, step by step.
-    Gc(gc_client::GcArgs),
+    Gc(admin_client::GcArgs),
+    /// Quota usage on a running registry, through its admin API.
+    Quota(admin_client::QuotaArgs),
 }
 
 #[derive(clap::Args)]
@@ -128,7 +130,11 @@ fn main() -> Result<()> {
         Command::HashPassword(args) => return auth_tools::hash_password(args),
         Command::Gc(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            return runtime.block_on(gc_client::run(args));
+            return runtime.block_on(admin_client::gc(args));
+        }
+        Command::Quota(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            return runtime.block_on(admin_client::quota(args));
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -1,6 +1,8 @@
 //! Berth's admin API (JSON, needs the policy action `admin` for `*`; README "Admin API").
 //!
 //! `GET /v2/_berth/quotas`: every quota rule with its limit and usage, in bytes.
+//! `POST /v2/_berth/quotas/recount[?cursor=...]`: one bounded step of a recount of quota usage
+//! from the links.
 //! `POST /v2/_berth/gc[?dry_run=true][&cursor=...][&concurrency=N]`: one bounded step of garbage
 //! collection.
 
@@ -128,4 +130,31 @@ pub async fn quotas<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>) -> Result
     }
     let body = serde_json::to_vec(&serde_json::json!({ "quotas": rules })).expect("json");
     Ok(Response::new(StatusCode::OK).json(body))
+}
+
+/// One step of a quota recount (`crate::quota::recount_step`) from `cursor` (none: the first
+/// blob). The answer gives the bytes released and restored, and the cursor of the next step
+/// (`null`: the recount is complete). Driven by its caller alone: a recount is rare, asked for
+/// by an operator (`berth-runner quota --recount`), so it keeps no cursor of its own.
+pub async fn recount<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    req: &Request<B::Incoming>,
+) -> Result<Response<B::Outgoing>, RegistryError> {
+    let after = req.query_param("cursor").filter(|c| !c.is_empty());
+    if let Some(cursor) = &after
+        && keys::parse_blob_index(cursor).is_none()
+    {
+        return Err(RegistryError::new(ErrorCode::Unsupported, format!("{cursor:?} is not a recount cursor"))
+            .with_status(StatusCode::BAD_REQUEST));
+    }
+    let (done, examined, next) = quota::recount_step(stores, after).await?;
+    stores.count("quota_recount_bytes_released", done.released);
+    stores.count("quota_recount_bytes_restored", done.restored);
+    let body = serde_json::json!({
+        "examined": examined,
+        "released": done.released,
+        "restored": done.restored,
+        "next": next,
+    });
+    Ok(Response::new(StatusCode::OK).json(serde_json::to_vec(&body).expect("json")))
 }

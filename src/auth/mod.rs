@@ -59,7 +59,9 @@ pub fn need(method: &Method, route: &Route) -> Need {
     let (name, actions) = match route {
         Route::Base => return Need::Login,
         Route::Catalog => return Need::Catalog,
-        Route::AdminQuotas | Route::AdminGc | Route::AdminMetrics => return Need::Admin,
+        Route::AdminQuotas | Route::AdminQuotaRecount | Route::AdminGc | Route::AdminMetrics => {
+            return Need::Admin;
+        }
         Route::UploadStart(name) | Route::Upload(name, _) => (name, push),
         Route::Tags(name) | Route::Manifest(name, _) | Route::Blob(name, _) | Route::Referrers(name, _) => {
             let actions = match *method {

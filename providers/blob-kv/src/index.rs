@@ -533,7 +533,12 @@ mod tests {
         let mut expected: Vec<String> = (0..500).map(name).collect();
         expected.sort();
         let mut listed = Vec::new();
-        index.scan("", false, |n| Ok(listed.push(n.to_owned())).map(|_| true)).unwrap();
+        index
+            .scan("", false, |n| {
+                listed.push(n.to_owned());
+                Ok(true)
+            })
+            .unwrap();
         assert_eq!(listed, expected);
         let root = redis.get("t/root").unwrap().unwrap();
         assert!(root.iter().all(u8::is_ascii_digit), "{root:?}");

@@ -1,7 +1,9 @@
-//! `berth-runner gc`: drive garbage collection on a running registry through its admin API
-//! (`POST /v2/_berth/gc`, one bounded step per request), with progress on stderr and what was
-//! (or, with --dry-run, would be) removed on stdout. The steps run inside the registry, so this
-//! works the same against a runner, `spin up` or an edge host.
+//! `berth-runner gc` and `berth-runner quota`: drive the registry's admin API on a running
+//! registry. `gc` runs garbage collection (`POST /v2/_berth/gc`, one bounded step per request),
+//! with progress on stderr and what was (or, with --dry-run, would be) removed on stdout;
+//! `quota` shows each rule's usage (`GET /v2/_berth/quotas`) and, with --recount, first
+//! recounts it from the links (`POST /v2/_berth/quotas/recount`, step by step). The steps run
+//! inside the registry, so this works the same against a runner, `spin up` or an edge host.
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
@@ -11,19 +13,26 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::time::Duration;
 
+/// Where the registry is and who asks.
 #[derive(clap::Args)]
-pub struct GcArgs {
+pub struct Target {
     /// The registry's address (plain HTTP; for a registry served over HTTPS, run this where it
     /// listens on loopback, or call the admin API with curl).
     #[arg(long, default_value = "http://127.0.0.1:5000")]
     registry: String,
-    /// Report what would be removed, and remove nothing.
-    #[arg(long)]
-    dry_run: bool,
     /// A user whose policy grants `admin` (basic or token auth); the password comes from the
     /// BERTH_ADMIN_PASSWORD environment variable.
     #[arg(long)]
     user: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Report what would be removed, and remove nothing.
+    #[arg(long)]
+    dry_run: bool,
     /// Blobs the registry examines at once (1 to 8).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=8))]
     concurrency: u8,
@@ -37,21 +46,76 @@ pub struct GcArgs {
     every: Option<u64>,
 }
 
-pub async fn run(args: GcArgs) -> Result<()> {
-    let url: http::Uri = args.registry.parse().context("--registry")?;
-    if url.scheme_str() != Some("http") {
-        bail!("--registry must be an http:// address");
-    }
-    let authority = url.authority().context("--registry needs a host and port")?.to_string();
-    let password = std::env::var("BERTH_ADMIN_PASSWORD").ok();
-    let credentials = match (&args.user, password) {
-        (Some(user), Some(password)) => {
-            Some(base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+#[derive(clap::Args)]
+pub struct QuotaArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Recount every rule's usage from the links first (after adding a rule to a registry that
+    /// already holds images, or to check the counts): one pass over the blobs, safe beside
+    /// pushes.
+    #[arg(long)]
+    recount: bool,
+}
+
+impl Target {
+    fn client(&self) -> Result<Client> {
+        let url: http::Uri = self.registry.parse().context("--registry")?;
+        if url.scheme_str() != Some("http") {
+            bail!("--registry must be an http:// address");
         }
-        (Some(_), None) => bail!("--user needs the password in BERTH_ADMIN_PASSWORD"),
-        (None, _) => None,
-    };
-    let mut client = Client { authority, credentials, bearer: None };
+        let authority = url.authority().context("--registry needs a host and port")?.to_string();
+        let password = std::env::var("BERTH_ADMIN_PASSWORD").ok();
+        let credentials = match (&self.user, password) {
+            (Some(user), Some(password)) => {
+                Some(base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+            }
+            (Some(_), None) => bail!("--user needs the password in BERTH_ADMIN_PASSWORD"),
+            (None, _) => None,
+        };
+        Ok(Client { authority, credentials, bearer: None })
+    }
+}
+
+pub async fn quota(args: QuotaArgs) -> Result<()> {
+    let mut client = args.target.client()?;
+    if args.recount {
+        let (mut examined, mut released, mut restored) = (0u64, 0u64, 0u64);
+        let mut cursor = String::new();
+        loop {
+            let step =
+                client.send_json("POST", &format!("/v2/_berth/quotas/recount?cursor={}", url_escape(&cursor))).await?;
+            examined += step["examined"].as_u64().unwrap_or(0);
+            released += step["released"].as_u64().unwrap_or(0);
+            restored += step["restored"].as_u64().unwrap_or(0);
+            match step["next"].as_str() {
+                Some(next) => cursor = next.to_owned(),
+                None => break,
+            }
+        }
+        println!(
+            "recount: examined {examined} blobs; released {} ({released} bytes) no repository links any more; \
+             restored {} ({restored} bytes) not counted before",
+            human(released),
+            human(restored)
+        );
+    }
+    let usage = client.send_json("GET", "/v2/_berth/quotas").await?;
+    for rule in usage["quotas"].as_array().into_iter().flatten() {
+        let figure = |field: &str| rule[field].as_u64().unwrap_or(0);
+        println!(
+            "{}: {} of {} used ({} bytes), {} uploading",
+            rule["repositories"].as_str().unwrap_or("?"),
+            human(figure("used")),
+            human(figure("limit")),
+            figure("used"),
+            human(figure("uploading"))
+        );
+    }
+    Ok(())
+}
+
+pub async fn gc(args: GcArgs) -> Result<()> {
+    let mut client = args.target.client()?;
     loop {
         pass(&mut client, &args).await?;
         let Some(every) = args.every else { return Ok(()) };
@@ -77,7 +141,7 @@ async fn pass(client: &mut Client, args: &GcArgs) -> Result<()> {
     loop {
         let query = format!("dry_run={dry_run}&concurrency={concurrency}&cursor={}", url_escape(&cursor));
         let started = std::time::Instant::now();
-        let step = client.post(&format!("/v2/_berth/gc?{query}")).await?;
+        let step = client.send_json("POST", &format!("/v2/_berth/gc?{query}")).await?;
         let worked = started.elapsed();
         examined += step["examined"].as_u64().unwrap_or(0);
         for blob in step["collected"].as_array().into_iter().flatten() {
@@ -138,16 +202,16 @@ struct Client {
 }
 
 impl Client {
-    /// POST and decode the JSON answer; with token auth, a 401's Bearer challenge is answered
-    /// by fetching a token from its realm with the basic credentials, once.
-    async fn post(&mut self, path: &str) -> Result<serde_json::Value> {
+    /// Send (no body) and decode the JSON answer; with token auth, a 401's Bearer challenge is
+    /// answered by fetching a token from its realm with the basic credentials, once.
+    async fn send_json(&mut self, method: &str, path: &str) -> Result<serde_json::Value> {
         for _ in 0..2 {
             let authorization = match (&self.bearer, &self.credentials) {
                 (Some(token), _) => Some(format!("Bearer {token}")),
                 (None, Some(basic)) => Some(format!("Basic {basic}")),
                 (None, None) => None,
             };
-            let (status, headers, body) = self.send("POST", path, authorization).await?;
+            let (status, headers, body) = self.send(method, path, authorization).await?;
             if status == StatusCode::UNAUTHORIZED
                 && self.bearer.is_none()
                 && let Some(challenge) = headers.get(http::header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok())
