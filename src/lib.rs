@@ -1,30 +1,34 @@
 //! Berth: a private OCI / Docker registry as a stateless Spin HTTP component.
 //!
-//! The core (names, digests, routes, errors, the registry logic over the [`store`] traits) is
-//! plain Rust that compiles and tests natively; only [`spin`] (wasm32) knows about Spin and the
-//! WIT bindings.
+//! Floors, each a folder, each importing only from the floors below it (docs/architecture.md;
+//! `tests/foundation.rs` fails on an import that points up, or on a circle):
+//!
+//! | floor | what it holds |
+//! |---|---|
+//! | `spin` | the Spin glue (wasm32 only): WIT bindings to the stores, the variables, outbound HTTP |
+//! | [`api`] | the HTTP handlers: parse the request, check access, call the domain, shape the answer |
+//! | [`mirror`] | the pull-through mirror: asking upstreams, one fetch per blob, the cache protocol |
+//! | [`lifecycle`] | what runs over the registry: garbage collection, retention, immutable tags' bindings |
+//! | [`registry`] | the domain over the storage contracts: blobs, links and holders, uploads, manifests and tags, quota accounting |
+//! | [`config`] | the settings, parsed from Spin variables |
+//! | [`auth`] | access control: users, passwords, policy, tokens |
+//! | [`wire`] | the vocabulary: digests, names, references, ranges, routes, error codes, manifests, messages |
+//!
+//! Everything but `spin` is plain Rust that compiles and tests natively.
+
+pub mod wire;
+
+pub mod auth;
+
+pub mod config;
+
+pub mod registry;
+
+pub mod lifecycle;
+
+pub mod mirror;
 
 pub mod api;
-pub mod auth;
-pub mod blobs;
-pub mod config;
-pub mod digest;
-pub mod errcode;
-pub mod gc;
-pub mod immutable;
-pub mod keys;
-pub mod manifest;
-pub mod message;
-pub mod mirror;
-pub mod name;
-pub mod quota;
-pub mod range;
-pub mod reference;
-pub mod retention;
-pub mod route;
-pub mod store;
-pub mod upload;
-pub mod uploads;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -10,19 +10,20 @@ use crate::api;
 use crate::auth::challenge;
 use crate::auth::config::{AuthConfig, Mode};
 use crate::auth::password::{basic_credentials, is_bcrypt};
-use crate::auth::policy::{Policy, glob_match};
+use crate::auth::policy::Policy;
 use crate::auth::scope::{Actions, Resource, Scope};
 use crate::auth::token::{self, Access, Audience, Claims};
-use crate::digest::{Algorithm, Digest};
-use crate::errcode::ErrorCode;
-use crate::manifest::{self, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
-use crate::message::{Body, Request, Response};
-use crate::name::{MAX_NAME_LEN, RepoName, Tag};
-use crate::range::{RangeRequest, parse_content_range, parse_range};
-use crate::reference::Reference;
-use crate::route::{Route, url};
-use crate::store::Stores;
+use crate::registry::store::Stores;
 use crate::testing::{MemBlobs, MemMeta, block_on, memory_stores};
+use crate::wire::digest::{Algorithm, Digest};
+use crate::wire::errcode::ErrorCode;
+use crate::wire::glob::glob_match;
+use crate::wire::manifest::{self, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
+use crate::wire::message::{Body, Request, Response};
+use crate::wire::name::{MAX_NAME_LEN, RepoName, Tag};
+use crate::wire::range::{RangeRequest, parse_content_range, parse_range};
+use crate::wire::reference::Reference;
+use crate::wire::route::{Route, url};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -79,7 +80,7 @@ fn noise(alphabet: &'static str) -> BoxedStrategy<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Repository names and tags (src/name.rs).
+// Repository names and tags (src/wire/name.rs).
 
 proptest! {
     #![proptest_config(config(1000))]
@@ -170,7 +171,7 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Digests and references (src/digest.rs, src/reference.rs).
+// Digests and references (src/wire/digest.rs, src/wire/reference.rs).
 
 proptest! {
     #![proptest_config(config(1000))]
@@ -235,7 +236,7 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// `Range` and `Content-Range` (src/range.rs).
+// `Range` and `Content-Range` (src/wire/range.rs).
 
 /// Range headers: the usual forms with numbers anywhere in u64 (edges included), or junk.
 fn range_header() -> impl Strategy<Value = String> {
@@ -311,7 +312,7 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Manifests and indexes (src/manifest.rs).
+// Manifests and indexes (src/wire/manifest.rs).
 
 /// Any JSON, with the manifest vocabulary as keys and media types and digests as strings often
 /// enough that the parser gets past the shape checks.
@@ -517,7 +518,7 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Routes (src/route.rs).
+// Routes (src/wire/route.rs).
 
 proptest! {
     #![proptest_config(config(1000))]
@@ -565,7 +566,7 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Query strings (src/message.rs).
+// Query strings (src/wire/message.rs).
 
 fn request_with_query(query: Option<String>) -> Request<()> {
     Request { method: Method::GET, path: "/v2/".into(), query, headers: HeaderMap::new(), body: (), origin: None }

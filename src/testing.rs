@@ -1,7 +1,7 @@
 //! In-memory stores for native tests of the registry logic.
 
-use crate::digest::RunningHash;
-use crate::store::{BlobStore, Extent, MetaStore, StoreError, Stores, Written};
+use crate::registry::store::{BlobStore, Extent, MetaStore, StoreError, Stores, Written};
+use crate::wire::digest::RunningHash;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
@@ -198,7 +198,7 @@ pub fn memory_stores() -> Stores<MemMeta, MemBlobs> {
         random: counter_random,
         now: test_clock,
         config: Default::default(),
-        request_id: crate::store::RequestId::made([0xab; 16]),
+        request_id: crate::registry::store::RequestId::made([0xab; 16]),
         events: Default::default(),
     }
 }
@@ -219,9 +219,9 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 pub mod api {
     use super::{MemBlobs, MemMeta, block_on};
     use crate::api::handle;
-    use crate::digest::{Algorithm, Digest};
-    use crate::message::{Body, Request, Response};
-    use crate::store::Stores;
+    use crate::registry::store::Stores;
+    use crate::wire::digest::{Algorithm, Digest};
+    use crate::wire::message::{Body, Request, Response};
     use http::{HeaderMap, Method, StatusCode};
 
     pub type Mem = Stores<MemMeta, MemBlobs>;
@@ -252,7 +252,7 @@ pub mod api {
         let layers: Vec<_> = layers.iter().map(|l| descriptor(l, "application/vnd.oci.image.layer.v1.tar")).collect();
         serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
-            "mediaType": crate::manifest::OCI_MANIFEST,
+            "mediaType": crate::wire::manifest::OCI_MANIFEST,
             "config": descriptor(config, "application/vnd.oci.image.config.v1+json"),
             "layers": layers,
         }))

@@ -2226,7 +2226,7 @@ fn leftovers(data: &Path, backend: Backend) -> Vec<String> {
                     .map(|p| format!("session index entry {}", p.display())),
             );
             for object in stored_objects(data, "uploads") {
-                // Object `a/b` is the file `a/b~` (runner/src/blob_fs.rs).
+                // Object `a/b` is the file `a/b~` (runner/src/store/blob_fs.rs).
                 let file = object.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
                 let name = file.strip_suffix('~').unwrap_or(&file).to_owned();
                 if !owned.contains(&name) {

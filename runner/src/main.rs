@@ -1,28 +1,18 @@
 //! `berth-runner`: runs the Berth component without Spin — Wasmtime, SQLite key-value,
 //! filesystem blobs — reading the same spin.toml as `spin up`.
 
-mod admin_client;
-mod auth_tools;
-mod bindings;
-mod blob_fs;
-mod blob_host;
-mod compile_cache;
-mod compose;
+mod app;
 mod host;
-mod kv;
-mod kv_host;
-mod kv_redis;
-mod limits;
-mod manifest;
-mod metrics;
-mod outbound;
-mod request_log;
-mod runtime_config;
-mod serve;
-mod streams;
-mod variables;
-mod vars_host;
-mod wasi_kv_host;
+mod http;
+mod memory;
+mod store;
+mod tools;
+
+use app::{compile_cache, compose, manifest, variables};
+use host::outbound;
+use http::{limits, metrics, request_log, serve};
+use store::{blob_fs, kv_stores, runtime_config};
+use tools::{admin_client, auth_tools};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -167,8 +157,8 @@ async fn up(args: UpArgs) -> Result<()> {
         let expanded = variables.expand(entry).with_context(|| format!("allowed_outbound_hosts entry {entry:?}"))?;
         outbound_hosts.extend(expanded.split([',', ' ', '\n']).filter(|h| !h.is_empty()).map(str::to_owned));
     }
-    let shared = Arc::new(host::Shared {
-        kv: kv::KvStores::new(args.data.join("kv"), app.key_value_stores.clone(), configured_stores),
+    let shared = Arc::new(host::state::Shared {
+        kv: kv_stores::KvStores::new(args.data.join("kv"), app.key_value_stores.clone(), configured_stores),
         blobs: blob_fs::FsBlobStore::new(args.data.join("blobs"))
             .with_context(|| format!("creating {}", args.data.display()))?,
         variables,

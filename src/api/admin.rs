@@ -6,14 +6,14 @@
 //! `POST /v2/_berth/gc[?dry_run=true][&cursor=...][&concurrency=N]`: one bounded step of garbage
 //! collection.
 
-use crate::blobs::internal;
-use crate::errcode::{ErrorCode, RegistryError};
-use crate::message::{Request, Response};
-use crate::store::{BlobStore, MetaStore, Stores};
-use crate::{gc, keys, quota};
+use crate::lifecycle::gc;
+use crate::registry::store::{BlobStore, MetaStore, Stores, internal};
+use crate::registry::{keys, quota};
+use crate::wire::errcode::{ErrorCode, RegistryError};
+use crate::wire::message::{Request, Response};
 use http::StatusCode;
 
-/// One step of garbage collection (`crate::gc`). It starts after `cursor` when given, else where
+/// One step of garbage collection (`crate::lifecycle::gc`). It starts after `cursor` when given, else where
 /// the last step left off (kept in key-value, so a pass goes on across instances and restarts);
 /// a dry run changes nothing and keeps no cursor, so it is driven by `cursor` alone. The answer
 /// gives what was removed and the cursor of the next step (`null`: the pass is complete).
@@ -132,7 +132,7 @@ pub async fn quotas<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>) -> Result
     Ok(Response::new(StatusCode::OK).json(body))
 }
 
-/// One step of a quota recount (`crate::quota::recount_step`) from `cursor` (none: the first
+/// One step of a quota recount (`crate::lifecycle::recount::step`) from `cursor` (none: the first
 /// blob). The answer gives the bytes released and restored, and the cursor of the next step
 /// (`null`: the recount is complete). Driven by its caller alone: a recount is rare, asked for
 /// by an operator (`berth-runner quota --recount`), so it keeps no cursor of its own.
@@ -147,7 +147,7 @@ pub async fn recount<M: MetaStore, B: BlobStore>(
         return Err(RegistryError::new(ErrorCode::Unsupported, format!("{cursor:?} is not a recount cursor"))
             .with_status(StatusCode::BAD_REQUEST));
     }
-    let (done, examined, next) = quota::recount_step(stores, after).await?;
+    let (done, examined, next) = crate::lifecycle::recount::step(stores, after).await?;
     stores.count("quota_recount_bytes_released", done.released);
     stores.count("quota_recount_bytes_restored", done.restored);
     let body = serde_json::json!({

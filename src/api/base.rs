@@ -1,6 +1,6 @@
 //! `GET /v2/`: the API version check clients start with.
 
-use crate::message::Response;
+use crate::wire::message::Response;
 use http::StatusCode;
 
 pub fn get<S>() -> Response<S> {

@@ -1,14 +1,14 @@
 //! `GET|HEAD|DELETE /v2/<name>/blobs/<digest>`: blobs streamed from the blob store, with
 //! single `Range` requests.
 
-use crate::blobs::{self, BlobRecord, internal};
-use crate::digest::Digest;
-use crate::errcode::{ErrorCode, RegistryError};
-use crate::keys;
-use crate::message::{CONTENT_DIGEST, Request, Response};
-use crate::name::RepoName;
-use crate::range::{RangeRequest, parse_range};
-use crate::store::{BlobStore, MetaStore, Stores};
+use crate::registry::blobs::{self, BlobRecord};
+use crate::registry::keys;
+use crate::registry::store::{BlobStore, MetaStore, Stores, internal};
+use crate::wire::digest::Digest;
+use crate::wire::errcode::{ErrorCode, RegistryError};
+use crate::wire::message::{CONTENT_DIGEST, Request, Response};
+use crate::wire::name::RepoName;
+use crate::wire::range::{RangeRequest, parse_range};
 use http::{StatusCode, header};
 
 pub async fn head<M: MetaStore, B: BlobStore>(

@@ -9,10 +9,10 @@
 use super::cursor;
 use super::listing::{Kept, MAX_ENTRIES, Page, collect_within, next_link};
 use crate::auth::Identity;
-use crate::errcode::{ErrorCode, RegistryError};
-use crate::keys;
-use crate::message::{Request, Response};
-use crate::store::{BlobStore, MetaStore, Stores};
+use crate::registry::keys;
+use crate::registry::store::{BlobStore, MetaStore, Stores};
+use crate::wire::errcode::{ErrorCode, RegistryError};
+use crate::wire::message::{Request, Response};
 use http::{StatusCode, header};
 
 /// Repository names one catalog request looks at, at most.

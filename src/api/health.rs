@@ -4,9 +4,9 @@
 //! else 503. Which backend failed, and how, goes to the log only: the answer says nothing an
 //! anonymous caller could use.
 
-use crate::errcode::{ErrorCode, RegistryError};
-use crate::message::{Request, Response};
-use crate::store::{BlobStore, MetaStore, Outbound, Stores};
+use crate::registry::store::{BlobStore, MetaStore, Outbound, Stores};
+use crate::wire::errcode::{ErrorCode, RegistryError};
+use crate::wire::message::{Request, Response};
 use futures::future::{Either, select};
 use http::{Method, StatusCode};
 
@@ -78,10 +78,10 @@ async fn within_deadline<B: BlobStore, O: Outbound<B>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Body;
-    use crate::store::{NoOutbound, StoreError};
+    use crate::registry::store::{NoOutbound, StoreError};
     use crate::testing::api::{Mem, error_code, send};
     use crate::testing::{MemBlobs, block_on, memory_stores};
+    use crate::wire::message::Body;
 
     fn status_word(response: &Response<Vec<u8>>) -> String {
         let Body::Full(bytes) = &response.body else { panic!("no body") };
@@ -158,7 +158,7 @@ mod tests {
             random: crate::testing::counter_random,
             now: crate::testing::test_clock,
             config: Default::default(),
-            request_id: crate::store::RequestId::made([1; 16]),
+            request_id: crate::registry::store::RequestId::made([1; 16]),
             events: Default::default(),
         };
         // NoOutbound's pause is over at once: the deadline is due as soon as the check waits.

@@ -8,11 +8,10 @@
 //! ([`ObjectPages`]), so answering one page never holds more than one store page of names and
 //! one response page of entries.
 
-use crate::blobs::ObjectPages;
-use crate::errcode::{ErrorCode, RegistryError};
-use crate::manifest::MAX_MANIFEST_SIZE;
-use crate::message::Request;
-use crate::store::{BlobStore, Stores};
+use crate::registry::store::{BlobStore, ObjectPages, Stores};
+use crate::wire::errcode::{ErrorCode, RegistryError};
+use crate::wire::manifest::MAX_MANIFEST_SIZE;
+use crate::wire::message::Request;
 
 /// The most entries one page holds (CNCF Distribution's default `maxentries` for the catalog).
 pub const MAX_ENTRIES: usize = 1000;
@@ -179,7 +178,9 @@ mod tests {
         }
     }
 
-    fn stores_with(names: &[&str]) -> crate::store::Stores<crate::testing::MemMeta, crate::testing::MemBlobs> {
+    fn stores_with(
+        names: &[&str],
+    ) -> crate::registry::store::Stores<crate::testing::MemMeta, crate::testing::MemBlobs> {
         let stores = memory_stores();
         for name in names {
             stores.blobs.0.borrow_mut().insert(format!("p/{name}"), Vec::new());

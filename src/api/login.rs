@@ -12,10 +12,9 @@
 //! others learn nothing the first does not, and check without counting.
 
 use crate::auth::throttle::{self, Kind};
-use crate::blobs::internal;
-use crate::errcode::{ErrorCode, RegistryError};
-use crate::message::Response;
-use crate::store::{MetaStore, Stores};
+use crate::registry::store::{MetaStore, Stores, internal};
+use crate::wire::errcode::{ErrorCode, RegistryError};
+use crate::wire::message::Response;
 use hmac::{KeyInit, Mac};
 use sha2::Digest as _;
 use std::cell::RefCell;
@@ -83,7 +82,7 @@ pub async fn reserve<M: MetaStore, B>(stores: &Stores<M, B>, attempt: &Attempt) 
     let counters = attempt.counters(stores);
     for &(kind, id, limit) in &counters {
         let failures = match stores.meta.get(&throttle::key(kind, id, now, window)).await.map_err(internal)? {
-            Some(value) => crate::store::counter_value(&value),
+            Some(value) => crate::registry::store::counter_value(&value),
             None => 0,
         };
         if failures >= limit {

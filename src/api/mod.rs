@@ -19,10 +19,10 @@ mod token;
 mod uploads;
 
 use crate::auth::{self, Denied};
-use crate::errcode::{ErrorCode, RegistryError};
-use crate::message::{Request, Response};
-use crate::route::Route;
-use crate::store::{BlobStore, MetaStore, NoOutbound, Outbound, StoreError, Stores};
+use crate::registry::store::{BlobStore, MetaStore, NoOutbound, Outbound, StoreError, Stores, internal};
+use crate::wire::errcode::{ErrorCode, RegistryError};
+use crate::wire::message::{Request, Response};
+use crate::wire::route::Route;
 use http::Method;
 
 pub use mirror::MIRROR_HEADER;
@@ -86,7 +86,7 @@ pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-reques
 /// The answer to an error. An internal error's detail (a store's message, an object's key, a
 /// variable's name) goes to the log, under the request's id, and the client gets the id only, to
 /// quote in a report; errors said for the user (`told`) pass as they are.
-pub fn error_response<S>(err: &RegistryError, id: &crate::store::RequestId) -> Response<S> {
+pub fn error_response<S>(err: &RegistryError, id: &crate::registry::store::RequestId) -> Response<S> {
     if err.code != ErrorCode::Internal || err.told {
         return Response::error(err);
     }
@@ -135,7 +135,7 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         // to anyone else the answer is the upstream's, whether or not it is here.
         let (here, there) = auth::authorize_both(config, &req, &local_need, &auth::need(&req.method, &mirrored), now);
         let name = route.name().expect("a candidate names a repository");
-        if here.is_ok() && crate::blobs::marked(stores, &crate::keys::repo_marker(name)).await? {
+        if here.is_ok() && crate::registry::blobs::marked(stores, &crate::registry::keys::repo_marker(name)).await? {
             Ok((route, here))
         } else {
             Ok((mirrored, there))
@@ -211,7 +211,7 @@ where
     }
     match req.query_param("ns").and_then(|ns| mirrors.for_namespace(&ns)) {
         Some(upstream) => {
-            let local = crate::mirror::Mirrors::local_name(upstream, name)?;
+            let local = crate::config::mirrors::Mirrors::local_name(upstream, name)?;
             Ok(route.renamed(local))
         }
         None => Ok(route),
@@ -239,7 +239,7 @@ fn default_upstream_candidate<M, B: BlobStore>(
         return Ok(None);
     }
     let Some(upstream) = mirrors.default_for(name) else { return Ok(None) };
-    let local = crate::mirror::Mirrors::local_name(upstream, name)?;
+    let local = crate::config::mirrors::Mirrors::local_name(upstream, name)?;
     Ok(Some(route.clone().renamed(local)))
 }
 
@@ -263,16 +263,16 @@ fn body_error(err: StoreError, code: ErrorCode) -> RegistryError {
     match err {
         StoreError::BodyInterrupted(why) => RegistryError::new(code, format!("the request body broke off: {why}"))
             .with_status(http::StatusCode::BAD_REQUEST),
-        other => crate::blobs::internal(other),
+        other => internal(other),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::{Algorithm, Digest};
-    use crate::message::Body;
     use crate::testing::{MemBlobs, MemMeta, block_on, memory_stores};
+    use crate::wire::digest::{Algorithm, Digest};
+    use crate::wire::message::Body;
     use http::{HeaderMap, StatusCode};
 
     fn request(method: Method, path_and_query: &str, body: Vec<u8>) -> Request<Vec<u8>> {
@@ -455,7 +455,7 @@ mod tests {
     #[test]
     fn an_internal_error_answers_a_reference_and_keeps_its_detail_for_the_log() {
         let err = RegistryError::new(ErrorCode::Internal, "corrupt record at repo/secret/app/link/sha256/ab");
-        let id = crate::store::RequestId::made([7; 16]);
+        let id = crate::registry::store::RequestId::made([7; 16]);
         let r: Response<Vec<u8>> = error_response(&err, &id);
         assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"));
         assert_eq!(detail(&r), "internal error (request 0707070707070707): the registry's log says what failed");
@@ -465,8 +465,7 @@ mod tests {
 
     #[test]
     fn an_unavailable_backend_is_503_unavailable_without_its_detail() {
-        let err =
-            crate::blobs::internal(StoreError::Unavailable("s3 at http://10.0.0.1:9000: connection refused".into()));
+        let err = internal(StoreError::Unavailable("s3 at http://10.0.0.1:9000: connection refused".into()));
         assert_eq!((err.code, err.status()), (ErrorCode::Unavailable, StatusCode::SERVICE_UNAVAILABLE));
     }
 
@@ -482,7 +481,7 @@ mod tests {
         send(stores, Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={config_digest}"), config.to_vec());
         let (manifest, digest) = manifest_for(variant);
         let mut req = request(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"), manifest);
-        req.headers.insert(http::header::CONTENT_TYPE, crate::manifest::OCI_MANIFEST.parse().unwrap());
+        req.headers.insert(http::header::CONTENT_TYPE, crate::wire::manifest::OCI_MANIFEST.parse().unwrap());
         (block_on(handle(stores, req)), digest)
     }
 
@@ -490,7 +489,7 @@ mod tests {
         let config_digest = Digest::of(Algorithm::Sha256, b"{}");
         let manifest = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
-            "mediaType": crate::manifest::OCI_MANIFEST,
+            "mediaType": crate::wire::manifest::OCI_MANIFEST,
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": 2},
             "layers": [],
             "annotations": {"variant": variant},
@@ -502,7 +501,7 @@ mod tests {
 
     fn immutable_stores(rules: &str) -> Stores<MemMeta, MemBlobs> {
         let mut stores = memory_stores();
-        stores.config.immutable_tags = crate::immutable::ImmutableTags::parse(rules).unwrap();
+        stores.config.immutable_tags = crate::config::immutable::ImmutableTags::parse(rules).unwrap();
         stores
     }
 
@@ -559,9 +558,9 @@ mod tests {
         // The first push bound the tag and then failed before tagging (a crash, here: the tag
         // removed behind its back): the binding still decides.
         let (_, first) = push_manifest(&stores, "app", "release", "a");
-        let tag = crate::name::Tag::parse("release").unwrap();
-        let name = crate::name::RepoName::parse("app").unwrap();
-        block_on(stores.meta.delete(&crate::keys::tag(&name, &tag))).unwrap();
+        let tag = crate::wire::name::Tag::parse("release").unwrap();
+        let name = crate::wire::name::RepoName::parse("app").unwrap();
+        block_on(stores.meta.delete(&crate::registry::keys::tag(&name, &tag))).unwrap();
         let (r, _) = push_manifest(&stores, "app", "release", "b");
         assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::FORBIDDEN, "DENIED"));
         let (r, _) = push_manifest(&stores, "app", "release", "a");
@@ -575,8 +574,9 @@ mod tests {
         let stores = immutable_stores("prod/*:v*");
         // A first push of v1 has bound the tag and stored its record, and not yet set the tag.
         let (_, digest) = push_manifest(&stores, "prod/web", &format!("{}", manifest_for("a").1), "a");
-        let (name, tag) = (crate::name::RepoName::parse("prod/web").unwrap(), crate::name::Tag::parse("v1").unwrap());
-        let binding = crate::keys::immutable_binding(&name, &tag);
+        let (name, tag) =
+            (crate::wire::name::RepoName::parse("prod/web").unwrap(), crate::wire::name::Tag::parse("v1").unwrap());
+        let binding = crate::registry::keys::immutable_binding(&name, &tag);
         block_on(stores.blobs.write_bytes(&binding, format!("{digest} 0").into_bytes())).unwrap();
         // The delete comes in between: refused, since the tag is bound to that manifest.
         let r = send(&stores, Method::DELETE, &format!("/v2/prod/web/manifests/{digest}"), vec![]);
@@ -593,7 +593,7 @@ mod tests {
     fn a_first_push_that_fails_leaves_its_immutable_tag_free() {
         let mut stores = immutable_stores("prod/*:v*");
         // The manifest does not fit the quota (its config does): the push fails after binding.
-        stores.config.quotas = crate::quota::Quotas::parse("prod/* 100").unwrap();
+        stores.config.quotas = crate::config::quotas::Quotas::parse("prod/* 100").unwrap();
         let (r, _) = push_manifest(&stores, "prod/web", "v1", "a");
         assert_eq!((r.status, error_code(&r).as_str()), (StatusCode::FORBIDDEN, "DENIED"));
         assert!(detail(&r).contains("quota"), "{}", detail(&r));
@@ -619,9 +619,9 @@ mod tests {
     #[test]
     fn a_binding_left_by_a_push_that_died_is_taken_over_once_stale_and_not_before() {
         let stores = immutable_stores("prod/*:v*");
-        let name = crate::name::RepoName::parse("prod/web").unwrap();
-        let tag = crate::name::Tag::parse("v1").unwrap();
-        let binding = crate::keys::immutable_binding(&name, &tag);
+        let name = crate::wire::name::RepoName::parse("prod/web").unwrap();
+        let tag = crate::wire::name::Tag::parse("v1").unwrap();
+        let binding = crate::registry::keys::immutable_binding(&name, &tag);
         let (_, never_stored) = manifest_for("never");
         // A push in flight: bound just now, not stored yet. It decides.
         let now = (stores.now)();
@@ -638,7 +638,7 @@ mod tests {
 
     fn mirror_stores(upstreams: &str) -> Stores<MemMeta, MemBlobs> {
         let mut stores = memory_stores();
-        stores.config.mirrors = crate::mirror::Mirrors::parse(upstreams, "").unwrap();
+        stores.config.mirrors = crate::config::mirrors::Mirrors::parse(upstreams, "").unwrap();
         stores
     }
 
@@ -705,10 +705,14 @@ mod tests {
         // 25,000 repositories alice may not see, before the three she may.
         let private: usize = 25_000;
         for i in 0..private {
-            stores.blobs.0.borrow_mut().insert(format!("{}secret/r{i:05}", crate::keys::REPOS_PREFIX), Vec::new());
+            stores
+                .blobs
+                .0
+                .borrow_mut()
+                .insert(format!("{}secret/r{i:05}", crate::registry::keys::REPOS_PREFIX), Vec::new());
         }
         for name in ["zz/a", "zz/b", "zz/c"] {
-            stores.blobs.0.borrow_mut().insert(format!("{}{name}", crate::keys::REPOS_PREFIX), Vec::new());
+            stores.blobs.0.borrow_mut().insert(format!("{}{name}", crate::registry::keys::REPOS_PREFIX), Vec::new());
         }
         let mut path = "/v2/_catalog?n=2".to_owned();
         let (mut listed, mut requests) = (Vec::new(), 0);

@@ -4,15 +4,14 @@
 //! received, and a `Link` to the next page (keeping the filter) follows when more remain.
 
 use super::listing::{Kept, Page, collect, next_link};
-use super::manifests::ReferrerDescriptor;
-use crate::blobs::internal;
-use crate::digest::Digest;
-use crate::errcode::RegistryError;
-use crate::keys;
-use crate::manifest::OCI_INDEX;
-use crate::message::{Request, Response};
-use crate::name::RepoName;
-use crate::store::{BlobStore, MetaStore, StoreError, Stores};
+use crate::registry::keys;
+use crate::registry::manifests::ReferrerDescriptor;
+use crate::registry::store::{BlobStore, MetaStore, StoreError, Stores, internal};
+use crate::wire::digest::Digest;
+use crate::wire::errcode::RegistryError;
+use crate::wire::manifest::OCI_INDEX;
+use crate::wire::message::{Request, Response};
+use crate::wire::name::RepoName;
 use http::{HeaderName, StatusCode, header};
 
 const FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
@@ -62,7 +61,7 @@ async fn referrer<M: MetaStore, B: BlobStore>(
     entry: &str,
 ) -> Result<Option<Kept<ReferrerDescriptor>>, RegistryError> {
     let Some(digest) = keys::parse_referrer_entry_name(entry) else { return Ok(None) };
-    let Some(record) = super::manifests::record(stores, name, &digest).await? else { return Ok(None) };
+    let Some(record) = crate::registry::manifests::record(stores, name, &digest).await? else { return Ok(None) };
     if record.subject.as_deref() != Some(subject.to_string().as_str()) {
         return Ok(None);
     }

@@ -1,12 +1,11 @@
 //! `GET /v2/<name>/tags/list?n=&last=`.
 
 use super::listing::{Kept, Page, collect, next_link};
-use crate::blobs::internal;
-use crate::errcode::{ErrorCode, RegistryError};
-use crate::keys;
-use crate::message::{Request, Response};
-use crate::name::{RepoName, Tag};
-use crate::store::{BlobStore, MetaStore, StoreError, Stores};
+use crate::registry::keys;
+use crate::registry::store::{BlobStore, MetaStore, StoreError, Stores, internal};
+use crate::wire::errcode::{ErrorCode, RegistryError};
+use crate::wire::message::{Request, Response};
+use crate::wire::name::{RepoName, Tag};
 use http::{StatusCode, header};
 
 pub async fn list<M: MetaStore, B: BlobStore>(
@@ -27,7 +26,7 @@ pub async fn list<M: MetaStore, B: BlobStore>(
     let prefix = keys::tags_prefix(name);
     let (tags, more) = collect(stores, &prefix, page.last.as_deref(), page.n, async |entry: &str| {
         let Ok(tag) = Tag::parse(entry) else { return Ok(None) };
-        Ok(super::manifests::tagged(stores, name, &tag).await?.map(|_| Kept::name(entry)))
+        Ok(crate::registry::manifests::tagged(stores, name, &tag).await?.map(|_| Kept::name(entry)))
     })
     .await?;
     let body = serde_json::to_vec(&serde_json::json!({ "name": name.as_str(), "tags": tags })).expect("json");

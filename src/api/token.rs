@@ -15,9 +15,9 @@ use super::login;
 use crate::auth::config::Mode;
 use crate::auth::scope::Scope;
 use crate::auth::{challenge, issue, password};
-use crate::errcode::{ErrorCode, RegistryError};
-use crate::message::{Request, Response};
-use crate::store::{BlobStore, MetaStore, Stores};
+use crate::registry::store::{BlobStore, MetaStore, Stores};
+use crate::wire::errcode::{ErrorCode, RegistryError};
+use crate::wire::message::{Request, Response};
 use http::{Method, StatusCode, header};
 
 type Result<T> = std::result::Result<T, RegistryError>;
@@ -77,7 +77,7 @@ async fn check_password<M: MetaStore, B: BlobStore>(
         stores.count("logins_throttled", 1);
         return Ok(Err(login::too_many(retry_after)));
     }
-    let right = password::check(&stores.config.auth, user, password);
+    let right = stores.config.auth.check_password(user, password);
     login::settle(stores, &attempt, !right).await?;
     if !right {
         return Ok(Err(bad_credentials(stores, "wrong user name or password")));

@@ -5,16 +5,16 @@
 
 use crate::auth::Identity;
 use crate::auth::scope::Actions;
-use crate::blobs::{self, Part, internal};
-use crate::digest::{Algorithm, Digest, RunningHash};
-use crate::errcode::{ErrorCode, RegistryError};
-use crate::message::{CONTENT_DIGEST, Request, Response};
-use crate::name::RepoName;
-use crate::range::parse_content_range;
-use crate::route::url;
-use crate::store::{BlobStore, MetaStore, StoreError, Stores, Written};
-use crate::upload::{SessionState, UploadSession};
-use crate::uploads::{self, Finish, Loaded};
+use crate::registry::blobs::{self, Part};
+use crate::registry::store::{BlobStore, MetaStore, StoreError, Stores, Written, internal};
+use crate::registry::upload::{SessionState, UploadSession};
+use crate::registry::uploads::{self, Finish, Loaded};
+use crate::wire::digest::{Algorithm, Digest, RunningHash};
+use crate::wire::errcode::{ErrorCode, RegistryError};
+use crate::wire::message::{CONTENT_DIGEST, Request, Response};
+use crate::wire::name::RepoName;
+use crate::wire::range::parse_content_range;
+use crate::wire::route::url;
 use http::{HeaderName, Method, StatusCode, header};
 
 const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
@@ -100,7 +100,7 @@ async fn monolithic<M: MetaStore, B: BlobStore>(
     let declared = content_length(&req)?;
     if let Some(size) = declared {
         // Refused before a byte is stored; a body without a length is counted at the finish.
-        crate::quota::check(stores, name, Some(digest), size).await?;
+        crate::registry::quota::check(stores, name, Some(digest), size).await?;
     }
     store_whole(stores, name, owner, digest, req.body, declared).await?;
     Ok(created(name, digest))

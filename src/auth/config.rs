@@ -24,6 +24,7 @@
 //! Errors name the variable and where in it, never a value (a users line may hold a hash).
 
 use super::policy::{Policy, RESERVED_NAMES};
+use crate::wire::entries::entries;
 use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +139,21 @@ impl std::fmt::Display for ConfigError {
 }
 
 impl AuthConfig {
+    /// Whether `password` is `user`'s. An unknown user costs as much as a wrong password of the
+    /// slowest real user (a hash of the highest configured cost is still computed), so response times
+    /// do not tell which user names exist.
+    pub fn check_password(&self, user: &str, password: &str) -> bool {
+        match self.users.get(user) {
+            Some(hash) => bcrypt::verify(password, hash).unwrap_or(false),
+            None => {
+                if let Some(dummy) = self.dummy_hash() {
+                    let _ = bcrypt::verify(password, dummy);
+                }
+                false
+            }
+        }
+    }
+
     /// A 32-byte key for `purpose`, derived from what only this deployment knows: the token
     /// secret (token mode) or the users' hashes (basic mode); every instance derives the same.
     pub fn derived_key(&self, purpose: &[u8]) -> [u8; 32] {
@@ -275,11 +291,6 @@ fn refuse_settings_without_a_mode(get: &dyn Fn(&str) -> Option<String>) -> Resul
     Ok(())
 }
 
-/// The entries of a list variable: split on newlines or `;`, comments and blanks dropped.
-pub(crate) fn entries(text: &str) -> impl Iterator<Item = &str> {
-    text.split(['\n', ';']).map(|e| e.split('#').next().unwrap_or("").trim()).filter(|e| !e.is_empty())
-}
-
 /// htpasswd lines with bcrypt hashes only: plain, crypt, MD5 (`$apr1$`) and SHA-1 (`{SHA}`)
 /// entries are refused, they are fast to brute-force.
 fn parse_users(text: &str) -> Result<BTreeMap<String, String>, String> {
@@ -342,6 +353,19 @@ fn parse_groups(text: &str, users: &BTreeSet<String>) -> Result<BTreeMap<String,
 mod tests {
     use super::*;
     use crate::auth::scope::Actions;
+
+    #[test]
+    fn an_htpasswd_hash_verifies() {
+        let config = AuthConfig {
+            users: [("bob".to_owned(), "$2y$04$bKOFBbX2st4s.3cifBS8CeTKuRnPHiEmAhGnQkwQxJGjeuGt/ERWa".to_owned())]
+                .into(),
+            ..Default::default()
+        };
+        assert!(config.check_password("bob", "secret"));
+        assert!(!config.check_password("bob", "Secret"));
+        assert!(!config.check_password("alice", "secret"));
+        assert!(!AuthConfig::default().check_password("bob", "secret"));
+    }
 
     /// `htpasswd -nbB -C 4 bob secret`: bcrypt of "secret" at cost 4.
     pub const HASH: &str = "$2y$04$bKOFBbX2st4s.3cifBS8CeTKuRnPHiEmAhGnQkwQxJGjeuGt/ERWa";

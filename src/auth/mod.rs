@@ -23,9 +23,9 @@ pub mod scope;
 pub mod throttle;
 pub mod token;
 
-use crate::errcode::{ErrorCode, RegistryError};
-use crate::message::Request;
-use crate::route::Route;
+use crate::wire::errcode::{ErrorCode, RegistryError};
+use crate::wire::message::Request;
+use crate::wire::route::Route;
 use config::{AuthConfig, Mode};
 use http::Method;
 use scope::{Actions, Resource, Scope};
@@ -214,7 +214,7 @@ fn basic_subject<B>(config: &AuthConfig, req: &Request<B>) -> Result<Option<Stri
     match req.header(http::header::AUTHORIZATION) {
         None => Ok(None),
         Some(header) => match password::basic_credentials(header) {
-            Some((user, pass)) if password::check(config, &user, &pass) => Ok(Some(user)),
+            Some((user, pass)) if config.check_password(&user, &pass) => Ok(Some(user)),
             Some(_) => {
                 Err(Denied { wrong_password: true, ..Denied::unauthorized("wrong user name or password", challenge) })
             }

@@ -1,6 +1,5 @@
 //! Passwords: HTTP Basic credentials and bcrypt hashes as htpasswd writes them.
 
-use super::config::AuthConfig;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
@@ -27,21 +26,6 @@ pub fn basic_credentials(header: &str) -> Option<(String, String)> {
     Some((user.to_owned(), password.to_owned()))
 }
 
-/// Whether `password` is `user`'s. An unknown user costs as much as a wrong password of the
-/// slowest real user (a hash of the highest configured cost is still computed), so response times
-/// do not tell which user names exist.
-pub fn check(config: &AuthConfig, user: &str, password: &str) -> bool {
-    match config.users.get(user) {
-        Some(hash) => bcrypt::verify(password, hash).unwrap_or(false),
-        None => {
-            if let Some(dummy) = config.dummy_hash() {
-                let _ = bcrypt::verify(password, dummy);
-            }
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,15 +43,6 @@ mod tests {
         assert!(!is_bcrypt("$apr1$x$y"));
         assert!(!is_bcrypt("{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g="));
         assert!(!is_bcrypt("plain"));
-    }
-
-    #[test]
-    fn an_htpasswd_hash_verifies() {
-        let config = AuthConfig { users: [("bob".to_owned(), HASH.to_owned())].into(), ..Default::default() };
-        assert!(check(&config, "bob", "secret"));
-        assert!(!check(&config, "bob", "Secret"));
-        assert!(!check(&config, "alice", "secret"));
-        assert!(!check(&AuthConfig::default(), "bob", "secret"));
     }
 
     #[test]

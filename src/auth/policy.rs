@@ -19,6 +19,7 @@
 //! rule that matches both. Nothing matches: nothing is allowed.
 
 use super::scope::Actions;
+use crate::wire::glob::glob_match;
 use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +53,7 @@ impl Policy {
         groups: &BTreeMap<String, BTreeSet<String>>,
     ) -> Result<Policy, String> {
         let mut rules = Vec::new();
-        for (n, line) in super::config::entries(text).enumerate() {
+        for (n, line) in crate::wire::entries::entries(text).enumerate() {
             let rule_error = |why: String| format!("rule {} ({line:?}): {why}", n + 1);
             let fields: Vec<&str> = line.split_whitespace().collect();
             let [pattern, subject, actions] = fields[..] else {
@@ -108,30 +109,6 @@ fn applies(who: &Who, subject: Option<&str>) -> bool {
         (Who::Users(users), Some(user)) => users.contains(user),
         (_, None) => false,
     }
-}
-
-/// `*` any run of characters, `?` any one character, the rest literal.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut ti) = (0, 0);
-    // Where the last `*` was, and the text position it is currently taken to reach.
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((star_p, star_t)) = star {
-            pi = star_p + 1;
-            ti = star_t + 1;
-            star = Some((star_p, star_t + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&b| b == b'*')
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The access decisions, one behaviour a test.
 
 use super::*;
-use crate::route::Route;
+use crate::wire::route::Route;
 use http::{HeaderMap, HeaderValue};
 use std::collections::BTreeMap;
 

@@ -11,9 +11,8 @@
 //! successor's). A successful owner also deletes the dead links it passed, once the content is
 //! cached and nobody walks the chain any more.
 
-use crate::blobs::internal;
-use crate::errcode::RegistryError;
-use crate::store::{BlobStore, MetaStore, Outbound, StoreError, Stores};
+use crate::registry::store::{BlobStore, MetaStore, Outbound, StoreError, Stores, internal};
+use crate::wire::errcode::RegistryError;
 
 /// How often an owner writes its heartbeat while it fetches.
 pub const BEAT_SECS: u64 = 2;
@@ -198,7 +197,9 @@ mod tests {
     use crate::testing::{block_on, memory_stores};
 
     fn fetching(stores: &Stores<crate::testing::MemMeta, crate::testing::MemBlobs>) -> Option<Claim> {
-        match block_on(turn(stores, &crate::store::NoOutbound, "mirror/fetching/x", async |_| Ok(false))).unwrap() {
+        match block_on(turn(stores, &crate::registry::store::NoOutbound, "mirror/fetching/x", async |_| Ok(false)))
+            .unwrap()
+        {
             Turn::Fetch(claim) => Some(claim),
             Turn::Ready | Turn::Alone => None,
         }
@@ -208,7 +209,7 @@ mod tests {
     fn a_live_claim_is_not_taken_and_a_released_one_is() {
         let stores = memory_stores();
         let first = fetching(&stores).unwrap();
-        assert!(block_on(take(&stores, &crate::store::NoOutbound, "mirror/fetching/x")).unwrap().is_none());
+        assert!(block_on(take(&stores, &crate::registry::store::NoOutbound, "mirror/fetching/x")).unwrap().is_none());
         block_on(release(&stores, first, false));
         let second = fetching(&stores).unwrap();
         assert_eq!(second.link, "mirror/fetching/x");
@@ -224,7 +225,7 @@ mod tests {
         block_on(stores.meta.set(&key, b"1")).unwrap();
         let successor = fetching(&stores).unwrap();
         assert_eq!(successor.link, format!("mirror/fetching/x-{}", dead.owner));
-        assert!(block_on(take(&stores, &crate::store::NoOutbound, "mirror/fetching/x")).unwrap().is_none());
+        assert!(block_on(take(&stores, &crate::registry::store::NoOutbound, "mirror/fetching/x")).unwrap().is_none());
         // The first owner comes back and lets go: only its own link goes.
         block_on(release(&stores, dead, false));
         assert!(block_on(stores.blobs.read_bytes(&successor.link)).is_ok(), "the live successor keeps its claim");
@@ -239,7 +240,7 @@ mod tests {
         let held = fetching(&stores).unwrap();
         // Each look: a second goes by, and the holder beats (its client stopped reading: its
         // relay, and its copy into the store, stand still while it lives).
-        let turn = block_on(turn(&stores, &crate::store::NoOutbound, "mirror/fetching/x", async |_| {
+        let turn = block_on(turn(&stores, &crate::registry::store::NoOutbound, "mirror/fetching/x", async |_| {
             crate::testing::advance_clock(1);
             held.beat(&stores).await;
             Ok(false)
@@ -251,7 +252,9 @@ mod tests {
     fn a_waiter_whose_content_became_ready_does_not_fetch() {
         let stores = memory_stores();
         let _held = fetching(&stores).unwrap();
-        let turn = block_on(turn(&stores, &crate::store::NoOutbound, "mirror/fetching/x", async |waited| Ok(waited)));
+        let turn = block_on(turn(&stores, &crate::registry::store::NoOutbound, "mirror/fetching/x", async |waited| {
+            Ok(waited)
+        }));
         assert!(matches!(turn.unwrap(), Turn::Ready));
     }
 }

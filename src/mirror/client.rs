@@ -7,8 +7,8 @@
 
 use super::Upstream;
 use super::challenge::{Challenge, Token};
-use crate::digest::{Algorithm, Digest};
-use crate::store::{BlobStore, MetaStore, OutRequest, OutResponse, Outbound, StoreError, Stores};
+use crate::registry::store::{BlobStore, MetaStore, OutRequest, OutResponse, Outbound, StoreError, Stores};
+use crate::wire::digest::{Algorithm, Digest};
 use base64::Engine;
 use http::{Method, header};
 

@@ -4,8 +4,8 @@
 
 use super::bindings::berth::blob_store::store as wit;
 use super::bindings::wit_future;
-use crate::digest::{Algorithm, RunningHash};
-use crate::store::{BlobStore, Extent, StoreError, Written};
+use crate::registry::store::{BlobStore, Extent, StoreError, Written};
+use crate::wire::digest::{Algorithm, RunningHash};
 use spin_sdk::wasip3::http::types::{ErrorCode, Trailers};
 use spin_sdk::wasip3::wit_stream;
 use spin_sdk::wit_bindgen::{FutureReader, FutureWriter, StreamReader, StreamResult};
@@ -40,7 +40,7 @@ impl BodyEnd {
 }
 
 /// The blob store for one request (its id, for the lines a transfer logs after the answer).
-pub struct WitBlobStore(pub crate::store::RequestId);
+pub struct WitBlobStore(pub crate::registry::store::RequestId);
 
 fn from_wit(e: wit::Error) -> StoreError {
     match e {

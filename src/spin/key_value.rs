@@ -2,8 +2,8 @@
 //! `wasi:keyvalue/atomics@0.2.0-draft2` (Spin >= 4.1, over the same store) for compare-and-swap.
 
 use super::bindings::wasi::keyvalue::{atomics, store as wasi_kv};
-use crate::errcode::{ErrorCode, RegistryError};
-use crate::store::{MetaStore, StoreError};
+use crate::registry::store::{MetaStore, StoreError};
+use crate::wire::errcode::{ErrorCode, RegistryError};
 use spin_sdk::key_value::{Error, Store};
 use std::cell::OnceCell;
 

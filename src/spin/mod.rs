@@ -1,15 +1,16 @@
 //! The Spin glue (wasm32 only): the `wasi:http/handler` entry point, and the [`store`] traits
 //! over Spin key-value and Berth's blob store import. Nothing here decides anything.
 //!
-//! [`store`]: crate::store
+//! [`store`]: crate::registry::store
 
 mod blob_store;
 mod key_value;
 mod outbound;
 
-use crate::errcode::{ErrorCode, RegistryError};
-use crate::message::{Body, Request};
-use crate::store::{Config, RequestId, Stores};
+use crate::config::Config;
+use crate::registry::store::{RequestId, Stores};
+use crate::wire::errcode::{ErrorCode, RegistryError};
+use crate::wire::message::{Body, Request};
 use blob_store::{BodyEnd, IncomingBody, WitBlobStore};
 use key_value::KvMetaStore;
 use spin_sdk::wasip3::http::types::{self, Fields};
@@ -123,7 +124,7 @@ fn misconfigured() -> RegistryError {
 /// start rather than on the first push. The answer does not change (requests that need a broken
 /// store fail on their own, with 503 or 500).
 async fn check_storage_once(stores: &Stores<KvMetaStore, WitBlobStore>) {
-    use crate::store::{BlobStore, MetaStore};
+    use crate::registry::store::{BlobStore, MetaStore};
     use std::cell::Cell;
     thread_local! {
         static CHECKED: Cell<bool> = const { Cell::new(false) };
@@ -190,7 +191,9 @@ fn from_wasi_request(request: types::Request) -> Result<Request<IncomingBody>, W
     })
 }
 
-fn into_wasi_response(response: crate::message::Response<spin_sdk::wit_bindgen::StreamReader<u8>>) -> types::Response {
+fn into_wasi_response(
+    response: crate::wire::message::Response<spin_sdk::wit_bindgen::StreamReader<u8>>,
+) -> types::Response {
     let entries: Vec<(String, Vec<u8>)> =
         response.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())).collect();
     let headers = Fields::from_list(&entries).unwrap_or_else(|_| Fields::new());

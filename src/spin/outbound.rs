@@ -3,7 +3,7 @@
 //! and the client.
 
 use super::blob_store::{BodyEnd, IncomingBody, WitBlobStore, read_to_end};
-use crate::store::{OutRequest, OutResponse, Outbound, StoreError};
+use crate::registry::store::{OutRequest, OutResponse, Outbound, StoreError};
 use futures::channel::oneshot;
 use spin_sdk::wasip3::http::types::{self, ErrorCode, Fields, Scheme};
 use spin_sdk::wasip3::{wit_future, wit_stream};

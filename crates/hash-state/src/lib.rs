@@ -86,6 +86,34 @@ impl RunningHash {
     }
 }
 
+/// The conversions between [`RunningHash`] and the WIT `hash-state` record of Berth's blob store
+/// interface, for a crate that implements the interface (the runner's host, each provider): its
+/// bindings generate their own `HashState`, `HashAlgorithm` and `Error` types, so the functions
+/// are made in that crate, from this one definition. Defines `restore_hash` (a running hash
+/// continued from the state the component saved) and `save_hash` (the state to hand back, for
+/// the component to continue or finish).
+#[macro_export]
+macro_rules! wit_hash_state_conversions {
+    ($hash_state:ident, $hash_algorithm:ident, $error:ident) => {
+        fn restore_hash(state: &$hash_state) -> Result<$crate::RunningHash, $error> {
+            let algorithm = match state.algorithm {
+                $hash_algorithm::Sha256 => $crate::Algorithm::Sha256,
+                $hash_algorithm::Sha512 => $crate::Algorithm::Sha512,
+            };
+            $crate::RunningHash::restore(algorithm, &state.state)
+                .ok_or_else(|| $error::Other("invalid hash state".into()))
+        }
+
+        fn save_hash(hash: &$crate::RunningHash) -> $hash_state {
+            let algorithm = match hash.algorithm() {
+                $crate::Algorithm::Sha256 => $hash_algorithm::Sha256,
+                $crate::Algorithm::Sha512 => $hash_algorithm::Sha512,
+            };
+            $hash_state { algorithm, state: hash.save() }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 
 use crate::index::{Cells, Counter, Index, IndexError};
 use crate::layout::{self, CHUNK_SIZE, ChunkSpan, Marker, ObjectRecord};
-use berth_hash_state::{Algorithm, RunningHash};
+use berth_hash_state::RunningHash;
 use bindings::exports::berth::blob_store::store::{
     Error, Extent, Guest, HashAlgorithm, HashState, ObjectInfo, Page, Written,
 };
@@ -67,23 +67,7 @@ fn is_live(bytes: &[u8]) -> bool {
     serde_json::from_slice::<ObjectRecord>(bytes).map_or(true, |record| !record.deleting)
 }
 
-/// A running hash continued from the state the component saved.
-fn restore_hash(state: &HashState) -> Result<RunningHash, Error> {
-    let algorithm = match state.algorithm {
-        HashAlgorithm::Sha256 => Algorithm::Sha256,
-        HashAlgorithm::Sha512 => Algorithm::Sha512,
-    };
-    RunningHash::restore(algorithm, &state.state).ok_or_else(|| Error::Other("invalid hash state".into()))
-}
-
-/// The state to hand back, for the component to continue or finish.
-fn save_hash(hash: &RunningHash) -> HashState {
-    let algorithm = match hash.algorithm() {
-        Algorithm::Sha256 => HashAlgorithm::Sha256,
-        Algorithm::Sha512 => HashAlgorithm::Sha512,
-    };
-    HashState { algorithm, state: hash.save() }
-}
+berth_hash_state::wit_hash_state_conversions!(HashState, HashAlgorithm, Error);
 
 /// One write in progress: its chunks so far, and its marker in the writes index, by which a
 /// later write reclaims the chunks if this one dies (see [`reclaim`]).

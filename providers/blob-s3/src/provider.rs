@@ -5,7 +5,6 @@
 use crate::answer::{self, Failure};
 use crate::part_size;
 use crate::settings::{self, Settings};
-use berth_hash_state::{Algorithm, RunningHash};
 use bindings::exports::berth::blob_store::store::{
     Error, Extent, Guest, HashAlgorithm, HashState, ObjectInfo, Page, Written,
 };
@@ -215,21 +214,7 @@ fn header(response: &types::Response, name: &str) -> Option<String> {
     values.first().map(|v| String::from_utf8_lossy(v).trim().to_owned())
 }
 
-fn restore_hash(state: &HashState) -> Result<RunningHash, Error> {
-    let algorithm = match state.algorithm {
-        HashAlgorithm::Sha256 => Algorithm::Sha256,
-        HashAlgorithm::Sha512 => Algorithm::Sha512,
-    };
-    RunningHash::restore(algorithm, &state.state).ok_or_else(|| Error::Other("invalid hash state".into()))
-}
-
-fn save_hash(hash: &RunningHash) -> HashState {
-    let algorithm = match hash.algorithm() {
-        Algorithm::Sha256 => HashAlgorithm::Sha256,
-        Algorithm::Sha512 => HashAlgorithm::Sha512,
-    };
-    HashState { algorithm, state: hash.save() }
-}
+berth_hash_state::wit_hash_state_conversions!(HashState, HashAlgorithm, Error);
 
 /// A multipart upload in progress: its id and the ETags of its parts so far.
 struct Multipart {

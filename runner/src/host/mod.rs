@@ -1,0 +1,151 @@
+//! The component's host: the one linker listing every interface the runner provides, over the
+//! store data of [`state`], and the instance policy (how many requests an instance serves, at
+//! once and in all). The interfaces: `spin:key-value` ([`kv_host`]), `wasi:keyvalue`
+//! ([`wasi_kv_host`]), `spin:variables` ([`vars_host`]), Berth's blob store ([`blob_host`]),
+//! outbound HTTP's allow-list ([`outbound`]); their resources are [`resources`].
+
+pub mod bindings;
+pub mod blob_host;
+pub mod kv_host;
+pub mod outbound;
+pub mod resources;
+pub mod state;
+pub mod streams;
+pub mod vars_host;
+pub mod wasi_kv_host;
+
+use state::{Host, SHUTTING_DOWN, Shared, http_view};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, GuestTaskId, Linker};
+use wasmtime::{Engine, Store, StoreContextMut};
+use wasmtime_wasi_http::handler::{
+    HandlerState, Instance, ProxyPre, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
+};
+
+/// How instances are reused across requests (P3 components may serve many, concurrently).
+#[derive(Debug, Clone, Copy)]
+pub struct Reuse {
+    /// Requests an instance serves before it is dropped (1 = a fresh instance per request).
+    pub max_requests: usize,
+    /// Requests an instance serves at once.
+    pub max_concurrent: usize,
+    /// How long an idle instance is kept for reuse.
+    pub idle: Duration,
+}
+
+pub fn engine() -> anyhow::Result<Engine> {
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model_async(true);
+    let mut pooling = wasmtime::PoolingAllocationConfig::default();
+    pooling.total_component_instances(1000).total_memories(1000).total_tables(1000).max_memory_size(1 << 30);
+    config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
+    Ok(Engine::new(&config)?)
+}
+
+/// Every interface the runner provides, in one place.
+fn linker(engine: &Engine) -> anyhow::Result<Linker<Host>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+    kv_host::add_to_linker(&mut linker)?;
+    wasi_kv_host::add_to_linker(&mut linker)?;
+    vars_host::add_to_linker(&mut linker)?;
+    blob_host::add_to_linker(&mut linker)?;
+    Ok(linker)
+}
+
+/// Creates instances for the [`wasmtime_wasi_http::handler::ProxyHandler`].
+pub struct Handler {
+    engine: Engine,
+    pre: ProxyPre<Host>,
+    shared: Arc<Shared>,
+    reuse: Reuse,
+}
+
+impl Handler {
+    pub fn new(engine: Engine, component: &Component, shared: Arc<Shared>, reuse: Reuse) -> anyhow::Result<Handler> {
+        let pre = linker(&engine)?.instantiate_pre(component)?;
+        let pre = ProxyPre::P3(wasmtime_wasi_http::p3::bindings::ServicePre::new(pre)?);
+        Ok(Handler { engine, pre, shared, reuse })
+    }
+}
+
+impl HandlerState for Handler {
+    type StoreData = Host;
+    type WorkerExpiration = IdleExpiry;
+    type WorkerState = Policy;
+
+    async fn instantiate(&self) -> wasmtime::Result<Instance<Host, IdleExpiry, Policy>> {
+        let mut store = Store::new(&self.engine, Host::new(self.shared.clone()));
+        let proxy = self.pre.instantiate_async(&mut store).await?;
+        Ok(Instance {
+            store,
+            proxy,
+            view: http_view,
+            expiration: IdleExpiry { idle: self.reuse.idle, sleep: None },
+            state: Policy(self.reuse),
+        })
+    }
+}
+
+pub struct Policy(Reuse);
+
+impl WorkerState for Policy {
+    type StoreData = Host;
+    type RequestData = ();
+
+    fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
+        if total >= self.0.max_requests {
+            ShouldAccept::Never
+        } else if concurrent >= self.0.max_concurrent {
+            ShouldAccept::No
+        } else {
+            ShouldAccept::Yes
+        }
+    }
+
+    fn on_request_start(
+        &self,
+        _: StoreContextMut<'_, Host>,
+        _: (),
+        _: GuestTaskId,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
+        // No request timeout: a registry streams multi-GiB blobs.
+        Box::pin(std::future::pending())
+    }
+
+    fn drop(&self, _store: Store<Host>, result: wasmtime::Result<()>) {
+        if let Err(err) = result
+            && !SHUTTING_DOWN.load(Ordering::Relaxed)
+        {
+            eprintln!("berth-runner: component instance ended with an error: {err:?}");
+        }
+    }
+}
+
+/// Drops an instance that has been idle for `idle`.
+pub struct IdleExpiry {
+    idle: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WorkerExpiration for IdleExpiry {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, status: WorkerStatus, start: Instant) -> Poll<()> {
+        let this = self.get_mut();
+        if status != WorkerStatus::Idle {
+            this.sleep = None;
+            return Poll::Pending;
+        }
+        let deadline = tokio::time::Instant::from_std(start + this.idle);
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        sleep.as_mut().poll(cx)
+    }
+}

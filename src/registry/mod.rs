@@ -1,0 +1,12 @@
+//! The registry's domain over the storage contracts ([`store`]): blobs with their links and
+//! holder entries ([`blobs`]), upload sessions ([`upload`], [`uploads`]), manifests and tags
+//! ([`manifests`]), and quota accounting ([`quota`]: a link is charged in the step that writes
+//! it). The keys of everything stored are in [`keys`].
+
+pub mod blobs;
+pub mod keys;
+pub mod manifests;
+pub mod quota;
+pub mod store;
+pub mod upload;
+pub mod uploads;
