@@ -14,7 +14,7 @@ use crate::auth::config::{AuthConfig, ConfigError};
 const MAX_REDIRECT_SECS: u32 = 3600;
 
 /// A collector between its moves is never taken for a dead one: twice the time a step may take
-/// (`crate::lifecycle::gc::STEP_SECONDS`, whose tests hold this to it).
+/// (`crate::lifecycle::gc::STEP_SECONDS`, which asserts this at compile time).
 pub const MIN_ABANDONED_SECS: u64 = 10;
 
 /// Every variable the registry reads.

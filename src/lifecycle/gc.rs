@@ -34,6 +34,10 @@ pub const STEP_BLOBS: u32 = 64;
 /// A step stops starting new blobs after this long, well under an edge host's request limit.
 pub const STEP_SECONDS: u64 = 5;
 
+// `gc_abandoned_seconds` cannot be set so low that a live collector between its moves is taken
+// for a dead one (the settings floor cannot import this one, so it keeps its own bound).
+const _: () = assert!(crate::config::MIN_ABANDONED_SECS >= 2 * STEP_SECONDS);
+
 /// Blobs of a step examined at once, unless the caller asks otherwise. A blob's work is mostly
 /// waiting on the stores, so several at once do a pass's work for less of the machine than one
 /// at a time (docs/benchmarks.md); a caller that wants a pass to take less from the pushes
@@ -583,13 +587,6 @@ mod tests {
     fn sorted(mut digests: Vec<Digest>) -> Vec<Digest> {
         digests.sort_by_key(Digest::to_string);
         digests
-    }
-
-    /// `gc_abandoned_seconds` cannot be set so low that a live collector between its moves is
-    /// taken for a dead one (the settings floor cannot import this one, so it keeps its own).
-    #[test]
-    fn the_shortest_abandon_time_is_twice_a_step() {
-        assert!(crate::config::MIN_ABANDONED_SECS >= 2 * STEP_SECONDS);
     }
 
     #[test]
