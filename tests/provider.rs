@@ -312,3 +312,10 @@ async fn a_listing_is_complete_across_the_leaves_of_the_names_index() {
     let tags: Vec<String> = serde_json::from_value(tags["tags"].clone()).unwrap();
     assert_eq!(tags, expected);
 }
+
+#[tokio::test]
+async fn the_key_value_provider_on_sqlite_keeps_the_blob_store_contract() {
+    let data = tempfile::tempdir().unwrap();
+    let runner = start(data.path());
+    assert_store_contract(&Registry::new(&runner)).await;
+}

@@ -277,3 +277,10 @@ async fn readyz_is_503_while_redis_is_down_and_healthz_answers_throughout() {
         assert!(answers.len() < 50, "readyz after Redis came back: {answers:?}");
     }
 }
+
+#[tokio::test]
+async fn the_key_value_provider_on_redis_keeps_the_blob_store_contract() {
+    let redis = RedisServer::start();
+    let (_data, _runner, reg) = start_registry(redis.options(true));
+    assert_store_contract(&reg).await;
+}

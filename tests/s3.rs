@@ -411,3 +411,10 @@ async fn conditional_writes_that_s3_answers_409_conflict_are_sent_again_and_the_
     reads_back(&reg, "/v2/conflict/app/manifests/v1", &manifest).await.unwrap();
     task.abort();
 }
+
+#[tokio::test]
+async fn the_s3_provider_keeps_the_blob_store_contract() {
+    let s3 = S3Server::start();
+    let (_data, _runner, reg) = start_registry(cluster_options(&s3, None, 120));
+    assert_store_contract(&reg).await;
+}

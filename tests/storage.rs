@@ -781,3 +781,9 @@ async fn an_abandoned_session_is_reclaimed_whole() {
     assert_eq!(stored_objects(d.path(), &format!("uploads/{id}")), Vec::<PathBuf>::new(), "objects of the session");
     expect_error(reg.get(&location).await, 404, "BLOB_UPLOAD_UNKNOWN").await;
 }
+
+#[tokio::test]
+async fn the_filesystem_store_keeps_the_blob_store_contract() {
+    let (_data, _runner, reg) = start_registry(RunnerOptions::default());
+    assert_store_contract(&reg).await;
+}

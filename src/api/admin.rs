@@ -3,6 +3,7 @@
 //! `GET /v2/_berth/quotas`: every quota rule with its limit and usage, in bytes.
 //! `POST /v2/_berth/quotas/recount[?cursor=...]`: one bounded step of a recount of quota usage
 //! from the links.
+//! `POST /v2/_berth/storage/check`: the blob store contract, checked against the configured store.
 //! `POST /v2/_berth/gc[?dry_run=true][&cursor=...][&concurrency=N]`: one bounded step of garbage
 //! collection.
 
@@ -157,4 +158,21 @@ pub async fn recount<M: MetaStore, B: BlobStore>(
         "next": next,
     });
     Ok(Response::new(StatusCode::OK).json(serde_json::to_vec(&body).expect("json")))
+}
+
+/// The blob store contract (`crate::registry::store_contract`), checked against the store this
+/// registry is configured with: each rule, and what the store did where it broke one. 200 either
+/// way (the check ran); `ok` says whether every rule held.
+pub async fn storage_check<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>) -> Response<B::Outgoing> {
+    let checks = crate::registry::store_contract::check(stores).await;
+    let ok = checks.iter().all(|c| c.broken.is_none());
+    if !ok {
+        stores.log(format_args!("storage check: the blob store broke its contract: {checks:?}"));
+    }
+    let checks: Vec<_> = checks
+        .iter()
+        .map(|c| serde_json::json!({ "rule": c.rule, "ok": c.broken.is_none(), "broken": c.broken }))
+        .collect();
+    let body = serde_json::json!({ "ok": ok, "checks": checks });
+    Response::new(StatusCode::OK).json(serde_json::to_vec(&body).expect("json"))
 }

@@ -187,6 +187,7 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         (Method::GET, Route::AdminMetrics) => admin::metrics(stores).await,
         (Method::POST, Route::AdminGc) => admin::gc(stores, &req).await,
         (Method::POST, Route::AdminQuotaRecount) => admin::recount(stores, &req).await,
+        (Method::POST, Route::AdminStorageCheck) => Ok(admin::storage_check(stores).await),
         (method, _) => Err(method_not_allowed(&method)),
     }?;
     Ok((response, None))

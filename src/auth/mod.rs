@@ -59,7 +59,11 @@ pub fn need(method: &Method, route: &Route) -> Need {
     let (name, actions) = match route {
         Route::Base => return Need::Login,
         Route::Catalog => return Need::Catalog,
-        Route::AdminQuotas | Route::AdminQuotaRecount | Route::AdminGc | Route::AdminMetrics => {
+        Route::AdminQuotas
+        | Route::AdminQuotaRecount
+        | Route::AdminStorageCheck
+        | Route::AdminGc
+        | Route::AdminMetrics => {
             return Need::Admin;
         }
         Route::UploadStart(name) | Route::Upload(name, _) => (name, push),

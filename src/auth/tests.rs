@@ -75,6 +75,9 @@ fn what_each_route_needs() {
         (Method::DELETE, "/v2/a/blobs/uploads/x".into(), Need::Repository("a".into(), push)),
         (Method::GET, format!("/v2/a/referrers/{d}"), Need::Repository("a".into(), pull)),
         (Method::GET, "/v2/_berth/quotas".into(), Need::Admin),
+        (Method::POST, "/v2/_berth/quotas/recount".into(), Need::Admin),
+        (Method::POST, "/v2/_berth/storage/check".into(), Need::Admin),
+        (Method::POST, "/v2/_berth/gc".into(), Need::Admin),
     ];
     for (method, path, expected) in cases {
         assert_eq!(need(&method, &Route::parse(&path).unwrap()), expected, "{method} {path}");

@@ -12,6 +12,7 @@
 //! /v2/<name>/referrers/<digest>         Referrers
 //! /v2/_berth/quotas                     AdminQuotas (Berth's admin API)
 //! /v2/_berth/quotas/recount             AdminQuotaRecount (one step of a quota recount)
+//! /v2/_berth/storage/check              AdminStorageCheck (the blob store contract, checked)
 //! /v2/_berth/gc                         AdminGc (one garbage collection step)
 //! /v2/_berth/metrics                    AdminMetrics (registry-wide figures, Prometheus format)
 //! ```
@@ -39,6 +40,8 @@ pub enum Route {
     AdminQuotas,
     /// Berth's admin API: one step of a recount of quota usage from the links.
     AdminQuotaRecount,
+    /// Berth's admin API: the blob store contract, checked against the configured store.
+    AdminStorageCheck,
     /// Berth's admin API: one step of garbage collection.
     AdminGc,
     /// Berth's admin API: registry-wide figures in Prometheus' format.
@@ -59,6 +62,7 @@ impl Route {
             | Route::Catalog
             | Route::AdminQuotas
             | Route::AdminQuotaRecount
+            | Route::AdminStorageCheck
             | Route::AdminGc
             | Route::AdminMetrics => None,
         }
@@ -86,6 +90,7 @@ impl Route {
             "/v2/_catalog" => return Ok(Route::Catalog),
             "/v2/_berth/quotas" => return Ok(Route::AdminQuotas),
             "/v2/_berth/quotas/recount" => return Ok(Route::AdminQuotaRecount),
+            "/v2/_berth/storage/check" => return Ok(Route::AdminStorageCheck),
             "/v2/_berth/gc" => return Ok(Route::AdminGc),
             "/v2/_berth/metrics" => return Ok(Route::AdminMetrics),
             _ => path.strip_prefix("/v2/").ok_or_else(not_found)?,

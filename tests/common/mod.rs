@@ -772,3 +772,16 @@ pub fn image_manifest(config: &[(&str, &str, usize)], layers: &[(&str, &str, usi
     )
     .into_bytes()
 }
+
+/// The blob store contract (`src/registry/store_contract.rs`), checked by the registry against
+/// the store it runs on (`POST /v2/_berth/storage/check`): every rule must hold. Each backend's
+/// tests call this once: a new backend is one more call.
+pub async fn assert_store_contract(reg: &Registry) {
+    let response = reg.http.post(reg.at("/v2/_berth/storage/check")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let report = json(response).await;
+    let checks = report["checks"].as_array().expect("a list of checks");
+    assert!(checks.len() >= 10, "{report:#}");
+    let broken: Vec<&serde_json::Value> = checks.iter().filter(|c| c["ok"] != true).collect();
+    assert!(broken.is_empty() && report["ok"] == true, "rules the store broke: {broken:#?}");
+}
