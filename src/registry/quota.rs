@@ -466,16 +466,8 @@ mod tests {
 
     #[test]
     fn two_collectors_releasing_one_removed_blob_give_its_bytes_back_once_and_never_go_below_zero() {
-        let mut stores = Stores {
-            meta: Interleaving::default(),
-            blobs: crate::testing::MemBlobs::default(),
-            random: crate::testing::counter_random,
-            now: crate::testing::test_clock,
-            config: Default::default(),
-            request_id: crate::registry::store::RequestId::made([1; 16]),
-            events: Default::default(),
-        };
-        stores.config.quotas = Quotas::parse("team/* 1000").unwrap();
+        // Seed 0: one yield before every call, so the two collectors alternate call by call.
+        let stores = interleaving_stores("team/* 1000", 0);
         let blob = digest(7);
         for repo in ["team/a", "team/b", "team/c"] {
             block_on(charge(&stores, &RepoName::parse(repo).unwrap(), &blob, 60)).unwrap();

@@ -5,7 +5,7 @@
 use super::blob_store::{BodyEnd, IncomingBody, WitBlobStore, read_to_end};
 use crate::registry::store::{OutRequest, OutResponse, Outbound, StoreError};
 use futures::channel::oneshot;
-use spin_sdk::wasip3::http::types::{self, ErrorCode, Fields, Scheme};
+use spin_sdk::wasip3::http::types::{self, ErrorCode, Fields};
 use spin_sdk::wasip3::{wit_future, wit_stream};
 use spin_sdk::wit_bindgen::{StreamResult, StreamWriter};
 
@@ -43,27 +43,14 @@ impl Outbound<WitBlobStore> for WitOutbound {
         let fields = Fields::from_list(&entries).map_err(|e| StoreError::Other(format!("request headers: {e:?}")))?;
         let (_, trailers) = wit_future::new(|| Ok(None));
         let (outgoing, _sent) = types::Request::new(fields, None, trailers, Some(options()));
-        let authority = match url.port() {
-            Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
-            None => url.host_str().unwrap_or_default().to_owned(),
-        };
-        let path_with_query = match url.query() {
-            Some(query) => format!("{}?{query}", url.path()),
-            None => url.path().to_owned(),
-        };
-        let scheme = if url.scheme() == "https" { Scheme::Https } else { Scheme::Http };
         let method = match request.method.as_str() {
             "HEAD" => types::Method::Head,
             _ => types::Method::Get,
         };
-        let built = outgoing
-            .set_method(&method)
-            .and_then(|()| outgoing.set_scheme(Some(&scheme)))
-            .and_then(|()| outgoing.set_authority(Some(&authority)))
-            .and_then(|()| outgoing.set_path_with_query(Some(&path_with_query)));
+        let built = berth_outbound::aim(&outgoing, &method, &url);
         // Only the origin is ever said: a URL's query may be a signature (a presigned redirect).
         let origin = url.origin().ascii_serialization();
-        if built.is_err() {
+        if !built {
             return Err(StoreError::Other(format!("cannot build a request for {origin}")));
         }
         let response = spin_sdk::wasip3::http::client::send(outgoing).await.map_err(|code| match code {

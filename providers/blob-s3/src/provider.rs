@@ -9,7 +9,7 @@ use bindings::exports::berth::blob_store::store::{
     Error, Extent, Guest, HashAlgorithm, HashState, ObjectInfo, Page, Written,
 };
 use rusty_s3::S3Action;
-use spin_sdk::wasip3::http::types::{self, ErrorCode, Fields, Method, Scheme, Trailers};
+use spin_sdk::wasip3::http::types::{self, ErrorCode, Fields, Method, Trailers};
 use spin_sdk::wit_bindgen::{FutureReader, FutureWriter, StreamReader, StreamResult};
 use std::time::Duration;
 
@@ -119,21 +119,7 @@ async fn send(
     // No trailers: the default is sent when the writer is dropped.
     let (_, trailers) = spin_sdk::wasip3::wit_future::new(|| Ok(None));
     let (request, _sent) = types::Request::new(fields, contents, trailers, Some(request_options(s)));
-    let authority = match url.port() {
-        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
-        None => url.host_str().unwrap_or_default().to_owned(),
-    };
-    let path_with_query = match url.query() {
-        Some(query) => format!("{}?{query}", url.path()),
-        None => url.path().to_owned(),
-    };
-    let scheme = if url.scheme() == "https" { Scheme::Https } else { Scheme::Http };
-    let built = request
-        .set_method(&method)
-        .and_then(|()| request.set_scheme(Some(&scheme)))
-        .and_then(|()| request.set_authority(Some(&authority)))
-        .and_then(|()| request.set_path_with_query(Some(&path_with_query)));
-    if built.is_err() {
+    if !berth_outbound::aim(&request, &method, url) {
         return Err(Error::Other(format!("S3 at {}: cannot build a request for this endpoint", s.origin())));
     }
     if let Some((mut writer, bytes)) = feed {
