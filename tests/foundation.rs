@@ -375,6 +375,13 @@ async fn every_request_has_an_id_in_its_answer_its_json_log_line_and_the_compone
         .await
         .unwrap();
     assert_eq!((pushed.status().as_u16(), header(&pushed, "x-request-id")), (201, "push-1".to_owned()));
+    // An error body quotes the request in its detail, for a user's report.
+    let missing = format!("{}/v2/app/blobs/{}", runner.url, sha256(b"never pushed"));
+    let unknown = client().get(missing).header("x-request-id", "oops-1").send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    let body = json(unknown).await;
+    assert_eq!(body["errors"][0]["code"], "BLOB_UNKNOWN");
+    assert!(body["errors"][0]["detail"].as_str().unwrap().ends_with("(request oops-1)"), "{body}");
     // An id that could forge a log line is replaced by one made here.
     let forged = client().get(format!("{}/v2/", runner.url)).header("x-request-id", "a\tb").send().await.unwrap();
     let made = header(&forged, "x-request-id");
@@ -432,11 +439,7 @@ async fn metrics_are_served_apart_checked_by_promtool_and_scraped_by_prometheus(
     let data = tempfile::tempdir().unwrap();
     let args = vec!["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()];
     let runner = Runner::start_with(&data.path().join("data"), RunnerOptions { args, ..Default::default() });
-    let metrics_url = runner
-        .log()
-        .iter()
-        .find_map(|l| l.strip_prefix("berth-runner: metrics on ").map(str::to_owned))
-        .unwrap_or_else(|| panic!("{:?}", runner.log()));
+    let metrics_url = metrics_url(&runner);
     let blob = b"counted".to_vec();
     let pushed = client()
         .post(push_url(&runner, "app", &sha256(&blob)))
@@ -453,7 +456,27 @@ async fn metrics_are_served_apart_checked_by_promtool_and_scraped_by_prometheus(
     // Not on the registry's port.
     assert_eq!(client().get(format!("{}/metrics", runner.url)).send().await.unwrap().status(), 404);
 
-    let text = client().get(&metrics_url).send().await.unwrap().text().await.unwrap();
+    // A garbage collection pass (one step, on a registry this small).
+    let step = json(client().post(format!("{}/v2/_berth/gc?cursor=", runner.url)).send().await.unwrap()).await;
+    assert!(step["next"].is_null(), "{step}");
+    // Instances are busy only while they serve: none once every answer is read.
+    let mut text = scrape(&runner).await;
+    for _ in 0..200 {
+        if text.contains("\nberth_instances_busy 0\n") {
+            break;
+        }
+        tokio::task::yield_now().await;
+        text = scrape(&runner).await;
+    }
+    let gauge = |name: &str| -> i64 {
+        let line =
+            text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(gauge("berth_instances") >= 1, "{text}");
+    assert_eq!(gauge("berth_instances_busy"), 0, "{text}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((now - 60..=now).contains(&gauge("berth_gc_last_pass_completed_timestamp_seconds")), "{text}");
     for expected in [
         r#"berth_http_requests_total{route="uploads",method="POST",status="201"} 1"#,
         r#"berth_http_requests_total{route="manifests",method="GET",status="404"} 1"#,
@@ -463,6 +486,7 @@ async fn metrics_are_served_apart_checked_by_promtool_and_scraped_by_prometheus(
         // What the component counted: the registry's own figures.
         r#"berth_registry_events_total{event="uploads_opened"} 1"#,
         r#"berth_registry_events_total{event="uploads_finished"} 1"#,
+        r#"berth_registry_events_total{event="gc_passes_completed"} 1"#,
     ] {
         assert!(text.contains(expected), "{expected} in\n{text}");
     }

@@ -374,7 +374,12 @@ async fn twenty_concurrent_pulls_of_an_uncached_100_mib_layer_fetch_it_from_the_
     // Distribution takes a blob as a POST, then a PUT with the bytes.
     let location = origin.start_upload("team/app").await;
     assert_eq!(origin.finish_upload(&location, &digest, &layer).await.status(), 201);
-    let leg = mirror(&format!("dist {}", upstream.origin()), &[&upstream.origin()], &[]);
+    let mut args = vars(&[
+        ("mirror_upstreams", &format!("dist {}", upstream.origin())),
+        ("mirror_outbound_hosts", &upstream.origin()),
+    ]);
+    args.extend(["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+    let leg = Leg::http_with(args);
     let reg = Registry::new(&leg.runner);
     let mut rng = PseudoRandom::new(seed);
     let mut pulls = Vec::new();
@@ -395,6 +400,14 @@ async fn twenty_concurrent_pulls_of_an_uncached_100_mib_layer_fetch_it_from_the_
     }
     let gets = upstream.requests(&format!("GET /v2/team/app/blobs/{digest}"));
     assert_eq!(gets, 1, "one upstream GET of the blob for 20 concurrent pulls (seed {seed})");
+    // The metrics say the same: one upstream ask, of the layer's bytes.
+    let text = scrape(&leg.runner).await;
+    for expected in [
+        r#"berth_registry_events_total{event="mirror_blob_upstream_asks"} 1"#.to_owned(),
+        format!(r#"berth_registry_events_total{{event="mirror_upstream_bytes"}} {}"#, layer.len()),
+    ] {
+        assert!(text.contains(&expected), "{expected} in\n{text} (seed {seed})");
+    }
 }
 
 #[tokio::test]
@@ -692,7 +705,12 @@ async fn concurrent_first_pulls_of_a_tag_all_resolve_and_fetch_its_manifest_once
     for round in 0..ROUNDS {
         digests.push(push_image(work.path(), &upstream.host, &format!("team/app:r{round}"), 30 + round, &[1000]).1);
     }
-    let leg = mirror(&format!("dist {}", upstream.origin()), &[&upstream.origin()], &[]);
+    let mut args = vars(&[
+        ("mirror_upstreams", &format!("dist {}", upstream.origin())),
+        ("mirror_outbound_hosts", &upstream.origin()),
+    ]);
+    args.extend(["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+    let leg = Leg::http_with(args);
     let reg = Registry::new(&leg.runner);
     let mut rng = PseudoRandom::new(seed);
     for (round, digest) in digests.iter().enumerate() {

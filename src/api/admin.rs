@@ -61,6 +61,9 @@ pub async fn gc<M: MetaStore, B: BlobStore>(
         stores.count("gc_bytes_reclaimed", step.bytes());
         stores.count("retention_tags_removed", step.untagged.len() as u64);
         stores.count("retention_manifests_deleted", step.deleted_manifests.len() as u64);
+        if step.next.is_none() {
+            stores.count("gc_passes_completed", 1);
+        }
         let next = step.next.clone().unwrap_or_default();
         stores.meta.set(keys::GC_CURSOR, next.as_bytes()).await.map_err(internal)?;
     }

@@ -123,6 +123,7 @@ async fn fetch_blob<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
             return Ok((answer_of(digest, other?), None));
         }
     };
+    stores.count("mirror_upstream_bytes", size);
     let headers = super::blobs::blob_headers(Response::new(StatusCode::OK), digest);
     let (incoming, outgoing, verdict) = outbound.relay(response.body);
     let (name, digest) = (name.clone(), digest.clone());

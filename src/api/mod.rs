@@ -21,7 +21,7 @@ mod uploads;
 use crate::auth::{self, Denied};
 use crate::registry::store::{BlobStore, MetaStore, NoOutbound, Outbound, StoreError, Stores, internal};
 use crate::wire::errcode::{ErrorCode, RegistryError};
-use crate::wire::message::{Request, Response};
+use crate::wire::message::{Body, Request, Response};
 use crate::wire::route::Route;
 use http::Method;
 
@@ -62,7 +62,7 @@ pub async fn handle_with<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         }
         Err(err) => (error_response(&err, &id), None),
     };
-    let mut response = response.header(REQUEST_ID, id.as_str());
+    let mut response = quote_request(response, &id).header(REQUEST_ID, id.as_str());
     if counted {
         let summary = stores.events.summary();
         if !summary.is_empty() {
@@ -70,6 +70,28 @@ pub async fn handle_with<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         }
     }
     (response, background)
+}
+
+/// Every error body's detail quotes its request (`... (request <id>)`), whichever handler made
+/// it, so the text a user pastes into a report finds the log lines; the message clients print
+/// stays as it was.
+fn quote_request<S>(response: Response<S>, id: &crate::registry::store::RequestId) -> Response<S> {
+    if !(response.status.is_client_error() || response.status.is_server_error()) {
+        return response;
+    }
+    let Body::Full(bytes) = &response.body else { return response };
+    let Ok(mut envelope) = serde_json::from_slice::<serde_json::Value>(bytes) else { return response };
+    let Some(entries) = envelope.get_mut("errors").and_then(serde_json::Value::as_array_mut) else { return response };
+    let said = format!("request {}", id.as_str());
+    for entry in entries {
+        let quoted = match entry.get("detail").and_then(serde_json::Value::as_str) {
+            Some(detail) if detail.contains(&said) => continue,
+            Some(detail) => format!("{detail} ({said})"),
+            None => said.clone(),
+        };
+        entry["detail"] = serde_json::Value::String(quoted);
+    }
+    response.full(serde_json::to_vec(&envelope).expect("a JSON value serializes"))
 }
 
 /// Set (to `1`) by berth-runner on every request, replacing any the client sent: answer with
@@ -462,6 +484,35 @@ mod tests {
         assert_eq!(detail(&r), "internal error (request 0707070707070707): the registry's log says what failed");
         let told = RegistryError::new(ErrorCode::Internal, "the registry is misconfigured: its log says why").told();
         assert_eq!(detail(&error_response::<Vec<u8>>(&told, &id)), "the registry is misconfigured: its log says why");
+    }
+
+    #[test]
+    fn every_error_body_quotes_its_request_in_its_detail_and_keeps_its_message() {
+        let stores = memory_stores();
+        let digest = Digest::of(Algorithm::Sha256, b"never pushed");
+        let r = send(&stores, Method::GET, &format!("/v2/a/blobs/{digest}"), vec![]);
+        let id = r.headers[REQUEST_ID].to_str().unwrap().to_owned();
+        assert_eq!(error_code(&r), "BLOB_UNKNOWN");
+        assert_eq!(detail(&r), format!("blob {digest} unknown to repository a (request {id})"));
+        let Body::Full(body) = &r.body else { panic!("no body") };
+        let body: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(body["errors"][0]["message"], "blob unknown to registry");
+        assert_eq!(r.headers[http::header::CONTENT_LENGTH].to_str().unwrap(), body_len(&r).to_string());
+        // An error without a detail gets the request alone; a success is left alone.
+        let id = crate::registry::store::RequestId::made([9; 16]);
+        let bare =
+            br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied","detail":null}]}"#;
+        let r = quote_request(Response::<Vec<u8>>::new(StatusCode::FORBIDDEN).json(bare.to_vec()), &id);
+        assert_eq!(detail(&r), "request 0909090909090909");
+        let ok = quote_request(Response::<Vec<u8>>::new(StatusCode::OK).json(bare.to_vec()), &id);
+        assert_eq!(body_len(&ok), bare.len());
+    }
+
+    fn body_len(r: &Response<Vec<u8>>) -> usize {
+        match &r.body {
+            Body::Full(bytes) => bytes.len(),
+            _ => 0,
+        }
     }
 
     #[test]

@@ -785,3 +785,17 @@ pub async fn assert_store_contract(reg: &Registry) {
     let broken: Vec<&serde_json::Value> = checks.iter().filter(|c| c["ok"] != true).collect();
     assert!(broken.is_empty() && report["ok"] == true, "rules the store broke: {broken:#?}");
 }
+
+/// The `--metrics-listen` address a runner said it serves its metrics on (`http://.../metrics`).
+pub fn metrics_url(runner: &Runner) -> String {
+    runner
+        .log()
+        .iter()
+        .find_map(|l| l.strip_prefix("berth-runner: metrics on ").map(str::to_owned))
+        .unwrap_or_else(|| panic!("no metrics listener in {:?}", runner.log()))
+}
+
+/// A scrape of the runner's metrics (Prometheus' text format).
+pub async fn scrape(runner: &Runner) -> String {
+    client().get(metrics_url(runner)).send().await.unwrap().text().await.unwrap()
+}

@@ -17,7 +17,7 @@ pub mod wasi_kv_host;
 use state::{Host, SHUTTING_DOWN, Shared, http_view};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, GuestTaskId, Linker};
@@ -83,26 +83,55 @@ impl HandlerState for Handler {
     async fn instantiate(&self) -> wasmtime::Result<Instance<Host, IdleExpiry, Policy>> {
         let mut store = Store::new(&self.engine, Host::new(self.shared.clone()));
         let proxy = self.pre.instantiate_async(&mut store).await?;
+        INSTANCES_ALIVE.fetch_add(1, Ordering::Relaxed);
         Ok(Instance {
             store,
             proxy,
             view: http_view,
             expiration: IdleExpiry { idle: self.reuse.idle, sleep: None },
-            state: Policy(self.reuse),
+            state: Policy { reuse: self.reuse, serving: Arc::new(AtomicUsize::new(0)) },
         })
     }
 }
 
-pub struct Policy(Reuse);
+/// Component instances alive now, and how many of them serve a request now (for the metrics).
+pub static INSTANCES_ALIVE: AtomicI64 = AtomicI64::new(0);
+pub static INSTANCES_BUSY: AtomicI64 = AtomicI64::new(0);
+
+/// One instance's reuse policy, and the requests it serves now.
+pub struct Policy {
+    reuse: Reuse,
+    serving: Arc<AtomicUsize>,
+}
+
+/// Held while an instance serves one request: the instance is busy while any is held.
+struct Serving(Arc<AtomicUsize>);
+
+impl Serving {
+    fn start(serving: &Arc<AtomicUsize>) -> Serving {
+        if serving.fetch_add(1, Ordering::Relaxed) == 0 {
+            INSTANCES_BUSY.fetch_add(1, Ordering::Relaxed);
+        }
+        Serving(serving.clone())
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if self.0.fetch_sub(1, Ordering::Relaxed) == 1 {
+            INSTANCES_BUSY.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
 
 impl WorkerState for Policy {
     type StoreData = Host;
     type RequestData = ();
 
     fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
-        if total >= self.0.max_requests {
+        if total >= self.reuse.max_requests {
             ShouldAccept::Never
-        } else if concurrent >= self.0.max_concurrent {
+        } else if concurrent >= self.reuse.max_concurrent {
             ShouldAccept::No
         } else {
             ShouldAccept::Yes
@@ -115,11 +144,17 @@ impl WorkerState for Policy {
         _: (),
         _: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
-        // No request timeout: a registry streams multi-GiB blobs.
-        Box::pin(std::future::pending())
+        // No request timeout: a registry streams multi-GiB blobs. The future lives as long as
+        // the request, and so does the mark that this instance is busy.
+        let serving = Serving::start(&self.serving);
+        Box::pin(async move {
+            let _serving = serving;
+            std::future::pending::<()>().await
+        })
     }
 
     fn drop(&self, _store: Store<Host>, result: wasmtime::Result<()>) {
+        INSTANCES_ALIVE.fetch_sub(1, Ordering::Relaxed);
         if let Err(err) = result
             && !SHUTTING_DOWN.load(Ordering::Relaxed)
         {

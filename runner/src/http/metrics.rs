@@ -50,6 +50,9 @@ struct Metrics {
     connections: Gauge,
     shed: Family<ReasonLabel, Counter>,
     events: Family<EventLabel, Counter>,
+    instances: Gauge,
+    instances_busy: Gauge,
+    gc_last_pass: Gauge,
 }
 
 /// Latency buckets, in seconds: a manifest GET takes well under a millisecond, a layer minutes.
@@ -91,11 +94,34 @@ fn metrics() -> &'static Metrics {
             "registry_events",
             "What the registry did, as the component counts it per request: uploads opened, finished and \
              cancelled; garbage collection's blobs examined and removed and bytes reclaimed; retention's \
-             removals; mirror cache hits, upstream asks and stale answers; throttled logins; quota refusals; \
-             storage unavailable",
+             removals and completed passes; mirror cache hits, upstream asks and bytes, stale answers; \
+             throttled logins; quota refusals and recounts; storage unavailable",
             events.clone(),
         );
-        Metrics { registry, requests, duration, received, sent, in_flight, connections, shed, events }
+        let instances = Gauge::default();
+        registry.register("instances", "Component instances alive now", instances.clone());
+        let instances_busy = Gauge::default();
+        registry.register("instances_busy", "Component instances serving a request now", instances_busy.clone());
+        let gc_last_pass = Gauge::default();
+        registry.register(
+            "gc_last_pass_completed_timestamp_seconds",
+            "When a garbage collection pass through this runner last completed (Unix time; 0: none yet)",
+            gc_last_pass.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            duration,
+            received,
+            sent,
+            in_flight,
+            connections,
+            shed,
+            events,
+            instances,
+            instances_busy,
+            gc_last_pass,
+        }
     })
 }
 
@@ -114,6 +140,10 @@ pub fn registry_events(summary: &str) {
         let valid = !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
         if let (true, Ok(count)) = (valid, count.parse::<u64>()) {
             metrics().events.get_or_create(&EventLabel { event: name.to_owned() }).inc_by(count);
+            if name == "gc_passes_completed" {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                metrics().gc_last_pass.set(now.as_secs() as i64);
+            }
         }
     }
 }
@@ -161,6 +191,9 @@ pub fn shed(reason: &'static str) {
 
 /// The metrics in the OpenMetrics text format.
 pub fn encode() -> String {
+    // The instance gauges are read from the host when scraped.
+    metrics().instances.set(crate::host::INSTANCES_ALIVE.load(std::sync::atomic::Ordering::Relaxed));
+    metrics().instances_busy.set(crate::host::INSTANCES_BUSY.load(std::sync::atomic::Ordering::Relaxed));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &metrics().registry).expect("writing to a String");
     text
