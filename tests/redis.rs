@@ -245,6 +245,7 @@ async fn readyz_is_503_while_redis_is_down_and_healthz_answers_throughout() {
         ("auth_policy", "* admin pull,push"),
     ]));
     options.stderr = Some(log.path().to_owned());
+    options.args.extend(["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()]);
     let data = tempfile::tempdir().unwrap();
     let runner = Runner::start_with(data.path(), options);
     let probe = async |path: &str| {
@@ -265,6 +266,14 @@ async fn readyz_is_503_while_redis_is_down_and_healthz_answers_throughout() {
     assert_eq!(probe("/healthz").await, (200, "ok".to_owned()));
     let logged = std::fs::read_to_string(log.path()).unwrap();
     assert!(logged.contains("berth: readyz: the key-value store is not ready"), "{logged}");
+    // The runner's metrics count the failures, by backend.
+    let text = scrape(&runner).await;
+    let failures = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"berth_backend_errors_total{backend="redis"} "#))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(failures.parse::<u64>().unwrap() > 0, "{text}");
+    assert!(text.contains(r#"berth_backend_errors_total{backend="sqlite"} 0"#), "{text}");
 
     redis.restart();
     let mut answers = Vec::new();

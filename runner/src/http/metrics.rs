@@ -36,6 +36,11 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabel {
+    backend: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabel {
     event: String,
 }
@@ -53,6 +58,7 @@ struct Metrics {
     instances: Gauge,
     instances_busy: Gauge,
     gc_last_pass: Gauge,
+    backend_errors: Family<BackendLabel, Counter>,
 }
 
 /// Latency buckets, in seconds: a manifest GET takes well under a millisecond, a layer minutes.
@@ -108,6 +114,13 @@ fn metrics() -> &'static Metrics {
             "When a garbage collection pass through this runner last completed (Unix time; 0: none yet)",
             gc_last_pass.clone(),
         );
+        let backend_errors = Family::<BackendLabel, Counter>::default();
+        registry.register(
+            "backend_errors",
+            "Failures of the runner's storage backends (SQLite, Redis key-value; the filesystem blob store), by \
+             backend; a provider component's failures count as the registry's storage_unavailable",
+            backend_errors.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -121,6 +134,7 @@ fn metrics() -> &'static Metrics {
             instances,
             instances_busy,
             gc_last_pass,
+            backend_errors,
         }
     })
 }
@@ -194,6 +208,12 @@ pub fn encode() -> String {
     // The instance gauges are read from the host when scraped.
     metrics().instances.set(crate::host::INSTANCES_ALIVE.load(std::sync::atomic::Ordering::Relaxed));
     metrics().instances_busy.set(crate::host::INSTANCES_BUSY.load(std::sync::atomic::Ordering::Relaxed));
+    let errors = &crate::store::BACKEND_ERRORS;
+    for (backend, count) in [("sqlite", &errors.sqlite), ("redis", &errors.redis), ("filesystem", &errors.filesystem)] {
+        let counter = metrics().backend_errors.get_or_create(&BackendLabel { backend });
+        let now = count.load(std::sync::atomic::Ordering::Relaxed);
+        counter.inc_by(now.saturating_sub(counter.get()));
+    }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &metrics().registry).expect("writing to a String");
     text
