@@ -255,7 +255,8 @@ async fn examine<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Dig
                     }
                     // A namespace whose repositories all unlinked the blob stops paying for it.
                     if !stores.config.quotas.is_empty() {
-                        crate::registry::quota::reconcile_blob(stores, digest, record.size).await?;
+                        let still_stored = async || Ok(blobs::record(stores, digest).await?.is_some());
+                        crate::registry::quota::reconcile_blob(stores, digest, record.size, still_stored).await?;
                     }
                 }
                 return Ok(Outcome::Kept);

@@ -25,7 +25,8 @@ pub async fn step<M: MetaStore, B: BlobStore>(
         examined += 1;
         // A removed blob's counts are garbage collection's to release.
         if let Some(record) = blobs::record(stores, &digest).await? {
-            done += reconcile_blob(stores, &digest, record.size).await?;
+            let still_stored = async || Ok(blobs::record(stores, &digest).await?.is_some());
+            done += reconcile_blob(stores, &digest, record.size, still_stored).await?;
         }
     }
     Ok((done, examined, next))

@@ -289,7 +289,7 @@ impl<'a> Link<'a> {
     /// it was for was removed.
     pub async fn take_back<M: MetaStore, B>(self, stores: &Stores<M, B>) {
         let _ = stores.meta.compare_and_swap(&self.key, &self.value, b"").await;
-        crate::registry::quota::refund_removed(stores, &self.digest, self.size, &self.charged).await;
+        crate::registry::quota::refund(stores, &self.digest, self.size, &self.charged).await;
     }
 }
 

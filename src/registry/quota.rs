@@ -23,12 +23,17 @@
 //! `berth-runner quota --recount`) does the same for every blob, and also counts blobs linked
 //! before a rule existed.
 //!
-//! Why a recount never drops a link being written: a link write counts itself, then writes the
-//! link, then reads its count again, and counts itself once more if it finds 0 (`recharge`). A
-//! recount reads the count, then looks for links, then swaps the count it read to 0, then
-//! looks for links again and counts the blob back if one appeared. A link whose count was read
-//! has written its entry before (it is listed); its link is either seen by one of the two looks,
-//! or written after the second, and then its own read of the count comes after the swap.
+//! One rule keeps the bytes right: a blob's size is in a namespace's bytes exactly while its
+//! count there is above 0 (0 to 1 adds it, 1 to 0 takes it off, and no decrement goes below 0).
+//!
+//! Why a recount never drops a link being written (docs/consistency.md has the whole argument):
+//! a recount reads the count, looks for links, marks the blob's recounts, swaps the count it
+//! read to 0, then looks for links again and counts the blob back if one appeared. A link write
+//! reads the mark, counts itself, writes its link, then reads the mark and the count again and
+//! counts itself once more if a recount began meanwhile or the count is 0 ([`recharge`]). A
+//! charge taken back checks the mark after its decrement, and makes the decrement good if a
+//! recount began since its charge ([`uncharge`]): its own count may be gone, and the decrement
+//! have taken another link's. Every extra count errs high, which a later recount mends.
 
 use crate::config::quotas::{Quota, human};
 use crate::registry::keys::{self, Holder};
@@ -43,6 +48,7 @@ trait Keys {
     fn bytes_key(&self) -> String;
     fn pending_key(&self) -> String;
     fn blob_key(&self, digest: &Digest) -> String;
+    fn recounts_key(&self, digest: &Digest) -> String;
 }
 
 impl Keys for Quota {
@@ -57,6 +63,11 @@ impl Keys for Quota {
 
     fn blob_key(&self, digest: &Digest) -> String {
         format!("quota/{}/blob/{}/{}", self.id(), digest.algorithm().as_str(), digest.hex())
+    }
+
+    /// The recounts that began to swap the blob's count away (see [`recharge`]).
+    fn recounts_key(&self, digest: &Digest) -> String {
+        format!("quota/{}/recounts/{}/{}", self.id(), digest.algorithm().as_str(), digest.hex())
     }
 }
 
@@ -165,14 +176,28 @@ pub async fn check<M: MetaStore, B>(
 
 /// Count a link of blob `digest` (`size` bytes) into repository `name`, in every namespace of
 /// it, or refuse it (and count nothing) when a namespace would go over its limit.
+///
+/// Each namespace keeps one rule for its bytes: the blob's size is in them exactly while its
+/// count is above 0. The request whose increment takes the count from 0 to 1 adds the size, and
+/// the one whose decrement takes it from 1 to 0 (or whose swap takes it to 0: a removal, a
+/// recount) takes it off; decrements never take a count below 0.
 pub async fn charge<'a, M: MetaStore, B>(
     stores: &'a Stores<M, B>,
     name: &RepoName,
     digest: &Digest,
     size: u64,
 ) -> Result<Charged<'a>, RegistryError> {
-    let mut charged: Vec<(&Quota, bool)> = Vec::new();
+    let mut charged: Vec<(&Quota, i64)> = Vec::new();
     for quota in stores.config.quotas.applying(name) {
+        // Read before the count changes: a recount that swaps this charge away has begun after
+        // this read, and [`recharge`] sees its mark.
+        let recounts = match counter(stores, &quota.recounts_key(digest)).await {
+            Ok(recounts) => recounts,
+            Err(e) => {
+                uncharge(stores, digest, size, &charged).await;
+                return Err(e);
+            }
+        };
         let links = match stores.meta.increment(&quota.blob_key(digest), 1).await {
             Ok(links) => links,
             Err(e) => {
@@ -180,20 +205,20 @@ pub async fn charge<'a, M: MetaStore, B>(
                 return Err(store_error(e));
             }
         };
-        let first = links == 1;
-        if !first {
-            charged.push((quota, false));
+        if links != 1 {
+            charged.push((quota, recounts));
             continue;
         }
         let total = match stores.meta.increment(&quota.bytes_key(), size as i64).await {
             Ok(total) => total.max(0) as u64,
             Err(e) => {
-                charged.push((quota, false)); // its link is counted, its bytes are not
+                // Its count is up, its bytes are not: the count alone is taken back here.
+                let _ = uncount_link(stores, quota, digest).await;
                 uncharge(stores, digest, size, &charged).await;
                 return Err(store_error(e));
             }
         };
-        charged.push((quota, true));
+        charged.push((quota, recounts));
         if total > quota.limit {
             uncharge(stores, digest, size, &charged).await;
             stores.count("quota_refusals", 1);
@@ -203,27 +228,16 @@ pub async fn charge<'a, M: MetaStore, B>(
     Ok(Charged(charged))
 }
 
-/// What one [`charge`] counted, in each namespace: the link, and whether its bytes too.
+/// What one [`charge`] counted: a link in each namespace, with the namespace's count of
+/// recounts of the blob read before it.
 #[derive(Debug)]
-pub struct Charged<'a>(Vec<(&'a Quota, bool)>);
+pub struct Charged<'a>(Vec<(&'a Quota, i64)>);
 
-/// Take back a charge whose link was not written.
+/// Take back a charge whose link was not written, or was taken back (garbage collection removed
+/// the blob). A count that a removal or a recount already set to 0 stays at 0: its bytes went
+/// with that swap.
 pub async fn refund<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest, size: u64, charged: &Charged<'_>) {
     uncharge(stores, digest, size, &charged.0).await;
-}
-
-/// Take back a charge whose link was taken back because garbage collection removed the blob.
-/// When the count returns to 0 the bytes go, even if this link did not add them: the removal's
-/// release may have read the count before this link's charge and left it one above 0, keeping
-/// the bytes for this link (`release_blob`).
-pub async fn refund_removed<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest, size: u64, charged: &Charged<'_>) {
-    for (quota, _) in &charged.0 {
-        // `None`: the removal's release already took this link's count (it read the count
-        // after the charge).
-        if uncount_link(stores, quota, digest).await == Some(0) {
-            let _ = stores.meta.increment(&quota.bytes_key(), -(size as i64)).await;
-        }
-    }
 }
 
 /// Garbage collection removed the blob, with every link of it: it counts no more anywhere. A
@@ -241,7 +255,7 @@ pub async fn release_blob<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Diges
             if crate::registry::store::counter_value(&raw) <= 0 {
                 break;
             }
-            match stores.meta.compare_and_swap(&key, &raw, &zero_like(&raw)).await {
+            match stores.meta.compare_and_swap(&key, &raw, &counter_like(&raw, 0)).await {
                 Ok(true) => {
                     let _ = stores.meta.increment(&quota.bytes_key(), -(size as i64)).await;
                     break;
@@ -254,48 +268,72 @@ pub async fn release_blob<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Diges
 }
 
 /// Take back what [`charge`] counted (best effort: a failure here leaves usage too high, never
-/// too low). The bytes go back only with the last link: a link of the same blob that raced this
-/// one (and was counted free, as not the first) keeps them.
-async fn uncharge<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest, size: u64, charged: &[(&Quota, bool)]) {
-    for (quota, added_bytes) in charged {
-        if uncount_link(stores, quota, digest).await == Some(0) && *added_bytes {
+/// too low): the bytes go with the count's last link.
+///
+/// A recount that began since the charge may have swapped the charge's count away already, and
+/// another link's count may stand in its place now: the decrement would take that one. So the
+/// recounts mark is read after the decrement, and if a recount began since the charge, the
+/// decrement is made good (the count left one too high, which a later recount repairs).
+async fn uncharge<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest, size: u64, charged: &[(&Quota, i64)]) {
+    for (quota, recounts_before) in charged {
+        let left = uncount_link(stores, quota, digest).await;
+        if left == Some(0) {
             let _ = stores.meta.increment(&quota.bytes_key(), -(size as i64)).await;
         }
-    }
-}
-
-/// Take one link off the blob's count in the namespace: the count left, or `None` when there
-/// was none to take (a recount or a removal set it to 0 after this link counted itself, and took
-/// its bytes with it): the count is put back to 0 then, never left below it, so the next first
-/// link counts as first.
-async fn uncount_link<M: MetaStore, B>(stores: &Stores<M, B>, quota: &Quota, digest: &Digest) -> Option<i64> {
-    let left = stores.meta.increment(&quota.blob_key(digest), -1).await.ok()?;
-    if left < 0 {
-        let _ = stores.meta.increment(&quota.blob_key(digest), 1).await;
-        return None;
-    }
-    Some(left)
-}
-
-/// After a link was written: a recount may have found no link and set the blob's count to 0
-/// between this link's [`charge`] and its write. Counted again then (its bytes come back with
-/// the count's first link, whoever makes it).
-pub async fn recharge<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest, size: u64, charged: &Charged<'_>) {
-    for (quota, _) in &charged.0 {
-        let key = quota.blob_key(digest);
-        if let Ok(count) = stores.meta.increment(&key, 0).await
-            && count <= 0
-        {
+        let recounted = counter(stores, &quota.recounts_key(digest)).await.ok() != Some(*recounts_before);
+        if left.is_some() && recounted {
             count_back(stores, quota, digest, size).await;
         }
     }
 }
 
-/// Count the blob in the namespace once more; the bytes too when that makes it the first link.
-async fn count_back<M: MetaStore, B>(stores: &Stores<M, B>, quota: &Quota, digest: &Digest, size: u64) {
+/// Take one link off the blob's count in the namespace, by compare-and-swap from the value read:
+/// the count left, or `None` when it was 0 already (a removal or a recount swapped this link's
+/// count away, and took the bytes with it). Never below 0, not even for a moment: a charge that
+/// read -1 would take itself for a second link, and add no bytes.
+async fn uncount_link<M: MetaStore, B>(stores: &Stores<M, B>, quota: &Quota, digest: &Digest) -> Option<i64> {
+    let key = quota.blob_key(digest);
+    for _ in 0..16 {
+        let raw = stores.meta.get(&key).await.ok()??;
+        let count = crate::registry::store::counter_value(&raw);
+        if count <= 0 {
+            return None;
+        }
+        if stores.meta.compare_and_swap(&key, &raw, &counter_like(&raw, count - 1)).await.ok()? {
+            return Some(count - 1);
+        }
+    }
+    None // still contended: left counted (too high, never too low; a recount repairs it)
+}
+
+/// A counter's value, 0 when absent.
+async fn counter<M: MetaStore, B>(stores: &Stores<M, B>, key: &str) -> Result<i64, RegistryError> {
+    Ok(stores.meta.get(key).await.map_err(store_error)?.as_deref().map_or(0, crate::registry::store::counter_value))
+}
+
+/// After a link was written: a recount may have found no link and swapped the blob's count to 0
+/// between this link's [`charge`] and its write, taking this link's count with it (and perhaps
+/// another push's charge has raised it again since, and will take itself back). Counted again
+/// then: when a recount of the blob began since the charge, or the count is 0. A second count
+/// for one link leaves the count too high, which is harmless (the bytes follow 0 and 1 only).
+pub async fn recharge<M: MetaStore, B>(stores: &Stores<M, B>, digest: &Digest, size: u64, charged: &Charged<'_>) {
+    for (quota, recounts_before) in &charged.0 {
+        let recounted = counter(stores, &quota.recounts_key(digest)).await.ok() != Some(*recounts_before);
+        let uncounted = counter(stores, &quota.blob_key(digest)).await.is_ok_and(|n| n <= 0);
+        if recounted || uncounted {
+            count_back(stores, quota, digest, size).await;
+        }
+    }
+}
+
+/// Count the blob in the namespace once more; the bytes too when that makes it the first link
+/// (whether it did).
+async fn count_back<M: MetaStore, B>(stores: &Stores<M, B>, quota: &Quota, digest: &Digest, size: u64) -> bool {
     if let Ok(1) = stores.meta.increment(&quota.blob_key(digest), 1).await {
         let _ = stores.meta.increment(&quota.bytes_key(), size as i64).await;
+        return true;
     }
+    false
 }
 
 /// Whether a repository of the namespace links the blob, as its holder entries tell.
@@ -355,11 +393,13 @@ impl std::ops::AddAssign for Recounted {
 
 /// Recount one stored blob of `size` bytes in every namespace, from its links (module doc: why
 /// a link being written is never dropped). Safe to run on many instances at once, and beside
-/// pushes.
+/// pushes. `still_stored` says whether the blob is still there (garbage collection may be
+/// removing it): a count made for a blob being removed is taken back.
 pub async fn reconcile_blob<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     digest: &Digest,
     size: u64,
+    still_stored: impl AsyncFn() -> Result<bool, RegistryError>,
 ) -> Result<Recounted, RegistryError> {
     let mut done = Recounted::default();
     for quota in stores.config.quotas.iter() {
@@ -370,7 +410,10 @@ pub async fn reconcile_blob<M: MetaStore, B: BlobStore>(
         match (count > 0, linked) {
             (true, Linked::No) => {
                 let raw = raw.expect("a positive count was read");
-                if !stores.meta.compare_and_swap(&key, &raw, &zero_like(&raw)).await.map_err(store_error)? {
+                // Marked before the swap: a link write that charged before the count was read
+                // read the mark's old value before charging, and counts itself again.
+                stores.meta.increment(&quota.recounts_key(digest), 1).await.map_err(store_error)?;
+                if !stores.meta.compare_and_swap(&key, &raw, &counter_like(&raw, 0)).await.map_err(store_error)? {
                     continue; // a link or a release changed it: the next recount looks again
                 }
                 let _ = stores.meta.increment(&quota.bytes_key(), -(size as i64)).await;
@@ -382,8 +425,16 @@ pub async fn reconcile_blob<M: MetaStore, B: BlobStore>(
                 }
             }
             (false, Linked::Yes) => {
-                count_back(stores, quota, digest, size).await;
-                done.restored += size;
+                if count_back(stores, quota, digest, size).await {
+                    done.restored += size;
+                }
+                // Garbage collection removes a blob's record before it empties its links and
+                // releases its counts: a record still there now means a later release sees
+                // this count; a record gone means this count may be missed by it.
+                if !still_stored().await? && uncount_link(stores, quota, digest).await == Some(0) {
+                    let _ = stores.meta.increment(&quota.bytes_key(), -(size as i64)).await;
+                    done.restored = done.restored.saturating_sub(size);
+                }
             }
             _ => {}
         }
@@ -391,9 +442,14 @@ pub async fn reconcile_blob<M: MetaStore, B: BlobStore>(
     Ok(done)
 }
 
-/// 0 in the form the store keeps its counters in: decimal text (Redis) or 8 bytes.
-fn zero_like(raw: &[u8]) -> Vec<u8> {
-    if raw.iter().all(u8::is_ascii_digit) { b"0".to_vec() } else { 0i64.to_le_bytes().to_vec() }
+/// `value` in the form the store keeps its counters in (as `raw`, a value read from it):
+/// decimal text (Redis) or 8 bytes.
+fn counter_like(raw: &[u8], value: i64) -> Vec<u8> {
+    if !raw.is_empty() && raw.iter().all(|b| b.is_ascii_digit() || *b == b'-') {
+        value.to_string().into_bytes()
+    } else {
+        value.to_le_bytes().to_vec()
+    }
 }
 
 #[cfg(test)]
@@ -401,6 +457,7 @@ mod tests {
     use super::*;
     use crate::config::quotas::Quotas;
     use crate::lifecycle::recount;
+    use crate::registry::blobs::Link;
     use crate::testing::MemBlobs;
     use crate::testing::api::{push_blob, send};
     use crate::testing::{block_on, memory_stores};
@@ -512,8 +569,24 @@ mod tests {
                 std::mem::forget(link);
             }
         };
-        block_on(futures::future::join(write, async { reconcile_blob(&stores, blob, 70).await.unwrap() }));
+        block_on(futures::future::join(write, async { reconcile_blob(&stores, blob, 70, stored).await.unwrap() }));
         stores
+    }
+
+    /// The blob is stored (no collector is removing it).
+    async fn stored() -> Result<bool, RegistryError> {
+        Ok(true)
+    }
+
+    trait WriteNow<'a> {
+        fn write_now(stores: &'a Stores<Interleaving, MemBlobs>, name: &RepoName, blob: &Digest) -> Link<'a>;
+    }
+
+    impl<'a> WriteNow<'a> for Link<'a> {
+        /// A link of 70 bytes written before the race starts.
+        fn write_now(stores: &'a Stores<Interleaving, MemBlobs>, name: &RepoName, blob: &Digest) -> Link<'a> {
+            block_on(Link::write(stores, name, blob, 70)).unwrap()
+        }
     }
 
     fn count<B>(stores: &Stores<Interleaving, B>, blob: &Digest) -> i64 {
@@ -533,7 +606,7 @@ mod tests {
             assert_eq!(block_on(used(&stores, &stores.config.quotas.0[0])).unwrap(), 70, "{why}");
             assert!(count(&stores, &blob) > 0, "{why}");
             // And a quiet recount finds nothing to change.
-            assert_eq!(block_on(reconcile_blob(&stores, &blob, 70)).unwrap(), Recounted::default(), "{why}");
+            assert_eq!(block_on(reconcile_blob(&stores, &blob, 70, stored)).unwrap(), Recounted::default(), "{why}");
         }
     }
 
@@ -550,20 +623,92 @@ mod tests {
             let quota = &stores.config.quotas.0[0];
             assert!(block_on(used(&stores, quota)).unwrap() <= 70, "{why}");
             assert!(count(&stores, &blob) >= 0, "{why}");
-            block_on(reconcile_blob(&stores, &blob, 70)).unwrap();
+            block_on(reconcile_blob(&stores, &blob, 70, stored)).unwrap();
             assert_eq!(block_on(used(&stores, quota)).unwrap(), 0, "{why}");
             assert_eq!(count(&stores, &blob), 0, "{why}");
         }
     }
 
+    /// A recount racing two pushes of one blob into two repositories of a namespace whose count
+    /// was stale (a third repository unlinked the blob earlier): one push succeeds, the other
+    /// fails after its charge. Under 20,000 seeded schedules, the acknowledged link is counted
+    /// with its bytes exactly once, whatever the order; a later quiet recount changes nothing
+    /// that matters. (A recount that only read the count again after the write, without the
+    /// recounts mark, lets the failed push's refund take the acknowledged link's count away.)
+    #[test]
+    fn a_recount_racing_a_push_and_a_failed_push_of_one_blob_never_drops_the_acknowledged_link() {
+        let blob = digest(11);
+        let (old, a, b) = (
+            RepoName::parse("team/old").unwrap(),
+            RepoName::parse("team/a").unwrap(),
+            RepoName::parse("team/b").unwrap(),
+        );
+        for seed in seeds_of(20_000) {
+            let stores = interleaving_stores("team/* 1000", seed);
+            let link = Link::write_now(&stores, &old, &blob);
+            std::mem::forget(link);
+            block_on(stores.meta.delete(&keys::blob_link(&old, &blob))).unwrap();
+            let kept = async {
+                std::mem::forget(Link::write(&stores, &a, &blob, 70).await.unwrap());
+            };
+            let failed = async {
+                Link::write(&stores, &b, &blob, 70).await.unwrap().undo(&stores).await;
+            };
+            let recount = async { reconcile_blob(&stores, &blob, 70, stored).await.unwrap() };
+            block_on(async { futures::join!(kept, failed, recount) });
+            let why = format!("seed {seed} (replay: BERTH_SEED={seed})");
+            let quota = &stores.config.quotas.0[0];
+            let why =
+                format!("{why}: count {}, used {}", count(&stores, &blob), block_on(used(&stores, quota)).unwrap());
+            assert!(count(&stores, &blob) > 0, "{why}");
+            assert_eq!(block_on(used(&stores, quota)).unwrap(), 70, "{why}");
+            block_on(reconcile_blob(&stores, &blob, 70, stored)).unwrap();
+            assert!(count(&stores, &blob) > 0, "{why}");
+            assert_eq!(block_on(used(&stores, quota)).unwrap(), 70, "{why}");
+        }
+    }
+
+    /// The order a random schedule rarely finds, step by step: a push charges (the count was
+    /// stale), a recount swaps the count away before the push wrote its link, a second push
+    /// charges (raising the count from 0) and will fail. The first push's second read of its count
+    /// sees 1 — not its own — and only the recounts mark tells it to count itself again.
+    #[test]
+    fn a_push_whose_count_a_recount_swapped_away_counts_itself_again_even_when_another_raised_it() {
+        let stores = stores_with("team/* 1000");
+        let quota = &stores.config.quotas.0[0];
+        let blob = digest(12);
+        let (old, a, b) = (
+            RepoName::parse("team/old").unwrap(),
+            RepoName::parse("team/a").unwrap(),
+            RepoName::parse("team/b").unwrap(),
+        );
+        // A count left by a repository that unlinked the blob.
+        block_on(charge(&stores, &old, &blob, 70)).unwrap();
+        let first = block_on(charge(&stores, &a, &blob, 70)).unwrap();
+        block_on(crate::registry::blobs::mark(&stores, &keys::link_holder(&a, &blob), Vec::new())).unwrap();
+        let done = block_on(reconcile_blob(&stores, &blob, 70, async || Ok(true))).unwrap();
+        assert_eq!(done.released, 70, "no link yet: the count is swapped away");
+        let second = block_on(charge(&stores, &b, &blob, 70)).unwrap();
+        block_on(stores.meta.set(&keys::blob_link(&a, &blob), b"1")).unwrap();
+        block_on(recharge(&stores, &blob, 70, &first));
+        block_on(refund(&stores, &blob, 70, &second));
+        assert!(block_on(stores.meta.increment(&quota.blob_key(&blob), 0)).unwrap() > 0);
+        assert_eq!(block_on(used(&stores, quota)).unwrap(), 70);
+    }
+
     /// The schedules' seeds: `BERTH_SEED` alone, or 2,000 from a printed base.
     fn seeds() -> Vec<u64> {
+        seeds_of(2000)
+    }
+
+    /// `BERTH_SEED` alone, or `n` seeds from a printed base.
+    fn seeds_of(n: u64) -> Vec<u64> {
         if let Some(seed) = std::env::var("BERTH_SEED").ok().and_then(|s| s.parse().ok()) {
             return vec![seed];
         }
         let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-        eprintln!("schedules: seeds {base} to {}", base + 1999);
-        (base..base + 2000).collect()
+        eprintln!("schedules: seeds {base} to {}", base + n - 1);
+        (base..base + n).collect()
     }
 
     #[test]
@@ -637,7 +782,7 @@ mod tests {
         block_on(stores.meta.increment(&stores.config.quotas.0[0].blob_key(&c), 2)).unwrap();
         let quota = &stores.config.quotas.0[0];
         block_on(stores.meta.increment(&quota.bytes_key(), 95)).unwrap();
-        block_on(uncharge(&stores, &c, 95, &[(quota, true)]));
+        block_on(uncharge(&stores, &c, 95, &[(quota, 0)]));
         assert_eq!(block_on(used(&stores, quota)).unwrap(), 195, "the racer's link keeps the bytes counted");
         let other = RepoName::parse("other").unwrap();
         assert!(block_on(check(&stores, &other, None, 1 << 40)).is_ok(), "no rule, no quota");

@@ -26,9 +26,19 @@ pub struct Check {
     pub broken: Option<String>,
 }
 
-/// Run every check against `stores.blobs`; the scratch objects are removed whatever the outcome.
+/// Where every check's scratch objects live: `check/<start time>-<random>/`.
+pub const SCRATCH_ROOT: &str = "check/";
+
+/// A check's scratch objects are left behind only by a check cut off mid-way (a request killed,
+/// a listing that failed); the next check removes those older than this.
+pub const ABANDONED_AFTER_SECS: u64 = 3600;
+
+/// Run every check against `stores.blobs`; the scratch objects are removed whatever the outcome,
+/// and so are those that checks cut off before their end left (an hour old or more).
 pub async fn check<M, B: BlobStore>(stores: &Stores<M, B>) -> Vec<Check> {
-    let scratch = format!("check/{}/", hex::encode((stores.random)()));
+    let now = (stores.now)();
+    clear_abandoned(&stores.blobs, now).await;
+    let scratch = format!("{SCRATCH_ROOT}{now:016x}-{}/", hex::encode((stores.random)()));
     let blobs = &stores.blobs;
     let mut checks = Vec::new();
     let mut record = |rule: &'static str, outcome: Result<(), String>| {
@@ -295,9 +305,24 @@ async fn name_lengths<B: BlobStore>(blobs: &B, scratch: &str) -> Outcome {
 }
 
 /// Remove every object under `scratch` (best effort: what is left shows in the last check).
+/// Only names that do start with `scratch` are deleted: the listing is what is being checked,
+/// and a store whose listing strays past its prefix must not lose other objects for it.
 async fn clear<B: BlobStore>(blobs: &B, scratch: &str) {
     if let Ok(names) = listed(blobs, scratch).await {
-        for name in names {
+        for name in names.iter().filter(|n| n.starts_with(scratch)) {
+            let _ = blobs.delete(name).await;
+        }
+    }
+}
+
+/// Remove the scratch objects of checks that started [`ABANDONED_AFTER_SECS`] or more before
+/// `now` (their prefix names their start).
+async fn clear_abandoned<B: BlobStore>(blobs: &B, now: u64) {
+    let Ok(names) = listed(blobs, SCRATCH_ROOT).await else { return };
+    for name in names {
+        let Some(started) = name.strip_prefix(SCRATCH_ROOT).and_then(|rest| rest.get(..16)) else { continue };
+        let Ok(started) = u64::from_str_radix(started, 16) else { continue };
+        if now.saturating_sub(started) >= ABANDONED_AFTER_SECS {
             let _ = blobs.delete(&name).await;
         }
     }
@@ -314,6 +339,7 @@ mod tests {
         let stores = memory_stores();
         let checks = block_on(check(&stores));
         assert!(checks.len() >= 10);
+        assert!(stores.blobs.0.borrow().is_empty(), "the scratch objects are gone");
         assert!(checks.iter().all(|c| c.broken.is_none()), "{checks:#?}");
     }
 
@@ -390,6 +416,21 @@ mod tests {
             ],
             "{checks:#?}"
         );
+    }
+
+    #[test]
+    fn a_check_removes_what_an_abandoned_check_left_and_nothing_outside_its_scratch() {
+        let stores = memory_stores();
+        let now = (stores.now)();
+        let abandoned = format!("{SCRATCH_ROOT}{:016x}-ab/x", now - ABANDONED_AFTER_SECS);
+        let recent = format!("{SCRATCH_ROOT}{:016x}-cd/x", now - 10);
+        for name in [&abandoned, &recent, &"checkpoint/x".to_owned(), &"index/blobs/x".to_owned()] {
+            block_on(stores.blobs.write_bytes(name, b"x".to_vec())).unwrap();
+        }
+        let checks = block_on(check(&stores));
+        assert!(checks.iter().all(|c| c.broken.is_none()), "{checks:#?}");
+        let left: Vec<String> = stores.blobs.0.borrow().keys().cloned().collect();
+        assert_eq!(left, [recent, "checkpoint/x".to_owned(), "index/blobs/x".to_owned()]);
     }
 
     #[test]

@@ -27,6 +27,7 @@ fn to_wit(e: BlobError) -> Error {
         BlobError::NotFound => Error::NotFound,
         BlobError::AlreadyExists => Error::AlreadyExists,
         BlobError::InvalidName(why) => Error::InvalidName(why),
+        BlobError::Range(why) => Error::Other(why),
         BlobError::Other(why) => {
             crate::store::BACKEND_ERRORS.filesystem.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Error::Other(why)

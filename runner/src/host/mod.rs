@@ -94,7 +94,8 @@ impl HandlerState for Handler {
     }
 }
 
-/// Component instances alive now, and how many of them serve a request now (for the metrics).
+/// Component instances alive now, and how many of them run a request's handler now (for the
+/// metrics).
 pub static INSTANCES_ALIVE: AtomicI64 = AtomicI64::new(0);
 pub static INSTANCES_BUSY: AtomicI64 = AtomicI64::new(0);
 
@@ -104,7 +105,7 @@ pub struct Policy {
     serving: Arc<AtomicUsize>,
 }
 
-/// Held while an instance serves one request: the instance is busy while any is held.
+/// Held while an instance runs one request's handler: the instance is busy while any is held.
 struct Serving(Arc<AtomicUsize>);
 
 impl Serving {
@@ -144,8 +145,10 @@ impl WorkerState for Policy {
         _: (),
         _: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
-        // No request timeout: a registry streams multi-GiB blobs. The future lives as long as
-        // the request, and so does the mark that this instance is busy.
+        // No request timeout: a registry streams multi-GiB blobs. The future lives until the
+        // request's handler has answered (wasmtime-wasi-http races it against the handler), and
+        // so does the mark that this instance is busy: a body that streams on after the answer
+        // is counted by the HTTP layer (`http_requests_in_flight`), not here.
         let serving = Serving::start(&self.serving);
         Box::pin(async move {
             let _serving = serving;

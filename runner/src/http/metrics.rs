@@ -107,7 +107,12 @@ fn metrics() -> &'static Metrics {
         let instances = Gauge::default();
         registry.register("instances", "Component instances alive now", instances.clone());
         let instances_busy = Gauge::default();
-        registry.register("instances_busy", "Component instances serving a request now", instances_busy.clone());
+        registry.register(
+            "instances_busy",
+            "Component instances running a request's handler now (a body still streaming after its handler \
+             answered counts in http_requests_in_flight only)",
+            instances_busy.clone(),
+        );
         let gc_last_pass = Gauge::default();
         registry.register(
             "gc_last_pass_completed_timestamp_seconds",
@@ -208,6 +213,10 @@ pub fn encode() -> String {
     // The instance gauges are read from the host when scraped.
     metrics().instances.set(crate::host::INSTANCES_ALIVE.load(std::sync::atomic::Ordering::Relaxed));
     metrics().instances_busy.set(crate::host::INSTANCES_BUSY.load(std::sync::atomic::Ordering::Relaxed));
+    // One scrape at a time brings the counters up to the stores' counts (two at once would
+    // both add the same difference).
+    static SYNC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = SYNC.lock().unwrap_or_else(|p| p.into_inner());
     let errors = &crate::store::BACKEND_ERRORS;
     for (backend, count) in [("sqlite", &errors.sqlite), ("redis", &errors.redis), ("filesystem", &errors.filesystem)] {
         let counter = metrics().backend_errors.get_or_create(&BackendLabel { backend });

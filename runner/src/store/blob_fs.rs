@@ -17,6 +17,8 @@ pub enum BlobError {
     NotFound,
     AlreadyExists,
     InvalidName(String),
+    /// A range past the end of the object: the caller's mistake, not a failure of the store.
+    Range(String),
     Other(String),
 }
 
@@ -195,7 +197,7 @@ impl FsBlobStore {
         let size = self.size(name)?;
         let length = length.unwrap_or(size.saturating_sub(offset));
         if offset.checked_add(length).is_none_or(|end| end > size) {
-            return Err(BlobError::Other(format!("range {offset}+{length} is past the end of {name} ({size} bytes)")));
+            return Err(BlobError::Range(format!("range {offset}+{length} is past the end of {name} ({size} bytes)")));
         }
         let mut file = File::open(self.path(name)?)?;
         file.seek(SeekFrom::Start(offset))?;
