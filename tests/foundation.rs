@@ -38,6 +38,77 @@ async fn base_endpoint_answers_over_https_with_a_trusted_certificate() {
     assert!(untrusting.get(format!("{}/v2/", runner.url)).send().await.is_err());
 }
 
+/// A client that trusts exactly these CAs.
+fn trusting(cas: &[&std::path::Path]) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().no_proxy().tls_built_in_root_certs(false);
+    for ca in cas {
+        builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap());
+    }
+    builder.build().unwrap()
+}
+
+/// A certificate renewed on disk is served to new connections within seconds, while clients
+/// keep pulling: no request fails, connections made before keep working, and the old
+/// certificate is no longer served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_swapped_on_disk_under_load_is_served_without_dropping_a_request() {
+    let data = tempfile::tempdir().unwrap();
+    let (old_dir, new_dir, live) = (data.path().join("old"), data.path().join("new"), data.path().join("live"));
+    for dir in [&old_dir, &new_dir, &live] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let (old, new) = (make_certs(&old_dir), make_certs(&new_dir));
+    let (cert, key) = (live.join("server.crt"), live.join("server.key"));
+    std::fs::copy(&old.cert, &cert).unwrap();
+    std::fs::copy(&old.key, &key).unwrap();
+    let options = RunnerOptions { tls: Some((&cert, &key)), ..Default::default() };
+    let runner = Runner::start_with(&data.path().join("data"), options);
+    let url = format!("{}/v2/", runner.url);
+    let both = trusting(&[&old.ca, &new.ca]);
+    assert_eq!(both.get(&url).send().await.unwrap().status(), 200);
+    // Load: four clients, each on its own kept-alive connection, asking until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url, stop) = (trusting(&[&old.ca, &new.ca]), url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut answered, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match client.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => answered += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                (answered, failed)
+            })
+        })
+        .collect();
+    // Renewed: each file replaced whole (as tools do, by a rename), the key first.
+    for (from, to) in [(&new.key, &key), (&new.cert, &cert)] {
+        let staged = to.with_extension("new");
+        std::fs::copy(from, &staged).unwrap();
+        std::fs::rename(&staged, to).unwrap();
+    }
+    let only_new = trusting(&[&new.ca]);
+    let mut tries = 0;
+    while only_new.get(&url).send().await.is_err() {
+        tries += 1;
+        assert!(tries < 200, "the new certificate was never served: {:?}", runner.log());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for client in load {
+        let (answered, failed) = client.await.unwrap();
+        assert!(answered > 0 && failed.is_empty(), "{answered} answered, failed: {failed:?}");
+    }
+    assert!(trusting(&[&old.ca]).get(&url).send().await.is_err(), "the old certificate is no longer served");
+    assert!(
+        runner.log().iter().any(|l| l.starts_with("berth-runner: TLS certificate reloaded from")),
+        "{:?}",
+        runner.log()
+    );
+}
+
 #[tokio::test]
 async fn unknown_paths_get_an_oci_error_not_plain_text() {
     let data = tempfile::tempdir().unwrap();

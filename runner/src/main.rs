@@ -165,7 +165,7 @@ async fn up(args: UpArgs) -> Result<()> {
         outbound: Arc::new(outbound::AllowedHosts::parse(&outbound_hosts)?),
     });
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(serve::tls_acceptor(cert, key)?),
+        (Some(cert), Some(key)) => Some(http::tls::tls_acceptor(cert, key)?),
         _ => None,
     };
     if let Some(refusal) = auth_tools::plain_http_refusal(args.listen, tls.is_some(), args.insecure_http) {
