@@ -335,3 +335,83 @@ async fn docker_cli_creates_and_pushes_a_manifest_list_over_http() {
     println!("docker manifest push runs over HTTP only: see the comment in this test");
     docker_cli_creates_and_pushes_a_manifest_list(Leg::http()).await;
 }
+
+/// `skopeo` or `podman` trusting what `etc` (standing for `/etc/containers`) holds, as if it were
+/// the system's: its `certs.d` bind-mounted over the system one in a private mount namespace,
+/// or, where there is none, given as the certificate folder for `host`.
+fn trusting_etc(program: &str, args: &[String], etc: &std::path::Path, host: &str, flag: &str) -> std::process::Output {
+    ensure_installed(program);
+    if let Some(output) = run_with_binds(program, args, &[(&etc.join("certs.d"), "/etc/containers/certs.d")]) {
+        return output;
+    }
+    let mut args = args.to_vec();
+    args.insert(1, format!("--{flag}={}", etc.join("certs.d").join(host).display()));
+    Command::new(program).args(&args).output().unwrap()
+}
+
+/// `up --tls auto`: HTTPS from a local CA kept in the data folder; the commands `up` prints make
+/// skopeo and podman trust it (run as printed, with `/etc/containers` standing in a folder of
+/// the test's own), and a restart keeps the same CA.
+#[test]
+fn with_tls_auto_skopeo_and_podman_trust_the_registry_after_the_printed_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let options = || RunnerOptions { args: s(&["--tls", "auto"]), ..Default::default() };
+    let runner = Runner::start_with(&data, options());
+    assert!(runner.url.starts_with("https://"), "{}", runner.url);
+    let host = runner.addr();
+    let printed = runner
+        .log()
+        .iter()
+        .find(|l| l.contains("podman, skopeo, buildah:") && l.contains(&format!("certs.d/{host} ")))
+        .cloned()
+        .unwrap_or_else(|| panic!("no trust command for {host}: {:?}", runner.log()));
+    let etc = dir.path().join("etc-containers");
+    let command = printed.split_once("buildah: ").unwrap().1.replace("/etc/containers", &etc.display().to_string());
+    assert!(Command::new("sh").arg("-c").arg(&command).status().unwrap().success(), "{command}");
+
+    let layout = dir.path().join("layout");
+    let image = single_image(&layout, 91, &[30_000]);
+    let push = s(&["copy", &format!("oci:{}:v1", layout.display()), &format!("docker://{host}/auto/app:v1")]);
+    let untrusted = Command::new("skopeo").args(&push).output().unwrap();
+    assert!(!untrusted.status.success(), "without the CA the push must fail");
+    let pushed = trusting_etc("skopeo", &push, &etc, &host, "dest-cert-dir");
+    assert_success("skopeo", &push, &pushed);
+
+    let podman_root = dir.path().join("podman");
+    // podman takes its storage flags before the command.
+    let pull = [
+        format!("--root={}", podman_root.join("root").display()),
+        format!("--runroot={}", podman_root.join("run").display()),
+        "--storage-driver=vfs".to_owned(),
+        "pull".to_owned(),
+        format!("{host}/auto/app:v1"),
+    ];
+    let pulled = trusting_etc("podman", &pull, &etc, &host, "cert-dir");
+    assert_success("podman", &pull, &pulled);
+
+    // A restart keeps the CA: the clients' trust holds.
+    let ca = std::fs::read(data.join("tls/ca.crt")).unwrap();
+    drop(runner);
+    let runner = Runner::start_with(&data, options());
+    assert_eq!(std::fs::read(data.join("tls/ca.crt")).unwrap(), ca);
+    let host = runner.addr();
+    let inspect = s(&["inspect", "--raw", &format!("docker://{host}/auto/app:v1")]);
+    let inspected = trusting_etc("skopeo", &inspect, &etc, &host, "cert-dir");
+    // The new port is another host for the certs.d folder: trust it as printed again.
+    let inspected = if inspected.status.success() {
+        inspected
+    } else {
+        let printed = runner
+            .log()
+            .iter()
+            .find(|l| l.contains("podman, skopeo, buildah:") && l.contains(&format!("certs.d/{host} ")))
+            .cloned()
+            .unwrap();
+        let command = printed.split_once("buildah: ").unwrap().1.replace("/etc/containers", &etc.display().to_string());
+        assert!(Command::new("sh").arg("-c").arg(&command).status().unwrap().success());
+        trusting_etc("skopeo", &inspect, &etc, &host, "cert-dir")
+    };
+    assert_success("skopeo", &inspect, &inspected);
+    assert_eq!(format!("sha256:{}", sha256(&inspected.stdout).trim_start_matches("sha256:")), image.digest);
+}

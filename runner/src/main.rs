@@ -55,6 +55,15 @@ struct UpArgs {
     /// Where key-value databases (kv/) and blobs (blobs/) live.
     #[arg(long, default_value = ".berth")]
     data: PathBuf,
+    /// `auto`: serve HTTPS with a certificate signed by a local CA that `up` makes and keeps in
+    /// --data (tls/), renewed before it expires; `up` prints the commands that make docker,
+    /// podman and containerd trust the CA.
+    #[arg(long, value_name = "auto", value_parser = ["auto"], conflicts_with = "tls_cert")]
+    tls: Option<String>,
+    /// A name the --tls auto certificate is for (repeatable; default: localhost and 127.0.0.1,
+    /// and the --listen address when it is a specific one).
+    #[arg(long = "tls-name", value_name = "NAME", requires = "tls")]
+    tls_names: Vec<String>,
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -164,8 +173,28 @@ async fn up(args: UpArgs) -> Result<()> {
         variables,
         outbound: Arc::new(outbound::AllowedHosts::parse(&outbound_hosts)?),
     });
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(http::tls::tls_acceptor(cert, key)?),
+    let auto_tls = match args.tls.as_deref() {
+        Some(_) => {
+            let names = tls_names(&args);
+            let auto = http::tls_auto::AutoTls::at(&args.data);
+            auto.ensure(&names, http::tls_auto::now()).context("making the --tls auto certificate")?;
+            // Renewed while serving: the listener reloads the files when they change.
+            let (renewing, again) = (auto.clone(), names.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(12 * 3600)).await;
+                    if let Err(e) = renewing.ensure(&again, http::tls_auto::now()) {
+                        eprintln!("berth-runner: renewing the --tls auto certificate failed: {e:#}");
+                    }
+                }
+            });
+            Some((auto, names))
+        }
+        None => None,
+    };
+    let tls = match (&args.tls_cert, &args.tls_key, &auto_tls) {
+        (Some(cert), Some(key), _) => Some(http::tls::tls_acceptor(cert, key)?),
+        (_, _, Some((auto, _))) => Some(http::tls::tls_acceptor(&auto.cert, &auto.key)?),
         _ => None,
     };
     if let Some(refusal) = auth_tools::plain_http_refusal(args.listen, tls.is_some(), args.insecure_http) {
@@ -204,6 +233,18 @@ async fn up(args: UpArgs) -> Result<()> {
     let listener = serve::bind(args.listen).await?;
     let shutdown = serve::shutdown_signal()?;
     println!("berth-runner: serving {} on {scheme}://{}", app.component_id, listener.local_addr()?);
+    if let Some((auto, names)) = &auto_tls {
+        let ca = std::path::absolute(&auto.ca).unwrap_or_else(|_| auto.ca.clone());
+        println!(
+            "berth-runner: HTTPS with a local CA ({}). Trust it once, as root, for each name clients use:",
+            ca.display()
+        );
+        for name in names {
+            for command in http::tls_auto::trust_commands(&ca, name, listener.local_addr()?.port()) {
+                println!("berth-runner:   {command}");
+            }
+        }
+    }
     serve::serve(listener, handler, tls, Arc::new(app), args.limits, shutdown).await
 }
 
@@ -228,4 +269,18 @@ fn load_component(
     };
     compile_cache::load(engine, &wasm, cache)
         .map_err(|e| anyhow::anyhow!("compiling component {} ({hint}): {e:?}", app.source.display()))
+}
+
+/// The names the --tls auto certificate is for: those given, else this machine's loopback names
+/// and the address `up` listens on, when it is a specific one.
+fn tls_names(args: &UpArgs) -> Vec<String> {
+    if !args.tls_names.is_empty() {
+        return args.tls_names.clone();
+    }
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let ip = args.listen.ip();
+    if !ip.is_unspecified() && !names.contains(&ip.to_string()) {
+        names.push(ip.to_string());
+    }
+    names
 }

@@ -7,3 +7,4 @@ pub mod metrics;
 pub mod request_log;
 pub mod serve;
 pub mod tls;
+pub mod tls_auto;
