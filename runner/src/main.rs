@@ -232,7 +232,7 @@ async fn up(args: UpArgs) -> Result<()> {
     }
     let listener = serve::bind(args.listen).await?;
     let shutdown = serve::shutdown_signal()?;
-    println!("berth-runner: serving {} on {scheme}://{}", app.component_id, listener.local_addr()?);
+    // Before the line that says it serves: whoever waits for that line has these too.
     if let Some((auto, names)) = &auto_tls {
         let ca = std::path::absolute(&auto.ca).unwrap_or_else(|_| auto.ca.clone());
         println!(
@@ -245,6 +245,7 @@ async fn up(args: UpArgs) -> Result<()> {
             }
         }
     }
+    println!("berth-runner: serving {} on {scheme}://{}", app.component_id, listener.local_addr()?);
     serve::serve(listener, handler, tls, Arc::new(app), args.limits, shutdown).await
 }
 
