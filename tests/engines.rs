@@ -484,3 +484,45 @@ fn with_tls_auto_dockerd_pushes_and_pulls_after_the_printed_command() {
     engine.docker_ok(&["pull", &reference]);
     assert_eq!(engine.image_id(&reference), id);
 }
+
+/// `up --tls auto`: containerd pulls from the registry after the containerd command `up` prints
+/// (run as printed, with `/etc/containerd` standing in a folder of the test's own), and refuses
+/// it before.
+#[test]
+fn with_tls_auto_containerd_pulls_after_the_printed_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let runner = Runner::start_with(&data, RunnerOptions { args: s(&["--tls", "auto"]), ..Default::default() });
+    let host = runner.addr();
+    let printed = runner
+        .log()
+        .iter()
+        .find(|l| l.contains("containerd: ") && l.contains(&format!("certs.d/{host} ")))
+        .cloned()
+        .unwrap_or_else(|| panic!("no containerd command for {host}: {:?}", runner.log()));
+    let etc = dir.path().join("etc-containerd");
+    let command = printed.split_once("containerd: ").unwrap().1;
+    let command = command.split("   (").next().unwrap().replace("/etc/containerd", &etc.display().to_string());
+
+    // An image to pull, pushed with the CA given to skopeo directly.
+    let trust = dir.path().join("trust");
+    std::fs::create_dir_all(&trust).unwrap();
+    std::fs::copy(data.join("tls/ca.crt"), trust.join("ca.crt")).unwrap();
+    let layout = dir.path().join("layout");
+    multi_layer_layout(&layout, 13);
+    let push = s(&[
+        "copy",
+        &format!("--dest-cert-dir={}", trust.display()),
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{host}/auto/app:v1"),
+    ]);
+    assert_success("skopeo", &push, &run_client("skopeo", &push));
+
+    let containerd = Containerd::start();
+    let hosts_dir = format!("--hosts-dir={}", etc.join("certs.d").display());
+    let reference = format!("{host}/auto/app:v1");
+    let refused = containerd.ctr("berth", &["images", "pull", &hosts_dir, &reference]);
+    assert!(!refused.status.success(), "before the command containerd does not trust the registry");
+    assert!(std::process::Command::new("sh").arg("-c").arg(&command).status().unwrap().success(), "{command}");
+    containerd.ctr_ok("berth", &["images", "pull", &hosts_dir, &reference]);
+}
