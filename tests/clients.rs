@@ -360,15 +360,8 @@ fn with_tls_auto_skopeo_and_podman_trust_the_registry_after_the_printed_commands
     let runner = Runner::start_with(&data, options());
     assert!(runner.url.starts_with("https://"), "{}", runner.url);
     let host = runner.addr();
-    let printed = runner
-        .log()
-        .iter()
-        .find(|l| l.contains("podman, skopeo, buildah:") && l.contains(&format!("certs.d/{host} ")))
-        .cloned()
-        .unwrap_or_else(|| panic!("no trust command for {host}: {:?}", runner.log()));
     let etc = dir.path().join("etc-containers");
-    let command = printed.split_once("buildah: ").unwrap().1.replace("/etc/containers", &etc.display().to_string());
-    assert!(Command::new("sh").arg("-c").arg(&command).status().unwrap().success(), "{command}");
+    run_trust_command(&runner, "podman, skopeo, buildah", &host, Some(("/etc/containers", &etc)));
 
     let layout = dir.path().join("layout");
     let image = single_image(&layout, 91, &[30_000]);
@@ -402,14 +395,7 @@ fn with_tls_auto_skopeo_and_podman_trust_the_registry_after_the_printed_commands
     let inspected = if inspected.status.success() {
         inspected
     } else {
-        let printed = runner
-            .log()
-            .iter()
-            .find(|l| l.contains("podman, skopeo, buildah:") && l.contains(&format!("certs.d/{host} ")))
-            .cloned()
-            .unwrap();
-        let command = printed.split_once("buildah: ").unwrap().1.replace("/etc/containers", &etc.display().to_string());
-        assert!(Command::new("sh").arg("-c").arg(&command).status().unwrap().success());
+        run_trust_command(&runner, "podman, skopeo, buildah", &host, Some(("/etc/containers", &etc)));
         trusting_etc("skopeo", &inspect, &etc, &host, "cert-dir")
     };
     assert_success("skopeo", &inspect, &inspected);

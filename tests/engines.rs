@@ -444,15 +444,6 @@ fn under_spin_ctr_pulls_and_pushes_over_https_through_hosts_toml() {
     ctr_journey(&target, &hosts_dir(&target, dir.path()));
 }
 
-/// Removes a folder when dropped (the CA a printed command put in `/etc/docker/certs.d`).
-struct Removed(std::path::PathBuf);
-
-impl Drop for Removed {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `up --tls auto`: after the docker command `up` prints (run as printed, as root), dockerd
 /// pushes to and pulls from the registry over HTTPS.
 #[test]
@@ -460,13 +451,6 @@ fn with_tls_auto_dockerd_pushes_and_pulls_after_the_printed_command() {
     let dir = tempfile::tempdir().unwrap();
     let runner = Runner::start_with(dir.path(), RunnerOptions { args: s(&["--tls", "auto"]), ..Default::default() });
     let host = runner.addr();
-    let printed = runner
-        .log()
-        .iter()
-        .find(|l| l.contains("docker: ") && l.contains(&format!("certs.d/{host} ")))
-        .cloned()
-        .unwrap_or_else(|| panic!("no docker command for {host}: {:?}", runner.log()));
-    let command = printed.split_once("docker: ").unwrap().1.trim().to_owned();
     let engine = Dockerd::start();
     let work = tempfile::tempdir().unwrap();
     multi_layer_layout(&work.path().join("image"), 12);
@@ -476,9 +460,8 @@ fn with_tls_auto_dockerd_pushes_and_pulls_after_the_printed_command() {
     // (dockerd takes 127.0.0.0/8 for an insecure registry whatever it is told, so here it would
     // push without the CA too: skopeo and podman show that the CA is what makes the trust,
     // tests/clients.rs; this shows the printed command, and docker over HTTPS with it.)
-    let _trusted = Removed(Path::new("/etc/docker/certs.d").join(&host));
-    let ran = std::process::Command::new("sh").arg("-c").arg(&command).status().unwrap();
-    assert!(ran.success(), "{command}");
+    let _trusted = DockerCa::removed_when_dropped(&host);
+    run_trust_command(&runner, "docker", &host, None);
     engine.docker_ok(&["push", &reference]);
     engine.docker_ok(&["rmi", &reference]);
     engine.docker_ok(&["pull", &reference]);
@@ -494,15 +477,7 @@ fn with_tls_auto_containerd_pulls_after_the_printed_command() {
     let data = dir.path().join("data");
     let runner = Runner::start_with(&data, RunnerOptions { args: s(&["--tls", "auto"]), ..Default::default() });
     let host = runner.addr();
-    let printed = runner
-        .log()
-        .iter()
-        .find(|l| l.contains("containerd: ") && l.contains(&format!("certs.d/{host} ")))
-        .cloned()
-        .unwrap_or_else(|| panic!("no containerd command for {host}: {:?}", runner.log()));
     let etc = dir.path().join("etc-containerd");
-    let command = printed.split_once("containerd: ").unwrap().1;
-    let command = command.split("   (").next().unwrap().replace("/etc/containerd", &etc.display().to_string());
 
     // An image to pull, pushed with the CA given to skopeo directly.
     let trust = dir.path().join("trust");
@@ -523,6 +498,6 @@ fn with_tls_auto_containerd_pulls_after_the_printed_command() {
     let reference = format!("{host}/auto/app:v1");
     let refused = containerd.ctr("berth", &["images", "pull", &hosts_dir, &reference]);
     assert!(!refused.status.success(), "before the command containerd does not trust the registry");
-    assert!(std::process::Command::new("sh").arg("-c").arg(&command).status().unwrap().success(), "{command}");
+    run_trust_command(&runner, "containerd", &host, Some(("/etc/containerd", &etc)));
     containerd.ctr_ok("berth", &["images", "pull", &hosts_dir, &reference]);
 }

@@ -227,6 +227,12 @@ impl DockerCa {
         std::fs::copy(ca, dir.join("ca.crt")).unwrap();
         DockerCa { dir }
     }
+
+    /// `/etc/docker/certs.d/<host:port>` removed when dropped, whatever put a CA there (the
+    /// command `up --tls auto` prints).
+    pub fn removed_when_dropped(host: &str) -> DockerCa {
+        DockerCa { dir: Path::new("/etc/docker/certs.d").join(host) }
+    }
 }
 
 impl Drop for DockerCa {

@@ -799,3 +799,23 @@ pub fn metrics_url(runner: &Runner) -> String {
 pub async fn scrape(runner: &Runner) -> String {
     client().get(metrics_url(runner)).send().await.unwrap().text().await.unwrap()
 }
+
+/// Run, by `sh`, the command `up --tls auto` printed to make `client` trust the registry at
+/// `host` (`client` as the line labels it: `docker`, `podman, skopeo, buildah`, `containerd`),
+/// with the system folder `root` (e.g. `/etc/containers`) standing in `instead` when given. A
+/// note in brackets after the command is not run. Panics when there is no such line, or when
+/// the command fails.
+pub fn run_trust_command(runner: &Runner, client: &str, host: &str, moved: Option<(&str, &Path)>) {
+    let label = format!("{client}: ");
+    let printed = runner
+        .log()
+        .into_iter()
+        .find(|l| l.contains(&label) && l.contains(&format!("certs.d/{host} ")))
+        .unwrap_or_else(|| panic!("no {client} trust command for {host}: {:?}", runner.log()));
+    let command = printed.split_once(&label).unwrap().1.split("   (").next().unwrap().trim();
+    let command = match moved {
+        Some((root, instead)) => command.replace(root, &instead.display().to_string()),
+        None => command.to_owned(),
+    };
+    assert!(Command::new("sh").arg("-c").arg(&command).status().unwrap().success(), "{command}");
+}
