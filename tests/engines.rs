@@ -12,6 +12,7 @@ mod common;
 use common::clients::{assert_success, run_client, s};
 use common::engines::*;
 use common::oci_layout::{Layout, Written};
+use common::process::assert_free_disk;
 use common::spin::Spin;
 use common::*;
 use std::path::Path;
@@ -236,6 +237,23 @@ fn push_and_pull_timed(engine: &Dockerd, local: &str, remote: &str, pid: u32) ->
     Figures { push_s, pull_s, peak_rss }
 }
 
+/// The 1 GiB journeys take turns: each holds about 4 GiB on disk at its peak (the engine's copy,
+/// the registry's, the pulled copy and Distribution's), and two at once filled a CI machine's
+/// disk.
+static ONE_GIB_JOURNEY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Disk a 1 GiB journey needs free when it starts (its peak and a margin for the other tests).
+const ONE_GIB_JOURNEY_DISK: u64 = 6 << 30;
+
+/// Load the 1 GiB image into `engine` as `local/big:v1` (the layout written for it is removed
+/// once loaded, to keep the journey's disk to what the engine and registries hold).
+fn load_gib_image(engine: &Dockerd) {
+    let work = tempfile::tempdir().unwrap();
+    assert_free_disk(work.path(), ONE_GIB_JOURNEY_DISK);
+    gib_layout(&work.path().join("image"));
+    engine.load_layout(&work.path().join("image"), "v1", "local/big:v1");
+}
+
 fn gib_layout(dir: &Path) -> Written {
     let started = Instant::now();
     let layout = Layout::create(dir);
@@ -256,12 +274,11 @@ fn report(name: &str, figures: &Figures) {
 
 #[test]
 fn dockerd_pushes_and_pulls_a_1_gib_layer_in_under_64_mib_next_to_distribution() {
+    let _turn = ONE_GIB_JOURNEY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let target = Target::runner(true);
     let _ca = target.docker_ca();
     let engine = Dockerd::start();
-    let work = tempfile::tempdir().unwrap();
-    gib_layout(&work.path().join("image"));
-    engine.load_layout(&work.path().join("image"), "v1", "local/big:v1");
+    load_gib_image(&engine);
     engine.login(&target.host, ADMIN.0, ADMIN.1);
     let berth = push_and_pull_timed(&engine, "local/big:v1", &format!("{}/big/image:v1", target.host), target.pid());
     report("berth-runner (HTTPS, token auth)", &berth);
@@ -287,12 +304,11 @@ fn dockerd_pushes_and_pulls_a_1_gib_layer_in_under_64_mib_next_to_distribution()
 
 #[test]
 fn under_spin_dockerd_pushes_and_pulls_a_1_gib_layer() {
+    let _turn = ONE_GIB_JOURNEY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let Some(target) = Target::spin(true) else { return };
     let _ca = target.docker_ca();
     let engine = Dockerd::start();
-    let work = tempfile::tempdir().unwrap();
-    gib_layout(&work.path().join("image"));
-    engine.load_layout(&work.path().join("image"), "v1", "local/big:v1");
+    load_gib_image(&engine);
     engine.login(&target.host, ADMIN.0, ADMIN.1);
     let figures = push_and_pull_timed(&engine, "local/big:v1", &format!("{}/big/image:v1", target.host), target.pid());
     // Spin's own memory (its runtime, the SQLite key-value store) is not Berth's to bound:

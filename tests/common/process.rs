@@ -9,6 +9,22 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Fail, saying so, when the file system holding `path` has less than `bytes` free: a test that
+/// moves gigabytes would otherwise fail halfway with a client's "no space left on device".
+pub fn assert_free_disk(path: &Path, bytes: u64) {
+    let output = Command::new("df").args(["--output=avail", "-B1"]).arg(path).output().expect("df runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let free: u64 =
+        text.lines().nth(1).and_then(|line| line.trim().parse().ok()).unwrap_or_else(|| panic!("df said {text:?}"));
+    assert!(
+        free >= bytes,
+        "{} has {:.1} GiB free; this test needs {:.1} GiB (remove old test or CI copies from it)",
+        path.display(),
+        free as f64 / (1u64 << 30) as f64,
+        bytes as f64 / (1u64 << 30) as f64
+    );
+}
+
 /// Stop `child` with SIGTERM, give it `grace` to exit, then SIGKILL; always reaps it.
 pub fn stop_by_pid(child: &mut Child, grace: Duration) {
     if let Ok(Some(_)) = child.try_wait() {
