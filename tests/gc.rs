@@ -857,3 +857,158 @@ async fn a_collector_killed_mid_pass_again_and_again_loses_nothing_and_its_lefto
  {
     a_collector_killed_mid_pass(Store::Provider, "key-value provider").await;
 }
+
+/// The tags of a repository, sorted.
+async fn tags_of(reg: &Registry, repo: &str) -> Vec<String> {
+    let listed = json(reg.get(&format!("/v2/{repo}/tags/list?n=100000")).await).await;
+    let mut tags: Vec<String> =
+        listed["tags"].as_array().into_iter().flatten().map(|t| t.as_str().unwrap().to_owned()).collect();
+    tags.sort();
+    tags
+}
+
+#[tokio::test]
+async fn retention_over_a_repository_of_thousands_of_tags_goes_in_bounded_steps() {
+    let leg = Leg::http_with(vars(&[("retention", "big/* keep_last=3")]));
+    let reg = Arc::new(Registry::new(&leg.runner));
+    let (manifest, _) = reg.push_image("big/app", "first", 7).await;
+    let manifest = Arc::new(manifest);
+    let tasks: Vec<_> = (0..16)
+        .map(|task| {
+            let (reg, manifest) = (reg.clone(), manifest.clone());
+            tokio::spawn(async move {
+                for i in (task..1300).step_by(16) {
+                    let r = reg.put_manifest("big/app", &format!("t-{i:04}"), OCI_MANIFEST, &manifest).await;
+                    assert_eq!(r.status(), 201);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for last in ["last-1", "last-2", "last-3"] {
+        assert_eq!(reg.put_manifest("big/app", last, OCI_MANIFEST, &manifest).await.status(), 201);
+    }
+    let steps = |output: &str| -> u64 {
+        let summary = output.lines().find(|l| l.starts_with("gc: ")).unwrap_or_else(|| panic!("{output}"));
+        summary.rsplit_once("; ").unwrap().1.trim_end_matches(" steps").parse().unwrap()
+    };
+    let planned = gc_cli(&leg, &["--dry-run"], None);
+    assert_eq!(planned.lines().filter(|l| l.starts_with("would untag big/app:")).count(), 1301, "{planned}");
+    let done = gc_cli(&leg, &[], None);
+    assert_eq!(done.lines().filter(|l| l.starts_with("untagged big/app:")).count(), 1301);
+    // Each step reads about 512 tags: ranking and untagging 1304 tags take several.
+    for output in [&planned, &done] {
+        assert!(steps(output) > 2 * 1304 / 576, "{}", output.lines().last().unwrap());
+    }
+    assert_eq!(tags_of(&reg, "big/app").await, ["last-1", "last-2", "last-3"]);
+}
+
+/// Retention racing clients that tag, again and again, the same few manifests it deletes once
+/// they are old and untagged: every tag's last acknowledged push resolves afterwards to what it
+/// set, and the passes did delete manifests under the pushers (so they really raced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_racing_pushers_that_tag_the_manifests_it_deletes_loses_no_acknowledged_tag() {
+    let seed: u64 = std::env::var("BERTH_RETENTION_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
+    println!("seed {seed} (replay with BERTH_RETENTION_SEED={seed})");
+    // A grace of 2 s, as in the collector races above: the blobs a push has just sent are not
+    // taken before its manifest arrives, but those of deleted manifests go while pushers run.
+    let leg = Leg::http_with(vars(&[("retention", "r untagged_after=1s"), ("gc_grace_seconds", "2")]));
+    let reg = Arc::new(Registry::new(&leg.runner));
+    // Twelve manifests (one config each, one layer shared), pushed by digest: all untagged.
+    let configs: Vec<Vec<u8>> = (0..12).map(|i| format!("{{\"config\":{i}}}").into_bytes()).collect();
+    let layer = PseudoRandom::bytes(seed, 5_000);
+    let manifests: Vec<Vec<u8>> = configs
+        .iter()
+        .map(|config| {
+            let layers = [(OCI_LAYER, sha256(&layer), layer.len())];
+            let layers: Vec<(&str, &str, usize)> = layers.iter().map(|(t, d, n)| (*t, d.as_str(), *n)).collect();
+            image_manifest(&[(OCI_CONFIG, &sha256(config), config.len())], &layers, "")
+        })
+        .collect();
+    let (configs, manifests, layer) = (Arc::new(configs), Arc::new(manifests), Arc::new(layer));
+    // A push as a client makes it: blobs (again, when garbage collection took them), then the
+    // manifest; retried once after MANIFEST_BLOB_UNKNOWN (its blobs were collected meanwhile).
+    let push = {
+        let (reg, configs, manifests, layer) = (reg.clone(), configs.clone(), manifests.clone(), layer.clone());
+        move |i: usize, reference: String| {
+            let (reg, configs, manifests, layer) = (reg.clone(), configs.clone(), manifests.clone(), layer.clone());
+            async move {
+                for _ in 0..3 {
+                    reg.push_blob("r", &layer).await;
+                    reg.push_blob("r", &configs[i]).await;
+                    let response = reg.put_manifest("r", &reference, OCI_MANIFEST, &manifests[i]).await;
+                    match response.status().as_u16() {
+                        201 => return,
+                        400 => expect_error(response, 400, "MANIFEST_BLOB_UNKNOWN").await,
+                        status => panic!("PUT {reference}: {status} {}", response.text().await.unwrap_or_default()),
+                    }
+                }
+                panic!("PUT {reference} refused three times");
+            }
+        }
+    };
+    for i in 0..manifests.len() {
+        push(i, sha256(&manifests[i])).await;
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    // Each pusher owns two tags (so its last acknowledged push of each is well defined) and moves
+    // them among the same twelve manifests as the others, resting 50-250 ms between pushes.
+    let pushers: Vec<_> = (0..4u64)
+        .map(|p| {
+            let (push, done) = (push.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut rng = Rng::new(seed, p);
+                let mut last = BTreeMap::new();
+                while !done.load(Ordering::Relaxed) {
+                    let (tag, i) = (format!("p{p}-{}", rng.below(2)), rng.below(12));
+                    push(i, tag.clone()).await;
+                    last.insert(tag, i);
+                    tokio::time::sleep(Duration::from_millis(rng.between(50, 250) as u64)).await;
+                }
+                last
+            })
+        })
+        .collect();
+    let collector = {
+        let (reg, done) = (reg.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut deleted = 0;
+            while !done.load(Ordering::Relaxed) {
+                let step = json(reg.http.post(reg.at("/v2/_berth/gc")).send().await.unwrap()).await;
+                deleted += step["deletedManifests"].as_array().map_or(0, Vec::len);
+            }
+            deleted
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    done.store(true, Ordering::Relaxed);
+    let deleted = collector.await.unwrap();
+    let mut last = BTreeMap::new();
+    for pusher in pushers {
+        last.extend(pusher.await.unwrap());
+    }
+    assert!(deleted > 0, "no manifest was deleted under the pushers: the test did not race");
+    println!("retention deleted {deleted} manifests under the pushers");
+    // One more whole pass, with every manifest the tags leave untagged old by now.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    gc_cli(&leg, &[], None);
+    for (tag, i) in &last {
+        let response = reg.get(&format!("/v2/r/manifests/{tag}")).await;
+        assert_eq!(response.status(), 200, "tag {tag}, last pushed for manifest {i}");
+        assert_eq!(header(&response, "docker-content-digest"), sha256(&manifests[*i]), "tag {tag}");
+        let bytes = response.bytes().await.unwrap();
+        assert_eq!(bytes.as_ref(), manifests[*i].as_slice());
+        for blob in [sha256(&configs[*i]), sha256(&layer)] {
+            assert_eq!(reg.head(&format!("/v2/r/blobs/{blob}")).await.status(), 200, "tag {tag}: blob {blob}");
+        }
+    }
+    // And the manifests no tag names are gone.
+    let tagged: BTreeSet<usize> = last.values().copied().collect();
+    for (i, manifest) in manifests.iter().enumerate().filter(|(i, _)| !tagged.contains(i)) {
+        assert_eq!(reg.head(&format!("/v2/r/manifests/{}", sha256(manifest))).await.status(), 404, "manifest {i}");
+    }
+}

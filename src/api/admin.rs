@@ -43,8 +43,9 @@ pub async fn gc<M: MetaStore, B: BlobStore>(
             }
         },
     };
-    let after = match req.query_param("cursor") {
-        Some(cursor) => Some(cursor).filter(|c| !c.is_empty()),
+    let given = req.query_param("cursor");
+    let after = match &given {
+        Some(cursor) => Some(cursor.clone()).filter(|c| !c.is_empty()),
         None if dry_run => None,
         None => stores
             .meta
@@ -54,7 +55,13 @@ pub async fn gc<M: MetaStore, B: BlobStore>(
             .and_then(|c| String::from_utf8(c).ok())
             .filter(|c| !c.is_empty()),
     };
-    let step = gc::step(stores, after, dry_run, concurrency).await?;
+    let step = match gc::step(stores, after, dry_run, concurrency).await {
+        // A kept cursor this version cannot read (one an earlier version wrote): a new pass.
+        Err(err) if given.is_none() && err.code == ErrorCode::Unsupported => {
+            gc::step(stores, None, dry_run, concurrency).await?
+        }
+        step => step?,
+    };
     if !dry_run {
         stores.count("gc_blobs_examined", step.examined);
         stores.count("gc_blobs_removed", step.collected.len() as u64);
@@ -79,6 +86,7 @@ pub async fn gc<M: MetaStore, B: BlobStore>(
         "bytes": step.bytes(),
         "untagged": step.untagged,
         "deletedManifests": step.deleted_manifests,
+        "retentionExamined": step.retention_examined,
         "next": step.next,
     });
     Ok(Response::new(StatusCode::OK).json(serde_json::to_vec(&body).expect("json")))

@@ -7,6 +7,10 @@
 use crate::wire::glob::glob_match;
 use crate::wire::name::RepoName;
 
+/// The largest `keep_last`: while it ranks a repository's tags over several steps, garbage
+/// collection carries the tags it keeps so far in its cursor.
+pub const MAX_KEEP_LAST: usize = 1000;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     pub pattern: String,
@@ -67,8 +71,13 @@ impl Retention {
                 };
                 match key {
                     "keep_last" => {
-                        rule.keep_last =
-                            Some(value.parse().map_err(|_| at(format!("keep_last={value:?} is not a count")))?)
+                        let n: usize = value.parse().map_err(|_| at(format!("keep_last={value:?} is not a count")))?;
+                        if n > MAX_KEEP_LAST {
+                            return Err(at(format!(
+                                "keep_last={n} is more than {MAX_KEEP_LAST} (the tags kept travel in the collector's cursor)"
+                            )));
+                        }
+                        rule.keep_last = Some(n);
                     }
                     "keep_tags" => {
                         rule.keep_tags = value.split(',').filter(|g| !g.is_empty()).map(str::to_owned).collect()

@@ -20,11 +20,13 @@
 //! blob. Only after move 3 are the bytes, the dead links, the quota counts and the entries
 //! removed.
 
+use crate::lifecycle::retention::{Budget, Done, Position};
 use crate::registry::blobs::{self, BlobRecord};
 use crate::registry::keys::{self, Holder};
 use crate::registry::store::{BlobStore, MetaStore, ObjectPages, Stores, internal};
 use crate::wire::digest::Digest;
-use crate::wire::errcode::RegistryError;
+use crate::wire::errcode::{ErrorCode, RegistryError};
+use crate::wire::name::RepoName;
 
 type Result<T> = std::result::Result<T, RegistryError>;
 
@@ -47,8 +49,11 @@ pub const DEFAULT_CONCURRENCY: usize = 8;
 /// The most blobs a step examines at once.
 pub const MAX_CONCURRENCY: usize = 8;
 
-/// Repositories whose retention rule one step applies at most.
+/// Repositories one step looks at at most.
 pub const STEP_REPOSITORIES: u32 = 4;
+
+/// Tags and manifests retention examines in one step, about (it reads whole pages).
+pub const STEP_RETENTION_ENTRIES: u64 = 512;
 
 /// What one step did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -61,6 +66,8 @@ pub struct Step {
     pub untagged: Vec<String>,
     /// Manifests retention deleted (or would), as `repository@digest`.
     pub deleted_manifests: Vec<String>,
+    /// Tags and manifests retention looked at.
+    pub retention_examined: u64,
     /// Where the next step starts; `None` once the pass is complete.
     pub next: Option<String>,
 }
@@ -68,20 +75,31 @@ pub struct Step {
 /// Where a pass is: retention first (repository by repository, when rules are set), then the
 /// blobs, so that what retention deleted is collected in the same pass.
 enum Phase {
+    /// The repositories after this one (`repos:<name>`).
     Repositories(Option<String>),
+    /// Inside one repository's retention (`retention|<name>|<position>`).
+    Retention(RepoName, Position),
     Blobs(Option<String>),
 }
 
 impl Phase {
-    fn parse(cursor: Option<String>) -> Phase {
-        match cursor {
-            None => Phase::Repositories(None),
-            Some(c) => match (c.strip_prefix("repos:"), c.strip_prefix("blobs:")) {
-                (Some(after), _) => Phase::Repositories(Some(after.to_owned()).filter(|a| !a.is_empty())),
-                (_, Some(after)) => Phase::Blobs(Some(after.to_owned()).filter(|a| !a.is_empty())),
-                _ => Phase::Blobs(Some(c)),
-            },
+    fn parse(cursor: Option<String>) -> Result<Phase> {
+        let Some(c) = cursor else { return Ok(Phase::Repositories(None)) };
+        if let Some(inside) = c.strip_prefix("retention|") {
+            let parsed = inside
+                .split_once('|')
+                .and_then(|(name, position)| Some((RepoName::parse(name).ok()?, Position::parse(position)?)));
+            let (name, position) = parsed.ok_or_else(|| {
+                RegistryError::new(ErrorCode::Unsupported, format!("{c:?} is not a cursor garbage collection made"))
+                    .with_status(http::StatusCode::BAD_REQUEST)
+            })?;
+            return Ok(Phase::Retention(name, position));
         }
+        Ok(match (c.strip_prefix("repos:"), c.strip_prefix("blobs:")) {
+            (Some(after), _) => Phase::Repositories(Some(after.to_owned()).filter(|a| !a.is_empty())),
+            (_, Some(after)) => Phase::Blobs(Some(after.to_owned()).filter(|a| !a.is_empty())),
+            _ => Phase::Blobs(Some(c)),
+        })
     }
 }
 
@@ -98,9 +116,10 @@ enum Outcome {
     Collected(u64),
 }
 
-/// One step from `cursor` (`None`: a new pass): up to [`STEP_REPOSITORIES`] repositories'
-/// retention, or up to [`STEP_BLOBS`] blobs, for at most about [`STEP_SECONDS`]. A dry run only
-/// reports what would go, changing nothing.
+/// One step from `cursor` (`None`: a new pass): retention over about
+/// [`STEP_RETENTION_ENTRIES`] tags and manifests of up to [`STEP_REPOSITORIES`] repositories, or
+/// up to [`STEP_BLOBS`] blobs, for at most about [`STEP_SECONDS`]. A dry run only reports what
+/// would go, changing nothing.
 /// `concurrency` blobs at once (1 to [`MAX_CONCURRENCY`]).
 pub async fn step<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
@@ -109,63 +128,84 @@ pub async fn step<M: MetaStore, B: BlobStore>(
     concurrency: usize,
 ) -> Result<Step> {
     let concurrency = concurrency.clamp(1, MAX_CONCURRENCY);
-    match Phase::parse(cursor) {
-        Phase::Repositories(_) if stores.config.retention.is_empty() => {
+    match Phase::parse(cursor)? {
+        Phase::Repositories(_) | Phase::Retention(..) if stores.config.retention.is_empty() => {
             blob_step(stores, None, dry_run, concurrency).await
         }
-        Phase::Repositories(after) => repository_step(stores, after, dry_run).await,
+        Phase::Repositories(after) => repository_step(stores, None, after, dry_run).await,
+        Phase::Retention(name, position) => repository_step(stores, Some((name, position)), None, dry_run).await,
         Phase::Blobs(after) => blob_step(stores, after, dry_run, concurrency).await,
     }
 }
 
+/// Retention of the repository a step stopped in (`inside`), then of the repositories after
+/// `after` (or after that one), while the step's budget lasts.
 async fn repository_step<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
-    after: Option<String>,
+    inside: Option<(RepoName, Position)>,
+    mut after: Option<String>,
     dry_run: bool,
 ) -> Result<Step> {
-    let after = after.map(|a| format!("{}{a}", keys::REPOS_PREFIX));
-    let (names, next) =
-        stores.blobs.list(keys::REPOS_PREFIX, after.as_deref(), STEP_REPOSITORIES).await.map_err(internal)?;
     let mut step = Step::default();
-    let started = (stores.now)();
-    let mut next = next;
-    for (i, marker) in names.iter().enumerate() {
-        // Like a blob step: no new repository after STEP_SECONDS (the next step goes on from it).
-        if i > 0 && (stores.now)().saturating_sub(started) >= STEP_SECONDS {
-            next = Some(names[i - 1].clone());
+    let mut budget = Budget::new((stores.now)(), STEP_SECONDS, STEP_RETENTION_ENTRIES);
+    if let Some((name, position)) = inside {
+        if let Some(stopped) = one_repository(stores, &name, position, dry_run, &mut budget, &mut step).await {
+            step.next = Some(format!("retention|{name}|{}", stopped.encode()));
+            return Ok(step);
+        }
+        after = Some(name.as_str().to_owned());
+    }
+    let after = after.map(|a| format!("{}{a}", keys::REPOS_PREFIX));
+    let (names, mut next) =
+        stores.blobs.list(keys::REPOS_PREFIX, after.as_deref(), STEP_REPOSITORIES).await.map_err(internal)?;
+    let mut last_done = after;
+    for marker in &names {
+        // No new repository once the budget is spent (the next step goes on from the last done).
+        if budget.exhausted((stores.now)())
+            && let Some(last) = last_done
+        {
+            next = Some(last);
             break;
         }
-        let Ok(name) = crate::wire::name::RepoName::parse(&marker[keys::REPOS_PREFIX.len()..]) else { continue };
+        last_done = Some(marker.clone());
+        let Ok(name) = RepoName::parse(&marker[keys::REPOS_PREFIX.len()..]) else { continue };
         let Some(rule) = stores.config.retention.rule_for(&name) else { continue };
-        let done = async || {
-            let plan = crate::lifecycle::retention::plan(stores, &name, rule).await?;
-            if dry_run {
-                Ok((
-                    plan.untag.into_iter().map(|(t, _)| t).collect(),
-                    plan.delete.into_iter().map(|(d, _, _)| d).collect(),
-                ))
-            } else {
-                crate::lifecycle::retention::apply(stores, &name, rule, plan).await
-            }
-        };
-        let (untagged, deleted): (Vec<_>, Vec<_>) = match done().await {
-            Ok(done) => done,
-            Err(err) => {
-                stores.log(format_args!(
-                    "retention: repository {name} skipped: {}",
-                    err.detail.as_deref().unwrap_or(err.code.message())
-                ));
-                continue;
-            }
-        };
-        step.untagged.extend(untagged.iter().map(|t| format!("{name}:{}", t.as_str())));
-        step.deleted_manifests.extend(deleted.iter().map(|d| format!("{name}@{d}")));
+        let start = Position::start(rule);
+        if let Some(stopped) = one_repository(stores, &name, start, dry_run, &mut budget, &mut step).await {
+            step.next = Some(format!("retention|{name}|{}", stopped.encode()));
+            return Ok(step);
+        }
     }
     step.next = Some(match next {
         Some(last) => format!("repos:{}", &last[keys::REPOS_PREFIX.len()..]),
         None => "blobs:".to_owned(),
     });
     Ok(step)
+}
+
+/// One repository's retention from `at` while `budget` lasts, reported into `step`: where it
+/// stopped, or `None` once done. A repository that fails (a store error, a damaged record) is
+/// logged and left for the next pass; the others go on.
+async fn one_repository<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    at: Position,
+    dry_run: bool,
+    budget: &mut Budget,
+    step: &mut Step,
+) -> Option<Position> {
+    // A repository whose rule went away since the cursor was made is done.
+    let rule = stores.config.retention.rule_for(name)?;
+    let mut done = Done::default();
+    let stopped = crate::lifecycle::retention::resume(stores, name, rule, at, dry_run, budget, &mut done).await;
+    step.untagged.extend(done.untagged.iter().map(|t| format!("{name}:{}", t.as_str())));
+    step.deleted_manifests.extend(done.deleted.iter().map(|d| format!("{name}@{d}")));
+    step.retention_examined += done.examined;
+    stopped.unwrap_or_else(|err| {
+        let why = err.detail.as_deref().unwrap_or(err.code.message());
+        stores.log(format_args!("retention: repository {name} skipped: {why}"));
+        None
+    })
 }
 
 async fn blob_step<M: MetaStore, B: BlobStore>(

@@ -1,6 +1,6 @@
 //! Retention rules (the `retention` variable): per repository pattern, which tags to keep and
 //! how long an untagged manifest stays. Applied by garbage collection's repository phase
-//! (`crate::lifecycle::gc`), one repository at a time; a dry run shows the plan.
+//! (`crate::lifecycle::gc`), a bounded piece at a time; a dry run reports what a run would do.
 //!
 //! A rule is `<repository-glob> [keep_last=N] [keep_tags=<glob>,...] [untagged_after=<age>]`;
 //! rules are separated by newlines or `;`, and the first whose glob matches a repository applies.
@@ -12,242 +12,447 @@
 //!
 //! Kept means reachable from a kept tag, or from a manifest younger than `untagged_after`: the
 //! children of a kept index and the referrers of a kept manifest (signatures, SBOMs) are kept,
-//! transitively. A manifest is deleted by the claim garbage collection uses for blobs: marked
-//! condemned by compare-and-swap, reachability computed again (every tag read after the mark),
-//! then swapped to removed; a push that tags it or names it as a child writes that first and
-//! then takes the mark off (`hold_manifest`), so a kept manifest is never deleted.
-
-use crate::registry::manifests::{self, ManifestRecord, TagTarget};
-use crate::registry::store::{BlobStore, MetaStore, ObjectPages, Stores, internal};
-use crate::registry::{blobs, keys};
-use crate::wire::digest::Digest;
-use crate::wire::errcode::RegistryError;
-use crate::wire::name::{RepoName, Tag};
-use std::collections::{BTreeMap, BTreeSet};
+//! transitively.
+//!
+//! **Bounded steps.** A repository is walked in three stages, each a walk through one listing
+//! that a step stops after [`Budget`]'s entries or time and the next step goes on with (its
+//! place travels in the collector's cursor, [`Position`]), so a repository of 100,000 tags costs
+//! no step more than one of ten:
+//! 1. *rank* the tags `keep_last` applies to, keeping the best N seen so far;
+//! 2. *untag* those ranked below the N-th (each by a swap from the value read), and write the
+//!    manifest-to-tag entry (`keys::tagged_prefix`) of tags from before those entries;
+//! 3. *mark* the manifests nothing keeps: older than `untagged_after`, named by no kept tag
+//!    (found through the manifest's tag entries), listed as a child by no stored index of the
+//!    repository (its holder entries), and with no stored subject. Each is marked condemned by a
+//!    compare-and-swap, with the pass's own nonce. Every test reads the manifest's own entries:
+//!    nothing is read for the whole repository at once.
+//! 4. *remove* the manifests marked with this pass's nonce: the test made again (every
+//!    reference read after the mark), then the record swapped to removed.
+//!
+//! Only roots go in a pass: a manifest that an unkept index or subject still reaches is not
+//! marked (they are stored until the remove stage), and goes in a later pass, once they are gone.
+//! So a push of an old index never finds its children deleted meanwhile, and a dry run (the
+//! mark stage, marking nothing) names what the run removes. A push that tags a marked manifest
+//! or names it as a child writes that first and then takes the mark off (`hold_manifest`), so
+//! the last swap fails and a kept manifest is never deleted. A mark of a pass that died stays
+//! until a later pass marks the manifest again (its own remove stage then takes it); a pass only
+//! removes what it marked itself, after its own look at the tags.
 
 use crate::config::retention::Rule;
+use crate::registry::keys;
+use crate::registry::manifests::{self, ManifestRecord, TagTarget};
+use crate::registry::store::{BlobStore, MetaStore, ObjectPages, Stores, internal};
+use crate::wire::digest::Digest;
+use crate::wire::errcode::{ErrorCode, RegistryError};
 use crate::wire::glob::glob_match;
+use crate::wire::name::{RepoName, Tag};
+use std::cmp::Reverse;
 
 type Result<T> = std::result::Result<T, RegistryError>;
 
-/// What a rule would do to one repository now.
-#[derive(Debug, Default, Clone)]
-pub struct Plan {
-    /// Tags to remove, each with the exact value read (removed only if it still holds it).
-    pub untag: Vec<(Tag, Vec<u8>)>,
-    /// Manifests to delete, with their records as read.
-    pub delete: Vec<(Digest, ManifestRecord, Vec<u8>)>,
+/// Listing entries one page of a stage reads at most.
+const PAGE: u32 = 64;
+
+/// What a step may still do: examine so many more tags and manifests, for so long. The first
+/// page of a step is always read, so every step moves on.
+#[derive(Debug)]
+pub struct Budget {
+    started: u64,
+    seconds: u64,
+    entries: u64,
+    spent: bool,
 }
 
-/// A repository's tags that resolve, with the exact values stored.
-async fn tags<M: MetaStore, B: BlobStore>(
+impl Budget {
+    pub fn new(started: u64, seconds: u64, entries: u64) -> Budget {
+        Budget { started, seconds, entries, spent: false }
+    }
+
+    pub fn exhausted(&self, now: u64) -> bool {
+        self.spent && (self.entries == 0 || now.saturating_sub(self.started) >= self.seconds)
+    }
+
+    fn spend(&mut self, entries: usize) {
+        self.entries = self.entries.saturating_sub(entries as u64);
+        self.spent = true;
+    }
+}
+
+/// A tag's place in `keep_last`'s order: the greater is kept first (pushed later; of the
+/// pushes of one second, the later by the repository's push counter; of tags from before the
+/// counter, the lesser name, so a plan is the same every time).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rank {
+    pushed: u64,
+    sequence: i64,
+    tag: Reverse<String>,
+}
+
+impl Rank {
+    fn of(tag: &Tag, target: &TagTarget) -> Rank {
+        let (pushed, sequence) = target.push_order();
+        Rank { pushed, sequence, tag: Reverse(tag.as_str().to_owned()) }
+    }
+
+    fn encode(&self) -> String {
+        format!("{}.{}.{}", self.pushed, self.sequence, self.tag.0)
+    }
+
+    fn parse(text: &str) -> Option<Rank> {
+        let mut fields = text.splitn(3, '.');
+        let pushed = fields.next()?.parse().ok()?;
+        let sequence = fields.next()?.parse().ok()?;
+        let tag = Tag::parse(fields.next()?).ok()?;
+        Some(Rank { pushed, sequence, tag: Reverse(tag.as_str().to_owned()) })
+    }
+}
+
+/// Which of the tags `keep_last` applies to are kept, once they are ranked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kept {
+    /// No `keep_last`, or fewer tags than it.
+    All,
+    /// `keep_last=0`.
+    Nothing,
+    /// Those ranked at least this (the N-th best); a tag pushed since the ranking ranks higher.
+    From(Rank),
+}
+
+impl Kept {
+    fn encode(&self) -> String {
+        match self {
+            Kept::All => "all".to_owned(),
+            Kept::Nothing => "none".to_owned(),
+            Kept::From(rank) => rank.encode(),
+        }
+    }
+
+    fn parse(text: &str) -> Option<Kept> {
+        match text {
+            "all" => Some(Kept::All),
+            "none" => Some(Kept::Nothing),
+            rank => Rank::parse(rank).map(Kept::From),
+        }
+    }
+}
+
+/// The stage a repository's retention is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stage {
+    /// Ranking the tags: the best `keep_last` so far, best first.
+    Rank(Vec<Rank>),
+    /// Untagging what is not kept (and entering tags from before tag entries).
+    Untag(Kept),
+    /// Marking the manifests nothing keeps, with the pass's nonce.
+    Mark(Kept, [u8; 16]),
+    /// Removing the manifests this pass marked.
+    Remove(Kept, [u8; 16]),
+}
+
+/// Where a repository's retention is: its stage, and the last entry of the stage's listing
+/// done (a tag, or a manifest's entry name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub stage: Stage,
+    pub after: Option<String>,
+}
+
+impl Position {
+    /// Where retention of a repository under `rule` starts.
+    pub fn start(rule: &Rule) -> Position {
+        let stage = if rule.keep_last.is_some() { Stage::Rank(Vec::new()) } else { Stage::Untag(Kept::All) };
+        Position { stage, after: None }
+    }
+
+    /// `<stage>|<after>|<stage data>`: no part holds a `|` (tags and entry names cannot).
+    pub fn encode(&self) -> String {
+        let after = self.after.as_deref().unwrap_or("");
+        match &self.stage {
+            Stage::Rank(best) => {
+                format!("rank|{after}|{}", best.iter().map(Rank::encode).collect::<Vec<_>>().join(","))
+            }
+            Stage::Untag(kept) => format!("untag|{after}|{}", kept.encode()),
+            Stage::Mark(kept, nonce) => format!("mark|{after}|{}|{}", hex::encode(nonce), kept.encode()),
+            Stage::Remove(kept, nonce) => format!("remove|{after}|{}|{}", hex::encode(nonce), kept.encode()),
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Position> {
+        let mut parts = text.splitn(3, '|');
+        let (stage, after, data) = (parts.next()?, parts.next()?, parts.next()?);
+        let after = Some(after.to_owned()).filter(|a| !a.is_empty());
+        let stage = match stage {
+            "rank" if data.is_empty() => Stage::Rank(Vec::new()),
+            "rank" => Stage::Rank(data.split(',').map(Rank::parse).collect::<Option<_>>()?),
+            "untag" => Stage::Untag(Kept::parse(data)?),
+            "mark" | "remove" => {
+                let (nonce, kept) = data.split_once('|')?;
+                let nonce = hex::decode(nonce).ok()?.try_into().ok()?;
+                let kept = Kept::parse(kept)?;
+                if stage == "mark" { Stage::Mark(kept, nonce) } else { Stage::Remove(kept, nonce) }
+            }
+            _ => return None,
+        };
+        Some(Position { stage, after })
+    }
+}
+
+/// What retention did (in a dry run: would do) to a repository in one step.
+#[derive(Debug, Default)]
+pub struct Done {
+    pub untagged: Vec<Tag>,
+    pub deleted: Vec<Digest>,
+    /// Tags and manifests looked at.
+    pub examined: u64,
+}
+
+/// Go on with repository `name`'s retention from `at` while `budget` lasts: where it stopped,
+/// or `None` once the repository is done.
+pub async fn resume<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     name: &RepoName,
-) -> Result<Vec<(Tag, TagTarget, Vec<u8>)>> {
-    let prefix = keys::tags_prefix(name);
-    let mut found = Vec::new();
-    let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
-    while let Some(objects) = pages.next().await? {
-        for object in objects {
-            let Ok(tag) = Tag::parse(&object[prefix.len()..]) else { continue };
-            let Some((target, bytes)) = manifests::tag_value(stores, name, &tag).await? else { continue };
-            if manifests::record(stores, name, &target.digest).await?.is_some_and(|r| target.names(&r)) {
-                found.push((tag, target, bytes));
+    rule: &Rule,
+    mut at: Position,
+    dry_run: bool,
+    budget: &mut Budget,
+    done: &mut Done,
+) -> Result<Option<Position>> {
+    loop {
+        if budget.exhausted((stores.now)()) {
+            return Ok(Some(at));
+        }
+        let walk = Walk { stores, name, rule, dry_run };
+        let next = match at.stage {
+            Stage::Rank(best) => walk.rank(best, at.after, budget, done).await?,
+            Stage::Untag(kept) => walk.untag(kept, at.after, budget, done).await?,
+            Stage::Mark(kept, nonce) => walk.mark(kept, nonce, at.after, budget, done).await?,
+            Stage::Remove(kept, nonce) => walk.remove(kept, nonce, at.after, budget, done).await?,
+        };
+        match next {
+            Some(next) => at = next,
+            None => return Ok(None),
+        }
+    }
+}
+
+/// One repository's retention under one rule.
+struct Walk<'a, M, B> {
+    stores: &'a Stores<M, B>,
+    name: &'a RepoName,
+    rule: &'a Rule,
+    dry_run: bool,
+}
+
+impl<M: MetaStore, B: BlobStore> Walk<'_, M, B> {
+    /// The next page of a listing after `after` (a name without the prefix): the names without
+    /// the prefix, and whether the listing goes on.
+    async fn page(&self, prefix: &str, after: Option<String>, budget: &mut Budget) -> Result<(Vec<String>, bool)> {
+        let after = after.map(|a| format!("{prefix}{a}"));
+        let (objects, next) = self.stores.blobs.list(prefix, after.as_deref(), PAGE).await.map_err(internal)?;
+        budget.spend(objects.len());
+        Ok((objects.into_iter().map(|o| o[prefix.len()..].to_owned()).collect(), next.is_some()))
+    }
+
+    /// A tag's value, when it names a stored manifest's record.
+    async fn resolving(&self, tag: &Tag) -> Result<Option<(TagTarget, Vec<u8>)>> {
+        let Some((target, bytes)) = manifests::tag_value(self.stores, self.name, tag).await? else { return Ok(None) };
+        let record = manifests::record(self.stores, self.name, &target.digest).await?;
+        Ok(record.is_some_and(|r| target.names(&r)).then_some((target, bytes)))
+    }
+
+    /// Tags kept whatever `keep_last` says: by a `keep_tags` glob, or immutable.
+    fn pinned(&self, tag: &Tag) -> bool {
+        self.rule.keep_tags.iter().any(|g| glob_match(g, tag.as_str()))
+            || self.stores.config.immutable_tags.rule_for(self.name, tag).is_some()
+    }
+
+    fn kept(&self, kept: &Kept, tag: &Tag, target: &TagTarget) -> bool {
+        self.pinned(tag)
+            || match kept {
+                Kept::All => true,
+                Kept::Nothing => false,
+                Kept::From(least) => Rank::of(tag, target) >= *least,
+            }
+    }
+
+    async fn rank(
+        &self,
+        mut best: Vec<Rank>,
+        after: Option<String>,
+        budget: &mut Budget,
+        done: &mut Done,
+    ) -> Result<Option<Position>> {
+        let keep_last = self.rule.keep_last.unwrap_or(0);
+        let (tags, more) = self.page(&keys::tags_prefix(self.name), after, budget).await?;
+        done.examined += tags.len() as u64;
+        for entry in &tags {
+            let Ok(tag) = Tag::parse(entry) else { continue };
+            if self.pinned(&tag) {
+                continue;
+            }
+            if let Some((target, _)) = self.resolving(&tag).await? {
+                best.push(Rank::of(&tag, &target));
+                best.sort_unstable_by(|a, b| b.cmp(a));
+                best.truncate(keep_last);
             }
         }
+        if more {
+            return Ok(Some(Position { stage: Stage::Rank(best), after: tags.last().cloned() }));
+        }
+        let kept = match best.last() {
+            _ if keep_last == 0 => Kept::Nothing,
+            Some(least) if best.len() == keep_last => Kept::From(least.clone()),
+            _ => Kept::All,
+        };
+        Ok(Some(Position { stage: Stage::Untag(kept), after: None }))
     }
-    Ok(found)
-}
 
-/// The repository's manifests, with their records and exact bytes.
-async fn manifest_records<M: MetaStore, B: BlobStore>(
-    stores: &Stores<M, B>,
-    name: &RepoName,
-) -> Result<BTreeMap<Digest, (ManifestRecord, Vec<u8>)>> {
-    let prefix = keys::manifests_prefix(name);
-    let mut found = BTreeMap::new();
-    let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
-    while let Some(objects) = pages.next().await? {
-        for object in objects {
-            let Some(digest) = keys::parse_referrer_entry_name(&object[prefix.len()..]) else { continue };
-            if let Some(stored) = manifests::stored(stores, name, &digest).await? {
-                found.insert(digest, stored);
+    async fn untag(
+        &self,
+        kept: Kept,
+        after: Option<String>,
+        budget: &mut Budget,
+        done: &mut Done,
+    ) -> Result<Option<Position>> {
+        let (tags, more) = self.page(&keys::tags_prefix(self.name), after, budget).await?;
+        done.examined += tags.len() as u64;
+        for entry in &tags {
+            let Ok(tag) = Tag::parse(entry) else { continue };
+            let Some((target, bytes)) = self.resolving(&tag).await? else { continue };
+            if self.kept(&kept, &tag, &target) {
+                if !target.tagged {
+                    // Also in a dry run: the entry changes nothing a client sees, and the sweep
+                    // finds the manifest's tags only through the entries.
+                    manifests::enter_tag(self.stores, self.name, &tag, &target, &bytes).await?;
+                }
+                continue;
+            }
+            if self.dry_run {
+                done.untagged.push(tag);
+                continue;
+            }
+            let planned = |t: &TagTarget| t.to_value().as_bytes() == bytes.as_slice();
+            if manifests::remove_tag(self.stores, self.name, &tag, planned).await? {
+                let name = self.name;
+                self.stores.log(format_args!("retention: untagged {name}:{} (rule {})", tag.as_str(), self.rule));
+                done.untagged.push(tag);
             }
         }
-    }
-    Ok(found)
-}
-
-/// Which tags a rule keeps (by name).
-fn kept_tags<M, B>(
-    stores: &Stores<M, B>,
-    name: &RepoName,
-    rule: &Rule,
-    tags: &[(Tag, TagTarget, Vec<u8>)],
-) -> BTreeSet<Tag> {
-    let mut kept = BTreeSet::new();
-    let mut ranked = Vec::new();
-    for (tag, target, _) in tags {
-        let pinned = rule.keep_tags.iter().any(|g| glob_match(g, tag.as_str()))
-            || stores.config.immutable_tags.rule_for(name, tag).is_some();
-        if pinned || rule.keep_last.is_none() {
-            kept.insert(tag.clone());
-        } else {
-            ranked.push((target.push_order(), tag.clone()));
+        if more {
+            return Ok(Some(Position { stage: Stage::Untag(kept), after: tags.last().cloned() }));
         }
+        let nonce = (self.stores.random)();
+        Ok(self.rule.untagged_after.is_some().then_some(Position { stage: Stage::Mark(kept, nonce), after: None }))
     }
-    // The most recently pushed first (pushes of one second by the repository's push counter);
-    // ties (tags from before the counter) by name, so a plan is the same every time.
-    ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    kept.extend(ranked.into_iter().take(rule.keep_last.unwrap_or(0)).map(|(_, tag)| tag));
-    kept
-}
 
-/// A manifest's bytes (at most `MAX_MANIFEST_SIZE`), parsed.
-async fn parsed<M: MetaStore, B: BlobStore>(
-    stores: &Stores<M, B>,
-    digest: &Digest,
-    record: &ManifestRecord,
-) -> Result<Option<crate::wire::manifest::Manifest>> {
-    let Some(blob) = blobs::record(stores, digest).await? else { return Ok(None) };
-    let mut bytes = Vec::new();
-    for part in &blob.parts {
-        bytes.extend(stores.blobs.read_bytes(&part.name).await.map_err(internal)?);
-    }
-    Ok(crate::wire::manifest::parse(&bytes, Some(&record.media_type)).ok())
-}
-
-/// Everything kept reaches: from the kept tags' manifests and the manifests younger than
-/// `untagged_after`, through the children of indexes and the referrers of manifests.
-async fn reachable<M: MetaStore, B: BlobStore>(
-    stores: &Stores<M, B>,
-    name: &RepoName,
-    rule: &Rule,
-    tags: &[(Tag, TagTarget, Vec<u8>)],
-    kept: &BTreeSet<Tag>,
-    records: &BTreeMap<Digest, (ManifestRecord, Vec<u8>)>,
-) -> Result<BTreeSet<Digest>> {
-    let now = (stores.now)();
-    let young = |record: &ManifestRecord| {
-        rule.untagged_after.is_none_or(|age| now.saturating_sub(record.created.unwrap_or(0)) < age)
-    };
-    let mut queue: Vec<Digest> =
-        tags.iter().filter(|(t, _, _)| kept.contains(t)).map(|(_, target, _)| target.digest.clone()).collect();
-    queue.extend(records.iter().filter(|(_, (r, _))| young(r)).map(|(d, _)| d.clone()));
-    let mut seen = BTreeSet::new();
-    while let Some(digest) = queue.pop() {
-        if !seen.insert(digest.clone()) {
-            continue;
+    async fn mark(
+        &self,
+        kept: Kept,
+        nonce: [u8; 16],
+        after: Option<String>,
+        budget: &mut Budget,
+        done: &mut Done,
+    ) -> Result<Option<Position>> {
+        let (stores, name) = (self.stores, self.name);
+        let (entries, more) = self.page(&keys::manifests_prefix(name), after, budget).await?;
+        done.examined += entries.len() as u64;
+        for entry in &entries {
+            let Some(digest) = keys::parse_referrer_entry_name(entry) else { continue };
+            let Some((record, bytes)) = manifests::stored(stores, name, &digest).await? else { continue };
+            if !self.unkept(&kept, &digest, &record).await? {
+                continue;
+            }
+            if self.dry_run {
+                done.deleted.push(digest);
+                continue;
+            }
+            // Over a mark of another pass too: that pass then leaves the manifest to this one.
+            let marked = serde_json::to_vec(&record.condemned_at((stores.now)(), nonce)).expect("records serialize");
+            stores.meta.compare_and_swap(&keys::manifest(name, &digest), &bytes, &marked).await.map_err(internal)?;
         }
-        queue.extend(edges(stores, name, &digest).await?);
-    }
-    Ok(seen)
-}
-
-/// What `rule` would do to repository `name` now.
-pub async fn plan<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, name: &RepoName, rule: &Rule) -> Result<Plan> {
-    let tags = tags(stores, name).await?;
-    let kept = kept_tags(stores, name, rule, &tags);
-    let untag =
-        tags.iter().filter(|(t, _, _)| !kept.contains(t)).map(|(t, _, bytes)| (t.clone(), bytes.clone())).collect();
-    let mut plan = Plan { untag, delete: Vec::new() };
-    if rule.untagged_after.is_some() {
-        let records = manifest_records(stores, name).await?;
-        let keep = reachable(stores, name, rule, &tags, &kept, &records).await?;
-        let unkept: BTreeSet<Digest> = records.keys().filter(|d| !keep.contains(*d)).cloned().collect();
-        // Only what no other unkept manifest reaches: the children of an index and the referrers
-        // of a manifest go in a later pass, once it is gone. A push of the index or the subject
-        // that takes its mark off then never finds its children or referrers deleted meanwhile.
-        let below = reached_from(stores, name, &unkept).await?;
-        plan.delete = records
-            .into_iter()
-            .filter(|(d, _)| unkept.contains(d) && !below.contains(d))
-            .map(|(d, (r, b))| (d, r, b))
-            .collect();
-    }
-    Ok(plan)
-}
-
-/// The manifests one step below `from`: their children and their referrers.
-async fn reached_from<M: MetaStore, B: BlobStore>(
-    stores: &Stores<M, B>,
-    name: &RepoName,
-    from: &BTreeSet<Digest>,
-) -> Result<BTreeSet<Digest>> {
-    let mut below = BTreeSet::new();
-    for digest in from {
-        below.extend(edges(stores, name, digest).await?);
-    }
-    Ok(below)
-}
-
-/// A manifest's children (an index's manifests) and referrers in this repository.
-async fn edges<M: MetaStore, B: BlobStore>(
-    stores: &Stores<M, B>,
-    name: &RepoName,
-    digest: &Digest,
-) -> Result<Vec<Digest>> {
-    let mut out = Vec::new();
-    let Some(record) = manifests::record(stores, name, digest).await? else { return Ok(out) };
-    if let Some(manifest) = parsed(stores, digest, &record).await? {
-        out.extend(manifest.children);
-    }
-    let prefix = keys::referrers_prefix(name, digest);
-    let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
-    while let Some(objects) = pages.next().await? {
-        out.extend(objects.iter().filter_map(|o| keys::parse_referrer_entry_name(&o[prefix.len()..])));
-    }
-    Ok(out)
-}
-
-/// Carry out a plan: the tags first (each only if it still holds the value planned), then the
-/// manifests by condemn, look again, remove. What was done.
-pub async fn apply<M: MetaStore, B: BlobStore>(
-    stores: &Stores<M, B>,
-    name: &RepoName,
-    rule: &Rule,
-    plan: Plan,
-) -> Result<(Vec<Tag>, Vec<Digest>)> {
-    let mut untagged = Vec::new();
-    for (tag, value) in plan.untag {
-        if manifests::remove_tag(stores, name, &tag, |t| t.to_value().as_bytes() == value.as_slice()).await? {
-            stores.log(format_args!("retention: untagged {name}:{} (rule {rule})", tag.as_str()));
-            untagged.push(tag);
+        if more {
+            return Ok(Some(Position { stage: Stage::Mark(kept, nonce), after: entries.last().cloned() }));
         }
+        Ok((!self.dry_run).then_some(Position { stage: Stage::Remove(kept, nonce), after: None }))
     }
-    let mut condemned = Vec::new();
-    for (digest, record, bytes) in plan.delete {
-        let marked = record.condemned_at((stores.now)(), (stores.random)());
-        let marked = serde_json::to_vec(&marked).expect("records serialize");
-        if stores.meta.compare_and_swap(&keys::manifest(name, &digest), &bytes, &marked).await.map_err(internal)? {
-            condemned.push((digest, record, marked));
+
+    async fn remove(
+        &self,
+        kept: Kept,
+        nonce: [u8; 16],
+        after: Option<String>,
+        budget: &mut Budget,
+        done: &mut Done,
+    ) -> Result<Option<Position>> {
+        let (entries, more) = self.page(&keys::manifests_prefix(self.name), after, budget).await?;
+        done.examined += entries.len() as u64;
+        let ours = Some(hex::encode(nonce));
+        for entry in &entries {
+            let Some(digest) = keys::parse_referrer_entry_name(entry) else { continue };
+            let Some((record, marked)) = manifests::stored(self.stores, self.name, &digest).await? else { continue };
+            if record.condemned_by == ours && self.remove_marked(&kept, &digest, record, &marked).await? {
+                done.deleted.push(digest);
+            }
         }
+        Ok(more.then(|| Position { stage: Stage::Remove(kept, nonce), after: entries.last().cloned() }))
     }
-    if condemned.is_empty() {
-        return Ok((untagged, Vec::new()));
-    }
-    // The second look: every tag and every edge read again, after the marks.
-    let tags = tags(stores, name).await?;
-    let kept = kept_tags(stores, name, rule, &tags);
-    let records = manifest_records(stores, name).await?;
-    let keep = reachable(stores, name, rule, &tags, &kept, &records).await?;
-    let mut deleted = Vec::new();
-    for (digest, record, marked) in condemned {
-        let key = keys::manifest(name, &digest);
-        if keep.contains(&digest) {
+
+    /// The second look at a manifest this pass marked (every reference read after the mark),
+    /// then the swap to removed. Whether it was removed.
+    async fn remove_marked(&self, kept: &Kept, digest: &Digest, record: ManifestRecord, marked: &[u8]) -> Result<bool> {
+        let (stores, name) = (self.stores, self.name);
+        let key = keys::manifest(name, digest);
+        if !self.unkept(kept, digest, &record).await? {
             let unmarked = serde_json::to_vec(&record.unmarked()).expect("records serialize");
-            stores.meta.compare_and_swap(&key, &marked, &unmarked).await.map_err(internal)?;
-            continue;
+            stores.meta.compare_and_swap(&key, marked, &unmarked).await.map_err(internal)?;
+            return Ok(false);
         }
-        if !stores.meta.compare_and_swap(&key, &marked, b"").await.map_err(internal)? {
-            continue; // a push took the mark off
+        if !stores.meta.compare_and_swap(&key, marked, b"").await.map_err(internal)? {
+            return Ok(false); // a push took the mark off
         }
-        stores.log(format_args!("retention: deleted manifest {name}@{digest}: nothing kept reaches it (rule {rule})"));
-        manifests::forget(stores, name, &digest, &record).await?;
-        manifests::untag(stores, name, &digest, &record).await?;
-        deleted.push(digest);
+        stores.log(format_args!(
+            "retention: deleted manifest {name}@{digest}: nothing kept reaches it (rule {})",
+            self.rule
+        ));
+        manifests::forget(stores, name, digest, &record).await?;
+        manifests::untag_entered(stores, name, digest, &record).await?;
+        Ok(true)
     }
-    Ok((untagged, deleted))
+
+    /// Whether nothing keeps manifest `digest` (with `record`) and nothing else in the
+    /// repository reaches it: old enough, no kept tag, no stored index listing it, no stored
+    /// subject.
+    async fn unkept(&self, kept: &Kept, digest: &Digest, record: &ManifestRecord) -> Result<bool> {
+        let (stores, name) = (self.stores, self.name);
+        let now = (stores.now)();
+        if self.rule.untagged_after.is_none_or(|age| now.saturating_sub(record.created.unwrap_or(0)) < age) {
+            return Ok(false);
+        }
+        if let Some(subject) = record.subject.as_deref() {
+            let subject = Digest::parse(subject).map_err(|_| {
+                RegistryError::new(ErrorCode::Internal, format!("corrupt subject in the record of {name}@{digest}"))
+            })?;
+            if manifests::record(stores, name, &subject).await?.is_some() {
+                return Ok(false);
+            }
+        }
+        let holders = keys::manifest_holders_in(name, digest);
+        let mut pages = ObjectPages::new(&stores.blobs, &holders, None);
+        while let Some(objects) = pages.next().await? {
+            for object in objects {
+                let Some(parent) = keys::parse_referrer_entry_name(&object[holders.len()..]) else { continue };
+                if parent != *digest && manifests::record(stores, name, &parent).await?.is_some() {
+                    return Ok(false);
+                }
+            }
+        }
+        for (tag, target, _) in manifests::tags_of(stores, name, digest, !self.dry_run).await? {
+            if target.names(record) && self.kept(kept, &tag, &target) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -258,6 +463,7 @@ mod tests {
     use crate::testing::{advance_clock, block_on, memory_stores};
     use crate::wire::digest::Algorithm;
     use http::{Method, StatusCode};
+    use std::collections::BTreeSet;
 
     fn with_rules(rules: &str) -> Mem {
         let mut stores = memory_stores();
@@ -361,8 +567,26 @@ mod tests {
         assert_eq!(tags_of(&stores, "r"), ["build-4", "build-5", "build-6"]);
     }
 
+    /// Every step of a pass from the start, with the cursor each returned.
+    fn steps(stores: &Mem, dry_run: bool) -> Vec<crate::lifecycle::gc::Step> {
+        let mut all = Vec::new();
+        let mut cursor = None;
+        loop {
+            let step = block_on(crate::lifecycle::gc::step(stores, cursor, dry_run, 1)).unwrap();
+            cursor = step.next.clone();
+            all.push(step);
+            if cursor.is_none() {
+                return all;
+            }
+        }
+    }
+
+    /// The most entries a step reads: its budget, and the page it was reading when the budget ran
+    /// out.
+    const MOST_A_STEP_EXAMINES: u64 = crate::lifecycle::gc::STEP_RETENTION_ENTRIES + PAGE as u64;
+
     #[test]
-    fn a_retention_step_starts_no_repository_after_its_time_and_the_next_step_goes_on_from_there() {
+    fn a_retention_step_out_of_time_stops_inside_a_repository_and_the_next_step_goes_on_from_there() {
         let mut stores = with_rules("a keep_last=1; b keep_last=1");
         for repo in ["a", "b"] {
             for tag in ["old", "new"] {
@@ -370,18 +594,159 @@ mod tests {
                 advance_clock(10);
             }
         }
-        // A clock that moves a whole step's time at every reading: the first repository takes
-        // the step's time.
+        // A clock that moves a whole step's time at every reading: every step reads one page.
         fn slow_clock() -> u64 {
             crate::testing::advance_clock(crate::lifecycle::gc::STEP_SECONDS);
             crate::testing::test_clock()
         }
         stores.now = slow_clock;
-        let first = block_on(crate::lifecycle::gc::step(&stores, None, false, 1)).unwrap();
-        assert_eq!(first.untagged, ["a:old"]);
-        assert_eq!(first.next.as_deref(), Some("repos:a"));
-        let second = block_on(crate::lifecycle::gc::step(&stores, first.next, false, 1)).unwrap();
-        assert_eq!(second.untagged, ["b:old"]);
+        let steps = steps(&stores, false);
+        let first = steps[0].next.as_deref().unwrap();
+        assert!(first.starts_with("retention|a|untag||") && first.ends_with(".new"), "ranked, not untagged: {first}");
+        assert!(steps[0].untagged.is_empty());
+        assert_eq!(steps[1].untagged, ["a:old"]);
+        let untagged: Vec<String> = steps.iter().flat_map(|s| s.untagged.clone()).collect();
+        assert_eq!(untagged, ["a:old", "b:old"]);
+        assert_eq!(tags_of(&stores, "a"), ["new"]);
+        assert_eq!(tags_of(&stores, "b"), ["new"]);
+    }
+
+    #[test]
+    fn keep_last_over_thousands_of_tags_goes_in_steps_of_bounded_work() {
+        let stores = with_rules("r keep_last=3 keep_tags=stable");
+        let manifest = push_image_bytes(&stores, "stable", b"config", b"layer");
+        for i in 0..2000 {
+            assert_eq!(put_manifest(&stores, "r", &format!("t-{i:04}"), &manifest).status, StatusCode::CREATED);
+        }
+        let planned = steps(&stores, true);
+        let done = steps(&stores, false);
+        for pass in [&planned, &done] {
+            assert!(pass.len() >= 2 * 2000 / MOST_A_STEP_EXAMINES as usize, "{} steps", pass.len());
+            for step in pass.iter() {
+                assert!(step.retention_examined <= MOST_A_STEP_EXAMINES, "{}", step.retention_examined);
+            }
+        }
+        let untagged = |pass: &[crate::lifecycle::gc::Step]| -> Vec<String> {
+            pass.iter().flat_map(|s| s.untagged.clone()).collect()
+        };
+        assert_eq!(untagged(&planned), untagged(&done), "the run does what the dry run said");
+        assert_eq!(untagged(&done).len(), 1997);
+        assert_eq!(tags_of(&stores, "r"), ["stable", "t-1997", "t-1998", "t-1999"]);
+    }
+
+    #[test]
+    fn untagged_after_over_many_manifests_goes_in_steps_of_bounded_work() {
+        let stores = with_rules("r untagged_after=1h");
+        let mut gone = BTreeSet::new();
+        for i in 0..700 {
+            let manifest = push_image_bytes(&stores, "t", format!("config {i}").as_bytes(), b"layer");
+            gone.insert(format!("r@{}", sha(&manifest)));
+        }
+        let kept = push_image_bytes(&stores, "kept", b"config kept", b"layer");
+        gone.remove(&format!("r@{}", sha(&kept)));
+        advance_clock(2 * 3600);
+        let planned = steps(&stores, true);
+        let done = steps(&stores, false);
+        for pass in [&planned, &done] {
+            assert!(pass.len() > 2, "{} steps", pass.len());
+            for step in pass.iter() {
+                assert!(step.retention_examined <= MOST_A_STEP_EXAMINES, "{}", step.retention_examined);
+            }
+        }
+        let deleted = |pass: &[crate::lifecycle::gc::Step]| -> BTreeSet<String> {
+            pass.iter().flat_map(|s| s.deleted_manifests.clone()).collect()
+        };
+        // "t" moved from each manifest to the next: all but the last one it names are untagged.
+        let head = send(&stores, Method::HEAD, "/v2/r/manifests/t", vec![]);
+        let last = format!("r@{}", head.headers["docker-content-digest"].to_str().unwrap());
+        assert!(gone.remove(&last));
+        assert_eq!(deleted(&planned), deleted(&done), "the run does what the dry run said");
+        assert_eq!(deleted(&done), gone);
+        assert_eq!(manifest_status(&stores, "r", "t"), StatusCode::OK);
+        assert_eq!(manifest_status(&stores, "r", "kept"), StatusCode::OK);
+    }
+
+    #[test]
+    fn a_tag_from_before_tag_entries_keeps_its_manifest_and_is_given_its_entry() {
+        let stores = with_rules("r untagged_after=1h");
+        let manifest = push_image_bytes(&stores, "legacy", b"config", b"layer");
+        let (name, tag, digest) = (RepoName::parse("r").unwrap(), Tag::parse("legacy").unwrap(), sha(&manifest));
+        // As an earlier version left it: no `#tagged` in the value, no entry.
+        let (target, bytes) = block_on(manifests::tag_value(&stores, &name, &tag)).unwrap().unwrap();
+        let old = TagTarget { tagged: false, ..target.clone() };
+        assert!(
+            block_on(stores.meta.compare_and_swap(&keys::tag(&name, &tag), &bytes, old.to_value().as_bytes())).unwrap()
+        );
+        let entry = keys::tagged_entry(&name, &digest, &tag, target.sequence);
+        block_on(stores.blobs.delete(&entry)).unwrap();
+        advance_clock(2 * 3600);
+
+        assert!(pass(&stores, true).deleted_manifests.is_empty(), "the dry run keeps it");
+        assert!(pass(&stores, false).deleted_manifests.is_empty(), "the run keeps it");
+        assert_eq!(manifest_status(&stores, "r", "legacy"), StatusCode::OK);
+        let (now, _) = block_on(manifests::tag_value(&stores, &name, &tag)).unwrap().unwrap();
+        assert!(now.tagged, "the tag says its entry is written");
+        assert!(block_on(stores.blobs.size(&entry)).is_ok(), "and it is");
+    }
+
+    #[test]
+    fn a_mark_left_by_a_dead_pass_is_taken_over_by_the_next_and_never_removes_a_tagged_manifest() {
+        let stores = with_rules("r untagged_after=1h");
+        let name = RepoName::parse("r").unwrap();
+        let tagged = sha(&push_image_bytes(&stores, "t", b"config tagged", b"layer"));
+        let orphan = sha(&push_image_bytes(&stores, "o", b"config orphan", b"layer"));
+        send(&stores, Method::DELETE, "/v2/r/manifests/o", vec![]);
+        advance_clock(2 * 3600);
+        // A pass marked both (a wrong mark on the tagged one, say from before it was tagged) and
+        // died.
+        for digest in [&tagged, &orphan] {
+            let (record, bytes) = block_on(manifests::stored(&stores, &name, digest)).unwrap().unwrap();
+            let marked = serde_json::to_vec(&record.condemned_at(1, [7; 16])).unwrap();
+            assert!(block_on(stores.meta.compare_and_swap(&keys::manifest(&name, digest), &bytes, &marked)).unwrap());
+        }
+        let done = pass(&stores, false);
+        assert_eq!(done.deleted_manifests, [format!("r@{orphan}")]);
+        assert_eq!(manifest_status(&stores, "r", "t"), StatusCode::OK);
+        assert_eq!(manifest_status(&stores, "r", &orphan.to_string()), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn a_tag_moved_again_and_again_leaves_one_entry_beside_the_manifest_it_names() {
+        let stores = with_rules("r untagged_after=1h");
+        let one = push_image_bytes(&stores, "t", b"config one", b"layer");
+        let two = push_image_bytes(&stores, "t", b"config two", b"layer");
+        for _ in 0..10 {
+            for manifest in [&one, &two] {
+                assert_eq!(put_manifest(&stores, "r", "t", manifest).status, StatusCode::CREATED);
+            }
+        }
+        let name = RepoName::parse("r").unwrap();
+        let entries = |manifest: &[u8]| {
+            let prefix = keys::tagged_prefix(&name, &sha(manifest));
+            block_on(stores.blobs.list(&prefix, None, 100)).unwrap().0.len()
+        };
+        assert_eq!((entries(&one), entries(&two)), (0, 1));
+    }
+
+    #[test]
+    fn retention_cursors_read_back_as_written() {
+        let rank = Rank { pushed: 5, sequence: 7, tag: Reverse("v1.2.3".to_owned()) };
+        for stage in [
+            Stage::Rank(vec![]),
+            Stage::Rank(vec![rank.clone(), Rank { tag: Reverse("a".to_owned()), ..rank.clone() }]),
+            Stage::Untag(Kept::All),
+            Stage::Untag(Kept::Nothing),
+            Stage::Mark(Kept::From(rank.clone()), [3; 16]),
+            Stage::Remove(Kept::From(rank.clone()), [4; 16]),
+        ] {
+            for after in [None, Some("sha256-ab".to_owned())] {
+                let position = Position { stage: stage.clone(), after };
+                assert_eq!(Position::parse(&position.encode()), Some(position.clone()), "{}", position.encode());
+            }
+        }
+        for bad in ["", "rank", "mark||zz|all", "untag||1.x.y", "remove||0303|all", "sweep||all"] {
+            assert_eq!(Position::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

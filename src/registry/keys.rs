@@ -25,6 +25,7 @@
 //! index/referrers/<repo-key>/_/<alg>/<hex>/<alg>-<hex>  a referrer of a subject: its descriptor
 //! bindings/tags/<repo-key>/_/<tag>                      the digest an immutable tag is bound to
 //! index/manifests/<repo-key>/_/<alg>-<hex>              a manifest record may exist (retention)
+//! index/tagged/<repo-key>/_/<alg>-<hex>/<tag>:<push>    a tag may name the manifest (retention)
 //! index/blobs/<alg>/<hex>                               a blob record may exist (GC's list)
 //! index/holders/<alg>/<hex>/<repo-key>/_/link           the blob may be linked in a repository
 //! index/holders/<alg>/<hex>/<repo-key>/_/manifest/<alg>-<hex>
@@ -214,6 +215,38 @@ pub fn tags_prefix(name: &RepoName) -> String {
 
 pub fn tag_entry(name: &RepoName, tag: &Tag) -> String {
     format!("{}{}", tags_prefix(name), tag.as_str())
+}
+
+/// The tags of a repository that point at manifest `digest`, one entry per tag push
+/// (`<tag>:<sequence>`, `<tag>:-` for a tag from before the push counter): retention finds a
+/// manifest's tags here without reading every tag. An entry is written before the tag's value;
+/// it is stale once that tag's value names another digest or another push (a push number is
+/// never used twice, so a stale entry never becomes true again and may be deleted).
+pub fn tagged_prefix(name: &RepoName, digest: &Digest) -> String {
+    format!("index/tagged/{}/_/{}/", repo_key(name), referrer_entry_name(digest))
+}
+
+pub fn tagged_entry(name: &RepoName, digest: &Digest, tag: &Tag, sequence: Option<i64>) -> String {
+    match sequence {
+        Some(n) => format!("{}{}:{n}", tagged_prefix(name, digest), tag.as_str()),
+        None => format!("{}{}:-", tagged_prefix(name, digest), tag.as_str()),
+    }
+}
+
+/// The tag and push number a [`tagged_entry`] names (its last component).
+pub fn parse_tagged_entry(entry: &str) -> Option<(Tag, Option<i64>)> {
+    let (tag, sequence) = entry.rsplit_once(':')?;
+    let sequence = match sequence {
+        "-" => None,
+        n => Some(n.parse().ok()?),
+    };
+    Some((Tag::parse(tag).ok()?, sequence))
+}
+
+/// A manifest's holder entries in one repository (the indexes that list it as a child, and its
+/// own bytes' entry), below [`holders_prefix`].
+pub fn manifest_holders_in(name: &RepoName, digest: &Digest) -> String {
+    format!("{}{}/_/manifest/", holders_prefix(digest), repo_key(name))
 }
 
 /// A repository's manifests (retention's list of them).

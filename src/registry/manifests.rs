@@ -62,11 +62,19 @@ pub struct TagTarget {
     /// The repository's push counter when the tag was pushed: orders the pushes of one second
     /// (`None` for tags from before it).
     pub sequence: Option<i64>,
+    /// Whether the tag's entry under [`keys::tagged_prefix`] was written before this value (tags
+    /// from before those entries have none until retention writes it).
+    pub tagged: bool,
 }
 
 impl TagTarget {
-    /// `<digest>`, `<digest>#<generation>`, `<digest>#<generation>#<pushed>` or
-    /// `<digest>#<generation>#<pushed>#<sequence>`.
+    /// A tag for `generation` of manifest `digest`, before its push sets the rest.
+    pub fn new(digest: &Digest, generation: Option<String>) -> TagTarget {
+        TagTarget { digest: digest.clone(), generation, pushed: None, sequence: None, tagged: false }
+    }
+
+    /// `<digest>`, `<digest>#<generation>`, `<digest>#<generation>#<pushed>`,
+    /// `<digest>#<generation>#<pushed>#<sequence>` or `<digest>#<generation>#<pushed>#<sequence>#tagged`.
     fn parse(text: &str) -> Option<TagTarget> {
         let mut fields = text.split('#');
         let digest = Digest::parse(fields.next()?).ok()?;
@@ -79,11 +87,19 @@ impl TagTarget {
             Some(n) => Some(n.parse().ok()?),
             None => None,
         };
-        Some(TagTarget { digest, generation, pushed, sequence })
+        let tagged = match fields.next() {
+            Some("tagged") => true,
+            Some(_) => return None,
+            None => false,
+        };
+        Some(TagTarget { digest, generation, pushed, sequence, tagged })
     }
 
     pub(crate) fn to_value(&self) -> String {
         match (&self.generation, self.pushed, self.sequence) {
+            (Some(generation), Some(pushed), Some(n)) if self.tagged => {
+                format!("{}#{generation}#{pushed}#{n}#tagged", self.digest)
+            }
             (Some(generation), Some(pushed), Some(n)) => format!("{}#{generation}#{pushed}#{n}", self.digest),
             (Some(generation), Some(pushed), None) => format!("{}#{generation}#{pushed}", self.digest),
             (Some(generation), None, _) => format!("{}#{generation}", self.digest),
@@ -228,14 +244,7 @@ pub async fn push<M: MetaStore, B: BlobStore>(
         store(stores, name, digest, manifest, bytes.to_vec(), hash.clone(), Referenced::MustBeHere).await?;
     for &tag in tags {
         let mut tries = 0;
-        while !set_tag(
-            stores,
-            name,
-            tag,
-            TagTarget { digest: digest.clone(), generation: generation.clone(), pushed: None, sequence: None },
-        )
-        .await?
-        {
+        while !set_tag(stores, name, tag, TagTarget::new(digest, generation.clone())).await? {
             tries += 1;
             if tries > 3 {
                 return Err(RegistryError::new(
@@ -300,9 +309,19 @@ async fn set_tag<M: MetaStore, B: BlobStore>(
     let entry = keys::tag_entry(name, tag);
     target.pushed = Some((stores.now)());
     target.sequence = Some(stores.meta.increment(&keys::push_sequence(name), 1).await.map_err(internal)?);
+    // The manifest's entry for this tag before the tag: retention finds the tags of a manifest
+    // there (an entry whose tag never got its value is stale, and harmless).
+    blobs::mark(stores, &keys::tagged_entry(name, &target.digest, tag, target.sequence), Vec::new()).await?;
+    target.tagged = true;
+    let before = tag_value(stores, name, tag).await?.map(|(target, _)| target);
     for _ in 0..8 {
         blobs::mark(stores, &entry, Vec::new()).await?;
         stores.meta.set(&keys::tag(name, tag), target.to_value().as_bytes()).await.map_err(internal)?;
+        if let Some(before) = before.as_ref().filter(|b| b.tagged && b.sequence != target.sequence) {
+            // The entry of the value just replaced is stale for good (its push number is never
+            // used again): a tag moved again and again leaves no trail for retention to read.
+            blobs::remove(stores, &keys::tagged_entry(name, &before.digest, tag, before.sequence)).await?;
+        }
         blobs::mark(stores, &entry, Vec::new()).await?;
         match record(stores, name, &target.digest).await? {
             Some(now) if !target.names(&now) => target.generation = now.generation,
@@ -322,7 +341,7 @@ pub(crate) async fn tag_as<M: MetaStore, B: BlobStore>(
 ) -> Result<()> {
     for _ in 0..4 {
         let record = record(stores, name, digest).await?.ok_or_else(|| unknown(name, &digest.to_string()))?;
-        let target = TagTarget { digest: digest.clone(), generation: record.generation, pushed: None, sequence: None };
+        let target = TagTarget::new(digest, record.generation);
         if set_tag(stores, name, tag, target).await? {
             return Ok(());
         }
@@ -587,6 +606,69 @@ pub async fn forget<M: MetaStore, B: BlobStore>(
     Ok(())
 }
 
+/// The tags of manifest `digest` found through its entries under [`keys::tagged_prefix`]: each
+/// with its value, read now. An entry whose tag names another digest or another push is stale
+/// for good (a push number is never used twice); with `prune`, stale entries are deleted.
+/// Tags from before those entries are not found here until retention writes theirs.
+pub(crate) async fn tags_of<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    digest: &Digest,
+    prune: bool,
+) -> Result<Vec<(Tag, TagTarget, Vec<u8>)>> {
+    let prefix = keys::tagged_prefix(name, digest);
+    let mut found = Vec::new();
+    let mut pages = ObjectPages::new(&stores.blobs, &prefix, None);
+    while let Some(objects) = pages.next().await? {
+        for object in objects {
+            let Some((tag, sequence)) = keys::parse_tagged_entry(&object[prefix.len()..]) else { continue };
+            match tag_value(stores, name, &tag).await? {
+                Some((target, bytes)) if target.digest == *digest && target.sequence == sequence => {
+                    found.push((tag, target, bytes))
+                }
+                _ if prune => blobs::remove(stores, &object).await?,
+                _ => {}
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Write the entry of a tag from before [`keys::tagged_prefix`] entries, then say so in its
+/// value (by a swap from `bytes`: a tag pushed meanwhile has its own entry).
+pub(crate) async fn enter_tag<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    tag: &Tag,
+    target: &TagTarget,
+    bytes: &[u8],
+) -> Result<()> {
+    blobs::mark(stores, &keys::tagged_entry(name, &target.digest, tag, target.sequence), Vec::new()).await?;
+    let entered = TagTarget { tagged: true, ..target.clone() };
+    let value = entered.to_value();
+    // Tags from before push times or generations cannot carry the flag: their entry is written
+    // again by every pass (a few such tags, from the first versions).
+    if value.as_bytes() != bytes && TagTarget::parse(&value).is_some_and(|t| t.tagged) {
+        stores.meta.compare_and_swap(&keys::tag(name, tag), bytes, value.as_bytes()).await.map_err(internal)?;
+    }
+    Ok(())
+}
+
+/// Remove the tags of a deleted manifest found through its entries (only while they still
+/// point at its record: a tag moved meanwhile stays), and the entries.
+pub(crate) async fn untag_entered<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    name: &RepoName,
+    digest: &Digest,
+    deleted: &ManifestRecord,
+) -> Result<()> {
+    for (tag, _, _) in tags_of(stores, name, digest, true).await? {
+        remove_tag(stores, name, &tag, |target| target.digest == *digest && target.names(deleted)).await?;
+    }
+    tags_of(stores, name, digest, true).await?;
+    Ok(())
+}
+
 /// Remove the tags that point at a deleted manifest (and only while they still do: a tag moved
 /// to another manifest meanwhile stays).
 pub(crate) async fn untag<M: MetaStore, B: BlobStore>(
@@ -605,5 +687,7 @@ pub(crate) async fn untag<M: MetaStore, B: BlobStore>(
             remove_tag(stores, name, &tag, |target| target.digest == *digest && target.names(deleted)).await?;
         }
     }
+    // The entries of the tags just removed are stale now.
+    tags_of(stores, name, digest, true).await?;
     Ok(())
 }

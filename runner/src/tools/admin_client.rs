@@ -136,6 +136,7 @@ async fn pass(client: &mut Client, args: &GcArgs) -> Result<()> {
     let progress = indicatif::ProgressBar::new_spinner();
     progress.set_style(indicatif::ProgressStyle::with_template("{spinner} gc {msg} [{elapsed}]").expect("template"));
     let (mut examined, mut removed, mut bytes) = (0u64, 0u64, 0u64);
+    let (mut steps, mut retention_examined) = (0u64, 0u64);
     // An empty cursor starts the pass from the first blob (not where an earlier pass stopped).
     let mut cursor = String::new();
     loop {
@@ -144,6 +145,8 @@ async fn pass(client: &mut Client, args: &GcArgs) -> Result<()> {
         let step = client.send_json("POST", &format!("/v2/_berth/gc?{query}")).await?;
         let worked = started.elapsed();
         examined += step["examined"].as_u64().unwrap_or(0);
+        retention_examined += step["retentionExamined"].as_u64().unwrap_or(0);
+        steps += 1;
         for blob in step["collected"].as_array().into_iter().flatten() {
             let size = blob["size"].as_u64().unwrap_or(0);
             let verb = if dry_run { "would remove" } else { "removed" };
@@ -171,7 +174,11 @@ async fn pass(client: &mut Client, args: &GcArgs) -> Result<()> {
     }
     progress.finish_and_clear();
     let verb = if dry_run { "would free" } else { "freed" };
-    println!("gc: examined {examined} blobs; {removed} unreferenced; {verb} {bytes} bytes ({})", human(bytes));
+    println!(
+        "gc: examined {examined} blobs; {removed} unreferenced; {verb} {bytes} bytes ({}); retention examined \
+         {retention_examined} tags and manifests; {steps} steps",
+        human(bytes)
+    );
     Ok(())
 }
 
