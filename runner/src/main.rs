@@ -166,6 +166,8 @@ async fn up(args: UpArgs) -> Result<()> {
         let expanded = variables.expand(entry).with_context(|| format!("allowed_outbound_hosts entry {entry:?}"))?;
         outbound_hosts.extend(expanded.split([',', ' ', '\n']).filter(|h| !h.is_empty()).map(str::to_owned));
     }
+    // The sender's clock runs only where the `events` variable names endpoints.
+    let events_configured = matches!(variables.get("events"), variables::Lookup::Found(v) if !v.trim().is_empty());
     let shared = Arc::new(host::state::Shared {
         kv: kv_stores::KvStores::new(args.data.join("kv"), app.key_value_stores.clone(), configured_stores),
         blobs: blob_fs::FsBlobStore::new(args.data.join("blobs"))
@@ -229,6 +231,9 @@ async fn up(args: UpArgs) -> Result<()> {
     }
     if let Some(addr) = args.metrics_listen {
         metrics::serve(addr).await?;
+    }
+    if events_configured {
+        http::event_sender::start(handler.clone(), scheme);
     }
     let listener = serve::bind(args.listen).await?;
     let shutdown = serve::shutdown_signal()?;

@@ -8,6 +8,7 @@ mod base;
 mod blobs;
 mod catalog;
 mod cursor;
+mod events;
 mod health;
 mod listing;
 mod login;
@@ -62,6 +63,16 @@ pub async fn handle_with<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         }
         Err(err) => (error_response(&err, &id), None),
     };
+    // A request that recorded events sends them once its answer is on its way (a receiver that
+    // is down or slow delays nothing the client waits for).
+    let background = match background {
+        _ if stores.events.get("events_recorded") == 0 => background,
+        None => Some(Box::pin(deliver_events(stores, outbound)) as Background<'a>),
+        Some(first) => Some(Box::pin(async move {
+            first.await;
+            deliver_events(stores, outbound).await;
+        }) as Background<'a>),
+    };
     let mut response = quote_request(response, &id).header(REQUEST_ID, id.as_str());
     if counted {
         let summary = stores.events.summary();
@@ -70,6 +81,12 @@ pub async fn handle_with<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         }
     }
     (response, background)
+}
+
+async fn deliver_events<M: MetaStore, B: BlobStore, O: Outbound<B>>(stores: &Stores<M, B>, outbound: &O) {
+    if let Err(err) = crate::registry::events::deliver(stores, outbound).await {
+        stores.log(format_args!("events: delivery failed: {}", err.detail.as_deref().unwrap_or(err.code.message())));
+    }
 }
 
 /// Every error body's detail quotes its request (`... (request <id>)`), whichever handler made
@@ -131,6 +148,10 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     if health::serves(&req.path) {
         return Ok((health::handle(stores, outbound, &req).await?, None));
     }
+    // Anyone may ask for a delivery step: it sends only what the outbox holds (`events`).
+    if req.path == events::DELIVER_PATH {
+        return Ok((events::deliver(stores, outbound, &req).await?, None));
+    }
     let route = namespaced_route(stores, &req, Route::parse(&req.path)?)?;
     // Before any password is checked: a name too long to be namespaced is the client's mistake.
     let mirrored = default_upstream_candidate(stores, &req, &route)?;
@@ -189,6 +210,7 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
             (_, route) => Err(crate::mirror::read_only(route.name().expect("named"), target.upstream)),
         };
     }
+    let asked = events::Asked::of(&req, &route);
     let response = match (req.method.clone(), route) {
         (Method::GET | Method::HEAD, Route::Base) => Ok(base::get()),
         (Method::GET, Route::Catalog) => catalog::list(stores, &identity, &req).await,
@@ -210,8 +232,11 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         (Method::POST, Route::AdminGc) => admin::gc(stores, &req).await,
         (Method::POST, Route::AdminQuotaRecount) => admin::recount(stores, &req).await,
         (Method::POST, Route::AdminStorageCheck) => Ok(admin::storage_check(stores).await),
+        (Method::GET, Route::AdminEvents) => events::state(stores).await,
         (method, _) => Err(method_not_allowed(&method)),
     }?;
+    // Before the answer: an acknowledged action always has its events in the outbox.
+    events::record_request(stores, &identity, &asked, &response).await?;
     Ok((response, None))
 }
 

@@ -63,7 +63,8 @@ pub fn need(method: &Method, route: &Route) -> Need {
         | Route::AdminQuotaRecount
         | Route::AdminStorageCheck
         | Route::AdminGc
-        | Route::AdminMetrics => {
+        | Route::AdminMetrics
+        | Route::AdminEvents => {
             return Need::Admin;
         }
         Route::UploadStart(name) | Route::Upload(name, _) => (name, push),

@@ -2,6 +2,7 @@
 //! every request, and `berth-runner` parses the same values at start to report a mistake before
 //! serving. A value that does not parse is an error naming the variable, never a silent default.
 
+pub mod events;
 pub mod immutable;
 pub mod mirrors;
 pub mod quotas;
@@ -29,6 +30,7 @@ pub fn variables() -> impl Iterator<Item = &'static str> {
         "retention",
         "mirror_upstreams",
         "mirror_credentials",
+        "events",
     ]
     .into_iter()
     .chain(crate::auth::config::variables())
@@ -76,6 +78,9 @@ pub fn from_variables(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
         config.retention =
             retention::Retention::parse(&value).map_err(|message| ConfigError { variable: "retention", message })?;
     }
+    if let Some(value) = get("events") {
+        config.events = events::Events::parse(&value).map_err(|message| ConfigError { variable: "events", message })?;
+    }
     let upstreams = get("mirror_upstreams").unwrap_or_default();
     let credentials = get("mirror_credentials").unwrap_or_default();
     config.mirrors = mirrors::Mirrors::parse(&upstreams, &credentials).map_err(|message| ConfigError {
@@ -114,6 +119,8 @@ pub struct Config {
     pub auth: crate::auth::config::AuthConfig,
     /// Upstream registries mirrored here (`crate::mirror`).
     pub mirrors: mirrors::Mirrors,
+    /// Where notifications of what happens go (`crate::registry::events`).
+    pub events: events::Events,
 }
 
 impl Default for Config {
@@ -128,6 +135,7 @@ impl Default for Config {
             retention: Default::default(),
             auth: Default::default(),
             mirrors: Default::default(),
+            events: Default::default(),
         }
     }
 }

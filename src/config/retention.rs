@@ -9,7 +9,7 @@ use crate::wire::name::RepoName;
 
 /// The largest `keep_last`: while it ranks a repository's tags over several steps, garbage
 /// collection carries the tags it keeps so far in its cursor.
-pub const MAX_KEEP_LAST: usize = 1000;
+pub const MAX_KEEP_LAST: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {

@@ -20,8 +20,10 @@
 //! blob. Only after move 3 are the bytes, the dead links, the quota counts and the entries
 //! removed.
 
+use crate::config::events::Action;
 use crate::lifecycle::retention::{Budget, Done, Position};
 use crate::registry::blobs::{self, BlobRecord};
+use crate::registry::events::Event;
 use crate::registry::keys::{self, Holder};
 use crate::registry::store::{BlobStore, MetaStore, ObjectPages, Stores, internal};
 use crate::wire::digest::Digest;
@@ -77,8 +79,9 @@ pub struct Step {
 enum Phase {
     /// The repositories after this one (`repos:<name>`).
     Repositories(Option<String>),
-    /// Inside one repository's retention (`retention|<name>|<position>`).
-    Retention(RepoName, Position),
+    /// Inside one repository's retention (`retention|<name>|<fingerprint>|<position>`): the
+    /// fingerprint names the rule and the kind of run the position was made under.
+    Retention(RepoName, String, Position),
     Blobs(Option<String>),
 }
 
@@ -86,14 +89,19 @@ impl Phase {
     fn parse(cursor: Option<String>) -> Result<Phase> {
         let Some(c) = cursor else { return Ok(Phase::Repositories(None)) };
         if let Some(inside) = c.strip_prefix("retention|") {
-            let parsed = inside
-                .split_once('|')
-                .and_then(|(name, position)| Some((RepoName::parse(name).ok()?, Position::parse(position)?)));
-            let (name, position) = parsed.ok_or_else(|| {
+            let parsed = inside.splitn(3, '|').collect::<Vec<_>>();
+            let parsed = match parsed.as_slice() {
+                [name, fingerprint, position] => RepoName::parse(name)
+                    .ok()
+                    .zip(Position::parse(position))
+                    .map(|(n, p)| (n, fingerprint.to_string(), p)),
+                _ => None,
+            };
+            let (name, fingerprint, position) = parsed.ok_or_else(|| {
                 RegistryError::new(ErrorCode::Unsupported, format!("{c:?} is not a cursor garbage collection made"))
                     .with_status(http::StatusCode::BAD_REQUEST)
             })?;
-            return Ok(Phase::Retention(name, position));
+            return Ok(Phase::Retention(name, fingerprint, position));
         }
         Ok(match (c.strip_prefix("repos:"), c.strip_prefix("blobs:")) {
             (Some(after), _) => Phase::Repositories(Some(after.to_owned()).filter(|a| !a.is_empty())),
@@ -133,7 +141,9 @@ pub async fn step<M: MetaStore, B: BlobStore>(
             blob_step(stores, None, dry_run, concurrency).await
         }
         Phase::Repositories(after) => repository_step(stores, None, after, dry_run).await,
-        Phase::Retention(name, position) => repository_step(stores, Some((name, position)), None, dry_run).await,
+        Phase::Retention(name, fingerprint, position) => {
+            repository_step(stores, Some((name, fingerprint, position)), None, dry_run).await
+        }
         Phase::Blobs(after) => blob_step(stores, after, dry_run, concurrency).await,
     }
 }
@@ -142,15 +152,21 @@ pub async fn step<M: MetaStore, B: BlobStore>(
 /// `after` (or after that one), while the step's budget lasts.
 async fn repository_step<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
-    inside: Option<(RepoName, Position)>,
+    inside: Option<(RepoName, String, Position)>,
     mut after: Option<String>,
     dry_run: bool,
 ) -> Result<Step> {
     let mut step = Step::default();
     let mut budget = Budget::new((stores.now)(), STEP_SECONDS, STEP_RETENTION_ENTRIES);
-    if let Some((name, position)) = inside {
+    if let Some((name, fingerprint, position)) = inside {
+        // A position made under another rule, or by a dry run for a run (or the other way
+        // round), is not gone on with: the repository starts again.
+        let position = match stores.config.retention.rule_for(&name) {
+            Some(rule) if fingerprint != rule_fingerprint(rule, dry_run) => Position::start(rule),
+            _ => position,
+        };
         if let Some(stopped) = one_repository(stores, &name, position, dry_run, &mut budget, &mut step).await {
-            step.next = Some(format!("retention|{name}|{}", stopped.encode()));
+            step.next = Some(retention_cursor(stores, &name, &stopped, dry_run));
             return Ok(step);
         }
         after = Some(name.as_str().to_owned());
@@ -172,7 +188,7 @@ async fn repository_step<M: MetaStore, B: BlobStore>(
         let Some(rule) = stores.config.retention.rule_for(&name) else { continue };
         let start = Position::start(rule);
         if let Some(stopped) = one_repository(stores, &name, start, dry_run, &mut budget, &mut step).await {
-            step.next = Some(format!("retention|{name}|{}", stopped.encode()));
+            step.next = Some(retention_cursor(stores, &name, &stopped, dry_run));
             return Ok(step);
         }
     }
@@ -181,6 +197,19 @@ async fn repository_step<M: MetaStore, B: BlobStore>(
         None => "blobs:".to_owned(),
     });
     Ok(step)
+}
+
+/// The cursor of a step that stopped inside repository `name`'s retention.
+fn retention_cursor<M, B>(stores: &Stores<M, B>, name: &RepoName, stopped: &Position, dry_run: bool) -> String {
+    let fingerprint =
+        stores.config.retention.rule_for(name).map(|rule| rule_fingerprint(rule, dry_run)).unwrap_or_default();
+    format!("retention|{name}|{fingerprint}|{}", stopped.encode())
+}
+
+/// A rule and a kind of run, in 12 hex digits.
+fn rule_fingerprint(rule: &crate::config::retention::Rule, dry_run: bool) -> String {
+    let text = format!("{rule} dry_run={dry_run}");
+    Digest::of(crate::wire::digest::Algorithm::Sha256, text.as_bytes()).hex()[..12].to_owned()
 }
 
 /// One repository's retention from `at` while `budget` lasts, reported into `step`: where it
@@ -360,6 +389,9 @@ async fn remove_condemned<M: MetaStore, B: BlobStore>(
     // From here the blob is gone for every reader; what is left is only cleanup.
     stores.log(format_args!("gc: removed blob {digest} ({} bytes): nothing references it", record.size));
     finish_removal(stores, digest, &record, &removed, &again).await?;
+    let mut event = Event::new(stores, Action::Gc, "");
+    (event.digest, event.size, event.actor) = (Some(digest.to_string()), Some(record.size), Some("gc".to_owned()));
+    crate::registry::events::record(stores, Action::Gc, &event).await?;
     Ok(Outcome::Collected(record.size))
 }
 

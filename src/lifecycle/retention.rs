@@ -38,7 +38,9 @@
 //! until a later pass marks the manifest again (its own remove stage then takes it); a pass only
 //! removes what it marked itself, after its own look at the tags.
 
+use crate::config::events::Action;
 use crate::config::retention::Rule;
+use crate::registry::events::{self, Event};
 use crate::registry::keys;
 use crate::registry::manifests::{self, ManifestRecord, TagTarget};
 use crate::registry::store::{BlobStore, MetaStore, ObjectPages, Stores, internal};
@@ -335,6 +337,10 @@ impl<M: MetaStore, B: BlobStore> Walk<'_, M, B> {
             if manifests::remove_tag(self.stores, self.name, &tag, planned).await? {
                 let name = self.name;
                 self.stores.log(format_args!("retention: untagged {name}:{} (rule {})", tag.as_str(), self.rule));
+                let mut event = Event::new(self.stores, Action::Delete, name.as_str());
+                event.digest = Some(target.digest.to_string());
+                (event.tag, event.actor) = (Some(tag.as_str().to_owned()), Some("retention".to_owned()));
+                events::record(self.stores, Action::Delete, &event).await?;
                 done.untagged.push(tag);
             }
         }
@@ -416,6 +422,10 @@ impl<M: MetaStore, B: BlobStore> Walk<'_, M, B> {
         ));
         manifests::forget(stores, name, digest, &record).await?;
         manifests::untag_entered(stores, name, digest, &record).await?;
+        let mut event = Event::new(stores, Action::Delete, name.as_str());
+        (event.digest, event.media_type) = (Some(digest.to_string()), Some(record.media_type.clone()));
+        (event.size, event.actor) = (Some(record.size), Some("retention".to_owned()));
+        events::record(stores, Action::Delete, &event).await?;
         Ok(true)
     }
 
@@ -446,12 +456,11 @@ impl<M: MetaStore, B: BlobStore> Walk<'_, M, B> {
                 }
             }
         }
-        for (tag, target, _) in manifests::tags_of(stores, name, digest, !self.dry_run).await? {
-            if target.names(record) && self.kept(kept, &tag, &target) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        // Entries are only read here (never pruned while the record stands: an entry may be a
+        // push's whose value is still to come); the first kept tag ends the listing.
+        let keeps = |tag: &Tag, target: &TagTarget| target.names(record) && self.kept(kept, tag, target);
+        let tags = manifests::tags_of(stores, name, digest, false, Some(&keeps)).await?;
+        Ok(!tags.iter().any(|(tag, target, _)| keeps(tag, target)))
     }
 }
 
@@ -460,7 +469,7 @@ mod tests {
     use super::*;
     use crate::config::retention::Retention;
     use crate::testing::api::*;
-    use crate::testing::{advance_clock, block_on, memory_stores};
+    use crate::testing::{advance_clock, block_on, memory_stores, test_clock};
     use crate::wire::digest::Algorithm;
     use http::{Method, StatusCode};
     use std::collections::BTreeSet;
@@ -602,13 +611,48 @@ mod tests {
         stores.now = slow_clock;
         let steps = steps(&stores, false);
         let first = steps[0].next.as_deref().unwrap();
-        assert!(first.starts_with("retention|a|untag||") && first.ends_with(".new"), "ranked, not untagged: {first}");
+        assert!(first.starts_with("retention|a|") && first.contains("|untag||"), "ranked, not untagged: {first}");
         assert!(steps[0].untagged.is_empty());
         assert_eq!(steps[1].untagged, ["a:old"]);
         let untagged: Vec<String> = steps.iter().flat_map(|s| s.untagged.clone()).collect();
         assert_eq!(untagged, ["a:old", "b:old"]);
         assert_eq!(tags_of(&stores, "a"), ["new"]);
         assert_eq!(tags_of(&stores, "b"), ["new"]);
+    }
+
+    #[test]
+    fn a_cursor_made_under_another_rule_or_by_a_dry_run_starts_the_repository_again() {
+        let mut stores = with_rules("a keep_last=1");
+        for tag in ["old", "new"] {
+            push_image(&stores, "a", tag, format!("config {tag}").as_bytes(), &[b"layer"]);
+            advance_clock(10);
+        }
+        fn slow_clock() -> u64 {
+            crate::testing::advance_clock(crate::lifecycle::gc::STEP_SECONDS);
+            crate::testing::test_clock()
+        }
+        stores.now = slow_clock;
+        let step = |stores: &Mem, cursor: Option<String>, dry_run: bool| {
+            block_on(crate::lifecycle::gc::step(stores, cursor, dry_run, 1)).unwrap()
+        };
+        // A dry run ranked the tags (keep the newest); a run given its cursor ranks again.
+        let dry = step(&stores, None, true).next.unwrap();
+        assert!(dry.contains("|untag||"), "{dry}");
+        let run = step(&stores, Some(dry.clone()), false);
+        assert!(run.untagged.is_empty(), "the run did not untag on the dry run's ranking");
+        let run_cursor = run.next.unwrap();
+        assert_ne!(run_cursor.split('|').nth(2), dry.split('|').nth(2), "{run_cursor} {dry}");
+        // The rule changed since (keep both): the cursor made under the old one is not used.
+        stores.config.retention = Retention::parse("a keep_last=2").unwrap();
+        let mut cursor = Some(run_cursor);
+        let mut untagged = Vec::new();
+        while let Some(at) = cursor {
+            let done = step(&stores, Some(at), false);
+            untagged.extend(done.untagged);
+            cursor = done.next;
+        }
+        assert!(untagged.is_empty(), "{untagged:?}");
+        assert_eq!(tags_of(&stores, "a"), ["new", "old"]);
     }
 
     #[test]
@@ -711,21 +755,38 @@ mod tests {
     }
 
     #[test]
-    fn a_tag_moved_again_and_again_leaves_one_entry_beside_the_manifest_it_names() {
+    fn an_entry_whose_push_has_not_written_its_tag_yet_is_not_pruned_and_keeps_the_manifest_once_it_has() {
         let stores = with_rules("r untagged_after=1h");
-        let one = push_image_bytes(&stores, "t", b"config one", b"layer");
-        let two = push_image_bytes(&stores, "t", b"config two", b"layer");
-        for _ in 0..10 {
-            for manifest in [&one, &two] {
-                assert_eq!(put_manifest(&stores, "r", "t", manifest).status, StatusCode::CREATED);
-            }
-        }
         let name = RepoName::parse("r").unwrap();
-        let entries = |manifest: &[u8]| {
-            let prefix = keys::tagged_prefix(&name, &sha(manifest));
-            block_on(stores.blobs.list(&prefix, None, 100)).unwrap().0.len()
+        let manifest = sha(&push_image_bytes(&stores, "old", b"config old", b"layer"));
+        let other = sha(&push_image_bytes(&stores, "t", b"config other", b"layer"));
+        send(&stores, Method::DELETE, "/v2/r/manifests/old", vec![]);
+        advance_clock(2 * 3600);
+        // A push of `t` to the old manifest, between its entry and its value (`set_tag`).
+        let tag = Tag::parse("t").unwrap();
+        let record = block_on(manifests::record(&stores, &name, &manifest)).unwrap().unwrap();
+        let pushed = TagTarget {
+            pushed: Some(test_clock()),
+            sequence: Some(999),
+            tagged: true,
+            ..TagTarget::new(&manifest, record.generation.clone())
         };
-        assert_eq!((entries(&one), entries(&two)), (0, 1));
+        block_on(stores.blobs.write_bytes(&keys::tagged_entry(&name, &manifest, &tag, Some(999)), vec![])).unwrap();
+        let _ = &other;
+        // Retention's first look: `t` still names the other manifest, so nothing keeps this one...
+        let rule = stores.config.retention.rule_for(&name).unwrap().clone();
+        let walk = Walk { stores: &stores, name: &name, rule: &rule, dry_run: false };
+        assert!(block_on(walk.unkept(&Kept::All, &manifest, &record)).unwrap());
+        // ...but the entry stays: the push writes its value now (and is acknowledged).
+        let entry = keys::tagged_entry(&name, &manifest, &tag, Some(999));
+        assert!(block_on(stores.blobs.size(&entry)).is_ok(), "the pending push's entry was pruned");
+        let (_, bytes) = block_on(manifests::tag_value(&stores, &name, &tag)).unwrap().unwrap();
+        let key = keys::tag(&name, &tag);
+        assert!(block_on(stores.meta.compare_and_swap(&key, &bytes, pushed.to_value().as_bytes())).unwrap());
+        // The pass that follows sees the tag through the entry and keeps the manifest.
+        let done = pass(&stores, false);
+        assert!(!done.deleted_manifests.contains(&format!("r@{manifest}")), "{:?}", done.deleted_manifests);
+        assert_eq!(manifest_status(&stores, "r", "t"), StatusCode::OK);
     }
 
     #[test]

@@ -12,9 +12,11 @@
 //!   client's last bytes wait for that verdict: on a mismatch the client's transfer fails
 //!   (its body ends short) and nothing is stored. Range requests are served from the cache.
 
+use crate::config::events::Action;
 use crate::config::mirrors::Target;
 use crate::mirror::claim::{self, Claim, Turn};
 use crate::mirror::client::{Client, UpstreamError};
+use crate::registry::events::Event;
 use crate::registry::store::{BlobStore, MetaStore, Outbound, Stores, internal};
 use crate::registry::{blobs, keys, manifests};
 use crate::wire::digest::{Algorithm, Digest, RunningHash};
@@ -253,7 +255,13 @@ async fn fetch_manifest<M: MetaStore, B: BlobStore, O: Outbound<B>>(
         )));
     }
     let manifest = manifest::parse(&bytes, content_type.as_deref())?;
+    let size = bytes.len() as u64;
     manifests::store(client.stores, name, &digest, &manifest, bytes, hash, manifests::Referenced::MayFollow).await?;
+    let mut event = Event::new(client.stores, Action::Mirror, name.as_str());
+    (event.digest, event.media_type, event.size) = (Some(digest.to_string()), Some(manifest.media_type), Some(size));
+    event.tag = crate::wire::name::Tag::parse(reference).ok().map(|t| t.as_str().to_owned());
+    event.actor = Some(format!("mirror:{}", client.upstream.name));
+    crate::registry::events::record(client.stores, Action::Mirror, &event).await?;
     Ok(digest)
 }
 

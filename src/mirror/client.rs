@@ -82,7 +82,8 @@ impl<'a, M: MetaStore, B: BlobStore, O: Outbound<B>> Client<'a, M, B, O> {
             if let Some(value) = authorization.as_ref().filter(|_| same_origin) {
                 headers.push((header::AUTHORIZATION, value.clone()));
             }
-            let request = OutRequest { method: method.clone(), url: url.clone(), headers };
+            let request =
+                OutRequest { method: method.clone(), url: url.clone(), headers, body: None, timeout_secs: None };
             let response = self.outbound.send(request).await.map_err(|e| self.unreachable(e))?;
             match response.status {
                 401 if !answered_challenge && same_origin => {
@@ -164,7 +165,7 @@ impl<'a, M: MetaStore, B: BlobStore, O: Outbound<B>> Client<'a, M, B, O> {
                 }
                 let response = self
                     .outbound
-                    .send(OutRequest { method: Method::GET, url, headers })
+                    .send(OutRequest { method: Method::GET, url, headers, body: None, timeout_secs: None })
                     .await
                     .map_err(|e| self.unreachable(e))?;
                 let status = response.status;

@@ -9,6 +9,8 @@
 //! repo/<repo-key>/tag/<tag>               the digest the tag points at
 //! upload/<id>                             UploadSession (changed only by compare-and-swap)
 //! gc/cursor                               where the next garbage collection step starts
+//! events/<endpoint>/next                  the number of the endpoint's newest event (counter)
+//! events/<endpoint>/state                 how far its delivery is (delivered, retry, lease)
 //! ```
 //! `<repo-key>` is the repository name when the key stays under [`MAX_KEY_LEN`], else
 //! `_` + sha256(name): names may be 255 characters and sha512 digests 128, while hosts such as
@@ -26,6 +28,7 @@
 //! bindings/tags/<repo-key>/_/<tag>                      the digest an immutable tag is bound to
 //! index/manifests/<repo-key>/_/<alg>-<hex>              a manifest record may exist (retention)
 //! index/tagged/<repo-key>/_/<alg>-<hex>/<tag>:<push>    a tag may name the manifest (retention)
+//! events/<endpoint>/<20-digit number>                   an event waiting for its endpoint
 //! index/blobs/<alg>/<hex>                               a blob record may exist (GC's list)
 //! index/holders/<alg>/<hex>/<repo-key>/_/link           the blob may be linked in a repository
 //! index/holders/<alg>/<hex>/<repo-key>/_/manifest/<alg>-<hex>
@@ -247,6 +250,21 @@ pub fn parse_tagged_entry(entry: &str) -> Option<(Tag, Option<i64>)> {
 /// own bytes' entry), below [`holders_prefix`].
 pub fn manifest_holders_in(name: &RepoName, digest: &Digest) -> String {
     format!("{}{}/_/manifest/", holders_prefix(digest), repo_key(name))
+}
+
+/// An event endpoint's counter: the number of its newest event (`crate::registry::events`).
+pub fn event_counter(endpoint: &str) -> String {
+    format!("events/{endpoint}/next")
+}
+
+/// Where an event endpoint's delivery is (`crate::registry::events::State`).
+pub fn event_state(endpoint: &str) -> String {
+    format!("events/{endpoint}/state")
+}
+
+/// Event number `n` of an endpoint's outbox (a blob store object, created exclusively).
+pub fn event(endpoint: &str, n: u64) -> String {
+    format!("events/{endpoint}/{n:020}")
 }
 
 /// A repository's manifests (retention's list of them).

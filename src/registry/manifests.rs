@@ -309,19 +309,15 @@ async fn set_tag<M: MetaStore, B: BlobStore>(
     let entry = keys::tag_entry(name, tag);
     target.pushed = Some((stores.now)());
     target.sequence = Some(stores.meta.increment(&keys::push_sequence(name), 1).await.map_err(internal)?);
-    // The manifest's entry for this tag before the tag: retention finds the tags of a manifest
-    // there (an entry whose tag never got its value is stale, and harmless).
-    blobs::mark(stores, &keys::tagged_entry(name, &target.digest, tag, target.sequence), Vec::new()).await?;
     target.tagged = true;
-    let before = tag_value(stores, name, tag).await?.map(|(target, _)| target);
+    let tagged = keys::tagged_entry(name, &target.digest, tag, target.sequence);
     for _ in 0..8 {
+        // The manifest's entry for this tag before each write of the tag: retention finds the
+        // tags of a manifest there (an entry whose tag never got its value is harmless), and may
+        // have removed it with the record this loop found replaced.
+        blobs::mark(stores, &tagged, Vec::new()).await?;
         blobs::mark(stores, &entry, Vec::new()).await?;
         stores.meta.set(&keys::tag(name, tag), target.to_value().as_bytes()).await.map_err(internal)?;
-        if let Some(before) = before.as_ref().filter(|b| b.tagged && b.sequence != target.sequence) {
-            // The entry of the value just replaced is stale for good (its push number is never
-            // used again): a tag moved again and again leaves no trail for retention to read.
-            blobs::remove(stores, &keys::tagged_entry(name, &before.digest, tag, before.sequence)).await?;
-        }
         blobs::mark(stores, &entry, Vec::new()).await?;
         match record(stores, name, &target.digest).await? {
             Some(now) if !target.names(&now) => target.generation = now.generation,
@@ -606,15 +602,24 @@ pub async fn forget<M: MetaStore, B: BlobStore>(
     Ok(())
 }
 
+/// A test of a tag's value (what stops [`tags_of`]).
+pub(crate) type TagTest<'a> = dyn Fn(&Tag, &TagTarget) -> bool + 'a;
+
 /// The tags of manifest `digest` found through its entries under [`keys::tagged_prefix`]: each
-/// with its value, read now. An entry whose tag names another digest or another push is stale
-/// for good (a push number is never used twice); with `prune`, stale entries are deleted.
+/// with its value, read now; with `until`, the first for which it is true ends the listing.
 /// Tags from before those entries are not found here until retention writes theirs.
+///
+/// `prune` (only once the manifest's record is removed) deletes the entries whose tag names
+/// another digest or another push. An entry may be a push's that has not written its value yet:
+/// that push then reads the record, finds it removed, stores it again and sets its tag with a
+/// new push number and entry, so nothing live loses its entry. While the record stands, entries
+/// are never deleted.
 pub(crate) async fn tags_of<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     name: &RepoName,
     digest: &Digest,
     prune: bool,
+    until: Option<&TagTest<'_>>,
 ) -> Result<Vec<(Tag, TagTarget, Vec<u8>)>> {
     let prefix = keys::tagged_prefix(name, digest);
     let mut found = Vec::new();
@@ -624,7 +629,11 @@ pub(crate) async fn tags_of<M: MetaStore, B: BlobStore>(
             let Some((tag, sequence)) = keys::parse_tagged_entry(&object[prefix.len()..]) else { continue };
             match tag_value(stores, name, &tag).await? {
                 Some((target, bytes)) if target.digest == *digest && target.sequence == sequence => {
-                    found.push((tag, target, bytes))
+                    let enough = until.is_some_and(|until| until(&tag, &target));
+                    found.push((tag, target, bytes));
+                    if enough {
+                        return Ok(found);
+                    }
                 }
                 _ if prune => blobs::remove(stores, &object).await?,
                 _ => {}
@@ -662,10 +671,10 @@ pub(crate) async fn untag_entered<M: MetaStore, B: BlobStore>(
     digest: &Digest,
     deleted: &ManifestRecord,
 ) -> Result<()> {
-    for (tag, _, _) in tags_of(stores, name, digest, true).await? {
+    for (tag, _, _) in tags_of(stores, name, digest, true, None).await? {
         remove_tag(stores, name, &tag, |target| target.digest == *digest && target.names(deleted)).await?;
     }
-    tags_of(stores, name, digest, true).await?;
+    tags_of(stores, name, digest, true, None).await?;
     Ok(())
 }
 
@@ -688,6 +697,6 @@ pub(crate) async fn untag<M: MetaStore, B: BlobStore>(
         }
     }
     // The entries of the tags just removed are stale now.
-    tags_of(stores, name, digest, true).await?;
+    tags_of(stores, name, digest, true, None).await?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! is checked by [`store_contract`].
 
 pub mod blobs;
+pub mod events;
 pub mod keys;
 pub mod manifests;
 pub mod quota;

@@ -126,6 +126,10 @@ pub struct OutRequest {
     /// Absolute: `http[s]://host[:port]/path?query`.
     pub url: String,
     pub headers: Vec<(http::HeaderName, String)>,
+    /// A body (event deliveries), else none.
+    pub body: Option<Vec<u8>>,
+    /// Seconds to wait for a first byte, or between two, when shorter than the host's default.
+    pub timeout_secs: Option<u64>,
 }
 
 /// An upstream's answer, its body not yet read.
@@ -149,8 +153,8 @@ pub trait Outbound<B: BlobStore> {
     /// What [`Outbound::settle`] takes: the relay's hold on the client's last bytes.
     type Verdict;
 
-    /// Send a request without a body. `Unavailable` when the upstream cannot be reached (or the
-    /// host refuses the destination: the message says which).
+    /// Send a request. `Unavailable` when the upstream cannot be reached (or the host refuses
+    /// the destination: the message says which).
     async fn send(&self, request: OutRequest) -> Result<OutResponse<Self::Body>, StoreError>;
     /// Read a body into memory, up to `limit` bytes; `None` if it is longer.
     async fn read(&self, body: Self::Body, limit: usize) -> Result<Option<Vec<u8>>, StoreError>;
@@ -214,6 +218,11 @@ pub struct Stores<M, B> {
 pub struct Events(std::cell::RefCell<std::collections::BTreeMap<&'static str, u64>>);
 
 impl Events {
+    /// How many of event `name` this request counted.
+    pub fn get(&self, name: &str) -> u64 {
+        self.0.borrow().get(name).copied().unwrap_or(0)
+    }
+
     /// `name=count` pairs, comma-separated (empty when nothing happened).
     pub fn summary(&self) -> String {
         self.0.borrow().iter().map(|(name, n)| format!("{name}={n}")).collect::<Vec<_>>().join(",")

@@ -23,12 +23,12 @@ fn body_of(response: types::Response) -> IncomingBody {
     IncomingBody { stream, end: BodyEnd::Host { trailers, _result: result } }
 }
 
-fn options() -> types::RequestOptions {
+fn options(bytes_timeout_secs: u64) -> types::RequestOptions {
     let options = types::RequestOptions::new();
     // A host that does not support a timeout leaves it unset (not an error).
     let _ = options.set_connect_timeout(Some(CONNECT_TIMEOUT_SECS * 1_000_000_000));
-    let _ = options.set_first_byte_timeout(Some(BYTES_TIMEOUT_SECS * 1_000_000_000));
-    let _ = options.set_between_bytes_timeout(Some(BYTES_TIMEOUT_SECS * 1_000_000_000));
+    let _ = options.set_first_byte_timeout(Some(bytes_timeout_secs * 1_000_000_000));
+    let _ = options.set_between_bytes_timeout(Some(bytes_timeout_secs * 1_000_000_000));
     options
 }
 
@@ -42,9 +42,20 @@ impl Outbound<WitBlobStore> for WitOutbound {
             request.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())).collect();
         let fields = Fields::from_list(&entries).map_err(|e| StoreError::Other(format!("request headers: {e:?}")))?;
         let (_, trailers) = wit_future::new(|| Ok(None));
-        let (outgoing, _sent) = types::Request::new(fields, None, trailers, Some(options()));
+        let timeout = request.timeout_secs.unwrap_or(BYTES_TIMEOUT_SECS).min(BYTES_TIMEOUT_SECS);
+        // A body (an event delivery's JSON) is written by a task of its own while the request
+        // is sent.
+        let contents = request.body.map(|body| {
+            let (mut writer, reader) = wit_stream::new::<u8>();
+            spin_sdk::wasip3::spawn(async move {
+                writer.write_all(body).await;
+            });
+            reader
+        });
+        let (outgoing, _sent) = types::Request::new(fields, contents, trailers, Some(options(timeout)));
         let method = match request.method.as_str() {
             "HEAD" => types::Method::Head,
+            "POST" => types::Method::Post,
             _ => types::Method::Get,
         };
         let built = berth_outbound::aim(&outgoing, &method, &url);

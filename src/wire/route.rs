@@ -15,6 +15,7 @@
 //! /v2/_berth/storage/check              AdminStorageCheck (the blob store contract, checked)
 //! /v2/_berth/gc                         AdminGc (one garbage collection step)
 //! /v2/_berth/metrics                    AdminMetrics (registry-wide figures, Prometheus format)
+//! /v2/_berth/events                     AdminEvents (each event endpoint's delivery state)
 //! ```
 //! Names may contain the words `blobs`, `manifests`, `tags` as components
 //! (`/v2/a/manifests/b/manifests/latest` names repository `a/manifests/b`): the endpoint is
@@ -46,6 +47,8 @@ pub enum Route {
     AdminGc,
     /// Berth's admin API: registry-wide figures in Prometheus' format.
     AdminMetrics,
+    /// Berth's admin API: each event endpoint's delivery state.
+    AdminEvents,
 }
 
 impl Route {
@@ -64,7 +67,8 @@ impl Route {
             | Route::AdminQuotaRecount
             | Route::AdminStorageCheck
             | Route::AdminGc
-            | Route::AdminMetrics => None,
+            | Route::AdminMetrics
+            | Route::AdminEvents => None,
         }
     }
 
@@ -93,6 +97,7 @@ impl Route {
             "/v2/_berth/storage/check" => return Ok(Route::AdminStorageCheck),
             "/v2/_berth/gc" => return Ok(Route::AdminGc),
             "/v2/_berth/metrics" => return Ok(Route::AdminMetrics),
+            "/v2/_berth/events" => return Ok(Route::AdminEvents),
             _ => path.strip_prefix("/v2/").ok_or_else(not_found)?,
         };
         let segments: Vec<&str> = rest.split('/').collect();

@@ -2,6 +2,7 @@
 //! [`limits`]), HTTPS with certificates reloaded when they change ([`tls`]), the request log
 //! ([`request_log`]) and the metrics listener ([`metrics`]).
 
+pub mod event_sender;
 pub mod limits;
 pub mod metrics;
 pub mod request_log;

@@ -225,8 +225,8 @@ pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
 
 /// The component's event counts for the request (`uploads_finished=1,...`): asked on every
 /// request, taken off every answer.
-const COUNT_EVENTS: &str = "x-berth-count-events";
-const EVENTS: &str = "x-berth-events";
+pub const COUNT_EVENTS: &str = "x-berth-count-events";
+pub const EVENTS: &str = "x-berth-events";
 
 /// Tell the component who is calling, as Spin does (`spin-client-addr`), replacing any value the
 /// client sent: the registry throttles failed logins per client address.
