@@ -57,7 +57,6 @@ pub async fn state<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>) -> Result<
 pub struct Asked {
     method: Method,
     route: Route,
-    content_type: Option<String>,
     origin: Option<String>,
     addr: Option<String>,
     user_agent: Option<String>,
@@ -68,7 +67,6 @@ impl Asked {
         Asked {
             method: req.method.clone(),
             route: route.clone(),
-            content_type: req.header(header::CONTENT_TYPE).map(str::to_owned),
             origin: req.origin.clone(),
             addr: req.header("spin-client-addr").map(str::to_owned),
             user_agent: req.header(header::USER_AGENT).map(str::to_owned),
@@ -110,11 +108,14 @@ pub async fn record_request<M: MetaStore, B: BlobStore, S>(
     if let Route::Blob(_, digest) = &asked.route {
         event.digest = Some(digest.to_string());
     }
-    event.media_type = match action {
-        Action::Push => asked.content_type.clone(),
-        _ => answered(header::CONTENT_TYPE),
-    };
-    event.size = answered(header::CONTENT_LENGTH).and_then(|n| n.parse().ok());
+    // A pushed or pulled manifest's type and size as stored (a push may have no Content-Type:
+    // the type is then the manifest's own `mediaType`).
+    let digest = event.digest.as_deref().and_then(|d| crate::wire::digest::Digest::parse(d).ok());
+    if let (Action::Push | Action::Pull, Some(digest)) = (action, &digest)
+        && let Some(record) = crate::registry::manifests::record(stores, name, digest).await?
+    {
+        (event.media_type, event.size) = (Some(record.media_type), Some(record.size));
+    }
     let mut tags = Vec::new();
     match reference.map(|r| Reference::parse(r)) {
         Some(Ok(Reference::Tag(tag))) => tags.push(tag.as_str().to_owned()),

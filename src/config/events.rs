@@ -110,7 +110,10 @@ impl Events {
                 outbox: DEFAULT_OUTBOX,
             };
             for word in words {
-                let (key, value) = word.split_once('=').ok_or_else(|| at(format!("{word:?} is not key=value")))?;
+                // Not quoted: a word may be part of a token.
+                let (key, value) = word
+                    .split_once('=')
+                    .ok_or_else(|| at("a setting is not key=value (spaces end a setting)".to_owned()))?;
                 match key {
                     "format" => {
                         endpoint.format = match value {
@@ -139,7 +142,7 @@ impl Events {
                             .split_once(':')
                             .filter(|(h, _)| http::HeaderName::from_bytes(h.as_bytes()).is_ok())
                             .filter(|(_, v)| http::HeaderValue::from_str(v).is_ok())
-                            .ok_or_else(|| at(format!("header={value:?} is not <Name>:<value>")))?;
+                            .ok_or_else(|| at("a header= is not <Name>:<value> (its value is not shown)".to_owned()))?;
                         endpoint.headers.push((header.to_ascii_lowercase(), text.to_owned()));
                     }
                     "outbox" => {

@@ -36,10 +36,12 @@ type Result<T> = std::result::Result<T, RegistryError>;
 pub const GAP_WAIT_SECS: u64 = 30;
 /// Events sent in one request (Distribution's envelope) at most.
 const BATCH: usize = 32;
-/// A sender holds an endpoint this long (renewed after each batch): longer than one request to
-/// the endpoint can take (`REQUEST_TIMEOUT_SECS` to connect, and as much for its answer).
+/// A sender holds an endpoint this long (renewed after each batch): far longer than a step can
+/// take. A step starts no request after [`STEP_SECS`], and one request takes at most the host's
+/// connect timeout (10 s) and [`REQUEST_TIMEOUT_SECS`] for the answer's head (its body is not
+/// read), so a step ends within 25 s.
 const LEASE_SECS: u64 = 90;
-/// A step stops sending after this long (the next one goes on).
+/// A step starts no request after this long (the next one goes on).
 const STEP_SECS: u64 = 5;
 /// Seconds to wait for an endpoint's first byte, or between two.
 const REQUEST_TIMEOUT_SECS: u64 = 10;
@@ -112,8 +114,9 @@ pub async fn record<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, action: A
     let repository = RepoName::parse(&event.repository).ok();
     let wanted = |e: &&Endpoint| match &repository {
         Some(name) => e.wants(action, name),
-        // Garbage collection's blobs belong to no repository: every endpoint that wants them.
-        None => e.actions.contains(&action),
+        // Garbage collection's blobs belong to no repository (and may be any team's): only
+        // endpoints for every repository get them.
+        None => e.actions.contains(&action) && e.repositories.iter().any(|g| g == "*"),
     };
     let json = serde_json::to_vec(event).expect("events serialize");
     for endpoint in stores.config.events.iter().filter(wanted) {
@@ -183,7 +186,15 @@ pub async fn deliver<M: MetaStore, B: BlobStore, O: Outbound<B>>(
 ) -> Result<Vec<Delivered>> {
     let mut all = Vec::new();
     for endpoint in stores.config.events.iter() {
-        all.push(Sender { stores, outbound, endpoint }.step().await?);
+        // One endpoint's store error does not hold up the others (its lease runs out).
+        match (Sender { stores, outbound, endpoint }.step().await) {
+            Ok(done) => all.push(done),
+            Err(err) => {
+                let why = err.detail.clone().unwrap_or_else(|| err.code.message().to_owned());
+                stores.log(format_args!("events: endpoint {}: delivery step failed: {why}", endpoint.name));
+                all.push(Delivered { endpoint: endpoint.name.clone(), failed: Some(why), ..Default::default() });
+            }
+        }
     }
     Ok(all)
 }
@@ -248,7 +259,7 @@ impl<M: MetaStore, B: BlobStore, O: Outbound<B>> Sender<'_, M, B, O> {
                 Next::Gap => break,
             };
             let events: Vec<&Event> = batch.iter().filter_map(|(_, e)| e.as_ref()).collect();
-            let (sent, failure) = self.send(&events).await;
+            let (sent, failure) = self.send(&events, now + STEP_SECS).await;
             // The numbers up to the last event sent (and the tombstones before the next).
             let mut through = state.delivered;
             let mut left = sent;
@@ -266,7 +277,7 @@ impl<M: MetaStore, B: BlobStore, O: Outbound<B>> Sender<'_, M, B, O> {
             stores.count("events_delivered", sent as u64);
             if let Some(why) = failure {
                 state.failures += 1;
-                let pause = (1u64 << state.failures.min(6).saturating_sub(1)).min(MAX_BACKOFF_SECS);
+                let pause = (1u64 << (state.failures - 1).min(6)).min(MAX_BACKOFF_SECS);
                 state.retry_at = (stores.now)() + pause;
                 stores.log(format_args!("events: endpoint {name}: {why}; trying again in {pause} s"));
                 stores.count("events_failed", 1);
@@ -283,10 +294,15 @@ impl<M: MetaStore, B: BlobStore, O: Outbound<B>> Sender<'_, M, B, O> {
             }
             held = saved;
         }
-        // Delivered events' objects go (a few at a time), then the lease is given back.
+        // Delivered events' objects go (a few at a time), then the lease is given back. A
+        // tombstone stays: its number's request may still live, and must find it taken.
         let upto = state.delivered.min(state.pruned + PRUNE);
         for n in state.pruned + 1..=upto {
-            match stores.blobs.delete(&keys::event(name, n)).await {
+            let object = keys::event(name, n);
+            if stores.blobs.size(&object).await.is_ok_and(|size| size == TOMBSTONE.len() as u64) {
+                continue;
+            }
+            match stores.blobs.delete(&object).await {
                 Ok(()) | Err(StoreError::NotFound) => {}
                 Err(err) => return Err(internal(err)),
             }
@@ -348,8 +364,8 @@ impl<M: MetaStore, B: BlobStore, O: Outbound<B>> Sender<'_, M, B, O> {
     }
 
     /// Send `events` in the endpoint's format: how many it took, in order, and why it stopped
-    /// taking them.
-    async fn send(&self, events: &[&Event]) -> (usize, Option<String>) {
+    /// taking them (none when the step's time, `until`, ended it).
+    async fn send(&self, events: &[&Event], until: u64) -> (usize, Option<String>) {
         if events.is_empty() {
             return (0, None);
         }
@@ -364,6 +380,9 @@ impl<M: MetaStore, B: BlobStore, O: Outbound<B>> Sender<'_, M, B, O> {
             }
             Format::CloudEvents => {
                 for (i, event) in events.iter().enumerate() {
+                    if i > 0 && (self.stores.now)() >= until {
+                        return (i, None);
+                    }
                     if let Err(why) = self.post("application/cloudevents+json", &cloud_event(event)).await {
                         return (i, Some(why));
                     }
@@ -393,9 +412,10 @@ impl<M: MetaStore, B: BlobStore, O: Outbound<B>> Sender<'_, M, B, O> {
             timeout_secs: Some(REQUEST_TIMEOUT_SECS),
         };
         let response = self.outbound.send(request).await.map_err(|e| format!("not reached: {e}"))?;
+        // The answer's body is not read: a receiver that trickles it would hold the step (and
+        // the lease) for as long as it liked.
         let status = response.status;
-        // The answer's body is read (and dropped) so that the connection can be reused.
-        let _ = self.outbound.read(response.body, 64 * 1024).await;
+        drop(response);
         if (200..300).contains(&status) { Ok(()) } else { Err(format!("answered {status}")) }
     }
 }
@@ -470,4 +490,137 @@ fn cloud_event(event: &Event) -> serde_json::Value {
             "requestId": event.request_id,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::events::Events;
+    use crate::registry::store::OutResponse;
+    use crate::testing::{MemBlobs, advance_clock, block_on, memory_stores};
+    use std::cell::RefCell;
+
+    /// An endpoint that answers each request with the next status of `answers` (200 once they
+    /// run out), and keeps what it took.
+    #[derive(Default)]
+    struct Endpoint {
+        answers: RefCell<Vec<u16>>,
+        taken: RefCell<Vec<serde_json::Value>>,
+    }
+
+    impl Outbound<MemBlobs> for Endpoint {
+        type Body = ();
+        type Verdict = ();
+
+        async fn send(&self, request: OutRequest) -> std::result::Result<OutResponse<()>, StoreError> {
+            let status = if self.answers.borrow().is_empty() { 200 } else { self.answers.borrow_mut().remove(0) };
+            if status == 200 {
+                self.taken.borrow_mut().push(serde_json::from_slice(&request.body.unwrap()).unwrap());
+            }
+            Ok(OutResponse { status, headers: http::HeaderMap::new(), body: () })
+        }
+
+        async fn read(&self, _: (), _: usize) -> std::result::Result<Option<Vec<u8>>, StoreError> {
+            Ok(Some(Vec::new()))
+        }
+
+        fn relay(&self, _: ()) -> (Vec<u8>, Vec<u8>, ()) {
+            (Vec::new(), Vec::new(), ())
+        }
+
+        fn settle(&self, _: (), _: bool) {}
+
+        async fn pause(&self, _: u64) {}
+    }
+
+    impl Endpoint {
+        /// The tags of the events taken, in order (a resend shows twice).
+        fn tags(&self) -> Vec<String> {
+            let mut tags = Vec::new();
+            for body in self.taken.borrow().iter() {
+                let events =
+                    body.get("events").and_then(|e| e.as_array().cloned()).unwrap_or_else(|| vec![body.clone()]);
+                for event in events {
+                    let tag = event["target"]["tag"].as_str().or(event["data"]["tag"].as_str()).unwrap().to_owned();
+                    tags.push(tag);
+                }
+            }
+            tags
+        }
+    }
+
+    fn stores_with(events: &str) -> crate::testing::api::Mem {
+        let mut stores = memory_stores();
+        stores.config.events = Events::parse(events).unwrap();
+        stores
+    }
+
+    fn push_event(stores: &crate::testing::api::Mem, tag: &str) {
+        let mut event = Event::new(stores, Action::Push, "r");
+        event.tag = Some(tag.to_owned());
+        block_on(record(stores, Action::Push, &event)).unwrap();
+    }
+
+    #[test]
+    fn a_number_never_written_is_waited_for_then_given_up_and_its_writer_finds_it_taken() {
+        let stores = stores_with("hook http://receiver.test/");
+        let endpoint = Endpoint::default();
+        // A request took number 1 and has not written its event (slow, or dead).
+        assert_eq!(block_on(stores.meta.increment(&keys::event_counter("hook"), 1)).unwrap(), 1);
+        push_event(&stores, "second");
+        let step = block_on(deliver(&stores, &endpoint)).unwrap();
+        assert_eq!((step[0].sent, step[0].waiting), (0, 2), "the gap holds back what follows it");
+        advance_clock(GAP_WAIT_SECS + 1);
+        let step = block_on(deliver(&stores, &endpoint)).unwrap();
+        assert_eq!(step[0].sent, 1);
+        assert_eq!(endpoint.tags(), ["second"]);
+        // The slow request's create now fails: it records again under a new number.
+        let late = block_on(stores.blobs.write_bytes(&keys::event("hook", 1), b"{}".to_vec()));
+        assert!(matches!(late, Err(StoreError::AlreadyExists)), "{late:?}");
+        push_event(&stores, "first, again");
+        block_on(deliver(&stores, &endpoint)).unwrap();
+        assert_eq!(endpoint.tags(), ["second", "first, again"]);
+    }
+
+    #[test]
+    fn a_failed_request_backs_off_and_the_next_step_sends_from_where_it_stopped_in_order() {
+        let stores = stores_with("hook http://receiver.test/ format=cloudevents");
+        let endpoint = Endpoint { answers: RefCell::new(vec![200, 200, 503]), ..Default::default() };
+        for tag in ["a", "b", "c", "d"] {
+            push_event(&stores, tag);
+        }
+        let step = block_on(deliver(&stores, &endpoint)).unwrap();
+        assert_eq!(step[0].sent, 2);
+        assert_eq!(step[0].failed.as_deref(), Some("answered 503"));
+        let idle = block_on(deliver(&stores, &endpoint)).unwrap();
+        assert!(idle[0].idle, "backing off");
+        advance_clock(1);
+        block_on(deliver(&stores, &endpoint)).unwrap();
+        assert_eq!(endpoint.tags(), ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_sender_holding_the_lease_keeps_others_out_until_it_runs_out() {
+        let stores = stores_with("hook http://receiver.test/");
+        let endpoint = Endpoint::default();
+        push_event(&stores, "a");
+        // Another instance took the lease and died.
+        let state = State { lease: (stores.now)() + LEASE_SECS, holder: "other".into(), ..Default::default() };
+        block_on(stores.meta.set(&keys::event_state("hook"), &serde_json::to_vec(&state).unwrap())).unwrap();
+        assert!(block_on(deliver(&stores, &endpoint)).unwrap()[0].idle);
+        assert!(endpoint.tags().is_empty());
+        advance_clock(LEASE_SECS);
+        block_on(deliver(&stores, &endpoint)).unwrap();
+        assert_eq!(endpoint.tags(), ["a"]);
+    }
+
+    #[test]
+    fn garbage_collections_events_go_only_to_endpoints_for_every_repository() {
+        let stores = stores_with("all http://a.test/ actions=gc; team http://t.test/ actions=gc repositories=team/*");
+        let event = Event::new(&stores, Action::Gc, "");
+        block_on(record(&stores, Action::Gc, &event)).unwrap();
+        let newest =
+            |name: &str| block_on(stores.meta.get(&keys::event_counter(name))).unwrap().map(|c| counter_value(&c));
+        assert_eq!((newest("all"), newest("team")), (Some(1), None));
+    }
 }
