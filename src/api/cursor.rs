@@ -12,16 +12,22 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-/// The sealing key: from the deployment's secrets ([`AuthConfig::derived_key`]).
-fn key(auth: &AuthConfig) -> Key {
-    auth.derived_key(b"berth catalog cursor v1").into()
-}
+/// The catalog's sealing key's purpose (keys come from the deployment's secrets,
+/// [`AuthConfig::derived_key`]).
+const CATALOG: &[u8] = b"berth catalog cursor v1";
 
 /// Seal `position` (a repository name) with a fresh nonce from `random`.
 pub fn seal(auth: &AuthConfig, position: &str, random: [u8; 16]) -> String {
+    seal_for(auth, CATALOG, position, random)
+}
+
+/// Seal `text` under the key for `purpose` (each use its own key: a catalog cursor is never a
+/// web UI session).
+pub fn seal_for(auth: &AuthConfig, purpose: &[u8], text: &str, random: [u8; 16]) -> String {
     let nonce: [u8; 12] = random[..12].try_into().expect("12 of 16 bytes");
-    let sealed = ChaCha20Poly1305::new(&key(auth))
-        .encrypt(&Nonce::from(nonce), position.as_bytes())
+    let key: Key = auth.derived_key(purpose).into();
+    let sealed = ChaCha20Poly1305::new(&key)
+        .encrypt(&Nonce::from(nonce), text.as_bytes())
         .expect("sealing a short text cannot fail");
     let mut out = nonce.to_vec();
     out.extend_from_slice(&sealed);
@@ -30,13 +36,19 @@ pub fn seal(auth: &AuthConfig, position: &str, random: [u8; 16]) -> String {
 
 /// The position a cursor holds; `None` when it was not sealed here (or under other secrets).
 pub fn open(auth: &AuthConfig, cursor: &str) -> Option<String> {
+    open_for(auth, CATALOG, cursor)
+}
+
+/// What [`seal_for`] sealed for `purpose`; `None` for anything else.
+pub fn open_for(auth: &AuthConfig, purpose: &[u8], cursor: &str) -> Option<String> {
     let bytes = B64.decode(cursor).ok()?;
     if bytes.len() < 12 {
         return None;
     }
     let (nonce, sealed) = bytes.split_at(12);
     let nonce: [u8; 12] = nonce.try_into().ok()?;
-    let plain = ChaCha20Poly1305::new(&key(auth)).decrypt(&Nonce::from(nonce), sealed).ok()?;
+    let key: Key = auth.derived_key(purpose).into();
+    let plain = ChaCha20Poly1305::new(&key).decrypt(&Nonce::from(nonce), sealed).ok()?;
     String::from_utf8(plain).ok()
 }
 

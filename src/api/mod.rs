@@ -17,6 +17,7 @@ mod mirror;
 mod referrers;
 mod tags;
 mod token;
+mod ui;
 mod uploads;
 
 use crate::auth::{self, Denied};
@@ -147,6 +148,10 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     // Before any authentication: probes carry no credentials, and answer nothing private.
     if health::serves(&req.path) {
         return Ok((health::handle(stores, outbound, &req).await?, None));
+    }
+    // The web UI checks access itself, page by page, for the session's user (`ui`).
+    if ui::serves(&req.path) {
+        return Ok((ui::handle(stores, req).await?, None));
     }
     // Anyone may ask for a delivery step: it sends only what the outbox holds (`events`).
     if req.path == events::DELIVER_PATH {
