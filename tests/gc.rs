@@ -635,21 +635,6 @@ async fn gc_racing_32_pushers_and_a_deleter_on_the_same_tags_and_layers_over_two
     gc_races_pushers_and_deleters(options, Store::S3(&s3), "Redis and S3, two front ends", 2, Some(&redis)).await;
 }
 
-/// Push, by HTTP, an artifact whose subject is `subject` (as cosign or oras attach a signature).
-async fn attach(reg: &Registry, repo: &str, subject: &common::oci_layout::Written, payload: &[u8]) -> String {
-    let config = reg.push_blob(repo, b"{}").await;
-    let layer = reg.push_blob(repo, payload).await;
-    let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","artifactType":"application/vnd.example.signature","config":{{"mediaType":"{OCI_EMPTY}","digest":"{config}","size":2}},"layers":[{{"mediaType":"application/octet-stream","digest":"{layer}","size":{}}}],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{}}}}}"#,
-        payload.len(),
-        subject.digest,
-        subject.size
-    );
-    let digest = sha256(manifest.as_bytes());
-    assert_eq!(reg.put_manifest(repo, &digest, OCI_MANIFEST, manifest.as_bytes()).await.status(), 201);
-    digest
-}
-
 #[tokio::test]
 async fn retention_keeps_the_last_tags_with_their_index_children_and_signatures_and_its_dry_run_agrees() {
     let leg = Leg::http_with(vars(&[("retention", "apps/* keep_last=2 untagged_after=1s"), ("gc_grace_seconds", "0")]));
@@ -670,8 +655,8 @@ async fn retention_keeps_the_last_tags_with_their_index_children_and_signatures_
     push(&v1, OCI_MANIFEST, "v1");
     push(&v2, OCI_MANIFEST, "v2");
     push(&multi, OCI_INDEX, "multi");
-    let signature_v1 = attach(&reg, "apps/web", &v1, b"signed v1").await;
-    let signature_v2 = attach(&reg, "apps/web", &v2, b"signed v2").await;
+    let signature_v1 = reg.attach("apps/web", &v1, "application/vnd.example.signature", b"signed v1").await;
+    let signature_v2 = reg.attach("apps/web", &v2, "application/vnd.example.signature", b"signed v2").await;
     std::thread::sleep(std::time::Duration::from_millis(1_100)); // past untagged_after
 
     let planned = gc_cli(&leg, &["--dry-run"], None);

@@ -16,6 +16,8 @@ fn guarded() -> (tempfile::TempDir, Runner, Registry) {
         ("auth_mode", "basic"),
         ("auth_users", &format!("{}:{SECRET_HASH}", ADMIN.0)),
         ("auth_policy", &format!("* {} *,admin; public/* anonymous pull", ADMIN.0)),
+        // Seals the UI's sessions (in basic mode too: the users' hashes must not make one).
+        ("auth_token_secret", TOKEN_SECRET),
     ]);
     let (dir, runner, _) = start_registry(RunnerOptions { args, ..Default::default() });
     // The admin's client (Basic), for the pushes.
@@ -81,7 +83,7 @@ async fn logging_in_shows_the_users_repositories_and_logging_out_ends_it_with_cs
     let client = browser();
     let ui = |path: &str| format!("{}{path}", runner.url);
     let form = client.get(ui("/ui/login")).send().await.unwrap();
-    let csrf_cookie = set_cookie(&form, "berth_csrf").expect("a CSRF cookie");
+    let csrf_cookie = set_cookie(&form, "__Host-berth_csrf").expect("a CSRF cookie");
     let headers = form.headers().clone();
     let html = form.text().await.unwrap();
     let csrf = csrf_of(&html);
@@ -113,30 +115,33 @@ async fn logging_in_shows_the_users_repositories_and_logging_out_ends_it_with_cs
     assert_eq!(login.status(), 303);
     let cookie_line =
         login.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>();
-    let session_line = cookie_line.iter().find(|c| c.starts_with("berth_ui=")).expect("a session cookie");
-    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/ui"] {
+    let session_line = cookie_line.iter().find(|c| c.starts_with("__Host-berth_ui=")).expect("a session cookie");
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/;"] {
         assert!(session_line.contains(attribute), "{session_line}");
     }
-    let session = set_cookie(&login, "berth_ui").unwrap();
+    let session = set_cookie(&login, "__Host-berth_ui").unwrap();
     let cookies = format!("{csrf_cookie}; {session}");
     let (_, html) = page(&client, &ui("/ui/"), &cookies).await;
     assert!(html.contains("private/secret") && html.contains(ADMIN.0), "{html}");
     let (status, _) = page(&client, &ui("/ui/repo/private/secret"), &cookies).await;
     assert_eq!(status, 200);
     // A session sealed for another deployment (or tampered with) is nobody's.
-    let (_, anonymous) = page(&client, &ui("/ui/"), &format!("{csrf_cookie}; berth_ui=AAAA{}", &session[9..])).await;
-    assert!(!anonymous.contains("private/secret"));
+    let value = &session["__Host-berth_ui=".len()..];
+    let tampered = format!("{csrf_cookie}; __Host-berth_ui=AAAA{}", &value[4..]);
+    let (status, anonymous) = page(&client, &ui("/ui/"), &tampered).await;
+    assert_eq!(status, 200);
+    assert!(!anonymous.contains("private/secret") && anonymous.contains("Log in"), "{anonymous}");
     let logout =
         client.post(ui("/ui/logout")).header("cookie", &cookies).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
     assert_eq!(logout.status(), 303);
-    assert_eq!(set_cookie(&logout, "berth_ui").as_deref(), Some("berth_ui="));
+    assert_eq!(set_cookie(&logout, "__Host-berth_ui").as_deref(), Some("__Host-berth_ui="));
 }
 
 #[tokio::test]
 async fn repositories_are_listed_a_page_at_a_time_and_counts_hide_private_ones() {
     let (_dir, runner, reg) = guarded();
-    // 120 public repositories, and 60 private ones that the same search prefix matches, all
-    // sorting among them (`public-x/...` comes after `public/...`, `public/r...z` between).
+    // 120 public repositories, and 60 private ones that the same search prefix matches
+    // (`public-x/...` sorts before `public/...`: the first page looks past them all).
     for i in 0..60 {
         reg.push_image(&format!("public/r{i:03}"), "v1", 3).await;
         reg.push_image(&format!("public/r{i:03}x"), "v1", 3).await;
@@ -180,12 +185,12 @@ async fn the_pages_show_platforms_layers_config_and_referrers_and_the_pull_comma
     leg.push_layout(&layout_dir, "multi", "apps/web:multi", true);
     layout.tag(&amd64, OCI_MANIFEST, "v1");
     leg.push_layout(&layout_dir, "v1", "apps/web:v1", false);
-    let signature = attach(&reg, "apps/web", &amd64, "application/vnd.dev.cosign.artifact.sig.v1+json", b"sig").await;
-    let sbom = attach(&reg, "apps/web", &amd64, "application/spdx+json", b"{\"spdxVersion\":\"SPDX-2.3\"}").await;
+    let signature = reg.attach("apps/web", &amd64, "application/vnd.dev.cosign.artifact.sig.v1+json", b"sig").await;
+    let sbom = reg.attach("apps/web", &amd64, "application/spdx+json", b"{\"spdxVersion\":\"SPDX-2.3\"}").await;
     let client = browser();
     let ui = |path: &str| format!("{}{path}", leg.runner.url);
     let (_, tags) = page(&client, &ui("/ui/repo/apps/web"), "").await;
-    assert!(tags.contains("linux/amd64, linux/arm64"), "{tags}");
+    assert!(tags.contains("linux/amd64, linux/arm64") && tags.contains("index of 2"), "{tags}");
     assert!(tags.contains(">multi<") && tags.contains(">v1<"));
     let (_, by_tag) = page(&client, &ui(&format!("/ui/repo/apps/web/manifest/{}?tag=v1", amd64.digest)), "").await;
     assert!(by_tag.contains(&format!("docker pull {}/apps/web:v1", leg.host)), "{by_tag}");
@@ -223,39 +228,27 @@ async fn the_pages_show_platforms_layers_config_and_referrers_and_the_pull_comma
     screenshots(
         &leg.runner.url,
         &[
-            ("repositories", "/ui/".to_owned()),
-            ("tags", "/ui/repo/apps/web".to_owned()),
-            ("index", format!("/ui/repo/apps/web/manifest/{}", multi.digest)),
-            ("image", format!("/ui/repo/apps/web/manifest/{}", amd64.digest)),
-            ("login", "/ui/login".to_owned()),
+            ("repositories", "/ui/".to_owned(), "<h1>Repositories</h1>".to_owned()),
+            ("tags", "/ui/repo/apps/web".to_owned(), "<h1>apps/web</h1>".to_owned()),
+            (
+                "index",
+                format!("/ui/repo/apps/web/manifest/{}", multi.digest),
+                format!("<h1>apps/web@{}</h1>", &multi.digest[7..19]),
+            ),
+            (
+                "image",
+                format!("/ui/repo/apps/web/manifest/{}?tag=v1", amd64.digest),
+                format!("<h1>apps/web@{}</h1>", &amd64.digest[7..19]),
+            ),
+            ("login", "/ui/login".to_owned(), "<h1>Log in</h1>".to_owned()),
         ],
     );
-}
-
-async fn attach(
-    reg: &Registry,
-    repo: &str,
-    subject: &common::oci_layout::Written,
-    artifact_type: &str,
-    payload: &[u8],
-) -> String {
-    let config = reg.push_blob(repo, b"{}").await;
-    let layer = reg.push_blob(repo, payload).await;
-    let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","artifactType":"{artifact_type}","config":{{"mediaType":"{OCI_EMPTY}","digest":"{config}","size":2}},"layers":[{{"mediaType":"application/octet-stream","digest":"{layer}","size":{}}}],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{}}}}}"#,
-        payload.len(),
-        subject.digest,
-        subject.size
-    );
-    let digest = sha256(manifest.as_bytes());
-    assert_eq!(reg.put_manifest(repo, &digest, OCI_MANIFEST, manifest.as_bytes()).await.status(), 201);
-    digest
 }
 
 /// Headless Chromium (Debian's `chromium`) renders each page; the screenshots go to
 /// `target/ui-screenshots/` (and `docs/ui/` with `BERTH_UPDATE_SCREENSHOTS=1`), and each must be
 /// a PNG of the page (not an error page: the DOM Chromium built has the page's heading).
-fn screenshots(base: &str, pages: &[(&str, String)]) {
+fn screenshots(base: &str, pages: &[(&str, String, String)]) {
     ensure_installed("chromium");
     let chromium = ["chromium", "chromium-browser"].into_iter().find(|c| which(c)).expect("chromium is installed");
     let out = repo_root().join("target/ui-screenshots");
@@ -278,11 +271,11 @@ fn screenshots(base: &str, pages: &[(&str, String)]) {
         args.extend(extra.iter().cloned());
         args
     };
-    for (name, path) in pages {
+    for (name, path, heading) in pages {
         let url = format!("{base}{path}");
         let dom = Command::new(chromium).args(flags(&[s(&["--dump-dom"])[0].clone(), url.clone()])).output().unwrap();
         let dom = String::from_utf8_lossy(&dom.stdout);
-        assert!(dom.contains("<h1>") && dom.contains("Berth"), "{name}: Chromium rendered {dom}");
+        assert!(dom.contains(heading.as_str()), "{name}: Chromium rendered {dom}");
         let file = out.join(format!("{name}.png"));
         let shot = Command::new(chromium)
             .args(flags(&[format!("--screenshot={}", file.display()), url.clone()]))
@@ -301,4 +294,28 @@ fn screenshots(base: &str, pages: &[(&str, String)]) {
 
 fn which(program: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test]
+async fn without_a_token_secret_the_form_says_sessions_need_one_and_sets_none() {
+    let args = vars(&[
+        ("auth_mode", "basic"),
+        ("auth_users", &format!("{}:{SECRET_HASH}", ADMIN.0)),
+        ("auth_policy", &format!("* {} *", ADMIN.0)),
+    ]);
+    let (_dir, runner, _) = start_registry(RunnerOptions { args, ..Default::default() });
+    let client = browser();
+    let form = client.get(format!("{}/ui/login", runner.url)).send().await.unwrap();
+    let csrf_cookie = set_cookie(&form, "__Host-berth_csrf").unwrap();
+    let csrf = csrf_of(&form.text().await.unwrap());
+    let login = client
+        .post(format!("{}/ui/login", runner.url))
+        .header("cookie", &csrf_cookie)
+        .form(&[("csrf", csrf.as_str()), ("user", ADMIN.0), ("password", ADMIN.1)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 403);
+    assert!(set_cookie(&login, "__Host-berth_ui").is_none());
+    assert!(login.text().await.unwrap().contains("auth_token_secret"));
 }

@@ -22,10 +22,15 @@ pub fn seal(auth: &AuthConfig, position: &str, random: [u8; 16]) -> String {
 }
 
 /// Seal `text` under the key for `purpose` (each use its own key: a catalog cursor is never a
-/// web UI session).
+/// web UI cursor).
 pub fn seal_for(auth: &AuthConfig, purpose: &[u8], text: &str, random: [u8; 16]) -> String {
+    seal_with(&auth.derived_key(purpose), text, random)
+}
+
+/// Seal `text` under `key`.
+pub fn seal_with(key: &[u8; 32], text: &str, random: [u8; 16]) -> String {
     let nonce: [u8; 12] = random[..12].try_into().expect("12 of 16 bytes");
-    let key: Key = auth.derived_key(purpose).into();
+    let key: Key = (*key).into();
     let sealed = ChaCha20Poly1305::new(&key)
         .encrypt(&Nonce::from(nonce), text.as_bytes())
         .expect("sealing a short text cannot fail");
@@ -41,13 +46,18 @@ pub fn open(auth: &AuthConfig, cursor: &str) -> Option<String> {
 
 /// What [`seal_for`] sealed for `purpose`; `None` for anything else.
 pub fn open_for(auth: &AuthConfig, purpose: &[u8], cursor: &str) -> Option<String> {
+    open_with(&auth.derived_key(purpose), cursor)
+}
+
+/// What [`seal_with`] sealed under `key`; `None` for anything else.
+pub fn open_with(key: &[u8; 32], cursor: &str) -> Option<String> {
     let bytes = B64.decode(cursor).ok()?;
     if bytes.len() < 12 {
         return None;
     }
     let (nonce, sealed) = bytes.split_at(12);
     let nonce: [u8; 12] = nonce.try_into().ok()?;
-    let key: Key = auth.derived_key(purpose).into();
+    let key: Key = (*key).into();
     let plain = ChaCha20Poly1305::new(&key).decrypt(&Nonce::from(nonce), sealed).ok()?;
     String::from_utf8(plain).ok()
 }

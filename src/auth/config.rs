@@ -7,7 +7,7 @@
 //! | `auth_users` | htpasswd lines `name:$2y$10$...` (bcrypt), separated by newlines or `,` |
 //! | `auth_groups` | `group: user user ...` entries, separated by newlines or `;` |
 //! | `auth_policy` | rules, see [`super::policy`] |
-//! | `auth_token_secret` | the HMAC-SHA256 signing key, at least 32 characters (token mode) |
+//! | `auth_token_secret` | the HMAC-SHA256 signing key, at least 32 characters (token mode; in basic mode, optional: it seals the web UI's sessions) |
 //! | `auth_token_lifetime_seconds` | access tokens' lifetime, default 300 |
 //! | `auth_refresh_token_lifetime_seconds` | refresh tokens' lifetime, default 30 days |
 //! | `auth_service` | the `service` of challenges and the tokens' `aud` and `iss`, default `berth` |
@@ -154,6 +154,19 @@ impl AuthConfig {
         }
     }
 
+    /// A 32-byte key for `purpose` from the token secret alone (`auth_token_secret`), in any
+    /// mode; `None` without one. What a holder of the users' hashes must not be able to make
+    /// (the web UI's sessions) is sealed with it.
+    pub fn secret_key(&self, purpose: &[u8]) -> Option<[u8; 32]> {
+        use hmac::{KeyInit, Mac};
+        if self.secret.is_empty() {
+            return None;
+        }
+        let mut mac = <hmac::Hmac<sha2::Sha256>>::new_from_slice(purpose).expect("any key length");
+        mac.update(&self.secret);
+        Some(mac.finalize().into_bytes().into())
+    }
+
     /// A 32-byte key for `purpose`, derived from what only this deployment knows: the token
     /// secret (token mode) or the users' hashes (basic mode); every instance derives the same.
     pub fn derived_key(&self, purpose: &[u8]) -> [u8; 32] {
@@ -223,6 +236,18 @@ impl AuthConfig {
             number("auth_login_failures_per_user", DEFAULT_FAILURES_PER_USER as u64, 1_000_000)? as i64;
         config.throttle.per_address =
             number("auth_login_failures_per_address", DEFAULT_FAILURES_PER_ADDRESS as u64, 1_000_000)? as i64;
+        // In basic mode the secret, when set, seals the web UI's sessions (and nothing else).
+        if mode == Mode::Basic
+            && let Some(secret) = get("auth_token_secret").filter(|s| !s.is_empty())
+        {
+            if secret.len() < MIN_SECRET_LEN {
+                return Err(fail(
+                    "auth_token_secret",
+                    format!("is shorter than {MIN_SECRET_LEN} characters (e.g. `openssl rand -hex 32`)"),
+                ));
+            }
+            config.secret = secret.into_bytes();
+        }
         if mode == Mode::Token {
             let secret = get("auth_token_secret").unwrap_or_default();
             if secret.len() < MIN_SECRET_LEN {

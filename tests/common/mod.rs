@@ -742,6 +742,28 @@ impl Registry {
     }
 
     /// Push config + one layer + an image manifest under `reference`; returns (manifest bytes, digest).
+    /// Push, by HTTP, an artifact of `artifact_type` whose subject is `subject` (as cosign, oras
+    /// or notation attach a signature or an SBOM): its digest.
+    pub async fn attach(
+        &self,
+        repo: &str,
+        subject: &oci_layout::Written,
+        artifact_type: &str,
+        payload: &[u8],
+    ) -> String {
+        let config = self.push_blob(repo, b"{}").await;
+        let layer = self.push_blob(repo, payload).await;
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","artifactType":"{artifact_type}","config":{{"mediaType":"{OCI_EMPTY}","digest":"{config}","size":2}},"layers":[{{"mediaType":"application/octet-stream","digest":"{layer}","size":{}}}],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{}}}}}"#,
+            payload.len(),
+            subject.digest,
+            subject.size
+        );
+        let digest = sha256(manifest.as_bytes());
+        assert_eq!(self.put_manifest(repo, &digest, OCI_MANIFEST, manifest.as_bytes()).await.status(), 201);
+        digest
+    }
+
     pub async fn push_image(&self, repo: &str, reference: &str, seed: u64) -> (Vec<u8>, String) {
         let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":{seed}}}"#).into_bytes();
         let layer = PseudoRandom::bytes(seed, 1000 + seed as usize);

@@ -7,16 +7,20 @@
 //! GET  /ui/repo/<name>/manifest/<digest>     layers, config, platforms, referrers, pull commands
 //! GET  /ui/login, POST /ui/login             a form; the session cookie
 //! POST /ui/logout
-//! GET  /ui/style.css
+//! GET  /ui/style-1.css
 //! ```
 //!
 //! **Access.** A page shows a repository only to a caller the policy lets pull it (everyone when
 //! authentication is off); a repository the caller may not pull answers exactly as one that does
-//! not exist, and never appears in a listing, a search or a count. The caller is the user of the
-//! session cookie (`berth_ui`: the user and an expiry, sealed with ChaCha20-Poly1305 under a key
-//! derived from the deployment's secrets; `HttpOnly; Secure; SameSite=Strict`), else anonymous.
-//! Forms that change state (log in, log out) carry a CSRF token that must equal the `berth_csrf`
-//! cookie (double submit, besides `SameSite=Strict`).
+//! not exist, and never appears in a listing or a search. The caller is the user of the session
+//! cookie (`__Host-berth_ui`: the user, an expiry and a digest of the user's password hash,
+//! sealed with ChaCha20-Poly1305 under a key from `auth_token_secret` alone, so that neither the
+//! users' hashes nor an old password make one; `HttpOnly; Secure; SameSite=Strict`), else
+//! anonymous. Without `auth_token_secret` there are no sessions (the form says so). A password
+//! change ends that user's sessions. The login form is throttled like every password check
+//! (`super::login`). Forms that change state carry a CSRF token that must equal the
+//! `__Host-berth_csrf` cookie (double submit, besides `SameSite=Strict`). The `__Host-` cookies
+//! need HTTPS (browsers take `localhost` and `127.0.0.1` for secure too).
 //!
 //! Every page reads the store a page at a time (at most [`PAGE`] entries).
 
@@ -33,8 +37,8 @@ use http::{HeaderValue, Method, StatusCode, header};
 pub const PAGE: usize = 50;
 /// How long a session lasts.
 const SESSION_SECS: u64 = 12 * 3600;
-const SESSION_COOKIE: &str = "berth_ui";
-const CSRF_COOKIE: &str = "berth_csrf";
+const SESSION_COOKIE: &str = "__Host-berth_ui";
+const CSRF_COOKIE: &str = "__Host-berth_csrf";
 const SESSION_PURPOSE: &[u8] = b"berth ui session v1";
 /// The stylesheet, named by its version so it can be cached for good.
 const STYLE: &str = include_str!("style.css");
@@ -95,10 +99,8 @@ fn respond<S>(viewer: &Viewer, page: Html) -> Response<S> {
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
         .header(header::REFERRER_POLICY, "same-origin");
     if viewer.new_csrf {
-        response = set_cookie(
-            response,
-            &format!("{CSRF_COOKIE}={}; Path=/ui; HttpOnly; Secure; SameSite=Strict", viewer.csrf),
-        );
+        response =
+            set_cookie(response, &format!("{CSRF_COOKIE}={}; Path=/; HttpOnly; Secure; SameSite=Strict", viewer.csrf));
     }
     let body = layout(viewer, &page);
     response.full(body.into_bytes())
@@ -192,16 +194,25 @@ where
 {
     let auth = &stores.config.auth;
     let user = cookie(req, SESSION_COOKIE)
-        .and_then(|sealed| super::cursor::open_for(auth, SESSION_PURPOSE, sealed))
+        .zip(auth.secret_key(SESSION_PURPOSE))
+        .and_then(|(sealed, key)| super::cursor::open_with(&key, sealed))
         .and_then(|session| {
-            let (user, expiry) = session.split_once('\n')?;
+            let mut parts = session.split('\n');
+            let (user, expiry, hash) = (parts.next()?, parts.next()?, parts.next()?);
             let live = expiry.parse::<u64>().ok()? > (stores.now)();
-            (live && auth.mode != Mode::None && auth.users.contains_key(user)).then(|| user.to_owned())
+            let same_password = auth.users.get(user).is_some_and(|h| password_tag(h) == hash);
+            (live && auth.mode != Mode::None && same_password).then(|| user.to_owned())
         });
     match cookie(req, CSRF_COOKIE).filter(|c| c.len() == 32 && c.bytes().all(|b| b.is_ascii_hexdigit())) {
         Some(csrf) => Viewer { user, csrf: csrf.to_owned(), new_csrf: false },
         None => Viewer { user, csrf: hex::encode((stores.random)()), new_csrf: true },
     }
+}
+
+/// What a session says of the password it was made with: a digest of the user's hash, so that a
+/// new password ends the sessions made with the old one.
+fn password_tag(hash: &str) -> String {
+    crate::wire::digest::Digest::of(crate::wire::digest::Algorithm::Sha256, hash.as_bytes()).hex()[..16].to_owned()
 }
 
 fn login_form(viewer: &Viewer, said: Option<&str>) -> String {
@@ -234,38 +245,60 @@ fn csrf_ok(viewer: &Viewer, fields: &std::collections::HashMap<String, String>) 
     !viewer.new_csrf && fields.get("csrf").is_some_and(|c| *c == viewer.csrf)
 }
 
+/// A form refused (`403` for a CSRF token that does not match, `401` for a wrong password).
+fn refused<S>(viewer: &Viewer, status: StatusCode, title: &str, body: String) -> Response<S> {
+    let mut page = Html::page(title, body);
+    page.status = status;
+    respond(viewer, page)
+}
+
+/// The answer that ends a form that worked: back to the repositories, with `cookie` set.
+fn done<S>(cookie: &str) -> Response<S> {
+    let response =
+        Response::new(StatusCode::SEE_OTHER).header(header::LOCATION, "/ui/").header(header::CACHE_CONTROL, "no-store");
+    set_cookie(response, cookie).empty()
+}
+
 async fn login<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     viewer: Viewer,
     req: Request<B::Incoming>,
 ) -> Result<Response<B::Outgoing>, RegistryError> {
+    let headers = req.headers.clone();
     let fields = form(stores, req).await?;
     if !csrf_ok(&viewer, &fields) {
-        let mut page = Html::page("Log in", login_form(&viewer, Some("The form expired: try again.")));
-        page.status = StatusCode::FORBIDDEN;
-        return Ok(respond(&viewer, page));
+        let body = login_form(&viewer, Some("The form expired: try again."));
+        return Ok(refused(&viewer, StatusCode::FORBIDDEN, "Log in", body));
     }
     let auth = &stores.config.auth;
+    let key = auth.secret_key(SESSION_PURPOSE);
+    let off = match (auth.mode, &key) {
+        (Mode::None, _) => Some("Authentication is off: everybody sees everything."),
+        (_, None) => Some("Logging in here needs auth_token_secret to be set: it seals the sessions."),
+        _ => None,
+    };
+    let Some(key) = key.filter(|_| off.is_none()) else {
+        return Ok(refused(&viewer, StatusCode::FORBIDDEN, "Log in", login_form(&viewer, off)));
+    };
     let (user, password) =
         (fields.get("user").cloned().unwrap_or_default(), fields.get("password").cloned().unwrap_or_default());
-    if auth.mode == Mode::None || !auth.check_password(&user, &password) {
-        let said = if auth.mode == Mode::None {
-            "Authentication is off: everybody sees everything."
-        } else {
-            "Wrong user or password."
-        };
-        let mut page = Html::page("Log in", login_form(&viewer, Some(said)));
-        page.status = StatusCode::UNAUTHORIZED;
-        return Ok(respond(&viewer, page));
+    // Throttled as every password check is (per user and per client address).
+    let attempt = super::login::Attempt::new(stores, &user, &password, &headers);
+    if let Some(retry_after) = super::login::reserve(stores, &attempt).await? {
+        stores.count("logins_throttled", 1);
+        let said = format!("Too many failed logins: try again in {retry_after} s.");
+        return Ok(refused(&viewer, StatusCode::TOO_MANY_REQUESTS, "Log in", login_form(&viewer, Some(&said))));
     }
+    let right = auth.check_password(&user, &password);
+    super::login::settle(stores, &attempt, !right).await?;
+    let Some(hash) = auth.users.get(&user).filter(|_| right) else {
+        let body = login_form(&viewer, Some("Wrong user or password."));
+        return Ok(refused(&viewer, StatusCode::UNAUTHORIZED, "Log in", body));
+    };
     stores.log(format_args!("ui: {user} logged in"));
-    let session = format!("{user}\n{}", (stores.now)() + SESSION_SECS);
-    let sealed = super::cursor::seal_for(auth, SESSION_PURPOSE, &session, (stores.random)());
-    let response =
-        Response::new(StatusCode::SEE_OTHER).header(header::LOCATION, "/ui/").header(header::CACHE_CONTROL, "no-store");
-    let cookie =
-        format!("{SESSION_COOKIE}={sealed}; Path=/ui; Max-Age={SESSION_SECS}; HttpOnly; Secure; SameSite=Strict");
-    Ok(set_cookie(response, &cookie).empty())
+    let session = format!("{user}\n{}\n{}", (stores.now)() + SESSION_SECS, password_tag(hash));
+    let sealed = super::cursor::seal_with(&key, &session, (stores.random)());
+    Ok(done(&format!("{SESSION_COOKIE}={sealed}; Path=/; Max-Age={SESSION_SECS}; HttpOnly; Secure; SameSite=Strict")))
 }
 
 async fn logout<M: MetaStore, B: BlobStore>(
@@ -275,12 +308,48 @@ async fn logout<M: MetaStore, B: BlobStore>(
 ) -> Result<Response<B::Outgoing>, RegistryError> {
     let fields = form(stores, req).await?;
     if !csrf_ok(&viewer, &fields) {
-        let mut page = Html::page("Log out", "<p>The form expired: try again.</p>".to_owned());
-        page.status = StatusCode::FORBIDDEN;
-        return Ok(respond(&viewer, page));
+        let body = "<p>The form expired: try again.</p>".to_owned();
+        return Ok(refused(&viewer, StatusCode::FORBIDDEN, "Log out", body));
     }
-    let response =
-        Response::new(StatusCode::SEE_OTHER).header(header::LOCATION, "/ui/").header(header::CACHE_CONTROL, "no-store");
-    let cookie = format!("{SESSION_COOKIE}=; Path=/ui; Max-Age=0; HttpOnly; Secure; SameSite=Strict");
-    Ok(set_cookie(response, &cookie).empty())
+    Ok(done(&format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::memory_stores;
+
+    fn request_with(cookie: &str) -> Request<Vec<u8>> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_str(cookie).unwrap());
+        Request { method: Method::GET, path: "/ui/".into(), query: None, headers, body: Vec::new(), origin: None }
+    }
+
+    #[test]
+    fn a_session_names_its_user_until_it_expires_or_the_password_changes() {
+        let mut stores = memory_stores();
+        stores.config.auth.mode = Mode::Basic;
+        stores.config.auth.secret = b"0123456789abcdef0123456789abcdef".to_vec();
+        stores.config.auth.users.insert("alice".into(), "$2y$04$first".into());
+        let key = stores.config.auth.secret_key(SESSION_PURPOSE).unwrap();
+        let session = |expiry: u64, hash: &str| {
+            let sealed =
+                super::super::cursor::seal_with(&key, &format!("alice\n{expiry}\n{}", password_tag(hash)), [1; 16]);
+            request_with(&format!("{SESSION_COOKIE}={sealed}"))
+        };
+        let now = (stores.now)();
+        assert_eq!(viewer(&stores, &session(now + 60, "$2y$04$first")).user.as_deref(), Some("alice"));
+        assert_eq!(viewer(&stores, &session(now, "$2y$04$first")).user, None, "expired");
+        stores.config.auth.users.insert("alice".into(), "$2y$04$second".into());
+        assert_eq!(viewer(&stores, &session(now + 60, "$2y$04$first")).user, None, "made with the old password");
+        // A key from the users' hashes (what the catalog's cursors use) makes no session.
+        let forged =
+            super::super::cursor::seal_for(&stores.config.auth, SESSION_PURPOSE, "alice\n99999999999\nx", [2; 16]);
+        assert_eq!(viewer(&stores, &request_with(&format!("{SESSION_COOKIE}={forged}"))).user, None);
+    }
+
+    #[test]
+    fn text_is_escaped_for_html_content_and_attributes() {
+        assert_eq!(esc(r#"<a href="x" onclick='y'>&"#), "&lt;a href=&quot;x&quot; onclick=&#39;y&#39;&gt;&amp;");
+    }
 }

@@ -6,6 +6,7 @@ use crate::registry::store::{BlobStore, MetaStore, Stores, internal};
 use crate::registry::{blobs, keys};
 use crate::wire::digest::Digest;
 use crate::wire::errcode::RegistryError;
+use crate::wire::manifest::{DOCKER_LIST, OCI_INDEX};
 use crate::wire::message::Request;
 use crate::wire::name::{RepoName, Tag};
 
@@ -14,8 +15,12 @@ type Result<T> = std::result::Result<T, RegistryError>;
 /// Names one repositories page looks at, at most (as the catalog: a viewer who may see few gets
 /// a short page and a link that goes on from where it stopped looking).
 const MAX_EXAMINED: usize = 20 * PAGE;
-/// The most bytes of a manifest or config the pages read.
-const MAX_READ: u64 = 4 * 1024 * 1024;
+/// The most bytes of a manifest or config the pages read (the manifest limit).
+const MAX_READ: u64 = crate::wire::manifest::MAX_MANIFEST_SIZE as u64;
+/// The most bytes of a manifest the tags page reads for a row's summary.
+const MAX_SUMMARY_READ: u64 = 64 * 1024;
+/// Rows (layers, platforms) one manifest page shows at most.
+const MAX_ROWS: usize = 500;
 const SESSION_CURSOR: &[u8] = b"berth ui cursor v1";
 
 /// `/ui/`: the repositories the viewer may pull, by prefix (`q`), a page at a time.
@@ -88,9 +93,11 @@ pub async fn repository<M: MetaStore, B: BlobStore>(
     req: &Request<B::Incoming>,
     rest: &str,
 ) -> Result<Html> {
-    let (name, digest) = match rest.split_once("/manifest/") {
-        Some((name, digest)) => (name, Some(digest)),
-        None => (rest, None),
+    // A name may have a `manifest` component: the page of a manifest is the one whose last
+    // component after `/manifest/` is a digest.
+    let (name, digest) = match rest.rsplit_once("/manifest/") {
+        Some((name, digest)) if Digest::parse(digest).is_ok() => (name, Some(digest)),
+        _ => (rest, None),
     };
     let Ok(name) = RepoName::parse(name) else { return Ok(Html::not_found()) };
     // Not seen and not there answer alike.
@@ -128,17 +135,21 @@ async fn bytes_of<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, digest: &Di
     Ok(Some(bytes))
 }
 
+/// Whether a stored manifest is an index (by its record's type, never by its JSON).
+fn is_index(media_type: &str) -> bool {
+    media_type == OCI_INDEX || media_type == DOCKER_LIST
+}
+
 /// What a manifest's bytes say, for the tags page: its size (an image's layers and config) and
 /// platforms (an index's).
-fn summary(json: &serde_json::Value) -> (Option<u64>, Vec<String>) {
+fn summary(index: bool, json: &serde_json::Value) -> (Option<u64>, Vec<String>) {
     let size = |d: &serde_json::Value| d["size"].as_u64().unwrap_or(0);
-    match json["manifests"].as_array() {
-        Some(children) => (None, children.iter().filter_map(platform).collect()),
-        None => {
-            let layers: u64 = json["layers"].as_array().map(|l| l.iter().map(size).sum()).unwrap_or(0);
-            (Some(layers + size(&json["config"])), Vec::new())
-        }
+    if index {
+        let children = json["manifests"].as_array().map(Vec::as_slice).unwrap_or_default();
+        return (None, children.iter().filter_map(platform).collect());
     }
+    let layers: u64 = json["layers"].as_array().map(|l| l.iter().map(size).sum()).unwrap_or(0);
+    (Some(layers + size(&json["config"])), Vec::new())
 }
 
 fn platform(descriptor: &serde_json::Value) -> Option<String> {
@@ -161,9 +172,10 @@ pub fn human(bytes: u64) -> String {
     if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
-fn short(digest: &str) -> &str {
+/// The first 12 characters of a digest's hex (whatever a manifest claims a digest is).
+fn short(digest: &str) -> String {
     let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
-    &hex[..hex.len().min(12)]
+    hex.chars().take(12).collect()
 }
 
 async fn tags<M: MetaStore, B: BlobStore>(
@@ -181,11 +193,20 @@ async fn tags<M: MetaStore, B: BlobStore>(
         let Ok(tag) = Tag::parse(&entry[prefix.len()..]) else { continue };
         shown_last = Some(tag.as_str().to_owned());
         let Some((target, _)) = manifests::tag_value(stores, name, &tag).await? else { continue };
-        let Some(record) = manifests::record(stores, name, &target.digest).await? else { continue };
+        // A tag left by a delete of its manifest (another generation) is no tag (as for the API).
+        let Some(record) = manifests::record(stores, name, &target.digest).await?.filter(|r| target.names(r)) else {
+            continue;
+        };
         let digest = target.digest.to_string();
-        let json =
-            bytes_of(stores, &target.digest).await?.and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-        let (size, platforms) = json.as_ref().map(summary).unwrap_or_default();
+        // Read only when small (manifests are KiB): a page of 50 tags reads a few MiB at most.
+        let json = match record.size <= MAX_SUMMARY_READ {
+            true => bytes_of(stores, &target.digest)
+                .await?
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()),
+            false => None,
+        };
+        let index = is_index(&record.media_type);
+        let (size, platforms) = json.as_ref().map(|j| summary(index, j)).unwrap_or_default();
         let pushed = target.pushed.map(crate::auth::issue::rfc3339).unwrap_or_default();
         rows.push_str(&format!(
             "<tr><td><a href=\"/ui/repo/{n}/manifest/{d}?tag={t}\">{t}</a></td><td><code title=\"{d}\">{s}</code></td><td>{p}</td>\
@@ -193,9 +214,13 @@ async fn tags<M: MetaStore, B: BlobStore>(
             n = esc(name.as_str()),
             d = esc(&digest),
             t = esc(tag.as_str()),
-            s = esc(short(&digest)),
+            s = esc(&short(&digest)),
             p = esc(&pushed),
-            z = size.map(human).unwrap_or_else(|| format!("index ({})", human(record.size))),
+            z = match (index, size) {
+                (true, _) => format!("index of {}", platforms.len().max(1)),
+                (false, Some(size)) => human(size),
+                (false, None) => "—".to_owned(),
+            },
             k = if platforms.is_empty() { "—".to_owned() } else { esc(&platforms.join(", ")) },
         ));
     }
@@ -242,7 +267,7 @@ async fn manifest<M: MetaStore, B: BlobStore>(
     // By tag too, when the page was reached from a tag that still names this manifest.
     let mut tagged = String::new();
     if let Some(tag) = req.query_param("tag").and_then(|t| Tag::parse(&t).ok())
-        && manifests::tag_target(stores, name, &tag).await?.is_some_and(|t| t.digest == *digest)
+        && manifests::tag_target(stores, name, &tag).await?.is_some_and(|t| t.digest == *digest && t.names(&record))
     {
         let t = esc(tag.as_str());
         tagged = format!(
@@ -259,18 +284,19 @@ async fn manifest<M: MetaStore, B: BlobStore>(
         r = esc(&repo),
         d = esc(&d),
     );
-    if let Some(children) = json["manifests"].as_array() {
+    if is_index(&record.media_type) {
+        let children = json["manifests"].as_array().map(Vec::as_slice).unwrap_or_default();
         body.push_str(
             "<h2>Platforms</h2><table><thead><tr><th>Platform</th><th>Manifest</th><th>Size</th></tr></thead><tbody>",
         );
-        for child in children {
+        for child in children.iter().take(MAX_ROWS) {
             let cd = child["digest"].as_str().unwrap_or("");
             body.push_str(&format!(
                 "<tr><td>{}</td><td><a href=\"/ui/repo/{}/manifest/{}\"><code>{}</code></a></td><td>{}</td></tr>",
                 esc(&platform(child).unwrap_or_else(|| "—".to_owned())),
                 esc(name.as_str()),
                 esc(cd),
-                esc(short(cd)),
+                esc(&short(cd)),
                 human(child["size"].as_u64().unwrap_or(0)),
             ));
         }
@@ -280,13 +306,13 @@ async fn manifest<M: MetaStore, B: BlobStore>(
         body.push_str(
             "<h2>Layers</h2><table><thead><tr><th>#</th><th>Digest</th><th>Type</th><th>Size</th></tr></thead><tbody>",
         );
-        for (i, layer) in json["layers"].as_array().into_iter().flatten().enumerate() {
+        for (i, layer) in json["layers"].as_array().into_iter().flatten().take(MAX_ROWS).enumerate() {
             let ld = layer["digest"].as_str().unwrap_or("");
             body.push_str(&format!(
                 "<tr><td>{}</td><td><code title=\"{}\">{}</code></td><td>{}</td><td>{}</td></tr>",
                 i + 1,
                 esc(ld),
-                esc(short(ld)),
+                esc(&short(ld)),
                 esc(layer["mediaType"].as_str().unwrap_or("")),
                 human(layer["size"].as_u64().unwrap_or(0)),
             ));
@@ -365,7 +391,7 @@ async fn referrers<M: MetaStore, B: BlobStore>(
                 "<li><a href=\"/ui/repo/{}/manifest/{}\"><code>{}</code></a> <span class=\"type\">{}</span> {}</li>",
                 esc(name.as_str()),
                 esc(&d.digest),
-                esc(short(&d.digest)),
+                esc(&short(&d.digest)),
                 esc(&kind),
                 human(d.size)
             ));
@@ -381,11 +407,11 @@ async fn referrers<M: MetaStore, B: BlobStore>(
 /// A reader's name for an artifact type.
 fn describe(kind: &str) -> String {
     let known = [
-        ("cosign", "Signature (cosign)"),
-        ("notation", "Signature (Notation)"),
-        ("spdx", "SBOM (SPDX)"),
-        ("cyclonedx", "SBOM (CycloneDX)"),
-        ("in-toto", "Attestation (in-toto)"),
+        ("application/vnd.dev.cosign.", "Signature (cosign)"),
+        ("application/vnd.cncf.notary.", "Signature (Notation)"),
+        ("application/spdx", "SBOM (SPDX)"),
+        ("application/vnd.cyclonedx", "SBOM (CycloneDX)"),
+        ("application/vnd.in-toto", "Attestation (in-toto)"),
     ];
-    known.iter().find(|(k, _)| kind.contains(k)).map_or_else(|| kind.to_owned(), |(_, n)| (*n).to_owned())
+    known.iter().find(|(k, _)| kind.starts_with(k)).map_or_else(|| kind.to_owned(), |(_, n)| (*n).to_owned())
 }
