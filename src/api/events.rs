@@ -9,8 +9,7 @@
 use crate::auth::Identity;
 use crate::config::events::Action;
 use crate::registry::events::{self, Event};
-use crate::registry::keys;
-use crate::registry::store::{BlobStore, MetaStore, Outbound, Stores, internal};
+use crate::registry::store::{BlobStore, MetaStore, Outbound, Stores};
 use crate::wire::errcode::RegistryError;
 use crate::wire::message::{CONTENT_DIGEST, Request, Response};
 use crate::wire::reference::Reference;
@@ -35,19 +34,7 @@ pub async fn deliver<M: MetaStore, B: BlobStore, O: Outbound<B>, I>(
 pub async fn state<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>) -> Result<Response<B::Outgoing>, RegistryError> {
     let mut endpoints = Vec::new();
     for endpoint in stores.config.events.iter() {
-        let state = stores.meta.get(&keys::event_state(&endpoint.name)).await.map_err(internal)?;
-        let state: serde_json::Value = state.and_then(|s| serde_json::from_slice(&s).ok()).unwrap_or_default();
-        let newest = stores.meta.get(&keys::event_counter(&endpoint.name)).await.map_err(internal)?;
-        let newest = newest.map_or(0, |c| crate::registry::store::counter_value(&c));
-        endpoints.push(serde_json::json!({
-            "name": endpoint.name,
-            "newest": newest,
-            "delivered": state["delivered"],
-            "dropped": state["dropped"],
-            "skipped": state["skipped"],
-            "failures": state["failures"],
-            "retryAt": state["retry_at"],
-        }));
+        endpoints.push(events::outbox(stores, &endpoint.name).await?);
     }
     let body = serde_json::to_vec(&serde_json::json!({ "endpoints": endpoints })).expect("json");
     Ok(Response::new(StatusCode::OK).json(body))

@@ -103,6 +103,15 @@ impl Identity {
         Identity { subject: None, grants: Grants::Everything }
     }
 
+    /// `user` (`None`: anonymous) as the policy sees them, without a token: the web UI's
+    /// session user. Everyone when authentication is off.
+    pub fn of_user(config: &AuthConfig, user: Option<String>) -> Identity {
+        match config.mode {
+            Mode::None => Identity::everyone(),
+            _ => Identity { subject: user, grants: Grants::Policy },
+        }
+    }
+
     /// The user; `None` when anonymous (or when authentication is off).
     pub fn subject(&self) -> Option<&str> {
         self.subject.as_deref()

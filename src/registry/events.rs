@@ -141,6 +141,28 @@ pub async fn record<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, action: A
     Ok(())
 }
 
+/// The number of an endpoint's newest event.
+async fn newest<M: MetaStore, B>(stores: &Stores<M, B>, endpoint: &str) -> Result<u64> {
+    let counter = stores.meta.get(&keys::event_counter(endpoint)).await.map_err(internal)?;
+    Ok(counter.map_or(0, |bytes| counter_value(&bytes).max(0) as u64))
+}
+
+/// An endpoint's outbox, for operators (`GET /v2/_berth/events`): its newest event's number, how
+/// far delivery is, what was dropped or given up, and its failures since its last success.
+pub async fn outbox<M: MetaStore, B>(stores: &Stores<M, B>, endpoint: &str) -> Result<serde_json::Value> {
+    let state = stores.meta.get(&keys::event_state(endpoint)).await.map_err(internal)?;
+    let state: State = state.and_then(|s| serde_json::from_slice(&s).ok()).unwrap_or_default();
+    Ok(serde_json::json!({
+        "name": endpoint,
+        "newest": newest(stores, endpoint).await?,
+        "delivered": state.delivered,
+        "dropped": state.dropped,
+        "skipped": state.skipped,
+        "failures": state.failures,
+        "retryAt": state.retry_at,
+    }))
+}
+
 /// How far an endpoint's delivery is (`events/<endpoint>/state`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct State {
@@ -228,7 +250,7 @@ impl<M: MetaStore, B: BlobStore, O: Outbound<B>> Sender<'_, M, B, O> {
                 (State::default(), first)
             }
         };
-        let head = self.head().await?;
+        let head = newest(stores, name).await?;
         done.waiting = head.saturating_sub(state.delivered);
         if state.lease > now || (state.retry_at > now && done.waiting <= self.endpoint.outbox) {
             done.idle = true;
@@ -313,12 +335,6 @@ impl<M: MetaStore, B: BlobStore, O: Outbound<B>> Sender<'_, M, B, O> {
         let released = serde_json::to_vec(&state).expect("state serializes");
         stores.meta.compare_and_swap(&key, &held, &released).await.map_err(internal)?;
         Ok(done)
-    }
-
-    /// The number of the endpoint's newest event.
-    async fn head(&self) -> Result<u64> {
-        let counter = self.stores.meta.get(&keys::event_counter(&self.endpoint.name)).await.map_err(internal)?;
-        Ok(counter.map_or(0, |bytes| counter_value(&bytes).max(0) as u64))
     }
 
     /// The events after `state.delivered`, up to a batch; numbers given up on the way are

@@ -27,7 +27,6 @@
 mod pages;
 
 use crate::auth::config::Mode;
-use crate::auth::scope::Actions;
 use crate::registry::store::{BlobStore, MetaStore, Stores};
 use crate::wire::errcode::RegistryError;
 use crate::wire::message::{Request, Response};
@@ -54,16 +53,17 @@ pub fn serves(path: &str) -> bool {
 /// Who is looking: the session's user, if any.
 pub struct Viewer {
     pub user: Option<String>,
+    /// The user as the policy sees them (the API's rules).
+    identity: crate::auth::Identity,
     /// The CSRF token of the forms on this page (the cookie's, or a new one to set).
     csrf: String,
     new_csrf: bool,
 }
 
 impl Viewer {
-    /// Whether this viewer may see repository `name` (pull it).
+    /// Whether this viewer may see repository `name`: the catalog's rule (they may pull it).
     pub fn sees<M, B>(&self, stores: &Stores<M, B>, name: &str) -> bool {
-        let auth = &stores.config.auth;
-        auth.mode == Mode::None || auth.policy.allowed(self.user.as_deref(), name).contains(Actions::PULL)
+        self.identity.lists(&stores.config.auth, name)
     }
 }
 
@@ -203,9 +203,10 @@ where
             let same_password = auth.users.get(user).is_some_and(|h| password_tag(h) == hash);
             (live && auth.mode != Mode::None && same_password).then(|| user.to_owned())
         });
+    let identity = crate::auth::Identity::of_user(auth, user.clone());
     match cookie(req, CSRF_COOKIE).filter(|c| c.len() == 32 && c.bytes().all(|b| b.is_ascii_hexdigit())) {
-        Some(csrf) => Viewer { user, csrf: csrf.to_owned(), new_csrf: false },
-        None => Viewer { user, csrf: hex::encode((stores.random)()), new_csrf: true },
+        Some(csrf) => Viewer { identity, user, csrf: csrf.to_owned(), new_csrf: false },
+        None => Viewer { identity, user, csrf: hex::encode((stores.random)()), new_csrf: true },
     }
 }
 

@@ -1,6 +1,8 @@
 //! The UI's pages: repositories, a repository's tags, a manifest or index.
 
+use super::super::listing::{Kept, collect_within};
 use super::{Html, PAGE, Viewer, esc, url_escape};
+use crate::config::quotas::human;
 use crate::registry::manifests::{self, ReferrerDescriptor};
 use crate::registry::store::{BlobStore, MetaStore, Stores, internal};
 use crate::registry::{blobs, keys};
@@ -33,29 +35,22 @@ pub async fn repositories<M: MetaStore, B: BlobStore>(
     let q = req.query_param("q").unwrap_or_default();
     // Where the last page stopped looking: sealed, since it may be a name the viewer may not see.
     let after = req.query_param("cursor").and_then(|c| super::super::cursor::open_for(auth, SESSION_CURSOR, &c));
+    // The catalog's listing: within the search's names, at most MAX_EXAMINED looked at.
     let prefix = format!("{}{q}", keys::REPOS_PREFIX);
-    let mut shown = Vec::new();
-    let mut looked = 0;
-    let mut position = after.map(|a| format!("{}{a}", keys::REPOS_PREFIX));
-    let mut more = false;
-    'pages: loop {
-        let (names, next) = stores.blobs.list(&prefix, position.as_deref(), PAGE as u32).await.map_err(internal)?;
-        for name in &names {
-            looked += 1;
-            position = Some(name.clone());
-            let repo = &name[keys::REPOS_PREFIX.len()..];
-            if viewer.sees(stores, repo) {
-                shown.push(repo.to_owned());
-            }
-            if shown.len() == PAGE || looked >= MAX_EXAMINED {
-                more = next.is_some() || names.last() != Some(name);
-                break 'pages;
-            }
-        }
-        if next.is_none() {
-            break;
-        }
-    }
+    let after = after.as_deref().and_then(|a| a.strip_prefix(q.as_str()));
+    let collected = collect_within(stores, &prefix, after, PAGE, MAX_EXAMINED, async |name: &str| {
+        let repo = format!("{q}{name}");
+        Ok(viewer.sees(stores, &repo).then(|| Kept::name(&repo)))
+    })
+    .await?;
+    let shown = &collected.entries;
+    // The next page starts after the last name looked at (sealed: it may be private), or after
+    // the last one shown.
+    let position = match &collected.looked_to {
+        Some(looked_to) => Some(format!("{q}{looked_to}")),
+        None => shown.last().cloned(),
+    };
+    let more = collected.more;
     let mut body = format!(
         "<form method=\"get\" action=\"/ui/\" class=\"search\"><input name=\"q\" value=\"{}\" placeholder=\"name prefix\" \
          aria-label=\"Repository name prefix\"><button>Search</button></form>",
@@ -65,18 +60,13 @@ pub async fn repositories<M: MetaStore, B: BlobStore>(
         body.push_str("<p>No repository you may see.</p>");
     } else {
         body.push_str("<ul class=\"repos\">");
-        for repo in &shown {
+        for repo in shown {
             body.push_str(&format!("<li><a href=\"/ui/repo/{}\">{}</a></li>", esc(repo), esc(repo)));
         }
         body.push_str("</ul>");
     }
     if more && let Some(position) = position {
-        let sealed = super::super::cursor::seal_for(
-            auth,
-            SESSION_CURSOR,
-            &position[keys::REPOS_PREFIX.len()..],
-            (stores.random)(),
-        );
+        let sealed = super::super::cursor::seal_for(auth, SESSION_CURSOR, &position, (stores.random)());
         body.push_str(&format!(
             "<p><a class=\"next\" href=\"/ui/?q={}&amp;cursor={}\">Next page</a></p>",
             url_escape(&q),
@@ -160,16 +150,6 @@ fn platform(descriptor: &serde_json::Value) -> Option<String> {
         text.push_str(variant);
     }
     Some(text)
-}
-
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let (mut value, mut unit) = (bytes as f64, 0);
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 /// The first 12 characters of a digest's hex (whatever a manifest claims a digest is).
