@@ -50,13 +50,38 @@ pub struct Artifacts {
 
 /// Build the component (release wasm: debug wasm hashes and copies slowly) and the runner (same
 /// profile as the tests) once per test binary. Cargo's own lock serialises concurrent builds.
+///
+/// Under `BERTH_TEST_PREBUILT=1` (tests/run.sh, which builds them once before cargo-nextest
+/// starts a process per test) a debug test binary builds nothing: the files must exist.
 pub fn artifacts() -> &'static Artifacts {
     static BUILT: OnceLock<Artifacts> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let profile = profile_dir();
         let target_dir = profile.parent().expect("target dir").to_owned();
+        let artifacts = Artifacts {
+            runner: profile.join("berth-runner"),
+            component: target_dir.join("wasm32-wasip2/release/berth.wasm"),
+            trap_component: target_dir.join("wasm32-wasip2/release/berth_trap_fixture.wasm"),
+            blob_kv_provider: target_dir.join("wasm32-wasip2/release/berth_blob_kv.wasm"),
+            blob_s3_provider: target_dir.join("wasm32-wasip2/release/berth_blob_s3.wasm"),
+            compile_cache: target_dir.join("berth-compile-cache"),
+        };
         let release = profile.file_name().is_some_and(|n| n == "release");
+        // tests/run.sh builds the debug runner: a release test run builds its own.
+        if std::env::var("BERTH_TEST_PREBUILT").as_deref() == Ok("1") && !release {
+            let built = [
+                &artifacts.runner,
+                &artifacts.component,
+                &artifacts.trap_component,
+                &artifacts.blob_kv_provider,
+                &artifacts.blob_s3_provider,
+            ];
+            for built in built {
+                assert!(built.is_file(), "BERTH_TEST_PREBUILT=1 but {} is missing (run tests/run.sh)", built.display());
+            }
+            return artifacts;
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let run = |args: &[&str]| {
             // Without the package variables `cargo test` gives this process (CARGO_PKG_NAME,
             // CARGO_MANIFEST_DIR, ...): ring's build script reruns when they change, which would
@@ -98,14 +123,7 @@ pub fn artifacts() -> &'static Artifacts {
         } else {
             run(&["build", "-p", "berth-runner"]);
         }
-        Artifacts {
-            runner: profile.join("berth-runner"),
-            component: target_dir.join("wasm32-wasip2/release/berth.wasm"),
-            trap_component: target_dir.join("wasm32-wasip2/release/berth_trap_fixture.wasm"),
-            blob_kv_provider: target_dir.join("wasm32-wasip2/release/berth_blob_kv.wasm"),
-            blob_s3_provider: target_dir.join("wasm32-wasip2/release/berth_blob_s3.wasm"),
-            compile_cache: target_dir.join("berth-compile-cache"),
-        }
+        artifacts
     })
 }
 

@@ -77,10 +77,19 @@ impl Spin {
                 "spin not found ($SPIN_BIN or ../shared/tools/spin/spin): under CI=true this test fails"
             );
             // Straight to the process's stderr (libtest captures only the print macros): the
-            // run's output says what did not run, even when the test counts as passed.
-            let test = std::thread::current().name().unwrap_or("a test").to_owned();
-            let _ =
-                writeln!(std::io::stderr(), "NOT RUN: {test}: spin not found ($SPIN_BIN or ../shared/tools/spin/spin)");
+            // run's output says what did not run, even when the test counts as passed. Under
+            // cargo-nextest a passing test's output is hidden, so tests/run.sh also names a file
+            // (BERTH_NOT_RUN_LOG) that it prints in the run's summary.
+            let test = match std::thread::current().name() {
+                Some(name) if name != "main" => name.to_owned(),
+                _ => std::env::var("NEXTEST_TEST_NAME").unwrap_or_else(|_| "a test".to_owned()),
+            };
+            let line = format!("NOT RUN: {test}: spin not found ($SPIN_BIN or ../shared/tools/spin/spin)");
+            let _ = writeln!(std::io::stderr(), "{line}");
+            if let Ok(log) = std::env::var("BERTH_NOT_RUN_LOG") {
+                let appended = std::fs::OpenOptions::new().create(true).append(true).open(log);
+                let _ = appended.and_then(|mut file| writeln!(file, "{line}"));
+            }
             return None;
         };
         let port = free_port();

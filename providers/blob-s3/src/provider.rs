@@ -186,6 +186,39 @@ async fn conditional(
     unreachable!("the loop returns")
 }
 
+/// Tries of an idempotent request (a read: HEAD, GET, LIST) that S3 answers as unavailable
+/// (429, 5xx: an internal error, SlowDown) or that does not reach it: AWS SDKs' standard retry
+/// mode makes 3 attempts with backoff. Writes are not sent again here: a conditional create
+/// whose first try succeeded unseen would find its own object (`conditional` retries only S3's
+/// explicit 409).
+const IDEMPOTENT_TRIES: u32 = 3;
+
+/// Send an idempotent request made by `attempt` until S3 answers it other than as unavailable
+/// (the answer is returned as it is, success or not), backing off 50 ms, then 200 ms (jittered).
+async fn idempotent(
+    s: &Settings,
+    what: &str,
+    mut attempt: impl AsyncFnMut() -> Result<types::Response, Error>,
+) -> Result<types::Response, Error> {
+    for tried in 1.. {
+        let why = match attempt().await {
+            Ok(response) if matches!(response.get_status_code(), 429 | 500 | 502 | 503 | 504) => {
+                match answered(s, response, what).await {
+                    Err(Failure::Unavailable(why)) if tried < IDEMPOTENT_TRIES => why,
+                    answer => return answer.map_err(from_failure),
+                }
+            }
+            Err(Error::Unavailable(why)) if tried < IDEMPOTENT_TRIES => why,
+            answer => return answer,
+        };
+        let jitter = spin_sdk::wasip3::random::random::get_random_u64() % 50;
+        let millis = (50u64 << (2 * (tried - 1))) + jitter;
+        eprintln!("berth-blob-s3: {why}: sent again in {millis} ms");
+        spin_sdk::wasip3::clocks::monotonic_clock::wait_for(millis * 1_000_000).await;
+    }
+    unreachable!("the loop returns")
+}
+
 /// A success's XML body; S3 may answer 200 with an `<Error>` (CompleteMultipartUpload does).
 async fn xml(s: &Settings, response: types::Response, what: &str) -> Result<String, Error> {
     let body = String::from_utf8_lossy(&read_body(response, XML_BODY_LIMIT).await).into_owned();
@@ -299,7 +332,9 @@ async fn put_new(s: &Settings, key: &str, bytes: Vec<u8>) -> Result<(), Error> {
 
 async fn head(s: &Settings, key: &str) -> Result<u64, Error> {
     let url = s.bucket.head_object(s.credentials.as_ref(), key).sign(REQUEST_URL);
-    let response = success(s, send(s, Method::Head, &url, &[], None).await?, &format!("HeadObject of {key}")).await?;
+    let what = format!("HeadObject of {key}");
+    let response =
+        success(s, idempotent(s, &what, async || send(s, Method::Head, &url, &[], None).await).await?, &what).await?;
     header(&response, "content-length")
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| Error::Other(format!("S3 at {}: HeadObject of {key}: no Content-Length", s.origin())))
@@ -321,7 +356,7 @@ async fn get(s: &Settings, key: &str, offset: u64, length: Option<u64>) -> Resul
     let url = action.sign(REQUEST_URL);
     let what = format!("GetObject of {key} ({})", range.as_deref().unwrap_or("whole"));
     let headers: Vec<(&str, &str)> = range.iter().map(|r| ("range", r.as_str())).collect();
-    let response = send(s, Method::Get, &url, &headers, None).await?;
+    let response = idempotent(s, &what, async || send(s, Method::Get, &url, &headers, None).await).await?;
     if response.get_status_code() == 416 {
         return Err(Error::Other(format!("{what}: the range is past the end of the object")));
     }
@@ -650,7 +685,9 @@ impl Guest for Provider {
         action.with_max_keys(limit.min(1000) as usize);
         let url = action.sign(REQUEST_URL);
         let what = format!("ListObjectsV2 of {prefix:?}");
-        let response = success(&s, send(&s, Method::Get, &url, &[], None).await?, &what).await?;
+        let response =
+            success(&s, idempotent(&s, &what, async || send(&s, Method::Get, &url, &[], None).await).await?, &what)
+                .await?;
         let body = xml(&s, response, &what).await?;
         let listed = rusty_s3::actions::ListObjectsV2::parse_response(&body)
             .map_err(|e| Error::Other(format!("S3 at {}: {what}: unreadable answer ({e})", s.origin())))?;
