@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Costs bounded by the page, not by history (issue 11): how long a page of a listing and an upload
-POST take in a registry with a large repository and many repositories, before and after 10 GiB of
-unrelated chunked blobs are pushed into it. Berth is measured against itself: the figure is the
+"""Costs bounded by the page, not by history (issue 11): how long a page of a listing, an upload
+POST and the web UI's first page of tags (issue 26: a repository of 100,000 tags beside one of
+ten) take in a registry with a large repository and many repositories, before and after 10 GiB
+of unrelated chunked blobs are pushed into it. Berth is measured against itself: the figure is the
 ratio (with history) / (without), and the target is <= 2.
 
     bench/growth.py                      100,000 tags, 10,000 repositories, 10 GiB (~25 min)
@@ -101,6 +102,8 @@ def seed_image(client):
     config = b'{"architecture":"amd64","os":"linux"}'
     layer = os.urandom(4096)
     cd, ld = push_blob(client, "big", config), push_blob(client, "big", layer)
+    for repo in ("small", "page"):
+        push_blob(client, repo, config), push_blob(client, repo, layer)
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": MANIFEST_TYPE,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": len(config)},
@@ -128,6 +131,12 @@ def populate(client, tags, repos):
         expect(s, 201, "tag push", b)
 
     parallel(tags, tag, what="tags")
+    # Repositories of ten tags and of one page of them (50): the web UI's first page of tags is
+    # measured against them (its rows cost the same whatever the repository holds beyond them).
+    for repo, count in (("small", 10), ("page", 50)):
+        for i in range(count):
+            s, _, b = client.request("PUT", f"/v2/{repo}/manifests/t{i:07d}", manifest, {"Content-Type": MANIFEST_TYPE})
+            expect(s, 201, "tag push", b)
     log(f"creating {repos} repositories (cross-repository mounts)")
 
     def repo(i):
@@ -222,6 +231,10 @@ def measure(client, tags, repos, n):
         "_catalog middle page (n=100)":
             timed(client, n, "GET", lambda i: "/v2/_catalog?n=100&last=" + urllib.parse.quote(mid_repo, safe=""), 200),
         "upload POST (one sweep step)": timed(client, n, "POST", lambda i: "/v2/sweep/blobs/uploads/", 202),
+        # The web UI reads one page of tags (50) and their manifests, however many the repository has.
+        "UI tags page, repository of 10 tags": timed(client, n, "GET", lambda i: "/ui/repo/small", 200),
+        "UI tags page, repository of 50 tags (one page)": timed(client, n, "GET", lambda i: "/ui/repo/page", 200),
+        f"UI tags page, repository of {tags:,} tags": timed(client, n, "GET", lambda i: "/ui/repo/big", 200),
     }
     for name, ms in figures.items():
         log(f"  {name}: {ms:.2f} ms")

@@ -1,6 +1,8 @@
 //! The web UI (issue 26) through berth-runner: what anonymous and logged-in viewers see (and never
-//! see), the session and CSRF cookies, the pages of an index pushed by skopeo with a signature and
-//! an SBOM attached, the pull command run with podman, and the pages in headless Chromium, whose
+//! see), the session and CSRF cookies, tag deletes and the admin page, the pages of an index
+//! pushed by skopeo with a signature and an SBOM attached, the pull command run with podman, a
+//! journey through the UI in headless Chromium driven over WebDriver (Selenium from PyPI, Debian's
+//! chromedriver: tests/browser/ui_journey.py), and each page rendered by Chromium, whose
 //! screenshots are kept in `target/ui-screenshots/` (`BERTH_UPDATE_SCREENSHOTS=1` copies them to
 //! `docs/ui/` for the README).
 
@@ -318,4 +320,200 @@ async fn without_a_token_secret_the_form_says_sessions_need_one_and_sets_none() 
     assert_eq!(login.status(), 403);
     assert!(set_cookie(&login, "__Host-berth_ui").is_none());
     assert!(login.text().await.unwrap().contains("auth_token_secret"));
+}
+
+/// A registry with an admin, a reader who may pull everything (and delete nothing), anonymous
+/// pulls of `public/*`, a quota and a mirror upstream (with credentials that must never show).
+fn with_reader_and_admin(extra: &[(&str, &str)]) -> (tempfile::TempDir, Runner, Registry) {
+    let users = format!("{}:{SECRET_HASH},reader:{SECRET_HASH}", ADMIN.0);
+    let policy = format!("* {} *,admin; * reader pull; public/* anonymous pull", ADMIN.0);
+    let mut pairs = vec![
+        ("auth_mode", "basic"),
+        ("auth_users", users.as_str()),
+        ("auth_policy", policy.as_str()),
+        ("auth_token_secret", TOKEN_SECRET),
+        ("quotas", "private/* 1GiB"),
+        ("mirror_upstreams", "hub http://127.0.0.1:9"),
+        ("mirror_credentials", "hub puller:hunter2"),
+    ];
+    pairs.extend_from_slice(extra);
+    let (dir, runner, _) = start_registry(RunnerOptions { args: vars(&pairs), ..Default::default() });
+    let reg = Registry { url: runner.url.clone(), http: Http::new(Some(Login::Basic)) };
+    (dir, runner, reg)
+}
+
+/// Log `user` in (password `secret`) through the form; the cookies that make the session, and
+/// the CSRF token of the forms.
+async fn logged_in(client: &reqwest::Client, base: &str, user: &str) -> (String, String) {
+    let form = client.get(format!("{base}/ui/login")).send().await.unwrap();
+    let csrf_cookie = set_cookie(&form, "__Host-berth_csrf").unwrap();
+    let csrf = csrf_of(&form.text().await.unwrap());
+    let login = client
+        .post(format!("{base}/ui/login"))
+        .header("cookie", &csrf_cookie)
+        .form(&[("csrf", csrf.as_str()), ("user", user), ("password", ADMIN.1)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303, "{user} logs in");
+    (format!("{csrf_cookie}; {}", set_cookie(&login, "__Host-berth_ui").unwrap()), csrf)
+}
+
+#[tokio::test]
+async fn a_tag_is_deleted_from_the_ui_only_with_the_csrf_token_and_delete_rights_and_never_an_immutable_one() {
+    let (_dir, runner, reg) = with_reader_and_admin(&[("immutable_tags", "private/*:release-*")]);
+    reg.push_image("private/secret", "v1", 11).await;
+    reg.push_image("private/secret", "release-1", 12).await;
+    let client = browser();
+    let base = runner.url.clone();
+    let untag = format!("{base}/ui/repo/private/secret/untag");
+    let (admin, admin_csrf) = logged_in(&client, &base, ADMIN.0).await;
+    let (reader, reader_csrf) = logged_in(&client, &base, "reader").await;
+    // The forms are shown to who may delete, and only to them.
+    let (_, admins_page) = page(&client, &format!("{base}/ui/repo/private/secret"), &admin).await;
+    assert!(admins_page.contains("action=\"/ui/repo/private/secret/untag\""), "{admins_page}");
+    let (_, readers_page) = page(&client, &format!("{base}/ui/repo/private/secret"), &reader).await;
+    assert!(!readers_page.contains("/untag"), "{readers_page}");
+    let post = |cookies: &str, fields: Vec<(&'static str, String)>| {
+        client.post(&untag).header("cookie", cookies.to_owned()).form(&fields).send()
+    };
+    // Without the session's CSRF token: refused, and the tag stays.
+    let forged = post(&admin, vec![("tag", "v1".into()), ("csrf", "0".repeat(32))]).await.unwrap();
+    assert_eq!(forged.status(), 403);
+    // A reader with a valid token: refused.
+    let reader_try = post(&reader, vec![("tag", "v1".into()), ("csrf", reader_csrf)]).await.unwrap();
+    assert_eq!(reader_try.status(), 403);
+    assert!(reader_try.text().await.unwrap().contains("You may not delete tags here"));
+    // Anonymous, on a repository it may not see: as if it did not exist.
+    let anonymous = client.post(&untag).form(&[("tag", "v1")]).send().await.unwrap();
+    assert_eq!(anonymous.status(), 404);
+    assert_eq!(reg.get("/v2/private/secret/manifests/v1").await.status(), 200, "v1 is still there");
+    // An immutable tag: refused with the API's reason.
+    let immutable = post(&admin, vec![("tag", "release-1".into()), ("csrf", admin_csrf.clone())]).await.unwrap();
+    assert_eq!(immutable.status(), 403);
+    let said = immutable.text().await.unwrap();
+    assert!(said.contains("is immutable") && said.contains("release-*"), "the rule is named: {said}");
+    // The admin, with the token: the tag is gone for the API too.
+    let deleted = post(&admin, vec![("tag", "v1".into()), ("csrf", admin_csrf)]).await.unwrap();
+    assert_eq!(deleted.status(), 303);
+    assert_eq!(deleted.headers()["location"], "/ui/repo/private/secret");
+    let gone = reg.get("/v2/private/secret/manifests/v1").await;
+    expect_error(gone, 404, "MANIFEST_UNKNOWN").await;
+    assert_eq!(reg.get("/v2/private/secret/manifests/release-1").await.status(), 200);
+}
+
+#[tokio::test]
+async fn the_admin_page_shows_quotas_and_mirrors_to_admins_and_is_missing_for_everyone_else() {
+    let (_dir, runner, reg) = with_reader_and_admin(&[]);
+    reg.push_image("private/secret", "v1", 13).await;
+    let client = browser();
+    let base = runner.url.clone();
+    let (admin, _) = logged_in(&client, &base, ADMIN.0).await;
+    let (reader, _) = logged_in(&client, &base, "reader").await;
+    let (status, html) = page(&client, &format!("{base}/ui/admin"), &admin).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("<code>private/*</code>") && html.contains("1.0 GiB"), "the quota rule: {html}");
+    assert!(html.contains("http://127.0.0.1:9") && html.contains(">set<"), "the upstream: {html}");
+    assert!(!html.contains("hunter2") && !html.contains("puller"), "no credential shown");
+    assert!(html.contains("No pass under way"), "{html}");
+    let (_, listing) = page(&client, &format!("{base}/ui/"), &admin).await;
+    assert!(listing.contains("href=\"/ui/admin\""), "admins get a link");
+    let (not_found, _) = page(&client, &format!("{base}/ui/repo/no/such"), "").await;
+    for cookies in [reader.as_str(), ""] {
+        let (status, body) = page(&client, &format!("{base}/ui/admin"), cookies).await;
+        assert_eq!(status, not_found, "as a missing page");
+        assert!(!body.contains("private/*") && !body.contains("127.0.0.1:9"), "{body}");
+        let (_, listing) = page(&client, &format!("{base}/ui/"), cookies).await;
+        assert!(!listing.contains("/ui/admin"), "no link for who may not");
+    }
+}
+
+/// The UI in a real browser: headless Chromium driven over WebDriver navigates, searches, pages
+/// through tags, copies the pull command (run here with podman), logs a reader and an admin in
+/// and out, deletes a tag with its form, and opens the admin page (tests/browser/ui_journey.py
+/// asserts each step, with what the policy allows each viewer to see).
+#[tokio::test]
+async fn a_browser_navigates_searches_pages_logs_in_deletes_and_logs_out() {
+    let (dir, runner, reg) = with_reader_and_admin(&[]);
+    // A real image (its layer a tar that podman unpacks), pushed by skopeo, then tagged 55 times.
+    let layout_dir = dir.path().join("layout");
+    let layout = common::oci_layout::Layout::create(&layout_dir);
+    let image = layout.image(93, "amd64", &[20_000]);
+    layout.tag(&image, OCI_MANIFEST, "t00");
+    ensure_installed("skopeo");
+    let host = runner.url.trim_start_matches("http://").to_owned();
+    let copy = s(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &format!("{}:{}", ADMIN.0, ADMIN.1),
+        &format!("oci:{}:t00", layout_dir.display()),
+        &format!("docker://{host}/public/app:t00"),
+    ]);
+    let copied = Command::new("skopeo").args(&copy).output().unwrap();
+    assert!(copied.status.success(), "skopeo {copy:?}: {}", String::from_utf8_lossy(&copied.stderr));
+    let manifest = reg.get(&format!("/v2/public/app/manifests/{}", image.digest)).await.bytes().await.unwrap();
+    for i in 1..55 {
+        let put = reg.put_manifest("public/app", &format!("t{i:02}"), OCI_MANIFEST, &manifest).await;
+        assert_eq!(put.status(), 201);
+    }
+    reg.push_image("private/secret", "v1", 15).await;
+    reg.push_image("private/secret", "v2", 16).await;
+    ensure_installed("chromium");
+    ensure_installed("chromedriver");
+    ensure_selenium();
+    let shots = repo_root().join("target/ui-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let script = repo_root().join("tests/browser/ui_journey.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .arg(&runner.url)
+        .arg(&shots)
+        .env("BERTH_UI_ADMIN", format!("{}:{}", ADMIN.0, ADMIN.1))
+        .env("BERTH_UI_READER", format!("reader:{}", ADMIN.1))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the browser journey failed:\n{said}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let seen: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("the journey's JSON");
+    // The pull line copied from the page pulls.
+    let reference = seen["pull"].as_str().unwrap().to_owned();
+    assert!(reference.starts_with(runner.url.trim_start_matches("http://")), "{reference}");
+    ensure_installed("podman");
+    let storage = dir.path().join("podman");
+    // As the reader (podman asks for credentials when `/v2/` challenges it, as basic mode does).
+    let args = s(&[
+        "--root",
+        &storage.join("root").display().to_string(),
+        "--runroot",
+        &storage.join("run").display().to_string(),
+        "pull",
+        "--tls-verify=false",
+        "--creds",
+        &format!("reader:{}", ADMIN.1),
+        &reference,
+    ]);
+    let pulled = Command::new("podman").args(&args).output().unwrap();
+    assert!(pulled.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&pulled.stderr));
+    // The tag the browser deleted is gone for the API too.
+    expect_error(reg.get("/v2/private/secret/manifests/v2").await, 404, "MANIFEST_UNKNOWN").await;
+    for shot in ["browser-manifest", "browser-tags-admin", "admin"] {
+        let png = std::fs::read(shots.join(format!("{shot}.png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 5_000, "{shot}: {} bytes", png.len());
+        if std::env::var_os("BERTH_UPDATE_SCREENSHOTS").is_some() {
+            std::fs::copy(shots.join(format!("{shot}.png")), repo_root().join(format!("docs/ui/{shot}.png"))).unwrap();
+        }
+    }
+}
+
+/// Selenium (PyPI), the WebDriver client the browser journey is written with: installed for the
+/// test's Python when missing (.ci/run installs it too).
+fn ensure_selenium() {
+    let has = || Command::new("python3").args(["-c", "import selenium"]).status().is_ok_and(|s| s.success());
+    if !has() {
+        let _ = Command::new("python3").args(["-m", "pip", "install", "-q", "selenium==4.51.0"]).status();
+    }
+    assert!(has(), "selenium is missing: python3 -m pip install selenium");
 }

@@ -103,12 +103,12 @@ pub async fn metrics<M: MetaStore, B: BlobStore>(
     use prometheus_client::metrics::gauge::Gauge;
     type Rules = Family<Vec<(&'static str, String)>, Gauge>;
     let (limit, used, uploading) = (Rules::default(), Rules::default(), Rules::default());
-    for rule in stores.config.quotas.iter() {
-        let labels = vec![("repositories", rule.pattern.clone())];
+    for usage in quota::usage(stores).await? {
+        let labels = vec![("repositories", usage.rule.pattern.clone())];
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        limit.get_or_create(&labels).set(gauge(rule.limit));
-        used.get_or_create(&labels).set(gauge(quota::used(stores, rule).await?));
-        uploading.get_or_create(&labels).set(gauge(quota::pending(stores, rule).await?));
+        limit.get_or_create(&labels).set(gauge(usage.rule.limit));
+        used.get_or_create(&labels).set(gauge(usage.used));
+        uploading.get_or_create(&labels).set(gauge(usage.uploading));
     }
     let rules = Gauge::<i64>::default();
     rules.set(stores.config.quotas.iter().count() as i64);
@@ -129,17 +129,18 @@ pub async fn metrics<M: MetaStore, B: BlobStore>(
 }
 
 pub async fn quotas<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>) -> Result<Response<B::Outgoing>, RegistryError> {
-    let mut rules = Vec::new();
-    for rule in stores.config.quotas.iter() {
-        let used = quota::used(stores, rule).await?;
-        let pending = quota::pending(stores, rule).await?;
-        rules.push(serde_json::json!({
-            "repositories": rule.pattern,
-            "limit": rule.limit,
-            "used": used,
-            "uploading": pending,
-        }));
-    }
+    let rules: Vec<_> = quota::usage(stores)
+        .await?
+        .iter()
+        .map(|usage| {
+            serde_json::json!({
+                "repositories": usage.rule.pattern,
+                "limit": usage.rule.limit,
+                "used": usage.used,
+                "uploading": usage.uploading,
+            })
+        })
+        .collect();
     let body = serde_json::to_vec(&serde_json::json!({ "quotas": rules })).expect("json");
     Ok(Response::new(StatusCode::OK).json(body))
 }

@@ -126,6 +126,18 @@ impl Identity {
         }
     }
 
+    /// Whether this caller may use the admin API: the policy's `admin` everywhere, for a user
+    /// (never anonymous, as the admin API in basic mode).
+    pub fn administers(&self, config: &AuthConfig) -> bool {
+        match &self.grants {
+            Grants::Everything => true,
+            Grants::Token(claims) => claims.granted(&Resource::Admin).contains(Actions::ADMIN),
+            Grants::Policy => {
+                self.subject().is_some() && config.policy.allows_everywhere(self.subject(), Actions::ADMIN)
+            }
+        }
+    }
+
     /// Whether the catalog shows `name` to the caller: the repositories the policy lets them pull.
     pub fn lists(&self, config: &AuthConfig, name: &str) -> bool {
         match self.grants {

@@ -126,6 +126,11 @@ impl Mirrors {
         Ok(mirrors)
     }
 
+    /// Every upstream, in the order configured.
+    pub fn iter(&self) -> impl Iterator<Item = &Upstream> {
+        self.upstreams.iter()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.upstreams.is_empty()
     }

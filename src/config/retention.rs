@@ -99,6 +99,11 @@ impl Retention {
         Ok(Retention(rules))
     }
 
+    /// Every rule, in the order configured.
+    pub fn rules(&self) -> &[Rule] {
+        &self.0
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

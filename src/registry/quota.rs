@@ -100,6 +100,22 @@ pub async fn pending<M: MetaStore, B>(stores: &Stores<M, B>, quota: &Quota) -> R
     Ok(stores.meta.increment(&quota.pending_key(), 0).await.map_err(store_error)?.max(0) as u64)
 }
 
+/// A rule's usage, as operators see it (`GET /v2/_berth/quotas`, the UI's admin page).
+pub struct Usage<'a> {
+    pub rule: &'a Quota,
+    pub used: u64,
+    pub uploading: u64,
+}
+
+/// Every rule's usage.
+pub async fn usage<M: MetaStore, B>(stores: &Stores<M, B>) -> Result<Vec<Usage<'_>>, RegistryError> {
+    let mut rules = Vec::new();
+    for rule in stores.config.quotas.iter() {
+        rules.push(Usage { rule, used: used(stores, rule).await?, uploading: pending(stores, rule).await? });
+    }
+    Ok(rules)
+}
+
 /// Count a chunk of `size` bytes appended to an unfinished upload into `name`, in every
 /// namespace of it, or refuse it (and count nothing) when the namespace's stored bytes and
 /// unfinished uploads would go over its limit. Racing chunks each count themselves first and

@@ -240,6 +240,7 @@ pub fn ensure_installed(program: &str) {
         "docker" | "dockerd" => "docker.io",
         "htpasswd" => "apache2-utils",
         "promtool" => "prometheus",
+        "chromedriver" => "chromium-driver",
         other => other,
     };
     eprintln!("tests: {program} is missing: installing Debian's {package}");

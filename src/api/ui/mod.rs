@@ -5,9 +5,11 @@
 //! GET  /ui/                                  repositories (?q= prefix, ?cursor= next page)
 //! GET  /ui/repo/<name>                       its tags (?last= next page): digest, push time, size, platforms
 //! GET  /ui/repo/<name>/manifest/<digest>     layers, config, platforms, referrers, pull commands
+//! POST /ui/repo/<name>/untag                delete a tag (form: tag, csrf), for who may delete
+//! GET  /ui/admin                             quotas, GC, retention, mirrors, event outboxes (admins)
 //! GET  /ui/login, POST /ui/login             a form; the session cookie
 //! POST /ui/logout
-//! GET  /ui/style-1.css
+//! GET  /ui/style-2.css
 //! ```
 //!
 //! **Access.** A page shows a repository only to a caller the policy lets pull it (everyone when
@@ -24,12 +26,16 @@
 //!
 //! Every page reads the store a page at a time (at most [`PAGE`] entries).
 
+mod admin;
 mod pages;
 
 use crate::auth::config::Mode;
+use crate::auth::scope::Actions;
 use crate::registry::store::{BlobStore, MetaStore, Stores};
 use crate::wire::errcode::RegistryError;
 use crate::wire::message::{Request, Response};
+use crate::wire::name::RepoName;
+use crate::wire::route::Route;
 use http::{HeaderValue, Method, StatusCode, header};
 
 /// Entries one page shows at most.
@@ -41,7 +47,9 @@ const CSRF_COOKIE: &str = "__Host-berth_csrf";
 const SESSION_PURPOSE: &[u8] = b"berth ui session v1";
 /// The stylesheet, named by its version so it can be cached for good.
 const STYLE: &str = include_str!("style.css");
-const STYLE_PATH: &str = "/ui/style-1.css";
+const STYLE_PATH: &str = "/ui/style-2.css";
+/// The last component of a tag delete's path.
+const UNTAG: &str = "/untag";
 /// Nothing but this origin's stylesheet and form posts: no script, no frame, no other origin.
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
                    frame-ancestors 'none'; base-uri 'none'";
@@ -58,12 +66,31 @@ pub struct Viewer {
     /// The CSRF token of the forms on this page (the cookie's, or a new one to set).
     csrf: String,
     new_csrf: bool,
+    /// The admin page is linked from every page.
+    admin: bool,
 }
 
 impl Viewer {
     /// Whether this viewer may see repository `name`: the catalog's rule (they may pull it).
     pub fn sees<M, B>(&self, stores: &Stores<M, B>, name: &str) -> bool {
         self.identity.lists(&stores.config.auth, name)
+    }
+
+    /// Whether this viewer may delete tags of repository `name` (the API's rule: the policy's
+    /// `delete`; a mirrored repository is read-only).
+    pub fn may_delete<M, B>(&self, stores: &Stores<M, B>, name: &RepoName) -> bool {
+        self.identity.may(&stores.config.auth, name.as_str(), Actions::DELETE)
+            && stores.config.mirrors.target(name).is_none()
+    }
+
+    /// Whether this viewer may see the admin page (the admin API's rule).
+    pub fn administers(&self) -> bool {
+        self.admin
+    }
+
+    /// A form's hidden CSRF field.
+    pub fn csrf_field(&self) -> String {
+        format!("<input type=\"hidden\" name=\"csrf\" value=\"{}\">", esc(&self.csrf))
     }
 }
 
@@ -81,9 +108,14 @@ pub async fn handle<M: MetaStore, B: BlobStore>(
                 .full(STYLE.as_bytes().to_vec()));
         }
         (Method::GET, "/ui") => pages::repositories(stores, &viewer, &req).await?,
+        (Method::GET, "/ui/admin") => admin::page(stores, &viewer).await?,
         (Method::GET, "/ui/login") => Html::page("Log in", login_form(&viewer, None)),
         (Method::POST, "/ui/login") => return login(stores, viewer, req).await,
         (Method::POST, "/ui/logout") => return logout(stores, viewer, req).await,
+        (Method::POST, p) if let Some(name) = p.strip_prefix("/ui/repo/").and_then(|r| r.strip_suffix(UNTAG)) => {
+            let name = name.to_owned();
+            return untag(stores, viewer, req, &name).await;
+        }
         (Method::GET, p) if p.starts_with("/ui/repo/") => pages::repository(stores, &viewer, &req, &p[9..]).await?,
         _ => Html::not_found(),
     };
@@ -138,17 +170,17 @@ impl Html {
 fn layout(viewer: &Viewer, page: &Html) -> String {
     let who = match &viewer.user {
         Some(user) => format!(
-            "<form method=\"post\" action=\"/ui/logout\" class=\"who\">{} <input type=\"hidden\" name=\"csrf\" \
-             value=\"{}\"><button>Log out</button></form>",
+            "<form method=\"post\" action=\"/ui/logout\" class=\"who\">{} {}<button>Log out</button></form>",
             esc(user),
-            esc(&viewer.csrf)
+            viewer.csrf_field()
         ),
         None => "<a class=\"who\" href=\"/ui/login\">Log in</a>".to_owned(),
     };
+    let admin = if viewer.admin { "<a class=\"admin\" href=\"/ui/admin\">Administration</a>" } else { "" };
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" \
          content=\"width=device-width, initial-scale=1\"><title>{} · Berth</title><link rel=\"stylesheet\" \
-         href=\"{STYLE_PATH}\"></head><body><header><a class=\"brand\" href=\"/ui/\">Berth</a>{who}</header>\
+         href=\"{STYLE_PATH}\"></head><body><header><a class=\"brand\" href=\"/ui/\">Berth</a><nav>{admin}{who}</nav></header>\
          <main><h1>{}</h1>{}</main></body></html>",
         esc(&page.title),
         esc(&page.title),
@@ -204,9 +236,10 @@ where
             (live && auth.mode != Mode::None && same_password).then(|| user.to_owned())
         });
     let identity = crate::auth::Identity::of_user(auth, user.clone());
+    let admin = identity.administers(auth);
     match cookie(req, CSRF_COOKIE).filter(|c| c.len() == 32 && c.bytes().all(|b| b.is_ascii_hexdigit())) {
-        Some(csrf) => Viewer { identity, user, csrf: csrf.to_owned(), new_csrf: false },
-        None => Viewer { identity, user, csrf: hex::encode((stores.random)()), new_csrf: true },
+        Some(csrf) => Viewer { identity, user, csrf: csrf.to_owned(), new_csrf: false, admin },
+        None => Viewer { identity, user, csrf: hex::encode((stores.random)()), new_csrf: true, admin },
     }
 }
 
@@ -219,11 +252,10 @@ fn password_tag(hash: &str) -> String {
 fn login_form(viewer: &Viewer, said: Option<&str>) -> String {
     let said = said.map(|s| format!("<p class=\"said\">{}</p>", esc(s))).unwrap_or_default();
     format!(
-        "{said}<form method=\"post\" action=\"/ui/login\" class=\"login\"><input type=\"hidden\" name=\"csrf\" \
-         value=\"{}\"><label>User <input name=\"user\" autocomplete=\"username\" required></label><label>Password \
-         <input name=\"password\" type=\"password\" autocomplete=\"current-password\" required></label>\
-         <button>Log in</button></form>",
-        esc(&viewer.csrf)
+        "{said}<form method=\"post\" action=\"/ui/login\" class=\"login\">{}<label>User <input name=\"user\" \
+         autocomplete=\"username\" required></label><label>Password <input name=\"password\" type=\"password\" \
+         autocomplete=\"current-password\" required></label><button>Log in</button></form>",
+        viewer.csrf_field()
     )
 }
 
@@ -255,9 +287,11 @@ fn refused<S>(viewer: &Viewer, status: StatusCode, title: &str, body: String) ->
 
 /// The answer that ends a form that worked: back to the repositories, with `cookie` set.
 fn done<S>(cookie: &str) -> Response<S> {
-    let response =
-        Response::new(StatusCode::SEE_OTHER).header(header::LOCATION, "/ui/").header(header::CACHE_CONTROL, "no-store");
-    set_cookie(response, cookie).empty()
+    set_cookie(see_other("/ui/"), cookie).empty()
+}
+
+fn see_other<S>(location: &str) -> Response<S> {
+    Response::new(StatusCode::SEE_OTHER).header(header::LOCATION, location).header(header::CACHE_CONTROL, "no-store")
 }
 
 async fn login<M: MetaStore, B: BlobStore>(
@@ -315,6 +349,59 @@ async fn logout<M: MetaStore, B: BlobStore>(
     Ok(done(&format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict")))
 }
 
+/// `POST /ui/repo/<name>/untag`: delete the form's tag, as `DELETE /v2/<name>/manifests/<tag>`
+/// does (immutable tags refused, the event recorded before the answer), for a viewer the policy
+/// lets delete in `name`. A repository the viewer may not see answers as a missing one.
+async fn untag<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    viewer: Viewer,
+    req: Request<B::Incoming>,
+    name: &str,
+) -> Result<Response<B::Outgoing>, RegistryError> {
+    let Ok(name) = RepoName::parse(name) else { return Ok(respond(&viewer, Html::not_found())) };
+    if !viewer.sees(stores, name.as_str()) || !pages::exists(stores, &name).await? {
+        return Ok(respond(&viewer, Html::not_found()));
+    }
+    // What the event says of the request (its address, agent), read before the body is.
+    let head = Request {
+        method: Method::DELETE,
+        path: req.path.clone(),
+        query: None,
+        headers: req.headers.clone(),
+        body: (),
+        origin: req.origin.clone(),
+    };
+    let fields = form(stores, req).await?;
+    let tag = fields.get("tag").cloned().unwrap_or_default();
+    let back = format!("<p><a href=\"/ui/repo/{}\">Back to {}</a></p>", esc(name.as_str()), esc(name.as_str()));
+    if !csrf_ok(&viewer, &fields) {
+        let body = format!("<p>The form expired: try again.</p>{back}");
+        return Ok(refused(&viewer, StatusCode::FORBIDDEN, "Delete a tag", body));
+    }
+    if !viewer.may_delete(stores, &name) {
+        let body = format!("<p>You may not delete tags here.</p>{back}");
+        return Ok(refused(&viewer, StatusCode::FORBIDDEN, "Delete a tag", body));
+    }
+    if crate::wire::name::Tag::parse(&tag).is_err() {
+        let body = format!("<p>{} is not a tag.</p>{back}", esc(&tag));
+        return Ok(refused(&viewer, StatusCode::BAD_REQUEST, "Delete a tag", body));
+    }
+    let response = match super::manifests::delete(stores, &name, &tag).await {
+        Ok(response) => response,
+        // Told to the viewer as the API tells a client (a tag gone meanwhile, an immutable one).
+        Err(err) if err.status().is_client_error() => {
+            let said = err.detail.as_deref().unwrap_or(err.code.message());
+            let body = format!("<p>{} was not deleted: {}</p>{back}", esc(&tag), esc(said));
+            return Ok(refused(&viewer, err.status(), "Delete a tag", body));
+        }
+        Err(err) => return Err(err),
+    };
+    let asked = super::events::Asked::of(&head, &Route::Manifest(name.clone(), tag.clone()));
+    super::events::record_request(stores, &viewer.identity, &asked, &response).await?;
+    stores.log(format_args!("ui: {} deleted tag {name}:{tag}", viewer.user.as_deref().unwrap_or("anonymous")));
+    Ok(see_other(&format!("/ui/repo/{}", name.as_str())).empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +434,35 @@ mod tests {
         let forged =
             super::super::cursor::seal_for(&stores.config.auth, SESSION_PURPOSE, "alice\n99999999999\nx", [2; 16]);
         assert_eq!(viewer(&stores, &request_with(&format!("{SESSION_COOKIE}={forged}"))).user, None);
+    }
+
+    #[test]
+    fn anonymous_viewers_never_administer_even_where_the_policy_grants_anonymous_admin() {
+        let mut stores = memory_stores();
+        stores.config.auth.mode = Mode::Basic;
+        let no_users = Default::default();
+        stores.config.auth.policy =
+            crate::auth::policy::Policy::parse("* anonymous pull,admin", &no_users, &Default::default()).unwrap();
+        let anonymous = viewer(&stores, &request_with("x=y"));
+        assert!(anonymous.sees(&stores, "any/repo"), "the rule applies to pulls");
+        assert!(!anonymous.administers(), "the admin API refuses anonymous callers in basic mode; so does the UI");
+    }
+
+    #[test]
+    fn an_untag_post_without_a_repository_name_is_not_found_not_a_trap() {
+        let stores = memory_stores();
+        for path in ["/ui/repo/untag", "/ui/repo//untag", "/ui/repo/untag/"] {
+            let req = Request {
+                method: Method::POST,
+                path: path.into(),
+                query: None,
+                headers: http::HeaderMap::new(),
+                body: Vec::new(),
+                origin: None,
+            };
+            let response = crate::testing::block_on(handle(&stores, req)).unwrap();
+            assert_eq!(response.status, StatusCode::NOT_FOUND, "{path}");
+        }
     }
 
     #[test]

@@ -91,25 +91,23 @@ pub async fn repository<M: MetaStore, B: BlobStore>(
     };
     let Ok(name) = RepoName::parse(name) else { return Ok(Html::not_found()) };
     // Not seen and not there answer alike.
-    if !viewer.sees(stores, name.as_str())
-        || !stores
-            .blobs
-            .list(&keys::repo_marker(&name), None, 1)
-            .await
-            .map_err(internal)?
-            .0
-            .iter()
-            .any(|m| *m == keys::repo_marker(&name))
-    {
+    if !viewer.sees(stores, name.as_str()) || !exists(stores, &name).await? {
         return Ok(Html::not_found());
     }
     match digest {
-        None => tags(stores, &name, req).await,
+        None => tags(stores, viewer, &name, req).await,
         Some(digest) => match Digest::parse(digest) {
             Ok(digest) => manifest(stores, &name, &digest, req).await,
             Err(_) => Ok(Html::not_found()),
         },
     }
+}
+
+/// Whether repository `name` holds anything (its marker is there).
+pub async fn exists<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, name: &RepoName) -> Result<bool> {
+    let marker = keys::repo_marker(name);
+    let (found, _) = stores.blobs.list(&marker, None, 1).await.map_err(internal)?;
+    Ok(found.contains(&marker))
 }
 
 /// A stored blob's bytes (a manifest, a config), when it is small enough to show.
@@ -160,9 +158,12 @@ fn short(digest: &str) -> String {
 
 async fn tags<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
+    viewer: &Viewer,
     name: &RepoName,
     req: &Request<B::Incoming>,
 ) -> Result<Html> {
+    // Who may delete gets a form per tag (posted with the page's CSRF token).
+    let deletes = viewer.may_delete(stores, name);
     let prefix = keys::tags_prefix(name);
     let last = req.query_param("last").filter(|l| Tag::parse(l).is_ok());
     let after = last.as_ref().map(|l| format!("{prefix}{l}"));
@@ -188,9 +189,21 @@ async fn tags<M: MetaStore, B: BlobStore>(
         let index = is_index(&record.media_type);
         let (size, platforms) = json.as_ref().map(|j| summary(index, j)).unwrap_or_default();
         let pushed = target.pushed.map(crate::auth::issue::rfc3339).unwrap_or_default();
+        let delete = match deletes {
+            true => format!(
+                "<td><form method=\"post\" action=\"/ui/repo/{}{}\" class=\"delete\">{}<input type=\"hidden\" \
+                 name=\"tag\" value=\"{}\"><button title=\"Delete tag {}\">Delete</button></form></td>",
+                esc(name.as_str()),
+                super::UNTAG,
+                viewer.csrf_field(),
+                esc(tag.as_str()),
+                esc(tag.as_str())
+            ),
+            false => String::new(),
+        };
         rows.push_str(&format!(
             "<tr><td><a href=\"/ui/repo/{n}/manifest/{d}?tag={t}\">{t}</a></td><td><code title=\"{d}\">{s}</code></td><td>{p}</td>\
-             <td>{z}</td><td>{k}</td></tr>",
+             <td>{z}</td><td>{k}</td>{delete}</tr>",
             n = esc(name.as_str()),
             d = esc(&digest),
             t = esc(tag.as_str()),
@@ -209,8 +222,9 @@ async fn tags<M: MetaStore, B: BlobStore>(
         body.push_str("<p>No tags.</p>");
     } else {
         body.push_str(&format!(
-            "<table class=\"tags\"><thead><tr><th>Tag</th><th>Digest</th><th>Pushed</th><th>Size</th><th>Platforms</th></tr>\
-             </thead><tbody>{rows}</tbody></table>"
+            "<table class=\"tags\"><thead><tr><th>Tag</th><th>Digest</th><th>Pushed</th><th>Size</th><th>Platforms</th>{}\
+             </tr></thead><tbody>{rows}</tbody></table>",
+            if deletes { "<th></th>" } else { "" }
         ));
     }
     if let (Some(_), Some(last)) = (next, shown_last) {
