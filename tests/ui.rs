@@ -137,6 +137,9 @@ async fn logging_in_shows_the_users_repositories_and_logging_out_ends_it_with_cs
         client.post(ui("/ui/logout")).header("cookie", &cookies).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
     assert_eq!(logout.status(), 303);
     assert_eq!(set_cookie(&logout, "__Host-berth_ui").as_deref(), Some("__Host-berth_ui="));
+    // A copy of the session cookie (another browser, a stolen one) ends with the logout too.
+    let (_, copied) = page(&client, &ui("/ui/"), &cookies).await;
+    assert!(!copied.contains("private/secret") && copied.contains("Log in"), "{copied}");
 }
 
 #[tokio::test]

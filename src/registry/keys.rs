@@ -257,6 +257,12 @@ pub fn event_counter(endpoint: &str) -> String {
     format!("events/{endpoint}/next")
 }
 
+/// The second up to which a web UI user's sessions are ended (their logout, `crate::api::ui`):
+/// a session issued then or before is nobody's.
+pub fn ui_sessions_ended(user: &str) -> String {
+    format!("ui/sessions-ended/{user}")
+}
+
 /// Where an event endpoint's delivery is (`crate::registry::events::State`).
 pub fn event_state(endpoint: &str) -> String {
     format!("events/{endpoint}/state")

@@ -19,7 +19,9 @@
 //! sealed with ChaCha20-Poly1305 under a key from `auth_token_secret` alone, so that neither the
 //! users' hashes nor an old password make one; `HttpOnly; Secure; SameSite=Strict`), else
 //! anonymous. Without `auth_token_secret` there are no sessions (the form says so). A password
-//! change ends that user's sessions. The login form is throttled like every password check
+//! change ends that user's sessions, and so does a logout: it records the second up to which
+//! the user's sessions are ended (`keys::ui_sessions_ended`), which every page with a session
+//! reads, so a copied cookie ends with the browser's. The login form is throttled like every password check
 //! (`super::login`). Forms that change state carry a CSRF token that must equal the
 //! `__Host-berth_csrf` cookie (double submit, besides `SameSite=Strict`). The `__Host-` cookies
 //! need HTTPS (browsers take `localhost` and `127.0.0.1` for secure too).
@@ -31,7 +33,8 @@ mod pages;
 
 use crate::auth::config::Mode;
 use crate::auth::scope::Actions;
-use crate::registry::store::{BlobStore, MetaStore, Stores};
+use crate::registry::keys;
+use crate::registry::store::{BlobStore, MetaStore, Stores, internal};
 use crate::wire::errcode::RegistryError;
 use crate::wire::message::{Request, Response};
 use crate::wire::name::RepoName;
@@ -98,7 +101,7 @@ pub async fn handle<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     req: Request<B::Incoming>,
 ) -> Result<Response<B::Outgoing>, RegistryError> {
-    let viewer = viewer(stores, &req);
+    let viewer = viewer(stores, &req).await?;
     let path = req.path.trim_end_matches('/').to_owned();
     let page = match (req.method.clone(), path.as_str()) {
         (Method::GET, p) if p == STYLE_PATH => {
@@ -220,27 +223,36 @@ fn cookie<'a, B>(req: &'a Request<B>, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-fn viewer<M, B>(stores: &Stores<M, B>, req: &Request<B::Incoming>) -> Viewer
-where
-    B: BlobStore,
-{
+async fn viewer<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    req: &Request<B::Incoming>,
+) -> Result<Viewer, RegistryError> {
     let auth = &stores.config.auth;
-    let user = cookie(req, SESSION_COOKIE)
+    let session = cookie(req, SESSION_COOKIE)
         .zip(auth.secret_key(SESSION_PURPOSE))
         .and_then(|(sealed, key)| super::cursor::open_with(&key, sealed))
         .and_then(|session| {
             let mut parts = session.split('\n');
-            let (user, expiry, hash) = (parts.next()?, parts.next()?, parts.next()?);
-            let live = expiry.parse::<u64>().ok()? > (stores.now)();
+            let (user, expiry, hash) = (parts.next()?, parts.next()?.parse::<u64>().ok()?, parts.next()?);
+            let live = expiry > (stores.now)();
             let same_password = auth.users.get(user).is_some_and(|h| password_tag(h) == hash);
-            (live && auth.mode != Mode::None && same_password).then(|| user.to_owned())
+            (live && auth.mode != Mode::None && same_password).then(|| (user.to_owned(), expiry - SESSION_SECS))
         });
+    // A logout ends every session of its user issued up to then, wherever it was copied to.
+    let user = match session {
+        Some((user, issued)) => {
+            let ended = stores.meta.get(&keys::ui_sessions_ended(&user)).await.map_err(internal)?;
+            let ended = ended.and_then(|e| String::from_utf8(e).ok()).and_then(|e| e.parse::<u64>().ok());
+            ended.is_none_or(|ended| issued > ended).then_some(user)
+        }
+        None => None,
+    };
     let identity = crate::auth::Identity::of_user(auth, user.clone());
     let admin = identity.administers(auth);
-    match cookie(req, CSRF_COOKIE).filter(|c| c.len() == 32 && c.bytes().all(|b| b.is_ascii_hexdigit())) {
+    Ok(match cookie(req, CSRF_COOKIE).filter(|c| c.len() == 32 && c.bytes().all(|b| b.is_ascii_hexdigit())) {
         Some(csrf) => Viewer { identity, user, csrf: csrf.to_owned(), new_csrf: false, admin },
         None => Viewer { identity, user, csrf: hex::encode((stores.random)()), new_csrf: true, admin },
-    }
+    })
 }
 
 /// What a session says of the password it was made with: a digest of the user's hash, so that a
@@ -346,6 +358,12 @@ async fn logout<M: MetaStore, B: BlobStore>(
         let body = "<p>The form expired: try again.</p>".to_owned();
         return Ok(refused(&viewer, StatusCode::FORBIDDEN, "Log out", body));
     }
+    // Not only this browser's cookie: every session of the user issued up to now ends.
+    if let Some(user) = &viewer.user {
+        let now = (stores.now)().to_string();
+        stores.meta.set(&keys::ui_sessions_ended(user), now.as_bytes()).await.map_err(internal)?;
+        stores.log(format_args!("ui: {user} logged out"));
+    }
     Ok(done(&format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict")))
 }
 
@@ -426,14 +444,50 @@ mod tests {
             request_with(&format!("{SESSION_COOKIE}={sealed}"))
         };
         let now = (stores.now)();
-        assert_eq!(viewer(&stores, &session(now + 60, "$2y$04$first")).user.as_deref(), Some("alice"));
-        assert_eq!(viewer(&stores, &session(now, "$2y$04$first")).user, None, "expired");
+        assert_eq!(
+            crate::testing::block_on(viewer(&stores, &session(now + 60, "$2y$04$first"))).unwrap().user.as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            crate::testing::block_on(viewer(&stores, &session(now, "$2y$04$first"))).unwrap().user,
+            None,
+            "expired"
+        );
         stores.config.auth.users.insert("alice".into(), "$2y$04$second".into());
-        assert_eq!(viewer(&stores, &session(now + 60, "$2y$04$first")).user, None, "made with the old password");
+        assert_eq!(
+            crate::testing::block_on(viewer(&stores, &session(now + 60, "$2y$04$first"))).unwrap().user,
+            None,
+            "made with the old password"
+        );
         // A key from the users' hashes (what the catalog's cursors use) makes no session.
         let forged =
             super::super::cursor::seal_for(&stores.config.auth, SESSION_PURPOSE, "alice\n99999999999\nx", [2; 16]);
-        assert_eq!(viewer(&stores, &request_with(&format!("{SESSION_COOKIE}={forged}"))).user, None);
+        assert_eq!(
+            crate::testing::block_on(viewer(&stores, &request_with(&format!("{SESSION_COOKIE}={forged}"))))
+                .unwrap()
+                .user,
+            None
+        );
+    }
+
+    #[test]
+    fn a_logout_ends_every_session_of_its_user_issued_up_to_then() {
+        let mut stores = memory_stores();
+        stores.config.auth.mode = Mode::Basic;
+        stores.config.auth.secret = b"0123456789abcdef0123456789abcdef".to_vec();
+        stores.config.auth.users.insert("alice".into(), "$2y$04$first".into());
+        let key = stores.config.auth.secret_key(SESSION_PURPOSE).unwrap();
+        let now = (stores.now)();
+        let issued_at = |issued: u64| {
+            let session = format!("alice\n{}\n{}", issued + SESSION_SECS, password_tag("$2y$04$first"));
+            request_with(&format!("{SESSION_COOKIE}={}", super::super::cursor::seal_with(&key, &session, [3; 16])))
+        };
+        let user = |req: &Request<Vec<u8>>| crate::testing::block_on(viewer(&stores, req)).unwrap().user;
+        assert_eq!(user(&issued_at(now)).as_deref(), Some("alice"));
+        crate::testing::block_on(stores.meta.set(&keys::ui_sessions_ended("alice"), now.to_string().as_bytes()))
+            .unwrap();
+        assert_eq!(user(&issued_at(now)), None, "a copy of a session issued before the logout");
+        assert_eq!(user(&issued_at(now + 1)).as_deref(), Some("alice"), "a session issued after it");
     }
 
     #[test]
@@ -443,7 +497,7 @@ mod tests {
         let no_users = Default::default();
         stores.config.auth.policy =
             crate::auth::policy::Policy::parse("* anonymous pull,admin", &no_users, &Default::default()).unwrap();
-        let anonymous = viewer(&stores, &request_with("x=y"));
+        let anonymous = crate::testing::block_on(viewer(&stores, &request_with("x=y"))).unwrap();
         assert!(anonymous.sees(&stores, "any/repo"), "the rule applies to pulls");
         assert!(!anonymous.administers(), "the admin API refuses anonymous callers in basic mode; so does the UI");
     }
