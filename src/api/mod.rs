@@ -52,17 +52,7 @@ pub async fn handle_with<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     let counted = req.header(COUNT_EVENTS).is_some_and(|v| v == "1");
     let (response, background) = match dispatch(stores, outbound, req).await {
         Ok(answer) => answer,
-        // Said for the user (an upstream the mirror cannot reach): passed on as it is.
-        Err(err) if err.code == ErrorCode::Unavailable && err.told => (Response::error(&err), None),
-        Err(err) if err.code == ErrorCode::Unavailable => {
-            // The backend's message (which may name hosts) goes to the log, not to clients.
-            stores.log(format_args!("storage unavailable: {}", err.detail.as_deref().unwrap_or("?")));
-            stores.count("storage_unavailable", 1);
-            let said =
-                format!("a storage backend of the registry is unavailable: try again later (request {})", id.as_str());
-            (Response::error(&RegistryError::new(ErrorCode::Unavailable, said)), None)
-        }
-        Err(err) => (error_response(&err, &id), None),
+        Err(err) => (Response::error(&as_told(stores, &err)), None),
     };
     // A request that recorded events sends them once its answer is on its way (a receiver that
     // is down or slow delays nothing the client waits for).
@@ -127,14 +117,39 @@ pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-reques
 /// variable's name) goes to the log, under the request's id, and the client gets the id only, to
 /// quote in a report; errors said for the user (`told`) pass as they are.
 pub fn error_response<S>(err: &RegistryError, id: &crate::registry::store::RequestId) -> Response<S> {
+    Response::error(&internal_as_told(err, id))
+}
+
+/// The error as a client (or the web UI's viewer) is told it: a backend's unavailability and an
+/// internal error are logged, and the client gets the request id to find them in the log.
+pub fn as_told<M, B>(stores: &Stores<M, B>, err: &RegistryError) -> RegistryError {
+    match err.code {
+        // Said for the user (an upstream the mirror cannot reach): passed on as it is.
+        ErrorCode::Unavailable if err.told => err.clone(),
+        ErrorCode::Unavailable => {
+            // The backend's message (which may name hosts) goes to the log, not to clients.
+            stores.log(format_args!("storage unavailable: {}", err.detail.as_deref().unwrap_or("?")));
+            stores.count("storage_unavailable", 1);
+            let said = format!(
+                "a storage backend of the registry is unavailable: try again later (request {})",
+                stores.request_id.as_str()
+            );
+            RegistryError::new(ErrorCode::Unavailable, said)
+        }
+        _ => internal_as_told(err, &stores.request_id),
+    }
+}
+
+/// An internal error's detail goes to the log only; the client gets the request id.
+fn internal_as_told(err: &RegistryError, id: &crate::registry::store::RequestId) -> RegistryError {
     if err.code != ErrorCode::Internal || err.told {
-        return Response::error(err);
+        return err.clone();
     }
     eprintln!("berth: internal error: {} (request {})", err.detail.as_deref().unwrap_or("?"), id.as_str());
-    Response::error(&RegistryError::new(
+    RegistryError::new(
         ErrorCode::Internal,
         format!("internal error (request {}): the registry's log says what failed", id.as_str()),
-    ))
+    )
 }
 
 async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(

@@ -62,6 +62,7 @@ pub fn serves(path: &str) -> bool {
 }
 
 /// Who is looking: the session's user, if any.
+#[derive(Clone)]
 pub struct Viewer {
     pub user: Option<String>,
     /// The user as the policy sees them (the API's rules).
@@ -97,11 +98,47 @@ impl Viewer {
     }
 }
 
+/// A UI request's answer: a page, also when the store fails (with the API's status and words).
 pub async fn handle<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     req: Request<B::Incoming>,
 ) -> Result<Response<B::Outgoing>, RegistryError> {
-    let viewer = viewer(stores, &req).await?;
+    let viewer = match viewer(stores, &req).await {
+        Ok(viewer) => viewer,
+        Err(err) => {
+            let nobody = Viewer {
+                identity: crate::auth::Identity::of_user(&stores.config.auth, None),
+                user: None,
+                csrf: String::new(),
+                new_csrf: false,
+                admin: false,
+            };
+            return Ok(failed(stores, &nobody, &err));
+        }
+    };
+    match route(stores, &viewer, req).await {
+        Ok(response) => Ok(response),
+        Err(err) => Ok(failed(stores, &viewer, &err)),
+    }
+}
+
+/// An error as a page: the status and words the API would answer (an internal error's detail
+/// only in the log, the request id on the page).
+fn failed<M, B, S>(stores: &Stores<M, B>, viewer: &Viewer, err: &RegistryError) -> Response<S> {
+    let told = super::as_told(stores, err);
+    let said = told.detail.as_deref().unwrap_or(told.code.message());
+    let body = format!("<p class=\"said\">{}</p><p><a href=\"/ui/\">Repositories</a></p>", esc(said));
+    let mut page = Html::page("Something went wrong", body);
+    page.status = told.status();
+    respond(viewer, page)
+}
+
+async fn route<M: MetaStore, B: BlobStore>(
+    stores: &Stores<M, B>,
+    viewer: &Viewer,
+    req: Request<B::Incoming>,
+) -> Result<Response<B::Outgoing>, RegistryError> {
+    let viewer = viewer.clone();
     let path = req.path.trim_end_matches('/').to_owned();
     let page = match (req.method.clone(), path.as_str()) {
         (Method::GET, p) if p == STYLE_PATH => {
@@ -517,6 +554,29 @@ mod tests {
             let response = crate::testing::block_on(handle(&stores, req)).unwrap();
             assert_eq!(response.status, StatusCode::NOT_FOUND, "{path}");
         }
+    }
+
+    #[test]
+    fn a_store_that_fails_is_a_page_with_the_apis_status_not_a_json_body() {
+        let stores = memory_stores();
+        stores.meta.fail_gets();
+        let req = Request {
+            method: Method::GET,
+            path: "/ui/admin".into(),
+            query: None,
+            headers: http::HeaderMap::new(),
+            body: Vec::new(),
+            origin: None,
+        };
+        let response = crate::testing::block_on(handle(&stores, req)).unwrap();
+        assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        let body = match &response.body {
+            crate::wire::message::Body::Full(bytes) => String::from_utf8(bytes.clone()).unwrap(),
+            _ => panic!("a page"),
+        };
+        assert!(body.contains("Something went wrong") && body.contains("unavailable: try again later"), "{body}");
+        assert!(!body.contains("gc/cursor"), "the backend's words stay in the log: {body}");
     }
 
     #[test]
