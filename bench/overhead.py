@@ -23,8 +23,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+
+from growth import start_runner  # bench/growth.py: the release runner on a free loopback port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -34,17 +35,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def start_runner(runner, component, data, extra):
-    proc = subprocess.Popen([runner, "up", "--manifest", os.path.join(ROOT, "spin.toml"), "--component", component,
-                             "--listen", "127.0.0.1:0", "--data", data] + extra,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:
-        if line.startswith("berth-runner: serving"):
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-            return proc, line.rsplit("://", 1)[1].strip()
-    raise SystemExit("berth-runner did not start")
 
 
 def request(addr, method, path, body=None, headers=None):

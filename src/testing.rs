@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 pub struct MemMeta(pub RefCell<BTreeMap<String, Vec<u8>>>, RefCell<Option<String>>, Cell<bool>);
 
 impl MemMeta {
-    /// From now on every `get` fails, as a store that went away would.
+    /// From now on every `get` and `increment` fails, as a store that went away would.
     pub fn fail_gets(&self) {
         self.2.set(true);
     }
@@ -50,6 +50,9 @@ impl MetaStore for MemMeta {
         }
     }
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
+        if self.2.get() {
+            return Err(StoreError::Unavailable(format!("increment of {key} failed (test)")));
+        }
         let mut map = self.0.borrow_mut();
         let current = match map.get(key) {
             Some(value) => i64::from_le_bytes(

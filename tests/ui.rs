@@ -217,19 +217,7 @@ async fn the_pages_show_platforms_layers_config_and_referrers_and_the_pull_comma
     let at = image.find("<code>podman pull ").expect("a podman pull line") + "<code>podman pull ".len();
     let reference = image[at..].split('<').next().unwrap().to_owned();
     assert!(reference.ends_with(&amd64.digest), "{reference}");
-    ensure_installed("podman");
-    let storage = leg.work.join("podman");
-    let args = s(&[
-        "--root",
-        &storage.join("root").display().to_string(),
-        "--runroot",
-        &storage.join("run").display().to_string(),
-        "pull",
-        "--tls-verify=false",
-        &reference,
-    ]);
-    let output = Command::new("podman").args(&args).output().unwrap();
-    assert!(output.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    podman_pull(&leg.work.join("podman"), &reference, None);
     screenshots(
         &leg.runner.url,
         &[
@@ -248,6 +236,26 @@ async fn the_pages_show_platforms_layers_config_and_referrers_and_the_pull_comma
             ("login", "/ui/login".to_owned(), "<h1>Log in</h1>".to_owned()),
         ],
     );
+}
+
+/// `podman pull` of `reference` (plain HTTP) with its storage under `storage`, as `creds` when
+/// given; it must succeed.
+fn podman_pull(storage: &std::path::Path, reference: &str, creds: Option<&str>) {
+    ensure_installed("podman");
+    let mut args = s(&[
+        "--root",
+        &storage.join("root").display().to_string(),
+        "--runroot",
+        &storage.join("run").display().to_string(),
+        "pull",
+        "--tls-verify=false",
+    ]);
+    if let Some(creds) = creds {
+        args.extend(s(&["--creds", creds]));
+    }
+    args.push(reference.to_owned());
+    let output = Command::new("podman").args(&args).output().unwrap();
+    assert!(output.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
 /// Headless Chromium (Debian's `chromium`) renders each page; the screenshots go to
@@ -484,22 +492,8 @@ async fn a_browser_navigates_searches_pages_logs_in_deletes_and_logs_out() {
     // The pull line copied from the page pulls.
     let reference = seen["pull"].as_str().unwrap().to_owned();
     assert!(reference.starts_with(runner.url.trim_start_matches("http://")), "{reference}");
-    ensure_installed("podman");
-    let storage = dir.path().join("podman");
     // As the reader (podman asks for credentials when `/v2/` challenges it, as basic mode does).
-    let args = s(&[
-        "--root",
-        &storage.join("root").display().to_string(),
-        "--runroot",
-        &storage.join("run").display().to_string(),
-        "pull",
-        "--tls-verify=false",
-        "--creds",
-        &format!("reader:{}", ADMIN.1),
-        &reference,
-    ]);
-    let pulled = Command::new("podman").args(&args).output().unwrap();
-    assert!(pulled.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&pulled.stderr));
+    podman_pull(&dir.path().join("podman"), &reference, Some(&format!("reader:{}", ADMIN.1)));
     // The tag the browser deleted is gone for the API too.
     expect_error(reg.get("/v2/private/secret/manifests/v2").await, 404, "MANIFEST_UNKNOWN").await;
     for shot in ["browser-manifest", "browser-tags-admin", "admin"] {

@@ -11,6 +11,7 @@
 //! gc/cursor                               where the next garbage collection step starts
 //! events/<endpoint>/next                  the number of the endpoint's newest event (counter)
 //! events/<endpoint>/state                 how far its delivery is (delivered, retry, lease)
+//! ui/session-generation/<user>            the web UI user's logouts (counter)
 //! ```
 //! `<repo-key>` is the repository name when the key stays under [`MAX_KEY_LEN`], else
 //! `_` + sha256(name): names may be 255 characters and sha512 digests 128, while hosts such as
@@ -257,10 +258,10 @@ pub fn event_counter(endpoint: &str) -> String {
     format!("events/{endpoint}/next")
 }
 
-/// The second up to which a web UI user's sessions are ended (their logout, `crate::api::ui`):
-/// a session issued then or before is nobody's.
-pub fn ui_sessions_ended(user: &str) -> String {
-    format!("ui/sessions-ended/{user}")
+/// A web UI user's session generation (a counter their logout moves on, `crate::api::ui`): a
+/// session made in an earlier generation is nobody's.
+pub fn ui_session_generation(user: &str) -> String {
+    format!("ui/session-generation/{user}")
 }
 
 /// Where an event endpoint's delivery is (`crate::registry::events::State`).

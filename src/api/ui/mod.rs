@@ -19,9 +19,9 @@
 //! sealed with ChaCha20-Poly1305 under a key from `auth_token_secret` alone, so that neither the
 //! users' hashes nor an old password make one; `HttpOnly; Secure; SameSite=Strict`), else
 //! anonymous. Without `auth_token_secret` there are no sessions (the form says so). A password
-//! change ends that user's sessions, and so does a logout: it records the second up to which
-//! the user's sessions are ended (`keys::ui_sessions_ended`), which every page with a session
-//! reads, so a copied cookie ends with the browser's. The login form is throttled like every password check
+//! change ends that user's sessions, and so does a logout: it moves the user's session
+//! generation on (`keys::ui_session_generation`, a counter), which a session carries from its
+//! login and every page with a session compares, so a copied cookie ends with the browser's. The login form is throttled like every password check
 //! (`super::login`). Forms that change state carry a CSRF token that must equal the
 //! `__Host-berth_csrf` cookie (double submit, besides `SameSite=Strict`). The `__Host-` cookies
 //! need HTTPS (browsers take `localhost` and `127.0.0.1` for secure too).
@@ -103,6 +103,19 @@ pub async fn handle<M: MetaStore, B: BlobStore>(
     stores: &Stores<M, B>,
     req: Request<B::Incoming>,
 ) -> Result<Response<B::Outgoing>, RegistryError> {
+    // The stylesheet needs no viewer (nor the store).
+    if req.method == Method::GET && req.path == STYLE_PATH {
+        return Ok(Response::new(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/css; charset=utf-8")
+            .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
+            .full(STYLE.as_bytes().to_vec()));
+    }
+    // A logout the store cannot record still ends this browser's session.
+    let logging_out = req.method == Method::POST && req.path.trim_end_matches('/') == "/ui/logout";
+    let failed = |viewer: &Viewer, err: &RegistryError| {
+        let page = failed(stores, viewer, err);
+        if logging_out { set_cookie(page, &ended_session_cookie()) } else { page }
+    };
     let viewer = match viewer(stores, &req).await {
         Ok(viewer) => viewer,
         Err(err) => {
@@ -113,21 +126,31 @@ pub async fn handle<M: MetaStore, B: BlobStore>(
                 new_csrf: false,
                 admin: false,
             };
-            return Ok(failed(stores, &nobody, &err));
+            return Ok(failed(&nobody, &err));
         }
     };
     match route(stores, &viewer, req).await {
         Ok(response) => Ok(response),
-        Err(err) => Ok(failed(stores, &viewer, &err)),
+        Err(err) => Ok(failed(&viewer, &err)),
     }
+}
+
+/// The cookie that ends this browser's session.
+fn ended_session_cookie() -> String {
+    format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict")
 }
 
 /// An error as a page: the status and words the API would answer (an internal error's detail
 /// only in the log, the request id on the page).
 fn failed<M, B, S>(stores: &Stores<M, B>, viewer: &Viewer, err: &RegistryError) -> Response<S> {
     let told = super::as_told(stores, err);
-    let said = told.detail.as_deref().unwrap_or(told.code.message());
-    let body = format!("<p class=\"said\">{}</p><p><a href=\"/ui/\">Repositories</a></p>", esc(said));
+    let mut said = told.detail.as_deref().unwrap_or(told.code.message()).to_owned();
+    // The request id, for a report (the API's JSON bodies carry it the same way).
+    let id = stores.request_id.as_str();
+    if !said.contains(id) {
+        said = format!("{said} (request {id})");
+    }
+    let body = format!("<p class=\"said\">{}</p><p><a href=\"/ui/\">Repositories</a></p>", esc(&said));
     let mut page = Html::page("Something went wrong", body);
     page.status = told.status();
     respond(viewer, page)
@@ -141,12 +164,6 @@ async fn route<M: MetaStore, B: BlobStore>(
     let viewer = viewer.clone();
     let path = req.path.trim_end_matches('/').to_owned();
     let page = match (req.method.clone(), path.as_str()) {
-        (Method::GET, p) if p == STYLE_PATH => {
-            return Ok(Response::new(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "text/css; charset=utf-8")
-                .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
-                .full(STYLE.as_bytes().to_vec()));
-        }
         (Method::GET, "/ui") => pages::repositories(stores, &viewer, &req).await?,
         (Method::GET, "/ui/admin") => admin::page(stores, &viewer).await?,
         (Method::GET, "/ui/login") => Html::page("Log in", login_form(&viewer, None)),
@@ -271,17 +288,17 @@ async fn viewer<M: MetaStore, B: BlobStore>(
         .and_then(|session| {
             let mut parts = session.split('\n');
             let (user, expiry, hash) = (parts.next()?, parts.next()?.parse::<u64>().ok()?, parts.next()?);
+            // The user's session generation when it was made (sessions made before there were
+            // generations: 0).
+            let generation = parts.next().map_or(Some(0), |g| g.parse::<i64>().ok())?;
             let live = expiry > (stores.now)();
             let same_password = auth.users.get(user).is_some_and(|h| password_tag(h) == hash);
-            (live && auth.mode != Mode::None && same_password).then(|| (user.to_owned(), expiry - SESSION_SECS))
+            (live && auth.mode != Mode::None && same_password).then(|| (user.to_owned(), generation))
         });
-    // A logout ends every session of its user issued up to then, wherever it was copied to.
+    // A logout ends every session of its user made before it, wherever it was copied to: it
+    // moves the user's generation on (a counter, not a clock: instances' clocks may differ).
     let user = match session {
-        Some((user, issued)) => {
-            let ended = stores.meta.get(&keys::ui_sessions_ended(&user)).await.map_err(internal)?;
-            let ended = ended.and_then(|e| String::from_utf8(e).ok()).and_then(|e| e.parse::<u64>().ok());
-            ended.is_none_or(|ended| issued > ended).then_some(user)
-        }
+        Some((user, generation)) => (session_generation(stores, &user).await? == generation).then_some(user),
         None => None,
     };
     let identity = crate::auth::Identity::of_user(auth, user.clone());
@@ -290,6 +307,12 @@ async fn viewer<M: MetaStore, B: BlobStore>(
         Some(csrf) => Viewer { identity, user, csrf: csrf.to_owned(), new_csrf: false, admin },
         None => Viewer { identity, user, csrf: hex::encode((stores.random)()), new_csrf: true, admin },
     })
+}
+
+/// The user's session generation: how many times they logged out (0 before the first).
+async fn session_generation<M: MetaStore, B>(stores: &Stores<M, B>, user: &str) -> Result<i64, RegistryError> {
+    // An increment of 0 reads a counter in whichever form the store keeps it.
+    stores.meta.increment(&keys::ui_session_generation(user), 0).await.map_err(internal)
 }
 
 /// What a session says of the password it was made with: a digest of the user's hash, so that a
@@ -380,7 +403,8 @@ async fn login<M: MetaStore, B: BlobStore>(
         return Ok(refused(&viewer, StatusCode::UNAUTHORIZED, "Log in", body));
     };
     stores.log(format_args!("ui: {user} logged in"));
-    let session = format!("{user}\n{}\n{}", (stores.now)() + SESSION_SECS, password_tag(hash));
+    let generation = session_generation(stores, &user).await?;
+    let session = format!("{user}\n{}\n{}\n{generation}", (stores.now)() + SESSION_SECS, password_tag(hash));
     let sealed = super::cursor::seal_with(&key, &session, (stores.random)());
     Ok(done(&format!("{SESSION_COOKIE}={sealed}; Path=/; Max-Age={SESSION_SECS}; HttpOnly; Secure; SameSite=Strict")))
 }
@@ -395,13 +419,12 @@ async fn logout<M: MetaStore, B: BlobStore>(
         let body = "<p>The form expired: try again.</p>".to_owned();
         return Ok(refused(&viewer, StatusCode::FORBIDDEN, "Log out", body));
     }
-    // Not only this browser's cookie: every session of the user issued up to now ends.
+    // Not only this browser's cookie: every session of the user made up to now ends.
     if let Some(user) = &viewer.user {
-        let now = (stores.now)().to_string();
-        stores.meta.set(&keys::ui_sessions_ended(user), now.as_bytes()).await.map_err(internal)?;
+        stores.meta.increment(&keys::ui_session_generation(user), 1).await.map_err(internal)?;
         stores.log(format_args!("ui: {user} logged out"));
     }
-    Ok(done(&format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict")))
+    Ok(done(&ended_session_cookie()))
 }
 
 /// `POST /ui/repo/<name>/untag`: delete the form's tag, as `DELETE /v2/<name>/manifests/<tag>`
@@ -508,23 +531,28 @@ mod tests {
     }
 
     #[test]
-    fn a_logout_ends_every_session_of_its_user_issued_up_to_then() {
+    fn a_logout_ends_every_session_of_its_user_made_before_it_and_none_made_after() {
         let mut stores = memory_stores();
         stores.config.auth.mode = Mode::Basic;
         stores.config.auth.secret = b"0123456789abcdef0123456789abcdef".to_vec();
         stores.config.auth.users.insert("alice".into(), "$2y$04$first".into());
         let key = stores.config.auth.secret_key(SESSION_PURPOSE).unwrap();
         let now = (stores.now)();
-        let issued_at = |issued: u64| {
-            let session = format!("alice\n{}\n{}", issued + SESSION_SECS, password_tag("$2y$04$first"));
+        let made_in = |generation: Option<i64>| {
+            let mut session = format!("alice\n{}\n{}", now + SESSION_SECS, password_tag("$2y$04$first"));
+            if let Some(generation) = generation {
+                session.push_str(&format!("\n{generation}"));
+            }
             request_with(&format!("{SESSION_COOKIE}={}", super::super::cursor::seal_with(&key, &session, [3; 16])))
         };
         let user = |req: &Request<Vec<u8>>| crate::testing::block_on(viewer(&stores, req)).unwrap().user;
-        assert_eq!(user(&issued_at(now)).as_deref(), Some("alice"));
-        crate::testing::block_on(stores.meta.set(&keys::ui_sessions_ended("alice"), now.to_string().as_bytes()))
-            .unwrap();
-        assert_eq!(user(&issued_at(now)), None, "a copy of a session issued before the logout");
-        assert_eq!(user(&issued_at(now + 1)).as_deref(), Some("alice"), "a session issued after it");
+        assert_eq!(user(&made_in(Some(0))).as_deref(), Some("alice"));
+        assert_eq!(user(&made_in(None)).as_deref(), Some("alice"), "a session from before generations");
+        // A logout (in the same second as the next login: no clock is compared).
+        crate::testing::block_on(stores.meta.increment(&keys::ui_session_generation("alice"), 1)).unwrap();
+        assert_eq!(user(&made_in(Some(0))), None, "a copy of a session made before the logout");
+        assert_eq!(user(&made_in(None)), None);
+        assert_eq!(user(&made_in(Some(1))).as_deref(), Some("alice"), "a session made after it");
     }
 
     #[test]
@@ -558,7 +586,7 @@ mod tests {
 
     #[test]
     fn a_store_that_fails_is_a_page_with_the_apis_status_not_a_json_body() {
-        let stores = memory_stores();
+        let mut stores = memory_stores();
         stores.meta.fail_gets();
         let req = Request {
             method: Method::GET,
@@ -577,6 +605,30 @@ mod tests {
         };
         assert!(body.contains("Something went wrong") && body.contains("unavailable: try again later"), "{body}");
         assert!(!body.contains("gc/cursor"), "the backend's words stay in the log: {body}");
+        // The stylesheet needs no store; a logout the store cannot record still ends the cookie.
+        let get = |method: Method, path: &str| Request {
+            method,
+            path: path.into(),
+            query: None,
+            headers: http::HeaderMap::new(),
+            body: Vec::new(),
+            origin: None,
+        };
+        let style = crate::testing::block_on(handle(&stores, get(Method::GET, STYLE_PATH))).unwrap();
+        assert_eq!(style.status, StatusCode::OK);
+        stores.config.auth.mode = Mode::Basic;
+        stores.config.auth.secret = b"0123456789abcdef0123456789abcdef".to_vec();
+        stores.config.auth.users.insert("alice".into(), "$2y$04$first".into());
+        let mut logout = get(Method::POST, "/ui/logout");
+        let session = format!("alice\n{}\n{}\n0", (stores.now)() + SESSION_SECS, password_tag("$2y$04$first"));
+        let key = stores.config.auth.secret_key(SESSION_PURPOSE).unwrap();
+        let sealed = super::super::cursor::seal_with(&key, &session, [4; 16]);
+        logout.headers.insert(header::COOKIE, HeaderValue::from_str(&format!("{SESSION_COOKIE}={sealed}")).unwrap());
+        let logout = crate::testing::block_on(handle(&stores, logout)).unwrap();
+        assert_eq!(logout.status, StatusCode::SERVICE_UNAVAILABLE);
+        let cleared =
+            logout.headers.get_all(header::SET_COOKIE).iter().any(|c| c.to_str().unwrap() == ended_session_cookie());
+        assert!(cleared, "{:?}", logout.headers);
     }
 
     #[test]
