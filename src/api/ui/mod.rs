@@ -21,10 +21,11 @@
 //! anonymous. Without `auth_token_secret` there are no sessions (the form says so). A password
 //! change ends that user's sessions, and so does a logout: it moves the user's session
 //! generation on (`keys::ui_session_generation`, a counter), which a session carries from its
-//! login and every page with a session compares, so a copied cookie ends with the browser's. The login form is throttled like every password check
-//! (`super::login`). Forms that change state carry a CSRF token that must equal the
-//! `__Host-berth_csrf` cookie (double submit, besides `SameSite=Strict`). The `__Host-` cookies
-//! need HTTPS (browsers take `localhost` and `127.0.0.1` for secure too).
+//! login and every page with a session compares, so a copied cookie ends with the browser's.
+//! The login form is throttled like every password check (`super::login`). Forms that change
+//! state carry a CSRF token that must equal the `__Host-berth_csrf` cookie (double submit,
+//! besides `SameSite=Strict`). The `__Host-` cookies need HTTPS (browsers take `localhost` and
+//! `127.0.0.1` for secure too).
 //!
 //! Every page reads the store a page at a time (at most [`PAGE`] entries).
 
