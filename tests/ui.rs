@@ -48,6 +48,22 @@ fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
         .map(|v| v.split(';').next().unwrap().to_owned())
 }
 
+/// The login form posted with `cookies` (the CSRF cookie, or none) and the form's `csrf` field.
+async fn post_login(
+    client: &reqwest::Client,
+    base: &str,
+    cookies: &str,
+    csrf: &str,
+    user: &str,
+    password: &str,
+) -> reqwest::Response {
+    let mut post = client.post(format!("{base}/ui/login"));
+    if !cookies.is_empty() {
+        post = post.header("cookie", cookies);
+    }
+    post.form(&[("csrf", csrf), ("user", user), ("password", password)]).send().await.unwrap()
+}
+
 /// The value of hidden field `csrf` in a page.
 fn csrf_of(html: &str) -> String {
     let at = html.find("name=\"csrf\" value=\"").expect("a csrf field") + "name=\"csrf\" value=\"".len();
@@ -92,28 +108,11 @@ async fn logging_in_shows_the_users_repositories_and_logging_out_ends_it_with_cs
     assert!(headers["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
     assert_eq!(headers["x-content-type-options"], "nosniff");
     // A forged form (no matching cookie) is refused.
-    let forged = client
-        .post(ui("/ui/login"))
-        .form(&[("csrf", csrf.as_str()), ("user", ADMIN.0), ("password", ADMIN.1)])
-        .send()
-        .await
-        .unwrap();
+    let forged = post_login(&client, &runner.url, "", &csrf, ADMIN.0, ADMIN.1).await;
     assert_eq!(forged.status(), 403);
-    let wrong = client
-        .post(ui("/ui/login"))
-        .header("cookie", &csrf_cookie)
-        .form(&[("csrf", csrf.as_str()), ("user", ADMIN.0), ("password", "nope")])
-        .send()
-        .await
-        .unwrap();
+    let wrong = post_login(&client, &runner.url, &csrf_cookie, &csrf, ADMIN.0, "nope").await;
     assert_eq!(wrong.status(), 401);
-    let login = client
-        .post(ui("/ui/login"))
-        .header("cookie", &csrf_cookie)
-        .form(&[("csrf", csrf.as_str()), ("user", ADMIN.0), ("password", ADMIN.1)])
-        .send()
-        .await
-        .unwrap();
+    let login = post_login(&client, &runner.url, &csrf_cookie, &csrf, ADMIN.0, ADMIN.1).await;
     assert_eq!(login.status(), 303);
     let cookie_line =
         login.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>();
@@ -321,13 +320,7 @@ async fn without_a_token_secret_the_form_says_sessions_need_one_and_sets_none() 
     let form = client.get(format!("{}/ui/login", runner.url)).send().await.unwrap();
     let csrf_cookie = set_cookie(&form, "__Host-berth_csrf").unwrap();
     let csrf = csrf_of(&form.text().await.unwrap());
-    let login = client
-        .post(format!("{}/ui/login", runner.url))
-        .header("cookie", &csrf_cookie)
-        .form(&[("csrf", csrf.as_str()), ("user", ADMIN.0), ("password", ADMIN.1)])
-        .send()
-        .await
-        .unwrap();
+    let login = post_login(&client, &runner.url, &csrf_cookie, &csrf, ADMIN.0, ADMIN.1).await;
     assert_eq!(login.status(), 403);
     assert!(set_cookie(&login, "__Host-berth_ui").is_none());
     assert!(login.text().await.unwrap().contains("auth_token_secret"));
@@ -359,13 +352,7 @@ async fn logged_in(client: &reqwest::Client, base: &str, user: &str) -> (String,
     let form = client.get(format!("{base}/ui/login")).send().await.unwrap();
     let csrf_cookie = set_cookie(&form, "__Host-berth_csrf").unwrap();
     let csrf = csrf_of(&form.text().await.unwrap());
-    let login = client
-        .post(format!("{base}/ui/login"))
-        .header("cookie", &csrf_cookie)
-        .form(&[("csrf", csrf.as_str()), ("user", user), ("password", ADMIN.1)])
-        .send()
-        .await
-        .unwrap();
+    let login = post_login(client, base, &csrf_cookie, &csrf, user, ADMIN.1).await;
     assert_eq!(login.status(), 303, "{user} logs in");
     (format!("{csrf_cookie}; {}", set_cookie(&login, "__Host-berth_ui").unwrap()), csrf)
 }

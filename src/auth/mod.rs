@@ -197,7 +197,7 @@ fn authorize_token<B>(config: &AuthConfig, req: &Request<B>, need: &Need, now: u
     let allowed = match (need, &identity.grants) {
         (Need::Login, _) => true,
         (Need::Catalog, Grants::Token(claims)) => !claims.granted(&Resource::Catalog).is_empty(),
-        (Need::Admin, Grants::Token(claims)) => claims.granted(&Resource::Admin).contains(Actions::ADMIN),
+        (Need::Admin, _) => identity.administers(config),
         (Need::Repository(name, actions), _) => identity.may(config, name, *actions),
         _ => false,
     };
@@ -256,7 +256,7 @@ fn basic_decide(config: &AuthConfig, subject: Option<String>, need: &Need) -> Re
     match (need, identity.subject()) {
         (Need::Login, None) => Err(Denied::unauthorized("log in with a user name and password", challenge)),
         (Need::Login | Need::Catalog, _) => Ok(identity),
-        (Need::Admin, Some(user)) if config.policy.allows_everywhere(Some(user), Actions::ADMIN) => Ok(identity),
+        (Need::Admin, Some(_)) if identity.administers(config) => Ok(identity),
         (Need::Admin, None) => Err(Denied::unauthorized("log in to use the admin API", challenge)),
         (Need::Admin, Some(user)) => Err(Denied {
             error: RegistryError::new(

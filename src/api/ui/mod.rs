@@ -113,7 +113,7 @@ pub async fn handle<M: MetaStore, B: BlobStore>(
     }
     // A logout the store cannot record still ends this browser's session.
     let logging_out = req.method == Method::POST && req.path.trim_end_matches('/') == "/ui/logout";
-    let failed = |viewer: &Viewer, err: &RegistryError| {
+    let error_page = |viewer: &Viewer, err: &RegistryError| {
         let page = failed(stores, viewer, err);
         if logging_out { set_cookie(page, &ended_session_cookie()) } else { page }
     };
@@ -127,12 +127,12 @@ pub async fn handle<M: MetaStore, B: BlobStore>(
                 new_csrf: false,
                 admin: false,
             };
-            return Ok(failed(&nobody, &err));
+            return Ok(error_page(&nobody, &err));
         }
     };
     match route(stores, &viewer, req).await {
         Ok(response) => Ok(response),
-        Err(err) => Ok(failed(&viewer, &err)),
+        Err(err) => Ok(error_page(&viewer, &err)),
     }
 }
 
@@ -152,9 +152,7 @@ fn failed<M, B, S>(stores: &Stores<M, B>, viewer: &Viewer, err: &RegistryError) 
         said = format!("{said} (request {id})");
     }
     let body = format!("<p class=\"said\">{}</p><p><a href=\"/ui/\">Repositories</a></p>", esc(&said));
-    let mut page = Html::page("Something went wrong", body);
-    page.status = told.status();
-    respond(viewer, page)
+    refused(viewer, told.status(), "Something went wrong", body)
 }
 
 async fn route<M: MetaStore, B: BlobStore>(
@@ -351,7 +349,8 @@ fn csrf_ok(viewer: &Viewer, fields: &std::collections::HashMap<String, String>) 
     !viewer.new_csrf && fields.get("csrf").is_some_and(|c| *c == viewer.csrf)
 }
 
-/// A form refused (`403` for a CSRF token that does not match, `401` for a wrong password).
+/// A page with an error's status (a form refused: `403` for a CSRF token that does not match,
+/// `401` for a wrong password; a failure).
 fn refused<S>(viewer: &Viewer, status: StatusCode, title: &str, body: String) -> Response<S> {
     let mut page = Html::page(title, body);
     page.status = status;
@@ -438,7 +437,8 @@ async fn untag<M: MetaStore, B: BlobStore>(
     name: &str,
 ) -> Result<Response<B::Outgoing>, RegistryError> {
     let Ok(name) = RepoName::parse(name) else { return Ok(respond(&viewer, Html::not_found())) };
-    if !viewer.sees(stores, name.as_str()) || !pages::exists(stores, &name).await? {
+    if !viewer.sees(stores, name.as_str()) || !crate::registry::blobs::marked(stores, &keys::repo_marker(&name)).await?
+    {
         return Ok(respond(&viewer, Html::not_found()));
     }
     // What the event says of the request (its address, agent), read before the body is.
@@ -484,20 +484,38 @@ async fn untag<M: MetaStore, B: BlobStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::memory_stores;
+    use crate::testing::{MemBlobs, MemMeta, memory_stores};
 
-    fn request_with(cookie: &str) -> Request<Vec<u8>> {
-        let mut headers = http::HeaderMap::new();
-        headers.insert(header::COOKIE, HeaderValue::from_str(cookie).unwrap());
-        Request { method: Method::GET, path: "/ui/".into(), query: None, headers, body: Vec::new(), origin: None }
+    type Mem = Stores<MemMeta, MemBlobs>;
+
+    fn request(method: Method, path: &str) -> Request<Vec<u8>> {
+        let headers = http::HeaderMap::new();
+        Request { method, path: path.into(), query: None, headers, body: Vec::new(), origin: None }
     }
 
-    #[test]
-    fn a_session_names_its_user_until_it_expires_or_the_password_changes() {
+    /// Stores in basic mode with a token secret (so sessions) and one user, alice.
+    fn with_alice() -> Mem {
         let mut stores = memory_stores();
         stores.config.auth.mode = Mode::Basic;
         stores.config.auth.secret = b"0123456789abcdef0123456789abcdef".to_vec();
         stores.config.auth.users.insert("alice".into(), "$2y$04$first".into());
+        stores
+    }
+
+    /// The user a request is seen as.
+    fn user_of(stores: &Mem, req: &Request<Vec<u8>>) -> Option<String> {
+        crate::testing::block_on(viewer(stores, req)).unwrap().user
+    }
+
+    fn request_with(cookie: &str) -> Request<Vec<u8>> {
+        let mut req = request(Method::GET, "/ui/");
+        req.headers.insert(header::COOKIE, HeaderValue::from_str(cookie).unwrap());
+        req
+    }
+
+    #[test]
+    fn a_session_names_its_user_until_it_expires_or_the_password_changes() {
+        let mut stores = with_alice();
         let key = stores.config.auth.secret_key(SESSION_PURPOSE).unwrap();
         let session = |expiry: u64, hash: &str| {
             let sealed =
@@ -505,38 +523,19 @@ mod tests {
             request_with(&format!("{SESSION_COOKIE}={sealed}"))
         };
         let now = (stores.now)();
-        assert_eq!(
-            crate::testing::block_on(viewer(&stores, &session(now + 60, "$2y$04$first"))).unwrap().user.as_deref(),
-            Some("alice")
-        );
-        assert_eq!(
-            crate::testing::block_on(viewer(&stores, &session(now, "$2y$04$first"))).unwrap().user,
-            None,
-            "expired"
-        );
+        assert_eq!(user_of(&stores, &session(now + 60, "$2y$04$first")).as_deref(), Some("alice"));
+        assert_eq!(user_of(&stores, &session(now, "$2y$04$first")), None, "expired");
         stores.config.auth.users.insert("alice".into(), "$2y$04$second".into());
-        assert_eq!(
-            crate::testing::block_on(viewer(&stores, &session(now + 60, "$2y$04$first"))).unwrap().user,
-            None,
-            "made with the old password"
-        );
+        assert_eq!(user_of(&stores, &session(now + 60, "$2y$04$first")), None, "made with the old password");
         // A key from the users' hashes (what the catalog's cursors use) makes no session.
         let forged =
             super::super::cursor::seal_for(&stores.config.auth, SESSION_PURPOSE, "alice\n99999999999\nx", [2; 16]);
-        assert_eq!(
-            crate::testing::block_on(viewer(&stores, &request_with(&format!("{SESSION_COOKIE}={forged}"))))
-                .unwrap()
-                .user,
-            None
-        );
+        assert_eq!(user_of(&stores, &request_with(&format!("{SESSION_COOKIE}={forged}"))), None);
     }
 
     #[test]
     fn a_logout_ends_every_session_of_its_user_made_before_it_and_none_made_after() {
-        let mut stores = memory_stores();
-        stores.config.auth.mode = Mode::Basic;
-        stores.config.auth.secret = b"0123456789abcdef0123456789abcdef".to_vec();
-        stores.config.auth.users.insert("alice".into(), "$2y$04$first".into());
+        let stores = with_alice();
         let key = stores.config.auth.secret_key(SESSION_PURPOSE).unwrap();
         let now = (stores.now)();
         let made_in = |generation: Option<i64>| {
@@ -546,7 +545,7 @@ mod tests {
             }
             request_with(&format!("{SESSION_COOKIE}={}", super::super::cursor::seal_with(&key, &session, [3; 16])))
         };
-        let user = |req: &Request<Vec<u8>>| crate::testing::block_on(viewer(&stores, req)).unwrap().user;
+        let user = |req: &Request<Vec<u8>>| user_of(&stores, req);
         assert_eq!(user(&made_in(Some(0))).as_deref(), Some("alice"));
         assert_eq!(user(&made_in(None)).as_deref(), Some("alice"), "a session from before generations");
         // A logout (in the same second as the next login: no clock is compared).
@@ -572,15 +571,7 @@ mod tests {
     fn an_untag_post_without_a_repository_name_is_not_found_not_a_trap() {
         let stores = memory_stores();
         for path in ["/ui/repo/untag", "/ui/repo//untag", "/ui/repo/untag/"] {
-            let req = Request {
-                method: Method::POST,
-                path: path.into(),
-                query: None,
-                headers: http::HeaderMap::new(),
-                body: Vec::new(),
-                origin: None,
-            };
-            let response = crate::testing::block_on(handle(&stores, req)).unwrap();
+            let response = crate::testing::block_on(handle(&stores, request(Method::POST, path))).unwrap();
             assert_eq!(response.status, StatusCode::NOT_FOUND, "{path}");
         }
     }
@@ -589,15 +580,7 @@ mod tests {
     fn a_store_that_fails_is_a_page_with_the_apis_status_not_a_json_body() {
         let mut stores = memory_stores();
         stores.meta.fail_gets();
-        let req = Request {
-            method: Method::GET,
-            path: "/ui/admin".into(),
-            query: None,
-            headers: http::HeaderMap::new(),
-            body: Vec::new(),
-            origin: None,
-        };
-        let response = crate::testing::block_on(handle(&stores, req)).unwrap();
+        let response = crate::testing::block_on(handle(&stores, request(Method::GET, "/ui/admin"))).unwrap();
         assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
         let body = match &response.body {
@@ -607,20 +590,10 @@ mod tests {
         assert!(body.contains("Something went wrong") && body.contains("unavailable: try again later"), "{body}");
         assert!(!body.contains("gc/cursor"), "the backend's words stay in the log: {body}");
         // The stylesheet needs no store; a logout the store cannot record still ends the cookie.
-        let get = |method: Method, path: &str| Request {
-            method,
-            path: path.into(),
-            query: None,
-            headers: http::HeaderMap::new(),
-            body: Vec::new(),
-            origin: None,
-        };
-        let style = crate::testing::block_on(handle(&stores, get(Method::GET, STYLE_PATH))).unwrap();
+        let style = crate::testing::block_on(handle(&stores, request(Method::GET, STYLE_PATH))).unwrap();
         assert_eq!(style.status, StatusCode::OK);
-        stores.config.auth.mode = Mode::Basic;
-        stores.config.auth.secret = b"0123456789abcdef0123456789abcdef".to_vec();
-        stores.config.auth.users.insert("alice".into(), "$2y$04$first".into());
-        let mut logout = get(Method::POST, "/ui/logout");
+        stores.config.auth = with_alice().config.auth;
+        let mut logout = request(Method::POST, "/ui/logout");
         let session = format!("alice\n{}\n{}\n0", (stores.now)() + SESSION_SECS, password_tag("$2y$04$first"));
         let key = stores.config.auth.secret_key(SESSION_PURPOSE).unwrap();
         let sealed = super::super::cursor::seal_with(&key, &session, [4; 16]);

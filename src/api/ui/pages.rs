@@ -91,7 +91,7 @@ pub async fn repository<M: MetaStore, B: BlobStore>(
     };
     let Ok(name) = RepoName::parse(name) else { return Ok(Html::not_found()) };
     // Not seen and not there answer alike.
-    if !viewer.sees(stores, name.as_str()) || !exists(stores, &name).await? {
+    if !viewer.sees(stores, name.as_str()) || !blobs::marked(stores, &keys::repo_marker(&name)).await? {
         return Ok(Html::not_found());
     }
     match digest {
@@ -101,13 +101,6 @@ pub async fn repository<M: MetaStore, B: BlobStore>(
             Err(_) => Ok(Html::not_found()),
         },
     }
-}
-
-/// Whether repository `name` holds anything (its marker is there).
-pub async fn exists<M: MetaStore, B: BlobStore>(stores: &Stores<M, B>, name: &RepoName) -> Result<bool> {
-    let marker = keys::repo_marker(name);
-    let (found, _) = stores.blobs.list(&marker, None, 1).await.map_err(internal)?;
-    Ok(found.contains(&marker))
 }
 
 /// A stored blob's bytes (a manifest, a config), when it is small enough to show.
