@@ -6,10 +6,16 @@
 #   bench/run.sh            full run: 3 runs of each figure, 10 s per load test (~12 min)
 #   bench/run.sh --quick    small images, 1 run, 2 s load tests: for development (~2 min)
 #
+# Then the seed's scenario, bench/stampede.py (also runnable alone): a fan-out of 100 and 500
+# clients pulling one image over HTTP and HTTPS, and a matrix of pushes, pulls and a 75/25 mix
+# (1/10/100 MB x 1/10/100 clients), Berth beside Distribution again (~15 min; --no-stampede
+# skips it).
+#
 # Options: --runs N, --load-seconds S, --no-build (use the release builds as they are),
 #          --images DIR (keep generated images there and reuse them), --out FILE (default
 #          docs/benchmarks.md; --out - prints only), --keep (leave the temp dir),
-#          --berth-args "..." (extra `berth-runner up` flags, e.g. "--instance-reuse 1").
+#          --berth-args "..." (extra `berth-runner up` flags, e.g. "--instance-reuse 1"),
+#          --no-stampede.
 #
 # Needs (never installed by this script; see README "Benchmarks"): docker-registry, skopeo, wrk,
 # hey, python3, openssl, curl, cargo with the wasm32-wasip2 target; unshare (util-linux) when run
@@ -25,6 +31,7 @@ IMAGES=""
 OUT="$ROOT/docs/benchmarks.md"
 KEEP=0
 BERTH_ARGS=""
+STAMPEDE=1
 CONNECTIONS=32
 PARALLEL_PULLS=8
 
@@ -38,7 +45,8 @@ while [[ $# -gt 0 ]]; do
         --out) OUT=$2; shift ;;
         --keep) KEEP=1 ;;
         --berth-args) BERTH_ARGS=$2; shift ;;
-        -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --no-stampede) STAMPEDE=0 ;;
+        -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench/run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -87,7 +95,7 @@ cd "$ROOT"
 if [[ $BUILD == 1 ]]; then
     log "building berth (wasm32-wasip2, release) and berth-runner (release)"
     cargo build --quiet --release --target wasm32-wasip2 -p berth
-    cargo build --quiet --release -p berth-runner
+    cargo build --quiet --release -p berth-runner -p berth-loadgen
 fi
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 RUNNER="$TARGET/release/berth-runner"
@@ -422,3 +430,11 @@ done
 } >"$WORK/meta.txt"
 if [[ $QUICK == 1 && $OUT == "$ROOT/docs/benchmarks.md" ]]; then OUT=-; fi
 python3 "$ROOT/bench/report.py" "$RESULTS" "$WORK/meta.txt" "$OUT"
+
+if [[ $STAMPEDE == 1 ]]; then
+    log "the stampede: fan-out and matrix (bench/stampede.py)"
+    stampede=(--out "$OUT")
+    [[ $QUICK == 1 ]] && stampede+=(--quick)
+    # shellcheck disable=SC2086  # BERTH_ARGS is a list of flags
+    python3 "$ROOT/bench/stampede.py" "${stampede[@]}" --berth-args "$BERTH_ARGS"
+fi

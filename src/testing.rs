@@ -67,13 +67,19 @@ impl MetaStore for MemMeta {
 }
 
 #[derive(Default)]
-pub struct MemBlobs(pub RefCell<BTreeMap<String, Vec<u8>>>, std::cell::Cell<bool>);
+pub struct MemBlobs(pub RefCell<BTreeMap<String, Vec<u8>>>, std::cell::Cell<bool>, std::cell::Cell<bool>);
 
 impl MemBlobs {
     /// From now on, `compose` answers that this store does not join objects (as the runner's
     /// filesystem store does).
     pub fn refuse_compose(&self) {
         self.1.set(true);
+    }
+
+    /// From now on, `host_body` offers to send bodies, as the runner's store does: the token
+    /// spells the extents (`name@offset+length,...`), for tests to read.
+    pub fn serve_bodies(&self) {
+        self.2.set(true);
     }
 }
 
@@ -90,6 +96,23 @@ impl BlobStore for MemBlobs {
         let size = data.len() as u64;
         objects.insert(name.to_owned(), data);
         Ok(Written { size, hashes })
+    }
+
+    async fn host_body(&self, extents: &[Extent]) -> Result<Option<String>, StoreError> {
+        if !self.2.get() {
+            return Ok(None);
+        }
+        let objects = self.0.borrow();
+        let spelled: Vec<String> = extents
+            .iter()
+            .map(|e| match objects.get(&e.name) {
+                Some(object) if e.offset + e.length <= object.len() as u64 => {
+                    Ok(format!("{}@{}+{}", e.name, e.offset, e.length))
+                }
+                _ => Err(StoreError::NotFound),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Some(spelled.join(",")))
     }
 
     async fn read_extents(&self, extents: Vec<Extent>) -> Result<Vec<u8>, StoreError> {

@@ -576,3 +576,62 @@ async fn an_idle_http2_connection_is_closed_with_a_goaway() {
     at_least(idle_since.elapsed(), Duration::from_secs(1));
     assert!(goaway, "an idle HTTP/2 connection is closed with a GOAWAY");
 }
+
+/// A burst of pulls on hundreds of fresh connections at once, as when a fleet starts, is
+/// answered whole: wasmtime starts an instance for each request that finds none free, and before
+/// requests were admitted a few at a time, 500 clients at once made 300 instances, past the
+/// pooling allocator's limit, and the rest were answered with 500. Here each body streams
+/// through the component (as under Spin), so every instance stays busy until its clients read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_hundreds_of_pulls_at_once_is_answered_whole() {
+    let (_data, runner) = start(&["--blob-bodies", "component", "--metrics-listen", "127.0.0.1:0"]);
+    let registry = Registry::new(&runner);
+    let blob = PseudoRandom::bytes(51, 4 * 1024 * 1024);
+    let digest = registry.push_blob("fleet/app", &blob).await;
+    let url = format!("{}/v2/fleet/app/blobs/{digest}", runner.url);
+    const CLIENTS: usize = 600;
+    let clients: Vec<reqwest::Client> =
+        (0..CLIENTS).map(|_| reqwest::Client::builder().no_proxy().build().unwrap()).collect();
+    let everyone = |n| std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    // The test waits with the clients for every answer, looks at the instances, then lets them read.
+    let (start, answered, read) = (everyone(CLIENTS), everyone(CLIENTS + 1), everyone(CLIENTS + 1));
+    let pulls: Vec<_> = clients
+        .iter()
+        .map(|client| {
+            let (client, url) = (client.clone(), url.clone());
+            let (start, answered, read) = (start.clone(), answered.clone(), read.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                let response = client.get(&url).send().await.expect("a request of the burst failed to send");
+                // The body waits until every client has its answer: all streams are open at once.
+                answered.wait().await;
+                read.wait().await;
+                let status = response.status().as_u16();
+                let length = response.bytes().await.expect("a body of the burst broke off").len();
+                (status, length)
+            })
+        })
+        .collect();
+    answered.wait().await;
+    let metrics = scrape(&runner).await;
+    let instances: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("berth_instances "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no berth_instances in {metrics}"));
+    read.wait().await;
+    let answers: Vec<(u16, usize)> = futures::future::join_all(pulls).await.into_iter().map(|a| a.unwrap()).collect();
+    let failed: Vec<&(u16, usize)> =
+        answers.iter().filter(|(status, length)| *status != 200 || *length != blob.len()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} answers were not the blob: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(5)]
+    );
+    // 600 streams at 16 per instance need 38 instances; a burst adds at most those admitted at
+    // once (32) while instances are being made.
+    println!("instances alive with {CLIENTS} streams open: {instances}");
+    assert!(instances <= 38.0 + 32.0 + 10.0, "{instances} instances for {CLIENTS} streams: requests made their own");
+}

@@ -787,3 +787,175 @@ async fn the_filesystem_store_keeps_the_blob_store_contract() {
     let (_data, _runner, reg) = start_registry(RunnerOptions::default());
     assert_store_contract(&reg).await;
 }
+
+// ---- 9. blob bodies the runner sends itself ---------------------------------------------------
+
+/// A blob stored as three parts (three PATCH chunks), of `len` bytes; its digest.
+async fn push_in_three_chunks(client: &reqwest::Client, base: &str, repo: &str, blob: &[u8]) -> String {
+    let digest = sha256(blob);
+    let response = client.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let mut location = header(&response, "location");
+    let third = blob.len() / 3;
+    for (start, end) in [(0, third), (third, 2 * third)] {
+        let response = client
+            .patch(absolute(base, &location))
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("{start}-{}", end - 1))
+            .body(blob[start..end].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        location = header(&response, "location");
+    }
+    let finish =
+        format!("{}{}digest={digest}", absolute(base, &location), if location.contains('?') { "&" } else { "?" });
+    let response = client
+        .put(finish)
+        .header("content-type", "application/octet-stream")
+        .body(blob[2 * third..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    digest
+}
+
+fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http") { location.to_owned() } else { format!("{base}{location}") }
+}
+
+/// Lines of the runner's memory map that map files under `<data>/blobs/`.
+fn mapped_blob_files(runner: &Runner, data: &Path) -> Vec<String> {
+    let blobs = std::fs::canonicalize(data.join("blobs")).unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", runner.pid())).unwrap();
+    maps.lines().filter(|l| l.contains(blobs.to_str().unwrap())).map(str::to_owned).collect()
+}
+
+/// GET `url`, take about 1 MiB, look at the runner's memory map, then take the rest: the body,
+/// its response, and what the map said mid-transfer.
+async fn get_looking_at_the_map(
+    client: &reqwest::Client,
+    url: &str,
+    runner: &Runner,
+    data: &Path,
+) -> (Vec<u8>, http::HeaderMap, Vec<String>) {
+    let mut response = client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    let mut body = Vec::new();
+    while body.len() < 1024 * 1024 {
+        body.extend_from_slice(&response.chunk().await.unwrap().expect("more of the body"));
+    }
+    let mapped = mapped_blob_files(runner, data);
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    (body, headers, mapped)
+}
+
+/// A `Range` across the parts of a blob stored in three: exactly those bytes, as 206.
+async fn a_range_is_exact(client: &reqwest::Client, url: &str, blob: &[u8], start: usize, end: usize) {
+    let response = client.get(url).header("range", format!("bytes={start}-{end}")).send().await.unwrap();
+    assert_eq!(response.status(), 206);
+    assert_eq!(header(&response, "content-range"), format!("bytes {start}-{end}/{}", blob.len()));
+    assert_eq!(header(&response, "content-length"), (end + 1 - start).to_string());
+    let body = response.bytes().await.unwrap();
+    assert!(body[..] == blob[start..=end], "the range {start}-{end} came back with other bytes");
+}
+
+/// Over plain HTTP/1.1 the runner sends a blob's bytes itself, from windows of the object files
+/// mapped into its memory (only the kernel reads them): the files are in the runner's memory map
+/// while the body goes out, the bytes and ranges across parts are exact, and the token by which
+/// the component named the body never reaches the client.
+#[tokio::test]
+async fn over_http_a_blob_body_is_sent_by_the_runner_from_its_mapped_files() {
+    let (data, runner, reg) = start(fs_store());
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let blob = PseudoRandom::bytes(91, 12 * 1024 * 1024 + 5);
+    let digest = push_in_three_chunks(&client, &reg.url, "parts", &blob).await;
+    let url = format!("{}/v2/parts/blobs/{digest}", reg.url);
+
+    let (body, headers, mapped) = get_looking_at_the_map(&client, &url, &runner, data.path()).await;
+    assert!(body == blob, "the body is not the blob ({} of {} bytes)", body.len(), blob.len());
+    assert_eq!(headers["content-length"], blob.len().to_string());
+    assert_eq!(headers["docker-content-digest"], digest);
+    assert!(!headers.contains_key("x-berth-host-body"), "the host body's token reached the client: {headers:?}");
+    assert!(!mapped.is_empty(), "no object file was mapped while the body went out");
+
+    a_range_is_exact(&client, &url, &blob, 4 * 1024 * 1024 - 3, 8 * 1024 * 1024 + 10).await;
+    a_range_is_exact(&client, &url, &blob, 0, 0).await;
+    a_range_is_exact(&client, &url, &blob, blob.len() - 7, blob.len() - 1).await;
+    // A small blob is read at once and sent as it is.
+    let small = PseudoRandom::bytes(92, 3000);
+    let small_digest = reg.push_blob("parts", &small).await;
+    let response = client.get(format!("{}/v2/parts/blobs/{small_digest}", reg.url)).send().await.unwrap();
+    assert!(!response.headers().contains_key("x-berth-host-body"));
+    assert_eq!(response.bytes().await.unwrap(), small);
+    // Once sent, nothing stays mapped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !mapped_blob_files(&runner, data.path()).is_empty() {
+        assert!(Instant::now() < deadline, "object files stay mapped: {:?}", mapped_blob_files(&runner, data.path()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Over HTTPS, where the bytes are encrypted in user space, they are read from the files, never
+/// mapped (a file truncated under a mapping would be a SIGBUS there); bytes and ranges are
+/// exact, and a file truncated under the read fails that read, not the runner.
+#[tokio::test]
+async fn over_https_a_blob_body_is_read_from_its_files_and_a_truncation_fails_only_that_read() {
+    const MIB: usize = 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let data = dir.path().join("data");
+    let runner = Runner::start_with(
+        &data,
+        RunnerOptions { tls: Some((&certs.cert, &certs.key)), args: Vec::new(), ..Default::default() },
+    );
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&certs.ca).unwrap()).unwrap();
+    let client =
+        reqwest::Client::builder().no_proxy().tls_built_in_root_certs(false).add_root_certificate(ca).build().unwrap();
+    let blob = PseudoRandom::bytes(93, 12 * MIB + 5);
+    let digest = push_in_three_chunks(&client, &runner.url, "parts", &blob).await;
+    let url = format!("{}/v2/parts/blobs/{digest}", runner.url);
+
+    let (body, headers, mapped) = get_looking_at_the_map(&client, &url, &runner, &data).await;
+    assert!(body == blob, "the body is not the blob ({} of {} bytes)", body.len(), blob.len());
+    assert!(!headers.contains_key("x-berth-host-body"), "the host body's token reached the client: {headers:?}");
+    assert_eq!(mapped, Vec::<String>::new(), "an object file was mapped under TLS");
+    a_range_is_exact(&client, &url, &blob, 4 * MIB - 3, 8 * MIB + 10).await;
+
+    let big = PseudoRandom::bytes(94, 64 * MIB);
+    let big_digest = sha256(&big);
+    let response = client
+        .post(format!("{}/v2/big/blobs/uploads/?digest={big_digest}", runner.url))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let file = object_file_of_size(&data, big.len() as u64);
+    let mut response = client.get(format!("{}/v2/big/blobs/{big_digest}", runner.url)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut received = 0;
+    while received < MIB {
+        received += response.chunk().await.unwrap().expect("more of the body").len();
+    }
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(MIB as u64).unwrap();
+    let rest = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => received += chunk.len(),
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("the read neither failed nor ended within 60 s");
+    assert!(rest.is_err() || received < big.len(), "the read of a truncated file delivered all {received} bytes");
+    let alive = client.get(format!("{}/v2/", runner.url)).send().await.unwrap();
+    assert_eq!(alive.status(), 200, "the runner no longer answers after the truncated read");
+}

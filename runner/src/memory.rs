@@ -12,3 +12,12 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Releases free memory when dropped: a transfer's thread holds one, however it ends.
+pub struct TrimOnDrop;
+
+impl Drop for TrimOnDrop {
+    fn drop(&mut self) {
+        release_free_memory();
+    }
+}

@@ -45,11 +45,16 @@ pub async fn get<M: MetaStore, B: BlobStore>(
             return Ok(Response::error(&err).header(header::CONTENT_RANGE, format!("bytes */{}", blob.size)));
         }
     };
-    let stream = stores.blobs.read_extents(blob.extents(start, end)).await.map_err(internal)?;
+    let extents = blob.extents(start, end);
     let mut response = blob_headers(Response::new(status), digest);
     if status == StatusCode::PARTIAL_CONTENT {
         response = response.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{}", end - 1, blob.size));
     }
+    // Every decision is made: the host may send the bytes itself (the runner's files).
+    if let Some(token) = stores.blobs.host_body(&extents).await.map_err(internal)? {
+        return Ok(response.host_body(end - start, token));
+    }
+    let stream = stores.blobs.read_extents(extents).await.map_err(internal)?;
     Ok(response.stream(end - start, stream))
 }
 

@@ -361,6 +361,39 @@ mod tests {
         value["errors"][0]["code"].as_str().unwrap().to_owned()
     }
 
+    /// Where the store sends bodies itself, a blob GET answers with the store's token for
+    /// exactly the asked bytes, the same headers, and no body of its own; elsewhere it streams.
+    #[test]
+    fn a_blob_get_hands_the_body_to_a_store_that_sends_it() {
+        let stores = memory_stores();
+        stores.blobs.serve_bodies();
+        let digest = Digest::of(Algorithm::Sha256, b"0123456789");
+        let r = send(&stores, Method::POST, &format!("/v2/a/blobs/uploads/?digest={digest}"), b"0123456789".to_vec());
+        assert_eq!(r.status, StatusCode::CREATED);
+
+        let r = send(&stores, Method::GET, &format!("/v2/a/blobs/{digest}"), vec![]);
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.headers["content-length"], "10");
+        assert_eq!(r.headers["docker-content-digest"], digest.to_string());
+        assert!(matches!(r.body, Body::Empty), "the registry sent bytes of its own");
+        let token = r.headers[crate::wire::message::HOST_BODY].to_str().unwrap().to_owned();
+        assert!(token.ends_with("@0+10"), "the whole blob: {token}");
+
+        let mut ranged = request(Method::GET, &format!("/v2/a/blobs/{digest}"), vec![]);
+        ranged.headers.insert(http::header::RANGE, "bytes=2-5".parse().unwrap());
+        let r = block_on(handle(&stores, ranged));
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.headers["content-length"], "4");
+        assert_eq!(r.headers["content-range"], "bytes 2-5/10");
+        let token = r.headers[crate::wire::message::HOST_BODY].to_str().unwrap();
+        assert!(token.ends_with("@2+4"), "bytes 2 to 5: {token}");
+
+        // Not in another repository, and no token for a HEAD.
+        assert_eq!(send(&stores, Method::GET, &format!("/v2/b/blobs/{digest}"), vec![]).status, StatusCode::NOT_FOUND);
+        let r = send(&stores, Method::HEAD, &format!("/v2/a/blobs/{digest}"), vec![]);
+        assert!(!r.headers.contains_key(crate::wire::message::HOST_BODY));
+    }
+
     #[test]
     fn base_answers_with_the_api_version() {
         let r = send(&memory_stores(), Method::GET, "/v2/", vec![]);

@@ -91,6 +91,13 @@ pub trait BlobStore {
     async fn write(&self, name: &str, data: Self::Incoming, hashes: Vec<RunningHash>) -> Result<Written, StoreError>;
     /// The extents, one after another, as one stream.
     async fn read_extents(&self, extents: Vec<Extent>) -> Result<Self::Outgoing, StoreError>;
+    /// A token by which the host sends the extents itself as the body of the response being
+    /// built (header [`crate::wire::message::HOST_BODY`]), so the bytes never pass through the
+    /// registry; `None` when the store cannot, and the caller streams `read_extents`.
+    async fn host_body(&self, extents: &[Extent]) -> Result<Option<String>, StoreError> {
+        let _ = extents;
+        Ok(None)
+    }
     async fn size(&self, name: &str) -> Result<u64, StoreError>;
     async fn delete(&self, name: &str) -> Result<(), StoreError>;
     /// Create `name` from the extents, one after another (as `write` would from their bytes);

@@ -109,6 +109,12 @@ impl BlobStore for WitBlobStore {
         Ok(stream)
     }
 
+    async fn host_body(&self, extents: &[Extent]) -> Result<Option<String>, StoreError> {
+        let extents =
+            extents.iter().map(|e| wit::Extent { name: e.name.clone(), offset: e.offset, length: e.length }).collect();
+        wit::host_body(extents).await.map_err(from_wit)
+    }
+
     async fn size(&self, name: &str) -> Result<u64, StoreError> {
         wit::stat(name.to_owned()).await.map(|info| info.size).map_err(from_wit)
     }

@@ -40,6 +40,9 @@ pub struct Response<S> {
 
 pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 pub const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+/// The host's token for a body it sends itself (`berth:blob-store/store.host-body`). The runner
+/// takes it off every answer, so a client never sees one.
+pub const HOST_BODY: HeaderName = HeaderName::from_static("x-berth-host-body");
 
 impl<S> Response<S> {
     pub fn new(status: StatusCode) -> Self {
@@ -71,6 +74,11 @@ impl<S> Response<S> {
         self = self.header(http::header::CONTENT_LENGTH, length);
         self.body = Body::Stream(stream);
         self
+    }
+
+    /// A body of `length` bytes that the host sends itself, named by its `token`.
+    pub fn host_body(self, length: u64, token: String) -> Self {
+        self.header(http::header::CONTENT_LENGTH, length).header(HOST_BODY, token)
     }
 
     pub fn empty(self) -> Self {

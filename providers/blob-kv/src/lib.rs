@@ -1,4 +1,4 @@
-//! `berth-blob-kv`: Berth's blob store (`berth:blob-store/store@0.3.0`) over Spin key-value, so
+//! `berth-blob-kv`: Berth's blob store (`berth:blob-store/store@0.4.0`) over Spin key-value, so
 //! that `spin up` serves a working registry with nothing else to set up. Spin composes it into
 //! the registry component as a component dependency (`[component.registry.dependencies]` in
 //! spin.toml, with `dependencies_inherit_configuration = true` so it may open the registry's

@@ -588,6 +588,11 @@ impl Guest for Provider {
         Ok(None)
     }
 
+    /// A provider component serves no response: bytes go out through `read-extents`.
+    async fn host_body(_extents: Vec<Extent>) -> Result<Option<String>, Error> {
+        Ok(None)
+    }
+
     /// Chunks in key-value have no URL of their own: bytes go out through `read` only.
     async fn presign_read(_name: String, _expires_seconds: u32) -> Result<Option<String>, Error> {
         Ok(None)

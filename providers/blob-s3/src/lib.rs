@@ -1,4 +1,4 @@
-//! `berth-blob-s3`: Berth's blob store (`berth:blob-store/store@0.3.0`) over an S3-compatible
+//! `berth-blob-s3`: Berth's blob store (`berth:blob-store/store@0.4.0`) over an S3-compatible
 //! bucket, reached by outbound `wasi:http` from inside wasm, so the same component serves under
 //! `spin up`, on edge hosts and in `berth-runner` (`--blob-store dependency` with a manifest that
 //! names it, or `--blob-store berth_blob_s3.wasm`).

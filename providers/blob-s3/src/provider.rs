@@ -665,6 +665,12 @@ impl Guest for Provider {
         }
     }
 
+    /// A provider component serves no response: bytes go out through `read-extents` (or a
+    /// redirect to `presign-read`'s URL).
+    async fn host_body(_extents: Vec<Extent>) -> Result<Option<String>, Error> {
+        Ok(None)
+    }
+
     async fn presign_read(name: String, expires_seconds: u32) -> Result<Option<String>, Error> {
         let s = settings().await?;
         let key = checked(&s, &name)?;

@@ -110,14 +110,14 @@ mod tests {
 
     #[test]
     fn the_dependency_is_the_blob_store_provider_spin_toml_declares() {
-        let app = app("\"berth:blob-store/store@0.3.0\" = { path = \"p.wasm\" }", true);
+        let app = app("\"berth:blob-store/store@0.4.0\" = { path = \"p.wasm\" }", true);
         let path = provider_path(&BlobStoreChoice::Dependency, &app).unwrap();
         assert_eq!(path, Some(PathBuf::from("/app/p.wasm")));
     }
 
     #[test]
     fn a_provider_without_inherited_configuration_is_refused_at_start() {
-        let app = app("\"berth:blob-store/store@0.3.0\" = { path = \"p.wasm\" }", false);
+        let app = app("\"berth:blob-store/store@0.4.0\" = { path = \"p.wasm\" }", false);
         let err = provider_path(&BlobStoreChoice::Dependency, &app).unwrap_err();
         assert!(err.to_string().contains("dependencies_inherit_configuration"), "{err}");
     }
@@ -125,7 +125,7 @@ mod tests {
     #[test]
     fn a_missing_or_remote_dependency_is_a_clear_error() {
         assert!(provider_path(&BlobStoreChoice::Dependency, &app("", true)).is_err());
-        let remote = app("\"berth:blob-store\" = { version = \"0.3.0\", registry = \"example.com\" }", true);
+        let remote = app("\"berth:blob-store\" = { version = \"0.4.0\", registry = \"example.com\" }", true);
         let err = provider_path(&BlobStoreChoice::Dependency, &remote).unwrap_err();
         assert!(err.to_string().contains("local `path`"), "{err}");
     }

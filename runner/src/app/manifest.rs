@@ -188,7 +188,7 @@ message = "{{ greeting }}, world"
         let with_deps = format!(
             "{MANIFEST}\n{}",
             r#"[component.registry.dependencies]
-"berth:blob-store/store@0.3.0" = { path = "target/provider.wasm" }
+"berth:blob-store/store@0.4.0" = { path = "target/provider.wasm" }
 "other:thing" = { version = "1.0", registry = "example.com" }
 "#
         )
@@ -196,7 +196,7 @@ message = "{{ greeting }}, world"
         let app = App::parse(&with_deps, Path::new("/app")).unwrap();
         assert!(app.dependencies_inherit_configuration);
         assert_eq!(
-            app.dependencies["berth:blob-store/store@0.3.0"],
+            app.dependencies["berth:blob-store/store@0.4.0"],
             Dependency::Path(PathBuf::from("/app/target/provider.wasm"))
         );
         assert!(matches!(app.dependencies["other:thing"], Dependency::Unsupported(_)));

@@ -6,6 +6,7 @@
 use crate::host::bindings::berth::blob_store::store::{
     self as wit, Error, Extent, HashAlgorithm, HashState, ObjectInfo, Page, Written,
 };
+use crate::host::host_bodies::{FileExtent, OfferedBody};
 use crate::host::state::Host;
 use crate::host::streams::{self, ChannelConsumer, ChannelProducer};
 use crate::store::blob_fs::{self, BlobError, FsBlobStore};
@@ -127,6 +128,40 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
         }
     }
 
+    /// The runner serves the answers itself: it holds the extents' files open for the answer
+    /// that carries the token (`http::host_body` sends them).
+    async fn host_body(
+        accessor: &Accessor<T, Self>,
+        extents: Vec<Extent>,
+    ) -> wasmtime::Result<Result<Option<String>, Error>> {
+        let shared = accessor.with(|mut access| access.get().shared.clone());
+        if !shared.host_bodies.enabled {
+            return Ok(Ok(None));
+        }
+        let store = shared.blobs.clone();
+        let body = if extents.iter().map(|e| e.length).sum::<u64>() <= SMALL_READ {
+            // As `read_extents` does: a few microseconds from the page cache.
+            read_small(&store, &extents).map(|bytes| OfferedBody::Bytes(bytes.into()))
+        } else {
+            tokio::task::spawn_blocking(move || {
+                extents
+                    .iter()
+                    .filter(|e| e.length > 0)
+                    .map(|e| {
+                        let (file, length) = store.open_range(&e.name, e.offset, Some(e.length))?;
+                        Ok(FileExtent { file, offset: e.offset, length })
+                    })
+                    .collect::<Result<Vec<_>, BlobError>>()
+                    .map(OfferedBody::Files)
+            })
+            .await?
+        };
+        Ok(match body {
+            Ok(body) => shared.host_bodies.offer(body).map(Some).map_err(Error::Other),
+            Err(e) => Err(to_wit(e)),
+        })
+    }
+
     async fn stat(accessor: &Accessor<T, Self>, name: String) -> wasmtime::Result<Result<ObjectInfo, Error>> {
         let store = store_of(accessor);
         let size = tokio::task::spawn_blocking(move || store.size(&name)).await?;
@@ -214,7 +249,7 @@ fn stream_files<T>(
     let (tx, producer, done) = ChannelProducer::<u8, Bytes>::new();
     let total: u64 = files.iter().map(|(_, length)| length).sum();
     tokio::task::spawn_blocking(move || {
-        let _trim = (total >= LARGE_TRANSFER).then_some(TrimOnDrop);
+        let _trim = (total >= LARGE_TRANSFER).then_some(crate::memory::TrimOnDrop);
         for (file, length) in files {
             let mut open = true;
             let read = blob_fs::read_chunks(file, length, |chunk| {
@@ -233,13 +268,4 @@ fn stream_files<T>(
         }
     });
     streams::to_guest(accessor, producer, done, Error::Other)
-}
-
-/// Releases free memory when the transfer thread ends, however it ends.
-struct TrimOnDrop;
-
-impl Drop for TrimOnDrop {
-    fn drop(&mut self) {
-        crate::memory::release_free_memory();
-    }
 }

@@ -1,11 +1,13 @@
 //! The component's host: the one linker listing every interface the runner provides, over the
 //! store data of [`state`], and the instance policy (how many requests an instance serves, at
 //! once and in all). The interfaces: `spin:key-value` ([`kv_host`]), `wasi:keyvalue`
-//! ([`wasi_kv_host`]), `spin:variables` ([`vars_host`]), Berth's blob store ([`blob_host`]),
-//! outbound HTTP's allow-list ([`outbound`]); their resources are [`resources`].
+//! ([`wasi_kv_host`]), `spin:variables` ([`vars_host`]), Berth's blob store ([`blob_host`];
+//! the bodies it hands the HTTP front to send are [`host_bodies`]), outbound HTTP's allow-list
+//! ([`outbound`]); their resources are [`resources`].
 
 pub mod bindings;
 pub mod blob_host;
+pub mod host_bodies;
 pub mod kv_host;
 pub mod outbound;
 pub mod resources;
@@ -65,13 +67,41 @@ pub struct Handler {
     pre: ProxyPre<Host>,
     shared: Arc<Shared>,
     reuse: Reuse,
+    admission: Arc<tokio::sync::Semaphore>,
+}
+
+/// Requests that may wait for an instance at once. Wasmtime's handler starts a new instance for
+/// every request that finds none free, so a burst of requests while the first instances are
+/// still being made made one instance each: 500 clients at once made 300 instances, over the
+/// pooling allocator's 1000 core instances (about 4 per instance of this component), and the
+/// rest failed with 500. Admitting this many at a time bounds a burst's new instances; a request
+/// leaves the wait as soon as an instance takes it, so slow uploads never hold a place.
+const WAITING_FOR_AN_INSTANCE: usize = 32;
+
+/// A request's place among those waiting for an instance, given up when an instance takes it.
+pub struct Admission {
+    _place: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Admission {
+    /// For the runner's own requests (start-up probe, event deliveries): not counted.
+    pub fn uncounted() -> Admission {
+        Admission { _place: None }
+    }
 }
 
 impl Handler {
     pub fn new(engine: Engine, component: &Component, shared: Arc<Shared>, reuse: Reuse) -> anyhow::Result<Handler> {
         let pre = linker(&engine)?.instantiate_pre(component)?;
         let pre = ProxyPre::P3(wasmtime_wasi_http::p3::bindings::ServicePre::new(pre)?);
-        Ok(Handler { engine, pre, shared, reuse })
+        let admission = Arc::new(tokio::sync::Semaphore::new(WAITING_FOR_AN_INSTANCE));
+        Ok(Handler { engine, pre, shared, reuse, admission })
+    }
+
+    /// Wait for a place among the requests waiting for an instance.
+    pub async fn admit(&self) -> Admission {
+        // The semaphore is never closed.
+        Admission { _place: self.admission.clone().acquire_owned().await.ok() }
     }
 }
 
@@ -127,7 +157,7 @@ impl Drop for Serving {
 
 impl WorkerState for Policy {
     type StoreData = Host;
-    type RequestData = ();
+    type RequestData = Admission;
 
     fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
         if total >= self.reuse.max_requests {
@@ -142,9 +172,10 @@ impl WorkerState for Policy {
     fn on_request_start(
         &self,
         _: StoreContextMut<'_, Host>,
-        _: (),
+        admission: Admission,
         _: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
+        drop(admission); // an instance has taken the request
         // No request timeout: a registry streams multi-GiB blobs. The future lives until the
         // request's handler has answered (wasmtime-wasi-http races it against the handler), and
         // so does the mark that this instance is busy: a body that streams on after the answer

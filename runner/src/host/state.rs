@@ -2,6 +2,7 @@
 //! ([`Shared`]): what the host interfaces (`*_host.rs`) work on.
 
 use crate::app::variables::Variables;
+use crate::host::host_bodies::HostBodies;
 use crate::host::outbound::{AllowedHosts, OutboundHooks};
 use crate::store::blob_fs::FsBlobStore;
 use crate::store::kv_stores::KvStores;
@@ -20,6 +21,8 @@ pub struct Shared {
     pub blobs: FsBlobStore,
     pub variables: Variables,
     pub outbound: Arc<AllowedHosts>,
+    /// Blob bodies offered to the component's answers, for the HTTP front to send.
+    pub host_bodies: Arc<HostBodies>,
 }
 
 /// Store data of one instance.

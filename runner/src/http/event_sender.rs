@@ -35,7 +35,7 @@ async fn tick(handler: &ProxyHandler<Handler>, scheme: &str) -> Result<(), Strin
         .header(crate::http::serve::COUNT_EVENTS, "1")
         .body(body)
         .map_err(|e| e.to_string())?;
-    let response = handler.handle((), request).await.map_err(|e| format!("{e:?}"))?;
+    let response = handler.handle(crate::host::Admission::uncounted(), request).await.map_err(|e| format!("{e:?}"))?;
     if let Some(events) = response.headers().get(crate::http::serve::EVENTS) {
         crate::http::metrics::registry_events(events.to_str().unwrap_or_default());
     }

@@ -5,6 +5,8 @@
 
 use crate::app::manifest::App;
 use crate::host::Handler;
+use crate::host::host_bodies::HostBodies;
+use crate::http::host_body::{self, Delivery};
 use crate::http::limits::{self, Connection, InFlight, Limits, Lingering, Reason, StallGuard, Watched};
 use crate::http::request_log::{self, RequestLine};
 use anyhow::{Context, Result};
@@ -31,6 +33,7 @@ type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn st
 pub async fn serve(
     listener: TcpListener,
     handler: ProxyHandler<Handler>,
+    host_bodies: Arc<HostBodies>,
     tls: Option<TlsAcceptor>,
     app: Arc<App>,
     limits: Limits,
@@ -72,7 +75,13 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let server = Server { handler: handler.clone(), app: app.clone(), scheme, limits: limits.clone() };
+        let server = Server {
+            handler: handler.clone(),
+            host_bodies: host_bodies.clone(),
+            app: app.clone(),
+            scheme,
+            limits: limits.clone(),
+        };
         let tls = tls.clone();
         tokio::spawn(async move {
             server.connection(stream, peer, tls).await;
@@ -103,6 +112,7 @@ async fn back_off_when_out_of_resources(err: &std::io::Error) {
 /// What every connection shares.
 struct Server {
     handler: ProxyHandler<Handler>,
+    host_bodies: Arc<HostBodies>,
     app: Arc<App>,
     scheme: &'static str,
     limits: Arc<Limits>,
@@ -143,7 +153,15 @@ impl Server {
                 let body = body.map_err(wasmtime_wasi_http::Error::from);
                 Lingering::new(StallGuard::new(body, &self.limits, version, requests.clone()), version).boxed_unsync()
             });
-            handle(self.handler.clone(), self.app.clone(), self.scheme, in_flight, self.limits.edge_body_cap, req)
+            let front = Front {
+                handler: self.handler.clone(),
+                host_bodies: self.host_bodies.clone(),
+                app: self.app.clone(),
+                delivery: delivery(self.scheme, version),
+                scheme: self.scheme,
+                edge_body_cap: self.limits.edge_body_cap,
+            };
+            handle(front, in_flight, req)
         });
         let builder = connection_builder(&limits);
         let served = builder.serve_connection(io, service);
@@ -227,6 +245,9 @@ pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
 /// request, taken off every answer.
 pub const COUNT_EVENTS: &str = "x-berth-count-events";
 pub const EVENTS: &str = "x-berth-events";
+/// The token of a body the component leaves to the host (`berth:blob-store/store.host-body`):
+/// taken off every answer.
+pub const HOST_BODY: &str = "x-berth-host-body";
 
 /// Tell the component who is calling, as Spin does (`spin-client-addr`), replacing any value the
 /// client sent: the registry throttles failed logins per client address.
@@ -237,14 +258,27 @@ fn set_client_address(headers: &mut http::HeaderMap, peer: SocketAddr) {
     }
 }
 
-async fn handle(
+/// How a host body reaches the socket on this connection (`http::host_body`).
+fn delivery(scheme: &str, version: http::Version) -> Delivery {
+    if scheme == "http" && version < http::Version::HTTP_2 { Delivery::Kernel } else { Delivery::UserSpace }
+}
+
+/// What one request needs of its connection.
+struct Front {
     handler: ProxyHandler<Handler>,
+    host_bodies: Arc<HostBodies>,
     app: Arc<App>,
+    delivery: Delivery,
     scheme: &'static str,
-    in_flight: InFlight,
     edge_body_cap: Option<u64>,
+}
+
+async fn handle(
+    front: Front,
+    in_flight: InFlight,
     req: hyper::Request<RequestBody>,
 ) -> Result<hyper::Response<ResponseBody>, std::convert::Infallible> {
+    let Front { handler, host_bodies, app, delivery, scheme, edge_body_cap } = front;
     let (mut parts, body) = req.into_parts();
     // The request's id, the client's or a new one: the component logs and answers the same.
     let request_id = request_log::request_id(&parts.headers);
@@ -282,7 +316,8 @@ async fn handle(
             parts.uri = uri;
         }
     }
-    let response = match handler.handle((), http::Request::from_parts(parts, body)).await {
+    let admission = handler.state().admit().await;
+    let response = match handler.handle(admission, http::Request::from_parts(parts, body)).await {
         Ok(response) => {
             response.map(|b| b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed_unsync())
         }
@@ -300,6 +335,31 @@ async fn handle(
         }
     };
     let mut response = response;
+    // A body the component left to the host: the bytes go from the files to the socket.
+    if let Some(token) = response.headers_mut().remove(HOST_BODY) {
+        let offered = token.to_str().ok().and_then(|token| host_bodies.take(token));
+        let declared = response.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+        match offered {
+            Some(offered) if declared == Some(offered.length()) => {
+                response = response.map(|_| host_body::body(offered, delivery));
+            }
+            // The component's bug, not the client's: never send a body unlike its length.
+            _ => {
+                eprintln!(
+                    "berth-runner: {} {}: the component answered with a host body that is unknown, expired or \
+                     not of its Content-Length (request {})",
+                    line.method, line.path, line.request_id
+                );
+                let response = error_response(
+                    500,
+                    "INTERNAL_ERROR",
+                    "internal registry error",
+                    &format!("the registry could not send this body (request {})", line.request_id),
+                );
+                return refused(500, response, line, in_flight);
+            }
+        }
+    }
     if let Some(events) = response.headers_mut().remove(EVENTS) {
         crate::http::metrics::registry_events(events.to_str().unwrap_or_default());
     }

@@ -416,7 +416,7 @@ fn truncated() -> io::Error {
 /// Read exactly `n` bytes into a new buffer, in one read(2) when the file allows, without first
 /// zero-filling the buffer (`read_to_end` would read in growing steps from 8 KiB instead).
 #[cfg(unix)]
-fn read_new(file: &mut File, n: usize) -> io::Result<Vec<u8>> {
+pub fn read_new(file: &mut File, n: usize) -> io::Result<Vec<u8>> {
     use std::os::fd::AsRawFd;
     let mut chunk = Vec::<u8>::with_capacity(n);
     while chunk.len() < n {
@@ -440,7 +440,7 @@ fn read_new(file: &mut File, n: usize) -> io::Result<Vec<u8>> {
 }
 
 #[cfg(not(unix))]
-fn read_new(file: &mut File, n: usize) -> io::Result<Vec<u8>> {
+pub fn read_new(file: &mut File, n: usize) -> io::Result<Vec<u8>> {
     use std::io::Read;
     let mut chunk = vec![0; n];
     file.read_exact(&mut chunk).map_err(|e| if e.kind() == io::ErrorKind::UnexpectedEof { truncated() } else { e })?;
@@ -451,8 +451,9 @@ fn read_new(file: &mut File, n: usize) -> io::Result<Vec<u8>> {
 /// `sink` until it says stop. A file that is shorter than `length` (truncated underneath the
 /// read) is an error for this read only.
 ///
-/// read(2) rather than mapping the file: a mapping of a file that shrinks faults with SIGBUS,
-/// which would take the whole runner down. The copy into the buffer costs about a fifth of the
+/// read(2) rather than mapping the file: a mapping of a file that shrinks faults with SIGBUS
+/// when user-space code reads it, which would take the whole runner down (`http::host_body`
+/// maps files only where the kernel alone reads the bytes). The copy into the buffer costs about a fifth of the
 /// CPU of a pull (see docs/benchmarks.md); the buffers are large and never zero-filled.
 pub fn read_chunks(mut file: File, mut length: u64, mut sink: impl FnMut(Vec<u8>) -> bool) -> Result<(), BlobError> {
     while length > 0 {

@@ -65,7 +65,10 @@ pub async fn probe(handler: &ProxyHandler<Handler>, app: &App, scheme: &str) -> 
     }
     let body = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync();
     let request = http::Request::get(format!("{scheme}://localhost/v2/")).body(body)?;
-    let response = handler.handle((), request).await.map_err(|e| anyhow::anyhow!("start-up probe failed: {e:?}"))?;
+    let response = handler
+        .handle(crate::host::Admission::uncounted(), request)
+        .await
+        .map_err(|e| anyhow::anyhow!("start-up probe failed: {e:?}"))?;
     let status = response.status();
     let bytes = response.into_body().collect().await.map_err(|e| anyhow::anyhow!("{e:?}"))?.to_bytes();
     if status.is_server_error() {

@@ -1,0 +1,116 @@
+//! Bodies the runner sends itself (`berth:blob-store/store.host-body`). The component makes
+//! every decision of a blob GET (access, link, range, headers) and asks for a token naming the
+//! files' extents, which it puts in its answer; the HTTP front takes the token off the answer
+//! and sends the bytes (`http::host_body`), so they never pass through the component's memory.
+//!
+//! A token is 128 random bits, good for one answer: taking it removes it. One the component
+//! never handed back (its request failed) is dropped, with its open files, after
+//! [`TOKEN_LIFETIME`].
+
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long an offered body waits for its answer. The answer comes as soon as the component
+/// returns, so this only bounds what a failed request leaves behind.
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(30);
+
+/// A byte range of one open object file. The file was opened, and the range checked against
+/// its size, when the body was offered: a delete after that does not take the bytes away.
+#[derive(Debug)]
+pub struct FileExtent {
+    pub file: File,
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// What a token stands for.
+#[derive(Debug)]
+pub enum OfferedBody {
+    /// Small bodies, read at once (a config blob, an index entry).
+    Bytes(Bytes),
+    /// The extents, one after another.
+    Files(Vec<FileExtent>),
+}
+
+impl OfferedBody {
+    pub fn length(&self) -> u64 {
+        match self {
+            OfferedBody::Bytes(bytes) => bytes.len() as u64,
+            OfferedBody::Files(extents) => extents.iter().map(|e| e.length).sum(),
+        }
+    }
+}
+
+/// The bodies offered and not yet taken.
+pub struct HostBodies {
+    /// Whether the runner sends bodies at all (`--blob-bodies runner`); else the component
+    /// streams them.
+    pub enabled: bool,
+    pending: Mutex<HashMap<String, (Instant, OfferedBody)>>,
+}
+
+impl HostBodies {
+    pub fn new(enabled: bool) -> HostBodies {
+        HostBodies { enabled, pending: Mutex::default() }
+    }
+
+    /// Hold `body` for the answer that will carry the returned token.
+    pub fn offer(&self, body: OfferedBody) -> Result<String, String> {
+        let mut random = [0u8; 16];
+        getrandom::fill(&mut random).map_err(|e| format!("no randomness for a body token: {e}"))?;
+        let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let now = Instant::now();
+        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        pending.retain(|_, (offered, _)| now.duration_since(*offered) < TOKEN_LIFETIME);
+        pending.insert(token.clone(), (now, body));
+        Ok(token)
+    }
+
+    /// The body `token` stands for, once; `None` for a token never offered, taken, or expired.
+    pub fn take(&self, token: &str) -> Option<OfferedBody> {
+        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (offered, body) = pending.remove(token)?;
+        (offered.elapsed() < TOKEN_LIFETIME).then_some(body)
+    }
+
+    /// How many offered bodies wait.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_taken_once() {
+        let bodies = HostBodies::new(true);
+        let token = bodies.offer(OfferedBody::Bytes(Bytes::from_static(b"abc"))).unwrap();
+        assert_eq!(token.len(), 32);
+        assert!(matches!(bodies.take(&token), Some(OfferedBody::Bytes(b)) if b == "abc"));
+        assert!(bodies.take(&token).is_none(), "a token is good for one answer");
+        assert_eq!(bodies.waiting(), 0);
+    }
+
+    #[test]
+    fn an_unknown_token_is_nothing() {
+        let bodies = HostBodies::new(true);
+        bodies.offer(OfferedBody::Bytes(Bytes::new())).unwrap();
+        assert!(bodies.take("00000000000000000000000000000000").is_none());
+        assert!(bodies.take("").is_none());
+        assert_eq!(bodies.waiting(), 1);
+    }
+
+    #[test]
+    fn tokens_differ() {
+        let bodies = HostBodies::new(true);
+        let a = bodies.offer(OfferedBody::Bytes(Bytes::new())).unwrap();
+        let b = bodies.offer(OfferedBody::Bytes(Bytes::new())).unwrap();
+        assert_ne!(a, b);
+    }
+}

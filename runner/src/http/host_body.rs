@@ -1,0 +1,214 @@
+//! Sending a body the component left to the host (`host::host_bodies`): a blob's extents, from
+//! the files the blob store opened when the component asked.
+//!
+//! Over plain HTTP/1.1 the body is the files mapped into memory a window at a time, and hyper
+//! hands each window to `writev` as it is (its vectored write queue never copies a frame): the
+//! kernel copies page-cache pages into the socket once, and no user-space code reads them.
+//! Measured on this machine, that costs the sender what `sendfile(2)` does (0.34 against 0.35
+//! CPU-s per GiB over loopback), which hyper has no way to call, and 40% less than reading into
+//! a buffer and writing it (0.56). A file truncated under a window makes that `writev` fail with
+//! EFAULT, which ends the response early: there is no SIGBUS, because only the kernel touches
+//! mapped bytes.
+//!
+//! TLS encrypts, and HTTP/2 frames, in user space, where a truncated mapping would be a SIGBUS:
+//! there a blocking thread reads the files into chunks, within one memory budget for all bodies.
+//! (Kernel TLS would let the kernel encrypt mapped pages too; this machine's kernel offers no
+//! `tls` upper-layer protocol, `/proc/sys/net/ipv4/tcp_available_ulp`, so it is not used.)
+
+use crate::host::host_bodies::{FileExtent, OfferedBody};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use std::collections::VecDeque;
+use std::io::{Seek, SeekFrom};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How much of a file one mapping covers. Pages the kernel faulted in for a window stay counted
+/// in the runner's (file-backed) RSS until it is unmapped, after its bytes are on the wire.
+const WINDOW: u64 = 1024 * 1024;
+/// Chunks read ahead per body when reading (TLS, HTTP/2).
+const READ_AHEAD: usize = 2;
+/// After a transfer of this many bytes, free memory goes back to the OS.
+const LARGE_TRANSFER: u64 = 8 * 1024 * 1024;
+
+/// How the body's bytes reach the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Plain HTTP/1.x: only the kernel reads the bytes (`writev`), so they may be mapped.
+    Kernel,
+    /// TLS or HTTP/2: user-space code reads them, so they are read from the files.
+    UserSpace,
+}
+
+/// The response body for `offered`.
+pub fn body(offered: OfferedBody, delivery: Delivery) -> http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError> {
+    use http_body_util::BodyExt;
+    let length = offered.length();
+    match (offered, delivery) {
+        (OfferedBody::Bytes(bytes), _) => {
+            http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+        }
+        (OfferedBody::Files(extents), Delivery::Kernel) => {
+            MappedBody { extents: extents.into_iter().collect(), remaining: length }.boxed_unsync()
+        }
+        (OfferedBody::Files(extents), Delivery::UserSpace) => ReadBody::start(extents, length).boxed_unsync(),
+    }
+}
+
+/// The extents, a mapped window per frame.
+struct MappedBody {
+    extents: VecDeque<FileExtent>,
+    remaining: u64,
+}
+
+/// One window of a file, unmapped when hyper drops the frame's last byte.
+struct Window(memmap2::Mmap);
+
+impl AsRef<[u8]> for Window {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Body for MappedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        while let Some(extent) = self.extents.front_mut() {
+            if extent.length == 0 {
+                self.extents.pop_front();
+                continue;
+            }
+            let n = extent.length.min(WINDOW);
+            // SAFETY: the mapping is read-only, of an object file that is never written after
+            // its commit (deletes unlink it, which leaves a mapping valid). What remains is a
+            // file truncated by hand under a transfer: then the pages past its new end cannot be
+            // read, and since only the kernel reads these bytes (`writev` from hyper's queue,
+            // see the module's words), that read fails with EFAULT, ending the response early,
+            // instead of raising SIGBUS in the runner.
+            let mapped = unsafe { memmap2::MmapOptions::new().offset(extent.offset).len(n as usize).map(&extent.file) };
+            return match mapped {
+                Ok(map) => {
+                    extent.offset += n;
+                    extent.length -= n;
+                    self.remaining -= n;
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_owner(Window(map))))))
+                }
+                Err(e) => {
+                    self.extents.clear();
+                    Poll::Ready(Some(Err(format!("mapping a blob file failed: {e}").into())))
+                }
+            };
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// The extents, read into chunks by a blocking thread a little ahead of the socket. If the
+/// response is dropped (the client went away), the thread stops at its next chunk.
+///
+/// Every chunk holds its share of one budget for the whole process ([`READ_BUDGET`]) until the
+/// TLS layer or HTTP/2 is done with it: however many clients pull at once, chunks in flight take
+/// at most that much memory. A body waits for budget before it reads, never with bytes read.
+struct ReadBody {
+    chunks: mpsc::Receiver<Result<Bytes, String>>,
+    remaining: u64,
+}
+
+/// The memory all bodies read from files (TLS, HTTP/2) may hold at once, in KiB.
+const READ_BUDGET_KIB: usize = 64 * 1024;
+/// Chunks read at once: a few TLS records' and HTTP/2 frames' worth.
+const READ_CHUNK: usize = 256 * 1024;
+
+static READ_BUDGET: std::sync::LazyLock<Arc<Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(Semaphore::new(READ_BUDGET_KIB)));
+
+/// A chunk and its share of the budget, given back when the last of its bytes is dropped.
+struct Budgeted {
+    bytes: Vec<u8>,
+    _share: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl ReadBody {
+    fn start(extents: Vec<FileExtent>, length: u64) -> ReadBody {
+        let (tx, chunks) = mpsc::channel(READ_AHEAD);
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let _trim = (length >= LARGE_TRANSFER).then_some(crate::memory::TrimOnDrop);
+            for FileExtent { mut file, offset, length } in extents {
+                if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+                    let _ = tx.blocking_send(Err(format!("reading a blob file failed: {e}")));
+                    return;
+                }
+                let mut left = length;
+                while left > 0 {
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(READ_CHUNK);
+                    let kib = u32::try_from(n.div_ceil(1024)).expect("a chunk is a few hundred KiB");
+                    // The semaphore is never closed: the wait ends with a share.
+                    let Ok(share) = runtime.block_on(READ_BUDGET.clone().acquire_many_owned(kib)) else { return };
+                    let chunk = match crate::store::blob_fs::read_new(&mut file, n) {
+                        Ok(bytes) => Bytes::from_owner(Budgeted { bytes, _share: share }),
+                        Err(e) => {
+                            // The body ends short of its Content-Length: the client sees a
+                            // broken transfer, never wrong bytes.
+                            let _ = tx.blocking_send(Err(format!("reading a blob file failed: {e}")));
+                            return;
+                        }
+                    };
+                    if tx.blocking_send(Ok(chunk)).is_err() {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+            }
+        });
+        ReadBody { chunks, remaining: length }
+    }
+}
+
+impl Body for ReadBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        match self.chunks.poll_recv(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(Some(Err("a blob file ended before its extent".into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
