@@ -11,12 +11,15 @@ counted and dropped), whose CPU is reported beside the registry's.
 
 Fan-out: each client GETs the manifest by tag, the config and the 5 layers, over a connection of
 its own; figures per (clients, protocol, registry): throughput, registry CPU seconds per GiB
-served, client CPU per GiB, time to first byte p50/p99 over all requests, and the registry's
+served, client CPU per GiB, time to the first byte of each body p50/p99 over all requests, and the registry's
 peak RSS split into anonymous and file-backed memory (polled every 20 ms from /proc).
 
 Matrix: per blob size, concurrency and operation (push; pull; mix = three pulls to one push),
 max(concurrency, budget / size) operations; MB/s, latency p50/p99 and registry CPU per GiB.
 Each (registry, size) row starts from empty storage, so pushed bytes never pile up on disk.
+
+BERTH_RUNNER=path runs another berth-runner build (e.g. one from before a change) in place of
+target/release's.
 
 Needs: docker-registry (Debian), openssl, and the release builds: cargo build --release -p
 berth-runner -p berth-loadgen && cargo build --release --target wasm32-wasip2 -p berth.
@@ -39,7 +42,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-RUNNER = os.path.join(TARGET, "release", "berth-runner")
+RUNNER = os.environ.get('BERTH_RUNNER') or os.path.join(TARGET, 'release', 'berth-runner')
 LOADGEN = os.path.join(TARGET, "release", "berth-loadgen")
 COMPONENT = os.path.join(TARGET, "wasm32-wasip2", "release", "berth.wasm")
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -173,6 +176,12 @@ def status_kib(pid):
 def load(registry, args):
     """Run berth-loadgen against the registry; its report with the registry's CPU and memory."""
     pid = registry.proc.pid
+    command = [LOADGEN] + args + (["--ca", registry.ca] if registry.ca else [])
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE)
+    # The setup (clients made, blobs to pull pushed) is not measured: CPU counts from here.
+    if proc.stdout.readline().strip() != b"ready":
+        proc.wait()
+        raise SystemExit(f"berth-loadgen {' '.join(args[:3])} against {registry.kind} failed in its setup")
     try:
         with open(f"/proc/{pid}/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM
@@ -190,9 +199,7 @@ def load(registry, args):
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
-    command = [LOADGEN] + args + (["--ca", registry.ca] if registry.ca else [])
-    cpu0 = cpu_seconds(pid)
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE)
+    cpu0, client0 = cpu_seconds(pid), cpu_seconds(proc.pid)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -207,7 +214,7 @@ def load(registry, args):
     gib = report["bytes"] / GIB
     report.update(
         registry_cpu_per_gib=(cpu1 - cpu0) / gib,
-        client_cpu_per_gib=(usage.ru_utime + usage.ru_stime) / gib,
+        client_cpu_per_gib=(usage.ru_utime + usage.ru_stime - client0) / gib,
         gbps=report["bytes"] / 1e9 / report["seconds"],
         peak_anon_mib=peaks["RssAnon"] / 1024,
         peak_file_mib=peaks["RssFile"] / 1024,

@@ -630,8 +630,9 @@ async fn a_burst_of_hundreds_of_pulls_at_once_is_answered_whole() {
         answers.len(),
         &failed[..failed.len().min(5)]
     );
-    // 600 streams at 16 per instance need 38 instances; a burst adds at most those admitted at
-    // once (32) while instances are being made.
+    // 600 streams at 16 per instance need 38 instances; requests waiting for one add up to 32
+    // more, and instances retiring at --instance-reuse some: the same burst made 167 before
+    // requests were admitted (54 after, in a debug build).
     println!("instances alive with {CLIENTS} streams open: {instances}");
-    assert!(instances <= 38.0 + 32.0 + 10.0, "{instances} instances for {CLIENTS} streams: requests made their own");
+    assert!(instances <= 110.0, "{instances} instances for {CLIENTS} streams: requests made their own");
 }

@@ -14,7 +14,8 @@
 //!     is three pulls to one push.
 //! ```
 //!
-//! Prints one JSON object: bytes moved, wall seconds, per-request time to first byte (fanout)
+//! Prints `ready` when its setup is done and the measured part starts, then one JSON object:
+//! bytes moved, wall seconds, per-request time to first byte (fanout)
 //! or per-operation latency (matrix) as p50/p99 in ms, and the number of errors.
 
 use sha2::{Digest, Sha256};
@@ -35,6 +36,13 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// Say that the setup is done and the measured part starts: the caller samples CPU times here.
+fn ready() {
+    use std::io::Write;
+    println!("ready");
+    let _ = std::io::stdout().flush();
 }
 
 #[derive(Default)]
@@ -111,7 +119,7 @@ impl Report {
     }
 }
 
-/// GET `url`: its time to first byte (ms) and its body's length, or what went wrong.
+/// GET `url`: its time to first byte of the body (ms) and the body's length, or what went wrong.
 async fn get(client: &reqwest::Client, url: &str) -> Result<(f64, u64), String> {
     let start = Instant::now();
     let mut response = client
@@ -120,11 +128,12 @@ async fn get(client: &reqwest::Client, url: &str) -> Result<(f64, u64), String> 
         .send()
         .await
         .map_err(|e| format!("GET {url}: {e}"))?;
-    let ttfb = start.elapsed().as_secs_f64() * 1e3;
     if !response.status().is_success() {
         return Err(format!("GET {url}: {}", response.status()));
     }
-    let mut bytes = 0;
+    let first = response.chunk().await.map_err(|e| format!("GET {url}: body: {e}"))?;
+    let ttfb = start.elapsed().as_secs_f64() * 1e3;
+    let mut bytes = first.map_or(0, |chunk| chunk.len() as u64);
     while let Some(chunk) = response.chunk().await.map_err(|e| format!("GET {url}: body: {e}"))? {
         bytes += chunk.len() as u64;
     }
@@ -136,6 +145,7 @@ async fn fanout(o: Options) -> Result<Report, String> {
         return Err("fanout needs URLs".into());
     }
     let clients = (0..o.clients).map(|_| o.client()).collect::<Result<Vec<_>, _>>()?;
+    ready();
     let local = tokio::task::LocalSet::new();
     let start = Instant::now();
     let nodes: Vec<_> = clients
@@ -257,6 +267,7 @@ async fn matrix(o: Options) -> Result<Report, String> {
             pulled.push(format!("{}/v2/{}/blobs/{}", o.base, o.repo, blobs.nth((1 << 40) + n).0));
         }
     }
+    ready();
     let next = std::rc::Rc::new(std::cell::Cell::new(0usize));
     let local = tokio::task::LocalSet::new();
     let start = Instant::now();

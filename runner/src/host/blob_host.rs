@@ -157,7 +157,7 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
             .await?
         };
         Ok(match body {
-            Ok(body) => shared.host_bodies.offer(body).map(Some).map_err(Error::Other),
+            Ok(body) => shared.host_bodies.offer(body).map_err(Error::Other),
             Err(e) => Err(to_wit(e)),
         })
     }

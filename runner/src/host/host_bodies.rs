@@ -3,9 +3,10 @@
 //! files' extents, which it puts in its answer; the HTTP front takes the token off the answer
 //! and sends the bytes (`http::host_body`), so they never pass through the component's memory.
 //!
-//! A token is 128 random bits, good for one answer: taking it removes it. One the component
-//! never handed back (its request failed) is dropped, with its open files, after
-//! [`TOKEN_LIFETIME`].
+//! A token is 128 random bits, good for one answer: taking it removes it. One never taken (the
+//! request failed after the offer, or its client went away before the answer) is dropped, with
+//! its open files, by the next offer or take after [`TOKEN_LIFETIME`]; and at most
+//! [`MAX_WAITING`] offers wait at once (beyond, the component streams the bytes itself).
 
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -16,6 +17,8 @@ use std::time::{Duration, Instant};
 /// How long an offered body waits for its answer. The answer comes as soon as the component
 /// returns, so this only bounds what a failed request leaves behind.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(30);
+/// Offers waiting at most: each holds open files.
+pub const MAX_WAITING: usize = 4096;
 
 /// A byte range of one open object file. The file was opened, and the range checked against
 /// its size, when the body was offered: a delete after that does not take the bytes away.
@@ -57,23 +60,32 @@ impl HostBodies {
         HostBodies { enabled, pending: Mutex::default() }
     }
 
-    /// Hold `body` for the answer that will carry the returned token.
-    pub fn offer(&self, body: OfferedBody) -> Result<String, String> {
+    /// Hold `body` for the answer that will carry the returned token; `None` when too many
+    /// offers wait already.
+    pub fn offer(&self, body: OfferedBody) -> Result<Option<String>, String> {
         let mut random = [0u8; 16];
         getrandom::fill(&mut random).map_err(|e| format!("no randomness for a body token: {e}"))?;
         let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        let now = Instant::now();
-        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        pending.retain(|_, (offered, _)| now.duration_since(*offered) < TOKEN_LIFETIME);
-        pending.insert(token.clone(), (now, body));
-        Ok(token)
+        let mut pending = self.waiting_now();
+        if pending.len() >= MAX_WAITING {
+            return Ok(None);
+        }
+        pending.insert(token.clone(), (Instant::now(), body));
+        Ok(Some(token))
     }
 
     /// The body `token` stands for, once; `None` for a token never offered, taken, or expired.
     pub fn take(&self, token: &str) -> Option<OfferedBody> {
+        let (_, body) = self.waiting_now().remove(token)?;
+        Some(body)
+    }
+
+    /// The offers, with those past [`TOKEN_LIFETIME`] dropped.
+    fn waiting_now(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, OfferedBody)>> {
         let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (offered, body) = pending.remove(token)?;
-        (offered.elapsed() < TOKEN_LIFETIME).then_some(body)
+        let now = Instant::now();
+        pending.retain(|_, (offered, _)| now.duration_since(*offered) < TOKEN_LIFETIME);
+        pending
     }
 
     /// How many offered bodies wait.
@@ -90,7 +102,7 @@ mod tests {
     #[test]
     fn a_token_is_taken_once() {
         let bodies = HostBodies::new(true);
-        let token = bodies.offer(OfferedBody::Bytes(Bytes::from_static(b"abc"))).unwrap();
+        let token = bodies.offer(OfferedBody::Bytes(Bytes::from_static(b"abc"))).unwrap().unwrap();
         assert_eq!(token.len(), 32);
         assert!(matches!(bodies.take(&token), Some(OfferedBody::Bytes(b)) if b == "abc"));
         assert!(bodies.take(&token).is_none(), "a token is good for one answer");
@@ -107,10 +119,21 @@ mod tests {
     }
 
     #[test]
+    fn offers_beyond_the_cap_are_declined() {
+        let bodies = HostBodies::new(true);
+        for _ in 0..MAX_WAITING {
+            assert!(bodies.offer(OfferedBody::Bytes(Bytes::new())).unwrap().is_some());
+        }
+        assert!(bodies.offer(OfferedBody::Bytes(Bytes::new())).unwrap().is_none());
+        assert_eq!(bodies.waiting(), MAX_WAITING);
+    }
+
+    #[test]
     fn tokens_differ() {
         let bodies = HostBodies::new(true);
         let a = bodies.offer(OfferedBody::Bytes(Bytes::new())).unwrap();
         let b = bodies.offer(OfferedBody::Bytes(Bytes::new())).unwrap();
+        assert!(a.is_some() && b.is_some());
         assert_ne!(a, b);
     }
 }

@@ -11,7 +11,8 @@
 //! mapped bytes.
 //!
 //! TLS encrypts, and HTTP/2 frames, in user space, where a truncated mapping would be a SIGBUS:
-//! there a blocking thread reads the files into chunks, within one memory budget for all bodies.
+//! there blocking threads read the files into chunks as hyper asks, within one memory budget for
+//! all bodies.
 //! (Kernel TLS would let the kernel encrypt mapped pages too; this machine's kernel offers no
 //! `tls` upper-layer protocol, `/proc/sys/net/ipv4/tcp_available_ulp`, so it is not used.)
 
@@ -19,21 +20,19 @@ use crate::host::host_bodies::{FileExtent, OfferedBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{Seek, SeekFrom};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::PollSemaphore;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How much of a file one mapping covers. Pages the kernel faulted in for a window stay counted
 /// in the runner's (file-backed) RSS until it is unmapped, after its bytes are on the wire.
 const WINDOW: u64 = 1024 * 1024;
-/// Chunks read ahead per body when reading (TLS, HTTP/2).
-const READ_AHEAD: usize = 2;
-/// After a transfer of this many bytes, free memory goes back to the OS.
-const LARGE_TRANSFER: u64 = 8 * 1024 * 1024;
 
 /// How the body's bytes reach the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,15 +116,20 @@ impl Body for MappedBody {
     }
 }
 
-/// The extents, read into chunks by a blocking thread a little ahead of the socket. If the
-/// response is dropped (the client went away), the thread stops at its next chunk.
+/// The extents, read a chunk at a time, each when hyper asks for the next frame: a chunk takes
+/// its share of the budget, then a blocking thread reads it.
 ///
 /// Every chunk holds its share of one budget for the whole process ([`READ_BUDGET`]) until the
 /// TLS layer or HTTP/2 is done with it: however many clients pull at once, chunks in flight take
-/// at most that much memory. A body waits for budget before it reads, never with bytes read.
+/// at most that much memory. Nothing is read ahead of what hyper asks for, so a client that
+/// stops taking bytes (an HTTP/2 stream never given flow-control window, which no socket timeout
+/// sees) holds no budget, and a body waiting for budget holds no thread.
 struct ReadBody {
-    chunks: mpsc::Receiver<Result<Bytes, String>>,
+    extents: VecDeque<FileExtent>,
     remaining: u64,
+    budget: PollSemaphore,
+    /// The read in progress: the chunk (or why not) and the file back.
+    reading: Option<tokio::task::JoinHandle<(std::io::Result<Bytes>, FileExtent)>>,
 }
 
 /// The memory all bodies read from files (TLS, HTTP/2) may hold at once, in KiB.
@@ -150,39 +154,25 @@ impl AsRef<[u8]> for Budgeted {
 
 impl ReadBody {
     fn start(extents: Vec<FileExtent>, length: u64) -> ReadBody {
-        let (tx, chunks) = mpsc::channel(READ_AHEAD);
-        let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            let _trim = (length >= LARGE_TRANSFER).then_some(crate::memory::TrimOnDrop);
-            for FileExtent { mut file, offset, length } in extents {
-                if let Err(e) = file.seek(SeekFrom::Start(offset)) {
-                    let _ = tx.blocking_send(Err(format!("reading a blob file failed: {e}")));
-                    return;
-                }
-                let mut left = length;
-                while left > 0 {
-                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(READ_CHUNK);
-                    let kib = u32::try_from(n.div_ceil(1024)).expect("a chunk is a few hundred KiB");
-                    // The semaphore is never closed: the wait ends with a share.
-                    let Ok(share) = runtime.block_on(READ_BUDGET.clone().acquire_many_owned(kib)) else { return };
-                    let chunk = match crate::store::blob_fs::read_new(&mut file, n) {
-                        Ok(bytes) => Bytes::from_owner(Budgeted { bytes, _share: share }),
-                        Err(e) => {
-                            // The body ends short of its Content-Length: the client sees a
-                            // broken transfer, never wrong bytes.
-                            let _ = tx.blocking_send(Err(format!("reading a blob file failed: {e}")));
-                            return;
-                        }
-                    };
-                    if tx.blocking_send(Ok(chunk)).is_err() {
-                        return;
-                    }
-                    left -= n as u64;
-                }
-            }
-        });
-        ReadBody { chunks, remaining: length }
+        ReadBody {
+            extents: extents.into_iter().filter(|e| e.length > 0).collect(),
+            remaining: length,
+            budget: PollSemaphore::new(READ_BUDGET.clone()),
+            reading: None,
+        }
     }
+}
+
+/// Read `n` bytes of `extent` at its offset, and move the extent past them.
+fn read_chunk(mut extent: FileExtent, n: usize, share: OwnedSemaphorePermit) -> (std::io::Result<Bytes>, FileExtent) {
+    let read = extent
+        .file
+        .seek(SeekFrom::Start(extent.offset))
+        .and_then(|_| crate::store::blob_fs::read_new(&mut extent.file, n))
+        .map(|bytes| Bytes::from_owner(Budgeted { bytes, _share: share }));
+    extent.offset += n as u64;
+    extent.length -= n as u64;
+    (read, extent)
 }
 
 impl Body for ReadBody {
@@ -190,17 +180,38 @@ impl Body for ReadBody {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.remaining == 0 {
-            return Poll::Ready(None);
+        if self.reading.is_none() {
+            let Some(length) = self.extents.front().map(|e| e.length) else { return Poll::Ready(None) };
+            let n = usize::try_from(length).unwrap_or(usize::MAX).min(READ_CHUNK);
+            let kib = u32::try_from(n.div_ceil(1024)).expect("a chunk is a few hundred KiB");
+            // The semaphore is never closed.
+            let Some(share) = std::task::ready!(self.budget.poll_acquire_many(cx, kib)) else {
+                return Poll::Ready(Some(Err("the read budget is gone".into())));
+            };
+            let extent = self.extents.pop_front().expect("an extent is left");
+            self.reading = Some(tokio::task::spawn_blocking(move || read_chunk(extent, n, share)));
         }
-        match self.chunks.poll_recv(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
+        let reading = self.reading.as_mut().expect("a read in progress");
+        let done = std::task::ready!(Pin::new(reading).poll(cx));
+        self.reading = None;
+        let (read, extent) = match done {
+            Ok(done) => done,
+            Err(e) => return Poll::Ready(Some(Err(format!("reading a blob file failed: {e}").into()))),
+        };
+        if extent.length > 0 {
+            self.extents.push_front(extent);
+        }
+        match read {
+            Ok(chunk) => {
+                self.remaining -= chunk.len() as u64;
                 Poll::Ready(Some(Ok(Frame::data(chunk))))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(Some(Err("a blob file ended before its extent".into()))),
-            Poll::Pending => Poll::Pending,
+            Err(e) => {
+                // The body ends short of its Content-Length: the client sees a broken transfer,
+                // never wrong bytes.
+                self.extents.clear();
+                Poll::Ready(Some(Err(format!("reading a blob file failed: {e}").into())))
+            }
         }
     }
 
