@@ -182,6 +182,7 @@ def load(registry, args):
     if proc.stdout.readline().strip() != b"ready":
         proc.wait()
         raise SystemExit(f"berth-loadgen {' '.join(args[:3])} against {registry.kind} failed in its setup")
+    cpu0, client0 = cpu_seconds(pid), cpu_seconds(proc.pid)
     try:
         with open(f"/proc/{pid}/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM
@@ -199,7 +200,6 @@ def load(registry, args):
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
-    cpu0, client0 = cpu_seconds(pid), cpu_seconds(proc.pid)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)

@@ -52,7 +52,15 @@ pub struct HostBodies {
     /// Whether the runner sends bodies at all (`--blob-bodies runner`); else the component
     /// streams them.
     pub enabled: bool,
-    pending: Mutex<HashMap<String, (Instant, OfferedBody)>>,
+    pending: Mutex<Pending>,
+}
+
+/// The offers by token, and their tokens in the order offered (some taken since), so that the
+/// expired ones are found at the front without looking at the others.
+#[derive(Default)]
+struct Pending {
+    bodies: HashMap<String, OfferedBody>,
+    order: std::collections::VecDeque<(Instant, String)>,
 }
 
 impl HostBodies {
@@ -67,31 +75,39 @@ impl HostBodies {
         getrandom::fill(&mut random).map_err(|e| format!("no randomness for a body token: {e}"))?;
         let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
         let mut pending = self.waiting_now();
-        if pending.len() >= MAX_WAITING {
+        if pending.bodies.len() >= MAX_WAITING {
             return Ok(None);
         }
-        pending.insert(token.clone(), (Instant::now(), body));
+        pending.bodies.insert(token.clone(), body);
+        pending.order.push_back((Instant::now(), token.clone()));
         Ok(Some(token))
     }
 
     /// The body `token` stands for, once; `None` for a token never offered, taken, or expired.
     pub fn take(&self, token: &str) -> Option<OfferedBody> {
-        let (_, body) = self.waiting_now().remove(token)?;
-        Some(body)
+        self.waiting_now().bodies.remove(token)
     }
 
-    /// The offers, with those past [`TOKEN_LIFETIME`] dropped.
-    fn waiting_now(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, OfferedBody)>> {
+    /// The offers, with those past [`TOKEN_LIFETIME`] dropped (and the taken ones at the front
+    /// of the order forgotten).
+    fn waiting_now(&self) -> std::sync::MutexGuard<'_, Pending> {
         let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let now = Instant::now();
-        pending.retain(|_, (offered, _)| now.duration_since(*offered) < TOKEN_LIFETIME);
+        while let Some((offered, token)) = pending.order.front() {
+            let expired = now.duration_since(*offered) >= TOKEN_LIFETIME;
+            if !expired && pending.bodies.contains_key(token) {
+                break;
+            }
+            let (_, token) = pending.order.pop_front().expect("a front");
+            pending.bodies.remove(&token);
+        }
         pending
     }
 
     /// How many offered bodies wait.
     #[cfg(test)]
     fn waiting(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
+        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).bodies.len()
     }
 }
 

@@ -8,12 +8,14 @@
 //! CPU-s per GiB over loopback), which hyper has no way to call, and 40% less than reading into
 //! a buffer and writing it (0.56). A file truncated under a window makes that `writev` fail with
 //! EFAULT, which ends the response early: there is no SIGBUS, because only the kernel touches
-//! mapped bytes.
+//! mapped bytes. A blob written with `O_DIRECT` is not in the page cache until first read: its
+//! first pull faults the pages in (with the kernel's readahead) inside `writev`. Advising the
+//! kernel per window (`MADV_WILLNEED`) was tried, and cost 15-30% more CPU per GiB on cached
+//! blobs.
 //!
 //! TLS encrypts, and HTTP/2 frames, in user space, where a truncated mapping would be a SIGBUS:
 //! there blocking threads read the files into chunks as hyper asks, within one memory budget for
-//! all bodies.
-//! (Kernel TLS would let the kernel encrypt mapped pages too; this machine's kernel offers no
+//! all bodies and a share of it per connection. (Kernel TLS would let the kernel encrypt mapped pages too; this machine's kernel offers no
 //! `tls` upper-layer protocol, `/proc/sys/net/ipv4/tcp_available_ulp`, so it is not used.)
 
 use crate::host::host_bodies::{FileExtent, OfferedBody};
@@ -43,8 +45,22 @@ pub enum Delivery {
     UserSpace,
 }
 
-/// The response body for `offered`.
-pub fn body(offered: OfferedBody, delivery: Delivery) -> http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError> {
+/// What one connection's bodies read from files may hold at once, in KiB: a client that stops
+/// taking bytes on many HTTP/2 streams (each holds the chunk it was handed, flow control or not)
+/// pins at most this much of [`READ_BUDGET_KIB`].
+pub const CONNECTION_BUDGET_KIB: usize = 4 * 1024;
+
+/// A connection's share of the read budget (one per connection, for every body on it).
+pub fn connection_budget() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(CONNECTION_BUDGET_KIB))
+}
+
+/// The response body for `offered`, reading (where it reads) within `connection`'s budget.
+pub fn body(
+    offered: OfferedBody,
+    delivery: Delivery,
+    connection: Arc<Semaphore>,
+) -> http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError> {
     use http_body_util::BodyExt;
     let length = offered.length();
     match (offered, delivery) {
@@ -54,7 +70,9 @@ pub fn body(offered: OfferedBody, delivery: Delivery) -> http_body_util::combina
         (OfferedBody::Files(extents), Delivery::Kernel) => {
             MappedBody { extents: extents.into_iter().collect(), remaining: length }.boxed_unsync()
         }
-        (OfferedBody::Files(extents), Delivery::UserSpace) => ReadBody::start(extents, length).boxed_unsync(),
+        (OfferedBody::Files(extents), Delivery::UserSpace) => {
+            ReadBody::start(extents, length, connection).boxed_unsync()
+        }
     }
 }
 
@@ -121,12 +139,19 @@ impl Body for MappedBody {
 ///
 /// Every chunk holds its share of one budget for the whole process ([`READ_BUDGET`]) until the
 /// TLS layer or HTTP/2 is done with it: however many clients pull at once, chunks in flight take
-/// at most that much memory. Nothing is read ahead of what hyper asks for, so a client that
-/// stops taking bytes (an HTTP/2 stream never given flow-control window, which no socket timeout
-/// sees) holds no budget, and a body waiting for budget holds no thread.
+/// at most that much memory. Nothing is read ahead of what hyper asks for, and a body waiting
+/// for budget holds no thread. A client that stops taking bytes still holds the chunk each of
+/// its streams was handed (hyper hands an HTTP/2 stream a whole chunk once its window has a
+/// byte), so every connection also has a share of its own ([`CONNECTION_BUDGET_KIB`]), taken
+/// first: stalling streams pins at most that much per connection.
 struct ReadBody {
     extents: VecDeque<FileExtent>,
     remaining: u64,
+    /// The whole length, to know a large transfer when the body is dropped.
+    length: u64,
+    connection: PollSemaphore,
+    /// The connection's share, taken, while the process's is awaited.
+    connection_share: Option<OwnedSemaphorePermit>,
     budget: PollSemaphore,
     /// The read in progress: the chunk (or why not) and the file back.
     reading: Option<tokio::task::JoinHandle<(std::io::Result<Bytes>, FileExtent)>>,
@@ -140,10 +165,10 @@ const READ_CHUNK: usize = 256 * 1024;
 static READ_BUDGET: std::sync::LazyLock<Arc<Semaphore>> =
     std::sync::LazyLock::new(|| Arc::new(Semaphore::new(READ_BUDGET_KIB)));
 
-/// A chunk and its share of the budget, given back when the last of its bytes is dropped.
+/// A chunk and its shares of the budgets, given back when the last of its bytes is dropped.
 struct Budgeted {
     bytes: Vec<u8>,
-    _share: OwnedSemaphorePermit,
+    _shares: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
 impl AsRef<[u8]> for Budgeted {
@@ -153,23 +178,45 @@ impl AsRef<[u8]> for Budgeted {
 }
 
 impl ReadBody {
-    fn start(extents: Vec<FileExtent>, length: u64) -> ReadBody {
+    fn start(extents: Vec<FileExtent>, length: u64, connection: Arc<Semaphore>) -> ReadBody {
         ReadBody {
             extents: extents.into_iter().filter(|e| e.length > 0).collect(),
             remaining: length,
+            length,
+            connection: PollSemaphore::new(connection),
+            connection_share: None,
             budget: PollSemaphore::new(READ_BUDGET.clone()),
             reading: None,
         }
     }
 }
 
+impl Drop for ReadBody {
+    fn drop(&mut self) {
+        // Chunks were allocated on blocking threads and freed on this one: give what the
+        // allocator kept back to the OS after a large transfer (as the guest streams did).
+        if self.length >= LARGE_TRANSFER
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn_blocking(crate::memory::release_free_memory);
+        }
+    }
+}
+
+/// After a transfer of this many bytes, free memory goes back to the OS.
+const LARGE_TRANSFER: u64 = 8 * 1024 * 1024;
+
 /// Read `n` bytes of `extent` at its offset, and move the extent past them.
-fn read_chunk(mut extent: FileExtent, n: usize, share: OwnedSemaphorePermit) -> (std::io::Result<Bytes>, FileExtent) {
+fn read_chunk(
+    mut extent: FileExtent,
+    n: usize,
+    shares: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+) -> (std::io::Result<Bytes>, FileExtent) {
     let read = extent
         .file
         .seek(SeekFrom::Start(extent.offset))
         .and_then(|_| crate::store::blob_fs::read_new(&mut extent.file, n))
-        .map(|bytes| Bytes::from_owner(Budgeted { bytes, _share: share }));
+        .map(|bytes| Bytes::from_owner(Budgeted { bytes, _shares: shares }));
     extent.offset += n as u64;
     extent.length -= n as u64;
     (read, extent)
@@ -184,19 +231,29 @@ impl Body for ReadBody {
             let Some(length) = self.extents.front().map(|e| e.length) else { return Poll::Ready(None) };
             let n = usize::try_from(length).unwrap_or(usize::MAX).min(READ_CHUNK);
             let kib = u32::try_from(n.div_ceil(1024)).expect("a chunk is a few hundred KiB");
-            // The semaphore is never closed.
+            // The connection's share first, then the process's; the semaphores are never closed.
+            if self.connection_share.is_none() {
+                let Some(share) = std::task::ready!(self.connection.poll_acquire_many(cx, kib)) else {
+                    return Poll::Ready(Some(Err("the read budget is gone".into())));
+                };
+                self.connection_share = Some(share);
+            }
             let Some(share) = std::task::ready!(self.budget.poll_acquire_many(cx, kib)) else {
                 return Poll::Ready(Some(Err("the read budget is gone".into())));
             };
+            let shares = (self.connection_share.take().expect("taken above"), share);
             let extent = self.extents.pop_front().expect("an extent is left");
-            self.reading = Some(tokio::task::spawn_blocking(move || read_chunk(extent, n, share)));
+            self.reading = Some(tokio::task::spawn_blocking(move || read_chunk(extent, n, shares)));
         }
         let reading = self.reading.as_mut().expect("a read in progress");
         let done = std::task::ready!(Pin::new(reading).poll(cx));
         self.reading = None;
         let (read, extent) = match done {
             Ok(done) => done,
-            Err(e) => return Poll::Ready(Some(Err(format!("reading a blob file failed: {e}").into()))),
+            Err(e) => {
+                self.extents.clear();
+                return Poll::Ready(Some(Err(format!("reading a blob file failed: {e}").into())));
+            }
         };
         if extent.length > 0 {
             self.extents.push_front(extent);

@@ -142,6 +142,7 @@ impl Server {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let connection = Arc::new(Connection::new(peer));
+        let read_budget = host_body::connection_budget();
         let io = TokioIo::new(Watched::new(stream, connection.clone(), &self.limits));
         let limits = self.limits.clone();
         let requests = connection.clone();
@@ -158,6 +159,7 @@ impl Server {
                 host_bodies: self.host_bodies.clone(),
                 app: self.app.clone(),
                 delivery: delivery(self.scheme, version),
+                read_budget: read_budget.clone(),
                 scheme: self.scheme,
                 edge_body_cap: self.limits.edge_body_cap,
             };
@@ -269,6 +271,8 @@ struct Front {
     host_bodies: Arc<HostBodies>,
     app: Arc<App>,
     delivery: Delivery,
+    /// The connection's share of the budget for bodies read from files.
+    read_budget: Arc<tokio::sync::Semaphore>,
     scheme: &'static str,
     edge_body_cap: Option<u64>,
 }
@@ -278,7 +282,7 @@ async fn handle(
     in_flight: InFlight,
     req: hyper::Request<RequestBody>,
 ) -> Result<hyper::Response<ResponseBody>, std::convert::Infallible> {
-    let Front { handler, host_bodies, app, delivery, scheme, edge_body_cap } = front;
+    let Front { handler, host_bodies, app, delivery, read_budget, scheme, edge_body_cap } = front;
     let (mut parts, body) = req.into_parts();
     // The request's id, the client's or a new one: the component logs and answers the same.
     let request_id = request_log::request_id(&parts.headers);
@@ -341,7 +345,7 @@ async fn handle(
         let declared = response.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
         match offered {
             Some(offered) if declared == Some(offered.length()) => {
-                response = response.map(|_| host_body::body(offered, delivery));
+                response = response.map(|_| host_body::body(offered, delivery, read_budget));
             }
             // The component's bug, not the client's: never send a body unlike its length.
             _ => {

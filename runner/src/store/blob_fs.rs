@@ -176,9 +176,10 @@ impl FsBlobStore {
         let tmp = self.root.join(TMP_DIR).join(random.iter().map(|b| format!("{b:02x}")).collect::<String>());
         let file = File::create_new(&tmp)?;
         // Direct writes where the filesystem takes them (not tmpfs, say): else the page cache.
-        let direct = set_direct(&file, true)
-            .then(|| memmap2::MmapMut::map_anon(DIRECT_UNIT).ok())
-            .flatten()
+        // The unit first: O_DIRECT is turned on only with somewhere to gather the bytes.
+        let direct = memmap2::MmapMut::map_anon(DIRECT_UNIT)
+            .ok()
+            .filter(|_| set_direct(&file, true))
             .map(|unit| DirectWrites { unit, filled: 0 });
         Ok(ObjectWriter {
             file,
@@ -438,27 +439,30 @@ impl Drop for ObjectWriter {
     }
 }
 
-/// Write a whole unit with `O_DIRECT`. A device that refuses it (EINVAL: another alignment) or
-/// takes only part of it (the next direct write would be misaligned) gets the rest through the
-/// page cache, with `O_DIRECT` off from then on. Whether `O_DIRECT` is still on.
+/// Write a whole unit with `O_DIRECT`. A device that refuses it (EINVAL: another alignment;
+/// EOPNOTSUPP, EIO: a filesystem that took the flag but not the writes) or takes only part of
+/// it (the next direct write would be misaligned) gets the rest through the page cache, at the
+/// same offset, with `O_DIRECT` off from then on; only a failure of that write is an error.
+/// Whether `O_DIRECT` is still on.
 fn write_unit(file: &mut File, unit: &[u8]) -> io::Result<bool> {
+    let start = file.stream_position()?;
     let mut done = 0;
-    while done < unit.len() {
+    loop {
         match file.write(&unit[done..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) if done + n == unit.len() => return Ok(true),
-            Ok(n) => {
+            Ok(n) if n > 0 && done + n == unit.len() => return Ok(true),
+            Ok(n) if n > 0 => {
                 done += n;
                 break;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
-            Err(e) => return Err(e),
+            // Nothing written, or refused: the page cache takes it from here.
+            Ok(_) | Err(_) => break,
         }
     }
     if !set_direct(file, false) {
         return Err(io::Error::other("cannot turn O_DIRECT off after a refused direct write"));
     }
+    file.seek(SeekFrom::Start(start + done as u64))?;
     file.write_all(&unit[done..])?;
     Ok(false)
 }
@@ -593,7 +597,9 @@ mod tests {
     #[test]
     fn objects_around_the_direct_unit_read_back_whole() {
         // Under the build's target directory, on a disk: /tmp may be a tmpfs.
-        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")).unwrap();
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_owned());
+        let dir = tempfile::tempdir_in(target).unwrap();
         let store = FsBlobStore::new(dir.path().join("blobs")).unwrap();
         let writer = store.create("probe").unwrap();
         assert!(writer.direct.is_some(), "this filesystem takes O_DIRECT: the test would not test it");
@@ -617,6 +623,9 @@ mod tests {
                 w.write(&rest[..n]).unwrap();
                 rest = &rest[n..];
                 step = step * 3 + 17; // uneven, growing past the unit
+            }
+            if size >= DIRECT_UNIT {
+                assert!(w.direct.is_some(), "the units of {size} bytes fell back to the page cache");
             }
             assert_eq!(w.commit().unwrap(), size as u64);
             assert!(read_all(&store, &name, 0, None) == bytes, "object of {size} bytes read back different");
