@@ -728,13 +728,25 @@ async fn a_blob_file_truncated_under_a_read_fails_that_read_not_the_runner() {
     let file = object_file_of_size(d.path(), blob.len() as u64);
     assert!(file.file_name().unwrap().to_string_lossy().ends_with('~'), "an object file: {file:?}");
 
-    let mut response = reg.get(&format!("/v2/big/blobs/{digest}")).await;
+    let response = reg.get(&format!("/v2/big/blobs/{digest}")).await;
+    let received = truncated_under_the_read(response, &file, blob.len()).await;
+    let alive = reg.http.get(reg.at("/v2/")).send().await;
+    match alive {
+        Ok(response) => assert_eq!(response.status(), 200),
+        Err(e) => panic!("the runner no longer answers after the truncated read ({received} bytes received): {e}"),
+    }
+}
+
+/// Take 1 MiB of `response`, truncate `file` to 1 MiB, then read on: the read must fail or end
+/// short of `length` within a minute. The bytes received.
+async fn truncated_under_the_read(mut response: reqwest::Response, file: &Path, length: usize) -> usize {
+    const MIB: usize = 1024 * 1024;
     assert_eq!(response.status(), 200);
     let mut received = 0;
     while received < MIB {
         received += response.chunk().await.unwrap().expect("more of the body").len();
     }
-    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(MIB as u64).unwrap();
+    std::fs::OpenOptions::new().write(true).open(file).unwrap().set_len(MIB as u64).unwrap();
     let rest = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             match response.chunk().await {
@@ -747,14 +759,10 @@ async fn a_blob_file_truncated_under_a_read_fails_that_read_not_the_runner() {
     .await
     .expect("the read neither failed nor ended within 60 s");
     assert!(
-        rest.is_err() || received < blob.len(),
+        rest.is_err() || received < length,
         "the read of a truncated file delivered all {received} bytes and ended cleanly"
     );
-    let alive = reg.http.get(reg.at("/v2/")).send().await;
-    match alive {
-        Ok(response) => assert_eq!(response.status(), 200),
-        Err(e) => panic!("the runner no longer answers after the truncated read ({received} bytes received): {e}"),
-    }
+    received
 }
 
 /// Defect 8c: an abandoned session expires through the sweep that POSTs run, and nothing of it
@@ -939,25 +947,8 @@ async fn over_https_a_blob_body_is_read_from_its_files_and_a_truncation_fails_on
         .unwrap();
     assert_eq!(response.status(), 201);
     let file = object_file_of_size(&data, big.len() as u64);
-    let mut response = client.get(format!("{}/v2/big/blobs/{big_digest}", runner.url)).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let mut received = 0;
-    while received < MIB {
-        received += response.chunk().await.unwrap().expect("more of the body").len();
-    }
-    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(MIB as u64).unwrap();
-    let rest = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => received += chunk.len(),
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-    })
-    .await
-    .expect("the read neither failed nor ended within 60 s");
-    assert!(rest.is_err() || received < big.len(), "the read of a truncated file delivered all {received} bytes");
+    let response = client.get(format!("{}/v2/big/blobs/{big_digest}", runner.url)).send().await.unwrap();
+    truncated_under_the_read(response, &file, big.len()).await;
     let alive = client.get(format!("{}/v2/", runner.url)).send().await.unwrap();
     assert_eq!(alive.status(), 200, "the runner no longer answers after the truncated read");
 }
