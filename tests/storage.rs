@@ -911,6 +911,24 @@ async fn over_http_a_blob_body_is_sent_by_the_runner_from_its_mapped_files() {
     }
 }
 
+/// HTTP/2 without TLS (prior knowledge, h2c) frames the bytes in user space too: they are read
+/// from the files, never mapped, and arrive whole, ranges included.
+#[tokio::test]
+async fn over_h2c_a_blob_body_is_read_from_its_files_not_mapped() {
+    let (data, runner, reg) = start(fs_store());
+    let client = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let blob = PseudoRandom::bytes(95, 12 * 1024 * 1024 + 5);
+    let digest = push_in_three_chunks(&client, &reg.url, "parts", &blob).await;
+    let url = format!("{}/v2/parts/blobs/{digest}", reg.url);
+    let (body, headers, mapped) = get_looking_at_the_map(&client, &url, &runner, data.path()).await;
+    assert!(body == blob, "the body is not the blob ({} of {} bytes)", body.len(), blob.len());
+    assert!(!headers.contains_key("x-berth-host-body"), "the host body's token reached the client: {headers:?}");
+    assert_eq!(mapped, Vec::<String>::new(), "an object file was mapped for HTTP/2");
+    a_range_is_exact(&client, &url, &blob, 4 * 1024 * 1024 - 3, 8 * 1024 * 1024 + 10).await;
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2, "the test did not speak HTTP/2");
+}
+
 /// Over HTTPS, where the bytes are encrypted in user space, they are read from the files, never
 /// mapped (a file truncated under a mapping would be a SIGBUS there); bytes and ranges are
 /// exact, and a file truncated under the read fails that read, not the runner.
