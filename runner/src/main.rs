@@ -113,11 +113,20 @@ struct UpArgs {
     /// Who sends blob bodies from the filesystem store: `runner` (the default: from the files to
     /// the socket, never through the component's memory) or `component` (through the
     /// component's streams, as under Spin; for comparing the two).
-    #[arg(long, default_value = "runner", value_name = "runner|component", value_parser = ["runner", "component"])]
-    blob_bodies: String,
+    #[arg(long, value_enum, default_value_t = BlobBodies::Runner)]
+    blob_bodies: BlobBodies,
     /// Timeouts and caps against slow or idle clients.
     #[command(flatten)]
     limits: limits::Limits,
+}
+
+/// Who sends blob bodies from the filesystem store (`--blob-bodies`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum BlobBodies {
+    /// The runner, from the files to the socket.
+    Runner,
+    /// The component, through its streams.
+    Component,
 }
 
 fn main() -> Result<()> {
@@ -173,14 +182,13 @@ async fn up(args: UpArgs) -> Result<()> {
     }
     // The sender's clock runs only where the `events` variable names endpoints.
     let events_configured = matches!(variables.get("events"), variables::Lookup::Found(v) if !v.trim().is_empty());
-    let host_bodies = Arc::new(host::host_bodies::HostBodies::new(args.blob_bodies == "runner"));
     let shared = Arc::new(host::state::Shared {
         kv: kv_stores::KvStores::new(args.data.join("kv"), app.key_value_stores.clone(), configured_stores),
         blobs: blob_fs::FsBlobStore::new(args.data.join("blobs"))
             .with_context(|| format!("creating {}", args.data.display()))?,
         variables,
         outbound: Arc::new(outbound::AllowedHosts::parse(&outbound_hosts)?),
-        host_bodies: host_bodies.clone(),
+        host_bodies: host::host_bodies::HostBodies::new(args.blob_bodies == BlobBodies::Runner),
     });
     let auto_tls = match args.tls.as_deref() {
         Some(_) => {
@@ -258,7 +266,7 @@ async fn up(args: UpArgs) -> Result<()> {
         }
     }
     println!("berth-runner: serving {} on {scheme}://{}", app.component_id, listener.local_addr()?);
-    serve::serve(listener, handler, host_bodies, tls, Arc::new(app), args.limits, shutdown).await
+    serve::serve(listener, handler, tls, Arc::new(app), args.limits, shutdown).await
 }
 
 /// The app's component, with a blob store provider plugged in when one is chosen.

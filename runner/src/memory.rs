@@ -13,6 +13,9 @@ pub fn release_free_memory() {
     }
 }
 
+/// After a transfer of this many bytes, free memory goes back to the OS.
+pub const LARGE_TRANSFER: u64 = 8 * 1024 * 1024;
+
 /// Releases free memory when dropped: a transfer's thread holds one, however it ends.
 pub struct TrimOnDrop;
 

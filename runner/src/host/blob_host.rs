@@ -9,6 +9,7 @@ use crate::host::bindings::berth::blob_store::store::{
 use crate::host::host_bodies::{FileExtent, OfferedBody};
 use crate::host::state::Host;
 use crate::host::streams::{self, ChannelConsumer, ChannelProducer};
+use crate::memory::LARGE_TRANSFER;
 use crate::store::blob_fs::{self, BlobError, FsBlobStore};
 use bytes::Bytes;
 use wasmtime::component::{Accessor, FutureReader, HasData, Linker, StreamReader};
@@ -101,7 +102,7 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
             Ok(opened) => opened,
             Err(e) => return Ok(Err(to_wit(e))),
         };
-        stream_files(accessor, vec![(file, length)]).map(Ok)
+        stream_files(accessor, vec![FileExtent { file, offset, length }]).map(Ok)
     }
 
     async fn read_extents(
@@ -118,10 +119,7 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
             };
         }
         // Open (and check) every extent before the first byte goes out.
-        let opened = tokio::task::spawn_blocking(move || {
-            extents.iter().map(|e| store.open_range(&e.name, e.offset, Some(e.length))).collect::<Result<Vec<_>, _>>()
-        })
-        .await?;
+        let opened = tokio::task::spawn_blocking(move || open_extents(&store, &extents)).await?;
         match opened {
             Ok(files) => stream_files(accessor, files).map(Ok),
             Err(e) => Ok(Err(to_wit(e))),
@@ -143,18 +141,7 @@ impl<T> wit::HostWithStore<T> for BlobStoreHost {
             // As `read_extents` does: a few microseconds from the page cache.
             read_small(&store, &extents).map(|bytes| OfferedBody::Bytes(bytes.into()))
         } else {
-            tokio::task::spawn_blocking(move || {
-                extents
-                    .iter()
-                    .filter(|e| e.length > 0)
-                    .map(|e| {
-                        let (file, length) = store.open_range(&e.name, e.offset, Some(e.length))?;
-                        Ok(FileExtent { file, offset: e.offset, length })
-                    })
-                    .collect::<Result<Vec<_>, BlobError>>()
-                    .map(OfferedBody::Files)
-            })
-            .await?
+            tokio::task::spawn_blocking(move || open_extents(&store, &extents).map(OfferedBody::Files)).await?
         };
         Ok(match body {
             Ok(body) => shared.host_bodies.offer(body).map_err(Error::Other),
@@ -211,8 +198,17 @@ type Transfer = streams::GuestStream<u8, Error>;
 
 /// Reads up to this many bytes are done in place rather than streamed by a blocking thread.
 const SMALL_READ: u64 = 64 * 1024;
-/// After a transfer of this many bytes, free memory goes back to the OS.
-const LARGE_TRANSFER: u64 = 8 * 1024 * 1024;
+
+/// Open every extent, checking it against its object's size (blocking).
+fn open_extents(store: &FsBlobStore, extents: &[Extent]) -> Result<Vec<FileExtent>, BlobError> {
+    extents
+        .iter()
+        .map(|e| {
+            let (file, length) = store.open_range(&e.name, e.offset, Some(e.length))?;
+            Ok(FileExtent { file, offset: e.offset, length })
+        })
+        .collect()
+}
 
 fn read_small(store: &FsBlobStore, extents: &[Extent]) -> Result<Vec<u8>, BlobError> {
     let mut bytes = Vec::new();
@@ -242,15 +238,12 @@ fn stream_bytes<T>(accessor: &Accessor<T, BlobStoreHost>, bytes: Vec<u8>) -> was
 
 /// A stream fed by a blocking thread that reads the files one after another. If the reader goes
 /// away, the thread stops at the next chunk. The future tells how the transfer ended.
-fn stream_files<T>(
-    accessor: &Accessor<T, BlobStoreHost>,
-    files: Vec<(std::fs::File, u64)>,
-) -> wasmtime::Result<Transfer> {
+fn stream_files<T>(accessor: &Accessor<T, BlobStoreHost>, files: Vec<FileExtent>) -> wasmtime::Result<Transfer> {
     let (tx, producer, done) = ChannelProducer::<u8, Bytes>::new();
-    let total: u64 = files.iter().map(|(_, length)| length).sum();
+    let total: u64 = files.iter().map(|e| e.length).sum();
     tokio::task::spawn_blocking(move || {
         let _trim = (total >= LARGE_TRANSFER).then_some(crate::memory::TrimOnDrop);
-        for (file, length) in files {
+        for FileExtent { file, length, .. } in files {
             let mut open = true;
             let read = blob_fs::read_chunks(file, length, |chunk| {
                 open = tx.blocking_send(Ok(Bytes::from(chunk))).is_ok();

@@ -20,8 +20,9 @@ pub const TOKEN_LIFETIME: Duration = Duration::from_secs(30);
 /// Offers waiting at most: each holds open files.
 pub const MAX_WAITING: usize = 4096;
 
-/// A byte range of one open object file. The file was opened, and the range checked against
-/// its size, when the body was offered: a delete after that does not take the bytes away.
+/// A byte range of one open object file, positioned at `offset` (reads go on from there). The
+/// file was opened, and the range checked against its size, before any byte was sent: a delete
+/// after that does not take the bytes away.
 #[derive(Debug)]
 pub struct FileExtent {
     pub file: File,

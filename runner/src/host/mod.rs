@@ -98,6 +98,11 @@ impl Handler {
         Ok(Handler { engine, pre, shared, reuse, admission })
     }
 
+    /// The blob bodies the instances offer, for the HTTP front to send.
+    pub fn host_bodies(&self) -> &host_bodies::HostBodies {
+        &self.shared.host_bodies
+    }
+
     /// Wait for a place among the requests waiting for an instance.
     pub async fn admit(&self) -> Admission {
         // The semaphore is never closed.

@@ -22,7 +22,7 @@ pub struct Shared {
     pub variables: Variables,
     pub outbound: Arc<AllowedHosts>,
     /// Blob bodies offered to the component's answers, for the HTTP front to send.
-    pub host_bodies: Arc<HostBodies>,
+    pub host_bodies: HostBodies,
 }
 
 /// Store data of one instance.

@@ -23,7 +23,6 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io::{Seek, SeekFrom};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -195,7 +194,7 @@ impl Drop for ReadBody {
     fn drop(&mut self) {
         // Chunks were allocated on blocking threads and freed on this one: give what the
         // allocator kept back to the OS after a large transfer (as the guest streams did).
-        if self.length >= LARGE_TRANSFER
+        if self.length >= crate::memory::LARGE_TRANSFER
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn_blocking(crate::memory::release_free_memory);
@@ -203,19 +202,14 @@ impl Drop for ReadBody {
     }
 }
 
-/// After a transfer of this many bytes, free memory goes back to the OS.
-const LARGE_TRANSFER: u64 = 8 * 1024 * 1024;
-
-/// Read `n` bytes of `extent` at its offset, and move the extent past them.
+/// Read the next `n` bytes of `extent` (its file is positioned at its offset), and move the
+/// extent past them.
 fn read_chunk(
     mut extent: FileExtent,
     n: usize,
     shares: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 ) -> (std::io::Result<Bytes>, FileExtent) {
-    let read = extent
-        .file
-        .seek(SeekFrom::Start(extent.offset))
-        .and_then(|_| crate::store::blob_fs::read_new(&mut extent.file, n))
+    let read = crate::store::blob_fs::read_new(&mut extent.file, n)
         .map(|bytes| Bytes::from_owner(Budgeted { bytes, _shares: shares }));
     extent.offset += n as u64;
     extent.length -= n as u64;

@@ -5,7 +5,6 @@
 
 use crate::app::manifest::App;
 use crate::host::Handler;
-use crate::host::host_bodies::HostBodies;
 use crate::http::host_body::{self, Delivery};
 use crate::http::limits::{self, Connection, InFlight, Limits, Lingering, Reason, StallGuard, Watched};
 use crate::http::request_log::{self, RequestLine};
@@ -33,7 +32,6 @@ type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn st
 pub async fn serve(
     listener: TcpListener,
     handler: ProxyHandler<Handler>,
-    host_bodies: Arc<HostBodies>,
     tls: Option<TlsAcceptor>,
     app: Arc<App>,
     limits: Limits,
@@ -75,13 +73,7 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let server = Server {
-            handler: handler.clone(),
-            host_bodies: host_bodies.clone(),
-            app: app.clone(),
-            scheme,
-            limits: limits.clone(),
-        };
+        let server = Server { handler: handler.clone(), app: app.clone(), scheme, limits: limits.clone() };
         let tls = tls.clone();
         tokio::spawn(async move {
             server.connection(stream, peer, tls).await;
@@ -112,7 +104,6 @@ async fn back_off_when_out_of_resources(err: &std::io::Error) {
 /// What every connection shares.
 struct Server {
     handler: ProxyHandler<Handler>,
-    host_bodies: Arc<HostBodies>,
     app: Arc<App>,
     scheme: &'static str,
     limits: Arc<Limits>,
@@ -156,7 +147,6 @@ impl Server {
             });
             let front = Front {
                 handler: self.handler.clone(),
-                host_bodies: self.host_bodies.clone(),
                 app: self.app.clone(),
                 delivery: delivery(self.scheme, version),
                 read_budget: read_budget.clone(),
@@ -268,7 +258,6 @@ fn delivery(scheme: &str, version: http::Version) -> Delivery {
 /// What one request needs of its connection.
 struct Front {
     handler: ProxyHandler<Handler>,
-    host_bodies: Arc<HostBodies>,
     app: Arc<App>,
     delivery: Delivery,
     /// The connection's share of the budget for bodies read from files.
@@ -282,7 +271,7 @@ async fn handle(
     in_flight: InFlight,
     req: hyper::Request<RequestBody>,
 ) -> Result<hyper::Response<ResponseBody>, std::convert::Infallible> {
-    let Front { handler, host_bodies, app, delivery, read_budget, scheme, edge_body_cap } = front;
+    let Front { handler, app, delivery, read_budget, scheme, edge_body_cap } = front;
     let (mut parts, body) = req.into_parts();
     // The request's id, the client's or a new one: the component logs and answers the same.
     let request_id = request_log::request_id(&parts.headers);
@@ -341,10 +330,9 @@ async fn handle(
     let mut response = response;
     // A body the component left to the host: the bytes go from the files to the socket.
     if let Some(token) = response.headers_mut().remove(HOST_BODY) {
-        let offered = token.to_str().ok().and_then(|token| host_bodies.take(token));
-        let declared = response.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+        let offered = token.to_str().ok().and_then(|token| handler.state().host_bodies().take(token));
         match offered {
-            Some(offered) if declared == Some(offered.length()) => {
+            Some(offered) if content_length(response.headers()) == Some(offered.length()) => {
                 response = response.map(|_| host_body::body(offered, delivery, read_budget));
             }
             // The component's bug, not the client's: never send a body unlike its length.
@@ -388,9 +376,13 @@ async fn handle(
 /// `hint`), and the cap.
 fn over_edge_cap(cap: Option<u64>, headers: &http::HeaderMap, hint: Option<u64>) -> Option<(u64, u64)> {
     let cap = cap?;
-    let length =
-        headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).or(hint)?;
+    let length = content_length(headers).or(hint)?;
     (length > cap).then_some((length, cap))
+}
+
+/// The message's `Content-Length`, when it has a valid one.
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
 }
 
 /// What an edge host with a body cap answers instead (`which`: request or response).
