@@ -590,8 +590,7 @@ async fn a_burst_of_hundreds_of_pulls_at_once_is_answered_whole() {
     let digest = registry.push_blob("fleet/app", &blob).await;
     let url = format!("{}/v2/fleet/app/blobs/{digest}", runner.url);
     const CLIENTS: usize = 600;
-    let clients: Vec<reqwest::Client> =
-        (0..CLIENTS).map(|_| reqwest::Client::builder().no_proxy().build().unwrap()).collect();
+    let clients: Vec<reqwest::Client> = (0..CLIENTS).map(|_| client()).collect();
     let everyone = |n| std::sync::Arc::new(tokio::sync::Barrier::new(n));
     // The test waits with the clients for every answer, looks at the instances, then lets them read.
     let (start, answered, read) = (everyone(CLIENTS), everyone(CLIENTS + 1), everyone(CLIENTS + 1));

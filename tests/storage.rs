@@ -800,40 +800,19 @@ async fn the_filesystem_store_keeps_the_blob_store_contract() {
 
 // ---- 9. blob bodies the runner sends itself ---------------------------------------------------
 
-/// A blob stored as three parts (three PATCH chunks), of `len` bytes; its digest.
-async fn push_in_three_chunks(client: &reqwest::Client, base: &str, repo: &str, blob: &[u8]) -> String {
+/// A blob stored as three parts (three PATCH chunks); its digest.
+async fn push_in_three_chunks(reg: &Registry, repo: &str, blob: &[u8]) -> String {
     let digest = sha256(blob);
-    let response = client.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().await.unwrap();
-    assert_eq!(response.status(), 202);
-    let mut location = header(&response, "location");
+    let mut location = reg.start_upload(repo).await;
     let third = blob.len() / 3;
-    for (start, end) in [(0, third), (third, 2 * third)] {
-        let response = client
-            .patch(absolute(base, &location))
-            .header("content-type", "application/octet-stream")
-            .header("content-range", format!("{start}-{}", end - 1))
-            .body(blob[start..end].to_vec())
-            .send()
-            .await
-            .unwrap();
+    for start in [0, third] {
+        let response = reg.patch_chunk(&location, start as u64, &blob[start..start + third]).await;
         assert_eq!(response.status(), 202);
         location = header(&response, "location");
     }
-    let finish =
-        format!("{}{}digest={digest}", absolute(base, &location), if location.contains('?') { "&" } else { "?" });
-    let response = client
-        .put(finish)
-        .header("content-type", "application/octet-stream")
-        .body(blob[2 * third..].to_vec())
-        .send()
-        .await
-        .unwrap();
+    let response = reg.finish_upload(&location, &digest, &blob[2 * third..]).await;
     assert_eq!(response.status(), 201);
     digest
-}
-
-fn absolute(base: &str, location: &str) -> String {
-    if location.starts_with("http") { location.to_owned() } else { format!("{base}{location}") }
 }
 
 /// Lines of the runner's memory map that map files under `<data>/blobs/`.
@@ -843,15 +822,17 @@ fn mapped_blob_files(runner: &Runner, data: &Path) -> Vec<String> {
     maps.lines().filter(|l| l.contains(blobs.to_str().unwrap())).map(str::to_owned).collect()
 }
 
-/// GET `url`, take about 1 MiB, look at the runner's memory map, then take the rest: the body,
-/// its response, and what the map said mid-transfer.
+/// GET the blob at `path`, take about 1 MiB, look at the runner's memory map, then take the
+/// rest, which must be `blob`, with no host-body token among the headers: the headers, and what
+/// the map said mid-transfer.
 async fn get_looking_at_the_map(
-    client: &reqwest::Client,
-    url: &str,
+    reg: &Registry,
+    path: &str,
+    blob: &[u8],
     runner: &Runner,
     data: &Path,
-) -> (Vec<u8>, http::HeaderMap, Vec<String>) {
-    let mut response = client.get(url).send().await.unwrap();
+) -> (reqwest::header::HeaderMap, Vec<String>) {
+    let mut response = reg.http.get(reg.at(path)).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let headers = response.headers().clone();
     let mut body = Vec::new();
@@ -862,12 +843,14 @@ async fn get_looking_at_the_map(
     while let Some(chunk) = response.chunk().await.unwrap() {
         body.extend_from_slice(&chunk);
     }
-    (body, headers, mapped)
+    assert!(body == blob, "the body is not the blob ({} of {} bytes)", body.len(), blob.len());
+    assert!(!headers.contains_key("x-berth-host-body"), "the host body's token reached the client: {headers:?}");
+    (headers, mapped)
 }
 
 /// A `Range` across the parts of a blob stored in three: exactly those bytes, as 206.
-async fn a_range_is_exact(client: &reqwest::Client, url: &str, blob: &[u8], start: usize, end: usize) {
-    let response = client.get(url).header("range", format!("bytes={start}-{end}")).send().await.unwrap();
+async fn a_range_is_exact(reg: &Registry, path: &str, blob: &[u8], start: usize, end: usize) {
+    let response = reg.http.get(reg.at(path)).header("range", format!("bytes={start}-{end}")).send().await.unwrap();
     assert_eq!(response.status(), 206);
     assert_eq!(header(&response, "content-range"), format!("bytes {start}-{end}/{}", blob.len()));
     assert_eq!(header(&response, "content-length"), (end + 1 - start).to_string());
@@ -882,25 +865,22 @@ async fn a_range_is_exact(client: &reqwest::Client, url: &str, blob: &[u8], star
 #[tokio::test]
 async fn over_http_a_blob_body_is_sent_by_the_runner_from_its_mapped_files() {
     let (data, runner, reg) = start(fs_store());
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let blob = PseudoRandom::bytes(91, 12 * 1024 * 1024 + 5);
-    let digest = push_in_three_chunks(&client, &reg.url, "parts", &blob).await;
-    let url = format!("{}/v2/parts/blobs/{digest}", reg.url);
+    let digest = push_in_three_chunks(&reg, "parts", &blob).await;
+    let path = format!("/v2/parts/blobs/{digest}");
 
-    let (body, headers, mapped) = get_looking_at_the_map(&client, &url, &runner, data.path()).await;
-    assert!(body == blob, "the body is not the blob ({} of {} bytes)", body.len(), blob.len());
+    let (headers, mapped) = get_looking_at_the_map(&reg, &path, &blob, &runner, data.path()).await;
     assert_eq!(headers["content-length"], blob.len().to_string());
     assert_eq!(headers["docker-content-digest"], digest);
-    assert!(!headers.contains_key("x-berth-host-body"), "the host body's token reached the client: {headers:?}");
     assert!(!mapped.is_empty(), "no object file was mapped while the body went out");
 
-    a_range_is_exact(&client, &url, &blob, 4 * 1024 * 1024 - 3, 8 * 1024 * 1024 + 10).await;
-    a_range_is_exact(&client, &url, &blob, 0, 0).await;
-    a_range_is_exact(&client, &url, &blob, blob.len() - 7, blob.len() - 1).await;
+    a_range_is_exact(&reg, &path, &blob, 4 * 1024 * 1024 - 3, 8 * 1024 * 1024 + 10).await;
+    a_range_is_exact(&reg, &path, &blob, 0, 0).await;
+    a_range_is_exact(&reg, &path, &blob, blob.len() - 7, blob.len() - 1).await;
     // A small blob is read at once and sent as it is.
     let small = PseudoRandom::bytes(92, 3000);
     let small_digest = reg.push_blob("parts", &small).await;
-    let response = client.get(format!("{}/v2/parts/blobs/{small_digest}", reg.url)).send().await.unwrap();
+    let response = reg.get(&format!("/v2/parts/blobs/{small_digest}")).await;
     assert!(!response.headers().contains_key("x-berth-host-body"));
     assert_eq!(response.bytes().await.unwrap(), small);
     // Once sent, nothing stays mapped.
@@ -915,17 +895,15 @@ async fn over_http_a_blob_body_is_sent_by_the_runner_from_its_mapped_files() {
 /// from the files, never mapped, and arrive whole, ranges included.
 #[tokio::test]
 async fn over_h2c_a_blob_body_is_read_from_its_files_not_mapped() {
-    let (data, runner, reg) = start(fs_store());
-    let client = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let (data, runner, _) = start(fs_store());
+    let reg = Registry::with_client(&runner, client_builder().http2_prior_knowledge().build().unwrap());
     let blob = PseudoRandom::bytes(95, 12 * 1024 * 1024 + 5);
-    let digest = push_in_three_chunks(&client, &reg.url, "parts", &blob).await;
-    let url = format!("{}/v2/parts/blobs/{digest}", reg.url);
-    let (body, headers, mapped) = get_looking_at_the_map(&client, &url, &runner, data.path()).await;
-    assert!(body == blob, "the body is not the blob ({} of {} bytes)", body.len(), blob.len());
-    assert!(!headers.contains_key("x-berth-host-body"), "the host body's token reached the client: {headers:?}");
+    let digest = push_in_three_chunks(&reg, "parts", &blob).await;
+    let path = format!("/v2/parts/blobs/{digest}");
+    let (_, mapped) = get_looking_at_the_map(&reg, &path, &blob, &runner, data.path()).await;
     assert_eq!(mapped, Vec::<String>::new(), "an object file was mapped for HTTP/2");
-    a_range_is_exact(&client, &url, &blob, 4 * 1024 * 1024 - 3, 8 * 1024 * 1024 + 10).await;
-    let response = client.get(&url).send().await.unwrap();
+    a_range_is_exact(&reg, &path, &blob, 4 * 1024 * 1024 - 3, 8 * 1024 * 1024 + 10).await;
+    let response = reg.get(&path).await;
     assert_eq!(response.version(), reqwest::Version::HTTP_2, "the test did not speak HTTP/2");
 }
 
@@ -943,30 +921,24 @@ async fn over_https_a_blob_body_is_read_from_its_files_and_a_truncation_fails_on
         RunnerOptions { tls: Some((&certs.cert, &certs.key)), args: Vec::new(), ..Default::default() },
     );
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&certs.ca).unwrap()).unwrap();
-    let client =
-        reqwest::Client::builder().no_proxy().tls_built_in_root_certs(false).add_root_certificate(ca).build().unwrap();
+    let reg = Registry::with_client(
+        &runner,
+        // HTTP/1.1: over TLS it is the scheme, not the version (h2c's test), that says read.
+        client_builder().tls_built_in_root_certs(false).add_root_certificate(ca).http1_only().build().unwrap(),
+    );
     let blob = PseudoRandom::bytes(93, 12 * MIB + 5);
-    let digest = push_in_three_chunks(&client, &runner.url, "parts", &blob).await;
-    let url = format!("{}/v2/parts/blobs/{digest}", runner.url);
+    let digest = push_in_three_chunks(&reg, "parts", &blob).await;
+    let path = format!("/v2/parts/blobs/{digest}");
 
-    let (body, headers, mapped) = get_looking_at_the_map(&client, &url, &runner, &data).await;
-    assert!(body == blob, "the body is not the blob ({} of {} bytes)", body.len(), blob.len());
-    assert!(!headers.contains_key("x-berth-host-body"), "the host body's token reached the client: {headers:?}");
+    let (_, mapped) = get_looking_at_the_map(&reg, &path, &blob, &runner, &data).await;
     assert_eq!(mapped, Vec::<String>::new(), "an object file was mapped under TLS");
-    a_range_is_exact(&client, &url, &blob, 4 * MIB - 3, 8 * MIB + 10).await;
+    a_range_is_exact(&reg, &path, &blob, 4 * MIB - 3, 8 * MIB + 10).await;
 
     let big = PseudoRandom::bytes(94, 64 * MIB);
-    let big_digest = sha256(&big);
-    let response = client
-        .post(format!("{}/v2/big/blobs/uploads/?digest={big_digest}", runner.url))
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+    let big_digest = reg.push_blob("big", &big).await;
     let file = object_file_of_size(&data, big.len() as u64);
-    let response = client.get(format!("{}/v2/big/blobs/{big_digest}", runner.url)).send().await.unwrap();
+    let response = reg.get(&format!("/v2/big/blobs/{big_digest}")).await;
     truncated_under_the_read(response, &file, big.len()).await;
-    let alive = client.get(format!("{}/v2/", runner.url)).send().await.unwrap();
+    let alive = reg.get("/v2/").await;
     assert_eq!(alive.status(), 200, "the runner no longer answers after the truncated read");
 }

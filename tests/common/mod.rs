@@ -336,7 +336,12 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
 
 /// An HTTP client for the runner (no proxy from the environment).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    client_builder().build().unwrap()
+}
+
+/// The start of one: for clients with settings of their own (a CA, HTTP/2, ...).
+pub fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().no_proxy()
 }
 
 /// The `code` of the first entry of an OCI error body.
@@ -686,6 +691,12 @@ pub fn path_of(location: &str) -> String {
 impl Registry {
     pub fn new(runner: &Runner) -> Registry {
         Registry { url: runner.url.clone(), http: Http::new(runner.login) }
+    }
+
+    /// The runner's registry reached through `client` (a TLS trust of its own, HTTP/2 by prior
+    /// knowledge, ...).
+    pub fn with_client(runner: &Runner, client: reqwest::Client) -> Registry {
+        Registry { url: runner.url.clone(), http: Http { client, login: runner.login, tokens: Default::default() } }
     }
 
     pub fn at(&self, path: &str) -> String {
