@@ -70,12 +70,15 @@ impl S3Server {
             .spawn()
             .expect("starting moto's S3 server (tests/fixtures/s3/moto_serve.py)");
         let bucket = format!("{}/{BUCKET}", self.endpoint());
-        let port = self.port;
-        wait_until("moto server", Duration::from_secs(60), &self.log.clone(), &mut self.child, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        let status = Command::new("curl").args(["-sf", "-o", "/dev/null", "-X", "PUT", &bucket]).status().unwrap();
-        assert!(status.success(), "creating bucket {bucket}");
+        // Ready is the bucket made, not the port open: a server still starting (or a moto that
+        // died on a port taken meanwhile) failed the single PUT made once the port answered.
+        wait_until(
+            &format!("moto server, creating bucket {bucket}"),
+            Duration::from_secs(60),
+            &self.log.clone(),
+            &mut self.child,
+            || Command::new("curl").args(["-sf", "-o", "/dev/null", "-X", "PUT", &bucket]).status().unwrap().success(),
+        );
     }
 
     /// The keys in the bucket under `prefix`, with their sizes and ETags (S3's own listing).
