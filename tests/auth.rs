@@ -718,6 +718,37 @@ async fn basic_mode_anonymous_pull_only_where_the_policy_says() {
     assert_eq!(body["repositories"], serde_json::json!(["public/app"]));
 }
 
+/// Answers the runner keeps (`runner/src/http/answer_cache.rs`) go only to anonymous requests,
+/// and only where anonymous pulls are allowed: a request with credentials is answered by the
+/// component every time (a wrong password is refused even where anonymous pulls are allowed),
+/// and what a user pulled is never kept for anyone.
+#[tokio::test]
+async fn kept_answers_go_to_anonymous_requests_only_where_the_policy_lets_them_pull() {
+    let auth = start_full("basic", &[], None, &["--metrics-listen", "127.0.0.1:0"]);
+    auth.admin.push_image("public/app", "v1", 1).await;
+    auth.admin.push_image("team/app", "v1", 2).await;
+    let hits = |metrics: String| common::kept::answer_cache_count(&metrics, "hit");
+    let before = hits(scrape(&auth.runner).await);
+    for _ in 0..3 {
+        assert_eq!(auth.get("/v2/public/app/manifests/v1", None).await.status(), 200);
+    }
+    let after_anonymous = hits(scrape(&auth.runner).await);
+    assert!(after_anonymous - before >= 2.0, "anonymous pulls of a public repository are kept");
+
+    for _ in 0..3 {
+        let get = auth.http.get(auth.at("/v2/team/app/manifests/v1")).basic_auth("reader", Some(PASSWORD));
+        assert_eq!(get.send().await.unwrap().status(), 200);
+    }
+    expect_refusal(auth.get("/v2/team/app/manifests/v1", None).await, 401, "UNAUTHORIZED", Some(BASIC_CHALLENGE)).await;
+    let wrong = auth.http.get(auth.at("/v2/public/app/manifests/v1")).basic_auth("reader", Some("wrong"));
+    expect_refusal(wrong.send().await.unwrap(), 401, "UNAUTHORIZED", Some(BASIC_CHALLENGE)).await;
+    assert_eq!(
+        hits(scrape(&auth.runner).await),
+        after_anonymous,
+        "no request with credentials was given a kept answer"
+    );
+}
+
 // ---- real clients -----------------------------------------------------------------------------
 
 fn run(program: &str, args: &[&str], envs: &[(&str, &Path)], stdin: Option<&str>) -> Output {

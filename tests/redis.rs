@@ -164,6 +164,29 @@ async fn two_runners_on_one_redis_see_each_others_writes_and_race_safely() {
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
+// ---- answers kept by one front end while another writes -------------------------------------
+
+/// One tag moved again and again through one runner while 16 clients read it through another,
+/// both on one Redis: the reading runner gives kept answers (checked against Redis before each),
+/// and no read that started after a move was acknowledged sees the tag older (seeded;
+/// `BERTH_KEPT_SEED` replays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_moved_through_one_runner_is_never_served_older_by_the_other_after_the_move() {
+    let redis = RedisServer::start();
+    // The key-value provider: both runners' blobs (manifest bytes too) live in Redis.
+    let (_data_a, _a, writer) = start_registry(redis.options(true));
+    let mut options = redis.options(true);
+    options.args.extend(["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+    let (_data_b, b, reader) = start_registry(options);
+    let seed = kept::seed();
+    let race = kept::race_a_moving_tag(&writer, &reader, "shared/moving", seed, 16, 30).await;
+    assert!(race.problems.is_empty(), "seed {seed}: {:#?}", race.problems);
+    let metrics = scrape(&b).await;
+    let (hits, changed) = (kept::answer_cache_count(&metrics, "hit"), kept::answer_cache_count(&metrics, "changed"));
+    assert!(hits > 0.0 && changed > 0.0, "seed {seed}: {hits} hits, {changed} changed of {} reads", race.reads);
+    println!("{} reads: {hits} from the cache, {changed} found changed", race.reads);
+}
+
 // ---- stale pooled connections ----------------------------------------------------------------
 
 /// `n` pulls of `path` at once (they fill the runner's connection pool); their statuses.

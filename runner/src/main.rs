@@ -115,6 +115,12 @@ struct UpArgs {
     /// component's streams, as under Spin; for comparing the two).
     #[arg(long, value_enum, default_value_t = BlobBodies::Runner)]
     blob_bodies: BlobBodies,
+    /// Answer every request through the component: keep no answers. By default anonymous
+    /// manifest GETs and HEADs, blob HEADs and /v2/ are given again from memory while every
+    /// key-value value they were made from is unchanged (checked before each answer: README,
+    /// "Consistency").
+    #[arg(long)]
+    no_answer_cache: bool,
     /// Timeouts and caps against slow or idle clients.
     #[command(flatten)]
     limits: limits::Limits,
@@ -266,7 +272,8 @@ async fn up(args: UpArgs) -> Result<()> {
         }
     }
     println!("berth-runner: serving {} on {scheme}://{}", app.component_id, listener.local_addr()?);
-    serve::serve(listener, handler, tls, Arc::new(app), args.limits, shutdown).await
+    let answers = (!args.no_answer_cache).then(|| Arc::new(http::answer_cache::AnswerCache::new()));
+    serve::serve(listener, handler, tls, Arc::new(app), args.limits, answers, shutdown).await
 }
 
 /// The app's component, with a blob store provider plugged in when one is chosen.

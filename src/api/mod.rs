@@ -65,6 +65,9 @@ pub async fn handle_with<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         }) as Background<'a>),
     };
     let mut response = quote_request(response, &id).header(REQUEST_ID, id.as_str());
+    if let Some(validators) = keep_with(stores, &response, background.is_some()) {
+        response = response.header(READ_SET, validators);
+    }
     if counted {
         let summary = stores.events.summary();
         if !summary.is_empty() {
@@ -72,6 +75,17 @@ pub async fn handle_with<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
         }
     }
     (response, background)
+}
+
+/// The validators a host keeps this answer with (`crate::registry::read_set`): only a plain 200
+/// that the route said depends on its reads alone, that wrote nothing, counted nothing, and
+/// leaves no work behind.
+fn keep_with<M: MetaStore, B, S>(stores: &Stores<M, B>, response: &Response<S>, background: bool) -> Option<String> {
+    let reads = stores.meta.read_set()?;
+    if response.status != http::StatusCode::OK || background || !stores.events.summary().is_empty() {
+        return None;
+    }
+    reads.validators()
 }
 
 async fn deliver_events<M: MetaStore, B: BlobStore, O: Outbound<B>>(stores: &Stores<M, B>, outbound: &O) {
@@ -109,6 +123,15 @@ pub const COUNT_EVENTS: &str = "x-berth-count-events";
 /// The events a request counted (`uploads_finished=1,gc_blobs_removed=3`), for the host's
 /// metrics; the host removes it before the answer goes out.
 pub const EVENTS: http::HeaderName = http::HeaderName::from_static("x-berth-events");
+
+/// Set (to `1`) by berth-runner on every request, replacing any the client sent: record the
+/// key-value reads the answer is made from, and answer with [`READ_SET`] when the answer may
+/// be kept (`crate::registry::read_set`). Under Spin nobody sets it.
+pub const RECORD_READS: &str = "x-berth-record-reads";
+
+/// What a keepable answer was read from: `<store label> <key>=<sha256 of the value>|- ...`;
+/// the host removes it before the answer goes out.
+pub const READ_SET: http::HeaderName = http::HeaderName::from_static("x-berth-read-set");
 
 /// Every answer names its request: the id to quote in a report, found in every log line.
 pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -175,6 +198,7 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     let route = namespaced_route(stores, &req, Route::parse(&req.path)?)?;
     // Before any password is checked: a name too long to be namespaced is the client's mistake.
     let mirrored = default_upstream_candidate(stores, &req, &route)?;
+    let keepable = keepable(&req, &route) && mirrored.is_none();
     // Basic mode checks a password on every request that carries one: throttled like logins.
     let attempt = match stores.config.auth.mode {
         auth::config::Mode::Basic => req
@@ -230,6 +254,9 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
             (_, route) => Err(crate::mirror::read_only(route.name().expect("named"), target.upstream)),
         };
     }
+    if keepable && let Some(reads) = stores.meta.read_set() {
+        reads.mark_keepable();
+    }
     let asked = events::Asked::of(&req, &route);
     let response = match (req.method.clone(), route) {
         (Method::GET | Method::HEAD, Route::Base) => Ok(base::get()),
@@ -258,6 +285,20 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     // Before the answer: an acknowledged action always has its events in the outbox.
     events::record_request(stores, &identity, &asked, &response).await?;
     Ok((response, None))
+}
+
+/// Whether the answer to `req` depends on nothing but the configuration and the key-value reads
+/// made for it, so that a host may keep it (`crate::registry::read_set`): reads of manifests,
+/// blob HEADs and the base endpoint, asked without credentials (a credential's answer depends on
+/// the time, and a password check on the throttle). Pulls of mirrored names (upstream answers)
+/// are never kept: they return before the local routes, and a name the default upstream may
+/// answer for is not marked.
+fn keepable<B>(req: &Request<B>, route: &Route) -> bool {
+    let read = matches!(
+        (&req.method, route),
+        (&Method::GET | &Method::HEAD, Route::Base | Route::Manifest(..)) | (&Method::HEAD, Route::Blob(..))
+    );
+    read && req.header(http::header::AUTHORIZATION).is_none() && req.header(http::header::COOKIE).is_none()
 }
 
 /// The repository a request of containerd's addresses with `?ns=<registry>` (hosts.toml mirrors
@@ -351,7 +392,12 @@ mod tests {
         Request { method, path, query, headers: HeaderMap::new(), body, origin: None }
     }
 
-    fn send(stores: &Stores<MemMeta, MemBlobs>, method: Method, path: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    fn send<M: MetaStore>(
+        stores: &Stores<M, MemBlobs>,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Response<Vec<u8>> {
         block_on(handle(stores, request(method, path, body)))
     }
 
@@ -600,8 +646,8 @@ mod tests {
     }
 
     /// Push a one-config manifest to `repo` under `reference`; `variant` makes it distinct.
-    fn push_manifest(
-        stores: &Stores<MemMeta, MemBlobs>,
+    fn push_manifest<M: MetaStore>(
+        stores: &Stores<M, MemBlobs>,
         repo: &str,
         reference: &str,
         variant: &str,
@@ -613,6 +659,69 @@ mod tests {
         let mut req = request(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"), manifest);
         req.headers.insert(http::header::CONTENT_TYPE, crate::wire::manifest::OCI_MANIFEST.parse().unwrap());
         (block_on(handle(stores, req)), digest)
+    }
+
+    /// One request through stores that record its reads, as berth-runner asks (each request has
+    /// stores of its own); the stores back, and the answer's read set.
+    fn send_recording(
+        stores: Stores<MemMeta, MemBlobs>,
+        method: Method,
+        path: &str,
+        credentials: bool,
+    ) -> (Stores<MemMeta, MemBlobs>, StatusCode, Option<String>) {
+        use crate::registry::read_set::Recorded;
+        let Stores { meta, blobs, random, now, config, request_id, .. } = stores;
+        let meta = Recorded::new(meta, Some("default"));
+        let stores = Stores { meta, blobs, random, now, config, request_id, events: Default::default() };
+        let mut req = request(method, path, vec![]);
+        if credentials {
+            req.headers.insert(http::header::AUTHORIZATION, "Basic YTpi".parse().unwrap());
+        }
+        let r = block_on(handle(&stores, req));
+        let validators = r.headers.get(READ_SET).map(|v| v.to_str().unwrap().to_owned());
+        let Stores { meta, blobs, random, now, config, request_id, .. } = stores;
+        let stores =
+            Stores { meta: meta.into_inner(), blobs, random, now, config, request_id, events: Default::default() };
+        (stores, r.status, validators)
+    }
+
+    /// An anonymous read of a manifest names every key it was read from, with the hash of the
+    /// value read; a failed read, a credential's, or a write names none; nothing is said unless
+    /// the host asked (`send` does not).
+    #[test]
+    fn only_an_anonymous_read_that_wrote_nothing_is_answered_with_its_read_set() {
+        let stores = memory_stores();
+        let (r, digest) = push_manifest(&stores, "a", "v1", "one");
+        assert_eq!(r.status, StatusCode::CREATED);
+        let not_asked = send(&stores, Method::GET, "/v2/a/manifests/v1", vec![]);
+        assert!(!not_asked.headers.contains_key(READ_SET), "not asked");
+
+        let (stores, status, validators) = send_recording(stores, Method::GET, "/v2/a/manifests/v1", false);
+        assert_eq!(status, StatusCode::OK);
+        let validators = validators.expect("a manifest GET by tag is keepable");
+        let mut words = validators.split(' ');
+        assert_eq!(words.next(), Some("default"), "the store's label first");
+        let keys: Vec<&str> = words.map(|w| w.split_once('=').unwrap().0).collect();
+        let hex = digest.hex();
+        for key in ["repo/a/tag/v1".to_owned(), format!("repo/a/manifest/sha256/{hex}"), format!("blob/sha256/{hex}")] {
+            assert!(keys.contains(&key.as_str()), "{key} in {validators}");
+        }
+        let tag_value = stores.meta.0.borrow()["repo/a/tag/v1"].clone();
+        let tag_hash = Digest::of(Algorithm::Sha256, &tag_value);
+        assert!(validators.contains(&format!("repo/a/tag/v1={}", tag_hash.hex())), "{validators}");
+
+        let (stores, _, by_digest) = send_recording(stores, Method::HEAD, &format!("/v2/a/manifests/{digest}"), false);
+        assert!(by_digest.is_some_and(|v| !v.contains("/tag/")), "a digest's answer does not depend on tags");
+        let (stores, _, base) = send_recording(stores, Method::GET, "/v2/", false);
+        assert!(base.is_some(), "the base endpoint reads nothing it could change");
+        let (stores, status, missing) = send_recording(stores, Method::GET, "/v2/a/manifests/v2", false);
+        assert_eq!((status, missing), (StatusCode::NOT_FOUND, None), "errors are not kept");
+        let (stores, status, credentialed) = send_recording(stores, Method::GET, "/v2/a/manifests/v1", true);
+        assert_eq!((status, credentialed), (StatusCode::OK, None), "a credential's answer depends on more");
+        let (stores, _, tags) = send_recording(stores, Method::GET, "/v2/a/tags/list", false);
+        assert_eq!(tags, None, "listings read the blob store's index");
+        let (_, status, deleted) = send_recording(stores, Method::DELETE, "/v2/a/manifests/v1", false);
+        assert_eq!((status, deleted), (StatusCode::ACCEPTED, None));
     }
 
     fn manifest_for(variant: &str) -> (Vec<u8>, Digest) {

@@ -2,8 +2,9 @@
 //! Berth's blob store WIT interface in the component (`spin/`), in-memory ones for native tests
 //! (`testing`).
 
-use crate::wire::digest::{Algorithm, RunningHash};
+use crate::wire::digest::{Algorithm, Digest, RunningHash};
 use crate::wire::errcode::{ErrorCode, RegistryError};
+use std::cell::{Cell, RefCell};
 
 /// Why a storage call failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +53,65 @@ pub trait MetaStore {
     /// one atomic step, across instances; the new value. Only ever used on keys that hold
     /// counters (Spin's SQLite backend panics on another value).
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError>;
+    /// What this request read, when the host asked for it (`read_set.rs`).
+    fn read_set(&self) -> Option<&ReadSet> {
+        None
+    }
+}
+
+/// What one request read (each key once, with the hash of the value it first saw) and whether
+/// it did anything else. `read_set.rs` says why that is all a kept answer depends on.
+#[derive(Debug, Default)]
+pub struct ReadSet {
+    /// The key-value store's label, for the host to read the same keys in.
+    label: String,
+    reads: RefCell<Vec<(String, Option<Digest>)>>,
+    /// Set by anything but a read: a write, a swap, an increment.
+    wrote: Cell<bool>,
+    /// Set by the route when its answer depends on nothing but the reads (`crate::api`).
+    keepable: Cell<bool>,
+}
+
+impl ReadSet {
+    /// Say that this request's answer depends only on its key-value reads.
+    pub fn mark_keepable(&self) {
+        self.keepable.set(true);
+    }
+
+    /// The validators of a keepable answer: `<label> <key>=<sha256 hex>|- ...`, one entry per key
+    /// read (`-`: it was absent); `None` when the answer must not be kept.
+    pub fn validators(&self) -> Option<String> {
+        if !self.keepable.get() || self.wrote.get() {
+            return None;
+        }
+        let mut line = self.label.clone();
+        for (key, value) in self.reads.borrow().iter() {
+            line.push(' ');
+            line.push_str(key);
+            line.push('=');
+            line.push_str(value.as_ref().map_or("-", Digest::hex));
+        }
+        Some(line)
+    }
+
+    /// The host asked for the reads; `label` is the store's.
+    pub fn new(label: &str) -> ReadSet {
+        ReadSet { label: label.to_owned(), ..ReadSet::default() }
+    }
+
+    /// Anything but a read happened: the answer must not be kept.
+    pub fn note_write(&self) {
+        self.wrote.set(true);
+    }
+
+    pub fn note_read(&self, key: &str, value: Option<&[u8]>) {
+        let mut reads = self.reads.borrow_mut();
+        // The first value seen is the one the answer was made from; a key whose value changed
+        // between two reads fails the check at once (its value is no longer the first).
+        if !reads.iter().any(|(k, _)| k == key) {
+            reads.push((key.to_owned(), value.map(|v| Digest::of(Algorithm::Sha256, v))));
+        }
+    }
 }
 
 /// A counter's value as [`MetaStore::increment`] stores it: 8 bytes little-endian (Spin's SQLite

@@ -8,11 +8,15 @@ mod key_value;
 mod outbound;
 
 use crate::config::Config;
+use crate::registry::read_set::Recorded;
 use crate::registry::store::{RequestId, Stores};
 use crate::wire::errcode::{ErrorCode, RegistryError};
 use crate::wire::message::{Body, Request};
 use blob_store::{BodyEnd, IncomingBody, WitBlobStore};
 use key_value::KvMetaStore;
+
+/// The key-value store everything but blob bytes lives in (spin.toml grants it).
+const META_STORE: &str = "default";
 use spin_sdk::wasip3::http::types::{self, Fields};
 type WasiErrorCode = spin_sdk::wasip3::http::types::ErrorCode;
 use spin_sdk::wasip3::{wit_future, wit_stream};
@@ -49,8 +53,10 @@ async fn handle(request: types::Request) -> Result<types::Response, WasiErrorCod
         let response = crate::api::error_response(err, &request_id).header(crate::api::REQUEST_ID, request_id.as_str());
         Ok(into_wasi_response(response))
     };
-    let meta = match KvMetaStore::open("default").await {
-        Ok(meta) => meta,
+    // berth-runner asks for the reads an answer is made from, to keep it (`registry::read_set`).
+    let record = request.header(crate::api::RECORD_READS).is_some_and(|v| v == "1").then_some(META_STORE);
+    let meta = match KvMetaStore::open(META_STORE).await {
+        Ok(meta) => Recorded::new(meta, record),
         Err(err) => return failed(&err),
     };
     let config = match config().await {
@@ -123,7 +129,7 @@ fn misconfigured() -> RegistryError {
 /// request), try both stores once and log what fails: a wrong S3 endpoint or credentials show at
 /// start rather than on the first push. The answer does not change (requests that need a broken
 /// store fail on their own, with 503 or 500).
-async fn check_storage_once(stores: &Stores<KvMetaStore, WitBlobStore>) {
+async fn check_storage_once(stores: &Stores<Recorded<KvMetaStore>, WitBlobStore>) {
     use crate::registry::store::{BlobStore, MetaStore};
     use std::cell::Cell;
     thread_local! {

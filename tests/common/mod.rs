@@ -11,6 +11,7 @@
 
 pub mod clients;
 pub mod engines;
+pub mod kept;
 pub mod oci_layout;
 pub mod process;
 pub mod redis;
@@ -538,6 +539,7 @@ pub async fn read_request_head(socket: &mut tokio::net::TcpStream) -> Option<Vec
 }
 
 /// A registry client for the spec tests: one base URL, helpers for the common pushes.
+#[derive(Clone)]
 pub struct Registry {
     pub url: String,
     pub http: Http,

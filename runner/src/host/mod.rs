@@ -103,6 +103,11 @@ impl Handler {
         &self.shared.host_bodies
     }
 
+    /// The key-value stores the instances use, for the HTTP front's checks of kept answers.
+    pub fn key_value(&self) -> &crate::store::kv_stores::KvStores {
+        &self.shared.kv
+    }
+
     /// Wait for a place among the requests waiting for an instance.
     pub async fn admit(&self) -> Admission {
         // The semaphore is never closed.

@@ -32,11 +32,11 @@ pub fn start(handler: ProxyHandler<Handler>, scheme: &'static str) {
 async fn tick(handler: &ProxyHandler<Handler>, scheme: &str) -> Result<(), String> {
     let body = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync();
     let request = http::Request::post(format!("{scheme}://localhost/v2/_berth/events/deliver"))
-        .header(crate::http::serve::COUNT_EVENTS, "1")
+        .header(crate::http::headers::COUNT_EVENTS, "1")
         .body(body)
         .map_err(|e| e.to_string())?;
     let response = handler.handle(crate::host::Admission::uncounted(), request).await.map_err(|e| format!("{e:?}"))?;
-    if let Some(events) = response.headers().get(crate::http::serve::EVENTS) {
+    if let Some(events) = response.headers().get(crate::http::headers::EVENTS) {
         crate::http::metrics::registry_events(events.to_str().unwrap_or_default());
     }
     let status = response.status();

@@ -41,6 +41,11 @@ struct BackendLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabel {
     event: String,
 }
@@ -59,6 +64,7 @@ struct Metrics {
     instances_busy: Gauge,
     gc_last_pass: Gauge,
     backend_errors: Family<BackendLabel, Counter>,
+    answer_cache: Family<OutcomeLabel, Counter>,
 }
 
 /// Latency buckets, in seconds: a manifest GET takes well under a millisecond, a layer minutes.
@@ -126,8 +132,17 @@ fn metrics() -> &'static Metrics {
              backend; a provider component's failures count as the registry's storage_unavailable",
             backend_errors.clone(),
         );
+        let answer_cache = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "answer_cache",
+            "Requests whose answer may have been kept (anonymous GETs and HEADs), by outcome: hit (given from the \
+             cache, every value it was made from unchanged), changed (a value changed: asked again), miss \
+             (nothing kept); and answers kept",
+            answer_cache.clone(),
+        );
         Metrics {
             registry,
+            answer_cache,
             requests,
             duration,
             received,
@@ -165,6 +180,11 @@ pub fn registry_events(summary: &str) {
             }
         }
     }
+}
+
+/// A lookup in the answer cache (`hit`, `changed`, `miss`), or an answer kept (`kept`).
+pub fn answer_cache(outcome: &'static str) {
+    metrics().answer_cache.get_or_create(&OutcomeLabel { outcome }).inc();
 }
 
 pub fn body_received(bytes: u64) {

@@ -5,6 +5,8 @@
 
 use crate::app::manifest::App;
 use crate::host::Handler;
+use crate::http::answer_cache::{self, AnswerCache, Outcome, RequestKey};
+use crate::http::headers::{COUNT_EVENTS, EVENTS, HOST_BODY, READ_SET, RECORD_READS};
 use crate::http::host_body::{self, Delivery};
 use crate::http::limits::{self, Connection, InFlight, Limits, Lingering, Reason, StallGuard, Watched};
 use crate::http::request_log::{self, RequestLine};
@@ -35,6 +37,7 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     app: Arc<App>,
     limits: Limits,
+    answers: Option<Arc<AnswerCache>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -73,7 +76,13 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let server = Server { handler: handler.clone(), app: app.clone(), scheme, limits: limits.clone() };
+        let server = Server {
+            handler: handler.clone(),
+            app: app.clone(),
+            scheme,
+            limits: limits.clone(),
+            answers: answers.clone(),
+        };
         let tls = tls.clone();
         tokio::spawn(async move {
             server.connection(stream, peer, tls).await;
@@ -107,6 +116,7 @@ struct Server {
     app: Arc<App>,
     scheme: &'static str,
     limits: Arc<Limits>,
+    answers: Option<Arc<AnswerCache>>,
 }
 
 impl Server {
@@ -152,6 +162,7 @@ impl Server {
                 read_budget: read_budget.clone(),
                 scheme: self.scheme,
                 edge_body_cap: self.limits.edge_body_cap,
+                answers: self.answers.clone(),
             };
             handle(front, in_flight, req)
         });
@@ -233,14 +244,6 @@ pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// The component's event counts for the request (`uploads_finished=1,...`): asked on every
-/// request, taken off every answer.
-pub const COUNT_EVENTS: &str = "x-berth-count-events";
-pub const EVENTS: &str = "x-berth-events";
-/// The token of a body the component leaves to the host (`berth:blob-store/store.host-body`):
-/// taken off every answer.
-pub const HOST_BODY: &str = "x-berth-host-body";
-
 /// Tell the component who is calling, as Spin does (`spin-client-addr`), replacing any value the
 /// client sent: the registry throttles failed logins per client address.
 fn set_client_address(headers: &mut http::HeaderMap, peer: SocketAddr) {
@@ -264,6 +267,7 @@ struct Front {
     read_budget: Arc<tokio::sync::Semaphore>,
     scheme: &'static str,
     edge_body_cap: Option<u64>,
+    answers: Option<Arc<AnswerCache>>,
 }
 
 async fn handle(
@@ -271,7 +275,7 @@ async fn handle(
     in_flight: InFlight,
     req: hyper::Request<RequestBody>,
 ) -> Result<hyper::Response<ResponseBody>, std::convert::Infallible> {
-    let Front { handler, app, delivery, read_budget, scheme, edge_body_cap } = front;
+    let Front { handler, app, delivery, read_budget, scheme, edge_body_cap, answers } = front;
     let (mut parts, body) = req.into_parts();
     // The request's id, the client's or a new one: the component logs and answers the same.
     let request_id = request_log::request_id(&parts.headers);
@@ -309,6 +313,27 @@ async fn handle(
             parts.uri = uri;
         }
     }
+    // An answer kept from an earlier request, given again if what it was made from is unchanged
+    // (`answer_cache`); otherwise the component records what this one's answer is made from.
+    let kept_under = answers.as_ref().and_then(|_| RequestKey::of(&parts));
+    if let (Some(answers), Some(key)) = (&answers, &kept_under) {
+        match answers.answer(key).await {
+            Some((kept, Outcome::Hit)) => {
+                crate::http::metrics::answer_cache("hit");
+                let body = if parts.method == http::Method::HEAD { Bytes::new() } else { kept.body.clone() };
+                let mut response = hyper::Response::new(full_body(body));
+                *response.status_mut() = kept.status;
+                *response.headers_mut() = kept.headers.clone();
+                return finish(response, line, in_flight, &id_header, edge_body_cap);
+            }
+            Some((_, Outcome::Changed)) => crate::http::metrics::answer_cache("changed"),
+            None => crate::http::metrics::answer_cache("miss"),
+        }
+        parts.headers.insert(RECORD_READS, http::HeaderValue::from_static("1"));
+    } else {
+        parts.headers.remove(RECORD_READS);
+    }
+    let head = parts.method == http::Method::HEAD;
     let admission = handler.state().admit().await;
     let response = match handler.handle(admission, http::Request::from_parts(parts, body)).await {
         Ok(response) => {
@@ -355,6 +380,49 @@ async fn handle(
     if let Some(events) = response.headers_mut().remove(EVENTS) {
         crate::http::metrics::registry_events(events.to_str().unwrap_or_default());
     }
+    // An answer the component says may be kept: its body (a manifest: small) is read whole,
+    // kept, and sent from memory.
+    if let Some(read_set) = response.headers_mut().remove(READ_SET)
+        && let (Some(answers), Some(key)) = (&answers, kept_under)
+        && response.status() == http::StatusCode::OK
+        && (head || content_length(response.headers()).is_some_and(|n| n <= answer_cache::MAX_KEPT_BODY))
+    {
+        let (parts, body) = response.into_parts();
+        let body = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) => {
+                eprintln!(
+                    "berth-runner: {} {}: the answer's body failed: {err} (request {})",
+                    line.method, line.path, line.request_id
+                );
+                let response = error_response(
+                    500,
+                    "INTERNAL_ERROR",
+                    "internal registry error",
+                    &format!("the registry could not send this body (request {})", line.request_id),
+                );
+                return refused(500, response, line, in_flight);
+            }
+        };
+        let read_set = read_set.to_str().unwrap_or_default();
+        let handlers = handler.state();
+        if answers.keep(key, handlers.key_value(), read_set, parts.status, parts.headers.clone(), body.clone()) {
+            crate::http::metrics::answer_cache("kept");
+        }
+        response = hyper::Response::from_parts(parts, full_body(body));
+    }
+    finish(response, line, in_flight, &id_header, edge_body_cap)
+}
+
+/// The common end of every answer the component (or the cache) gave: its id, the edge cap, and
+/// the log line once the body is out.
+fn finish(
+    mut response: hyper::Response<ResponseBody>,
+    line: RequestLine,
+    in_flight: InFlight,
+    id_header: &http::HeaderValue,
+    edge_body_cap: Option<u64>,
+) -> Result<hyper::Response<ResponseBody>, std::convert::Infallible> {
     if !response.headers().contains_key(request_log::REQUEST_ID) {
         response.headers_mut().insert(request_log::REQUEST_ID, id_header.clone());
     }
@@ -364,7 +432,12 @@ async fn handle(
             "berth-runner: {} {}: a {}-byte response is over --edge-body-cap {} (request {})",
             line.method, line.path, over.0, over.1, line.request_id
         );
-        return refused(502, edge_cap_refusal(502, "INTERNAL_ERROR", "response", over), line, in_flight);
+        let mut response = edge_cap_refusal(502, "INTERNAL_ERROR", "response", over);
+        response.headers_mut().insert(request_log::REQUEST_ID, id_header.clone());
+        return Ok(response.map(|body| {
+            LoggedBody { inner: body, bytes: 0, expected: None, status: 502, line: Some(line), _in_flight: in_flight }
+                .boxed_unsync()
+        }));
     }
     Ok(response.map(|body| {
         let expected = body.size_hint().exact();
@@ -389,6 +462,10 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 fn edge_cap_refusal(status: u16, code: &str, which: &str, (length, cap): (u64, u64)) -> hyper::Response<ResponseBody> {
     let detail = format!("the {which} body of {length} bytes is over this host's cap of {cap} (--edge-body-cap)");
     error_response(status, code, &format!("{which} body too large for this host"), &detail)
+}
+
+fn full_body(bytes: Bytes) -> ResponseBody {
+    http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// An OCI error answered by the runner itself (the component could not answer).
