@@ -1035,6 +1035,9 @@ async fn a_change_is_seen_by_the_very_next_request_after_answers_were_kept() {
     let by_digest = format!("/v2/kept/moving/manifests/{first_digest}");
     assert_eq!(get(by_digest.clone()).await, (200, first.clone()));
     assert_eq!(get(by_digest.clone()).await, (200, first));
+    for _ in 0..2 {
+        assert_eq!(reg.head(&by_digest).await.status(), 200);
+    }
     assert_eq!(reg.delete(&by_digest).await.status(), 202);
     expect_error(reg.get(&by_digest).await, 404, "MANIFEST_UNKNOWN").await;
     let head = reg.head(&by_digest).await;
@@ -1050,7 +1053,7 @@ async fn a_change_is_seen_by_the_very_next_request_after_answers_were_kept() {
     }
     assert_eq!(reg.delete(&blob_path).await.status(), 202);
     assert_eq!(reg.head(&blob_path).await.status(), 404, "HEAD after the blob's delete");
-    assert!(kept::answer_cache_count(&scrape(&runner).await, "changed") >= 3.0, "kept answers were checked");
+    assert!(kept::answer_cache_count(&scrape(&runner).await, "changed") >= 4.0, "kept answers were checked");
 }
 
 /// One tag moved again and again while 16 clients read it on the same front end: no read that

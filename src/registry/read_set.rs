@@ -86,18 +86,29 @@ mod tests {
     }
 
     #[test]
-    fn the_validators_name_each_key_read_once_with_the_first_value_seen() {
+    fn the_validators_name_each_key_read_once_with_the_value_seen() {
         let meta = MemMeta::default();
         block_on(meta.set("a", b"1")).unwrap();
         let recorded = Recorded::new(meta, Some("default"));
         block_on(recorded.get("a")).unwrap();
         block_on(recorded.get("missing")).unwrap();
-        block_on(recorded.inner().set("a", b"2")).unwrap(); // another request, meanwhile
         block_on(recorded.get("a")).unwrap();
         let reads = recorded.read_set().unwrap();
         assert_eq!(reads.validators(), None, "nothing said the answer may be kept");
         reads.mark_keepable();
         assert_eq!(reads.validators().unwrap(), format!("default a={} missing=-", sha(b"1")));
+    }
+
+    #[test]
+    fn an_answer_made_from_a_key_seen_changed_between_two_reads_is_not_kept() {
+        let meta = MemMeta::default();
+        block_on(meta.set("a", b"1")).unwrap();
+        let recorded = Recorded::new(meta, Some("default"));
+        recorded.read_set().unwrap().mark_keepable();
+        block_on(recorded.get("a")).unwrap();
+        block_on(recorded.inner().set("a", b"2")).unwrap(); // another request, meanwhile
+        block_on(recorded.get("a")).unwrap();
+        assert_eq!(recorded.read_set().unwrap().validators(), None);
     }
 
     #[test]

@@ -65,9 +65,10 @@ pub trait MetaStore {
 pub struct ReadSet {
     /// The key-value store's label, for the host to read the same keys in.
     label: String,
-    reads: RefCell<Vec<(String, Option<Digest>)>>,
-    /// Set by anything but a read: a write, a swap, an increment.
-    wrote: Cell<bool>,
+    reads: RefCell<std::collections::BTreeMap<String, Option<Digest>>>,
+    /// Set by anything but a read (a write, a swap, an increment), and by a key read twice
+    /// with two values.
+    unkeepable: Cell<bool>,
     /// Set by the route when its answer depends on nothing but the reads (`crate::api`).
     keepable: Cell<bool>,
 }
@@ -81,7 +82,7 @@ impl ReadSet {
     /// The validators of a keepable answer: `<label> <key>=<sha256 hex>|- ...`, one entry per key
     /// read (`-`: it was absent); `None` when the answer must not be kept.
     pub fn validators(&self) -> Option<String> {
-        if !self.keepable.get() || self.wrote.get() {
+        if !self.keepable.get() || self.unkeepable.get() {
             return None;
         }
         let mut line = self.label.clone();
@@ -101,15 +102,20 @@ impl ReadSet {
 
     /// Anything but a read happened: the answer must not be kept.
     pub fn note_write(&self) {
-        self.wrote.set(true);
+        self.unkeepable.set(true);
     }
 
     pub fn note_read(&self, key: &str, value: Option<&[u8]>) {
+        let hash = value.map(|v| Digest::of(Algorithm::Sha256, v));
         let mut reads = self.reads.borrow_mut();
-        // The first value seen is the one the answer was made from; a key whose value changed
-        // between two reads fails the check at once (its value is no longer the first).
-        if !reads.iter().any(|(k, _)| k == key) {
-            reads.push((key.to_owned(), value.map(|v| Digest::of(Algorithm::Sha256, v))));
+        match reads.get(key) {
+            None => {
+                reads.insert(key.to_owned(), hash);
+            }
+            // Read twice, seen changed: the answer was made from two states, and a check of
+            // either value could pass for the other.
+            Some(first) if *first != hash => self.unkeepable.set(true),
+            Some(_) => {}
         }
     }
 }

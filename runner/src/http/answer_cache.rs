@@ -18,6 +18,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
 
 /// The largest body kept (a manifest is at most 4 MiB, and typically a few KiB).
 pub const MAX_KEPT_BODY: u64 = 256 * 1024;
@@ -46,9 +47,17 @@ const IGNORED: [&str; 9] = [
 pub struct RequestKey(Box<[u8]>);
 
 impl RequestKey {
-    /// `None` for a request whose answer is never kept: not a GET or HEAD, or with credentials.
+    /// `None` for a request whose answer is never kept: with credentials, or not one of the
+    /// keepable reads (GET or HEAD of a manifest or `/v2/`, HEAD of a blob; the component
+    /// decides, this only spares the others the recording).
     pub fn of(parts: &http::request::Parts) -> Option<RequestKey> {
-        if !(parts.method == http::Method::GET || parts.method == http::Method::HEAD)
+        let head = parts.method == http::Method::HEAD;
+        let keepable = match crate::http::request_log::route_of(parts.uri.path()).0 {
+            "manifests" | "base" => head || parts.method == http::Method::GET,
+            "blobs" => head,
+            _ => false,
+        };
+        if !keepable
             || parts.headers.contains_key(http::header::AUTHORIZATION)
             || parts.headers.contains_key(http::header::COOKIE)
         {
@@ -90,24 +99,30 @@ pub struct Kept {
 }
 
 impl Kept {
-    /// Whether every key still holds the value the answer was made from. Runs on a blocking
-    /// thread when the store's reads are not local (Redis).
-    async fn still_holds(self: &Arc<Self>) -> Result<bool, String> {
+    /// Whether every key still holds the value the answer was made from (`None`: not checked
+    /// now, too many checks waiting on the network). Runs on a blocking thread, in one round
+    /// trip, when the store's reads are not local (Redis).
+    async fn still_holds(self: &Arc<Self>, remote_checks: &Arc<Semaphore>) -> Option<Result<bool, String>> {
         if self.store.reads_in_place() {
-            return self.check();
+            return Some(self.check());
         }
+        // A slow store must not fill the blocking pool with checks: past the cap, the request
+        // goes to the component, which waits in line for an instance like any other.
+        let place = remote_checks.clone().try_acquire_owned().ok()?;
         let kept = self.clone();
-        tokio::task::spawn_blocking(move || kept.check()).await.map_err(|e| e.to_string())?
+        let checked = tokio::task::spawn_blocking(move || {
+            let _place = place;
+            kept.check()
+        });
+        Some(checked.await.map_err(|e| e.to_string()).and_then(|result| result))
     }
 
     fn check(&self) -> Result<bool, String> {
-        for (key, read) in &self.reads {
-            let now = self.store.get(key)?.map(|value| <[u8; 32]>::from(Sha256::digest(&value)));
-            if now != *read {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        let keys: Vec<&str> = self.reads.iter().map(|(key, _)| key.as_str()).collect();
+        let values = self.store.get_many(&keys)?;
+        let hash = |value: &Vec<u8>| <[u8; 32]>::from(Sha256::digest(value));
+        Ok(values.len() == self.reads.len()
+            && values.iter().zip(&self.reads).all(|(now, (_, read))| now.as_ref().map(hash) == *read))
     }
 
     fn cost(&self, key: &RequestKey) -> usize {
@@ -122,6 +137,8 @@ pub enum Outcome {
     Hit,
     /// Kept, but a key's value changed (or could not be read): dropped, and asked again.
     Changed,
+    /// Kept, but not checked now (too many checks in flight on a remote store): asked again.
+    Busy,
 }
 
 #[derive(Default)]
@@ -137,7 +154,12 @@ struct Entries {
 pub struct AnswerCache {
     entries: Mutex<Entries>,
     budget: usize,
+    /// Checks on blocking threads at once (a remote store's).
+    remote_checks: Arc<Semaphore>,
 }
+
+/// Checks of kept answers against a remote store (Redis) in flight at once.
+const REMOTE_CHECKS: usize = 32;
 
 impl AnswerCache {
     pub fn new() -> AnswerCache {
@@ -145,7 +167,8 @@ impl AnswerCache {
     }
 
     fn with_budget(budget: usize) -> AnswerCache {
-        AnswerCache { entries: Mutex::new(Entries::default()), budget }
+        let remote_checks = Arc::new(Semaphore::new(REMOTE_CHECKS));
+        AnswerCache { entries: Mutex::new(Entries::default()), budget, remote_checks }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
@@ -155,9 +178,10 @@ impl AnswerCache {
     /// The answer kept for `key`, if every value it was made from is unchanged.
     pub async fn answer(&self, key: &RequestKey) -> Option<(Arc<Kept>, Outcome)> {
         let kept = self.lock().map.get(key)?.clone();
-        match kept.still_holds().await {
-            Ok(true) => Some((kept, Outcome::Hit)),
-            Ok(false) | Err(_) => {
+        match kept.still_holds(&self.remote_checks).await {
+            None => Some((kept, Outcome::Busy)),
+            Some(Ok(true)) => Some((kept, Outcome::Hit)),
+            Some(Ok(false) | Err(_)) => {
                 self.forget(key, kept.serial);
                 Some((kept, Outcome::Changed))
             }
@@ -292,6 +316,9 @@ mod tests {
             parts("GET", url, &[("authorization", "Bearer t")]),
             parts("GET", url, &[("cookie", "s=1")]),
             parts("PUT", url, &[]),
+            parts("GET", "http://r/v2/a/blobs/sha256:00", &[]),
+            parts("GET", "http://r/v2/a/tags/list", &[]),
+            parts("GET", "http://r/v2/_catalog", &[]),
         ] {
             assert!(RequestKey::of(&never).is_none(), "{} {:?}", never.method, never.headers);
         }

@@ -136,8 +136,9 @@ fn metrics() -> &'static Metrics {
         registry.register(
             "answer_cache",
             "Requests whose answer may have been kept (anonymous GETs and HEADs), by outcome: hit (given from the \
-             cache, every value it was made from unchanged), changed (a value changed: asked again), miss \
-             (nothing kept); and answers kept",
+             cache, every value it was made from unchanged), changed (a value changed: asked again), busy \
+             (not checked now: too many checks waiting on a remote store), miss (nothing kept); and \
+             answers kept",
             answer_cache.clone(),
         );
         Metrics {

@@ -327,6 +327,7 @@ async fn handle(
                 return finish(response, line, in_flight, &id_header, edge_body_cap);
             }
             Some((_, Outcome::Changed)) => crate::http::metrics::answer_cache("changed"),
+            Some((_, Outcome::Busy)) => crate::http::metrics::answer_cache("busy"),
             None => crate::http::metrics::answer_cache("miss"),
         }
         parts.headers.insert(RECORD_READS, http::HeaderValue::from_static("1"));
@@ -406,7 +407,11 @@ async fn handle(
         };
         let read_set = read_set.to_str().unwrap_or_default();
         let handlers = handler.state();
-        if answers.keep(key, handlers.key_value(), read_set, parts.status, parts.headers.clone(), body.clone()) {
+        // A body that ended short of its length is sent as it is (the client sees the failure),
+        // never kept.
+        let whole = head || content_length(&parts.headers) == Some(body.len() as u64);
+        if whole && answers.keep(key, handlers.key_value(), read_set, parts.status, parts.headers.clone(), body.clone())
+        {
             crate::http::metrics::answer_cache("kept");
         }
         response = hyper::Response::from_parts(parts, full_body(body));

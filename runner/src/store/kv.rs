@@ -23,6 +23,10 @@ pub struct KeysPage {
 /// backend that says they are cheap enough to run in place.
 pub trait KvBackend: Send + Sync {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
+    /// The values of `keys`, in order: one round trip where the backend has one (Redis `MGET`).
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, String> {
+        keys.iter().map(|key| self.get(key)).collect()
+    }
     fn set(&self, key: &str, value: &[u8]) -> Result<(), String>;
     fn delete(&self, key: &str) -> Result<(), String>;
     fn exists(&self, key: &str) -> Result<bool, String>;

@@ -156,6 +156,13 @@ impl KvBackend for RedisStore {
         self.with(|c| redis::cmd("GET").arg(key).query(c))
     }
 
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, String> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with(|c| redis::cmd("MGET").arg(keys).query(c))
+    }
+
     fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
         self.with(|c| redis::cmd("SET").arg(key).arg(value).query(c))
     }

@@ -76,6 +76,9 @@ impl<S: KvBackend> KvBackend for Counted<S> {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
         self.count(self.inner.get(key))
     }
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, String> {
+        self.count(self.inner.get_many(keys))
+    }
     fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
         self.count(self.inner.set(key, value))
     }
