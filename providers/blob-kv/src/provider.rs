@@ -94,12 +94,19 @@ impl<'a> PendingWrite<'a> {
     }
 
     async fn push(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.store.set(layout::chunk_key(&self.marker.write, self.count), bytes).await.map_err(kv)?;
+        self.start_push(bytes.to_vec())?.finish().await
+    }
+
+    /// Start storing the next chunk, and return while the host stores it: the caller reads and
+    /// hashes the next one meanwhile, and finishes this one before starting another.
+    fn start_push(&mut self, bytes: Vec<u8>) -> Result<ChunkWrite<'a>, Error> {
+        let key = layout::chunk_key(&self.marker.write, self.count);
         self.count += 1;
         if self.count.is_multiple_of(REFRESH_CHUNKS) {
             self.refresh()?;
         }
-        Ok(())
+        let store = self.store;
+        Ok(ChunkWrite::start(Box::pin(async move { store.set(&key, &bytes).await.map_err(kv) })))
     }
 
     /// Move the marker to now, so no reclaimer takes this write for another grace period; an
@@ -132,6 +139,32 @@ impl<'a> PendingWrite<'a> {
     /// The write is committed (or failed and cleaned up): its marker goes.
     fn done(self) -> Result<(), Error> {
         writes(self.bucket).remove(&self.marker.entry()).map_err(index_error).map(drop)
+    }
+}
+
+/// One chunk being stored by the host.
+struct ChunkWrite<'a> {
+    storing: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + 'a>>>,
+    stored: Option<Result<(), Error>>,
+}
+
+impl<'a> ChunkWrite<'a> {
+    /// Polled once here: that makes the call into the host, which takes the bytes and writes
+    /// them (on its own thread, in berth-runner and Spin) while this component goes on.
+    fn start(mut storing: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + 'a>>) -> Self {
+        let waker = std::task::Waker::noop();
+        match storing.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
+            std::task::Poll::Ready(stored) => ChunkWrite { storing: None, stored: Some(stored) },
+            std::task::Poll::Pending => ChunkWrite { storing: Some(storing), stored: None },
+        }
+    }
+
+    async fn finish(self) -> Result<(), Error> {
+        match (self.storing, self.stored) {
+            (Some(storing), _) => storing.await,
+            (None, Some(stored)) => stored,
+            (None, None) => Ok(()),
+        }
     }
 }
 
@@ -292,7 +325,11 @@ async fn store_chunks(
 ) -> Result<u64, Error> {
     let mut size = 0u64;
     let mut buf = Vec::with_capacity(CHUNK_SIZE);
-    loop {
+    // The chunk the host is storing while the next is read and hashed (hashing in wasm is the
+    // larger part of a write's time): at most one, always finished before this returns, so no
+    // write of a chunk outlives the write that discards them.
+    let mut storing: Option<ChunkWrite<'_>> = None;
+    let outcome = loop {
         let before = buf.len();
         let (result, filled) = data.read(buf).await;
         buf = filled;
@@ -301,13 +338,25 @@ async fn store_chunks(
                 hashers.iter_mut().for_each(|h| h.update(&buf[before..]));
                 size += (buf.len() - before) as u64;
                 if buf.len() == CHUNK_SIZE {
-                    pending.push(&buf).await?;
-                    buf.clear();
+                    let full = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK_SIZE));
+                    if let Some(previous) = storing.take()
+                        && let Err(e) = previous.finish().await
+                    {
+                        break Err(e);
+                    }
+                    match pending.start_push(full) {
+                        Ok(started) => storing = Some(started),
+                        Err(e) => break Err(e),
+                    }
                 }
             }
-            StreamResult::Dropped | StreamResult::Cancelled => break,
+            StreamResult::Dropped | StreamResult::Cancelled => break Ok(()),
         }
+    };
+    if let Some(last) = storing.take() {
+        last.finish().await?;
     }
+    outcome?;
     if !buf.is_empty() {
         pending.push(&buf).await?;
     }
