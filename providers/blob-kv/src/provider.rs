@@ -142,28 +142,31 @@ impl<'a> PendingWrite<'a> {
     }
 }
 
-/// One chunk being stored by the host.
-struct ChunkWrite<'a> {
-    storing: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + 'a>>>,
-    stored: Option<Result<(), Error>>,
+/// A chunk's write into the key-value store, and what it may still need.
+type Storing<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + 'a>>;
+
+/// One chunk being stored by the host, or stored already.
+enum ChunkWrite<'a> {
+    Storing(Storing<'a>),
+    Stored(Result<(), Error>),
 }
 
 impl<'a> ChunkWrite<'a> {
     /// Polled once here: that makes the call into the host, which takes the bytes and writes
-    /// them (on its own thread, in berth-runner and Spin) while this component goes on.
-    fn start(mut storing: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + 'a>>) -> Self {
+    /// them (on its own thread, in berth-runner and Spin) while this component goes on. The
+    /// completion is kept by the call until `finish` polls again with a real waker.
+    fn start(mut storing: Storing<'a>) -> Self {
         let waker = std::task::Waker::noop();
         match storing.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
-            std::task::Poll::Ready(stored) => ChunkWrite { storing: None, stored: Some(stored) },
-            std::task::Poll::Pending => ChunkWrite { storing: Some(storing), stored: None },
+            std::task::Poll::Ready(stored) => ChunkWrite::Stored(stored),
+            std::task::Poll::Pending => ChunkWrite::Storing(storing),
         }
     }
 
     async fn finish(self) -> Result<(), Error> {
-        match (self.storing, self.stored) {
-            (Some(storing), _) => storing.await,
-            (None, Some(stored)) => stored,
-            (None, None) => Ok(()),
+        match self {
+            ChunkWrite::Storing(storing) => storing.await,
+            ChunkWrite::Stored(stored) => stored,
         }
     }
 }

@@ -160,7 +160,9 @@ impl KvBackend for RedisStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.with(|c| redis::cmd("MGET").arg(keys).query(c))
+        // A proxy that does not split multi-key commands across a cluster's slots refuses MGET
+        // (CROSSSLOT): then one GET per key, which every Redis answers.
+        self.with(|c| redis::cmd("MGET").arg(keys).query(c)).or_else(|_| keys.iter().map(|key| self.get(key)).collect())
     }
 
     fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {

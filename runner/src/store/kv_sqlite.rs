@@ -112,10 +112,14 @@ impl SqliteStore {
         self.read(|c| {
             // Prepared once per connection, like the SELECT: parsing BEGIN and COMMIT on every
             // call showed in the profile of a kept answer's check.
+            // A read transaction left open would serve old snapshots to this thread's reads and
+            // hold back every WAL checkpoint: ended whatever fails, here or on a call before.
+            if !c.is_autocommit() {
+                c.execute_batch("ROLLBACK")?;
+            }
             c.prepare_cached("BEGIN")?.execute([])?;
             let values = keys.iter().map(|key| value_of(c, key)).collect::<rusqlite::Result<Vec<_>>>();
-            let ended = c.prepare_cached("COMMIT")?.execute([]);
-            // A read transaction left open would hold back every WAL checkpoint.
+            let ended = c.prepare_cached("COMMIT").and_then(|mut commit| commit.execute([]));
             if !c.is_autocommit() {
                 c.execute_batch("ROLLBACK")?;
             }
