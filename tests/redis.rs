@@ -187,6 +187,39 @@ async fn a_tag_moved_through_one_runner_is_never_served_older_by_the_other_after
     println!("{} reads: {hits} from the cache, {changed} found changed", race.reads);
 }
 
+/// Kept answers are checked against Redis: while it is down, none is given (the component
+/// answers 503 UNAVAILABLE, as without the cache); once it is back, they are given again.
+#[tokio::test]
+async fn no_kept_answer_is_given_while_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let mut options = redis.options(true);
+    options.args.extend(["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+    let (_data, runner, reg) = start_registry(options);
+    let (manifest, _) = reg.push_image("kept/outage", "v1", 81).await;
+    let path = "/v2/kept/outage/manifests/v1";
+    for _ in 0..3 {
+        reads_back(&reg, path, &manifest).await.unwrap();
+    }
+    let hits = async || kept::answer_cache_count(&scrape(&runner).await, "hit");
+    let before = hits().await;
+    assert!(before >= 2.0, "answers were kept: {before} hits");
+
+    redis.stop();
+    let answer = client().get(reg.at(path)).timeout(std::time::Duration::from_secs(60)).send().await.unwrap();
+    expect_error(answer, 503, "UNAVAILABLE").await;
+    assert_eq!(hits().await, before, "a kept answer was given without its check");
+
+    redis.restart();
+    let mut tries = 0;
+    while reg.get(path).await.status() != 200 {
+        tries += 1;
+        assert!(tries < 50, "the manifest was never served again after Redis came back");
+    }
+    reads_back(&reg, path, &manifest).await.unwrap();
+    reads_back(&reg, path, &manifest).await.unwrap();
+    assert!(hits().await > before, "kept answers are given again");
+}
+
 // ---- stale pooled connections ----------------------------------------------------------------
 
 /// `n` pulls of `path` at once (they fill the runner's connection pool); their statuses.
