@@ -368,13 +368,7 @@ async fn handle(
                      not of its Content-Length (request {})",
                     line.method, line.path, line.request_id
                 );
-                let response = error_response(
-                    500,
-                    "INTERNAL_ERROR",
-                    "internal registry error",
-                    &format!("the registry could not send this body (request {})", line.request_id),
-                );
-                return refused(500, response, line, in_flight);
+                return refused(500, body_not_sent(&line), line, in_flight);
             }
         }
     }
@@ -396,13 +390,7 @@ async fn handle(
                     "berth-runner: {} {}: the answer's body failed: {err} (request {})",
                     line.method, line.path, line.request_id
                 );
-                let response = error_response(
-                    500,
-                    "INTERNAL_ERROR",
-                    "internal registry error",
-                    &format!("the registry could not send this body (request {})", line.request_id),
-                );
-                return refused(500, response, line, in_flight);
+                return refused(500, body_not_sent(&line), line, in_flight);
             }
         };
         let read_set = read_set.to_str().unwrap_or_default();
@@ -467,6 +455,13 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 fn edge_cap_refusal(status: u16, code: &str, which: &str, (length, cap): (u64, u64)) -> hyper::Response<ResponseBody> {
     let detail = format!("the {which} body of {length} bytes is over this host's cap of {cap} (--edge-body-cap)");
     error_response(status, code, &format!("{which} body too large for this host"), &detail)
+}
+
+/// The runner's answer when the component's body cannot be sent as it said (the component's
+/// fault, logged by the caller).
+fn body_not_sent(line: &RequestLine) -> hyper::Response<ResponseBody> {
+    let detail = format!("the registry could not send this body (request {})", line.request_id);
+    error_response(500, "INTERNAL_ERROR", "internal registry error", &detail)
 }
 
 fn full_body(bytes: Bytes) -> ResponseBody {
