@@ -749,6 +749,61 @@ async fn kept_answers_go_to_anonymous_requests_only_where_the_policy_lets_them_p
     );
 }
 
+/// In token mode a token's answers are kept for that token alone, and only until it expires:
+/// another token, or none, is answered by the component (refused here), and the token's own
+/// requests are refused once it has expired, however often its answer was given before.
+#[tokio::test]
+async fn kept_answers_go_to_the_same_token_only_and_never_after_it_expires() {
+    const LIFETIME: u64 = 3;
+    let lifetime = LIFETIME.to_string();
+    let auth =
+        start_full("token", &[("auth_token_lifetime_seconds", &lifetime)], None, &["--metrics-listen", "127.0.0.1:0"]);
+    auth.admin.push_image("team/app", "v1", 3).await;
+    let hits = async || common::kept::answer_cache_count(&scrape(&auth.runner).await, "hit");
+    let path = "/v2/team/app/manifests/v1";
+    let issued = now();
+    let reader = auth.token(Some("reader"), &["repository:team/app:pull"]).await;
+    let before = hits().await;
+    for _ in 0..3 {
+        assert_eq!(auth.get(path, Some(&reader)).await.status(), 200);
+    }
+    assert!(hits().await - before >= 2.0, "a token's pulls are kept");
+    let with_hits = hits().await;
+
+    let bob = auth.token(Some("bob"), &["repository:team/app:pull"]).await;
+    expect_refusal(
+        auth.get(path, Some(&bob)).await,
+        401,
+        "UNAUTHORIZED",
+        Some(&auth.challenge(Some("repository:team/app:pull"), Some("insufficient_scope"))),
+    )
+    .await;
+    expect_refusal(
+        auth.get(path, None).await,
+        401,
+        "UNAUTHORIZED",
+        Some(&auth.challenge(Some("repository:team/app:pull"), None)),
+    )
+    .await;
+    assert_eq!(hits().await, with_hits, "another token's request, or none, was given the kept answer");
+
+    // Until the token expires its answer is given; from then on it is refused. Polled, since
+    // the condition is the clock's.
+    let deadline = issued + LIFETIME + 10;
+    loop {
+        let status = auth.get(path, Some(&reader)).await.status().as_u16();
+        let at = now();
+        if status == 401 {
+            assert!(at >= issued + LIFETIME - 1, "refused before it expired, at {at} (issued {issued})");
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(at <= issued + LIFETIME + 1, "answered 200 at {at}, after the token expired (issued {issued})");
+        assert!(at < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 // ---- real clients -----------------------------------------------------------------------------
 
 fn run(program: &str, args: &[&str], envs: &[(&str, &Path)], stdin: Option<&str>) -> Output {

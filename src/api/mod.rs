@@ -256,6 +256,10 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     }
     if keepable && let Some(reads) = stores.meta.read_set() {
         reads.mark_keepable();
+        // A token's answer is right while the token is: until it expires.
+        if let Some(expiry) = identity.expires_at() {
+            reads.keep_until(expiry);
+        }
     }
     let asked = events::Asked::of(&req, &route);
     let response = match (req.method.clone(), route) {
@@ -287,18 +291,20 @@ async fn dispatch<'a, M: MetaStore, B: BlobStore, O: Outbound<B>>(
     Ok((response, None))
 }
 
-/// Whether the answer to `req` depends on nothing but the configuration and the key-value reads
-/// made for it, so that a host may keep it (`crate::registry::read_set`): reads of manifests,
-/// blob HEADs and the base endpoint, asked without credentials (a credential's answer depends on
-/// the time, and a password check on the throttle). Pulls of mirrored names (upstream answers)
-/// are never kept: they return before the local routes, and a name the default upstream may
-/// answer for is not marked.
+/// Whether the answer to `req` depends on nothing but the configuration, the key-value reads
+/// made for it and, for a bearer token, the time, so that a host may keep it
+/// (`crate::registry::read_set`): reads of manifests, blob HEADs and the base endpoint, asked
+/// anonymously or with a bearer token (whose answer is kept until the token expires). Never
+/// with a password (its check writes the throttle's counts) or a cookie. Pulls of mirrored names
+/// (upstream answers) are never kept: they return before the local routes, and a name the
+/// default upstream may answer for is not marked.
 fn keepable<B>(req: &Request<B>, route: &Route) -> bool {
     let read = matches!(
         (&req.method, route),
         (&Method::GET | &Method::HEAD, Route::Base | Route::Manifest(..)) | (&Method::HEAD, Route::Blob(..))
     );
-    read && req.header(http::header::AUTHORIZATION).is_none() && req.header(http::header::COOKIE).is_none()
+    let credentials = req.header(http::header::AUTHORIZATION).is_none() || auth::bearer_token(req).is_some();
+    read && credentials && req.header(http::header::COOKIE).is_none()
 }
 
 /// The repository a request of containerd's addresses with `?ns=<registry>` (hosts.toml mirrors

@@ -112,6 +112,15 @@ impl Identity {
         }
     }
 
+    /// When the credential this identity was decided from stops being accepted: a token's
+    /// expiry; `None` when nothing the caller sent expires.
+    pub fn expires_at(&self) -> Option<u64> {
+        match &self.grants {
+            Grants::Token(claims) => Some(claims.exp),
+            Grants::Everything | Grants::Policy => None,
+        }
+    }
+
     /// The user; `None` when anonymous (or when authentication is off).
     pub fn subject(&self) -> Option<&str> {
         self.subject.as_deref()
@@ -279,7 +288,7 @@ fn basic_decide(config: &AuthConfig, subject: Option<String>, need: &Need) -> Re
 }
 
 /// The token of `Authorization: Bearer <token>`.
-fn bearer_token<B>(req: &Request<B>) -> Option<&str> {
+pub fn bearer_token<B>(req: &Request<B>) -> Option<&str> {
     let (scheme, token) = req.header(http::header::AUTHORIZATION)?.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }

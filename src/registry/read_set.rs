@@ -3,8 +3,10 @@
 //! answer_cache.rs`).
 //!
 //! Why that is correct: the answers that may be kept (a manifest GET or HEAD, a blob HEAD, the
-//! base endpoint; asked with no credentials, `crate::api`) are a function of the request, the
-//! configuration (fixed for a host's life) and the values of the keys read while making them.
+//! base endpoint; asked anonymously or with a bearer token, `crate::api`) are a function of the
+//! request, the configuration (fixed for a host's life), the values of the keys read while
+//! making them, and for a token the time (it is accepted until it expires: the read set says
+//! until when).
 //! Object bytes are named by those values (a blob record's objects are immutable while the
 //! record names them). So while every key read still holds the value read, the registry would
 //! answer the same: the host checks exactly that, in the same store every front end writes,
@@ -97,6 +99,18 @@ mod tests {
         assert_eq!(reads.validators(), None, "nothing said the answer may be kept");
         reads.mark_keepable();
         assert_eq!(reads.validators().unwrap(), format!("default a={} missing=-", sha(b"1")));
+    }
+
+    #[test]
+    fn an_answer_bounded_in_time_says_until_when_the_earliest_bound() {
+        let recorded = Recorded::new(MemMeta::default(), Some("default"));
+        let reads = recorded.read_set().unwrap();
+        reads.mark_keepable();
+        reads.keep_until(2000);
+        reads.keep_until(1500);
+        reads.keep_until(1800);
+        block_on(recorded.get("k")).unwrap();
+        assert_eq!(reads.validators().unwrap(), "default @1500 k=-");
     }
 
     #[test]

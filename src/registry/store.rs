@@ -71,6 +71,8 @@ pub struct ReadSet {
     unkeepable: Cell<bool>,
     /// Set by the route when its answer depends on nothing but the reads (`crate::api`).
     keepable: Cell<bool>,
+    /// When the answer stops being right whatever the reads: a token's expiry (Unix seconds).
+    until: Cell<Option<u64>>,
 }
 
 impl ReadSet {
@@ -79,13 +81,22 @@ impl ReadSet {
         self.keepable.set(true);
     }
 
-    /// The validators of a keepable answer: `<label> <key>=<sha256 hex>|- ...`, one entry per key
-    /// read (`-`: it was absent); `None` when the answer must not be kept.
+    /// The answer is right only before `time` (Unix seconds) as well.
+    pub fn keep_until(&self, time: u64) {
+        self.until.set(Some(self.until.get().map_or(time, |until| until.min(time))));
+    }
+
+    /// The validators of a keepable answer: `<label> [@<until>] <key>=<sha256 hex>|- ...`, one
+    /// entry per key read (`-`: it was absent), `@` the time it is right until when bounded;
+    /// `None` when the answer must not be kept.
     pub fn validators(&self) -> Option<String> {
         if !self.keepable.get() || self.unkeepable.get() {
             return None;
         }
         let mut line = self.label.clone();
+        if let Some(until) = self.until.get() {
+            line.push_str(&format!(" @{until}"));
+        }
         for (key, value) in self.reads.borrow().iter() {
             line.push(' ');
             line.push_str(key);

@@ -1,7 +1,8 @@
 //! Answers the HTTP front gives again without running the component: hot manifests, blob
-//! HEADs and the base endpoint, asked without credentials. The component says which answers may
-//! be kept, and what each was made from: every key-value key it read, with the hash of the value
-//! (`x-berth-read-set`; `src/registry/read_set.rs` says why that is all an answer depends on).
+//! HEADs and the base endpoint, asked anonymously or with a bearer token (kept for that token,
+//! until it expires). The component says which answers may be kept, and what each was made
+//! from: every key-value key it read, with the hash of the value (`x-berth-read-set`;
+//! `src/registry/read_set.rs` says why that is all an answer depends on).
 //! Before each answer it gives, the front reads those keys again, in the same store every front
 //! end writes, and gives the kept answer only if every value is unchanged; otherwise the request
 //! goes to the component as if nothing were kept.
@@ -47,9 +48,10 @@ const IGNORED: [&str; 9] = [
 pub struct RequestKey(Box<[u8]>);
 
 impl RequestKey {
-    /// `None` for a request whose answer is never kept: with credentials, or not one of the
-    /// keepable reads (GET or HEAD of a manifest or `/v2/`, HEAD of a blob; the component
-    /// decides, this only spares the others the recording).
+    /// `None` for a request whose answer is never kept: with a password or a cookie, or not
+    /// one of the keepable reads (GET or HEAD of a manifest or `/v2/`, HEAD of a blob; the
+    /// component decides, this only spares the others the recording). A bearer token is part of
+    /// the key: its answers go to the same token only, and only until it expires.
     pub fn of(parts: &http::request::Parts) -> Option<RequestKey> {
         let head = parts.method == http::Method::HEAD;
         let keepable = match crate::http::request_log::route_of(parts.uri.path()).0 {
@@ -57,10 +59,10 @@ impl RequestKey {
             "blobs" => head,
             _ => false,
         };
-        if !keepable
-            || parts.headers.contains_key(http::header::AUTHORIZATION)
-            || parts.headers.contains_key(http::header::COOKIE)
-        {
+        let bearer_or_none = parts.headers.get(http::header::AUTHORIZATION).is_none_or(|value| {
+            value.as_bytes().get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+        });
+        if !keepable || !bearer_or_none || parts.headers.contains_key(http::header::COOKIE) {
             return None;
         }
         let mut headers: Vec<(&str, &[u8])> = parts
@@ -94,6 +96,8 @@ pub struct Kept {
     pub body: Bytes,
     store: Arc<dyn KvBackend>,
     reads: Reads,
+    /// Given only before this time (Unix seconds): a bearer token's expiry.
+    until: Option<u64>,
     /// Its place in the order of insertion (the eviction queue names it by this).
     serial: u64,
 }
@@ -178,6 +182,10 @@ impl AnswerCache {
     /// The answer kept for `key`, if every value it was made from is unchanged.
     pub async fn answer(&self, key: &RequestKey) -> Option<(Arc<Kept>, Outcome)> {
         let kept = self.lock().map.get(key)?.clone();
+        if kept.until.is_some_and(|until| unix_now() >= until) {
+            self.forget(key, kept.serial);
+            return Some((kept, Outcome::Changed));
+        }
         match kept.still_holds(&self.remote_checks).await {
             None => Some((kept, Outcome::Busy)),
             Some(Ok(true)) => Some((kept, Outcome::Hit)),
@@ -208,7 +216,7 @@ impl AnswerCache {
         mut headers: http::HeaderMap,
         body: Bytes,
     ) -> bool {
-        let Some((store, reads)) = parse_read_set(stores, read_set) else { return false };
+        let Some((store, until, reads)) = parse_read_set(stores, read_set) else { return false };
         if body.len() as u64 > MAX_KEPT_BODY {
             return false;
         }
@@ -218,7 +226,7 @@ impl AnswerCache {
         }
         let mut entries = self.lock();
         entries.serial += 1;
-        let kept = Kept { status, headers, body, store, reads, serial: entries.serial };
+        let kept = Kept { status, headers, body, store, reads, until, serial: entries.serial };
         let cost = kept.cost(&key);
         if cost > self.budget / 4 {
             return false;
@@ -252,10 +260,14 @@ impl AnswerCache {
     }
 }
 
-/// `<label> <key>=<sha256 hex>|- ...` into the store and the reads.
-fn parse_read_set(stores: &KvStores, read_set: &str) -> Option<(Arc<dyn KvBackend>, Reads)> {
-    let mut words = read_set.split(' ');
+/// `<label> [@<until>] <key>=<sha256 hex>|- ...` into the store, the time bound and the reads.
+fn parse_read_set(stores: &KvStores, read_set: &str) -> Option<(Arc<dyn KvBackend>, Option<u64>, Reads)> {
+    let mut words = read_set.split(' ').peekable();
     let store = stores.open(words.next()?).ok()?;
+    let until = match words.next_if(|word| word.starts_with('@')) {
+        Some(word) => Some(word[1..].parse().ok()?),
+        None => None,
+    };
     let mut reads = Vec::new();
     for word in words {
         let (key, hash) = word.rsplit_once('=')?;
@@ -265,7 +277,11 @@ fn parse_read_set(stores: &KvStores, read_set: &str) -> Option<(Arc<dyn KvBacken
         };
         reads.push((key.to_owned(), hash));
     }
-    Some((store, reads))
+    Some((store, until, reads))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn sha256_from_hex(hex: &str) -> Option<[u8; 32]> {
@@ -312,8 +328,12 @@ mod tests {
         assert!(plain != RequestKey::of(&parts("GET", url, &[("accept", "y")])).unwrap(), "Accept counts");
         assert!(plain != RequestKey::of(&parts("HEAD", url, &[("accept", "x")])).unwrap(), "the method counts");
         assert!(plain != RequestKey::of(&parts("GET", "https://r/v2/a/manifests/v1", &[("accept", "x")])).unwrap());
+        let token = |t: &str| RequestKey::of(&parts("GET", url, &[("authorization", t)]));
+        assert!(token("Bearer a").is_some() && token("bearer a").is_some(), "a bearer token's answers may be kept");
+        assert!(token("Bearer a") != token("Bearer b"), "for that token only");
         for never in [
-            parts("GET", url, &[("authorization", "Bearer t")]),
+            parts("GET", url, &[("authorization", "Basic YTpi")]),
+            parts("GET", url, &[("authorization", "Bearer")]),
             parts("GET", url, &[("cookie", "s=1")]),
             parts("PUT", url, &[]),
             parts("GET", "http://r/v2/a/blobs/sha256:00", &[]),
@@ -350,6 +370,31 @@ mod tests {
         assert_eq!(rt.block_on(cache.answer(&key)).unwrap().1, Outcome::Hit, "back as it was read");
         store.set("tag", b"two").unwrap();
         assert_eq!(rt.block_on(cache.answer(&key)).unwrap().1, Outcome::Changed, "a value that changed");
+    }
+
+    #[test]
+    fn an_answer_bounded_in_time_is_not_given_from_its_bound_on() {
+        let (_dir, stores) = stores();
+        let cache = AnswerCache::new();
+        let key = RequestKey::of(&parts("GET", "http://r/v2/", &[("authorization", "Bearer t")])).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let keep = |until: u64| {
+            let read_set = format!("default @{until}");
+            cache.keep(key.clone(), &stores, &read_set, http::StatusCode::OK, Default::default(), Bytes::new())
+        };
+        assert!(keep(unix_now() + 3600));
+        assert_eq!(rt.block_on(cache.answer(&key)).unwrap().1, Outcome::Hit);
+        assert!(keep(unix_now()));
+        assert_eq!(rt.block_on(cache.answer(&key)).unwrap().1, Outcome::Changed, "expired");
+        assert!(rt.block_on(cache.answer(&key)).is_none(), "and dropped");
+        assert!(!cache.keep(
+            key.clone(),
+            &stores,
+            "default @soon",
+            http::StatusCode::OK,
+            Default::default(),
+            Bytes::new()
+        ));
     }
 
     #[test]

@@ -135,7 +135,7 @@ fn metrics() -> &'static Metrics {
         let answer_cache = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "answer_cache",
-            "Requests whose answer may have been kept (anonymous GETs and HEADs), by outcome: hit (given from the \
+            "Requests whose answer may have been kept (anonymous or bearer-token reads of manifests, blob HEADs, /v2/), by outcome: hit (given from the \
              cache, every value it was made from unchanged), changed (a value changed: asked again), busy \
              (not checked now: too many checks waiting on a remote store), miss (nothing kept); and \
              answers kept",
