@@ -71,7 +71,10 @@ impl RequestKey {
             .filter(|(name, _)| !IGNORED.contains(&name.as_str()))
             .map(|(name, value)| (name.as_str(), value.as_bytes()))
             .collect();
-        headers.sort();
+        // By name only, and stably: the values of a repeated header keep their order, since
+        // the component reads the first (two Authorization headers in either order are two
+        // different requests).
+        headers.sort_by(|a, b| a.0.cmp(b.0));
         let mut key = Vec::with_capacity(128);
         key.extend_from_slice(parts.method.as_str().as_bytes());
         key.push(b' ');
@@ -331,6 +334,10 @@ mod tests {
         let token = |t: &str| RequestKey::of(&parts("GET", url, &[("authorization", t)]));
         assert!(token("Bearer a").is_some() && token("bearer a").is_some(), "a bearer token's answers may be kept");
         assert!(token("Bearer a") != token("Bearer b"), "for that token only");
+        let both = |first: &str, second: &str| {
+            RequestKey::of(&parts("GET", url, &[("authorization", first), ("authorization", second)]))
+        };
+        assert!(both("Bearer a", "Bearer b") != both("Bearer b", "Bearer a"), "the first value is the one read");
         for never in [
             parts("GET", url, &[("authorization", "Basic YTpi")]),
             parts("GET", url, &[("authorization", "Bearer")]),
