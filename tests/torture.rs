@@ -29,20 +29,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 // ---- seeds, randomness, answers -------------------------------------------------------------
 
 /// `BERTH_TORTURE_SEED`, or one from the clock; printed first so that any run can be replayed.
 fn torture_seed() -> u64 {
-    let seed = match std::env::var("BERTH_TORTURE_SEED") {
-        Ok(s) if !s.trim().is_empty() => {
-            s.trim().parse().unwrap_or_else(|_| panic!("BERTH_TORTURE_SEED={s:?} is not an unsigned integer"))
-        }
-        _ => SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64,
-    };
-    println!("torture seed: {seed} (replay: BERTH_TORTURE_SEED={seed})");
-    seed
+    common::rng::seed("torture", "BERTH_TORTURE_SEED")
 }
 
 /// What these tests draw beyond the generator's basics (tests/common/rng.rs).

@@ -115,10 +115,10 @@ struct UpArgs {
     /// component's streams, as under Spin; for comparing the two).
     #[arg(long, value_enum, default_value_t = BlobBodies::Runner)]
     blob_bodies: BlobBodies,
-    /// Answer every request through the component: keep no answers. By default anonymous
-    /// manifest GETs and HEADs, blob HEADs and /v2/ are given again from memory while every
-    /// key-value value they were made from is unchanged (checked before each answer: README,
-    /// "Consistency").
+    /// Answer every request through the component: keep no answers. By default manifest GETs
+    /// and HEADs, blob HEADs and /v2/, asked anonymously or with a bearer token (until it
+    /// expires), are given again from memory while every key-value value they were made from is
+    /// unchanged (checked before each answer: README, "Kept answers").
     #[arg(long)]
     no_answer_cache: bool,
     /// Timeouts and caps against slow or idle clients.

@@ -129,8 +129,8 @@ pub const EVENTS: http::HeaderName = http::HeaderName::from_static("x-berth-even
 /// be kept (`crate::registry::read_set`). Under Spin nobody sets it.
 pub const RECORD_READS: &str = "x-berth-record-reads";
 
-/// What a keepable answer was read from: `<store label> <key>=<sha256 of the value>|- ...`;
-/// the host removes it before the answer goes out.
+/// What a keepable answer was read from: `<store label> [@<until>] <key>=<sha256 of the
+/// value>|- ...` (`@`: a token's expiry); the host removes it before the answer goes out.
 pub const READ_SET: http::HeaderName = http::HeaderName::from_static("x-berth-read-set");
 
 /// Every answer names its request: the id to quote in a report, found in every log line.
@@ -303,8 +303,8 @@ fn keepable<B>(req: &Request<B>, route: &Route) -> bool {
         (&req.method, route),
         (&Method::GET | &Method::HEAD, Route::Base | Route::Manifest(..)) | (&Method::HEAD, Route::Blob(..))
     );
-    let credentials = req.header(http::header::AUTHORIZATION).is_none() || auth::bearer_token(req).is_some();
-    read && credentials && req.header(http::header::COOKIE).is_none()
+    let bearer_or_none = req.header(http::header::AUTHORIZATION).is_none() || auth::bearer_token(req).is_some();
+    read && bearer_or_none && req.header(http::header::COOKIE).is_none()
 }
 
 /// The repository a request of containerd's addresses with `?ns=<registry>` (hosts.toml mirrors

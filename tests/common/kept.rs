@@ -10,12 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// `BERTH_KEPT_SEED`, or one from the clock; printed so that any run replays.
 pub fn seed() -> u64 {
-    let seed = match std::env::var("BERTH_KEPT_SEED") {
-        Ok(s) => s.trim().parse().unwrap_or_else(|_| panic!("BERTH_KEPT_SEED={s:?} is not an unsigned integer")),
-        Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
-    };
-    println!("kept-answer race seed: {seed} (replay: BERTH_KEPT_SEED={seed})");
-    seed
+    super::rng::seed("kept-answer race", "BERTH_KEPT_SEED")
 }
 
 /// What the race saw: the violations, and how many reads it made.

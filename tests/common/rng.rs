@@ -34,3 +34,16 @@ impl Rng {
         self.next() % 100 < percent
     }
 }
+
+/// The seed in `var`, or one from the clock; printed (`<label> seed: N (replay: VAR=N)`) so that
+/// any run can be replayed.
+pub fn seed(label: &str, var: &str) -> u64 {
+    let seed = match std::env::var(var) {
+        Ok(s) if !s.trim().is_empty() => {
+            s.trim().parse().unwrap_or_else(|_| panic!("{var}={s:?} is not an unsigned integer"))
+        }
+        _ => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
+    };
+    println!("{label} seed: {seed} (replay: {var}={seed})");
+    seed
+}

@@ -93,8 +93,8 @@ impl<'a> PendingWrite<'a> {
         Ok(PendingWrite { store, bucket, marker, count: 0 })
     }
 
-    async fn push(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.start_push(bytes.to_vec())?.finish().await
+    async fn push(&mut self, bytes: Vec<u8>) -> Result<(), Error> {
+        self.start_push(bytes)?.finish().await
     }
 
     /// Start storing the next chunk, and return while the host stores it: the caller reads and
@@ -361,7 +361,7 @@ async fn store_chunks(
     }
     outcome?;
     if !buf.is_empty() {
-        pending.push(&buf).await?;
+        pending.push(buf).await?;
     }
     Ok(size)
 }

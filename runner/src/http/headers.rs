@@ -13,5 +13,5 @@ pub const HOST_BODY: &str = "x-berth-host-body";
 /// Asked of requests whose answer may be kept: the component records the key-value reads its
 /// answer is made from (`answer_cache`).
 pub const RECORD_READS: &str = "x-berth-record-reads";
-/// What a keepable answer was read from: `<store label> <key>=<sha256 hex>|- ...`.
+/// What a keepable answer was read from: `<store label> [@<until>] <key>=<sha256 hex>|- ...`.
 pub const READ_SET: &str = "x-berth-read-set";

@@ -183,7 +183,7 @@ pub fn registry_events(summary: &str) {
     }
 }
 
-/// A lookup in the answer cache (`hit`, `changed`, `miss`), or an answer kept (`kept`).
+/// A lookup in the answer cache (`hit`, `changed`, `busy`, `miss`), or an answer kept (`kept`).
 pub fn answer_cache(outcome: &'static str) {
     metrics().answer_cache.get_or_create(&OutcomeLabel { outcome }).inc();
 }

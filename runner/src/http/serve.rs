@@ -287,19 +287,12 @@ async fn handle(
     parts.headers.insert(COUNT_EVENTS, http::HeaderValue::from_static("1"));
     let client = parts.headers.get("spin-client-addr").and_then(|v| v.to_str().ok()?.parse().ok());
     let line = RequestLine::new(&parts, client, request_id);
-    let refused = |status: u16, mut response: hyper::Response<ResponseBody>, line: RequestLine, in_flight: InFlight| {
-        response.headers_mut().insert(request_log::REQUEST_ID, id_header.clone());
-        Ok(response.map(|body| {
-            LoggedBody { inner: body, bytes: 0, expected: None, status, line: Some(line), _in_flight: in_flight }
-                .boxed_unsync()
-        }))
-    };
     if !app.serves(parts.uri.path()) {
         let response = error_response(404, "NOT_FOUND", "no such endpoint", "no component is routed at this path");
-        return refused(404, response, line, in_flight);
+        return refused(response, line, in_flight, &id_header);
     }
     if let Some(over) = over_edge_cap(edge_body_cap, &parts.headers, None) {
-        return refused(413, edge_cap_refusal(413, "SIZE_INVALID", "request", over), line, in_flight);
+        return refused(edge_cap_refusal(413, "SIZE_INVALID", "request", over), line, in_flight, &id_header);
     }
     // Give the component the full URL (scheme and authority from the Host header or HTTP/2).
     let authority = parts
@@ -368,7 +361,7 @@ async fn handle(
                      not of its Content-Length (request {})",
                     line.method, line.path, line.request_id
                 );
-                return refused(500, body_not_sent(&line), line, in_flight);
+                return refused(body_not_sent(&line), line, in_flight, &id_header);
             }
         }
     }
@@ -390,7 +383,7 @@ async fn handle(
                     "berth-runner: {} {}: the answer's body failed: {err} (request {})",
                     line.method, line.path, line.request_id
                 );
-                return refused(500, body_not_sent(&line), line, in_flight);
+                return refused(body_not_sent(&line), line, in_flight, &id_header);
             }
         };
         let read_set = read_set.to_str().unwrap_or_default();
@@ -425,16 +418,27 @@ fn finish(
             "berth-runner: {} {}: a {}-byte response is over --edge-body-cap {} (request {})",
             line.method, line.path, over.0, over.1, line.request_id
         );
-        let mut response = edge_cap_refusal(502, "INTERNAL_ERROR", "response", over);
-        response.headers_mut().insert(request_log::REQUEST_ID, id_header.clone());
-        return Ok(response.map(|body| {
-            LoggedBody { inner: body, bytes: 0, expected: None, status: 502, line: Some(line), _in_flight: in_flight }
-                .boxed_unsync()
-        }));
+        return refused(edge_cap_refusal(502, "INTERNAL_ERROR", "response", over), line, in_flight, id_header);
     }
     Ok(response.map(|body| {
         let expected = body.size_hint().exact();
         LoggedBody { inner: body, bytes: 0, expected, status, line: Some(line), _in_flight: in_flight }.boxed_unsync()
+    }))
+}
+
+/// An answer the runner gives instead of the component's (an error of its own), with the
+/// request's id and its log line.
+fn refused(
+    mut response: hyper::Response<ResponseBody>,
+    line: RequestLine,
+    in_flight: InFlight,
+    id_header: &http::HeaderValue,
+) -> Result<hyper::Response<ResponseBody>, std::convert::Infallible> {
+    response.headers_mut().insert(request_log::REQUEST_ID, id_header.clone());
+    let status = response.status().as_u16();
+    Ok(response.map(|body| {
+        LoggedBody { inner: body, bytes: 0, expected: None, status, line: Some(line), _in_flight: in_flight }
+            .boxed_unsync()
     }))
 }
 

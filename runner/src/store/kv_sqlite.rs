@@ -110,13 +110,13 @@ impl SqliteStore {
     /// read lock instead of one per key.
     pub fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, String> {
         self.read(|c| {
-            // Prepared once per connection, like the SELECT: parsing BEGIN and COMMIT on every
-            // call showed in the profile of a kept answer's check.
             // A read transaction left open would serve old snapshots to this thread's reads and
             // hold back every WAL checkpoint: ended whatever fails, here or on a call before.
             if !c.is_autocommit() {
                 c.execute_batch("ROLLBACK")?;
             }
+            // Prepared once per connection, like the SELECT: parsing BEGIN and COMMIT on every
+            // call showed in the profile of a kept answer's check.
             c.prepare_cached("BEGIN")?.execute([])?;
             let values = keys.iter().map(|key| value_of(c, key)).collect::<rusqlite::Result<Vec<_>>>();
             let ended = c.prepare_cached("COMMIT").and_then(|mut commit| commit.execute([]));
